@@ -1,0 +1,87 @@
+//! The agent: its configuration, the workload table, and the reaper every child goes through.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use crate::config::AgentConfig;
+use crate::criu::CriuInfo;
+use crate::error::{AgentError, Result};
+use crate::sys::reaper::Reaper;
+use crate::workload::Workload;
+
+pub struct Agent {
+    config: AgentConfig,
+    reaper: Reaper,
+    root: bool,
+    criu: CriuInfo,
+    workloads: RwLock<HashMap<String, Arc<Workload>>>,
+}
+
+impl Agent {
+    /// Sets the agent up: subreaper, data dir, kernel knobs, CRIU detection. Must run inside a
+    /// tokio runtime.
+    pub async fn new(config: AgentConfig) -> Result<Arc<Agent>> {
+        let reaper = Reaper::start()
+            .map_err(|e| AgentError::Internal(format!("cannot become a child subreaper: {e}")))?;
+        std::fs::create_dir_all(config.data_dir.join("workloads"))
+            .map_err(|source| AgentError::Io { path: config.data_dir.join("workloads"), source })?;
+        if !config.init_path.is_file() {
+            return Err(AgentError::Internal(format!(
+                "ferry-init not found at {:?}; build it (cargo build) or pass --init-path",
+                config.init_path
+            )));
+        }
+        let root = crate::sys::is_root();
+        if root {
+            crate::sys::host::raise_pipe_max_size();
+        }
+        let criu = {
+            let (reaper, path) = (reaper.clone(), config.criu_path.clone());
+            tokio::task::spawn_blocking(move || CriuInfo::detect(&reaper, path.as_deref()))
+                .await
+                .map_err(|e| AgentError::Internal(e.to_string()))?
+        };
+        tracing::info!(
+            node = config.node,
+            data_dir = ?config.data_dir,
+            root,
+            criu_version = criu.version,
+            criu_check = criu.check_passed,
+            "agent ready"
+        );
+        Ok(Arc::new(Agent { config, reaper, root, criu, workloads: RwLock::default() }))
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    pub fn reaper(&self) -> &Reaper {
+        &self.reaper
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.root
+    }
+
+    pub fn criu(&self) -> &CriuInfo {
+        &self.criu
+    }
+
+    pub fn get(&self, id: &str) -> Result<Arc<Workload>> {
+        self.workloads
+            .read()
+            .expect("workload table poisoned")
+            .get(id)
+            .cloned()
+            .ok_or_else(|| AgentError::NotFound { id: id.to_string() })
+    }
+
+    pub(crate) fn insert(&self, w: Arc<Workload>) {
+        self.workloads.write().expect("workload table poisoned").insert(w.id().to_string(), w);
+    }
+
+    pub fn workloads(&self) -> Vec<Arc<Workload>> {
+        self.workloads.read().expect("workload table poisoned").values().cloned().collect()
+    }
+}

@@ -1,0 +1,34 @@
+//! The agent's configuration, parsed once by the binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Address of the gRPC server.
+    pub listen: SocketAddr,
+    /// Root of the agent's state: workloads' directories and logs.
+    pub data_dir: PathBuf,
+    /// Name of this node (defaults to the hostname).
+    pub node: String,
+    /// The coordinator to register with (used once the control plane exists).
+    pub coordinator: Option<String>,
+    /// Path of the ferry-init executable.
+    pub init_path: PathBuf,
+    /// Time between SIGTERM and SIGKILL when stopping a workload without an explicit grace.
+    pub stop_grace: Duration,
+    /// Path of the criu binary (default: found on PATH).
+    pub criu_path: Option<PathBuf>,
+}
+
+impl AgentConfig {
+    /// ferry-init next to the running executable (how `cargo build` and the installers lay it
+    /// out).
+    pub fn default_init_path() -> PathBuf {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("ferry-init")))
+            .unwrap_or_else(|| PathBuf::from("/usr/local/bin/ferry-init"))
+    }
+}

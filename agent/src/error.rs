@@ -1,0 +1,34 @@
+//! The agent's errors. Each variant carries the facts a person needs to act on it; the gRPC
+//! mapping lives in `grpc::status`.
+
+use std::path::PathBuf;
+
+use crate::sys::spawn::SpawnError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("invalid workload spec: {0}")]
+    InvalidSpec(String),
+    #[error("program {program:?} not found{}", searched.as_ref().map(|p| format!(" in PATH ({p})")).unwrap_or_default())]
+    ProgramNotFound { program: String, searched: Option<String> },
+    #[error("program {program:?} is not an executable file: {reason}")]
+    ProgramNotExecutable { program: String, reason: String },
+    #[error("working directory {path:?} does not exist or is not a directory")]
+    BadCwd { path: PathBuf },
+    #[error("no workload with id {id:?} on this node")]
+    NotFound { id: String },
+    #[error("workload {id} is {state}; cannot {op} it{hint}")]
+    BadState { id: String, state: String, op: &'static str, hint: &'static str },
+    #[error("workload {id:?} already exists on this node")]
+    AlreadyExists { id: String },
+    #[error("could not start workload: {0}")]
+    Spawn(#[from] SpawnError),
+    #[error("could not signal workload {id} (pid {pid}): {source}")]
+    Signal { id: String, pid: i32, source: std::io::Error },
+    #[error("{path:?}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = AgentError> = std::result::Result<T, E>;

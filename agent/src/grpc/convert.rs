@@ -1,0 +1,120 @@
+//! Conversions between wire types and the agent's domain types.
+
+use std::path::PathBuf;
+
+use ferry_proto::agent as pb;
+
+use crate::health::Health;
+use crate::logs::{LogLine, Stream};
+use crate::workload::{Engine, State, Status, WorkloadSpec};
+
+pub fn spec_from_pb(s: pb::WorkloadSpec) -> WorkloadSpec {
+    WorkloadSpec {
+        id: s.id,
+        name: s.name,
+        argv: s.argv,
+        env: s.env.into_iter().collect(),
+        cwd: (!s.cwd.is_empty()).then(|| PathBuf::from(s.cwd)),
+        engine: match pb::Engine::try_from(s.engine).unwrap_or(pb::Engine::Unspecified) {
+            pb::Engine::Criu => Engine::Criu,
+            pb::Engine::Cooperative => Engine::Cooperative,
+            pb::Engine::Unspecified => Engine::Auto,
+        },
+        labels: s.labels.into_iter().collect(),
+    }
+}
+
+pub fn spec_to_pb(s: &WorkloadSpec) -> pb::WorkloadSpec {
+    pb::WorkloadSpec {
+        id: s.id.clone(),
+        name: s.name.clone(),
+        argv: s.argv.clone(),
+        env: s.env.clone().into_iter().collect(),
+        cwd: s.cwd.as_ref().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default(),
+        engine: match s.engine {
+            Engine::Auto => pb::Engine::Unspecified,
+            Engine::Criu => pb::Engine::Criu,
+            Engine::Cooperative => pb::Engine::Cooperative,
+        } as i32,
+        labels: s.labels.clone().into_iter().collect(),
+    }
+}
+
+pub fn status_to_pb(s: Status) -> pb::ProcessStatus {
+    pb::ProcessStatus {
+        spec: Some(spec_to_pb(&s.spec)),
+        state: match s.state {
+            State::Running => pb::ProcessState::Running,
+            State::Sleeping => pb::ProcessState::Sleeping,
+            State::Stopped => pb::ProcessState::Stopped,
+            State::Exited => pb::ProcessState::Exited,
+        } as i32,
+        pid: s.pid,
+        main_pid: s.main_pid,
+        own_pid_namespace: s.own_pid_namespace,
+        cpu_percent: s.cpu_percent,
+        rss_bytes: s.rss_bytes,
+        threads: s.threads,
+        task_count: s.task_count,
+        tasks: s
+            .tasks
+            .into_iter()
+            .map(|t| pb::TaskInfo {
+                pid: t.info.pid,
+                ppid: t.info.ppid,
+                ns_pid: t.ns_pid,
+                comm: t.info.comm,
+                state: t.info.state.to_string(),
+                threads: t.info.threads,
+                rss_bytes: t.info.rss_bytes,
+                cpu_ticks: t.info.cpu_ticks,
+                init: t.init,
+            })
+            .collect(),
+        exit: s.exit.map(|e| pb::ExitInfo {
+            code: e.code,
+            signal: e.signal,
+            exited_at_ms: e.at_ms,
+        }),
+        started_at_ms: s.started_at_ms,
+        node: s.node,
+    }
+}
+
+pub fn log_line_to_pb(number: u64, l: LogLine) -> pb::LogLine {
+    pb::LogLine {
+        line: number,
+        at_ms: l.at_ms,
+        stream: match l.stream {
+            Stream::Stdout => pb::LogStream::Stdout,
+            Stream::Stderr => pb::LogStream::Stderr,
+        } as i32,
+        text: l.text,
+    }
+}
+
+pub fn health_to_pb(h: Health) -> pb::HealthCheckResponse {
+    pb::HealthCheckResponse {
+        node: h.node,
+        hostname: h.host.hostname,
+        kernel: h.host.kernel,
+        cpu_model: h.host.cpu_model,
+        cpu_flags: h.host.cpu_flags,
+        cores: h.host.cores,
+        memory_total_bytes: h.host.memory_total_bytes,
+        memory_available_bytes: h.host.memory_available_bytes,
+        load_1: h.host.load[0],
+        load_5: h.host.load[1],
+        load_15: h.host.load[2],
+        workload_count: h.workload_count,
+        criu: Some(pb::CriuInfo {
+            version: h.criu.version,
+            path: h.criu.path.map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
+            check_passed: h.criu.check_passed,
+            check_error: h.criu.check_error,
+        }),
+        data_dir_free_bytes: h.data_dir_free_bytes,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        root: h.root,
+    }
+}

@@ -1,0 +1,131 @@
+//! The agent's gRPC service: thin handlers that convert, call the agent, convert back.
+
+mod convert;
+mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_proto::agent as pb;
+use pb::agent_server::Agent as AgentApi;
+use tonic::{Request, Response, Status};
+
+use crate::agent::Agent;
+pub use pb::agent_server::AgentServer;
+
+/// Default and maximum number of log lines per GetLogs call.
+const LOG_PAGE: u32 = 1000;
+const LOG_PAGE_MAX: u32 = 10_000;
+
+pub struct Service {
+    agent: Arc<Agent>,
+}
+
+impl Service {
+    pub fn new(agent: Arc<Agent>) -> Service {
+        Service { agent }
+    }
+}
+
+fn need_id(id: &str) -> Result<&str, Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument("workload id is empty"));
+    }
+    Ok(id)
+}
+
+#[tonic::async_trait]
+impl AgentApi for Service {
+    async fn start_process(
+        &self,
+        req: Request<pb::StartProcessRequest>,
+    ) -> Result<Response<pb::ProcessStatus>, Status> {
+        let spec = req.into_inner().spec.ok_or_else(|| {
+            Status::invalid_argument(
+                "spec is missing: give at least argv, e.g. [\"sleep\", \"60\"]",
+            )
+        })?;
+        let status = self.agent.start(convert::spec_from_pb(spec)).await?;
+        Ok(Response::new(convert::status_to_pb(status)))
+    }
+
+    async fn pause_process(
+        &self,
+        req: Request<pb::WorkloadRef>,
+    ) -> Result<Response<pb::ProcessStatus>, Status> {
+        let status = self.agent.pause(need_id(&req.get_ref().id)?).await?;
+        Ok(Response::new(convert::status_to_pb(status)))
+    }
+
+    async fn resume_process(
+        &self,
+        req: Request<pb::WorkloadRef>,
+    ) -> Result<Response<pb::ProcessStatus>, Status> {
+        let status = self.agent.resume(need_id(&req.get_ref().id)?).await?;
+        Ok(Response::new(convert::status_to_pb(status)))
+    }
+
+    async fn stop_process(
+        &self,
+        req: Request<pb::StopProcessRequest>,
+    ) -> Result<Response<pb::ProcessStatus>, Status> {
+        let r = req.into_inner();
+        let grace = (r.grace_ms > 0).then(|| Duration::from_millis(r.grace_ms.into()));
+        let status = self.agent.stop(need_id(&r.id)?, grace).await?;
+        Ok(Response::new(convert::status_to_pb(status)))
+    }
+
+    async fn get_status(
+        &self,
+        req: Request<pb::WorkloadRef>,
+    ) -> Result<Response<pb::ProcessStatus>, Status> {
+        let status = self.agent.status(need_id(&req.get_ref().id)?)?;
+        Ok(Response::new(convert::status_to_pb(status)))
+    }
+
+    async fn list_processes(
+        &self,
+        _req: Request<pb::ListProcessesRequest>,
+    ) -> Result<Response<pb::ListProcessesResponse>, Status> {
+        let processes = self.agent.list().into_iter().map(convert::status_to_pb).collect();
+        Ok(Response::new(pb::ListProcessesResponse { processes }))
+    }
+
+    async fn get_logs(
+        &self,
+        req: Request<pb::GetLogsRequest>,
+    ) -> Result<Response<pb::GetLogsResponse>, Status> {
+        let r = req.into_inner();
+        let max = match r.max_lines {
+            0 => LOG_PAGE,
+            n if n > LOG_PAGE_MAX => {
+                return Err(Status::invalid_argument(format!(
+                    "max_lines {n} is above the limit of {LOG_PAGE_MAX}"
+                )))
+            }
+            n => n,
+        };
+        let w = self.agent.get(need_id(&r.id)?)?;
+        let (lines, next) = w
+            .log
+            .read(r.from_line, max as usize)
+            .map_err(|e| Status::internal(format!("cannot read log of {}: {e}", r.id)))?;
+        let lines = lines
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| convert::log_line_to_pb(r.from_line + i as u64, l))
+            .collect();
+        Ok(Response::new(pb::GetLogsResponse { lines, next_line: next }))
+    }
+
+    async fn health_check(
+        &self,
+        _req: Request<pb::HealthCheckRequest>,
+    ) -> Result<Response<pb::HealthCheckResponse>, Status> {
+        let agent = self.agent.clone();
+        let health = tokio::task::spawn_blocking(move || agent.health())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(convert::health_to_pb(health)))
+    }
+}

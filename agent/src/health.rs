@@ -1,0 +1,29 @@
+//! The node's health: host facts, workload count and CRIU's state.
+
+use crate::agent::Agent;
+use crate::criu::CriuInfo;
+use crate::sys::host::{self, HostFacts};
+
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub node: String,
+    pub host: HostFacts,
+    pub workload_count: u32,
+    pub criu: CriuInfo,
+    pub data_dir_free_bytes: u64,
+    pub root: bool,
+}
+
+impl Agent {
+    pub fn health(&self) -> Health {
+        Health {
+            node: self.config().node.clone(),
+            host: host::facts(),
+            workload_count: self.workloads().iter().filter(|w| w.exit_info().is_none()).count()
+                as u32,
+            criu: self.criu().clone(),
+            data_dir_free_bytes: host::free_bytes(&self.config().data_dir),
+            root: self.is_root(),
+        }
+    }
+}

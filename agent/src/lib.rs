@@ -1,0 +1,49 @@
+//! ferry's node agent: spawns workloads as PID 1 trees of their own PID namespaces, supervises
+//! them (state, CPU, memory, output), pauses, resumes and stops them, and serves all of it over
+//! gRPC. See ARCHITECTURE.md for the map and its invariants.
+
+pub mod agent;
+pub mod config;
+pub mod criu;
+pub mod error;
+pub mod grpc;
+pub mod health;
+pub mod logs;
+pub mod sys;
+pub mod workload;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use agent::Agent;
+pub use config::AgentConfig;
+
+/// Grace given to in-flight requests once shutdown is asked for.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Serves the agent on an already-bound listener until `shutdown` resolves, then drains.
+/// Workloads keep running when the agent exits.
+pub async fn serve(
+    agent: Arc<Agent>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(grpc::AgentServer::new(grpc::Service::new(agent)))
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            let _ = drain_tx.send(());
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        res = &mut server => res,
+        _ = async { let _ = drain_rx.await; tokio::time::sleep(DRAIN).await } => {
+            tracing::warn!("drain grace of {DRAIN:?} over; closing remaining connections");
+            Ok(())
+        }
+    }
+}

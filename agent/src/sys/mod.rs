@@ -1,0 +1,22 @@
+//! Every `libc`, `nix`, `/proc` and syscall use of the agent lives below this module. The rest of
+//! the agent works with the plain types these functions return.
+
+pub mod command;
+pub mod host;
+pub mod proc;
+pub mod reaper;
+pub mod signal;
+pub mod spawn;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// True when the agent runs as root (can create PID namespaces and run CRIU).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}

@@ -1,0 +1,115 @@
+//! Reading processes from /proc.
+
+use std::collections::{HashMap, VecDeque};
+
+/// One process as /proc shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcInfo {
+    pub pid: i32,
+    pub ppid: i32,
+    pub comm: String,
+    /// The kernel's one-letter state (R, S, D, T, t, Z, I, X).
+    pub state: char,
+    pub threads: u32,
+    pub rss_bytes: u64,
+    /// utime + stime, in clock ticks.
+    pub cpu_ticks: u64,
+}
+
+/// Every process on the machine, by pid. Processes that vanish while being read are skipped.
+pub fn scan() -> HashMap<i32, ProcInfo> {
+    let page = procfs::page_size();
+    let mut out = HashMap::new();
+    let Ok(all) = procfs::process::all_processes() else {
+        return out;
+    };
+    for p in all.flatten() {
+        let Ok(stat) = p.stat() else { continue };
+        out.insert(
+            stat.pid,
+            ProcInfo {
+                pid: stat.pid,
+                ppid: stat.ppid,
+                comm: stat.comm.clone(),
+                state: stat.state,
+                threads: stat.num_threads.max(0) as u32,
+                rss_bytes: stat.rss * page,
+                cpu_ticks: stat.utime + stat.stime,
+            },
+        );
+    }
+    out
+}
+
+/// `root` and all its descendants (root first, then breadth-first), from a [`scan`].
+pub fn tree(root: i32, all: &HashMap<i32, ProcInfo>) -> Vec<ProcInfo> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    for p in all.values() {
+        children.entry(p.ppid).or_default().push(p.pid);
+    }
+    let mut out = Vec::new();
+    let mut queue = VecDeque::from([root]);
+    while let Some(pid) = queue.pop_front() {
+        let Some(p) = all.get(&pid) else { continue };
+        out.push(p.clone());
+        if let Some(kids) = children.get(&pid) {
+            let mut kids = kids.clone();
+            kids.sort_unstable();
+            queue.extend(kids);
+        }
+    }
+    out
+}
+
+/// The pid of `pid` inside its innermost PID namespace (the last NSpid entry).
+pub fn ns_pid(pid: i32) -> Option<i32> {
+    let status = procfs::process::Process::new(pid).ok()?.status().ok()?;
+    status.nspid.and_then(|v| v.last().copied())
+}
+
+/// Clock ticks per second, for CPU percentages.
+pub fn ticks_per_second() -> u64 {
+    procfs::ticks_per_second()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(pid: i32, ppid: i32) -> ProcInfo {
+        ProcInfo {
+            pid,
+            ppid,
+            comm: format!("p{pid}"),
+            state: 'S',
+            threads: 1,
+            rss_bytes: 0,
+            cpu_ticks: 0,
+        }
+    }
+
+    #[test]
+    fn tree_collects_descendants_only() {
+        let all: HashMap<i32, ProcInfo> =
+            [p(1, 0), p(10, 1), p(11, 10), p(12, 11), p(13, 10), p(20, 1)]
+                .into_iter()
+                .map(|x| (x.pid, x))
+                .collect();
+        let pids: Vec<i32> = tree(10, &all).iter().map(|x| x.pid).collect();
+        assert_eq!(pids, vec![10, 11, 13, 12]);
+    }
+
+    #[test]
+    fn tree_of_missing_root_is_empty() {
+        let all: HashMap<i32, ProcInfo> = [(1, p(1, 0))].into_iter().collect();
+        assert!(tree(99, &all).is_empty());
+    }
+
+    #[test]
+    fn scan_sees_this_process() {
+        let me = std::process::id() as i32;
+        let all = scan();
+        assert!(all.contains_key(&me));
+        assert_eq!(ns_pid(me), Some(me));
+    }
+}

@@ -1,0 +1,220 @@
+//! Starting a workload: `clone(CLONE_NEWPID)` (with root) straight into `ferry-init`, which becomes
+//! PID 1 of the new namespace and starts the workload's program.
+//!
+//! The agent is multi-threaded, so the child between `clone` and `execve` only makes raw,
+//! async-signal-safe syscalls on data prepared before the clone: no allocation, no locks.
+
+use std::ffi::CString;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use tokio::sync::oneshot;
+
+use super::reaper::{ExitStatus, Reaper};
+
+pub struct SpawnRequest<'a> {
+    pub init: &'a Path,
+    pub argv: &'a [String],
+    pub env: &'a [(String, String)],
+    pub cwd: &'a Path,
+    pub new_pid_ns: bool,
+    /// Write ends of the pipes that become the workload's stdout and stderr.
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+#[derive(Debug)]
+pub struct Spawned {
+    /// Host pid of ferry-init.
+    pub pid: i32,
+    /// Pid of the workload's main process as ferry-init sees it (inside the namespace).
+    pub main_ns_pid: i32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot execute {program:?}: {source}")]
+    Exec { program: String, source: std::io::Error },
+    #[error("cannot execute ferry-init at {path:?}: {source}")]
+    Init { path: std::path::PathBuf, source: std::io::Error },
+    #[error("cannot enter working directory {path:?}: {source}")]
+    Cwd { path: std::path::PathBuf, source: std::io::Error },
+    #[error("ferry-init ended before starting the workload ({status:?})")]
+    InitDied { status: Option<ExitStatus> },
+    #[error("argument, environment entry or path contains a NUL byte")]
+    Nul,
+    #[error("clone failed: {0}")]
+    Clone(std::io::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// File descriptor numbers the workload's init sees.
+const STATUS_FD: RawFd = 3;
+
+pub fn spawn(
+    req: SpawnRequest<'_>,
+    reaper: &Reaper,
+) -> Result<(Spawned, oneshot::Receiver<ExitStatus>), SpawnError> {
+    let c = |s: &[u8]| CString::new(s).map_err(|_| SpawnError::Nul);
+    let init_path = c(req.init.as_os_str().as_bytes())?;
+    let mut argv = vec![init_path.clone(), c(STATUS_FD.to_string().as_bytes())?];
+    for a in req.argv {
+        argv.push(c(a.as_bytes())?);
+    }
+    let envp: Vec<CString> =
+        req.env.iter().map(|(k, v)| c(format!("{k}={v}").as_bytes())).collect::<Result<_, _>>()?;
+    let cwd = c(req.cwd.as_os_str().as_bytes())?;
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
+    envp_ptrs.push(std::ptr::null());
+
+    let (status_r, status_w) = pipe_cloexec()?;
+    let devnull = std::fs::File::open("/dev/null")?;
+
+    let mut flags = libc::SIGCHLD as libc::c_ulong;
+    if req.new_pid_ns {
+        flags |= libc::CLONE_NEWPID as libc::c_ulong;
+    }
+    let sources = [devnull.as_raw_fd(), req.stdout.as_raw_fd(), req.stderr.as_raw_fd(), status_w];
+
+    // SAFETY: clone without CLONE_VM and with a NULL stack behaves like fork(). The child only
+    // makes raw syscalls on memory prepared above and ends in execve or _exit.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    if pid < 0 {
+        let err = std::io::Error::last_os_error();
+        // SAFETY: closing fds we own.
+        unsafe {
+            libc::close(status_r);
+            libc::close(status_w);
+        }
+        return Err(SpawnError::Clone(err));
+    }
+    if pid == 0 {
+        // SAFETY: in the child; see above.
+        unsafe { child(&sources, cwd.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr()) }
+    }
+    let pid = pid as i32;
+    let exit = reaper.watch(pid);
+    // SAFETY: both fds are ours; the child holds its own copies.
+    let mut status = unsafe {
+        libc::close(status_w);
+        std::fs::File::from_raw_fd(status_r)
+    };
+    drop(req.stdout);
+    drop(req.stderr);
+    drop(devnull);
+
+    let mut line = String::new();
+    status.read_to_string(&mut line)?;
+    let mut words = line.split_whitespace();
+    let (what, num) = (words.next().unwrap_or(""), words.next().and_then(|n| n.parse().ok()));
+    let os = |n: Option<i32>| std::io::Error::from_raw_os_error(n.unwrap_or(0));
+    match what {
+        "started" if num.is_some() => Ok((Spawned { pid, main_ns_pid: num.unwrap_or(0) }, exit)),
+        "error" => Err(SpawnError::Exec { program: req.argv[0].clone(), source: os(num) }),
+        "init" => Err(SpawnError::Init { path: req.init.to_path_buf(), source: os(num) }),
+        "cwd" => Err(SpawnError::Cwd { path: req.cwd.to_path_buf(), source: os(num) }),
+        _ => {
+            let mut exit = exit;
+            let status = (0..20).find_map(|_| {
+                reaper.reap_all();
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                exit.try_recv().ok()
+            });
+            Err(SpawnError::InitDied { status })
+        }
+    }
+}
+
+fn pipe_cloexec() -> std::io::Result<(RawFd, RawFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((fds[0], fds[1]))
+}
+
+/// A pipe whose both ends close on exec; the caller passes one end on explicitly.
+pub fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = pipe_cloexec()?;
+    // SAFETY: freshly created fds, owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(r), OwnedFd::from_raw_fd(w)) })
+}
+
+/// The child side of the clone: stdio and the status fd into place, then exec ferry-init.
+///
+/// # Safety
+/// Must only run in the freshly cloned child.
+unsafe fn child(
+    sources: &[RawFd; 4],
+    cwd: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+) -> ! {
+    // SAFETY: raw syscalls only (async-signal-safe), on fds and strings prepared by the parent.
+    unsafe {
+        // Move every source above the target range first, so dup2 into 0..=3 never clobbers one.
+        let mut high = [0; 4];
+        for (i, fd) in sources.iter().enumerate() {
+            high[i] = libc::fcntl(*fd, libc::F_DUPFD, 10);
+            if high[i] < 0 {
+                libc::_exit(126);
+            }
+        }
+        for (target, fd) in high.iter().enumerate() {
+            if libc::dup2(*fd, target as RawFd) < 0 {
+                libc::_exit(126);
+            }
+        }
+        libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
+        // Signals blocked by the agent's thread must not leak into the workload.
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        if libc::chdir(cwd) != 0 {
+            report(b"cwd ", *libc::__errno_location());
+            libc::_exit(126);
+        }
+        libc::execve(*argv, argv, envp);
+        report(b"init ", *libc::__errno_location());
+        libc::_exit(127)
+    }
+}
+
+/// Writes `prefix` and a decimal number to the status fd without allocating.
+///
+/// # Safety
+/// Async-signal-safe; only called in the child.
+unsafe fn report(prefix: &[u8], n: i32) {
+    let mut buf = [0u8; 32];
+    let mut len = 0;
+    for b in prefix {
+        buf[len] = *b;
+        len += 1;
+    }
+    let mut digits = [0u8; 12];
+    let mut d = 0;
+    let mut v = n.unsigned_abs();
+    loop {
+        digits[d] = b'0' + (v % 10) as u8;
+        d += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    while d > 0 {
+        d -= 1;
+        buf[len] = digits[d];
+        len += 1;
+    }
+    buf[len] = b'\n';
+    len += 1;
+    // SAFETY: writing our own stack buffer to an fd.
+    unsafe { libc::write(STATUS_FD, buf.as_ptr().cast(), len) };
+}

@@ -1,0 +1,121 @@
+//! Workloads: what the agent runs, and the operations on them. One operation per file.
+
+mod pause;
+mod spec;
+mod start;
+mod status;
+mod stop;
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use tokio::sync::watch;
+
+pub use spec::{Engine, WorkloadSpec};
+pub use status::{State, Status, Task};
+
+use crate::logs::LogStore;
+use crate::sys::reaper::ExitStatus;
+
+/// How a workload ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitInfo {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub at_ms: i64,
+}
+
+impl ExitInfo {
+    /// ferry-init exits with the status of the last process of the workload, encoding "killed by
+    /// signal N" as 128 + N (as shells do); ferry-init itself may also be killed (SIGKILL on stop).
+    pub fn from_init(status: ExitStatus, at_ms: i64) -> ExitInfo {
+        match status {
+            ExitStatus::Exited(c) if c > 128 && c <= 128 + 64 => {
+                ExitInfo { code: None, signal: Some(c - 128), at_ms }
+            }
+            ExitStatus::Exited(c) => ExitInfo { code: Some(c), signal: None, at_ms },
+            ExitStatus::Signaled(s) => ExitInfo { code: None, signal: Some(s), at_ms },
+        }
+    }
+}
+
+impl std::fmt::Display for ExitInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.code, self.signal) {
+            (Some(c), _) => write!(f, "exited with code {c}"),
+            (None, Some(s)) => write!(f, "killed by signal {s}"),
+            (None, None) => write!(f, "exited"),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Mutable {
+    paused: bool,
+    /// Last CPU sample of the tree: when, and total ticks.
+    cpu_sample: Option<(Instant, u64)>,
+}
+
+/// A workload supervised by this agent.
+pub struct Workload {
+    pub spec: WorkloadSpec,
+    /// `<data dir>/workloads/<id>`: its log and (by default) its working directory.
+    pub dir: PathBuf,
+    pub cwd: PathBuf,
+    /// Host pid of its ferry-init.
+    pub init_pid: i32,
+    /// Its main process's pid as ferry-init sees it.
+    pub main_ns_pid: i32,
+    pub own_pid_namespace: bool,
+    pub started_at_ms: i64,
+    pub log: LogStore,
+    state: Mutex<Mutable>,
+    exit: watch::Receiver<Option<ExitInfo>>,
+}
+
+impl Workload {
+    pub fn id(&self) -> &str {
+        &self.spec.id
+    }
+
+    pub fn exit_info(&self) -> Option<ExitInfo> {
+        *self.exit.borrow()
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.state.lock().expect("workload state poisoned").paused
+    }
+
+    fn set_paused(&self, paused: bool) {
+        self.state.lock().expect("workload state poisoned").paused = paused;
+    }
+
+    /// Waits until the workload has exited, at most `timeout`. True if it has.
+    pub async fn wait_exit(&self, timeout: std::time::Duration) -> bool {
+        let mut rx = self.exit.clone();
+        let exited = tokio::time::timeout(timeout, rx.wait_for(|e| e.is_some())).await.is_ok();
+        exited
+    }
+}
+
+/// Sends `sig` to one task of `w`.
+pub(crate) fn signal_task(
+    w: &Workload,
+    pid: i32,
+    sig: crate::sys::signal::Sig,
+) -> crate::error::Result<()> {
+    crate::sys::signal::send(pid, sig).map_err(|source| crate::error::AgentError::Signal {
+        id: w.id().to_string(),
+        pid,
+        source,
+    })
+}
+
+/// Sends `sig` to every task of `w`'s tree, ferry-init included.
+pub(crate) fn signal_tree(w: &Workload, sig: crate::sys::signal::Sig) -> crate::error::Result<()> {
+    for t in status::tree_tasks(w, &crate::sys::proc::scan()) {
+        signal_task(w, t.info.pid, sig)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! The one user-facing binary: `ferry agent`, and more subcommands as the control plane grows.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ferry_agent::AgentConfig;
+
+#[derive(Parser)]
+#[command(name = "ferry", version, about = "Move running Linux processes between machines")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node agent: spawn, supervise, pause and stop workloads over gRPC.
+    Agent(AgentArgs),
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// Address of the gRPC server.
+    #[arg(long, env = "FERRY_AGENT_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Where workloads' directories and logs live.
+    #[arg(long, env = "FERRY_DATA_DIR", default_value = "/var/lib/ferry/agent")]
+    data_dir: PathBuf,
+    /// Name of this node (default: the hostname).
+    #[arg(long, env = "FERRY_NODE")]
+    node: Option<String>,
+    /// Coordinator to register with (http://host:port); reserved for the control plane.
+    #[arg(long, env = "FERRY_COORDINATOR")]
+    coordinator: Option<String>,
+    /// Path of the ferry-init executable (default: next to this binary).
+    #[arg(long, env = "FERRY_INIT")]
+    init_path: Option<PathBuf>,
+    /// Path of the criu binary (default: found on PATH or in /usr/local/sbin).
+    #[arg(long, env = "FERRY_CRIU")]
+    criu: Option<PathBuf>,
+    /// Seconds between SIGTERM and SIGKILL when stopping a workload.
+    #[arg(long, default_value_t = 10)]
+    stop_grace_secs: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Agent(args) => run_agent(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("ferry: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let node = args.node.unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "node".into())
+    });
+    let config = AgentConfig {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        node,
+        coordinator: args.coordinator,
+        init_path: args.init_path.unwrap_or_else(AgentConfig::default_init_path),
+        stop_grace: Duration::from_secs(args.stop_grace_secs),
+        criu_path: args.criu,
+    };
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let agent = ferry_agent::Agent::new(config.clone()).await?;
+        tracing::info!(listen = %listener.local_addr()?, "agent serving gRPC");
+        ferry_agent::serve(agent, listener, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,11 @@
+//! Compiles the .proto files with protox (pure Rust), so no system protoc is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = ["proto/ferry/agent/v1/agent.proto", "proto/ferry/agent/v1/snapshot.proto"];
+    for f in &files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}

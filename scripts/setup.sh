@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# One idempotent setup for a fresh Debian machine of the project's kind (and for CI):
+#   - apt packages the build, the tests and CRIU need;
+#   - a working CRIU >= 4.2 (the distro's when it is new enough and `criu check` passes, otherwise
+#     built from Debian's sid source package and installed to /usr/local/sbin/criu);
+#   - kernel knobs the agent relies on;
+#   - the Rust workspace built (release) so `ferry` is ready.
+# A second run only verifies and takes seconds.
+#
+# Environment:
+#   FERRY_SETUP_SKIP_BUILD=1   do not build the Rust workspace
+#   FERRY_CRIU_PREFIX          where a built CRIU is installed (default /usr/local)
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+prefix=${FERRY_CRIU_PREFIX:-/usr/local}
+want_major=4
+want_minor=2
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "run as root (apt packages and CRIU are installed system-wide)"
+
+# ---------------------------------------------------------------------------------------------
+# apt packages
+# ---------------------------------------------------------------------------------------------
+runtime_pkgs=(iproute2 iptables nftables zstd tar python3 gcc libc6-dev make pkg-config procps curl ca-certificates)
+criu_build_pkgs=(libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler python3-protobuf
+  libnl-3-dev libnet1-dev libcap-dev libbsd-dev uuid-dev libaio-dev libgnutls28-dev libnftables-dev
+  xz-utils)
+
+missing_pkgs() {
+  local p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || printf '%s\n' "$p"
+  done
+}
+
+apt_updated=0
+apt_install() {
+  local missing
+  mapfile -t missing < <(missing_pkgs "$@")
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  if [ "$apt_updated" -eq 0 ]; then
+    log "apt-get update"
+    apt-get update -qq
+    apt_updated=1
+  fi
+  log "installing: ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+apt_install "${runtime_pkgs[@]}"
+
+# ---------------------------------------------------------------------------------------------
+# CRIU >= 4.2
+# ---------------------------------------------------------------------------------------------
+# criu_ok PATH: the binary reports a version >= 4.2 and `criu check` passes.
+criu_ok() {
+  local bin=$1 ver major minor
+  [ -x "$bin" ] || return 1
+  ver=$("$bin" --version 2>/dev/null | sed -n 's/^Version: *//p' | head -n1)
+  [ -n "$ver" ] || return 1
+  major=${ver%%.*}
+  minor=${ver#*.}
+  minor=${minor%%.*}
+  if [ "$major" -lt "$want_major" ] || { [ "$major" -eq "$want_major" ] && [ "$minor" -lt "$want_minor" ]; }; then
+    log "$bin is CRIU $ver, older than $want_major.$want_minor"
+    return 1
+  fi
+  if ! "$bin" check >/dev/null 2>&1; then
+    log "$bin (CRIU $ver) fails 'criu check'"
+    return 1
+  fi
+  log "$bin is CRIU $ver and 'criu check' passes"
+  return 0
+}
+
+build_criu() {
+  apt_install "${criu_build_pkgs[@]}"
+  local work=/var/cache/ferry/criu-build
+  mkdir -p "$work"
+  local orig
+  orig=$(ls "$work"/criu_4.2*.orig.tar.xz 2>/dev/null | sort -V | tail -n1 || true)
+  if [ -z "$orig" ]; then
+    # Derive a deb-src entry for sid from the machine's own apt sources (same mirror), kept in a
+    # private apt state so the system's sources are left untouched.
+    local uri
+    uri=$(grep -rhoE '^URIs:[[:space:]]*\S+' /etc/apt/sources.list.d/*.sources 2>/dev/null \
+      | awk '{print $2}' | grep -v -- '-security' | head -n1 || true)
+    if [ -z "$uri" ]; then
+      uri=$(grep -hoE '^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?\S+' /etc/apt/sources.list 2>/dev/null \
+        | awk '{print $NF}' | grep -v -- '-security' | head -n1 || true)
+    fi
+    [ -n "$uri" ] || die "cannot find a Debian mirror in /etc/apt/sources.list*"
+    local aptdir=$work/apt
+    mkdir -p "$aptdir/lists/partial" "$aptdir/cache/archives/partial"
+    printf 'deb-src [trusted=yes] %s sid main\n' "$uri" >"$aptdir/sources.list"
+    local aptopts=(-o "Dir::Etc::SourceList=$aptdir/sources.list" -o "Dir::Etc::SourceParts=-"
+      -o "Dir::State::Lists=$aptdir/lists" -o "Dir::Cache=$aptdir/cache" -o "APT::Sandbox::User=root")
+    log "fetching CRIU's source package from $uri (sid)"
+    apt-get "${aptopts[@]}" update -qq
+    (cd "$work" && apt-get "${aptopts[@]}" source --download-only criu) || true
+    orig=$(ls "$work"/criu_*.orig.tar.xz 2>/dev/null | sort -V | tail -n1 || true)
+    [ -n "$orig" ] || die "could not download criu's orig tarball from sid"
+  fi
+  log "building CRIU from $(basename "$orig")"
+  local src=$work/src
+  rm -rf "$src"
+  mkdir -p "$src"
+  tar -xf "$orig" -C "$src" --strip-components=1
+  make -C "$src" -j"$(nproc)" criu >"$work/build.log" 2>&1 || {
+    tail -n 40 "$work/build.log" >&2
+    die "CRIU build failed; full log: $work/build.log"
+  }
+  install -D -m 0755 "$src/criu/criu" "$prefix/sbin/criu"
+  log "installed $prefix/sbin/criu"
+}
+
+criu_bin=""
+for candidate in "$prefix/sbin/criu" /usr/sbin/criu /usr/local/sbin/criu $(command -v criu 2>/dev/null || true); do
+  if criu_ok "$candidate"; then criu_bin=$candidate; break; fi
+done
+if [ -z "$criu_bin" ]; then
+  build_criu
+  criu_ok "$prefix/sbin/criu" || die "the CRIU just built at $prefix/sbin/criu does not pass 'criu check'"
+  criu_bin=$prefix/sbin/criu
+fi
+# The agent looks for `criu` on PATH; make sure the good one wins over an old distro binary.
+if [ "$(command -v criu || true)" != "$criu_bin" ] && [ "$criu_bin" != /usr/local/sbin/criu ]; then
+  ln -sf "$criu_bin" /usr/local/sbin/criu
+fi
+
+# ---------------------------------------------------------------------------------------------
+# kernel knobs: lazy pages need bigger pipes without CAP_SYS_RESOURCE
+# ---------------------------------------------------------------------------------------------
+if [ "$(cat /proc/sys/fs/pipe-max-size)" -lt 4194304 ]; then
+  echo 4194304 >/proc/sys/fs/pipe-max-size
+fi
+
+# ---------------------------------------------------------------------------------------------
+# the Rust workspace
+# ---------------------------------------------------------------------------------------------
+if [ "${FERRY_SETUP_SKIP_BUILD:-0}" != 1 ]; then
+  command -v cargo >/dev/null || die "cargo is not installed (the machine's Rust toolchain is expected)"
+  log "building ferry (release)"
+  (cd "$here" && cargo build --release --locked --quiet --bins)
+  log "ferry built at $here/target/release/ferry"
+fi
+log "done"

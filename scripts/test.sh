@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The project's test command (README, .ci/run): set the machine up, then lint and run every test
+# as root on real processes.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$here"
+
+start=$(date +%s)
+FERRY_SETUP_SKIP_BUILD=1 scripts/setup.sh
+echo "[test] setup took $(( $(date +%s) - start )) s"
+
+step() { echo "[test] $*"; }
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy -D warnings"
+cargo clippy --locked --workspace --all-targets --quiet -- -D warnings
+step "cargo test"
+cargo test --locked --workspace --no-fail-fast 2>&1
+echo "[test] total $(( $(date +%s) - start )) s"

@@ -1,0 +1,254 @@
+//! A small harness for scenario tests: real `ferry agent` processes, real workloads, polling
+//! instead of sleeps, cleanup in `Drop`.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_proto::agent::agent_client::AgentClient;
+use ferry_proto::agent::{self as pb};
+use tonic::transport::Channel;
+
+pub type Client = AgentClient<Channel>;
+
+/// True when running as root. Tests that need root call [`require_root`].
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Returns false (and says so loudly) when the test cannot run here for lack of root.
+pub fn require_root(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    eprintln!(
+        "\n*** SKIPPED {test}: needs root (PID namespaces, CRIU); run the suite as root ***\n"
+    );
+    false
+}
+
+/// Polls `f` every 20 ms until it returns Some, or panics with `what` after `timeout`.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A `ferry agent` process with its own data dir, serving on a loopback port.
+pub struct AgentProc {
+    pub child: Child,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    _tmp: TempDir,
+}
+
+impl AgentProc {
+    pub fn start(name: &str) -> AgentProc {
+        let tmp = TempDir::new(&format!("ferry-test-{name}"));
+        let data_dir = tmp.path().join("data");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["agent", "--listen", "127.0.0.1:0", "--node", name, "--stop-grace-secs", "5"])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ferry agent");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tag = name.to_string();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[agent {tag}] {line}");
+                if line.contains("agent serving gRPC") {
+                    if let Some(addr) = line.split("listen=").nth(1) {
+                        let addr = addr.split_whitespace().next().unwrap_or("").to_string();
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(addr);
+                        }
+                    }
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("agent did not report its listen address within 30 s");
+        AgentProc { child, addr: format!("http://{addr}"), data_dir, _tmp: tmp }
+    }
+
+    pub async fn client(&self) -> Client {
+        AgentClient::connect(self.addr.clone()).await.expect("connect to agent")
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        // Workloads outlive their agent by design; a test must not leave any behind.
+        for pid in descendants(self.pid()) {
+            kill(pid, 9);
+        }
+        // The graceful drain is not under test here; do not wait for it.
+        kill(self.pid(), 9);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn kill(pid: i32, sig: i32) {
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// A process as /proc/PID/stat shows it.
+#[derive(Debug, Clone)]
+pub struct Stat {
+    pub pid: i32,
+    pub ppid: i32,
+    pub state: char,
+    pub comm: String,
+    pub cpu_ticks: u64,
+}
+
+pub fn stat(pid: i32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text[open + 1..close].to_string();
+    let rest: Vec<&str> = text[close + 2..].split_whitespace().collect();
+    Some(Stat {
+        pid,
+        ppid: rest.get(1)?.parse().ok()?,
+        state: rest.first()?.chars().next()?,
+        comm,
+        cpu_ticks: rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?,
+    })
+}
+
+pub fn all_stats() -> HashMap<i32, Stat> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| stat(pid).map(|s| (pid, s)))
+        .collect()
+}
+
+/// Every descendant of `root` (not root itself).
+pub fn descendants(root: i32) -> Vec<i32> {
+    let all = all_stats();
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for s in all.values().filter(|s| s.ppid == p) {
+            out.push(s.pid);
+            frontier.push(s.pid);
+        }
+    }
+    out
+}
+
+/// A directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let base = std::env::temp_dir();
+        for i in 0..1000u32 {
+            let p = base.join(format!("{prefix}-{}-{i}", std::process::id()));
+            if std::fs::create_dir(&p).is_ok() {
+                return TempDir(p);
+            }
+        }
+        panic!("cannot create a temp dir under {base:?}");
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A spec running `argv`.
+pub fn spec(argv: &[&str]) -> pb::WorkloadSpec {
+    pb::WorkloadSpec { argv: argv.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+}
+
+pub async fn start(c: &mut Client, spec: pb::WorkloadSpec) -> pb::ProcessStatus {
+    c.start_process(pb::StartProcessRequest { spec: Some(spec) })
+        .await
+        .unwrap_or_else(|s| panic!("StartProcess failed: {s}"))
+        .into_inner()
+}
+
+pub async fn status(c: &mut Client, id: &str) -> pb::ProcessStatus {
+    c.get_status(pb::WorkloadRef { id: id.into() })
+        .await
+        .unwrap_or_else(|s| panic!("GetStatus {id} failed: {s}"))
+        .into_inner()
+}
+
+pub fn id_of(s: &pb::ProcessStatus) -> String {
+    s.spec.as_ref().map(|s| s.id.clone()).unwrap_or_default()
+}
+
+pub fn is_exited(s: &pb::ProcessStatus) -> bool {
+    s.state == pb::ProcessState::Exited as i32
+}
+
+/// Waits until workload `id` has exited and returns its last status.
+pub async fn wait_exited(c: &mut Client, id: &str, timeout: Duration) -> pb::ProcessStatus {
+    wait_until(&format!("workload {id} to exit"), timeout, || {
+        let mut c = c.clone();
+        let id = id.to_string();
+        async move {
+            let s = status(&mut c, &id).await;
+            is_exited(&s).then_some(s)
+        }
+    })
+    .await
+}
+
+/// All log lines of workload `id`.
+pub async fn logs(c: &mut Client, id: &str) -> Vec<pb::LogLine> {
+    c.get_logs(pb::GetLogsRequest { id: id.into(), from_line: 0, max_lines: 0 })
+        .await
+        .unwrap_or_else(|s| panic!("GetLogs {id} failed: {s}"))
+        .into_inner()
+        .lines
+}
