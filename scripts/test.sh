@@ -15,5 +15,12 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --locked --workspace --all-targets --quiet -- -D warnings
 step "cargo test"
-cargo test --locked --workspace --no-fail-fast 2>&1
+log=$(mktemp)
+rc=0
+cargo test --locked --workspace --no-fail-fast 2>&1 | tee "$log" || rc=$?
+passed=$(grep -oE '^test result: .* ([0-9]+) passed' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -oE '^test result: .* ([0-9]+) failed' "$log" | grep -oE '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+rm -f "$log"
 echo "[test] total $(( $(date +%s) - start )) s"
+echo "tests: $passed passed, $failed failed"
+exit "$rc"

@@ -74,9 +74,7 @@ fn meminfo_kib(text: &str, key: &str) -> u64 {
 
 /// Bytes available to an unprivileged user on the filesystem holding `path`.
 pub fn free_bytes(path: &Path) -> u64 {
-    nix::sys::statvfs::statvfs(path)
-        .map(|s| s.blocks_available() * s.fragment_size())
-        .unwrap_or(0)
+    nix::sys::statvfs::statvfs(path).map(|s| s.blocks_available() * s.fragment_size()).unwrap_or(0)
 }
 
 /// CRIU's lazy-pages transfer sizes its pipes above the default 1 MiB `fs.pipe-max-size`, which

@@ -147,7 +147,11 @@ mod tests {
         let env = spec(&["sh", "-c", "true"]).validate(Path::new("/")).unwrap();
         assert!(env.iter().any(|(k, v)| k == "FERRY_WORKLOAD_ID" && v == "w-1"));
         spec(&["/bin/sh"]).validate(Path::new("/")).unwrap();
-        let err = spec(&["/etc/hostname"]).validate(Path::new("/")).unwrap_err();
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = spec(&["./plain"]).validate(dir.path()).unwrap_err();
         assert!(err.to_string().contains("no execute permission"), "{err}");
         let err = spec(&["/etc"]).validate(Path::new("/")).unwrap_err();
         assert!(err.to_string().contains("not a regular file"), "{err}");
