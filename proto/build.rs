@@ -1,7 +1,7 @@
 //! Compiles the .proto files with protox (pure Rust), so no system protoc is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/ferry/agent/v1/agent.proto", "proto/ferry/agent/v1/snapshot.proto"];
+    let files = ["proto/ferry/agent/v1/agent.proto", "proto/criu/rpc.proto"];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

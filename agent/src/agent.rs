@@ -81,6 +81,10 @@ impl Agent {
         self.workloads.write().expect("workload table poisoned").insert(w.id().to_string(), w);
     }
 
+    pub(crate) fn remove(&self, id: &str) {
+        self.workloads.write().expect("workload table poisoned").remove(id);
+    }
+
     pub fn workloads(&self) -> Vec<Arc<Workload>> {
         self.workloads.read().expect("workload table poisoned").values().cloned().collect()
     }

@@ -20,6 +20,10 @@ pub struct AgentConfig {
     pub stop_grace: Duration,
     /// Path of the criu binary (default: found on PATH).
     pub criu_path: Option<PathBuf>,
+    /// Largest snapshot this agent accepts, in bytes (also bounded by free space).
+    pub max_snapshot_bytes: u64,
+    /// Honour test-only faults in MigrateOut requests.
+    pub fault_injection: bool,
 }
 
 impl AgentConfig {

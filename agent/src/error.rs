@@ -27,6 +27,16 @@ pub enum AgentError {
     Signal { id: String, pid: i32, source: std::io::Error },
     #[error("{path:?}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    Snapshot(#[from] crate::snapshot::receive::ReceiveError),
+    #[error("restore failed on node {node}: {source}")]
+    Restore { node: String, source: crate::engine::EngineError },
+    #[error("the snapshot stream broke: {0}")]
+    StreamBroken(String),
+    #[error("no pending migration {id} on this node")]
+    NoSuchMigration { id: String },
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -5,10 +5,13 @@
 pub mod agent;
 pub mod config;
 pub mod criu;
+pub mod engine;
 pub mod error;
 pub mod grpc;
 pub mod health;
 pub mod logs;
+pub mod migrate;
+pub mod snapshot;
 pub mod sys;
 pub mod workload;
 

@@ -45,6 +45,12 @@ struct AgentArgs {
     /// Seconds between SIGTERM and SIGKILL when stopping a workload.
     #[arg(long, default_value_t = 10)]
     stop_grace_secs: u64,
+    /// Largest snapshot accepted from another agent, in MiB (also bounded by free space).
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_snapshot_mib: u64,
+    /// Honour test-only faults in migration requests (corrupt a chunk, slow the transfer).
+    #[arg(long, hide = true)]
+    enable_fault_injection: bool,
 }
 
 fn main() -> ExitCode {
@@ -81,6 +87,8 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         init_path: args.init_path.unwrap_or_else(AgentConfig::default_init_path),
         stop_grace: Duration::from_secs(args.stop_grace_secs),
         criu_path: args.criu,
+        max_snapshot_bytes: args.max_snapshot_mib << 20,
+        fault_injection: args.enable_fault_injection,
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {

@@ -13,6 +13,8 @@ use ferry_proto::agent::agent_client::AgentClient;
 use ferry_proto::agent::{self as pb};
 use tonic::transport::Channel;
 
+pub mod net;
+
 pub type Client = AgentClient<Channel>;
 
 /// True when running as root. Tests that need root call [`require_root`].
@@ -59,13 +61,37 @@ pub struct AgentProc {
 }
 
 impl AgentProc {
+    /// An agent on loopback in the test's own namespaces.
     pub fn start(name: &str) -> AgentProc {
         let tmp = TempDir::new(&format!("ferry-test-{name}"));
         let data_dir = tmp.path().join("data");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(["agent", "--listen", "127.0.0.1:0", "--node", name, "--stop-grace-secs", "5"])
-            .arg("--data-dir")
-            .arg(&data_dir)
+        let args: Vec<String> = [
+            "agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--node",
+            name,
+            "--stop-grace-secs",
+            "5",
+            "--data-dir",
+            &data_dir.to_string_lossy(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        AgentProc::spawn(name, env!("CARGO_BIN_EXE_ferry"), &args, tmp, data_dir)
+    }
+
+    /// Runs `program args` (which ends up exec'ing `ferry agent`) and waits for its address.
+    pub fn spawn(
+        name: &str,
+        program: &str,
+        args: &[String],
+        tmp: TempDir,
+        data_dir: PathBuf,
+    ) -> AgentProc {
+        let mut child = Command::new(program)
+            .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -89,9 +115,13 @@ impl AgentProc {
                 }
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("agent did not report its listen address within 30 s");
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("agent {name} did not report its listen address within 30 s");
+            }
+        };
         AgentProc { child, addr: format!("http://{addr}"), data_dir, _tmp: tmp }
     }
 
@@ -246,9 +276,67 @@ pub async fn wait_exited(c: &mut Client, id: &str, timeout: Duration) -> pb::Pro
 
 /// All log lines of workload `id`.
 pub async fn logs(c: &mut Client, id: &str) -> Vec<pb::LogLine> {
-    c.get_logs(pb::GetLogsRequest { id: id.into(), from_line: 0, max_lines: 0 })
-        .await
-        .unwrap_or_else(|s| panic!("GetLogs {id} failed: {s}"))
-        .into_inner()
-        .lines
+    let mut out = Vec::new();
+    loop {
+        let page = c
+            .get_logs(pb::GetLogsRequest {
+                id: id.into(),
+                from_line: out.len() as u64,
+                max_lines: 10_000,
+            })
+            .await
+            .unwrap_or_else(|s| panic!("GetLogs {id} failed: {s}"))
+            .into_inner();
+        if page.lines.is_empty() {
+            return out;
+        }
+        out.extend(page.lines);
+    }
+}
+
+/// The test workloads (tests/workloads), built once per test binary.
+pub fn workloads() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("ferry-workloads-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/workloads/build.sh");
+        let out = Command::new("sh").arg(&script).arg(&dir).output().expect("run build.sh");
+        assert!(
+            out.status.success(),
+            "building test workloads failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+}
+
+/// The path of a test workload as a string.
+pub fn workload(name: &str) -> String {
+    workloads().join(name).to_string_lossy().into_owned()
+}
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Log lines of `id` (text only) once `pred` holds for them.
+pub async fn wait_log(
+    c: &Client,
+    id: &str,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    wait_until(what, timeout, || {
+        let mut c = c.clone();
+        let id = id.to_string();
+        let pred = &pred;
+        async move {
+            let lines: Vec<String> = logs(&mut c, &id).await.into_iter().map(|l| l.text).collect();
+            pred(&lines).then_some(lines)
+        }
+    })
+    .await
 }

@@ -6,6 +6,7 @@ use ferry_proto::agent as pb;
 
 use crate::health::Health;
 use crate::logs::{LogLine, Stream};
+use crate::migrate::{MigrationReport, Phase};
 use crate::workload::{Engine, State, Status, WorkloadSpec};
 
 pub fn spec_from_pb(s: pb::WorkloadSpec) -> WorkloadSpec {
@@ -116,5 +117,48 @@ pub fn health_to_pb(h: Health) -> pb::HealthCheckResponse {
         data_dir_free_bytes: h.data_dir_free_bytes,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         root: h.root,
+    }
+}
+
+pub fn report_to_pb(r: MigrationReport) -> pb::MigrationResult {
+    let d = |p: Phase| r.timeline.duration_ms(p);
+    pb::MigrationResult {
+        migration_id: r.migration_id.clone(),
+        workload_id: r.workload_id.clone(),
+        source_node: r.source_node.clone(),
+        target_node: r.target_node.clone(),
+        outcome: match r.outcome {
+            Phase::Completed => pb::Outcome::Completed,
+            Phase::RolledBack => pb::Outcome::RolledBack,
+            _ => pb::Outcome::Failed,
+        } as i32,
+        error: r.error.clone().unwrap_or_default(),
+        failed_phase: r.failed_phase.map(|p| p.as_str().to_string()).unwrap_or_default(),
+        phases: r
+            .timeline
+            .phases
+            .iter()
+            .map(|(p, s, e)| pb::PhaseTiming {
+                phase: p.as_str().to_string(),
+                started_at_ms: *s,
+                ended_at_ms: *e,
+            })
+            .collect(),
+        freeze_ms: d(Phase::Freezing),
+        dump_ms: d(Phase::Checkpointing),
+        transfer_ms: d(Phase::Transferring),
+        restore_ms: d(Phase::Restoring),
+        downtime_ms: r.downtime_ms,
+        total_ms: r.total_ms,
+        bytes_raw: r.bytes_raw,
+        bytes_wire: r.bytes_wire,
+        target_status: r.target_status.clone(),
+        criu_log: r.criu_log.as_ref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
+        engine: match r.engine {
+            Engine::Criu => "criu",
+            Engine::Cooperative => "cooperative",
+            Engine::Auto => "auto",
+        }
+        .to_string(),
     }
 }

@@ -1,6 +1,7 @@
 //! The agent's gRPC service: thin handlers that convert, call the agent, convert back.
 
 mod convert;
+pub(crate) use convert::{spec_from_pb, spec_to_pb};
 mod status;
 
 use std::sync::Arc;
@@ -11,6 +12,8 @@ use pb::agent_server::Agent as AgentApi;
 use tonic::{Request, Response, Status};
 
 use crate::agent::Agent;
+use crate::migrate::MigrateOut;
+use crate::snapshot::send::SendFault;
 pub use pb::agent_server::AgentServer;
 
 /// Default and maximum number of log lines per GetLogs call.
@@ -127,5 +130,67 @@ impl AgentApi for Service {
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(convert::health_to_pb(health)))
+    }
+
+    async fn migrate_out(
+        &self,
+        req: Request<pb::MigrateOutRequest>,
+    ) -> Result<Response<pb::MigrationResult>, Status> {
+        let r = req.into_inner();
+        let fault = match pb::Fault::try_from(r.fault).unwrap_or(pb::Fault::None) {
+            pb::Fault::None => SendFault::None,
+            pb::Fault::CorruptChunk => SendFault::CorruptChunk(r.fault_arg.into()),
+            pb::Fault::SlowTransfer => {
+                SendFault::Slow(Duration::from_millis(r.fault_arg.max(1).into()))
+            }
+        };
+        let report = self
+            .agent
+            .migrate_out(MigrateOut {
+                workload_id: need_id(&r.workload_id)?.to_string(),
+                target: r.target_address,
+                migration_id: (!r.migration_id.is_empty()).then_some(r.migration_id),
+                fault,
+            })
+            .await?;
+        Ok(Response::new(convert::report_to_pb(report)))
+    }
+
+    async fn push_snapshot(
+        &self,
+        req: Request<tonic::Streaming<pb::SnapshotPart>>,
+    ) -> Result<Response<pb::PushResult>, Status> {
+        let pushed = self.agent.receive_snapshot(req.into_inner()).await?;
+        Ok(Response::new(pb::PushResult {
+            status: Some(convert::status_to_pb(pushed.status)),
+            verify_ms: pushed.verify_ms,
+            restore_ms: pushed.restore_ms,
+            bytes_raw: pushed.bytes_raw,
+            bytes_wire: pushed.bytes_wire,
+        }))
+    }
+
+    async fn commit_migration(
+        &self,
+        req: Request<pb::MigrationRef>,
+    ) -> Result<Response<pb::ProcessStatus>, Status> {
+        let mid = &req.get_ref().migration_id;
+        if mid.is_empty() {
+            return Err(Status::invalid_argument("migration id is empty"));
+        }
+        let status = self.agent.commit_migration(mid).await?;
+        Ok(Response::new(convert::status_to_pb(status)))
+    }
+
+    async fn abort_migration(
+        &self,
+        req: Request<pb::MigrationRef>,
+    ) -> Result<Response<pb::AbortMigrationResponse>, Status> {
+        let mid = &req.get_ref().migration_id;
+        if mid.is_empty() {
+            return Err(Status::invalid_argument("migration id is empty"));
+        }
+        self.agent.abort_migration(mid).await?;
+        Ok(Response::new(pb::AbortMigrationResponse {}))
     }
 }

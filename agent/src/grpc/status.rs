@@ -3,6 +3,7 @@
 use tonic::{Code, Status};
 
 use crate::error::AgentError;
+use crate::snapshot::receive::ReceiveError;
 
 impl From<AgentError> for Status {
     fn from(err: AgentError) -> Status {
@@ -13,7 +14,16 @@ impl From<AgentError> for Status {
             | AgentError::BadCwd { .. } => Code::InvalidArgument,
             AgentError::Spawn(crate::sys::spawn::SpawnError::Exec { .. })
             | AgentError::Spawn(crate::sys::spawn::SpawnError::Cwd { .. }) => Code::InvalidArgument,
-            AgentError::NotFound { .. } => Code::NotFound,
+            AgentError::InvalidRequest(_) => Code::InvalidArgument,
+            AgentError::Snapshot(ReceiveError::Version(_)) => Code::FailedPrecondition,
+            AgentError::Snapshot(ReceiveError::Invalid(_) | ReceiveError::TooLarge { .. }) => {
+                Code::InvalidArgument
+            }
+            AgentError::Snapshot(ReceiveError::Corrupt(_)) => Code::DataLoss,
+            AgentError::Snapshot(ReceiveError::Io { .. }) => Code::Internal,
+            AgentError::Restore { .. } => Code::FailedPrecondition,
+            AgentError::StreamBroken(_) => Code::Aborted,
+            AgentError::NotFound { .. } | AgentError::NoSuchMigration { .. } => Code::NotFound,
             AgentError::AlreadyExists { .. } => Code::AlreadyExists,
             AgentError::BadState { .. } => Code::FailedPrecondition,
             AgentError::Spawn(_)

@@ -7,6 +7,7 @@ pub mod proc;
 pub mod reaper;
 pub mod signal;
 pub mod spawn;
+pub mod swrk;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {

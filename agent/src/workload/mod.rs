@@ -1,8 +1,9 @@
 //! Workloads: what the agent runs, and the operations on them. One operation per file.
 
+mod adopt;
 mod pause;
 mod spec;
-mod start;
+pub(crate) mod start;
 mod status;
 mod stop;
 
@@ -12,6 +13,8 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
+pub use adopt::Adopt;
+pub(crate) use pause::{continue_tree, stop_tree};
 pub use spec::{Engine, WorkloadSpec};
 pub use status::{State, Status, Task};
 
@@ -55,6 +58,8 @@ struct Mutable {
     paused: bool,
     /// Last CPU sample of the tree: when, and total ticks.
     cpu_sample: Option<(Instant, u64)>,
+    /// On a migration target: restored, stopped, waiting for CommitMigration of this id.
+    pending_migration: Option<String>,
 }
 
 /// A workload supervised by this agent.
@@ -70,6 +75,12 @@ pub struct Workload {
     pub own_pid_namespace: bool,
     pub started_at_ms: i64,
     pub log: LogStore,
+    /// CRIU `inherit_fd` keys of its stdout and stderr pipes ("pipe:[INODE]").
+    pub stdio_keys: [String; 2],
+    /// The cooperative engine's control socket, for workloads using it.
+    pub coop: Option<std::sync::Arc<crate::engine::coop::Control>>,
+    /// Set while a migration of this workload runs (one at a time).
+    pub migrating: std::sync::atomic::AtomicBool,
     state: Mutex<Mutable>,
     exit: watch::Receiver<Option<ExitInfo>>,
 }
@@ -87,8 +98,16 @@ impl Workload {
         self.state.lock().expect("workload state poisoned").paused
     }
 
-    fn set_paused(&self, paused: bool) {
+    pub(crate) fn set_paused(&self, paused: bool) {
         self.state.lock().expect("workload state poisoned").paused = paused;
+    }
+
+    pub fn pending_migration(&self) -> Option<String> {
+        self.state.lock().expect("workload state poisoned").pending_migration.clone()
+    }
+
+    pub(crate) fn set_pending_migration(&self, id: Option<String>) {
+        self.state.lock().expect("workload state poisoned").pending_migration = id;
     }
 
     /// Waits until the workload has exited, at most `timeout`. True if it has.

@@ -1,43 +1,101 @@
 //! Starting a workload: validate, lay out its directory, spawn ferry-init with the agent owning
-//! the output pipes, and watch for its exit.
+//! the output pipes, and adopt the tree.
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use tokio::sync::watch;
-
-use super::{ExitInfo, Mutable, Status, Workload, WorkloadSpec};
+use super::{Adopt, Engine, Status, Workload, WorkloadSpec};
 use crate::agent::Agent;
+use crate::engine::coop::Control;
 use crate::error::{AgentError, Result};
-use crate::logs::{self, LogStore, Stream};
+use crate::logs::LogStore;
 use crate::sys::spawn::{self, SpawnRequest};
+
+/// Extra facts for a launch that is a cooperative restore on a migration target.
+pub(crate) struct Restoring {
+    /// Directory holding the state the program saved (FERRY_RESTORE).
+    pub state_dir: PathBuf,
+    pub migration_id: String,
+    pub started_at_ms: i64,
+}
 
 impl Agent {
     pub async fn start(&self, mut spec: WorkloadSpec) -> Result<Status> {
         if spec.id.is_empty() {
             spec.id = new_id();
         }
-        if self.get(&spec.id).is_ok() {
-            return Err(AgentError::AlreadyExists { id: spec.id });
+        spec.engine = self.resolve_engine(spec.engine)?;
+        let w = self.launch(spec, None).await?;
+        Ok(self.status_of(&w))
+    }
+
+    /// CRIU when usable (root and `criu check` passing), else cooperative.
+    fn resolve_engine(&self, asked: Engine) -> Result<Engine> {
+        let criu_usable = self.is_root() && self.criu().check_passed;
+        match asked {
+            Engine::Auto if criu_usable => Ok(Engine::Criu),
+            Engine::Auto | Engine::Cooperative => Ok(Engine::Cooperative),
+            Engine::Criu if criu_usable => Ok(Engine::Criu),
+            Engine::Criu => Err(AgentError::InvalidSpec(format!(
+                "engine criu is not usable on node {}: {}",
+                self.config().node,
+                if self.is_root() {
+                    self.criu().check_error.clone()
+                } else {
+                    "the agent does not run as root".to_string()
+                }
+            ))),
+        }
+    }
+
+    /// Spawns `spec` (already given an id and a resolved engine) and adopts it.
+    pub(crate) async fn launch(
+        &self,
+        spec: WorkloadSpec,
+        restoring: Option<Restoring>,
+    ) -> Result<Arc<Workload>> {
+        if let Ok(old) = self.get(&spec.id) {
+            if old.exit_info().is_none() {
+                return Err(AgentError::AlreadyExists { id: spec.id });
+            }
         }
         let dir = self.workload_dir(&spec.id);
         let cwd = spec.cwd.clone().unwrap_or_else(|| dir.join("work"));
         if spec.cwd.is_none() {
             create_dir(&cwd)?;
         }
-        let env = match spec.validate(&cwd) {
+        let cleanup = |dir: &Path| {
+            if restoring.is_none() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        };
+        let mut env = match spec.validate(&cwd) {
             Ok(env) => env,
             Err(err) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                cleanup(&dir);
                 return Err(err);
             }
         };
         create_dir(&dir)?;
+        let coop = if spec.engine == Engine::Cooperative {
+            let sock = dir.join("control.sock");
+            let c = Control::listen(&sock)
+                .map_err(|source| AgentError::Io { path: sock.clone(), source })?;
+            env.push(("FERRY_CONTROL".into(), sock.to_string_lossy().into_owned()));
+            Some(c)
+        } else {
+            None
+        };
+        if let Some(r) = &restoring {
+            env.push(("FERRY_RESTORE".into(), r.state_dir.to_string_lossy().into_owned()));
+        }
         let log = LogStore::open(&dir.join("output.log"))
             .map_err(|source| AgentError::Io { path: dir.join("output.log"), source })?;
         let io = |source| AgentError::Io { path: dir.clone(), source };
         let (out_r, out_w) = spawn::pipe().map_err(io)?;
         let (err_r, err_w) = spawn::pipe().map_err(io)?;
+        let stdio_keys = [pipe_key(&out_r).map_err(io)?, pipe_key(&err_r).map_err(io)?];
 
         let init = self.config().init_path.clone();
         let new_pid_ns = self.is_root();
@@ -60,65 +118,69 @@ impl Agent {
         })
         .await
         .map_err(|e| AgentError::Internal(e.to_string()))?;
-        let (spawned, exit_rx) = match spawned {
+        let (spawned, exit) = match spawned {
             Ok(s) => s,
             Err(err) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                cleanup(&dir);
                 return Err(err.into());
             }
         };
-
-        logs::capture(out_r, Stream::Stdout, log.clone());
-        logs::capture(err_r, Stream::Stderr, log.clone());
-
-        let (exit_tx, exit) = watch::channel(None);
-        let workload = Arc::new(Workload {
+        tracing::info!(
+            id = spec.id,
+            pid = spawned.pid,
+            argv = ?spec.argv,
+            engine = ?spec.engine,
+            pid_namespace = new_pid_ns,
+            restoring = restoring.is_some(),
+            "workload started"
+        );
+        Ok(self.adopt(Adopt {
             spec,
             dir,
             cwd,
             init_pid: spawned.pid,
             main_ns_pid: spawned.main_ns_pid,
             own_pid_namespace: new_pid_ns,
-            started_at_ms: crate::sys::now_ms(),
+            started_at_ms: restoring
+                .as_ref()
+                .map(|r| r.started_at_ms)
+                .unwrap_or_else(crate::sys::now_ms),
             log,
-            state: Mutex::new(Mutable::default()),
+            stdout: out_r,
+            stderr: err_r,
+            stdio_keys,
+            coop,
             exit,
-        });
-        tracing::info!(
-            id = workload.id(),
-            pid = spawned.pid,
-            argv = ?workload.spec.argv,
-            pid_namespace = new_pid_ns,
-            "workload started"
-        );
-        let id = workload.id().to_string();
-        tokio::spawn(async move {
-            if let Ok(status) = exit_rx.await {
-                let info = ExitInfo::from_init(status, crate::sys::now_ms());
-                tracing::info!(id, %info, "workload ended");
-                let _ = exit_tx.send(Some(info));
-            }
-        });
-        self.insert(workload.clone());
-        Ok(self.status_of(&workload))
+            paused: false,
+            pending_migration: restoring.map(|r| r.migration_id),
+        }))
     }
 
-    fn workload_dir(&self, id: &str) -> PathBuf {
+    pub(crate) fn workload_dir(&self, id: &str) -> PathBuf {
         self.config().data_dir.join("workloads").join(id)
     }
 }
 
-fn create_dir(path: &std::path::Path) -> Result<()> {
+/// CRIU's name for a pipe, used to hand a new pipe to a restored process (`inherit_fd`).
+pub(crate) fn pipe_key(fd: &impl AsRawFd) -> std::io::Result<String> {
+    Ok(format!("pipe:[{}]", crate::sys::swrk::inode(fd.as_raw_fd())?))
+}
+
+pub(crate) fn create_dir(path: &Path) -> Result<()> {
     std::fs::create_dir_all(path).map_err(|source| AgentError::Io { path: path.into(), source })
 }
 
-/// A fresh workload id: `w-` and 12 hex digits from the kernel's random source.
-fn new_id() -> String {
+/// A fresh id: `prefix-` and 12 hex digits from the kernel's random source.
+pub(crate) fn new_id_with(prefix: &str) -> String {
     let mut b = [0u8; 6];
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
         use std::io::Read;
         let _ = f.read_exact(&mut b);
     }
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("w-{hex}")
+    format!("{prefix}-{hex}")
+}
+
+fn new_id() -> String {
+    new_id_with("w")
 }

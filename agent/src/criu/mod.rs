@@ -1,4 +1,7 @@
-//! Finding CRIU and whether it works on this host.
+//! CRIU: finding it and whether it works on this host (here), and driving it over RPC (`rpc`).
+
+pub mod failure;
+pub mod rpc;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,0 +1,112 @@
+//! Turning CRIU's log into a sentence a person can act on.
+
+use std::path::Path;
+
+/// Known failures: a pattern in CRIU's log and what it means for a ferry user.
+const KNOWN: &[(&str, &str)] = &[
+    (
+        "Can't fork for",
+        "a PID the workload needs is already taken on this node (CRIU: \"Can't fork\"); \
+         workloads started by ferry have their own PID namespace, so this one was not",
+    ),
+    (
+        "Address already in use",
+        "a port the workload listens on is already in use on the target node; free the port \
+         there or choose another target",
+    ),
+    (
+        "Can't bind",
+        "a socket of the workload cannot be bound on the target node (address or port \
+         unavailable there)",
+    ),
+    (
+        "External socket is used",
+        "the workload is connected to a UNIX socket outside itself (e.g. a daemon's socket); \
+         CRIU cannot move that connection",
+    ),
+    (
+        "unix: Can't dump",
+        "the workload holds a UNIX socket CRIU cannot dump (connected to a process outside the \
+         workload)",
+    ),
+    (
+        "Connected TCP socket",
+        "the workload has an established TCP connection; only listening sockets move (close \
+         client connections first)",
+    ),
+    ("io_uring", "the workload uses io_uring, which CRIU cannot checkpoint"),
+    (
+        "has bad size",
+        "a file the workload holds open changed size or differs on the target (files outside \
+         its working directory must be identical on both nodes)",
+    ),
+    (
+        "Can't open file",
+        "a file the workload holds open does not exist on the target node (files outside its \
+         working directory must exist on both nodes)",
+    ),
+    (
+        "cpuinfo",
+        "the target CPU lacks features the workload's CPU state needs (CPU mismatch between \
+         nodes)",
+    ),
+    ("CPU feature", "the target CPU lacks features the source CPU has (CPU mismatch)"),
+    ("xsave", "the target CPU's extended state (xsave) does not match the source's"),
+    ("Unsupported", "the workload uses a kind of file or resource CRIU does not support"),
+    ("Can't dump file", "the workload holds a file CRIU cannot dump (unsupported file type)"),
+    ("Operation not permitted", "CRIU lacked a permission (the agent must run as root)"),
+];
+
+/// The most telling error lines of a CRIU log (lines with "Error" or "err"), at most `max`.
+pub fn error_lines(log: &str, max: usize) -> Vec<String> {
+    let mut lines: Vec<String> = log
+        .lines()
+        .filter(|l| l.contains("Error") || l.contains("error") || l.contains("FAIL"))
+        .map(|l| l.trim().to_string())
+        .collect();
+    if lines.len() > max {
+        lines.drain(..lines.len() - max);
+    }
+    lines
+}
+
+/// A plain explanation of a failed CRIU run, from its log.
+pub fn explain(log: &str) -> Option<&'static str> {
+    let errors = error_lines(log, 50).join("\n");
+    let haystack = if errors.is_empty() { log } else { errors.as_str() };
+    KNOWN.iter().find(|(pat, _)| haystack.contains(pat)).map(|(_, msg)| *msg)
+}
+
+/// One sentence for a failed `what` ("dump", "restore"): the explanation when known, CRIU's own
+/// last error line, and where the full log is.
+pub fn describe(what: &str, log_path: &Path, fallback: &str) -> String {
+    let log = std::fs::read_to_string(log_path).unwrap_or_default();
+    let last = error_lines(&log, 1).pop().unwrap_or_else(|| fallback.to_string());
+    match explain(&log) {
+        Some(msg) => {
+            format!("CRIU {what} failed: {msg} (CRIU said: {last}; log: {})", log_path.display())
+        }
+        None => format!("CRIU {what} failed: {last} (log: {})", log_path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_failures_are_explained() {
+        let log = "(00.01) pie: 1: Error (criu/pie/restorer.c:99): foo\n\
+                   (00.02) 1: Error (criu/sk-inet.c:123): Can't bind inet socket (id 5): Address already in use\n";
+        assert!(explain(log).unwrap().contains("already in use on the target"));
+        let log = "(00.1) Error (criu/cr-restore.c:1): Can't fork for 42: File exists\n";
+        assert!(explain(log).unwrap().contains("PID"));
+        assert_eq!(explain("(0.1) Error (x.c:1): something new\n"), None);
+    }
+
+    #[test]
+    fn error_lines_keeps_the_last_ones() {
+        let log = "Error a\ninfo\nError b\nError c\n";
+        assert_eq!(error_lines(log, 2), vec!["Error b", "Error c"]);
+    }
+}

@@ -1,0 +1,85 @@
+//! The end of a migration on either side: commit or abort on the target, discarding a workload's
+//! copy on both.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::agent::Agent;
+use crate::error::{AgentError, Result};
+use crate::sys::signal::Sig;
+use crate::workload::{continue_tree, Status, Workload};
+
+/// How long a killed workload may take to be reaped.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+impl Agent {
+    /// Resumes the workload restored for `migration_id`: the source has killed its original.
+    pub async fn commit_migration(&self, migration_id: &str) -> Result<Status> {
+        let w = self.pending(migration_id)?;
+        if !w.is_paused() {
+            let w2 = w.clone();
+            tokio::task::spawn_blocking(move || continue_tree(&w2))
+                .await
+                .map_err(|e| AgentError::Internal(e.to_string()))??;
+        }
+        w.set_pending_migration(None);
+        self.remove_migration_dir(migration_id);
+        tracing::info!(
+            id = w.id(),
+            migration = migration_id,
+            "migration committed; workload runs here"
+        );
+        Ok(self.status_of(&w))
+    }
+
+    /// Discards the workload restored for `migration_id`: the source has resumed its original.
+    /// Idempotent: an unknown migration only has its scratch files removed.
+    pub async fn abort_migration(&self, migration_id: &str) -> Result<()> {
+        if let Ok(w) = self.pending(migration_id) {
+            self.discard(&w).await?;
+            tracing::info!(
+                id = w.id(),
+                migration = migration_id,
+                "migration aborted; copy discarded"
+            );
+        }
+        self.remove_migration_dir(migration_id);
+        Ok(())
+    }
+
+    fn pending(&self, migration_id: &str) -> Result<Arc<Workload>> {
+        self.workloads()
+            .into_iter()
+            .find(|w| w.pending_migration().as_deref() == Some(migration_id))
+            .ok_or_else(|| AgentError::NoSuchMigration { id: migration_id.to_string() })
+    }
+
+    pub(crate) fn remove_migration_dir(&self, migration_id: &str) {
+        if crate::snapshot::safe_relative(migration_id).is_some() {
+            let _ = std::fs::remove_dir_all(
+                self.config().data_dir.join("migrations").join(migration_id),
+            );
+        }
+    }
+
+    /// Kills a workload's whole tree, waits until it is reaped, and forgets it and its directory.
+    pub(crate) async fn discard(&self, w: &Arc<Workload>) -> Result<()> {
+        if w.exit_info().is_none() {
+            if w.own_pid_namespace {
+                crate::workload::signal_task(w, w.init_pid, Sig::SIGKILL)?;
+            } else {
+                crate::workload::signal_tree(w, Sig::SIGKILL)?;
+            }
+            if !w.wait_exit(KILL_WAIT).await {
+                return Err(AgentError::Internal(format!(
+                    "workload {} (pid {}) was not reaped {KILL_WAIT:?} after SIGKILL",
+                    w.id(),
+                    w.init_pid
+                )));
+            }
+        }
+        self.remove(w.id());
+        let _ = std::fs::remove_dir_all(&w.dir);
+        Ok(())
+    }
+}

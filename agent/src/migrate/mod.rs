@@ -1,0 +1,225 @@
+//! Migration as a transaction.
+//!
+//! ```mermaid
+//! stateDiagram-v2
+//!     [*] --> Pending
+//!     Pending --> Preflight
+//!     Preflight --> Freezing
+//!     Freezing --> Checkpointing
+//!     Checkpointing --> Freezing: cooperative (checkpoint, then freeze)
+//!     Checkpointing --> Transferring
+//!     Transferring --> Restoring
+//!     Restoring --> Committing
+//!     Committing --> Completed
+//!     Preflight --> RollingBack
+//!     Freezing --> RollingBack
+//!     Checkpointing --> RollingBack
+//!     Transferring --> RollingBack
+//!     Restoring --> RollingBack
+//!     RollingBack --> RolledBack
+//!     Committing --> Failed: target did not confirm the resume
+//! ```
+//!
+//! The source keeps its frozen original until the target holds a verified, restored (stopped)
+//! copy; then it kills the original and tells the target to resume (commit). Any failure before
+//! that resumes the original and tells the target to discard its copy (roll back): at every
+//! moment at most one copy runs, and at least one exists.
+
+mod finish;
+mod out;
+pub mod preflight;
+mod push;
+
+pub use out::{MigrateOut, MigrationReport};
+
+/// The phases of a migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    Pending,
+    Preflight,
+    Freezing,
+    Checkpointing,
+    Transferring,
+    Restoring,
+    Committing,
+    Completed,
+    RollingBack,
+    RolledBack,
+    Failed,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Preflight => "preflight",
+            Phase::Freezing => "freeze",
+            Phase::Checkpointing => "checkpoint",
+            Phase::Transferring => "transfer",
+            Phase::Restoring => "restore",
+            Phase::Committing => "commit",
+            Phase::Completed => "completed",
+            Phase::RollingBack => "rollback",
+            Phase::RolledBack => "rolled_back",
+            Phase::Failed => "failed",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, Phase::Completed | Phase::RolledBack | Phase::Failed)
+    }
+
+    /// Whether the source still holds the original, so a failure now rolls back.
+    pub fn can_roll_back(self) -> bool {
+        matches!(
+            self,
+            Phase::Pending
+                | Phase::Preflight
+                | Phase::Freezing
+                | Phase::Checkpointing
+                | Phase::Transferring
+                | Phase::Restoring
+        )
+    }
+
+    /// The next phase on success. `cooperative`: the program checkpoints before it is frozen.
+    pub fn next(self, cooperative: bool) -> Option<Phase> {
+        Some(match (self, cooperative) {
+            (Phase::Pending, _) => Phase::Preflight,
+            (Phase::Preflight, false) => Phase::Freezing,
+            (Phase::Freezing, false) => Phase::Checkpointing,
+            (Phase::Checkpointing, false) => Phase::Transferring,
+            (Phase::Preflight, true) => Phase::Checkpointing,
+            (Phase::Checkpointing, true) => Phase::Freezing,
+            (Phase::Freezing, true) => Phase::Transferring,
+            (Phase::Transferring, _) => Phase::Restoring,
+            (Phase::Restoring, _) => Phase::Committing,
+            (Phase::Committing, _) => Phase::Completed,
+            (Phase::RollingBack, _) => Phase::RolledBack,
+            _ => return None,
+        })
+    }
+
+    /// Where a failure in this phase leads.
+    pub fn on_failure(self) -> Phase {
+        if self.can_roll_back() {
+            Phase::RollingBack
+        } else if self == Phase::RollingBack || self == Phase::Committing {
+            Phase::Failed
+        } else {
+            self
+        }
+    }
+}
+
+/// When each phase started and ended.
+#[derive(Debug, Clone, Default)]
+pub struct Timeline {
+    pub phases: Vec<(Phase, i64, i64)>,
+}
+
+impl Timeline {
+    pub fn begin(&mut self, p: Phase) {
+        self.phases.push((p, crate::sys::now_ms(), 0));
+    }
+
+    pub fn end(&mut self) {
+        if let Some(last) = self.phases.last_mut() {
+            if last.2 == 0 {
+                last.2 = crate::sys::now_ms();
+            }
+        }
+    }
+
+    pub fn current(&self) -> Phase {
+        self.phases.last().map(|p| p.0).unwrap_or(Phase::Pending)
+    }
+
+    pub fn duration_ms(&self, p: Phase) -> i64 {
+        self.phases.iter().filter(|x| x.0 == p).map(|x| (x.2 - x.1).max(0)).sum()
+    }
+
+    pub fn start_of(&self, p: Phase) -> Option<i64> {
+        self.phases.iter().find(|x| x.0 == p).map(|x| x.1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn walk(cooperative: bool) -> Vec<Phase> {
+        let mut p = Phase::Pending;
+        let mut out = vec![p];
+        while let Some(n) = p.next(cooperative) {
+            out.push(n);
+            p = n;
+        }
+        out
+    }
+
+    #[test]
+    fn criu_freezes_before_checkpointing() {
+        use Phase::*;
+        assert_eq!(
+            walk(false),
+            [
+                Pending,
+                Preflight,
+                Freezing,
+                Checkpointing,
+                Transferring,
+                Restoring,
+                Committing,
+                Completed
+            ]
+        );
+    }
+
+    #[test]
+    fn cooperative_checkpoints_before_freezing() {
+        use Phase::*;
+        assert_eq!(
+            walk(true),
+            [
+                Pending,
+                Preflight,
+                Checkpointing,
+                Freezing,
+                Transferring,
+                Restoring,
+                Committing,
+                Completed
+            ]
+        );
+    }
+
+    #[test]
+    fn failures_roll_back_until_commit() {
+        for p in [
+            Phase::Preflight,
+            Phase::Freezing,
+            Phase::Checkpointing,
+            Phase::Transferring,
+            Phase::Restoring,
+        ] {
+            assert_eq!(p.on_failure(), Phase::RollingBack, "{p:?}");
+        }
+        assert_eq!(Phase::Committing.on_failure(), Phase::Failed);
+        assert_eq!(Phase::RollingBack.on_failure(), Phase::Failed);
+        assert_eq!(Phase::RollingBack.next(false), Some(Phase::RolledBack));
+        assert!(Phase::RolledBack.is_final() && Phase::Completed.is_final());
+        assert_eq!(Phase::Completed.next(false), None);
+    }
+
+    #[test]
+    fn timeline_durations() {
+        let mut t = Timeline::default();
+        t.phases.push((Phase::Freezing, 100, 130));
+        t.phases.push((Phase::Checkpointing, 130, 400));
+        assert_eq!(t.duration_ms(Phase::Freezing), 30);
+        assert_eq!(t.duration_ms(Phase::Transferring), 0);
+        assert_eq!(t.start_of(Phase::Checkpointing), Some(130));
+        assert_eq!(t.current(), Phase::Checkpointing);
+    }
+}

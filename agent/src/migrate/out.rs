@@ -1,0 +1,552 @@
+//! The source's side of a migration: the whole transaction, driven from here.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_proto::agent as pb;
+use ferry_proto::agent::agent_client::AgentClient;
+use tonic::transport::{Channel, Endpoint};
+
+use super::preflight::{self, SourceFacts};
+use super::{Phase, Timeline};
+use crate::agent::Agent;
+use crate::engine::{self, CheckpointDirs};
+use crate::error::{AgentError, Result};
+use crate::snapshot::send::{self, Progress, SendFault};
+use crate::snapshot::{self as snap, Sources};
+use crate::workload::{continue_tree, stop_tree, Engine, Workload};
+
+/// How long to wait for the target to answer a connection or a health check.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Commit is retried this many times before the migration is reported failed.
+const COMMIT_TRIES: u32 = 3;
+
+/// A request to move one workload to another agent.
+#[derive(Debug, Clone)]
+pub struct MigrateOut {
+    pub workload_id: String,
+    pub target: String,
+    pub migration_id: Option<String>,
+    pub fault: SendFault,
+}
+
+/// How a migration ended, with its figures.
+#[derive(Debug, Clone)]
+pub struct MigrationReport {
+    pub migration_id: String,
+    pub workload_id: String,
+    pub source_node: String,
+    pub target_node: String,
+    pub engine: Engine,
+    /// Completed, RolledBack or Failed.
+    pub outcome: Phase,
+    pub error: Option<String>,
+    pub failed_phase: Option<Phase>,
+    pub timeline: Timeline,
+    pub downtime_ms: i64,
+    pub total_ms: i64,
+    pub restore_ms: i64,
+    pub bytes_raw: u64,
+    pub bytes_wire: u64,
+    pub target_status: Option<pb::ProcessStatus>,
+    pub criu_log: Option<std::path::PathBuf>,
+}
+
+/// Releases the workload's one-migration-at-a-time flag however the migration ends.
+struct Busy(Arc<Workload>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.migrating.store(false, Ordering::SeqCst);
+    }
+}
+
+/// A failure inside the transaction: the phase, and what to tell the user.
+struct Failure {
+    phase: Phase,
+    message: String,
+    criu_log: Option<std::path::PathBuf>,
+}
+
+fn fail(phase: Phase, message: impl Into<String>) -> Failure {
+    Failure { phase, message: message.into(), criu_log: None }
+}
+
+impl Agent {
+    pub async fn migrate_out(self: &Arc<Self>, req: MigrateOut) -> Result<MigrationReport> {
+        if req.target.trim().is_empty() {
+            return Err(AgentError::InvalidRequest(
+                "target address is empty: give the target agent's gRPC address, e.g. http://10.0.0.2:50051".into(),
+            ));
+        }
+        if req.fault != SendFault::None && !self.config().fault_injection {
+            return Err(AgentError::InvalidRequest(
+                "fault injection is disabled on this agent (start it with --enable-fault-injection)".into(),
+            ));
+        }
+        let endpoint = Endpoint::from_shared(req.target.clone()).map_err(|e| {
+            AgentError::InvalidRequest(format!(
+                "target address {:?} is not a URI like http://host:port: {e}",
+                req.target
+            ))
+        })?;
+        let w = self.get(&req.workload_id)?;
+        self.require_alive(&w, "migrate")?;
+        if w.pending_migration().is_some() {
+            return Err(AgentError::BadState {
+                id: w.id().to_string(),
+                state: "arriving by migration (not yet committed)".into(),
+                op: "migrate",
+                hint: "; wait for its migration to finish",
+            });
+        }
+        if w.migrating.swap(true, Ordering::SeqCst) {
+            return Err(AgentError::BadState {
+                id: w.id().to_string(),
+                state: "already migrating".into(),
+                op: "migrate",
+                hint: "; one migration per workload at a time",
+            });
+        }
+        let _busy = Busy(w.clone());
+        let mid =
+            req.migration_id.clone().unwrap_or_else(|| crate::workload::start::new_id_with("m"));
+        if snap::safe_relative(&mid).is_none() || mid.contains('/') {
+            return Err(AgentError::InvalidRequest(format!(
+                "migration id {mid:?} is not a plain name"
+            )));
+        }
+        let started = crate::sys::now_ms();
+        let mut run = Run {
+            agent: self.clone(),
+            w: w.clone(),
+            mid: mid.clone(),
+            target: req.target.clone(),
+            fault: req.fault,
+            tl: Timeline::default(),
+            client: None,
+            target_node: String::new(),
+            was_paused: w.is_paused(),
+            frozen: false,
+            pushed: false,
+            progress: Arc::new(Progress::default()),
+            restore_ms: 0,
+            target_status: None,
+        };
+        tracing::info!(migration = mid, id = w.id(), target = req.target, "migration starting");
+        let result = run.forward(endpoint).await;
+        let mut report = MigrationReport {
+            migration_id: mid.clone(),
+            workload_id: w.id().to_string(),
+            source_node: self.config().node.clone(),
+            target_node: run.target_node.clone(),
+            engine: w.spec.engine,
+            outcome: Phase::Completed,
+            error: None,
+            failed_phase: None,
+            timeline: Timeline::default(),
+            downtime_ms: 0,
+            total_ms: 0,
+            restore_ms: run.restore_ms,
+            bytes_raw: run.progress.bytes_raw.load(Ordering::Relaxed),
+            bytes_wire: run.progress.bytes_wire.load(Ordering::Relaxed),
+            target_status: run.target_status.clone(),
+            criu_log: None,
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(migration = mid, id = w.id(), "migration completed");
+            }
+            Err(f) => {
+                report.failed_phase = Some(f.phase);
+                report.criu_log = f.criu_log.clone();
+                if f.phase.can_roll_back() {
+                    match run.roll_back().await {
+                        Ok(()) => {
+                            report.outcome = Phase::RolledBack;
+                            report.error = Some(f.message);
+                        }
+                        Err(e) => {
+                            report.outcome = Phase::Failed;
+                            report.error =
+                                Some(format!("{}; and the rollback failed too: {e}", f.message));
+                        }
+                    }
+                } else {
+                    report.outcome = Phase::Failed;
+                    report.error = Some(f.message);
+                }
+                tracing::warn!(
+                    migration = mid,
+                    id = w.id(),
+                    phase = f.phase.as_str(),
+                    outcome = report.outcome.as_str(),
+                    error = report.error.as_deref().unwrap_or(""),
+                    "migration did not complete"
+                );
+            }
+        }
+        // Scratch files go; CRIU's log of a failure stays where the report says.
+        let scratch = self.config().data_dir.join("migrations").join(&mid);
+        let _ = std::fs::remove_dir_all(scratch.join("images"));
+        if report.criu_log.is_none() {
+            let _ = std::fs::remove_dir_all(&scratch);
+        }
+        report.timeline = run.tl.clone();
+        let freeze_start = run.tl.start_of(Phase::Freezing);
+        let running_again = run.tl.phases.last().map(|p| p.2).unwrap_or(started);
+        report.downtime_ms = freeze_start.map(|f| running_again - f).unwrap_or(0);
+        report.total_ms = crate::sys::now_ms() - started;
+        Ok(report)
+    }
+}
+
+/// One migration in flight on the source.
+struct Run {
+    agent: Arc<Agent>,
+    w: Arc<Workload>,
+    mid: String,
+    target: String,
+    fault: SendFault,
+    tl: Timeline,
+    client: Option<AgentClient<Channel>>,
+    target_node: String,
+    was_paused: bool,
+    frozen: bool,
+    pushed: bool,
+    progress: Arc<Progress>,
+    restore_ms: i64,
+    target_status: Option<pb::ProcessStatus>,
+}
+
+impl Run {
+    async fn forward(&mut self, endpoint: Endpoint) -> std::result::Result<(), Failure> {
+        self.tl.begin(Phase::Preflight);
+        self.preflight(endpoint).await?;
+        self.tl.end();
+        let engine = self.w.spec.engine;
+        if engine::freezes_first(engine) {
+            self.freeze().await?;
+            self.checkpoint().await?;
+        } else {
+            self.checkpoint().await?;
+            self.freeze().await?;
+        }
+        self.transfer().await?;
+        self.commit().await
+    }
+
+    async fn preflight(&mut self, endpoint: Endpoint) -> std::result::Result<(), Failure> {
+        let p = Phase::Preflight;
+        let channel = endpoint
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_adaptive_window(true)
+            .initial_stream_window_size(8 << 20)
+            .initial_connection_window_size(16 << 20)
+            .connect()
+            .await
+            .map_err(|e| {
+                fail(
+                    p,
+                    format!("target agent at {} is unreachable: {}", self.target, source_chain(&e)),
+                )
+            })?;
+        let mut client = AgentClient::new(channel)
+            .max_decoding_message_size(snap::MAX_PAYLOAD * 2)
+            .max_encoding_message_size(snap::MAX_PAYLOAD * 2);
+        let health =
+            tokio::time::timeout(CONNECT_TIMEOUT, client.health_check(pb::HealthCheckRequest {}))
+                .await
+                .map_err(|_| {
+                    fail(
+                        p,
+                        format!("target agent at {} did not answer its health check", self.target),
+                    )
+                })?
+                .map_err(|s| {
+                    fail(
+                        p,
+                        format!(
+                            "target agent at {} refused its health check: {}",
+                            self.target,
+                            s.message()
+                        ),
+                    )
+                })?
+                .into_inner();
+        self.target_node = health.node.clone();
+        let agent = self.agent.clone();
+        let w = self.w.clone();
+        let (host, estimate) = tokio::task::spawn_blocking(move || {
+            let status = agent.status_of(&w);
+            let work = if w.spec.cwd.is_none() { dir_size(&w.cwd) } else { 0 };
+            (crate::sys::host::facts(), status.rss_bytes + work + dir_size(w.log.path()))
+        })
+        .await
+        .map_err(|e| fail(p, e.to_string()))?;
+        let problems = preflight::check(
+            &SourceFacts {
+                node: &self.agent.config().node,
+                kernel: &host.kernel,
+                cpu_flags: &host.cpu_flags,
+                uses_criu: self.w.spec.engine == Engine::Criu,
+                estimated_bytes: estimate + estimate / 10,
+            },
+            &health,
+        );
+        if !problems.is_empty() {
+            return Err(fail(
+                p,
+                format!(
+                    "node {} cannot take workload {}: {}",
+                    health.node,
+                    self.w.id(),
+                    problems.join("; ")
+                ),
+            ));
+        }
+        self.client = Some(client);
+        Ok(())
+    }
+
+    async fn freeze(&mut self) -> std::result::Result<(), Failure> {
+        self.tl.begin(Phase::Freezing);
+        let w = self.w.clone();
+        self.frozen = true;
+        tokio::task::spawn_blocking(move || stop_tree(&w))
+            .await
+            .map_err(|e| fail(Phase::Freezing, e.to_string()))?
+            .map_err(|e| {
+                fail(Phase::Freezing, format!("cannot freeze workload {}: {e}", self.w.id()))
+            })?;
+        self.tl.end();
+        Ok(())
+    }
+
+    fn scratch(&self) -> std::path::PathBuf {
+        self.agent.config().data_dir.join("migrations").join(&self.mid)
+    }
+
+    async fn checkpoint(&mut self) -> std::result::Result<(), Failure> {
+        self.tl.begin(Phase::Checkpointing);
+        let (agent, w, scratch) = (self.agent.clone(), self.w.clone(), self.scratch());
+        let engine = w.spec.engine;
+        let res = tokio::task::spawn_blocking(move || {
+            let dirs =
+                CheckpointDirs { images: &scratch.join("images"), work: &scratch.join("criu") };
+            engine::checkpoint(engine, &agent, &w, &dirs)
+        })
+        .await
+        .map_err(|e| fail(Phase::Checkpointing, e.to_string()))?;
+        if let Err(e) = res {
+            let log = e.log().map(|l| l.to_path_buf());
+            return Err(Failure {
+                phase: Phase::Checkpointing,
+                message: e.to_string(),
+                criu_log: log,
+            });
+        }
+        self.tl.end();
+        Ok(())
+    }
+
+    async fn transfer(&mut self) -> std::result::Result<(), Failure> {
+        self.tl.begin(Phase::Transferring);
+        let p = Phase::Transferring;
+        let scratch = self.scratch();
+        let w = self.w.clone();
+        let ships_workdir = w.spec.cwd.is_none();
+        let images = scratch.join("images");
+        let entries = {
+            let (images, cwd, log) = (images.clone(), w.cwd.clone(), w.log.path().to_path_buf());
+            tokio::task::spawn_blocking(move || {
+                snap::collect(&Sources {
+                    images: &images,
+                    work: ships_workdir.then_some(cwd.as_path()),
+                    log: Some(&log),
+                })
+            })
+            .await
+            .map_err(|e| fail(p, e.to_string()))?
+            .map_err(|e| fail(p, format!("cannot read the snapshot's files: {e}")))?
+        };
+        let manifest = pb::Manifest {
+            format_version: snap::FORMAT_VERSION,
+            migration_id: self.mid.clone(),
+            spec: Some(crate::grpc::spec_to_pb(&w.spec)),
+            source_node: self.agent.config().node.clone(),
+            files: entries.iter().map(|e| e.file.clone()).collect(),
+            digest: snap::DIGEST.into(),
+            restore: Some(pb::RestoreInfo {
+                stdout_key: w.stdio_keys[0].clone(),
+                stderr_key: w.stdio_keys[1].clone(),
+                main_ns_pid: w.main_ns_pid,
+                own_pid_namespace: w.own_pid_namespace,
+                started_at_ms: w.started_at_ms,
+                paused: self.was_paused,
+                ships_workdir,
+            }),
+        };
+        let (rx, sender) = send::start(manifest, entries, self.fault, self.progress.clone());
+        let mut client = self.client.clone().expect("connected in preflight");
+        self.pushed = true;
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<i64>();
+        // Marks the moment the trailer left, which ends the transfer and starts the restore.
+        let stream = MarkEnd { rx, done: Some(done_tx) };
+        let push = client.push_snapshot(stream).await;
+        let sent = tokio::task::spawn_blocking(move || sender.join())
+            .await
+            .map_err(|e| fail(p, e.to_string()))?;
+        let trailer_at = done_rx.await.ok();
+        if let Ok(Err(e)) = sent {
+            return Err(fail(p, format!("cannot send the snapshot: {e}")));
+        }
+        match push {
+            Ok(resp) => {
+                let r = resp.into_inner();
+                let at = trailer_at.unwrap_or_else(crate::sys::now_ms);
+                if let Some(last) = self.tl.phases.last_mut() {
+                    last.2 = at;
+                }
+                self.tl.phases.push((Phase::Restoring, at, crate::sys::now_ms()));
+                self.restore_ms = r.restore_ms;
+                self.target_status = r.status;
+                Ok(())
+            }
+            Err(status) => {
+                // Which side failed: the transfer, or the restore on a verified snapshot.
+                let phase =
+                    if status.code() == tonic::Code::FailedPrecondition && trailer_at.is_some() {
+                        Phase::Restoring
+                    } else {
+                        Phase::Transferring
+                    };
+                Err(fail(
+                    phase,
+                    format!("node {} refused the workload: {}", self.target_node, status.message()),
+                ))
+            }
+        }
+    }
+
+    async fn commit(&mut self) -> std::result::Result<(), Failure> {
+        self.tl.begin(Phase::Committing);
+        let p = Phase::Committing;
+        // The target holds a verified, restored copy: the original goes first, so two never run.
+        self.agent.discard(&self.w).await.map_err(|e| {
+            fail(Phase::Restoring, format!("cannot kill the original on the source: {e}"))
+        })?;
+        self.frozen = false;
+        let mut client = self.client.clone().expect("connected in preflight");
+        let mut last = String::new();
+        for attempt in 1..=COMMIT_TRIES {
+            let call = client.commit_migration(pb::MigrationRef { migration_id: self.mid.clone() });
+            match tokio::time::timeout(CONNECT_TIMEOUT, call).await {
+                Ok(Ok(resp)) => {
+                    self.target_status = Some(resp.into_inner());
+                    self.tl.end();
+                    return Ok(());
+                }
+                Ok(Err(s)) => last = s.message().to_string(),
+                Err(_) => last = "timed out".into(),
+            }
+            tracing::warn!(
+                migration = self.mid,
+                attempt,
+                error = last,
+                "commit not confirmed; retrying"
+            );
+            tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+        }
+        Err(fail(
+            p,
+            format!(
+                "the original was stopped for good and node {} holds the restored workload stopped, but did not confirm \
+                 resuming it ({last}); resume it there with CommitMigration {}",
+                self.target_node, self.mid
+            ),
+        ))
+    }
+
+    async fn roll_back(&mut self) -> std::result::Result<(), String> {
+        self.tl.begin(Phase::RollingBack);
+        if self.pushed {
+            if let Some(mut client) = self.client.clone() {
+                let call =
+                    client.abort_migration(pb::MigrationRef { migration_id: self.mid.clone() });
+                match tokio::time::timeout(CONNECT_TIMEOUT, call).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(s)) if s.code() == tonic::Code::NotFound => {}
+                    other => tracing::warn!(
+                        migration = self.mid,
+                        ?other,
+                        "could not tell the target to discard its copy; it stays stopped there and never runs"
+                    ),
+                }
+            }
+        }
+        if self.frozen && !self.was_paused {
+            let w = self.w.clone();
+            tokio::task::spawn_blocking(move || continue_tree(&w))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| {
+                    format!("cannot resume workload {} on the source: {e}", self.w.id())
+                })?;
+        }
+        self.tl.end();
+        self.tl.phases.push((Phase::RolledBack, crate::sys::now_ms(), crate::sys::now_ms()));
+        Ok(())
+    }
+}
+
+/// The request stream, noting when its last part (the trailer) was taken by the transport.
+struct MarkEnd {
+    rx: tokio::sync::mpsc::Receiver<pb::SnapshotPart>,
+    done: Option<tokio::sync::oneshot::Sender<i64>>,
+}
+
+impl tokio_stream::Stream for MarkEnd {
+    type Item = pb::SnapshotPart;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let polled = self.rx.poll_recv(cx);
+        if let std::task::Poll::Ready(Some(p)) = &polled {
+            if matches!(p.part, Some(pb::snapshot_part::Part::Trailer(_))) {
+                if let Some(tx) = self.done.take() {
+                    let _ = tx.send(crate::sys::now_ms());
+                }
+            }
+        }
+        polled
+    }
+}
+
+/// Bytes in the regular files under `path` (or of `path` itself).
+fn dir_size(path: &std::path::Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
+    if meta.is_file() {
+        return meta.len();
+    }
+    if !meta.is_dir() {
+        return 0;
+    }
+    std::fs::read_dir(path).map(|rd| rd.flatten().map(|e| dir_size(&e.path())).sum()).unwrap_or(0)
+}
+
+/// An error and its causes, for transport errors whose top level says little.
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,224 @@
+//! The target's side of a migration: receive a snapshot, verify all of it, install the working
+//! directory and log, restore the workload stopped, and hold it until the source commits.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ferry_proto::agent as pb;
+
+use crate::agent::Agent;
+use crate::error::{AgentError, Result};
+use crate::snapshot::receive::Receiver;
+use crate::snapshot::{safe_relative, CHUNK_SIZE};
+use crate::workload::Engine;
+
+/// What the target reports back to the source.
+pub struct Pushed {
+    pub status: crate::workload::Status,
+    pub verify_ms: i64,
+    pub restore_ms: i64,
+    pub bytes_raw: u64,
+    pub bytes_wire: u64,
+}
+
+impl Agent {
+    pub async fn receive_snapshot(
+        self: &Arc<Self>,
+        mut parts: impl futures_core_stream::PartStream,
+    ) -> Result<Pushed> {
+        let first = parts.next_part().await?.ok_or_else(|| {
+            AgentError::InvalidRequest("empty snapshot stream: the manifest must come first".into())
+        })?;
+        let Some(pb::snapshot_part::Part::Manifest(manifest)) = first.part else {
+            return Err(AgentError::InvalidRequest(
+                "the first part of a snapshot must be its manifest".into(),
+            ));
+        };
+        let mid = manifest.migration_id.clone();
+        if safe_relative(&mid).is_none() || mid.contains('/') {
+            return Err(AgentError::InvalidRequest(format!(
+                "migration id {mid:?} is not a plain name"
+            )));
+        }
+        let spec_pb = manifest.spec.clone().ok_or_else(|| {
+            AgentError::InvalidRequest("the manifest carries no workload spec".into())
+        })?;
+        let spec = crate::grpc::spec_from_pb(spec_pb);
+        let info = manifest.restore.clone().unwrap_or_default();
+        if spec.id.is_empty() || safe_relative(&spec.id).is_none() || spec.id.contains('/') {
+            return Err(AgentError::InvalidRequest(format!(
+                "workload id {:?} is not a plain name",
+                spec.id
+            )));
+        }
+        if spec.engine == Engine::Criu && !(self.is_root() && self.criu().check_passed) {
+            return Err(AgentError::InvalidRequest(format!(
+                "node {} cannot restore a CRIU snapshot: {}",
+                self.config().node,
+                self.criu().check_error
+            )));
+        }
+        if let Ok(w) = self.get(&spec.id) {
+            if w.exit_info().is_none() {
+                return Err(AgentError::AlreadyExists { id: spec.id });
+            }
+            self.remove(&spec.id);
+        }
+        let scratch = self.config().data_dir.join("migrations").join(&mid);
+        let recv_dir = scratch.join("recv");
+        let received = self.receive_files(&mut parts, &recv_dir, &manifest).await;
+        let (totals, verify_ms) = match received {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&scratch);
+                return Err(e);
+            }
+        };
+        tracing::info!(
+            migration = mid,
+            id = spec.id,
+            bytes = totals.bytes_raw,
+            "snapshot received and verified"
+        );
+
+        let restore_start = Instant::now();
+        let dir = self.workload_dir(&spec.id);
+        let installed = install(&recv_dir, &dir, &info, spec.cwd.as_deref());
+        if let Err(e) = installed {
+            let _ = std::fs::remove_dir_all(&scratch);
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        let req = crate::engine::RestoreRequest {
+            migration_id: &mid,
+            workload: spec.clone(),
+            images: &recv_dir.join("images"),
+            work: &scratch.join("criu"),
+            info: &info,
+        };
+        let restored = crate::engine::restore(spec.engine, self, req).await;
+        let w = match restored {
+            Ok(w) => w,
+            Err(source) => {
+                // Keep CRIU's log (scratch/criu); drop what was received and installed.
+                let _ = std::fs::remove_dir_all(&recv_dir);
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(AgentError::Restore { node: self.config().node.clone(), source });
+            }
+        };
+        let restore_ms = restore_start.elapsed().as_millis() as i64;
+        if spec.engine == Engine::Criu {
+            // CRIU has read the images; the cooperative program may read its state until commit.
+            let _ = std::fs::remove_dir_all(recv_dir.join("images"));
+        }
+        Ok(Pushed {
+            status: self.status_of(&w),
+            verify_ms,
+            restore_ms,
+            bytes_raw: totals.bytes_raw,
+            bytes_wire: totals.bytes_wire,
+        })
+    }
+
+    async fn receive_files(
+        &self,
+        parts: &mut impl futures_core_stream::PartStream,
+        root: &Path,
+        manifest: &pb::Manifest,
+    ) -> Result<(crate::snapshot::receive::Totals, i64)> {
+        let limit = crate::sys::host::free_bytes(&self.config().data_dir)
+            .min(self.config().max_snapshot_bytes);
+        let mut receiver = Receiver::new(root, manifest, limit)?;
+        loop {
+            let part = parts.next_part().await?.ok_or_else(|| {
+                AgentError::StreamBroken("the source closed the stream before the trailer".into())
+            })?;
+            match part.part {
+                Some(pb::snapshot_part::Part::Chunk(c)) => {
+                    if c.payload.len() > CHUNK_SIZE * 2 {
+                        return Err(AgentError::InvalidRequest(format!(
+                            "chunk payload of {} bytes is too large",
+                            c.payload.len()
+                        )));
+                    }
+                    let (r, res) = tokio::task::spawn_blocking(move || {
+                        let res = receiver.chunk(c);
+                        (receiver, res)
+                    })
+                    .await
+                    .map_err(|e| AgentError::Internal(e.to_string()))?;
+                    receiver = r;
+                    res?;
+                }
+                Some(pb::snapshot_part::Part::Trailer(t)) => {
+                    let start = Instant::now();
+                    let totals = tokio::task::spawn_blocking(move || receiver.finish(&t))
+                        .await
+                        .map_err(|e| AgentError::Internal(e.to_string()))??;
+                    return Ok((totals, start.elapsed().as_millis() as i64));
+                }
+                Some(pb::snapshot_part::Part::Manifest(_)) => {
+                    return Err(AgentError::InvalidRequest(
+                        "a second manifest in one snapshot".into(),
+                    ))
+                }
+                None => return Err(AgentError::InvalidRequest("an empty snapshot part".into())),
+            }
+        }
+    }
+}
+
+/// Moves the received working directory and log into the workload's directory.
+fn install(recv: &Path, dir: &Path, info: &pb::RestoreInfo, cwd: Option<&Path>) -> Result<()> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| AgentError::Io { path, source }
+    };
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(io(dir))?;
+    }
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    if info.ships_workdir {
+        let work = recv.join("work");
+        if !work.is_dir() {
+            return Err(AgentError::InvalidRequest(
+                "the snapshot announces a working directory but has none".into(),
+            ));
+        }
+        std::fs::rename(&work, dir.join("work")).map_err(io(&work))?;
+    } else if let Some(cwd) = cwd {
+        if !cwd.is_dir() {
+            return Err(AgentError::BadCwd { path: cwd.to_path_buf() });
+        }
+    }
+    let log = recv.join("log/output.log");
+    if log.is_file() {
+        std::fs::rename(&log, dir.join("output.log")).map_err(io(&log))?;
+    }
+    Ok(())
+}
+
+/// The source of snapshot parts: a tonic request stream in the server, anything in tests.
+pub mod futures_core_stream {
+    use ferry_proto::agent as pb;
+
+    use crate::error::{AgentError, Result};
+
+    pub trait PartStream: Send {
+        fn next_part(
+            &mut self,
+        ) -> impl std::future::Future<Output = Result<Option<pb::SnapshotPart>>> + Send;
+    }
+
+    impl PartStream for tonic::Streaming<pb::SnapshotPart> {
+        async fn next_part(&mut self) -> Result<Option<pb::SnapshotPart>> {
+            self.message().await.map_err(|s| {
+                AgentError::StreamBroken(format!(
+                    "the source went away mid-transfer ({})",
+                    s.message()
+                ))
+            })
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The snapshot stream: how a workload's captured state travels from the source agent to the
+//! target agent inside one client-streaming `PushSnapshot` call.
+//!
+//! ```mermaid
+//! sequenceDiagram
+//!     participant S as source agent
+//!     participant T as target agent
+//!     S->>T: Manifest (format version, spec, files: name, size, kind, mode)
+//!     loop every file, in order, offsets contiguous
+//!         S->>T: Chunk (file index, offset, raw length, codec, payload, crc32c of raw bytes)
+//!     end
+//!     S->>T: Trailer (totals, blake3 digest of every file)
+//!     Note over T: every chunk checksum and every file digest verified before restore
+//!     T-->>S: PushResult (restored, stopped until CommitMigration)
+//! ```
+//!
+//! Chunks hold at most [`CHUNK_SIZE`] raw bytes, zstd level 1, or raw when compression does not
+//! shrink them. Both sides keep memory bounded: the sender's reader runs ahead by at most
+//! [`SEND_QUEUE`] chunks, the receiver writes each chunk before asking for the next one, and
+//! HTTP/2 flow control holds back the rest.
+//!
+//! The format version is independent of the crate version; a receiver refuses versions it does not
+//! know.
+
+pub mod receive;
+pub mod send;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use ferry_proto::agent as pb;
+
+/// Version of the stream format this agent sends and accepts.
+pub const FORMAT_VERSION: u32 = 1;
+/// Raw bytes per chunk.
+pub const CHUNK_SIZE: usize = 1 << 20;
+/// Largest payload accepted for one chunk (raw size plus zstd's worst-case overhead).
+pub const MAX_PAYLOAD: usize = CHUNK_SIZE + 64 * 1024;
+/// Chunks the sender may prepare ahead of the network.
+pub const SEND_QUEUE: usize = 8;
+/// zstd level: fast enough to keep up with a gigabit link on one core.
+pub const ZSTD_LEVEL: i32 = 1;
+pub const DIGEST: &str = "blake3";
+/// At most this many files in one snapshot.
+pub const MAX_FILES: usize = 100_000;
+
+/// Where a snapshot's files come from on the source.
+pub struct Sources<'a> {
+    /// Checkpoint images (CRIU's, or a cooperative program's state files): `images/...`.
+    pub images: &'a Path,
+    /// The workload's working directory, when it travels: `work/...`.
+    pub work: Option<&'a Path>,
+    /// The workload's output log: `log/output.log`.
+    pub log: Option<&'a Path>,
+}
+
+/// One file of a snapshot on the source: where it is read from and what the manifest says.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub path: PathBuf,
+    pub file: pb::SnapshotFile,
+}
+
+/// Lists the files of a snapshot, directories before their contents.
+pub fn collect(src: &Sources<'_>) -> std::io::Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    walk(src.images, "images", &mut out)?;
+    if let Some(work) = src.work {
+        walk(work, "work", &mut out)?;
+    }
+    if let Some(log) = src.log {
+        if log.exists() {
+            let dir = log.parent().unwrap_or(Path::new("/"));
+            let mut d = entry(dir, "log".into())?;
+            d.file.mode = 0o755;
+            out.push(d);
+            out.push(entry(log, "log/output.log".into())?);
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> std::io::Result<()> {
+    out.push(entry(dir, prefix.to_string())?);
+    let mut names: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    names.sort_by_key(|e| e.file_name());
+    for e in names {
+        let name = format!("{prefix}/{}", e.file_name().to_string_lossy());
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            walk(&e.path(), &name, out)?;
+        } else if ft.is_file() || ft.is_symlink() {
+            out.push(entry(&e.path(), name)?);
+        } else {
+            tracing::warn!(path = ?e.path(), "not shipping a special file (socket, fifo or device)");
+        }
+    }
+    Ok(())
+}
+
+fn entry(path: &Path, name: String) -> std::io::Result<Entry> {
+    let meta = std::fs::symlink_metadata(path)?;
+    let (kind, size, link_target) = if meta.file_type().is_symlink() {
+        let t = std::fs::read_link(path)?.to_string_lossy().into_owned();
+        (pb::FileKind::Symlink, 0, t)
+    } else if meta.is_dir() {
+        (pb::FileKind::Directory, 0, String::new())
+    } else {
+        (pb::FileKind::Regular, meta.size(), String::new())
+    };
+    Ok(Entry {
+        path: path.to_path_buf(),
+        file: pb::SnapshotFile {
+            name,
+            size,
+            digest: String::new(),
+            mode: meta.permissions().mode() & 0o7777,
+            kind: kind as i32,
+            link_target,
+        },
+    })
+}
+
+/// A manifest name as a relative path that cannot leave the snapshot root: no absolute paths, no
+/// `..`, no empty or `.` components, no NUL.
+pub fn safe_relative(name: &str) -> Option<PathBuf> {
+    if name.is_empty() || name.contains('\0') || name.len() > 4096 {
+        return None;
+    }
+    let p = Path::new(name);
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(part) => out.push(part),
+            _ => return None,
+        }
+    }
+    if name.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+        return None;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_escape() {
+        assert_eq!(safe_relative("images/pages-1.img"), Some(PathBuf::from("images/pages-1.img")));
+        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a//b", "./a", "a/.", "a\0b", "a/"] {
+            assert_eq!(safe_relative(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn collect_lists_dirs_before_contents() {
+        let d = tempfile::tempdir().unwrap();
+        let images = d.path().join("img");
+        let work = d.path().join("work");
+        std::fs::create_dir_all(work.join("sub")).unwrap();
+        std::fs::create_dir_all(&images).unwrap();
+        std::fs::write(images.join("core.img"), b"abc").unwrap();
+        std::fs::write(work.join("sub/f"), b"hello").unwrap();
+        std::os::unix::fs::symlink("sub/f", work.join("link")).unwrap();
+        let log = d.path().join("output.log");
+        std::fs::write(&log, b"{}\n").unwrap();
+        let e = collect(&Sources { images: &images, work: Some(&work), log: Some(&log) }).unwrap();
+        let names: Vec<&str> = e.iter().map(|e| e.file.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "images",
+                "images/core.img",
+                "work",
+                "work/link",
+                "work/sub",
+                "work/sub/f",
+                "log",
+                "log/output.log"
+            ]
+        );
+        assert_eq!(e[5].file.size, 5);
+        assert_eq!(e[3].file.kind, pb::FileKind::Symlink as i32);
+        assert_eq!(e[3].file.link_target, "sub/f");
+    }
+}

@@ -1,0 +1,148 @@
+/*
+ * memhog SIZE_MIB — a migration workload whose memory can be checked byte by byte.
+ *
+ * Maps SIZE_MIB MiB with one anonymous mmap and fills it in 4096-byte pages whose content is a
+ * pure function of the page index i (so it can be regenerated for checking):
+ *   i % 3 == 0  pseudo-random bytes from xorshift64 seeded from i
+ *   i % 3 == 1  zeros, written explicitly (so the page is resident, not the shared zero page)
+ *   i % 3 == 2  the line "ferry page %08zu text\n" (with i) repeated, cut off at the page end
+ * The region is never written again. A separate counter ticks every 100 ms.
+ * On SIGUSR1 every byte of the region is compared with the regenerated content.
+ *
+ * Output, one line each, flushed:
+ *   memhog ready size_mib=S pages=P
+ *   tick N                                   (N = 1, 2, ...)
+ *   verify ok pages=P tick=N
+ *   verify FAIL page=P offset=O tick=N       (first bad byte; O is the offset within page P)
+ *
+ * Sleeps are relative nanosleeps only (no absolute CLOCK_MONOTONIC deadlines), so a restore on
+ * a host whose monotonic clock is behind does not stall.
+ *
+ * Build: gcc -O2 -Wall -Wextra -Werror -o memhog memhog.c
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#define PAGE 4096 /* the content unit; fixed so content does not depend on the host */
+
+static volatile sig_atomic_t verify_requested;
+static unsigned long ticks; /* the counter; deliberately outside the big region */
+
+static void on_usr1(int sig) {
+    (void)sig;
+    verify_requested = 1;
+}
+
+/* printf + flush: stdout is a pipe, and the test reads lines as they come. */
+static void say(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    putchar('\n');
+    fflush(stdout);
+}
+
+/* Writes the expected content of page i into out[PAGE]. */
+static void gen_page(size_t i, unsigned char *out) {
+    switch (i % 3) {
+    case 0: {
+        /* xorshift64; the seed mixes i so neighbouring pages differ, and is never 0. */
+        uint64_t s = (uint64_t)i * 0x9E3779B97F4A7C15ull + 0x2545F4914F6CDD1Dull;
+        if (s == 0)
+            s = 1;
+        for (size_t off = 0; off < PAGE; off += 8) {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            memcpy(out + off, &s, 8);
+        }
+        break;
+    }
+    case 1:
+        memset(out, 0, PAGE);
+        break;
+    default: {
+        char line[64];
+        int len = snprintf(line, sizeof line, "ferry page %08zu text\n", i);
+        for (size_t off = 0; off < PAGE; off += (size_t)len) {
+            size_t n = PAGE - off < (size_t)len ? PAGE - off : (size_t)len;
+            memcpy(out + off, line, n);
+        }
+        break;
+    }
+    }
+}
+
+/* Compares the whole region with regenerated content and reports the first difference. */
+static void verify(const unsigned char *region, size_t pages) {
+    static unsigned char want[PAGE];
+    for (size_t i = 0; i < pages; i++) {
+        const unsigned char *got = region + i * PAGE;
+        gen_page(i, want);
+        if (memcmp(got, want, PAGE) != 0) {
+            size_t off = 0;
+            while (got[off] == want[off])
+                off++;
+            say("verify FAIL page=%zu offset=%zu tick=%lu", i, off, ticks);
+            return;
+        }
+    }
+    say("verify ok pages=%zu tick=%lu", pages, ticks);
+}
+
+int main(int argc, char **argv) {
+    char *end;
+    unsigned long mib = argc == 2 ? strtoul(argv[1], &end, 10) : 0;
+    if (argc != 2 || *end != '\0' || mib == 0 || mib > ((size_t)-1 >> 21)) {
+        fprintf(stderr, "usage: memhog SIZE_MIB   (SIZE_MIB > 0)\n");
+        return 2;
+    }
+    size_t size = (size_t)mib << 20;
+    size_t pages = size / PAGE;
+
+    /* No SA_RESTART: the handler just sets a flag; nanosleep returns EINTR and we look at it. */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr1;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGUSR1, &sa, NULL) != 0) {
+        perror("sigaction");
+        return 1;
+    }
+
+    unsigned char *region = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (region == MAP_FAILED) {
+        perror("mmap");
+        return 1;
+    }
+    for (size_t i = 0; i < pages; i++)
+        gen_page(i, region + i * PAGE); /* generate straight into place */
+
+    say("memhog ready size_mib=%lu pages=%zu", mib, pages);
+
+    for (;;) {
+        /* Sleep 100 ms; on EINTR continue with the remaining time (req doubles as rem). */
+        struct timespec req = {0, 100 * 1000 * 1000};
+        while (nanosleep(&req, &req) != 0 && errno == EINTR) {
+            if (verify_requested) {
+                verify_requested = 0;
+                verify(region, pages);
+            }
+        }
+        if (verify_requested) {
+            verify_requested = 0;
+            verify(region, pages);
+        }
+        ticks++;
+        say("tick %lu", ticks);
+    }
+}
