@@ -1,50 +1,453 @@
-//! Migration scenarios: real programs moved between two agents on two network-namespace hosts,
-//! their state verified on the target.
+//! Migration scenarios: real programs moved between two agents on two network-namespace hosts
+//! (each with its own data directory), their state verified on the target.
 
 mod harness;
 
+use std::io::{BufRead, BufReader, Write};
 use std::time::Duration;
 
 use ferry_proto::agent as pb;
 use harness::net::Net;
 use harness::*;
+use tonic::Code;
 
-const T: Duration = Duration::from_secs(30);
+const T: Duration = Duration::from_secs(60);
+
+/// Two hosts with an agent each.
+struct Pair {
+    net: Net,
+    a: AgentProc,
+    b: AgentProc,
+    ca: Client,
+    cb: Client,
+}
+
+async fn pair(source_flags: &[&str]) -> Pair {
+    let net = Net::new(2);
+    let a = net.agent(0, source_flags);
+    let b = net.agent(1, &[]);
+    let (ca, cb) = (a.client().await, b.client().await);
+    Pair { net, a, b, ca, cb }
+}
+
+async fn migrate_with(c: &mut Client, req: pb::MigrateOutRequest) -> pb::MigrationResult {
+    let id = req.workload_id.clone();
+    let r = c
+        .migrate_out(req)
+        .await
+        .unwrap_or_else(|s| panic!("MigrateOut {id} failed: {s}"))
+        .into_inner();
+    eprintln!(
+        "migration {} of {}: outcome={} failed_phase={:?} error={:?} freeze={}ms dump={}ms transfer={}ms \
+         restore={}ms downtime={}ms total={}ms raw={} wire={}",
+        r.migration_id,
+        id,
+        r.outcome,
+        r.failed_phase,
+        r.error,
+        r.freeze_ms,
+        r.dump_ms,
+        r.transfer_ms,
+        r.restore_ms,
+        r.downtime_ms,
+        r.total_ms,
+        r.bytes_raw,
+        r.bytes_wire
+    );
+    r
+}
 
 async fn migrate(c: &mut Client, id: &str, target: &str) -> pb::MigrationResult {
-    c.migrate_out(pb::MigrateOutRequest {
-        workload_id: id.into(),
-        target_address: target.into(),
-        ..Default::default()
+    migrate_with(
+        c,
+        pb::MigrateOutRequest { workload_id: id.into(), target_address: target.into(), ..Default::default() },
+    )
+    .await
+}
+
+fn completed(r: &pb::MigrationResult) {
+    assert_eq!(r.outcome, pb::Outcome::Completed as i32, "migration failed: {}", r.error);
+    assert!(r.downtime_ms > 0 && r.bytes_raw > 0 && r.bytes_wire > 0, "{r:?}");
+}
+
+fn rolled_back(r: &pb::MigrationResult, phase: &str, needle: &str) {
+    assert_eq!(r.outcome, pb::Outcome::RolledBack as i32, "expected a rollback: {r:?}");
+    assert_eq!(r.failed_phase, phase, "{r:?}");
+    assert!(r.error.contains(needle), "error {:?} should mention {needle:?}", r.error);
+}
+
+/// Numbers N of lines `PREFIX N...`, in log order.
+fn numbers(lines: &[String], prefix: &str) -> Vec<u64> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+fn assert_consecutive(nums: &[u64], what: &str) {
+    assert!(!nums.is_empty(), "no {what} lines");
+    for w in nums.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "{what} must continue without a gap or restart: {nums:?}");
+    }
+}
+
+/// The workload's main process on the node `c` talks to.
+async fn main_pid(c: &mut Client, id: &str) -> i32 {
+    let s = status(c, id).await;
+    assert!(s.main_pid > 0, "no main process: {s:?}");
+    s.main_pid
+}
+
+/// Sends SIGUSR1 to the main process and waits for a log line starting with `answer`.
+async fn ask(c: &mut Client, id: &str, answer: &str) -> String {
+    let before = logs(c, id).await.len();
+    kill(main_pid(c, id).await, libc::SIGUSR1);
+    let lines = wait_log(c, id, answer, T, |l| l[before.min(l.len())..].iter().any(|x| x.starts_with(answer))).await;
+    lines[before..].iter().find(|x| x.starts_with(answer)).cloned().unwrap_or_default()
+}
+
+/// One request to tcpserver.py at `addr`: its answer line.
+async fn tcp_hit(addr: String, line: &str) -> std::io::Result<String> {
+    let line = line.to_string();
+    tokio::task::spawn_blocking(move || {
+        let sock: std::net::SocketAddr = addr.parse().expect("socket address");
+        let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(format!("{line}\n").as_bytes())?;
+        let mut out = String::new();
+        BufReader::new(s).read_line(&mut out)?;
+        Ok(out.trim().to_string())
     })
     .await
-    .unwrap_or_else(|s| panic!("MigrateOut {id} failed: {s}"))
-    .into_inner()
+    .expect("tcp client thread")
+}
+
+fn field<'a>(answer: &'a str, key: &str) -> &'a str {
+    answer.split_whitespace().find_map(|w| w.strip_prefix(key)).unwrap_or("")
 }
 
 #[tokio::test]
-async fn shell_counter_moves() {
-    if !require_root("shell_counter_moves") {
+async fn memory_of_256_mib_survives_and_the_counter_continues() {
+    if !require_root("memory_of_256_mib_survives_and_the_counter_continues") {
         return;
     }
-    let net = Net::new(2);
-    let a = net.agent(0, &[]);
-    let b = net.agent(1, &[]);
-    let mut ca = a.client().await;
-    let cb = b.client().await;
-    let s = start(
-        &mut ca,
-        spec(&["sh", "-c", "i=0; while :; do i=$((i+1)); echo $i; sleep 0.1; done"]),
+    let mut p = pair(&[]).await;
+    let s = start(&mut p.ca, spec(&[&workload("memhog"), "256"])).await;
+    let id = id_of(&s);
+    wait_log(&p.ca, &id, "memhog ready and ticking", T, |l| numbers(l, "tick ").len() >= 3).await;
+    assert_eq!(ask(&mut p.ca, &id, "verify ").await.split_whitespace().nth(1), Some("ok"));
+    let source_init = status(&mut p.ca, &id).await.pid;
+    let before = numbers(&logs(&mut p.ca, &id).await.into_iter().map(|l| l.text).collect::<Vec<_>>(), "tick ");
+
+    let r = migrate(&mut p.ca, &id, &p.b.addr).await;
+    completed(&r);
+    assert!(r.bytes_raw >= 256 << 20, "all the memory travelled: {r:?}");
+    assert_eq!(r.target_node, "host1");
+    let phases: Vec<&str> = r.phases.iter().map(|x| x.phase.as_str()).collect();
+    assert_eq!(phases, ["preflight", "freeze", "checkpoint", "transfer", "restore", "commit"]);
+
+    // Every byte verified on the target; the counter went on from where it was.
+    let verdict = ask(&mut p.cb, &id, "verify ").await;
+    assert!(verdict.starts_with("verify ok pages=65536"), "{verdict}");
+    let lines = wait_log(&p.cb, &id, "ticks on the target", T, |l| numbers(l, "tick ").len() > before.len() + 5).await;
+    let ticks = numbers(&lines, "tick ");
+    assert_consecutive(&ticks, "tick");
+    assert_eq!(&ticks[..before.len()], &before[..], "the target's log carries the source's lines");
+
+    // The source forgot it and no process of it is left there.
+    let err = p.ca.get_status(pb::WorkloadRef { id: id.clone() }).await.expect_err("gone from source");
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(stat(source_init).is_none(), "the original's init {source_init} is gone");
+    let s = status(&mut p.cb, &id).await;
+    assert_ne!(s.state, pb::ProcessState::Stopped as i32, "runs on the target: {s:?}");
+    assert_eq!(s.node, "host1");
+}
+
+#[tokio::test]
+async fn python_counter_and_its_open_journal_move_with_the_working_directory() {
+    if !require_root("python_counter_and_its_open_journal_move_with_the_working_directory") {
+        return;
+    }
+    let mut p = pair(&[]).await;
+    let s = start(&mut p.ca, spec(&[&workload("appender.py")])).await;
+    let id = id_of(&s);
+    wait_log(&p.ca, &id, "5 counts", T, |l| numbers(l, "count ").len() >= 5).await;
+    let r = migrate(&mut p.ca, &id, &p.b.addr).await;
+    completed(&r);
+    let lines = wait_log(&p.cb, &id, "counting on", T, |l| numbers(l, "count ").len() >= 15).await;
+    let verdict = ask(&mut p.cb, &id, "journal ").await;
+    assert!(verdict.starts_with("journal ok"), "{verdict}");
+    assert_consecutive(&numbers(&lines, "count "), "count");
+    // The journal lives in the target's copy of the working directory; the source's is gone.
+    let journal = p.b.data_dir.join("workloads").join(&id).join("work/journal.txt");
+    let n = std::fs::read_to_string(&journal).expect("journal on the target").lines().count();
+    assert!(n >= 15, "journal holds {n} lines");
+    assert!(!p.a.data_dir.join("workloads").join(&id).exists(), "source directory removed");
+}
+
+#[tokio::test]
+async fn process_tree_with_pipe_and_daemon_moves_whole() {
+    if !require_root("process_tree_with_pipe_and_daemon_moves_whole") {
+        return;
+    }
+    let mut p = pair(&[]).await;
+    let s = start(&mut p.ca, spec(&[&workload("tree.py")])).await;
+    let id = id_of(&s);
+    let got = |l: &[String]| l.iter().filter(|x| x.starts_with("parent got")).count();
+    let before = wait_log(&p.ca, &id, "tree running", T, |l| {
+        got(l) >= 6 && numbers(l, "daemon tick ").len() >= 3
+    })
+    .await;
+    let s = status(&mut p.ca, &id).await;
+    assert_eq!(s.task_count, 4, "parent, two children and the daemon: {s:?}");
+    let r = migrate(&mut p.ca, &id, &p.b.addr).await;
+    completed(&r);
+    let s = status(&mut p.cb, &id).await;
+    assert_eq!(s.task_count, 4, "the whole tree was restored: {s:?}");
+    let lines = wait_log(&p.cb, &id, "tree going on", T, |l| {
+        got(l) >= got(&before) + 10 && numbers(l, "daemon tick ").len() >= numbers(&before, "daemon tick ").len() + 5
+    })
+    .await;
+    assert!(!lines.iter().any(|l| l.contains("FAIL") || l == "parent eof"), "{lines:?}");
+    assert_consecutive(&numbers(&lines, "daemon tick "), "daemon tick");
+    let last_a = |l: &[String]| {
+        l.iter().rev().find_map(|x| field(x, "A=").parse::<u64>().ok().filter(|_| x.starts_with("parent got")))
+    };
+    assert!(last_a(&lines) > last_a(&before), "child A's numbers went on rising through the pipe");
+}
+
+#[tokio::test]
+async fn multithreaded_program_keeps_all_its_threads() {
+    if !require_root("multithreaded_program_keeps_all_its_threads") {
+        return;
+    }
+    let mut p = pair(&[]).await;
+    let s = start(&mut p.ca, spec(&[&workload("threads")])).await;
+    let id = id_of(&s);
+    let before = wait_log(&p.ca, &id, "a threads line", T, |l| l.iter().any(|x| x.starts_with("threads t0="))).await;
+    let total = |l: &[String]| {
+        l.iter().rev().find_map(|x| field(x, "total=").parse::<u64>().ok()).unwrap_or(0)
+    };
+    let r = migrate(&mut p.ca, &id, &p.b.addr).await;
+    completed(&r);
+    assert_eq!(status(&mut p.cb, &id).await.threads, 5, "main and four workers");
+    assert_eq!(ask(&mut p.cb, &id, "threads alive=").await, "threads alive=4");
+    let t0 = total(&before);
+    let lines = wait_log(&p.cb, &id, "the total rising", T, |l| total(l) > t0 + 50).await;
+    assert!(total(&lines) > t0);
+}
+
+#[tokio::test]
+async fn tcp_server_answers_on_the_target_address() {
+    if !require_root("tcp_server_answers_on_the_target_address") {
+        return;
+    }
+    let mut p = pair(&[]).await;
+    let s = start(&mut p.ca, spec(&[&workload("tcpserver.py"), "47000"])).await;
+    let id = id_of(&s);
+    wait_log(&p.ca, &id, "listening", T, |l| l.iter().any(|x| x == "listening 47000")).await;
+    let first = tcp_hit(format!("{}:47000", p.net.ip(0)), "one").await.expect("served on the source");
+    assert_eq!(field(&first, "hits="), "1", "{first}");
+    let r = migrate(&mut p.ca, &id, &p.b.addr).await;
+    completed(&r);
+    let second = tcp_hit(format!("{}:47000", p.net.ip(1)), "two").await.expect("served on the target");
+    assert_eq!(field(&second, "hits="), "2", "the request counter continued: {second}");
+    assert_eq!(field(&second, "pid="), field(&first, "pid="), "the same process answers");
+    assert!(tcp_hit(format!("{}:47000", p.net.ip(0)), "three").await.is_err(), "nothing listens on the source");
+}
+
+#[tokio::test]
+async fn cooperative_program_restores_its_own_state_without_criu() {
+    if !require_root("cooperative_program_restores_its_own_state_without_criu") {
+        return;
+    }
+    let mut p = pair(&[]).await;
+    let script = repo().join("coop/examples/counter.py");
+    let mut sp = spec(&["python3", &script.to_string_lossy()]);
+    sp.engine = pb::Engine::Cooperative as i32;
+    sp.env.insert("PYTHONPATH".into(), repo().join("coop/python").to_string_lossy().into_owned());
+    let s = start(&mut p.ca, sp).await;
+    let id = id_of(&s);
+    wait_log(&p.ca, &id, "5 counts", T, |l| numbers(l, "count ").len() >= 5).await;
+    let r = migrate(&mut p.ca, &id, &p.b.addr).await;
+    completed(&r);
+    assert_eq!(r.engine, "cooperative");
+    let phases: Vec<&str> = r.phases.iter().map(|x| x.phase.as_str()).collect();
+    assert_eq!(phases, ["preflight", "checkpoint", "freeze", "transfer", "restore", "commit"]);
+    let lines = wait_log(&p.cb, &id, "counting on", T, |l| {
+        l.iter().any(|x| x.starts_with("restored count=")) && numbers(l, "count ").len() >= 12
+    })
+    .await;
+    let restored: u64 = lines.iter().find_map(|x| x.strip_prefix("restored count=")?.parse().ok()).unwrap();
+    let counts = numbers(&lines, "count ");
+    let at = counts.iter().position(|n| *n == restored + 1).expect("the count resumed after the saved value");
+    assert!(at > 0 && counts[at - 1] >= restored, "{counts:?}");
+    assert_consecutive(&counts[at..], "count after restore");
+    assert!(p.b.data_dir.join("migrations").read_dir().map(|d| d.count()).unwrap_or(0) == 0, "no scratch left");
+}
+
+#[tokio::test]
+async fn round_trip_back_to_the_first_host() {
+    if !require_root("round_trip_back_to_the_first_host") {
+        return;
+    }
+    let mut p = pair(&[]).await;
+    let s = start(&mut p.ca, spec(&[&workload("appender.py")])).await;
+    let id = id_of(&s);
+    wait_log(&p.ca, &id, "3 counts", T, |l| numbers(l, "count ").len() >= 3).await;
+    completed(&migrate(&mut p.ca, &id, &p.b.addr).await);
+    wait_log(&p.cb, &id, "counting on B", T, |l| numbers(l, "count ").len() >= 8).await;
+    completed(&migrate(&mut p.cb, &id, &p.a.addr).await);
+    let lines = wait_log(&p.ca, &id, "counting back on A", T, |l| numbers(l, "count ").len() >= 14).await;
+    assert_consecutive(&numbers(&lines, "count "), "count");
+    assert!(ask(&mut p.ca, &id, "journal ").await.starts_with("journal ok"));
+}
+
+#[tokio::test]
+async fn target_killed_mid_transfer_leaves_the_workload_running_on_the_source() {
+    if !require_root("target_killed_mid_transfer_leaves_the_workload_running_on_the_source") {
+        return;
+    }
+    let mut p = pair(&["--enable-fault-injection"]).await;
+    let s = start(&mut p.ca, spec(&[&workload("memhog"), "256"])).await;
+    let id = id_of(&s);
+    wait_log(&p.ca, &id, "ticking", T, |l| numbers(l, "tick ").len() >= 3).await;
+    let mut c = p.ca.clone();
+    let (id2, target) = (id.clone(), p.b.addr.clone());
+    let running = tokio::spawn(async move {
+        migrate_with(
+            &mut c,
+            pb::MigrateOutRequest {
+                workload_id: id2,
+                target_address: target,
+                fault: pb::Fault::SlowTransfer as i32,
+                fault_arg: 20,
+                ..Default::default()
+            },
+        )
+        .await
+    });
+    // Once data arrives on the target, kill its agent.
+    let incoming = p.b.data_dir.join("migrations");
+    wait_until("the transfer to begin", T, || async {
+        std::fs::read_dir(&incoming).ok()?.flatten().any(|e| e.path().join("recv/images").exists()).then_some(())
+    })
+    .await;
+    // A second migration of the same workload is refused meanwhile.
+    let err = p
+        .ca
+        .migrate_out(pb::MigrateOutRequest { workload_id: id.clone(), target_address: p.b.addr.clone(), ..Default::default() })
+        .await
+        .expect_err("one migration at a time");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("already migrating"), "{}", err.message());
+    kill(p.b.pid(), libc::SIGKILL);
+    let r = running.await.unwrap();
+    rolled_back(&r, "transfer", "host1");
+    let s = status(&mut p.ca, &id).await;
+    assert_ne!(s.state, pb::ProcessState::Stopped as i32, "resumed on the source: {s:?}");
+    assert!(ask(&mut p.ca, &id, "verify ").await.starts_with("verify ok pages=65536"));
+    let before = numbers(&logs(&mut p.ca, &id).await.into_iter().map(|l| l.text).collect::<Vec<_>>(), "tick ").len();
+    let lines = wait_log(&p.ca, &id, "ticking again", T, |l| numbers(l, "tick ").len() > before + 3).await;
+    assert_consecutive(&numbers(&lines, "tick "), "tick");
+}
+
+#[tokio::test]
+async fn corrupted_chunk_is_caught_and_rolled_back() {
+    if !require_root("corrupted_chunk_is_caught_and_rolled_back") {
+        return;
+    }
+    let mut p = pair(&["--enable-fault-injection"]).await;
+    let s = start(&mut p.ca, spec(&[&workload("memhog"), "64"])).await;
+    let id = id_of(&s);
+    wait_log(&p.ca, &id, "ticking", T, |l| numbers(l, "tick ").len() >= 3).await;
+    let r = migrate_with(
+        &mut p.ca,
+        pb::MigrateOutRequest {
+            workload_id: id.clone(),
+            target_address: p.b.addr.clone(),
+            fault: pb::Fault::CorruptChunk as i32,
+            fault_arg: 5,
+            ..Default::default()
+        },
     )
     .await;
-    let id = id_of(&s);
-    wait_log(&ca, &id, "5 lines", T, |l| l.len() >= 5).await;
-    let r = migrate(&mut ca, &id, &b.addr).await;
-    eprintln!("{r:#?}");
-    assert_eq!(r.outcome, pb::Outcome::Completed as i32, "{}", r.error);
-    let lines = wait_log(&cb, &id, "counting on in the target", T, |l| l.len() >= 20).await;
-    let nums: Vec<u64> = lines.iter().filter_map(|l| l.parse().ok()).collect();
-    for w in nums.windows(2) {
-        assert_eq!(w[1], w[0] + 1, "the count continues without restarting: {nums:?}");
+    rolled_back(&r, "transfer", "checksum mismatch");
+    let on_b = p.cb.list_processes(pb::ListProcessesRequest {}).await.unwrap().into_inner().processes;
+    assert!(on_b.is_empty(), "nothing restored on the target: {on_b:?}");
+    assert!(!p.b.data_dir.join("migrations").join(&r.migration_id).exists(), "target scratch removed");
+    assert!(!p.b.data_dir.join("workloads").join(&id).exists(), "nothing installed on the target");
+    assert!(ask(&mut p.ca, &id, "verify ").await.starts_with("verify ok"));
+    // Without the fault the same workload then moves.
+    completed(&migrate(&mut p.ca, &id, &p.b.addr).await);
+    assert!(ask(&mut p.cb, &id, "verify ").await.starts_with("verify ok"));
+}
+
+#[tokio::test]
+async fn restore_failing_on_the_target_rolls_back_with_the_reason() {
+    if !require_root("restore_failing_on_the_target_rolls_back_with_the_reason") {
+        return;
     }
+    let mut p = pair(&[]).await;
+    let s = start(&mut p.ca, spec(&[&workload("tcpserver.py"), "47001"])).await;
+    let id = id_of(&s);
+    wait_log(&p.ca, &id, "listening", T, |l| l.iter().any(|x| x == "listening 47001")).await;
+    // The port is already taken on the target.
+    let squatter = start(&mut p.cb, spec(&[&workload("tcpserver.py"), "47001"])).await;
+    wait_log(&p.cb, &id_of(&squatter), "squatter listening", T, |l| l.iter().any(|x| x == "listening 47001")).await;
+    let r = migrate(&mut p.ca, &id, &p.b.addr).await;
+    rolled_back(&r, "restore", "already in use on the target");
+    assert!(r.error.contains("restore.log"), "names CRIU's log: {}", r.error);
+    let answer = tcp_hit(format!("{}:47001", p.net.ip(0)), "still here").await.expect("source serves again");
+    assert_eq!(field(&answer, "hits="), "1", "{answer}");
+    let on_b = p.cb.list_processes(pb::ListProcessesRequest {}).await.unwrap().into_inner().processes;
+    assert_eq!(on_b.len(), 1, "only the squatter runs on the target: {on_b:?}");
+}
+
+#[tokio::test]
+async fn unknown_unreachable_or_same_targets_are_refused_clearly() {
+    if !require_root("unknown_unreachable_or_same_targets_are_refused_clearly") {
+        return;
+    }
+    let mut p = pair(&[]).await;
+    let s = start(&mut p.ca, spec(&["sleep", "600"])).await;
+    let id = id_of(&s);
+
+    let r = migrate(&mut p.ca, &id, &format!("http://{}:50051", p.net.unused_ip())).await;
+    rolled_back(&r, "preflight", "unreachable");
+    let r = migrate(&mut p.ca, &id, &p.a.addr).await;
+    rolled_back(&r, "preflight", "same node");
+    let s = status(&mut p.ca, &id).await;
+    assert_ne!(s.state, pb::ProcessState::Stopped as i32, "never frozen: {s:?}");
+
+    for (target, code, needle) in [
+        ("not a uri", Code::InvalidArgument, "not a URI"),
+        ("", Code::InvalidArgument, "target address is empty"),
+    ] {
+        let err = p
+            .ca
+            .migrate_out(pb::MigrateOutRequest { workload_id: id.clone(), target_address: target.into(), ..Default::default() })
+            .await
+            .expect_err(target);
+        assert_eq!(err.code(), code, "{target:?}: {err:?}");
+        assert!(err.message().contains(needle), "{target:?}: {}", err.message());
+    }
+    let err = p
+        .ca
+        .migrate_out(pb::MigrateOutRequest { workload_id: "w-nope".into(), target_address: p.b.addr.clone(), ..Default::default() })
+        .await
+        .expect_err("unknown workload");
+    assert_eq!(err.code(), Code::NotFound);
+    let err = p
+        .ca
+        .migrate_out(pb::MigrateOutRequest {
+            workload_id: id.clone(),
+            target_address: p.b.addr.clone(),
+            fault: pb::Fault::CorruptChunk as i32,
+            ..Default::default()
+        })
+        .await
+        .expect_err("faults need the flag");
+    assert!(err.message().contains("fault injection is disabled"), "{}", err.message());
 }

@@ -38,7 +38,8 @@ pub struct Net {
 
 impl Net {
     pub fn new(n: usize) -> Net {
-        let k = (std::process::id() % 40) * 6 + NEXT.fetch_add(1, Ordering::SeqCst) % 6 + 1;
+        // Distinct per test in this binary (up to 20) and likely distinct from other binaries' runs.
+        let k = (std::process::id() % 12) * 20 + NEXT.fetch_add(1, Ordering::SeqCst) % 20 + 1;
         let bridge = format!("fbr{k}");
         let hosts: Vec<String> = (0..n).map(|i| format!("ferry-t{k}-{i}")).collect();
         // Leftovers of a crashed earlier run with the same names.

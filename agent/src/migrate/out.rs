@@ -400,7 +400,12 @@ impl Run {
             .await
             .map_err(|e| fail(p, e.to_string()))?;
         let trailer_at = done_rx.await.ok();
-        if let Ok(Err(e)) = sent {
+        // A sender failing because the target hung up is not the story; the target's answer is.
+        let send_error = match sent {
+            Ok(Err(e)) if e.kind() != std::io::ErrorKind::BrokenPipe => Some(e.to_string()),
+            _ => None,
+        };
+        if let (Some(e), Ok(_)) = (&send_error, &push) {
             return Err(fail(p, format!("cannot send the snapshot: {e}")));
         }
         match push {
