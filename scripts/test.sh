@@ -20,6 +20,17 @@ rc=0
 cargo test --locked --workspace --no-fail-fast 2>&1 | tee "$log" || rc=$?
 passed=$(grep -oE '^test result: .* ([0-9]+) passed' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -oE '^test result: .* ([0-9]+) failed' "$log" | grep -oE '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+step "coop/test.sh (cooperative helpers in Rust, Python and C, no agent)"
+coop_rc=0
+coop/test.sh 2>&1 | tee "$log" || coop_rc=$?
+[ "$coop_rc" -eq 0 ] || rc=$coop_rc
+coop_line=$(grep -E '^coop: [0-9]+ passed, [0-9]+ failed' "$log" | tail -n1)
+if [ -n "$coop_line" ]; then
+  passed=$(( passed + $(echo "$coop_line" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+') ))
+  failed=$(( failed + $(echo "$coop_line" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+') ))
+else
+  failed=$(( failed + 1 )); rc=1
+fi
 rm -f "$log"
 echo "[test] total $(( $(date +%s) - start )) s"
 echo "tests: $passed passed, $failed failed"

@@ -60,7 +60,11 @@ async fn migrate_with(c: &mut Client, req: pb::MigrateOutRequest) -> pb::Migrati
 async fn migrate(c: &mut Client, id: &str, target: &str) -> pb::MigrationResult {
     migrate_with(
         c,
-        pb::MigrateOutRequest { workload_id: id.into(), target_address: target.into(), ..Default::default() },
+        pb::MigrateOutRequest {
+            workload_id: id.into(),
+            target_address: target.into(),
+            ..Default::default()
+        },
     )
     .await
 }
@@ -103,7 +107,10 @@ async fn main_pid(c: &mut Client, id: &str) -> i32 {
 async fn ask(c: &mut Client, id: &str, answer: &str) -> String {
     let before = logs(c, id).await.len();
     kill(main_pid(c, id).await, libc::SIGUSR1);
-    let lines = wait_log(c, id, answer, T, |l| l[before.min(l.len())..].iter().any(|x| x.starts_with(answer))).await;
+    let lines = wait_log(c, id, answer, T, |l| {
+        l[before.min(l.len())..].iter().any(|x| x.starts_with(answer))
+    })
+    .await;
     lines[before..].iter().find(|x| x.starts_with(answer)).cloned().unwrap_or_default()
 }
 
@@ -138,7 +145,10 @@ async fn memory_of_256_mib_survives_and_the_counter_continues() {
     wait_log(&p.ca, &id, "memhog ready and ticking", T, |l| numbers(l, "tick ").len() >= 3).await;
     assert_eq!(ask(&mut p.ca, &id, "verify ").await.split_whitespace().nth(1), Some("ok"));
     let source_init = status(&mut p.ca, &id).await.pid;
-    let before = numbers(&logs(&mut p.ca, &id).await.into_iter().map(|l| l.text).collect::<Vec<_>>(), "tick ");
+    let before = numbers(
+        &logs(&mut p.ca, &id).await.into_iter().map(|l| l.text).collect::<Vec<_>>(),
+        "tick ",
+    );
 
     let r = migrate(&mut p.ca, &id, &p.b.addr).await;
     completed(&r);
@@ -150,13 +160,17 @@ async fn memory_of_256_mib_survives_and_the_counter_continues() {
     // Every byte verified on the target; the counter went on from where it was.
     let verdict = ask(&mut p.cb, &id, "verify ").await;
     assert!(verdict.starts_with("verify ok pages=65536"), "{verdict}");
-    let lines = wait_log(&p.cb, &id, "ticks on the target", T, |l| numbers(l, "tick ").len() > before.len() + 5).await;
+    let lines = wait_log(&p.cb, &id, "ticks on the target", T, |l| {
+        numbers(l, "tick ").len() > before.len() + 5
+    })
+    .await;
     let ticks = numbers(&lines, "tick ");
     assert_consecutive(&ticks, "tick");
     assert_eq!(&ticks[..before.len()], &before[..], "the target's log carries the source's lines");
 
     // The source forgot it and no process of it is left there.
-    let err = p.ca.get_status(pb::WorkloadRef { id: id.clone() }).await.expect_err("gone from source");
+    let err =
+        p.ca.get_status(pb::WorkloadRef { id: id.clone() }).await.expect_err("gone from source");
     assert_eq!(err.code(), Code::NotFound);
     assert!(stat(source_init).is_none(), "the original's init {source_init} is gone");
     let s = status(&mut p.cb, &id).await;
@@ -206,13 +220,16 @@ async fn process_tree_with_pipe_and_daemon_moves_whole() {
     let s = status(&mut p.cb, &id).await;
     assert_eq!(s.task_count, 4, "the whole tree was restored: {s:?}");
     let lines = wait_log(&p.cb, &id, "tree going on", T, |l| {
-        got(l) >= got(&before) + 10 && numbers(l, "daemon tick ").len() >= numbers(&before, "daemon tick ").len() + 5
+        got(l) >= got(&before) + 10
+            && numbers(l, "daemon tick ").len() >= numbers(&before, "daemon tick ").len() + 5
     })
     .await;
     assert!(!lines.iter().any(|l| l.contains("FAIL") || l == "parent eof"), "{lines:?}");
     assert_consecutive(&numbers(&lines, "daemon tick "), "daemon tick");
     let last_a = |l: &[String]| {
-        l.iter().rev().find_map(|x| field(x, "A=").parse::<u64>().ok().filter(|_| x.starts_with("parent got")))
+        l.iter().rev().find_map(|x| {
+            field(x, "A=").parse::<u64>().ok().filter(|_| x.starts_with("parent got"))
+        })
     };
     assert!(last_a(&lines) > last_a(&before), "child A's numbers went on rising through the pipe");
 }
@@ -225,7 +242,10 @@ async fn multithreaded_program_keeps_all_its_threads() {
     let mut p = pair(&[]).await;
     let s = start(&mut p.ca, spec(&[&workload("threads")])).await;
     let id = id_of(&s);
-    let before = wait_log(&p.ca, &id, "a threads line", T, |l| l.iter().any(|x| x.starts_with("threads t0="))).await;
+    let before = wait_log(&p.ca, &id, "a threads line", T, |l| {
+        l.iter().any(|x| x.starts_with("threads t0="))
+    })
+    .await;
     let total = |l: &[String]| {
         l.iter().rev().find_map(|x| field(x, "total=").parse::<u64>().ok()).unwrap_or(0)
     };
@@ -247,14 +267,19 @@ async fn tcp_server_answers_on_the_target_address() {
     let s = start(&mut p.ca, spec(&[&workload("tcpserver.py"), "47000"])).await;
     let id = id_of(&s);
     wait_log(&p.ca, &id, "listening", T, |l| l.iter().any(|x| x == "listening 47000")).await;
-    let first = tcp_hit(format!("{}:47000", p.net.ip(0)), "one").await.expect("served on the source");
+    let first =
+        tcp_hit(format!("{}:47000", p.net.ip(0)), "one").await.expect("served on the source");
     assert_eq!(field(&first, "hits="), "1", "{first}");
     let r = migrate(&mut p.ca, &id, &p.b.addr).await;
     completed(&r);
-    let second = tcp_hit(format!("{}:47000", p.net.ip(1)), "two").await.expect("served on the target");
+    let second =
+        tcp_hit(format!("{}:47000", p.net.ip(1)), "two").await.expect("served on the target");
     assert_eq!(field(&second, "hits="), "2", "the request counter continued: {second}");
     assert_eq!(field(&second, "pid="), field(&first, "pid="), "the same process answers");
-    assert!(tcp_hit(format!("{}:47000", p.net.ip(0)), "three").await.is_err(), "nothing listens on the source");
+    assert!(
+        tcp_hit(format!("{}:47000", p.net.ip(0)), "three").await.is_err(),
+        "nothing listens on the source"
+    );
 }
 
 #[tokio::test]
@@ -279,12 +304,19 @@ async fn cooperative_program_restores_its_own_state_without_criu() {
         l.iter().any(|x| x.starts_with("restored count=")) && numbers(l, "count ").len() >= 12
     })
     .await;
-    let restored: u64 = lines.iter().find_map(|x| x.strip_prefix("restored count=")?.parse().ok()).unwrap();
+    let restored: u64 =
+        lines.iter().find_map(|x| x.strip_prefix("restored count=")?.parse().ok()).unwrap();
     let counts = numbers(&lines, "count ");
-    let at = counts.iter().position(|n| *n == restored + 1).expect("the count resumed after the saved value");
+    let at = counts
+        .iter()
+        .position(|n| *n == restored + 1)
+        .expect("the count resumed after the saved value");
     assert!(at > 0 && counts[at - 1] >= restored, "{counts:?}");
     assert_consecutive(&counts[at..], "count after restore");
-    assert!(p.b.data_dir.join("migrations").read_dir().map(|d| d.count()).unwrap_or(0) == 0, "no scratch left");
+    assert!(
+        p.b.data_dir.join("migrations").read_dir().map(|d| d.count()).unwrap_or(0) == 0,
+        "no scratch left"
+    );
 }
 
 #[tokio::test]
@@ -299,7 +331,8 @@ async fn round_trip_back_to_the_first_host() {
     completed(&migrate(&mut p.ca, &id, &p.b.addr).await);
     wait_log(&p.cb, &id, "counting on B", T, |l| numbers(l, "count ").len() >= 8).await;
     completed(&migrate(&mut p.cb, &id, &p.a.addr).await);
-    let lines = wait_log(&p.ca, &id, "counting back on A", T, |l| numbers(l, "count ").len() >= 14).await;
+    let lines =
+        wait_log(&p.ca, &id, "counting back on A", T, |l| numbers(l, "count ").len() >= 14).await;
     assert_consecutive(&numbers(&lines, "count "), "count");
     assert!(ask(&mut p.ca, &id, "journal ").await.starts_with("journal ok"));
 }
@@ -331,13 +364,20 @@ async fn target_killed_mid_transfer_leaves_the_workload_running_on_the_source() 
     // Once data arrives on the target, kill its agent.
     let incoming = p.b.data_dir.join("migrations");
     wait_until("the transfer to begin", T, || async {
-        std::fs::read_dir(&incoming).ok()?.flatten().any(|e| e.path().join("recv/images").exists()).then_some(())
+        std::fs::read_dir(&incoming)
+            .ok()?
+            .flatten()
+            .any(|e| e.path().join("recv/images").exists())
+            .then_some(())
     })
     .await;
     // A second migration of the same workload is refused meanwhile.
-    let err = p
-        .ca
-        .migrate_out(pb::MigrateOutRequest { workload_id: id.clone(), target_address: p.b.addr.clone(), ..Default::default() })
+    let err =
+        p.ca.migrate_out(pb::MigrateOutRequest {
+            workload_id: id.clone(),
+            target_address: p.b.addr.clone(),
+            ..Default::default()
+        })
         .await
         .expect_err("one migration at a time");
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -348,8 +388,13 @@ async fn target_killed_mid_transfer_leaves_the_workload_running_on_the_source() 
     let s = status(&mut p.ca, &id).await;
     assert_ne!(s.state, pb::ProcessState::Stopped as i32, "resumed on the source: {s:?}");
     assert!(ask(&mut p.ca, &id, "verify ").await.starts_with("verify ok pages=65536"));
-    let before = numbers(&logs(&mut p.ca, &id).await.into_iter().map(|l| l.text).collect::<Vec<_>>(), "tick ").len();
-    let lines = wait_log(&p.ca, &id, "ticking again", T, |l| numbers(l, "tick ").len() > before + 3).await;
+    let before = numbers(
+        &logs(&mut p.ca, &id).await.into_iter().map(|l| l.text).collect::<Vec<_>>(),
+        "tick ",
+    )
+    .len();
+    let lines =
+        wait_log(&p.ca, &id, "ticking again", T, |l| numbers(l, "tick ").len() > before + 3).await;
     assert_consecutive(&numbers(&lines, "tick "), "tick");
 }
 
@@ -374,9 +419,13 @@ async fn corrupted_chunk_is_caught_and_rolled_back() {
     )
     .await;
     rolled_back(&r, "transfer", "checksum mismatch");
-    let on_b = p.cb.list_processes(pb::ListProcessesRequest {}).await.unwrap().into_inner().processes;
+    let on_b =
+        p.cb.list_processes(pb::ListProcessesRequest {}).await.unwrap().into_inner().processes;
     assert!(on_b.is_empty(), "nothing restored on the target: {on_b:?}");
-    assert!(!p.b.data_dir.join("migrations").join(&r.migration_id).exists(), "target scratch removed");
+    assert!(
+        !p.b.data_dir.join("migrations").join(&r.migration_id).exists(),
+        "target scratch removed"
+    );
     assert!(!p.b.data_dir.join("workloads").join(&id).exists(), "nothing installed on the target");
     assert!(ask(&mut p.ca, &id, "verify ").await.starts_with("verify ok"));
     // Without the fault the same workload then moves.
@@ -395,13 +444,18 @@ async fn restore_failing_on_the_target_rolls_back_with_the_reason() {
     wait_log(&p.ca, &id, "listening", T, |l| l.iter().any(|x| x == "listening 47001")).await;
     // The port is already taken on the target.
     let squatter = start(&mut p.cb, spec(&[&workload("tcpserver.py"), "47001"])).await;
-    wait_log(&p.cb, &id_of(&squatter), "squatter listening", T, |l| l.iter().any(|x| x == "listening 47001")).await;
+    wait_log(&p.cb, &id_of(&squatter), "squatter listening", T, |l| {
+        l.iter().any(|x| x == "listening 47001")
+    })
+    .await;
     let r = migrate(&mut p.ca, &id, &p.b.addr).await;
     rolled_back(&r, "restore", "already in use on the target");
     assert!(r.error.contains("restore.log"), "names CRIU's log: {}", r.error);
-    let answer = tcp_hit(format!("{}:47001", p.net.ip(0)), "still here").await.expect("source serves again");
+    let answer =
+        tcp_hit(format!("{}:47001", p.net.ip(0)), "still here").await.expect("source serves again");
     assert_eq!(field(&answer, "hits="), "1", "{answer}");
-    let on_b = p.cb.list_processes(pb::ListProcessesRequest {}).await.unwrap().into_inner().processes;
+    let on_b =
+        p.cb.list_processes(pb::ListProcessesRequest {}).await.unwrap().into_inner().processes;
     assert_eq!(on_b.len(), 1, "only the squatter runs on the target: {on_b:?}");
 }
 
@@ -425,23 +479,28 @@ async fn unknown_unreachable_or_same_targets_are_refused_clearly() {
         ("not a uri", Code::InvalidArgument, "not a URI"),
         ("", Code::InvalidArgument, "target address is empty"),
     ] {
-        let err = p
-            .ca
-            .migrate_out(pb::MigrateOutRequest { workload_id: id.clone(), target_address: target.into(), ..Default::default() })
+        let err =
+            p.ca.migrate_out(pb::MigrateOutRequest {
+                workload_id: id.clone(),
+                target_address: target.into(),
+                ..Default::default()
+            })
             .await
             .expect_err(target);
         assert_eq!(err.code(), code, "{target:?}: {err:?}");
         assert!(err.message().contains(needle), "{target:?}: {}", err.message());
     }
-    let err = p
-        .ca
-        .migrate_out(pb::MigrateOutRequest { workload_id: "w-nope".into(), target_address: p.b.addr.clone(), ..Default::default() })
+    let err =
+        p.ca.migrate_out(pb::MigrateOutRequest {
+            workload_id: "w-nope".into(),
+            target_address: p.b.addr.clone(),
+            ..Default::default()
+        })
         .await
         .expect_err("unknown workload");
     assert_eq!(err.code(), Code::NotFound);
-    let err = p
-        .ca
-        .migrate_out(pb::MigrateOutRequest {
+    let err =
+        p.ca.migrate_out(pb::MigrateOutRequest {
             workload_id: id.clone(),
             target_address: p.b.addr.clone(),
             fault: pb::Fault::CorruptChunk as i32,

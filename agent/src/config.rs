@@ -24,6 +24,8 @@ pub struct AgentConfig {
     pub max_snapshot_bytes: u64,
     /// Honour test-only faults in MigrateOut requests.
     pub fault_injection: bool,
+    /// Keep every migration's scratch directory (images, CRIU logs) for inspection.
+    pub keep_scratch: bool,
 }
 
 impl AgentConfig {

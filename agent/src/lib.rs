@@ -36,7 +36,13 @@ pub async fn serve(
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .add_service(grpc::AgentServer::new(grpc::Service::new(agent)))
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(16 << 20)
+        .add_service(
+            grpc::AgentServer::new(grpc::Service::new(agent))
+                .max_decoding_message_size(snapshot::MAX_PAYLOAD * 2)
+                .max_encoding_message_size(snapshot::MAX_PAYLOAD * 2),
+        )
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             let _ = drain_tx.send(());

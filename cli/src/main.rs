@@ -20,6 +20,16 @@ struct Cli {
 enum Command {
     /// Run the node agent: spawn, supervise, pause and stop workloads over gRPC.
     Agent(AgentArgs),
+    /// Benchmarks that write a report.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Migrate a mixed-content process with ferry and with the hand pipeline (criu dump, tar |
+    /// zstd -1 | nc, criu restore) between two network-namespace hosts; report both.
+    Migrate(ferry::bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -51,6 +61,9 @@ struct AgentArgs {
     /// Honour test-only faults in migration requests (corrupt a chunk, slow the transfer).
     #[arg(long, hide = true)]
     enable_fault_injection: bool,
+    /// Keep each migration's scratch directory (CRIU images and logs) under the data dir.
+    #[arg(long)]
+    keep_scratch: bool,
 }
 
 fn main() -> ExitCode {
@@ -63,6 +76,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Agent(args) => run_agent(args),
+        Command::Bench(BenchCommand::Migrate(args)) => ferry::bench::migrate(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -89,6 +103,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         criu_path: args.criu,
         max_snapshot_bytes: args.max_snapshot_mib << 20,
         fault_injection: args.enable_fault_injection,
+        keep_scratch: args.keep_scratch,
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {

@@ -79,19 +79,14 @@ impl AgentProc {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        AgentProc::spawn(name, env!("CARGO_BIN_EXE_ferry"), &args, tmp, data_dir)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        cmd.args(&args);
+        AgentProc::spawn(name, cmd, tmp, data_dir)
     }
 
-    /// Runs `program args` (which ends up exec'ing `ferry agent`) and waits for its address.
-    pub fn spawn(
-        name: &str,
-        program: &str,
-        args: &[String],
-        tmp: TempDir,
-        data_dir: PathBuf,
-    ) -> AgentProc {
-        let mut child = Command::new(program)
-            .args(args)
+    /// Runs `cmd` (which ends up exec'ing `ferry agent`) and waits for its address.
+    pub fn spawn(name: &str, mut cmd: Command, tmp: TempDir, data_dir: PathBuf) -> AgentProc {
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

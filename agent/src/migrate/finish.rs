@@ -55,21 +55,26 @@ impl Agent {
     }
 
     pub(crate) fn remove_migration_dir(&self, migration_id: &str) {
-        if crate::snapshot::safe_relative(migration_id).is_some() {
+        if !self.config().keep_scratch && crate::snapshot::safe_relative(migration_id).is_some() {
             let _ = std::fs::remove_dir_all(
                 self.config().data_dir.join("migrations").join(migration_id),
             );
         }
     }
 
+    /// SIGKILL to a workload's whole tree (its PID namespace's init takes the rest with it).
+    pub(crate) fn kill_workload(&self, w: &Workload) -> Result<()> {
+        if w.own_pid_namespace {
+            crate::workload::signal_task(w, w.init_pid, Sig::SIGKILL)
+        } else {
+            crate::workload::signal_tree(w, Sig::SIGKILL)
+        }
+    }
+
     /// Kills a workload's whole tree, waits until it is reaped, and forgets it and its directory.
     pub(crate) async fn discard(&self, w: &Arc<Workload>) -> Result<()> {
         if w.exit_info().is_none() {
-            if w.own_pid_namespace {
-                crate::workload::signal_task(w, w.init_pid, Sig::SIGKILL)?;
-            } else {
-                crate::workload::signal_tree(w, Sig::SIGKILL)?;
-            }
+            self.kill_workload(w)?;
             if !w.wait_exit(KILL_WAIT).await {
                 return Err(AgentError::Internal(format!(
                     "workload {} (pid {}) was not reaped {KILL_WAIT:?} after SIGKILL",

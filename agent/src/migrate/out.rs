@@ -188,10 +188,12 @@ impl Agent {
             }
         }
         // Scratch files go; CRIU's log of a failure stays where the report says.
-        let scratch = self.config().data_dir.join("migrations").join(&mid);
-        let _ = std::fs::remove_dir_all(scratch.join("images"));
-        if report.criu_log.is_none() {
-            let _ = std::fs::remove_dir_all(&scratch);
+        if !self.config().keep_scratch {
+            let scratch = self.config().data_dir.join("migrations").join(&mid);
+            let _ = std::fs::remove_dir_all(scratch.join("images"));
+            if report.criu_log.is_none() {
+                let _ = std::fs::remove_dir_all(&scratch);
+            }
         }
         report.timeline = run.tl.clone();
         let freeze_start = run.tl.start_of(Phase::Freezing);
@@ -440,7 +442,8 @@ impl Run {
         self.tl.begin(Phase::Committing);
         let p = Phase::Committing;
         // The target holds a verified, restored copy: the original goes first, so two never run.
-        self.agent.discard(&self.w).await.map_err(|e| {
+        // A SIGKILLed task never runs again, so the commit need not wait for it to be reaped.
+        self.agent.kill_workload(&self.w).map_err(|e| {
             fail(Phase::Restoring, format!("cannot kill the original on the source: {e}"))
         })?;
         self.frozen = false;
@@ -452,6 +455,7 @@ impl Run {
                 Ok(Ok(resp)) => {
                     self.target_status = Some(resp.into_inner());
                     self.tl.end();
+                    self.forget_original().await;
                     return Ok(());
                 }
                 Ok(Err(s)) => last = s.message().to_string(),
@@ -465,6 +469,7 @@ impl Run {
             );
             tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
         }
+        self.forget_original().await;
         Err(fail(
             p,
             format!(
@@ -473,6 +478,13 @@ impl Run {
                 self.target_node, self.mid
             ),
         ))
+    }
+
+    /// Waits for the killed original to be reaped and forgets it.
+    async fn forget_original(&self) {
+        if let Err(e) = self.agent.discard(&self.w).await {
+            tracing::warn!(migration = self.mid, error = %e, "the killed original was not cleaned up");
+        }
     }
 
     async fn roll_back(&mut self) -> std::result::Result<(), String> {

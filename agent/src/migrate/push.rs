@@ -108,6 +108,13 @@ impl Agent {
             }
         };
         let restore_ms = restore_start.elapsed().as_millis() as i64;
+        tracing::info!(
+            migration = mid,
+            id = spec.id,
+            verify_ms,
+            restore_ms,
+            "workload restored, waiting for commit"
+        );
         if spec.engine == Engine::Criu {
             // CRIU has read the images; the cooperative program may read its state until commit.
             let _ = std::fs::remove_dir_all(recv_dir.join("images"));

@@ -1,0 +1,4 @@
+//! The `ferry` binary's library part: subcommand implementations that are more than glue.
+
+pub mod bench;
+pub mod hosts;
