@@ -510,3 +510,57 @@ async fn unknown_unreachable_or_same_targets_are_refused_clearly() {
         .expect_err("faults need the flag");
     assert!(err.message().contains("fault injection is disabled"), "{}", err.message());
 }
+
+#[tokio::test]
+async fn post_copy_resumes_before_the_memory_arrives_and_loses_nothing() {
+    if !require_root("post_copy_resumes_before_the_memory_arrives_and_loses_nothing") {
+        return;
+    }
+    let mut p = pair(&[]).await;
+    let s = start(&mut p.ca, spec(&[&workload("memhog"), "256"])).await;
+    let id = id_of(&s);
+    wait_log(&p.ca, &id, "memhog ticking", T, |l| numbers(l, "tick ").len() >= 3).await;
+    let r = migrate_with(
+        &mut p.ca,
+        pb::MigrateOutRequest {
+            workload_id: id.clone(),
+            target_address: p.b.addr.clone(),
+            mode: pb::Mode::PostCopy as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(r.outcome, pb::Outcome::Completed as i32, "{}", r.error);
+    assert_eq!(r.mode, "post_copy");
+    let phases: Vec<&str> = r.phases.iter().map(|x| x.phase.as_str()).collect();
+    assert_eq!(
+        phases,
+        ["preflight", "freeze", "checkpoint", "transfer", "restore", "commit", "post_copy"]
+    );
+    assert!(r.bytes_raw < 64 << 20, "the memory did not travel in the snapshot: {r:?}");
+    let verdict = ask(&mut p.cb, &id, "verify ").await;
+    assert!(verdict.starts_with("verify ok pages=65536"), "{verdict}");
+    let lines =
+        wait_log(&p.cb, &id, "ticks on the target", T, |l| numbers(l, "tick ").len() > 20).await;
+    assert_consecutive(&numbers(&lines, "tick "), "tick");
+    let err =
+        p.ca.get_status(pb::WorkloadRef { id: id.clone() }).await.expect_err("gone from source");
+    assert_eq!(err.code(), Code::NotFound);
+
+    // Post-copy needs CRIU: a cooperative workload is refused up front.
+    let script = repo().join("coop/examples/counter.py");
+    let mut sp = spec(&["python3", &script.to_string_lossy()]);
+    sp.engine = pb::Engine::Cooperative as i32;
+    let coop = start(&mut p.ca, sp).await;
+    let err =
+        p.ca.migrate_out(pb::MigrateOutRequest {
+            workload_id: id_of(&coop),
+            target_address: p.b.addr.clone(),
+            mode: pb::Mode::PostCopy as i32,
+            ..Default::default()
+        })
+        .await
+        .expect_err("post-copy of a cooperative workload");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("post-copy needs the CRIU engine"), "{}", err.message());
+}

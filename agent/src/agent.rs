@@ -15,6 +15,8 @@ pub struct Agent {
     root: bool,
     criu: CriuInfo,
     workloads: RwLock<HashMap<String, Arc<Workload>>>,
+    /// `criu lazy-pages` daemons of post-copy restores, by migration id.
+    lazy_daemons: std::sync::Mutex<HashMap<String, i32>>,
 }
 
 impl Agent {
@@ -49,7 +51,14 @@ impl Agent {
             criu_check = criu.check_passed,
             "agent ready"
         );
-        Ok(Arc::new(Agent { config, reaper, root, criu, workloads: RwLock::default() }))
+        Ok(Arc::new(Agent {
+            config,
+            reaper,
+            root,
+            criu,
+            workloads: RwLock::default(),
+            lazy_daemons: Default::default(),
+        }))
     }
 
     pub fn config(&self) -> &AgentConfig {
@@ -83,6 +92,31 @@ impl Agent {
 
     pub(crate) fn remove(&self, id: &str) {
         self.workloads.write().expect("workload table poisoned").remove(id);
+    }
+
+    pub(crate) fn set_lazy_daemon(&self, migration_id: &str, pid: i32) {
+        self.lazy_daemons
+            .lock()
+            .expect("lazy daemons poisoned")
+            .insert(migration_id.to_string(), pid);
+    }
+
+    pub(crate) fn lazy_daemon_running(&self, migration_id: &str) -> bool {
+        self.lazy_daemons.lock().expect("lazy daemons poisoned").contains_key(migration_id)
+    }
+
+    /// Forgets a migration's lazy-pages daemon; it runs on until every page arrived.
+    pub(crate) fn release_lazy_daemon(&self, migration_id: &str) {
+        self.lazy_daemons.lock().expect("lazy daemons poisoned").remove(migration_id);
+    }
+
+    /// Kills a migration's lazy-pages daemon (its restore failed or was aborted).
+    pub(crate) fn kill_lazy_daemon(&self, migration_id: &str) {
+        if let Some(pid) =
+            self.lazy_daemons.lock().expect("lazy daemons poisoned").remove(migration_id)
+        {
+            let _ = crate::sys::signal::send(pid, crate::sys::signal::Sig::SIGKILL);
+        }
     }
 
     pub fn workloads(&self) -> Vec<Arc<Workload>> {

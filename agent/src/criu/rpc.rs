@@ -19,25 +19,27 @@ pub enum RpcError {
     Spawn(std::io::Error),
     #[error("criu RPC transport: {0}")]
     Io(std::io::Error),
-    #[error("criu closed the connection without answering (it may have crashed)")]
+    #[error("criu closed the connection without answering (it may have crashed or been killed)")]
     Closed,
     #[error("criu sent a message that does not decode: {0}")]
     Decode(prost::DecodeError),
 }
 
-/// Sends `req` to a fresh `criu swrk` and returns its final answer. `keep` are fds the criu
-/// child inherits. NOTIFY messages are acknowledged after `on_notify(script)` ran.
-pub fn call(
-    criu: &Path,
-    reaper: &Reaper,
-    keep: &[RawFd],
-    req: rpc::CriuReq,
-    mut on_notify: impl FnMut(&str),
-) -> Result<rpc::CriuResp, RpcError> {
-    let swrk = Swrk::start(criu, reaper, keep).map_err(RpcError::Spawn)?;
-    let result = (|| {
-        swrk.send(&req.encode_to_vec()).map_err(RpcError::Io)?;
-        loop {
+/// A request sent to a running `criu swrk`, not yet answered.
+pub struct Pending {
+    swrk: Swrk,
+}
+
+impl Pending {
+    /// The criu process serving the request (killing it abandons the request).
+    pub fn pid(&self) -> i32 {
+        self.swrk.pid
+    }
+
+    /// Waits for the final answer; NOTIFY messages are acknowledged after `on_notify(script)`.
+    pub fn wait(self, mut on_notify: impl FnMut(&str)) -> Result<rpc::CriuResp, RpcError> {
+        let swrk = self.swrk;
+        let result = (|| loop {
             let buf = swrk.recv().map_err(RpcError::Io)?;
             if buf.is_empty() {
                 return Err(RpcError::Closed);
@@ -56,11 +58,34 @@ pub fn call(
                 continue;
             }
             return Ok(resp);
+        })();
+        let pid = swrk.pid;
+        if swrk.finish(EXIT_WAIT).is_none() {
+            tracing::warn!(pid, "criu swrk did not exit within {EXIT_WAIT:?}");
         }
-    })();
-    let pid = swrk.pid;
-    if swrk.finish(EXIT_WAIT).is_none() {
-        tracing::warn!(pid, "criu swrk did not exit within {EXIT_WAIT:?}");
+        result
     }
-    result
+}
+
+/// Starts a fresh `criu swrk` and sends it `req`. `keep` are fds the criu child inherits.
+pub fn start(
+    criu: &Path,
+    reaper: &Reaper,
+    keep: &[RawFd],
+    req: rpc::CriuReq,
+) -> Result<Pending, RpcError> {
+    let swrk = Swrk::start(criu, reaper, keep).map_err(RpcError::Spawn)?;
+    swrk.send(&req.encode_to_vec()).map_err(RpcError::Io)?;
+    Ok(Pending { swrk })
+}
+
+/// Sends `req` to a fresh `criu swrk` and returns its final answer.
+pub fn call(
+    criu: &Path,
+    reaper: &Reaper,
+    keep: &[RawFd],
+    req: rpc::CriuReq,
+    on_notify: impl FnMut(&str),
+) -> Result<rpc::CriuResp, RpcError> {
+    start(criu, reaper, keep, req)?.wait(on_notify)
 }

@@ -4,6 +4,7 @@
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ferry_proto::criu as rpc;
 
@@ -19,6 +20,151 @@ use crate::workload::{Adopt, Workload};
 const LOG_LEVEL: i32 = 4;
 
 pub struct CriuEngine;
+
+/// How long CRIU may take to write everything but the lazy pages.
+const LAZY_READY: Duration = Duration::from_secs(120);
+
+/// A post-copy dump in progress: CRIU has written every image but the lazy pages and serves
+/// those from a page server at `address` until the target holds them all. The original stays
+/// frozen (`leave_stopped`) throughout and after.
+pub struct LazyDump {
+    /// The criu process; killing it before commit abandons the dump and releases the original.
+    pub criu_pid: i32,
+    pub address: std::net::SocketAddr,
+    /// Ends when every page was served (or the dump failed).
+    pub done: std::thread::JoinHandle<Result<(), EngineError>>,
+}
+
+/// Starts a post-copy dump of `w` with a page server on `ip`, returning once the images other than
+/// the lazy pages are written.
+pub fn start_lazy_dump(
+    agent: &Agent,
+    w: &Workload,
+    dirs: &CheckpointDirs<'_>,
+    ip: std::net::IpAddr,
+) -> Result<LazyDump, EngineError> {
+    let criu = criu_path(agent)?;
+    let images = open(dirs.images)?;
+    let work = open(dirs.work)?;
+    let other = |e: std::io::Error| EngineError::Other(e.to_string());
+    let port = swrk::free_port(ip).map_err(other)?;
+    let mut opts = base_opts(&images, &work, "dump.log");
+    opts.pid = Some(w.init_pid);
+    opts.leave_stopped = Some(true);
+    opts.lazy_pages = Some(true);
+    // In lazy mode CRIU's page server listens on every address of this node, on this port.
+    opts.ps = Some(rpc::CriuPageServerInfo { port: Some(port.into()), ..Default::default() });
+    // CRIU says "status-ready" (a NOTIFY) once only the lazy pages are left to serve.
+    opts.notify_scripts = Some(true);
+    let req = rpc::CriuReq {
+        r#type: rpc::CriuReqType::Dump as i32,
+        opts: Some(opts),
+        ..Default::default()
+    };
+    let keep = [images.as_raw_fd(), work.as_raw_fd()];
+    let log = dirs.work.join("dump.log");
+    let pending = criu_rpc::start(&criu, agent.reaper(), &keep, req)
+        .map_err(|e| rpc_failure("dump", log.clone(), e.to_string()))?;
+    let criu_pid = pending.pid();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let log2 = log.clone();
+    let done = std::thread::Builder::new()
+        .name("criu-lazy-dump".into())
+        .spawn(move || {
+            let _keep = (images, work);
+            let resp = pending
+                .wait(|script| {
+                    if script == "status-ready" {
+                        let _ = ready_tx.send(());
+                    }
+                })
+                .map_err(|e| rpc_failure("dump", log2.clone(), e.to_string()))?;
+            if !resp.success {
+                let detail = resp
+                    .cr_errmsg
+                    .clone()
+                    .unwrap_or_else(|| format!("errno {}", resp.cr_errno.unwrap_or(0)));
+                return Err(rpc_failure("dump", log2, detail));
+            }
+            Ok(())
+        })
+        .map_err(other)?;
+    // The sender goes away with the thread, so a failed dump ends this wait at once.
+    if ready_rx.recv_timeout(LAZY_READY).is_err() {
+        let _ = crate::sys::signal::send(criu_pid, crate::sys::signal::Sig::SIGKILL);
+        return Err(match done.join() {
+            Ok(Err(e)) => e,
+            _ => rpc_failure("dump", log, "CRIU never reported its page server ready".into()),
+        });
+    }
+    Ok(LazyDump { criu_pid, address: std::net::SocketAddr::new(ip, port), done })
+}
+
+/// Starts `criu lazy-pages` for a post-copy restore: it fetches pages from the source's page server
+/// at `source` and fills them in as the restored process touches them (and in the background).
+fn start_lazy_daemon(
+    agent: &Agent,
+    criu: &std::path::Path,
+    source: &str,
+    images: &std::path::Path,
+    work: &std::path::Path,
+) -> Result<i32, EngineError> {
+    let (host, port) = source
+        .rsplit_once(':')
+        .ok_or_else(|| EngineError::Other(format!("bad page server address {source:?}")))?;
+    let mut cmd = std::process::Command::new(criu);
+    cmd.args([
+        "lazy-pages",
+        "--page-server",
+        "--address",
+        host,
+        "--port",
+        port,
+        "-v4",
+        "-o",
+        "lazy-pages.log",
+    ])
+    .arg("--images-dir")
+    .arg(images)
+    .arg("--work-dir")
+    .arg(work)
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let child = cmd
+        .spawn()
+        .map_err(|e| EngineError::Other(format!("cannot start criu lazy-pages: {e}")))?;
+    let pid = child.id() as i32;
+    let exit = agent.reaper().watch(pid);
+    drop(child);
+    let log = work.join("lazy-pages.log");
+    let (id, log2, keep) = (pid, log.clone(), agent.config().keep_scratch);
+    let scratch = work.parent().map(std::path::Path::to_path_buf);
+    tokio::spawn(async move {
+        match exit.await {
+            Ok(crate::sys::reaper::ExitStatus::Exited(0)) => {
+                tracing::info!(pid = id, "post-copy: every page arrived");
+                if let (false, Some(dir)) = (keep, scratch) {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            }
+            other => {
+                tracing::warn!(pid = id, ?other, log = ?log2, "criu lazy-pages ended abnormally")
+            }
+        }
+    });
+    // The restore finds the daemon through a socket in the shared work dir.
+    let sock = work.join("lazy-pages.socket");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        if std::time::Instant::now() > deadline {
+            let _ = crate::sys::signal::send(pid, crate::sys::signal::Sig::SIGKILL);
+            return Err(rpc_failure("lazy-pages", log, "its socket never appeared".into()));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(pid)
+}
 
 fn base_opts(images: &impl AsRawFd, work: &impl AsRawFd, log: &str) -> rpc::CriuOpts {
     rpc::CriuOpts {
@@ -118,6 +264,22 @@ impl CheckpointEngine for CriuEngine {
         let mut opts = base_opts(&images, &work, "restore.log");
         opts.rst_sibling = Some(true);
         opts.leave_stopped = Some(true);
+        let lazy = !req.info.lazy_pages_address.is_empty();
+        if lazy {
+            let (agent2, criu2) = (agent.clone(), criu.clone());
+            let (source, images_p, work_p) = (
+                req.info.lazy_pages_address.clone(),
+                req.images.to_path_buf(),
+                req.work.to_path_buf(),
+            );
+            let pid = tokio::task::spawn_blocking(move || {
+                start_lazy_daemon(&agent2, &criu2, &source, &images_p, &work_p)
+            })
+            .await
+            .map_err(|e| EngineError::Other(e.to_string()))??;
+            agent.set_lazy_daemon(req.migration_id, pid);
+            opts.lazy_pages = Some(true);
+        }
         opts.inherit_fd = vec![
             rpc::InheritFd { key: req.info.stdout_key.clone(), fd: out_w.as_raw_fd() },
             rpc::InheritFd { key: req.info.stderr_key.clone(), fd: err_w.as_raw_fd() },
@@ -130,28 +292,37 @@ impl CheckpointEngine for CriuEngine {
         let keep = [images.as_raw_fd(), work.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
         let log_path = req.work.join("restore.log");
         let reaper = agent.reaper().clone();
-        let resp = {
+        let restored = {
             let (criu, log_path) = (criu.clone(), log_path.clone());
             tokio::task::spawn_blocking(move || {
                 let r = criu_rpc::call(&criu, &reaper, &keep, creq, |_| {});
                 // Our copies of the write ends go now: the restored tree holds its own.
                 drop((out_w, err_w, images, work));
-                r.map_err(|e| rpc_failure("restore", log_path, e.to_string()))
+                let resp =
+                    r.map_err(|e| rpc_failure("restore", log_path.clone(), e.to_string()))?;
+                if !resp.success {
+                    let detail = resp
+                        .cr_errmsg
+                        .clone()
+                        .unwrap_or_else(|| format!("errno {}", resp.cr_errno.unwrap_or(0)));
+                    return Err(rpc_failure("restore", log_path, detail));
+                }
+                match resp.restore.map(|r| r.pid).unwrap_or(0) {
+                    pid if pid > 0 => Ok(pid),
+                    _ => Err(rpc_failure("restore", log_path, "CRIU reported no pid".into())),
+                }
             })
             .await
-            .map_err(|e| EngineError::Other(e.to_string()))??
+            .map_err(|e| EngineError::Other(e.to_string()))
+            .and_then(|r| r)
         };
-        if !resp.success {
-            let detail = resp
-                .cr_errmsg
-                .clone()
-                .unwrap_or_else(|| format!("errno {}", resp.cr_errno.unwrap_or(0)));
-            return Err(rpc_failure("restore", log_path, detail));
-        }
-        let pid = resp.restore.map(|r| r.pid).unwrap_or(0);
-        if pid <= 0 {
-            return Err(rpc_failure("restore", log_path, "CRIU reported no pid".into()));
-        }
+        let pid = match restored {
+            Ok(pid) => pid,
+            Err(e) => {
+                agent.kill_lazy_daemon(req.migration_id);
+                return Err(e);
+            }
+        };
         let exit = agent.reaper().watch(pid);
         tracing::info!(
             id = spec.id,

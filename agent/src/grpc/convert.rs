@@ -154,6 +154,8 @@ pub fn report_to_pb(r: MigrationReport) -> pb::MigrationResult {
         bytes_wire: r.bytes_wire,
         target_status: r.target_status.clone(),
         criu_log: r.criu_log.as_ref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
+        mode: if r.post_copy { "post_copy" } else { "stop_and_copy" }.to_string(),
+        post_copy_ms: d(Phase::PostCopy),
         engine: match r.engine {
             Engine::Criu => "criu",
             Engine::Cooperative => "cooperative",

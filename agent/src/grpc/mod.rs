@@ -151,6 +151,7 @@ impl AgentApi for Service {
                 target: r.target_address,
                 migration_id: (!r.migration_id.is_empty()).then_some(r.migration_id),
                 fault,
+                post_copy: r.mode == pb::Mode::PostCopy as i32,
             })
             .await?;
         Ok(Response::new(convert::report_to_pb(report)))

@@ -23,7 +23,12 @@ impl Agent {
                 .map_err(|e| AgentError::Internal(e.to_string()))??;
         }
         w.set_pending_migration(None);
-        self.remove_migration_dir(migration_id);
+        if self.lazy_daemon_running(migration_id) {
+            // The lazy-pages daemon still reads its images and work dir; they go when it is done.
+            self.release_lazy_daemon(migration_id);
+        } else {
+            self.remove_migration_dir(migration_id);
+        }
         tracing::info!(
             id = w.id(),
             migration = migration_id,
@@ -35,6 +40,7 @@ impl Agent {
     /// Discards the workload restored for `migration_id`: the source has resumed its original.
     /// Idempotent: an unknown migration only has its scratch files removed.
     pub async fn abort_migration(&self, migration_id: &str) -> Result<()> {
+        self.kill_lazy_daemon(migration_id);
         if let Ok(w) = self.pending(migration_id) {
             self.discard(&w).await?;
             tracing::info!(

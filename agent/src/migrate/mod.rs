@@ -17,7 +17,10 @@
 //!     Transferring --> RollingBack
 //!     Restoring --> RollingBack
 //!     RollingBack --> RolledBack
+//!     Committing --> PostCopy: post-copy (pages follow the resumed workload)
+//!     PostCopy --> Completed
 //!     Committing --> Failed: target did not confirm the resume
+//!     PostCopy --> Failed: the page transfer broke
 //! ```
 //!
 //! The source keeps its frozen original until the target holds a verified, restored (stopped)
@@ -42,6 +45,8 @@ pub enum Phase {
     Transferring,
     Restoring,
     Committing,
+    /// Post-copy only: the workload runs on the target while its pages still arrive.
+    PostCopy,
     Completed,
     RollingBack,
     RolledBack,
@@ -58,6 +63,7 @@ impl Phase {
             Phase::Transferring => "transfer",
             Phase::Restoring => "restore",
             Phase::Committing => "commit",
+            Phase::PostCopy => "post_copy",
             Phase::Completed => "completed",
             Phase::RollingBack => "rollback",
             Phase::RolledBack => "rolled_back",
@@ -104,7 +110,7 @@ impl Phase {
     pub fn on_failure(self) -> Phase {
         if self.can_roll_back() {
             Phase::RollingBack
-        } else if self == Phase::RollingBack || self == Phase::Committing {
+        } else if matches!(self, Phase::RollingBack | Phase::Committing | Phase::PostCopy) {
             Phase::Failed
         } else {
             self
@@ -141,6 +147,10 @@ impl Timeline {
 
     pub fn start_of(&self, p: Phase) -> Option<i64> {
         self.phases.iter().find(|x| x.0 == p).map(|x| x.1)
+    }
+
+    pub fn end_of(&self, p: Phase) -> Option<i64> {
+        self.phases.iter().rev().find(|x| x.0 == p).map(|x| x.2)
     }
 }
 

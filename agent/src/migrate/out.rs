@@ -29,6 +29,8 @@ pub struct MigrateOut {
     pub target: String,
     pub migration_id: Option<String>,
     pub fault: SendFault,
+    /// Post-copy: resume on the target before the memory pages arrive (CRIU engine only).
+    pub post_copy: bool,
 }
 
 /// How a migration ended, with its figures.
@@ -51,6 +53,7 @@ pub struct MigrationReport {
     pub bytes_wire: u64,
     pub target_status: Option<pb::ProcessStatus>,
     pub criu_log: Option<std::path::PathBuf>,
+    pub post_copy: bool,
 }
 
 /// Releases the workload's one-migration-at-a-time flag however the migration ends.
@@ -93,6 +96,12 @@ impl Agent {
         })?;
         let w = self.get(&req.workload_id)?;
         self.require_alive(&w, "migrate")?;
+        if req.post_copy && w.spec.engine != Engine::Criu {
+            return Err(AgentError::InvalidRequest(format!(
+                "post-copy needs the CRIU engine; workload {} uses the cooperative one",
+                w.id()
+            )));
+        }
         if w.pending_migration().is_some() {
             return Err(AgentError::BadState {
                 id: w.id().to_string(),
@@ -133,6 +142,9 @@ impl Agent {
             progress: Arc::new(Progress::default()),
             restore_ms: 0,
             target_status: None,
+            post_copy: req.post_copy,
+            lazy: None,
+            endpoint_host: String::new(),
         };
         tracing::info!(migration = mid, id = w.id(), target = req.target, "migration starting");
         let result = run.forward(endpoint).await;
@@ -153,6 +165,7 @@ impl Agent {
             bytes_wire: run.progress.bytes_wire.load(Ordering::Relaxed),
             target_status: run.target_status.clone(),
             criu_log: None,
+            post_copy: req.post_copy,
         };
         match result {
             Ok(()) => {
@@ -197,7 +210,13 @@ impl Agent {
         }
         report.timeline = run.tl.clone();
         let freeze_start = run.tl.start_of(Phase::Freezing);
-        let running_again = run.tl.phases.last().map(|p| p.2).unwrap_or(started);
+        // Running again: on the target once the commit was confirmed, else on the source.
+        let running_again = run
+            .tl
+            .end_of(Phase::Committing)
+            .filter(|_| report.outcome != Phase::RolledBack)
+            .or_else(|| run.tl.phases.last().map(|p| p.2))
+            .unwrap_or(started);
         report.downtime_ms = freeze_start.map(|f| running_again - f).unwrap_or(0);
         report.total_ms = crate::sys::now_ms() - started;
         Ok(report)
@@ -220,6 +239,10 @@ struct Run {
     progress: Arc<Progress>,
     restore_ms: i64,
     target_status: Option<pb::ProcessStatus>,
+    post_copy: bool,
+    lazy: Option<crate::engine::criu::LazyDump>,
+    /// The target's host, for choosing the address of a post-copy page server.
+    endpoint_host: String,
 }
 
 impl Run {
@@ -241,6 +264,7 @@ impl Run {
 
     async fn preflight(&mut self, endpoint: Endpoint) -> std::result::Result<(), Failure> {
         let p = Phase::Preflight;
+        self.endpoint_host = endpoint.uri().host().unwrap_or_default().to_string();
         let channel = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
@@ -335,20 +359,30 @@ impl Run {
         self.tl.begin(Phase::Checkpointing);
         let (agent, w, scratch) = (self.agent.clone(), self.w.clone(), self.scratch());
         let engine = w.spec.engine;
+        let post_copy = self.post_copy;
+        let toward = self.endpoint_host.clone();
         let res = tokio::task::spawn_blocking(move || {
             let dirs =
                 CheckpointDirs { images: &scratch.join("images"), work: &scratch.join("criu") };
-            engine::checkpoint(engine, &agent, &w, &dirs)
+            if post_copy {
+                let ip = page_server_ip(&agent, &toward);
+                crate::engine::criu::start_lazy_dump(&agent, &w, &dirs, ip).map(Some)
+            } else {
+                engine::checkpoint(engine, &agent, &w, &dirs).map(|_| None)
+            }
         })
         .await
         .map_err(|e| fail(Phase::Checkpointing, e.to_string()))?;
-        if let Err(e) = res {
-            let log = e.log().map(|l| l.to_path_buf());
-            return Err(Failure {
-                phase: Phase::Checkpointing,
-                message: e.to_string(),
-                criu_log: log,
-            });
+        match res {
+            Ok(lazy) => self.lazy = lazy,
+            Err(e) => {
+                let log = e.log().map(|l| l.to_path_buf());
+                return Err(Failure {
+                    phase: Phase::Checkpointing,
+                    message: e.to_string(),
+                    criu_log: log,
+                });
+            }
         }
         self.tl.end();
         Ok(())
@@ -389,6 +423,11 @@ impl Run {
                 started_at_ms: w.started_at_ms,
                 paused: self.was_paused,
                 ships_workdir,
+                lazy_pages_address: self
+                    .lazy
+                    .as_ref()
+                    .map(|l| l.address.to_string())
+                    .unwrap_or_default(),
             }),
         };
         let (rx, sender) = send::start(manifest, entries, self.fault, self.progress.clone());
@@ -440,13 +479,52 @@ impl Run {
 
     async fn commit(&mut self) -> std::result::Result<(), Failure> {
         self.tl.begin(Phase::Committing);
-        let p = Phase::Committing;
+        if self.lazy.is_some() {
+            return self.commit_post_copy().await;
+        }
         // The target holds a verified, restored copy: the original goes first, so two never run.
         // A SIGKILLed task never runs again, so the commit need not wait for it to be reaped.
         self.agent.kill_workload(&self.w).map_err(|e| {
             fail(Phase::Restoring, format!("cannot kill the original on the source: {e}"))
         })?;
         self.frozen = false;
+        let confirmed = self.confirm_commit().await;
+        self.forget_original().await;
+        confirmed
+    }
+
+    /// Post-copy: the original stays frozen under CRIU, which serves its pages to the target, so
+    /// it cannot run and the target resumes first. The original is killed once every page was
+    /// served.
+    async fn commit_post_copy(&mut self) -> std::result::Result<(), Failure> {
+        self.confirm_commit().await?;
+        self.tl.begin(Phase::PostCopy);
+        let lazy = self.lazy.take().expect("post-copy dump running");
+        let served = tokio::task::spawn_blocking(move || lazy.done.join())
+            .await
+            .map_err(|e| fail(Phase::PostCopy, e.to_string()))?;
+        self.frozen = false;
+        let _ = self.agent.kill_workload(&self.w);
+        self.forget_original().await;
+        match served {
+            Ok(Ok(())) => {
+                self.tl.end();
+                Ok(())
+            }
+            Ok(Err(e)) => Err(Failure {
+                phase: Phase::PostCopy,
+                message: format!(
+                    "the workload resumed on node {} but not all its memory pages arrived: {e}",
+                    self.target_node
+                ),
+                criu_log: e.log().map(|l| l.to_path_buf()),
+            }),
+            Err(_) => Err(fail(Phase::PostCopy, "the post-copy dump thread panicked")),
+        }
+    }
+
+    /// CommitMigration on the target, a few times; the original must already be unable to run.
+    async fn confirm_commit(&mut self) -> std::result::Result<(), Failure> {
         let mut client = self.client.clone().expect("connected in preflight");
         let mut last = String::new();
         for attempt in 1..=COMMIT_TRIES {
@@ -455,7 +533,6 @@ impl Run {
                 Ok(Ok(resp)) => {
                     self.target_status = Some(resp.into_inner());
                     self.tl.end();
-                    self.forget_original().await;
                     return Ok(());
                 }
                 Ok(Err(s)) => last = s.message().to_string(),
@@ -469,12 +546,11 @@ impl Run {
             );
             tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
         }
-        self.forget_original().await;
         Err(fail(
-            p,
+            Phase::Committing,
             format!(
-                "the original was stopped for good and node {} holds the restored workload stopped, but did not confirm \
-                 resuming it ({last}); resume it there with CommitMigration {}",
+                "the original can no longer run and node {} holds the restored workload stopped, but did not \
+                 confirm resuming it ({last}); resume it there with CommitMigration {}",
                 self.target_node, self.mid
             ),
         ))
@@ -489,6 +565,11 @@ impl Run {
 
     async fn roll_back(&mut self) -> std::result::Result<(), String> {
         self.tl.begin(Phase::RollingBack);
+        if let Some(lazy) = self.lazy.take() {
+            // Abandon the post-copy dump: CRIU lets go of the (still SIGSTOPped) original.
+            let _ = crate::sys::signal::send(lazy.criu_pid, crate::sys::signal::Sig::SIGKILL);
+            let _ = tokio::task::spawn_blocking(move || lazy.done.join()).await;
+        }
         if self.pushed {
             if let Some(mut client) = self.client.clone() {
                 let call =
@@ -566,4 +647,21 @@ fn source_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// The address of this node that the target reaches, for a post-copy page server: the agent's
+/// listen address when it is a specific one, else the source address the kernel would use toward
+/// the target (a UDP "connect" sends nothing).
+fn page_server_ip(agent: &Agent, target_host: &str) -> std::net::IpAddr {
+    let listen = agent.config().listen.ip();
+    if !listen.is_unspecified() {
+        return listen;
+    }
+    let probe = || -> Option<std::net::IpAddr> {
+        let target: std::net::IpAddr = target_host.trim_matches(['[', ']']).parse().ok()?;
+        let sock = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+        sock.connect((target, 9)).ok()?;
+        Some(sock.local_addr().ok()?.ip())
+    };
+    probe().unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
 }

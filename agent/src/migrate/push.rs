@@ -115,7 +115,7 @@ impl Agent {
             restore_ms,
             "workload restored, waiting for commit"
         );
-        if spec.engine == Engine::Criu {
+        if spec.engine == Engine::Criu && !self.config().keep_scratch {
             // CRIU has read the images; the cooperative program may read its state until commit.
             let _ = std::fs::remove_dir_all(recv_dir.join("images"));
         }

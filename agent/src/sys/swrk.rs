@@ -139,3 +139,27 @@ pub fn inode(fd: RawFd) -> std::io::Result<u64> {
     }
     Ok(st.st_ino)
 }
+
+/// Waits until `fd` is readable (or its writers closed it), at most `timeout`. False on timeout.
+pub fn wait_readable(fd: RawFd, timeout: Duration) -> std::io::Result<bool> {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    loop {
+        // SAFETY: one pollfd we own.
+        let n = unsafe { libc::poll(&mut p, 1, ms) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        return Ok(n > 0);
+    }
+}
+
+/// A TCP port that is free on `ip` right now (for a server criu will bind).
+pub fn free_port(ip: std::net::IpAddr) -> std::io::Result<u16> {
+    let l = std::net::TcpListener::bind((ip, 0))?;
+    Ok(l.local_addr()?.port())
+}
