@@ -72,21 +72,12 @@ pub fn start_lazy_dump(
         .name("criu-lazy-dump".into())
         .spawn(move || {
             let _keep = (images, work);
-            let resp = pending
-                .wait(|script| {
-                    if script == "status-ready" {
-                        let _ = ready_tx.send(());
-                    }
-                })
-                .map_err(|e| rpc_failure("dump", log2.clone(), e.to_string()))?;
-            if !resp.success {
-                let detail = resp
-                    .cr_errmsg
-                    .clone()
-                    .unwrap_or_else(|| format!("errno {}", resp.cr_errno.unwrap_or(0)));
-                return Err(rpc_failure("dump", log2, detail));
-            }
-            Ok(())
+            let answer = pending.wait(|script| {
+                if script == "status-ready" {
+                    let _ = ready_tx.send(());
+                }
+            });
+            successful("dump", log2, answer).map(|_| ())
         })
         .map_err(other)?;
     // The sender goes away with the thread, so a failed dump ends this wait at once.
@@ -200,6 +191,23 @@ fn rpc_failure(what: &str, log: std::path::PathBuf, detail: String) -> EngineErr
     EngineError::Criu { message: failure::describe(what, &log, &detail), log }
 }
 
+/// CRIU's answer when it reports success; otherwise the failure explained from its log.
+fn successful(
+    what: &str,
+    log: std::path::PathBuf,
+    answer: Result<rpc::CriuResp, criu_rpc::RpcError>,
+) -> Result<rpc::CriuResp, EngineError> {
+    let resp = answer.map_err(|e| rpc_failure(what, log.clone(), e.to_string()))?;
+    if !resp.success {
+        let detail = resp
+            .cr_errmsg
+            .clone()
+            .unwrap_or_else(|| format!("errno {}", resp.cr_errno.unwrap_or(0)));
+        return Err(rpc_failure(what, log, detail));
+    }
+    Ok(resp)
+}
+
 impl CheckpointEngine for CriuEngine {
     fn name(&self) -> &'static str {
         "criu"
@@ -228,16 +236,8 @@ impl CheckpointEngine for CriuEngine {
         };
         let keep = [images.as_raw_fd(), work.as_raw_fd()];
         let log = dirs.work.join("dump.log");
-        let resp = criu_rpc::call(&criu, agent.reaper(), &keep, req, |_| {})
-            .map_err(|e| rpc_failure("dump", log.clone(), e.to_string()))?;
-        if !resp.success {
-            let detail = resp
-                .cr_errmsg
-                .clone()
-                .unwrap_or_else(|| format!("errno {}", resp.cr_errno.unwrap_or(0)));
-            return Err(rpc_failure("dump", log, detail));
-        }
-        Ok(())
+        successful("dump", log, criu_rpc::call(&criu, agent.reaper(), &keep, req, |_| {}))
+            .map(|_| ())
     }
 
     async fn restore(
@@ -298,15 +298,7 @@ impl CheckpointEngine for CriuEngine {
                 let r = criu_rpc::call(&criu, &reaper, &keep, creq, |_| {});
                 // Our copies of the write ends go now: the restored tree holds its own.
                 drop((out_w, err_w, images, work));
-                let resp =
-                    r.map_err(|e| rpc_failure("restore", log_path.clone(), e.to_string()))?;
-                if !resp.success {
-                    let detail = resp
-                        .cr_errmsg
-                        .clone()
-                        .unwrap_or_else(|| format!("errno {}", resp.cr_errno.unwrap_or(0)));
-                    return Err(rpc_failure("restore", log_path, detail));
-                }
+                let resp = successful("restore", log_path.clone(), r)?;
                 match resp.restore.map(|r| r.pid).unwrap_or(0) {
                     pid if pid > 0 => Ok(pid),
                     _ => Err(rpc_failure("restore", log_path, "CRIU reported no pid".into())),

@@ -441,6 +441,11 @@ impl Run {
             .await
             .map_err(|e| fail(p, e.to_string()))?;
         let trailer_at = done_rx.await.ok();
+        if !self.agent.config().keep_scratch {
+            // Sent: the images (as large as the workload's memory, often on tmpfs) go now rather
+            // than after the restore, which needs that memory on a shared machine.
+            let _ = std::fs::remove_dir_all(&images);
+        }
         // A sender failing because the target hung up is not the story; the target's answer is.
         let send_error = match sent {
             Ok(Err(e)) if e.kind() != std::io::ErrorKind::BrokenPipe => Some(e.to_string()),

@@ -9,7 +9,7 @@ use ferry_proto::agent as pb;
 
 use crate::agent::Agent;
 use crate::error::{AgentError, Result};
-use crate::snapshot::receive::Receiver;
+use crate::snapshot::receive::{decode, Decoded, Receiver};
 use crate::snapshot::{safe_relative, CHUNK_SIZE};
 use crate::workload::Engine;
 
@@ -128,6 +128,9 @@ impl Agent {
         })
     }
 
+    /// Receives the chunks and the trailer: chunks are decoded (decompressed, checksummed) on
+    /// up to [`DECODE_AHEAD`] blocking threads while one writer thread writes them in order, so
+    /// receiving, decoding and writing overlap; memory stays bounded by those queues.
     async fn receive_files(
         &self,
         parts: &mut impl futures_core_stream::PartStream,
@@ -136,44 +139,87 @@ impl Agent {
     ) -> Result<(crate::snapshot::receive::Totals, i64)> {
         let limit = crate::sys::host::free_bytes(&self.config().data_dir)
             .min(self.config().max_snapshot_bytes);
-        let mut receiver = Receiver::new(root, manifest, limit)?;
-        loop {
-            let part = parts.next_part().await?.ok_or_else(|| {
-                AgentError::StreamBroken("the source closed the stream before the trailer".into())
-            })?;
-            match part.part {
-                Some(pb::snapshot_part::Part::Chunk(c)) => {
-                    if c.payload.len() > CHUNK_SIZE * 2 {
-                        return Err(AgentError::InvalidRequest(format!(
-                            "chunk payload of {} bytes is too large",
-                            c.payload.len()
-                        )));
+        let receiver = Receiver::new(root, manifest, limit)?;
+        let (to_writer, mut writer_rx) = tokio::sync::mpsc::channel::<Decoded>(DECODE_AHEAD);
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut receiver = receiver;
+            while let Some(d) = writer_rx.blocking_recv() {
+                receiver.write(d)?;
+            }
+            Ok::<_, crate::snapshot::receive::ReceiveError>(receiver)
+        });
+        let mut decoding = std::collections::VecDeque::new();
+        let result: Result<pb::Trailer> = async {
+            loop {
+                let part = parts.next_part().await?.ok_or_else(|| {
+                    AgentError::StreamBroken(
+                        "the source closed the stream before the trailer".into(),
+                    )
+                })?;
+                match part.part {
+                    Some(pb::snapshot_part::Part::Chunk(c)) => {
+                        if c.payload.len() > CHUNK_SIZE * 2 {
+                            return Err(AgentError::InvalidRequest(format!(
+                                "chunk payload of {} bytes is too large",
+                                c.payload.len()
+                            )));
+                        }
+                        decoding.push_back(tokio::task::spawn_blocking(move || decode(c)));
+                        if decoding.len() >= DECODE_AHEAD {
+                            forward(&mut decoding, &to_writer).await?;
+                        }
                     }
-                    let (r, res) = tokio::task::spawn_blocking(move || {
-                        let res = receiver.chunk(c);
-                        (receiver, res)
-                    })
-                    .await
-                    .map_err(|e| AgentError::Internal(e.to_string()))?;
-                    receiver = r;
-                    res?;
+                    Some(pb::snapshot_part::Part::Trailer(t)) => {
+                        while !decoding.is_empty() {
+                            forward(&mut decoding, &to_writer).await?;
+                        }
+                        return Ok(t);
+                    }
+                    Some(pb::snapshot_part::Part::Manifest(_)) => {
+                        return Err(AgentError::InvalidRequest(
+                            "a second manifest in one snapshot".into(),
+                        ))
+                    }
+                    None => {
+                        return Err(AgentError::InvalidRequest("an empty snapshot part".into()))
+                    }
                 }
-                Some(pb::snapshot_part::Part::Trailer(t)) => {
-                    let start = Instant::now();
-                    let totals = tokio::task::spawn_blocking(move || receiver.finish(&t))
-                        .await
-                        .map_err(|e| AgentError::Internal(e.to_string()))??;
-                    return Ok((totals, start.elapsed().as_millis() as i64));
-                }
-                Some(pb::snapshot_part::Part::Manifest(_)) => {
-                    return Err(AgentError::InvalidRequest(
-                        "a second manifest in one snapshot".into(),
-                    ))
-                }
-                None => return Err(AgentError::InvalidRequest("an empty snapshot part".into())),
             }
         }
+        .await;
+        drop(to_writer);
+        let written = writer.await.map_err(|e| AgentError::Internal(e.to_string()))?;
+        // A writer error explains a closed channel better than the send that found it closed.
+        let receiver = match (written, result) {
+            (Err(e), _) => return Err(e.into()),
+            (Ok(_), Err(e)) => return Err(e),
+            (Ok(r), Ok(trailer)) => (r, trailer),
+        };
+        let start = Instant::now();
+        let (receiver, trailer) = receiver;
+        let totals = tokio::task::spawn_blocking(move || receiver.finish(&trailer))
+            .await
+            .map_err(|e| AgentError::Internal(e.to_string()))??;
+        Ok((totals, start.elapsed().as_millis() as i64))
     }
+}
+
+/// Chunks decoded ahead of the writer.
+const DECODE_AHEAD: usize = 4;
+
+/// Hands the oldest decoded chunk to the writer.
+async fn forward(
+    decoding: &mut std::collections::VecDeque<
+        tokio::task::JoinHandle<
+            std::result::Result<Decoded, crate::snapshot::receive::ReceiveError>,
+        >,
+    >,
+    to_writer: &tokio::sync::mpsc::Sender<Decoded>,
+) -> Result<()> {
+    let Some(next) = decoding.pop_front() else { return Ok(()) };
+    let d = next.await.map_err(|e| AgentError::Internal(e.to_string()))??;
+    // A closed channel means the writer failed; the caller reports the writer's error.
+    to_writer.send(d).await.map_err(|_| AgentError::Internal("the snapshot writer stopped".into()))
 }
 
 /// Moves the received working directory and log into the workload's directory.

@@ -25,6 +25,45 @@ pub enum ReceiveError {
     Io { path: PathBuf, source: std::io::Error },
 }
 
+/// A chunk whose size, codec and checksum were verified, decompressed, not yet written.
+pub struct Decoded {
+    pub file_index: u32,
+    pub offset: u64,
+    pub raw: Vec<u8>,
+    pub wire_len: usize,
+}
+
+/// Checks a chunk's sizes, decompresses it and verifies its checksum. Stateless and blocking,
+/// so chunks can be decoded in parallel and written in order by [`Receiver::write`].
+pub fn decode(c: pb::Chunk) -> Result<Decoded, ReceiveError> {
+    let raw_len = c.raw_len as usize;
+    if raw_len == 0 || raw_len > super::CHUNK_SIZE || c.payload.len() > MAX_PAYLOAD {
+        return Err(ReceiveError::Invalid(format!(
+            "chunk of {raw_len} raw / {} wire bytes (at most {} / {MAX_PAYLOAD})",
+            c.payload.len(),
+            super::CHUNK_SIZE
+        )));
+    }
+    let at = format!("chunk at offset {} of file {}", c.offset, c.file_index);
+    let wire_len = c.payload.len();
+    let raw = match pb::Codec::try_from(c.codec) {
+        Ok(pb::Codec::Raw) => c.payload,
+        Ok(pb::Codec::Zstd) => zstd::bulk::decompress(&c.payload, raw_len)
+            .map_err(|e| ReceiveError::Corrupt(format!("{at} does not decompress: {e}")))?,
+        _ => return Err(ReceiveError::Invalid(format!("unknown codec {}", c.codec))),
+    };
+    if raw.len() != raw_len {
+        return Err(ReceiveError::Corrupt(format!(
+            "{at} decodes to {} bytes, not {raw_len}",
+            raw.len()
+        )));
+    }
+    if crc32c::crc32c(&raw) != c.checksum {
+        return Err(ReceiveError::Corrupt(format!("checksum mismatch in {at}")));
+    }
+    Ok(Decoded { file_index: c.file_index, offset: c.offset, raw, wire_len })
+}
+
 struct FileState {
     meta: pb::SnapshotFile,
     path: PathBuf,
@@ -47,7 +86,6 @@ pub struct Receiver {
     /// Index of the file chunks may currently be written to; earlier files are complete.
     current: usize,
     totals: Totals,
-    decompressor: zstd::bulk::Decompressor<'static>,
 }
 
 impl Receiver {
@@ -135,17 +173,19 @@ impl Receiver {
                 hasher: blake3::Hasher::new(),
             });
         }
-        Ok(Receiver {
-            files,
-            current: 0,
-            totals: Totals::default(),
-            decompressor: zstd::bulk::Decompressor::new().map_err(io(root))?,
-        })
+        Ok(Receiver { files, current: 0, totals: Totals::default() })
     }
 
     /// Verifies one chunk and writes it. Blocking.
     pub fn chunk(&mut self, c: pb::Chunk) -> Result<(), ReceiveError> {
-        let idx = c.file_index as usize;
+        let d = decode(c)?;
+        self.write(d)
+    }
+
+    /// Writes a chunk [`decode`] has verified, checking it against the manifest and the order of
+    /// what came before. Blocking.
+    pub fn write(&mut self, d: Decoded) -> Result<(), ReceiveError> {
+        let idx = d.file_index as usize;
         if idx >= self.files.len() {
             return Err(ReceiveError::Invalid(format!(
                 "chunk for file {idx} of {}",
@@ -163,53 +203,17 @@ impl Receiver {
             self.complete(self.current)?;
             self.current += 1;
         }
-        let raw_len = c.raw_len as usize;
-        if raw_len == 0 || raw_len > super::CHUNK_SIZE || c.payload.len() > MAX_PAYLOAD {
-            return Err(ReceiveError::Invalid(format!(
-                "chunk of {raw_len} raw / {} wire bytes (at most {} / {MAX_PAYLOAD})",
-                c.payload.len(),
-                super::CHUNK_SIZE
-            )));
-        }
         let f = &mut self.files[idx];
-        if c.offset != f.written {
+        if d.offset != f.written {
             return Err(ReceiveError::Invalid(format!(
                 "chunk at offset {} of {:?}, expected {} (out of order)",
-                c.offset, f.meta.name, f.written
+                d.offset, f.meta.name, f.written
             )));
         }
-        if f.written + raw_len as u64 > f.meta.size {
+        if f.written + d.raw.len() as u64 > f.meta.size {
             return Err(ReceiveError::Invalid(format!(
                 "{:?} is longer than the {} bytes the manifest announced",
                 f.meta.name, f.meta.size
-            )));
-        }
-        let decoded;
-        let raw: &[u8] = match pb::Codec::try_from(c.codec) {
-            Ok(pb::Codec::Raw) => &c.payload,
-            Ok(pb::Codec::Zstd) => {
-                decoded = self.decompressor.decompress(&c.payload, raw_len).map_err(|e| {
-                    ReceiveError::Corrupt(format!(
-                        "chunk at offset {} of {:?} does not decompress: {e}",
-                        c.offset, f.meta.name
-                    ))
-                })?;
-                &decoded
-            }
-            _ => return Err(ReceiveError::Invalid(format!("unknown codec {}", c.codec))),
-        };
-        if raw.len() != raw_len {
-            return Err(ReceiveError::Corrupt(format!(
-                "chunk at offset {} of {:?} decodes to {} bytes, not {raw_len}",
-                c.offset,
-                f.meta.name,
-                raw.len()
-            )));
-        }
-        if crc32c::crc32c(raw) != c.checksum {
-            return Err(ReceiveError::Corrupt(format!(
-                "checksum mismatch in chunk at offset {} of {:?}",
-                c.offset, f.meta.name
             )));
         }
         let out = f.out.as_mut().ok_or_else(|| {
@@ -218,12 +222,13 @@ impl Receiver {
                 f.meta.name
             ))
         })?;
-        out.write_all(raw).map_err(|source| ReceiveError::Io { path: f.path.clone(), source })?;
-        f.hasher.update(raw);
-        f.written += raw_len as u64;
+        out.write_all(&d.raw)
+            .map_err(|source| ReceiveError::Io { path: f.path.clone(), source })?;
+        f.hasher.update(&d.raw);
+        f.written += d.raw.len() as u64;
         self.totals.chunks += 1;
-        self.totals.bytes_raw += raw_len as u64;
-        self.totals.bytes_wire += c.payload.len() as u64;
+        self.totals.bytes_raw += d.raw.len() as u64;
+        self.totals.bytes_wire += d.wire_len as u64;
         Ok(())
     }
 
