@@ -14,6 +14,8 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --locked --workspace --all-targets --quiet -- -D warnings
+step "cargo build (every binary: the tests run ferry and ferry-init)"
+cargo build --locked --workspace --bins --quiet
 step "cargo test"
 log=$(mktemp)
 rc=0

@@ -110,9 +110,15 @@ impl AgentProc {
                 }
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(a) => a,
-            Err(_) => {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            if let Ok(a) = rx.recv_timeout(Duration::from_millis(100)) {
+                break a;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("agent {name} exited ({status}) before serving; its log is above");
+            }
+            if std::time::Instant::now() > deadline {
                 let _ = child.kill();
                 panic!("agent {name} did not report its listen address within 30 s");
             }
