@@ -1,7 +1,11 @@
 //! Compiles the .proto files with protox (pure Rust), so no system protoc is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/ferry/agent/v1/agent.proto", "proto/criu/rpc.proto"];
+    let files = [
+        "proto/ferry/agent/v1/agent.proto",
+        "proto/ferry/coordinator/v1/coordinator.proto",
+        "proto/criu/rpc.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

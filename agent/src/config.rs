@@ -12,8 +12,10 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// Name of this node (defaults to the hostname).
     pub node: String,
-    /// The coordinator to register with (used once the control plane exists).
+    /// The coordinator to register with and heartbeat to (a gRPC URL).
     pub coordinator: Option<String>,
+    /// This agent's gRPC URL as other nodes and the coordinator reach it.
+    pub advertise: String,
     /// Path of the ferry-init executable.
     pub init_path: PathBuf,
     /// Time between SIGTERM and SIGKILL when stopping a workload without an explicit grace.

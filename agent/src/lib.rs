@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod health;
 pub mod logs;
 pub mod migrate;
+pub mod register;
 pub mod snapshot;
 pub mod sys;
 pub mod workload;

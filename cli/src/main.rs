@@ -20,6 +20,8 @@ struct Cli {
 enum Command {
     /// Run the node agent: spawn, supervise, pause and stop workloads over gRPC.
     Agent(AgentArgs),
+    /// Run the coordinator: the durable node registry agents register and heartbeat with.
+    Coordinator(CoordinatorArgs),
     /// Benchmarks that write a report.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -33,6 +35,19 @@ enum BenchCommand {
 }
 
 #[derive(clap::Args)]
+struct CoordinatorArgs {
+    /// Address of the gRPC server.
+    #[arg(long, env = "FERRY_COORDINATOR_LISTEN", default_value = "127.0.0.1:50050")]
+    listen: SocketAddr,
+    /// Where the coordinator keeps its database (ferry.db).
+    #[arg(long, env = "FERRY_DATA_DIR", default_value = "/var/lib/ferry/coordinator")]
+    data_dir: PathBuf,
+    /// Milliseconds between an agent's heartbeats; three missed make a node offline.
+    #[arg(long, default_value_t = 1000)]
+    heartbeat_ms: u64,
+}
+
+#[derive(clap::Args)]
 struct AgentArgs {
     /// Address of the gRPC server.
     #[arg(long, env = "FERRY_AGENT_LISTEN", default_value = "127.0.0.1:50051")]
@@ -43,9 +58,13 @@ struct AgentArgs {
     /// Name of this node (default: the hostname).
     #[arg(long, env = "FERRY_NODE")]
     node: Option<String>,
-    /// Coordinator to register with (http://host:port); reserved for the control plane.
+    /// Coordinator to register with and heartbeat to, e.g. http://10.0.0.1:50050.
     #[arg(long, env = "FERRY_COORDINATOR")]
     coordinator: Option<String>,
+    /// This agent's gRPC URL as the coordinator and other agents reach it (default: from --listen
+    /// when it names a specific address).
+    #[arg(long, env = "FERRY_ADVERTISE")]
+    advertise: Option<String>,
     /// Path of the ferry-init executable (default: next to this binary).
     #[arg(long, env = "FERRY_INIT")]
     init_path: Option<PathBuf>,
@@ -76,6 +95,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Agent(args) => run_agent(args),
+        Command::Coordinator(args) => run_coordinator(args),
         Command::Bench(BenchCommand::Migrate(args)) => ferry::bench::migrate(args),
     };
     match result {
@@ -98,6 +118,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         node,
         coordinator: args.coordinator,
+        advertise: args.advertise.clone().unwrap_or_default(),
         init_path: args.init_path.unwrap_or_else(AgentConfig::default_init_path),
         stop_grace: Duration::from_secs(args.stop_grace_secs),
         criu_path: args.criu,
@@ -110,9 +131,43 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let local = listener.local_addr()?;
+        let mut config = config;
+        if config.advertise.is_empty() {
+            if local.ip().is_unspecified() {
+                anyhow::bail!(
+                    "--listen {local} names no specific address: give --advertise http://HOST:PORT"
+                );
+            }
+            config.advertise = format!("http://{local}");
+        }
         let agent = ferry_agent::Agent::new(config.clone()).await?;
-        tracing::info!(listen = %listener.local_addr()?, "agent serving gRPC");
+        if let Some(coordinator) = &config.coordinator {
+            ferry_agent::register::spawn(
+                agent.clone(),
+                coordinator.clone(),
+                config.advertise.clone(),
+            );
+        }
+        tracing::info!(listen = %local, "agent serving gRPC");
         ferry_agent::serve(agent, listener, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
+    let config = ferry_coordinator::CoordinatorConfig {
+        data_dir: args.data_dir,
+        heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(100)),
+    };
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let coordinator = ferry_coordinator::Coordinator::open(config)?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        tracing::info!(listen = %listener.local_addr()?, "coordinator serving gRPC");
+        ferry_coordinator::serve(coordinator, listener, shutdown_signal()).await?;
         Ok(())
     })
 }

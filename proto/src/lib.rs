@@ -1,14 +1,28 @@
 //! ferry's wire types. This crate only compiles `.proto` files and re-exports them; domain types
 //! live in the crates that use them and convert at the edge.
 
-/// The node agent's API (`ferry.agent.v1`), including the snapshot stream.
-pub mod agent {
-    #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("ferry.agent.v1");
+#![allow(clippy::all, missing_docs)]
+
+/// The generated modules, nested as their protobuf packages (cross-package references need it).
+pub mod ferry {
+    pub mod agent {
+        pub mod v1 {
+            tonic::include_proto!("ferry.agent.v1");
+        }
+    }
+    pub mod coordinator {
+        pub mod v1 {
+            tonic::include_proto!("ferry.coordinator.v1");
+        }
+    }
 }
+
+/// The node agent's API (`ferry.agent.v1`), including the snapshot stream.
+pub use ferry::agent::v1 as agent;
+/// The coordinator's API for agents (`ferry.coordinator.v1`).
+pub use ferry::coordinator::v1 as coordinator;
 
 /// CRIU's RPC messages (`criu swrk`), from CRIU's images/rpc.proto.
 pub mod criu {
-    #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("criu");
 }

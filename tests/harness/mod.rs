@@ -63,6 +63,11 @@ pub struct AgentProc {
 impl AgentProc {
     /// An agent on loopback in the test's own namespaces.
     pub fn start(name: &str) -> AgentProc {
+        AgentProc::start_with(name, &[])
+    }
+
+    /// An agent on loopback with extra flags.
+    pub fn start_with(name: &str, extra: &[&str]) -> AgentProc {
         let tmp = TempDir::new(&format!("ferry-test-{name}"));
         let data_dir = tmp.path().join("data");
         let args: Vec<String> = [
@@ -80,7 +85,7 @@ impl AgentProc {
         .map(|s| s.to_string())
         .collect();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
-        cmd.args(&args);
+        cmd.args(&args).args(extra);
         AgentProc::spawn(name, cmd, tmp, data_dir)
     }
 
@@ -100,7 +105,7 @@ impl AgentProc {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[agent {tag}] {line}");
-                if line.contains("agent serving gRPC") {
+                if line.contains("serving gRPC") {
                     if let Some(addr) = line.split("listen=").nth(1) {
                         let addr = addr.split_whitespace().next().unwrap_or("").to_string();
                         if let Some(tx) = tx.take() {

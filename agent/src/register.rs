@@ -1,0 +1,88 @@
+//! Registration with the coordinator: register, then heartbeat with the host's health and the
+//! workloads every interval the coordinator asks for; on any failure, back off and start over
+//! (a coordinator that forgot the node makes it register again).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_proto::coordinator as pb;
+use ferry_proto::coordinator::coordinator_client::CoordinatorClient;
+use tonic::transport::Endpoint;
+
+use crate::agent::Agent;
+use crate::grpc::{health_to_pb, status_to_pb};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Keeps this agent registered with `coordinator` (a gRPC URL) for as long as it runs,
+/// announcing `advertise` as the address other nodes reach it at.
+pub fn spawn(agent: Arc<Agent>, coordinator: String, advertise: String) {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            match session(&agent, &coordinator, &advertise).await {
+                Ok(()) => backoff = Duration::from_millis(250),
+                Err(e) => {
+                    tracing::warn!(coordinator, error = %e, "coordinator unreachable; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    });
+}
+
+async fn health(agent: &Arc<Agent>) -> Result<ferry_proto::agent::HealthCheckResponse, String> {
+    let a = agent.clone();
+    tokio::task::spawn_blocking(move || health_to_pb(a.health())).await.map_err(|e| e.to_string())
+}
+
+/// One registration and the heartbeats after it; returns Ok when the coordinator asks for a new
+/// registration, Err when it cannot be reached.
+async fn session(agent: &Arc<Agent>, coordinator: &str, advertise: &str) -> Result<(), String> {
+    let channel = Endpoint::from_shared(coordinator.to_string())
+        .map_err(|e| format!("bad coordinator address {coordinator:?}: {e}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CONNECT_TIMEOUT)
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut client = CoordinatorClient::new(channel);
+    let node = agent.config().node.clone();
+    let reg = client
+        .register_node(pb::RegisterNodeRequest {
+            node: node.clone(),
+            address: advertise.to_string(),
+            health: Some(health(agent).await?),
+        })
+        .await
+        .map_err(|s| s.message().to_string())?
+        .into_inner();
+    let interval = Duration::from_millis(reg.heartbeat_interval_ms.max(100).into());
+    tracing::info!(coordinator, node, ?interval, "registered with the coordinator");
+    loop {
+        tokio::time::sleep(interval).await;
+        let a = agent.clone();
+        let workloads =
+            tokio::task::spawn_blocking(move || a.list().into_iter().map(status_to_pb).collect())
+                .await
+                .map_err(|e| e.to_string())?;
+        let beat = client
+            .heartbeat(pb::HeartbeatRequest {
+                node: node.clone(),
+                health: Some(health(agent).await?),
+                workloads,
+            })
+            .await
+            .map_err(|s| s.message().to_string())?
+            .into_inner();
+        if !beat.known {
+            tracing::info!(
+                coordinator,
+                "the coordinator does not know this node; registering again"
+            );
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! ferry's coordinator. Today: the node registry — agents register and heartbeat with their host
+//! facts, a node is offline after missed heartbeats and online again when they resume, and all
+//! of it lives in SQLite (`<data dir>/ferry.db`), so a restart forgets nothing. The workload
+//! table, the migration state machine and the REST gateway build on this.
+
+pub mod registry;
+pub mod store;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_proto::agent::HealthCheckResponse;
+use ferry_proto::coordinator as pb;
+use pb::coordinator_server::{Coordinator as CoordinatorApi, CoordinatorServer};
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+pub use store::{Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    pub data_dir: PathBuf,
+    pub heartbeat_interval: Duration,
+}
+
+pub struct Coordinator {
+    config: CoordinatorConfig,
+    store: Store,
+    /// Liveness as of the last sweep, to log each change once.
+    last_sweep: Mutex<HashMap<String, bool>>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Coordinator {
+    pub fn open(config: CoordinatorConfig) -> Result<Arc<Coordinator>, StoreError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| StoreError::Open {
+            path: config.data_dir.display().to_string(),
+            source: rusqlite::Error::InvalidPath(format!("cannot create it: {e}").into()),
+        })?;
+        let store = Store::open(&config.data_dir.join("ferry.db"))?;
+        // Start from what the database says, so a restart does not re-announce every node.
+        let interval = config.heartbeat_interval.as_millis() as i64;
+        let now = now_ms();
+        let last_sweep = store
+            .nodes()?
+            .into_iter()
+            .map(|n| (n.node.clone(), registry::online(n.last_seen_ms, now, interval)))
+            .collect();
+        Ok(Arc::new(Coordinator { config, store, last_sweep: Mutex::new(last_sweep) }))
+    }
+
+    fn interval_ms(&self) -> i64 {
+        self.config.heartbeat_interval.as_millis() as i64
+    }
+
+    /// Every node with its liveness now.
+    pub fn nodes(&self) -> Result<Vec<pb::NodeInfo>, StoreError> {
+        let now = now_ms();
+        Ok(self
+            .store
+            .nodes()?
+            .into_iter()
+            .map(|n| pb::NodeInfo {
+                online: registry::online(n.last_seen_ms, now, self.interval_ms()),
+                health: HealthCheckResponse::decode(n.health.as_slice()).ok(),
+                node: n.node,
+                address: n.address,
+                registered_at_ms: n.registered_at_ms,
+                last_seen_ms: n.last_seen_ms,
+                workload_count: n.workload_count,
+            })
+            .collect())
+    }
+
+    /// Records nodes that went offline or came back since the last sweep.
+    pub fn sweep(&self) -> Result<(), StoreError> {
+        let now: Vec<(String, bool)> =
+            self.nodes()?.into_iter().map(|n| (n.node, n.online)).collect();
+        let mut last = self.last_sweep.lock().expect("sweep state poisoned");
+        for (node, online) in registry::changes(&last, &now) {
+            let (kind, msg) = if online {
+                ("node_online", format!("node {node} is online"))
+            } else {
+                (
+                    "node_offline",
+                    format!("node {node} missed {} heartbeats; offline", registry::MISSED_BEATS),
+                )
+            };
+            tracing::info!(node, online, "{msg}");
+            self.store.event(kind, node, &msg, now_ms())?;
+        }
+        *last = now.into_iter().collect();
+        Ok(())
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+fn internal(e: StoreError) -> Status {
+    tracing::error!(%e, "store failure");
+    Status::internal(e.to_string())
+}
+
+struct Service(Arc<Coordinator>);
+
+#[tonic::async_trait]
+impl CoordinatorApi for Service {
+    async fn register_node(
+        &self,
+        req: Request<pb::RegisterNodeRequest>,
+    ) -> Result<Response<pb::RegisterNodeResponse>, Status> {
+        let r = req.into_inner();
+        if r.node.is_empty() || r.node.len() > 128 {
+            return Err(Status::invalid_argument("node name must be 1-128 characters"));
+        }
+        if !(r.address.starts_with("http://") || r.address.starts_with("https://")) {
+            return Err(Status::invalid_argument(format!(
+                "address {:?} must be the agent's gRPC URL, e.g. http://10.0.0.2:50051",
+                r.address
+            )));
+        }
+        let health = r.health.map(|h| h.encode_to_vec()).unwrap_or_default();
+        let new =
+            self.0.store.register(&r.node, &r.address, &health, now_ms()).map_err(internal)?;
+        if new {
+            let msg = format!("node {} registered at {}", r.node, r.address);
+            tracing::info!(node = r.node, address = r.address, "{msg}");
+            self.0.store.event("node_registered", &r.node, &msg, now_ms()).map_err(internal)?;
+        }
+        self.0.sweep().map_err(internal)?;
+        Ok(Response::new(pb::RegisterNodeResponse {
+            heartbeat_interval_ms: self.0.interval_ms() as u32,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let r = req.into_inner();
+        let health = r.health.map(|h| h.encode_to_vec()).unwrap_or_default();
+        let running = r.workloads.iter().filter(|w| w.exit.is_none()).count() as u32;
+        let known =
+            self.0.store.heartbeat(&r.node, &health, running, now_ms()).map_err(internal)?;
+        if known {
+            self.0.sweep().map_err(internal)?;
+        }
+        Ok(Response::new(pb::HeartbeatResponse { known }))
+    }
+
+    async fn list_nodes(
+        &self,
+        _req: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        Ok(Response::new(pb::ListNodesResponse { nodes: self.0.nodes().map_err(internal)? }))
+    }
+}
+
+/// Serves the coordinator on an already-bound listener until `shutdown` resolves, sweeping node
+/// liveness every heartbeat interval.
+pub async fn serve(
+    coordinator: Arc<Coordinator>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let sweeper = {
+        let c = coordinator.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(c.config.heartbeat_interval);
+            loop {
+                tick.tick().await;
+                if let Err(e) = c.sweep() {
+                    tracing::error!(%e, "liveness sweep failed");
+                }
+            }
+        })
+    };
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let result = tonic::transport::Server::builder()
+        .add_service(CoordinatorServer::new(Service(coordinator)))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    sweeper.abort();
+    result
+}

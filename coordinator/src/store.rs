@@ -1,0 +1,177 @@
+//! The coordinator's durable state: one SQLite file in its data dir. Every change is written
+//! before it is acknowledged, so a restarted coordinator knows everything it knew.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("coordinator database {path}: {source}")]
+    Open { path: String, source: rusqlite::Error },
+    #[error("coordinator database: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// A node as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRow {
+    pub node: String,
+    pub address: String,
+    pub registered_at_ms: i64,
+    pub last_seen_ms: i64,
+    /// The agent's last HealthCheckResponse, protobuf-encoded.
+    pub health: Vec<u8>,
+    pub workload_count: u32,
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS nodes (
+    node TEXT PRIMARY KEY,
+    address TEXT NOT NULL,
+    registered_at_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    health BLOB NOT NULL,
+    workload_count INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    node TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+";
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open = |e| StoreError::Open { path: path.display().to_string(), source: e };
+        let conn = Connection::open(path).map_err(open)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open)?;
+        conn.execute_batch(SCHEMA).map_err(open)?;
+        Ok(Store { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().expect("store poisoned")
+    }
+
+    /// Inserts or refreshes a node; returns true when it was not known before.
+    pub fn register(
+        &self,
+        node: &str,
+        address: &str,
+        health: &[u8],
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let c = self.conn();
+        let known: Option<i64> =
+            c.query_row("SELECT 1 FROM nodes WHERE node = ?1", [node], |r| r.get(0)).optional()?;
+        c.execute(
+            "INSERT INTO nodes (node, address, registered_at_ms, last_seen_ms, health)
+             VALUES (?1, ?2, ?3, ?3, ?4)
+             ON CONFLICT(node) DO UPDATE SET address = ?2, last_seen_ms = ?3, health = ?4",
+            params![node, address, now_ms, health],
+        )?;
+        Ok(known.is_none())
+    }
+
+    /// Records a heartbeat; false when the node is unknown.
+    pub fn heartbeat(
+        &self,
+        node: &str,
+        health: &[u8],
+        workloads: u32,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "UPDATE nodes SET last_seen_ms = ?2, health = ?3, workload_count = ?4 WHERE node = ?1",
+            params![node, now_ms, health, workloads],
+        )?;
+        Ok(n == 1)
+    }
+
+    pub fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
+        let c = self.conn();
+        let mut stmt = c.prepare(
+            "SELECT node, address, registered_at_ms, last_seen_ms, health, workload_count
+             FROM nodes ORDER BY node",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(NodeRow {
+                node: r.get(0)?,
+                address: r.get(1)?,
+                registered_at_ms: r.get(2)?,
+                last_seen_ms: r.get(3)?,
+                health: r.get(4)?,
+                workload_count: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn event(
+        &self,
+        kind: &str,
+        node: &str,
+        message: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO events (at_ms, kind, node, message) VALUES (?1, ?2, ?3, ?4)",
+            params![now_ms, kind, node, message],
+        )?;
+        Ok(())
+    }
+
+    /// The most recent events, newest last: (at_ms, kind, node, message).
+    pub fn events(&self, limit: u32) -> Result<Vec<(i64, String, String, String)>, StoreError> {
+        let c = self.conn();
+        let mut stmt = c.prepare(
+            "SELECT at_ms, kind, node, message FROM (
+                 SELECT * FROM events ORDER BY id DESC LIMIT ?1) ORDER BY id",
+        )?;
+        let rows = stmt.query_map([limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_survive_reopening() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("ferry.db");
+        {
+            let s = Store::open(&path).unwrap();
+            assert!(s.register("a", "http://a:1", b"h1", 10).unwrap());
+            assert!(!s.register("a", "http://a:2", b"h2", 20).unwrap());
+            assert!(s.heartbeat("a", b"h3", 2, 30).unwrap());
+            assert!(!s.heartbeat("nope", b"", 0, 30).unwrap());
+            s.event("node_online", "a", "node a is online", 10).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let n = s.nodes().unwrap();
+        assert_eq!(n.len(), 1);
+        assert_eq!(
+            n[0],
+            NodeRow {
+                node: "a".into(),
+                address: "http://a:2".into(),
+                registered_at_ms: 10,
+                last_seen_ms: 30,
+                health: b"h3".to_vec(),
+                workload_count: 2
+            }
+        );
+        assert_eq!(s.events(10).unwrap()[0].1, "node_online");
+    }
+}
