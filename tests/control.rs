@@ -13,10 +13,12 @@ use tonic::Code;
 
 const T: Duration = Duration::from_secs(20);
 
-/// A `ferry coordinator` on a fixed loopback port (so it can be restarted at the same address).
-fn coordinator(port: u16, data: &std::path::Path) -> AgentProc {
+/// A `ferry coordinator` on a fixed loopback port (so it can be restarted at the same address),
+/// with its REST gateway on port `http`.
+fn coordinator_with_http(port: u16, http: u16, data: &std::path::Path) -> AgentProc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
     cmd.args(["coordinator", "--listen", &format!("127.0.0.1:{port}"), "--heartbeat-ms", "200"])
+        .args(["--http", &format!("127.0.0.1:{http}")])
         .arg("--data-dir")
         .arg(data);
     AgentProc::spawn(
@@ -25,6 +27,22 @@ fn coordinator(port: u16, data: &std::path::Path) -> AgentProc {
         TempDir::new("ferry-test-coord-unused"),
         data.to_path_buf(),
     )
+}
+
+fn coordinator(port: u16, data: &std::path::Path) -> AgentProc {
+    coordinator_with_http(port, free_port(), data)
+}
+
+/// GET `path` from the gateway on `port`: (status code, JSON body).
+fn get(port: u16, path: &str) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to gateway");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("a status code");
+    (code, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
 }
 
 fn free_port() -> u16 {
@@ -127,4 +145,65 @@ async fn bad_registrations_are_refused() {
         .expect("heartbeat")
         .into_inner();
     assert!(!beat.known, "an unknown node is told to register");
+}
+
+#[tokio::test]
+async fn the_gateway_serves_nodes_processes_and_overview() {
+    let (port, http) = (free_port(), free_port());
+    let data = TempDir::new("ferry-test-gateway");
+    let coord = coordinator_with_http(port, http, data.path());
+    let url = format!("http://127.0.0.1:{port}");
+    let a = AgentProc::start_with("gw-a", &["--coordinator", &url]);
+    let mut ca = a.client().await;
+    let mut sp = spec(&["sleep", "60"]);
+    sp.name = "sleeper".into();
+    let s = start(&mut ca, sp).await;
+    let id = id_of(&s);
+    wait_nodes(&coord.addr, "the workload reported", |n| n.iter().any(|x| x.workload_count == 1))
+        .await;
+    // The gateway reads the same state.
+    let (code, servers) =
+        tokio::task::spawn_blocking(move || get(http, "/api/servers")).await.unwrap();
+    assert_eq!(code, 200);
+    let server = &servers[0];
+    assert_eq!(server["id"], "gw-a");
+    assert_eq!(server["status"], "online");
+    assert_eq!(server["address"], a.addr.as_str());
+    assert_eq!(server["processCount"], 1);
+    assert!(server["memoryTotalBytes"].as_u64().unwrap() > 0, "{server}");
+    assert!(
+        server["criuVersion"].is_string() && server["kernel"].as_str().unwrap().len() > 1,
+        "{server}"
+    );
+
+    let (code, procs) =
+        tokio::task::spawn_blocking(move || get(http, "/api/processes")).await.unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(procs[0]["id"], id.as_str());
+    assert_eq!(procs[0]["name"], "sleeper");
+    assert_eq!(procs[0]["serverId"], "gw-a");
+    assert_eq!(procs[0]["status"], "running");
+    assert_eq!(procs[0]["command"], serde_json::json!(["sleep", "60"]));
+    assert!(procs[0]["startedAt"].as_str().unwrap().ends_with('Z'));
+
+    let path = format!("/api/processes/{id}");
+    let (code, one) = tokio::task::spawn_blocking(move || get(http, &path)).await.unwrap();
+    assert_eq!((code, one["id"].as_str()), (200, Some(id.as_str())));
+
+    let (code, ov) = tokio::task::spawn_blocking(move || get(http, "/api/overview")).await.unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(ov["totalProcesses"], 1);
+    assert_eq!(ov["runningProcesses"], 1);
+    assert_eq!((ov["serverNodes"].as_u64(), ov["onlineNodes"].as_u64()), (Some(1), Some(1)));
+
+    let (code, err) =
+        tokio::task::spawn_blocking(move || get(http, "/api/processes/w-nope")).await.unwrap();
+    assert_eq!(code, 404);
+    assert_eq!(err["error"]["code"], "not_found");
+    assert!(err["error"]["message"].as_str().unwrap().contains("w-nope"));
+    let (code, err) =
+        tokio::task::spawn_blocking(move || get(http, "/api/nothing-here")).await.unwrap();
+    assert_eq!((code, err["error"]["code"].as_str()), (404, Some("not_found")));
+    let (code, h) = tokio::task::spawn_blocking(move || get(http, "/healthz")).await.unwrap();
+    assert_eq!((code, h["status"].as_str()), (200, Some("ok")));
 }

@@ -45,6 +45,9 @@ struct CoordinatorArgs {
     /// Milliseconds between an agent's heartbeats; three missed make a node offline.
     #[arg(long, default_value_t = 1000)]
     heartbeat_ms: u64,
+    /// Also serve the REST gateway on this address (all-in-one mode), e.g. 127.0.0.1:5000.
+    #[arg(long, env = "FERRY_HTTP")]
+    http: Option<SocketAddr>,
 }
 
 #[derive(clap::Args)]
@@ -166,8 +169,28 @@ fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        if let Some(http) = args.http {
+            let http_listener = tokio::net::TcpListener::bind(http)
+                .await
+                .with_context(|| format!("cannot listen on {http} for HTTP"))?;
+            tracing::info!(listen = %http_listener.local_addr()?, "gateway serving HTTP");
+            let (c, mut rx) = (coordinator.clone(), stop_rx.clone());
+            tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                };
+                if let Err(e) = ferry_gateway::serve(c, http_listener, stopped).await {
+                    tracing::error!(%e, "gateway failed");
+                }
+            });
+        }
         tracing::info!(listen = %listener.local_addr()?, "coordinator serving gRPC");
-        ferry_coordinator::serve(coordinator, listener, shutdown_signal()).await?;
+        let shutdown = async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        };
+        ferry_coordinator::serve(coordinator, listener, shutdown).await?;
         Ok(())
     })
 }

@@ -105,6 +105,20 @@ impl Coordinator {
     pub fn store(&self) -> &Store {
         &self.store
     }
+
+    /// Every workload as its node last reported it: (node, status).
+    pub fn workloads(
+        &self,
+    ) -> Result<Vec<(String, ferry_proto::agent::ProcessStatus)>, StoreError> {
+        Ok(self
+            .store
+            .workloads()?
+            .into_iter()
+            .filter_map(|(_, node, blob)| {
+                Some((node, ferry_proto::agent::ProcessStatus::decode(blob.as_slice()).ok()?))
+            })
+            .collect())
+    }
 }
 
 fn internal(e: StoreError) -> Status {
@@ -154,6 +168,12 @@ impl CoordinatorApi for Service {
         let known =
             self.0.store.heartbeat(&r.node, &health, running, now_ms()).map_err(internal)?;
         if known {
+            let workloads: Vec<(String, Vec<u8>)> = r
+                .workloads
+                .iter()
+                .filter_map(|w| Some((w.spec.as_ref()?.id.clone(), w.encode_to_vec())))
+                .collect();
+            self.0.store.set_workloads(&r.node, &workloads, now_ms()).map_err(internal)?;
             self.0.sweep().map_err(internal)?;
         }
         Ok(Response::new(pb::HeartbeatResponse { known }))

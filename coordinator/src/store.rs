@@ -39,6 +39,12 @@ CREATE TABLE IF NOT EXISTS nodes (
     health BLOB NOT NULL,
     workload_count INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS workloads (
+    id TEXT PRIMARY KEY,
+    node TEXT NOT NULL,
+    status BLOB NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at_ms INTEGER NOT NULL,
@@ -95,6 +101,36 @@ impl Store {
             params![node, now_ms, health, workloads],
         )?;
         Ok(n == 1)
+    }
+
+    /// Replaces what `node` runs with `workloads` (id, ProcessStatus protobuf-encoded), as its
+    /// latest heartbeat reported.
+    pub fn set_workloads(
+        &self,
+        node: &str,
+        workloads: &[(String, Vec<u8>)],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        tx.execute("DELETE FROM workloads WHERE node = ?1", [node])?;
+        for (id, status) in workloads {
+            tx.execute(
+                "INSERT INTO workloads (id, node, status, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(id) DO UPDATE SET node = ?2, status = ?3, updated_at_ms = ?4",
+                params![id, node, status, now_ms],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every workload as last reported: (id, node, ProcessStatus protobuf-encoded).
+    pub fn workloads(&self) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
+        let c = self.conn();
+        let mut stmt = c.prepare("SELECT id, node, status FROM workloads ORDER BY id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
