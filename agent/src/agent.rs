@@ -17,6 +17,8 @@ pub struct Agent {
     workloads: RwLock<HashMap<String, Arc<Workload>>>,
     /// `criu lazy-pages` daemons of post-copy restores, by migration id.
     lazy_daemons: std::sync::Mutex<HashMap<String, i32>>,
+    /// Migrations this node started (as source): None while running, then the report.
+    migrations: std::sync::Mutex<HashMap<String, Option<crate::migrate::MigrationReport>>>,
 }
 
 impl Agent {
@@ -58,6 +60,7 @@ impl Agent {
             criu,
             workloads: RwLock::default(),
             lazy_daemons: Default::default(),
+            migrations: Default::default(),
         }))
     }
 
@@ -92,6 +95,29 @@ impl Agent {
 
     pub(crate) fn remove(&self, id: &str) {
         self.workloads.write().expect("workload table poisoned").remove(id);
+    }
+
+    /// A migration this node started: `Some(None)` while it runs, `Some(Some(report))` once it
+    /// ended, None when unknown (never started here, or before this agent's start).
+    pub fn migration(&self, id: &str) -> Option<Option<crate::migrate::MigrationReport>> {
+        self.migrations.lock().expect("migrations poisoned").get(id).cloned()
+    }
+
+    pub(crate) fn record_migration(
+        &self,
+        id: &str,
+        report: Option<crate::migrate::MigrationReport>,
+    ) {
+        let mut m = self.migrations.lock().expect("migrations poisoned");
+        // Bounded: the oldest finished ones go first (ids are random, so order by nothing better).
+        if m.len() >= 1000 {
+            let done: Vec<String> =
+                m.iter().filter(|(_, r)| r.is_some()).map(|(k, _)| k.clone()).take(100).collect();
+            for k in done {
+                m.remove(&k);
+            }
+        }
+        m.insert(id.to_string(), report);
     }
 
     pub(crate) fn set_lazy_daemon(&self, migration_id: &str, pid: i32) {

@@ -144,16 +144,20 @@ impl AgentApi for Service {
                 SendFault::Slow(Duration::from_millis(r.fault_arg.max(1).into()))
             }
         };
-        let report = self
-            .agent
-            .migrate_out(MigrateOut {
-                workload_id: need_id(&r.workload_id)?.to_string(),
-                target: r.target_address,
-                migration_id: (!r.migration_id.is_empty()).then_some(r.migration_id),
-                fault,
-                post_copy: r.mode == pb::Mode::PostCopy as i32,
-            })
-            .await?;
+        let req = MigrateOut {
+            workload_id: need_id(&r.workload_id)?.to_string(),
+            target: r.target_address,
+            migration_id: (!r.migration_id.is_empty()).then_some(r.migration_id),
+            fault,
+            post_copy: r.mode == pb::Mode::PostCopy as i32,
+        };
+        // The transaction runs in a task of its own: a caller that goes away (or a dropped
+        // connection) must not cancel it halfway, e.g. with the workload frozen. Its result stays
+        // available through GetMigration.
+        let agent = self.agent.clone();
+        let report = tokio::spawn(async move { agent.migrate_out(req).await })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
         Ok(Response::new(convert::report_to_pb(report)))
     }
 
@@ -161,7 +165,13 @@ impl AgentApi for Service {
         &self,
         req: Request<tonic::Streaming<pb::SnapshotPart>>,
     ) -> Result<Response<pb::PushResult>, Status> {
-        let pushed = self.agent.receive_snapshot(req.into_inner()).await?;
+        // Detached for the same reason: a restore must finish (and be adopted) or be cleaned up
+        // even if the source hangs up.
+        let agent = self.agent.clone();
+        let stream = req.into_inner();
+        let pushed = tokio::spawn(async move { agent.receive_snapshot(stream).await })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
         Ok(Response::new(pb::PushResult {
             status: Some(convert::status_to_pb(pushed.status)),
             verify_ms: pushed.verify_ms,
@@ -169,6 +179,22 @@ impl AgentApi for Service {
             bytes_raw: pushed.bytes_raw,
             bytes_wire: pushed.bytes_wire,
         }))
+    }
+
+    async fn get_migration(
+        &self,
+        req: Request<pb::MigrationRef>,
+    ) -> Result<Response<pb::MigrationResult>, Status> {
+        let mid = &req.get_ref().migration_id;
+        match self.agent.migration(mid) {
+            None => Err(Status::not_found(format!("no migration {mid:?} started on this node"))),
+            Some(None) => Ok(Response::new(pb::MigrationResult {
+                migration_id: mid.clone(),
+                outcome: pb::Outcome::Unspecified as i32,
+                ..Default::default()
+            })),
+            Some(Some(report)) => Ok(Response::new(convert::report_to_pb(report))),
+        }
     }
 
     async fn commit_migration(

@@ -126,6 +126,7 @@ impl Agent {
                 "migration id {mid:?} is not a plain name"
             )));
         }
+        self.record_migration(&mid, None);
         let started = crate::sys::now_ms();
         let mut run = Run {
             agent: self.clone(),
@@ -219,6 +220,7 @@ impl Agent {
             .unwrap_or(started);
         report.downtime_ms = freeze_start.map(|f| running_again - f).unwrap_or(0);
         report.total_ms = crate::sys::now_ms() - started;
+        self.record_migration(&mid, Some(report.clone()));
         Ok(report)
     }
 }
