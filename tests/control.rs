@@ -13,12 +13,12 @@ use tonic::Code;
 
 const T: Duration = Duration::from_secs(20);
 
-/// A `ferry coordinator` on a fixed loopback port (so it can be restarted at the same address),
+/// A `ferry coordinator` on a fixed port of `ip` (so it can be restarted at the same address),
 /// with its REST gateway on port `http`.
-fn coordinator_with_http(port: u16, http: u16, data: &std::path::Path) -> AgentProc {
+fn coordinator_at(ip: &str, port: u16, http: u16, data: &std::path::Path) -> AgentProc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
-    cmd.args(["coordinator", "--listen", &format!("127.0.0.1:{port}"), "--heartbeat-ms", "200"])
-        .args(["--http", &format!("127.0.0.1:{http}")])
+    cmd.args(["coordinator", "--listen", &format!("{ip}:{port}"), "--heartbeat-ms", "200"])
+        .args(["--http", &format!("{ip}:{http}")])
         .arg("--data-dir")
         .arg(data);
     AgentProc::spawn(
@@ -29,15 +29,30 @@ fn coordinator_with_http(port: u16, http: u16, data: &std::path::Path) -> AgentP
     )
 }
 
+fn coordinator_with_http(port: u16, http: u16, data: &std::path::Path) -> AgentProc {
+    coordinator_at("127.0.0.1", port, http, data)
+}
+
 fn coordinator(port: u16, data: &std::path::Path) -> AgentProc {
     coordinator_with_http(port, free_port(), data)
 }
 
-/// GET `path` from the gateway on `port`: (status code, JSON body).
+/// GET `path` from the gateway on loopback port `port`: (status code, JSON body).
 fn get(port: u16, path: &str) -> (u16, serde_json::Value) {
+    http(&format!("127.0.0.1:{port}"), "GET", path, None)
+}
+
+/// One HTTP/1.1 request to the gateway at `addr`: (status code, JSON body).
+fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to gateway");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to gateway");
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
@@ -206,4 +221,155 @@ async fn the_gateway_serves_nodes_processes_and_overview() {
     assert_eq!((code, err["error"]["code"].as_str()), (404, Some("not_found")));
     let (code, h) = tokio::task::spawn_blocking(move || get(http, "/healthz")).await.unwrap();
     assert_eq!((code, h["status"].as_str()), (200, Some("ok")));
+}
+
+/// Runs `http` off the async threads.
+async fn call(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let (addr, method, path) = (addr.to_string(), method.to_string(), path.to_string());
+    let body = body.map(|b| b.to_string());
+    tokio::task::spawn_blocking(move || http(&addr, &method, &path, body.as_deref())).await.unwrap()
+}
+
+#[tokio::test]
+async fn rest_api_runs_controls_and_migrates_a_process_between_hosts() {
+    if !require_root("rest_api_runs_controls_and_migrates_a_process_between_hosts") {
+        return;
+    }
+    let net = harness::net::Net::new(2);
+    let (port, http_port) = (free_port(), free_port());
+    let data = TempDir::new("ferry-test-rest");
+    let ip = net.bridge_ip();
+    let coord = coordinator_at(&ip, port, http_port, data.path());
+    let url = format!("http://{ip}:{port}");
+    let _a = net.agent(0, &["--coordinator", &url]);
+    let _b = net.agent(1, &["--coordinator", &url]);
+    wait_nodes(&coord.addr, "both hosts online", |n| {
+        online(n, "host0") == Some(true) && online(n, "host1") == Some(true)
+    })
+    .await;
+    let gw = format!("{ip}:{http_port}");
+
+    // Bad input never reaches an agent.
+    let appender = workload("appender.py");
+    for (body, code) in [
+        (
+            serde_json::json!({"name": "x", "command": ["true"], "serverId": "host0", "colour": "red"}),
+            400,
+        ),
+        (serde_json::json!({"name": "x", "command": "true", "serverId": "host0"}), 400),
+        (serde_json::json!({"name": "x", "command": [], "serverId": "host0"}), 400),
+        (
+            serde_json::json!({"name": "x", "command": ["no-such-program-ferry"], "serverId": "host0"}),
+            400,
+        ),
+        (serde_json::json!({"name": "x", "command": ["true"], "serverId": "nowhere"}), 404),
+        (
+            serde_json::json!({"name": "x", "command": ["true"], "serverId": "host0", "engine": "magic"}),
+            400,
+        ),
+    ] {
+        let (got, err) = call(&gw, "POST", "/api/processes", Some(body.clone())).await;
+        assert_eq!(got, code, "{body} -> {err}");
+        assert!(err["error"]["message"].as_str().map(|m| !m.is_empty()).unwrap_or(false), "{err}");
+    }
+    let (code, err) =
+        call(&gw, "POST", "/api/processes", Some(serde_json::json!("x".repeat(70_000)))).await;
+    assert_eq!((code, err["error"]["code"].as_str()), (413, Some("too_large")), "{err}");
+
+    // Run a process, control it, read its output.
+    let (code, p) = call(
+        &gw,
+        "POST",
+        "/api/processes",
+        Some(serde_json::json!({"name": "journal", "command": [appender], "serverId": "host0"})),
+    )
+    .await;
+    assert_eq!(code, 201, "{p}");
+    let id = p["id"].as_str().unwrap().to_string();
+    assert_eq!((p["serverId"].as_str(), p["status"].as_str()), (Some("host0"), Some("running")));
+    let (code, p) = call(&gw, "POST", &format!("/api/processes/{id}/pause"), None).await;
+    assert_eq!((code, p["status"].as_str()), (200, Some("paused")));
+    let (code, p) = call(&gw, "POST", &format!("/api/processes/{id}/resume"), None).await;
+    assert_eq!((code, p["status"].as_str()), (200, Some("running")));
+    let logs = wait_until("output through the gateway", T, || {
+        let (gw, id) = (gw.clone(), id.clone());
+        async move {
+            let (_, l) = call(&gw, "GET", &format!("/api/processes/{id}/logs"), None).await;
+            let n = l["lines"].as_array().map(|a| {
+                a.iter().filter(|x| x["text"].as_str().unwrap_or("").starts_with("count ")).count()
+            });
+            (n.unwrap_or(0) >= 3).then_some(l)
+        }
+    })
+    .await;
+    assert_eq!(logs["lines"][0]["stream"], "stdout");
+
+    // Migrations: refused when they cannot work, accepted and carried out when they can.
+    for (body, code) in [
+        (serde_json::json!({"processId": id, "targetServerId": "host0"}), 400),
+        (serde_json::json!({"processId": "w-nope", "targetServerId": "host1"}), 404),
+        (serde_json::json!({"processId": id, "targetServerId": "nowhere"}), 404),
+        (
+            serde_json::json!({"processId": id, "targetServerId": "host1", "sourceServerId": "host1"}),
+            400,
+        ),
+        (serde_json::json!({"processId": id, "targetServerId": "host1", "extra": 1}), 400),
+    ] {
+        let (got, err) = call(&gw, "POST", "/api/migrations", Some(body.clone())).await;
+        assert_eq!(got, code, "{body} -> {err}");
+    }
+    let (code, m) = call(
+        &gw,
+        "POST",
+        "/api/migrations",
+        Some(serde_json::json!({"processId": id, "targetServerId": "host1"})),
+    )
+    .await;
+    assert_eq!(code, 202, "{m}");
+    assert_eq!(m["status"], "pending");
+    let mid = m["id"].as_str().unwrap().to_string();
+    let (code, again) = call(
+        &gw,
+        "POST",
+        "/api/migrations",
+        Some(serde_json::json!({"processId": id, "targetServerId": "host1"})),
+    )
+    .await;
+    // 409 while the first runs; 400 ("already runs on host1") if it has already finished.
+    assert!(code == 409 || code == 400, "a second migration: {code} {again}");
+    let m = wait_until("the migration to finish", T, || {
+        let (gw, mid) = (gw.clone(), mid.clone());
+        async move {
+            let (_, m) = call(&gw, "GET", &format!("/api/migrations/{mid}"), None).await;
+            (m["status"] != "pending").then_some(m)
+        }
+    })
+    .await;
+    assert_eq!(m["status"], "completed", "{m}");
+    assert!(m["downtimeMs"].as_i64().unwrap() > 0 && m["bytesRaw"].as_u64().unwrap() > 0, "{m}");
+    assert!(m["phases"].as_array().unwrap().len() >= 6, "{m}");
+    assert!(m["finishedAt"].as_str().unwrap().ends_with('Z'));
+    wait_until("the process reported on host1", T, || {
+        let (gw, id) = (gw.clone(), id.clone());
+        async move {
+            let (_, p) = call(&gw, "GET", &format!("/api/processes/{id}"), None).await;
+            (p["serverId"] == "host1" && p["status"] == "running").then_some(())
+        }
+    })
+    .await;
+    let (_, ov) = call(&gw, "GET", "/api/overview", None).await;
+    assert_eq!(ov["successRate"], 1.0, "{ov}");
+    assert!(ov["averageDowntimeMs"].as_f64().unwrap() > 0.0);
+    let (_, list) = call(&gw, "GET", "/api/migrations", None).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+
+    // Stop it where it now runs.
+    let (code, p) = call(&gw, "DELETE", &format!("/api/processes/{id}"), None).await;
+    assert_eq!(code, 200, "{p}");
+    assert!(p["status"] == "exited" || p["status"] == "failed", "{p}");
 }

@@ -3,6 +3,9 @@
 //! of it lives in SQLite (`<data dir>/ferry.db`), so a restart forgets nothing. The workload
 //! table, the migration state machine and the REST gateway build on this.
 
+pub mod agents;
+pub mod error;
+mod ops;
 pub mod registry;
 pub mod store;
 
@@ -18,7 +21,8 @@ use pb::coordinator_server::{Coordinator as CoordinatorApi, CoordinatorServer};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-pub use store::{Store, StoreError};
+pub use error::CoordError;
+pub use store::{MigrationRow, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -31,9 +35,12 @@ pub struct Coordinator {
     store: Store,
     /// Liveness as of the last sweep, to log each change once.
     last_sweep: Mutex<HashMap<String, bool>>,
+    agents: agents::AgentPool,
+    /// Serializes the "already migrating?" check with the insert.
+    migrating: Mutex<()>,
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -55,7 +62,13 @@ impl Coordinator {
             .into_iter()
             .map(|n| (n.node.clone(), registry::online(n.last_seen_ms, now, interval)))
             .collect();
-        Ok(Arc::new(Coordinator { config, store, last_sweep: Mutex::new(last_sweep) }))
+        Ok(Arc::new(Coordinator {
+            config,
+            store,
+            last_sweep: Mutex::new(last_sweep),
+            agents: Default::default(),
+            migrating: Mutex::new(()),
+        }))
     }
 
     fn interval_ms(&self) -> i64 {
@@ -194,6 +207,9 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    if let Err(e) = coordinator.resolve_pending() {
+        tracing::error!(%e, "cannot resolve migrations left pending");
+    }
     let sweeper = {
         let c = coordinator.clone();
         tokio::spawn(async move {

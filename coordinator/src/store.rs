@@ -26,6 +26,28 @@ pub struct NodeRow {
     pub workload_count: u32,
 }
 
+/// A migration as stored; `result` is the source agent's MigrationResult, protobuf-encoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MigrationRow {
+    pub id: String,
+    pub process_id: String,
+    pub source: String,
+    pub target: String,
+    pub mode: String,
+    /// "pending" while it runs, then "completed", "rolled_back" or "failed".
+    pub status: String,
+    pub error: String,
+    pub result: Option<Vec<u8>>,
+    pub started_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+}
+
+impl MigrationRow {
+    pub fn is_final(&self) -> bool {
+        self.status != "pending"
+    }
+}
+
 pub struct Store {
     conn: Mutex<Connection>,
 }
@@ -44,6 +66,18 @@ CREATE TABLE IF NOT EXISTS workloads (
     node TEXT NOT NULL,
     status BLOB NOT NULL,
     updated_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS migrations (
+    id TEXT PRIMARY KEY,
+    process_id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    target TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT NOT NULL DEFAULT '',
+    result BLOB,
+    started_at_ms INTEGER NOT NULL,
+    finished_at_ms INTEGER
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -130,6 +164,69 @@ impl Store {
         let c = self.conn();
         let mut stmt = c.prepare("SELECT id, node, status FROM workloads ORDER BY id")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records what one agent call reported about a workload, between heartbeats.
+    pub fn put_workload(
+        &self,
+        node: &str,
+        id: &str,
+        status: &[u8],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO workloads (id, node, status, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(id) DO UPDATE SET node = ?2, status = ?3, updated_at_ms = ?4",
+            params![id, node, status, now_ms],
+        )?;
+        Ok(())
+    }
+
+    pub fn insert_migration(&self, m: &MigrationRow) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO migrations (id, process_id, source, target, mode, status, error, started_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', ?7)",
+            params![m.id, m.process_id, m.source, m.target, m.mode, m.status, m.started_at_ms],
+        )?;
+        Ok(())
+    }
+
+    pub fn finish_migration(
+        &self,
+        id: &str,
+        status: &str,
+        error: &str,
+        result: Option<&[u8]>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE migrations SET status = ?2, error = ?3, result = ?4, finished_at_ms = ?5 WHERE id = ?1",
+            params![id, status, error, result, now_ms],
+        )?;
+        Ok(())
+    }
+
+    pub fn migrations(&self) -> Result<Vec<MigrationRow>, StoreError> {
+        let c = self.conn();
+        let mut stmt = c.prepare(
+            "SELECT id, process_id, source, target, mode, status, error, result, started_at_ms, finished_at_ms
+             FROM migrations ORDER BY started_at_ms, id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(MigrationRow {
+                id: r.get(0)?,
+                process_id: r.get(1)?,
+                source: r.get(2)?,
+                target: r.get(3)?,
+                mode: r.get(4)?,
+                status: r.get(5)?,
+                error: r.get(6)?,
+                result: r.get(7)?,
+                started_at_ms: r.get(8)?,
+                finished_at_ms: r.get(9)?,
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -53,7 +53,8 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .route("/api/overview", get(overview))
         .route("/api/servers", get(servers))
         .route("/api/processes", get(processes))
-        .route("/api/processes/{id}", get(process))
+        .route("/api/processes/{id}", get(process).delete(delete_process))
+        .merge(mutations())
         .fallback(|uri: axum::http::Uri| async move {
             ApiError::not_found(format!("no such endpoint: {}", uri.path()))
         })
@@ -179,7 +180,7 @@ struct Overview {
     active_migrations: usize,
     server_nodes: usize,
     online_nodes: usize,
-    /// Completed / finished migrations; null until the coordinator records migrations.
+    /// Completed / finished migrations; null before any migration finished.
     success_rate: Option<f64>,
     average_downtime_ms: Option<f64>,
 }
@@ -187,6 +188,7 @@ struct Overview {
 async fn overview(State(c): State<Arc<Coordinator>>) -> Api<Overview> {
     let nodes = c.nodes()?;
     let workloads = c.workloads()?;
+    let (active_migrations, success_rate, average_downtime_ms) = migration_stats(&c)?;
     Ok(Json(Overview {
         total_processes: workloads.len(),
         running_processes: workloads
@@ -198,10 +200,315 @@ async fn overview(State(c): State<Arc<Coordinator>>) -> Api<Overview> {
                 )
             })
             .count(),
-        active_migrations: 0,
+        active_migrations,
         server_nodes: nodes.len(),
         online_nodes: nodes.iter().filter(|n| n.online).count(),
-        success_rate: None,
-        average_downtime_ms: None,
+        success_rate,
+        average_downtime_ms,
     }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mutations and migrations
+// ---------------------------------------------------------------------------------------------
+
+/// A JSON body whose rejections (malformed JSON, wrong types, unknown fields, oversized bodies)
+/// leave in the API's error format.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => {
+                let status = rejection.status();
+                let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    "too_large"
+                } else {
+                    "bad_request"
+                };
+                let status = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    status
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                Err(ApiError { status, code, message: rejection.body_text() })
+            }
+        }
+    }
+}
+
+impl From<ferry_coordinator::CoordError> for ApiError {
+    fn from(e: ferry_coordinator::CoordError) -> ApiError {
+        use ferry_coordinator::CoordError as E;
+        let (status, code) = match &e {
+            E::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            E::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            E::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            E::Agent { status, .. } => match status.code() {
+                tonic::Code::InvalidArgument => (StatusCode::BAD_REQUEST, "bad_request"),
+                tonic::Code::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+                tonic::Code::FailedPrecondition | tonic::Code::AlreadyExists => {
+                    (StatusCode::CONFLICT, "conflict")
+                }
+                _ => (StatusCode::BAD_GATEWAY, "agent_error"),
+            },
+            E::Store(s) => {
+                tracing::error!(%s, "coordinator store failure");
+                return ApiError {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    code: "internal",
+                    message: "the coordinator's database failed; see its log".into(),
+                };
+            }
+        };
+        ApiError { status, code, message: e.to_string() }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NewProcess {
+    name: String,
+    command: Vec<String>,
+    server_id: String,
+    #[serde(default)]
+    cwd: Option<String>,
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    engine: Option<String>,
+}
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+fn mutations() -> Router<Arc<Coordinator>> {
+    use axum::routing::post;
+    Router::new()
+        .route("/api/processes", post(create_process))
+        .route("/api/processes/{id}/pause", post(|s, p| control(s, p, "pause")))
+        .route("/api/processes/{id}/resume", post(|s, p| control(s, p, "resume")))
+        .route("/api/processes/{id}/logs", get(logs))
+        .route("/api/migrations", post(create_migration).get(list_migrations))
+        .route("/api/migrations/{id}", get(one_migration))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+}
+
+async fn create_process(
+    State(c): State<Arc<Coordinator>>,
+    ApiJson(p): ApiJson<NewProcess>,
+) -> Result<(StatusCode, Json<Process>), ApiError> {
+    let invalid =
+        |m: String| ApiError { status: StatusCode::BAD_REQUEST, code: "bad_request", message: m };
+    if p.command.is_empty() || p.command[0].is_empty() {
+        return Err(invalid(
+            "command is empty: give the program and its arguments, e.g. [\"sleep\", \"60\"]".into(),
+        ));
+    }
+    let engine = match p.engine.as_deref() {
+        None | Some("auto") => 0,
+        Some("criu") => 1,
+        Some("cooperative") => 2,
+        Some(other) => {
+            return Err(invalid(format!("engine {other:?} is not one of criu, cooperative")))
+        }
+    };
+    let spec = ferry_proto::agent::WorkloadSpec {
+        name: p.name,
+        argv: p.command,
+        env: p.env.into_iter().collect(),
+        cwd: p.cwd.unwrap_or_default(),
+        engine,
+        ..Default::default()
+    };
+    let (node, s) = c.start_process(&p.server_id, spec).await?;
+    Ok((StatusCode::CREATED, Json(process_json(node, s))))
+}
+
+async fn control(
+    State(c): State<Arc<Coordinator>>,
+    Path(id): Path<String>,
+    op: &'static str,
+) -> Api<Process> {
+    let (node, s) = c.control(&id, op).await?;
+    Ok(Json(process_json(node, s)))
+}
+
+async fn delete_process(State(c): State<Arc<Coordinator>>, Path(id): Path<String>) -> Api<Process> {
+    control(State(c), Path(id), "stop").await
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LogQuery {
+    #[serde(default)]
+    from: u64,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+async fn logs(
+    State(c): State<Arc<Coordinator>>,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<LogQuery>,
+) -> Api<serde_json::Value> {
+    let r = c.logs(&id, q.from, q.limit.unwrap_or(1000).min(10_000)).await?;
+    let lines: Vec<serde_json::Value> = r
+        .lines
+        .into_iter()
+        .map(|l| {
+            serde_json::json!({
+                "line": l.line,
+                "at": rfc3339(l.at_ms),
+                "stream": if l.stream == 2 { "stderr" } else { "stdout" },
+                "text": l.text,
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({"lines": lines, "next": r.next_line})))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NewMigration {
+    process_id: String,
+    target_server_id: String,
+    #[serde(default)]
+    source_server_id: Option<String>,
+    /// "stop_and_copy" (default) or "post_copy".
+    #[serde(default)]
+    mode: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Phase {
+    phase: String,
+    started_at: String,
+    ended_at: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Migration {
+    id: String,
+    process_id: String,
+    source_server_id: String,
+    target_server_id: String,
+    mode: String,
+    status: String,
+    error: Option<String>,
+    freeze_ms: Option<i64>,
+    dump_ms: Option<i64>,
+    transfer_ms: Option<i64>,
+    restore_ms: Option<i64>,
+    downtime_ms: Option<i64>,
+    bytes_raw: Option<u64>,
+    bytes_wire: Option<u64>,
+    phases: Vec<Phase>,
+    started_at: String,
+    finished_at: Option<String>,
+}
+
+fn migration_json(m: ferry_coordinator::MigrationRow) -> Migration {
+    use prost::Message;
+    let r = m.result.as_deref().and_then(|b| ferry_proto::agent::MigrationResult::decode(b).ok());
+    let num = |f: fn(&ferry_proto::agent::MigrationResult) -> i64| r.as_ref().map(f);
+    Migration {
+        freeze_ms: num(|r| r.freeze_ms),
+        dump_ms: num(|r| r.dump_ms),
+        transfer_ms: num(|r| r.transfer_ms),
+        restore_ms: num(|r| r.restore_ms),
+        downtime_ms: num(|r| r.downtime_ms),
+        bytes_raw: r.as_ref().map(|r| r.bytes_raw),
+        bytes_wire: r.as_ref().map(|r| r.bytes_wire),
+        phases: r
+            .as_ref()
+            .map(|r| {
+                r.phases
+                    .iter()
+                    .map(|p| Phase {
+                        phase: p.phase.clone(),
+                        started_at: rfc3339(p.started_at_ms),
+                        ended_at: rfc3339(p.ended_at_ms),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        error: (!m.error.is_empty()).then_some(m.error),
+        id: m.id,
+        process_id: m.process_id,
+        source_server_id: m.source,
+        target_server_id: m.target,
+        mode: m.mode,
+        status: m.status,
+        started_at: rfc3339(m.started_at_ms),
+        finished_at: m.finished_at_ms.map(rfc3339),
+    }
+}
+
+async fn create_migration(
+    State(c): State<Arc<Coordinator>>,
+    ApiJson(m): ApiJson<NewMigration>,
+) -> Result<(StatusCode, Json<Migration>), ApiError> {
+    let post_copy = match m.mode.as_deref() {
+        None | Some("stop_and_copy") => false,
+        Some("post_copy") => true,
+        Some(other) => {
+            return Err(ApiError {
+                status: StatusCode::BAD_REQUEST,
+                code: "bad_request",
+                message: format!("mode {other:?} is not one of stop_and_copy, post_copy"),
+            })
+        }
+    };
+    let row = c.start_migration(
+        &m.process_id,
+        &m.target_server_id,
+        m.source_server_id.as_deref(),
+        post_copy,
+    )?;
+    Ok((StatusCode::ACCEPTED, Json(migration_json(row))))
+}
+
+async fn list_migrations(State(c): State<Arc<Coordinator>>) -> Api<Vec<Migration>> {
+    Ok(Json(c.migrations()?.into_iter().map(migration_json).collect()))
+}
+
+async fn one_migration(
+    State(c): State<Arc<Coordinator>>,
+    Path(id): Path<String>,
+) -> Api<Migration> {
+    c.migrations()?
+        .into_iter()
+        .find(|m| m.id == id)
+        .map(|m| Json(migration_json(m)))
+        .ok_or_else(|| ApiError::not_found(format!("no migration with id {id:?}")))
+}
+
+/// Migration figures for the overview: (active, success rate, average downtime of completed).
+fn migration_stats(c: &Coordinator) -> Result<(usize, Option<f64>, Option<f64>), ApiError> {
+    use prost::Message;
+    let all = c.migrations()?;
+    let active = all.iter().filter(|m| !m.is_final()).count();
+    let finished: Vec<_> = all.iter().filter(|m| m.is_final()).collect();
+    let completed: Vec<_> = finished.iter().filter(|m| m.status == "completed").collect();
+    let rate = (!finished.is_empty()).then(|| completed.len() as f64 / finished.len() as f64);
+    let downtimes: Vec<f64> = completed
+        .iter()
+        .filter_map(|m| m.result.as_deref())
+        .filter_map(|b| ferry_proto::agent::MigrationResult::decode(b).ok())
+        .map(|r| r.downtime_ms as f64)
+        .collect();
+    let avg =
+        (!downtimes.is_empty()).then(|| downtimes.iter().sum::<f64>() / downtimes.len() as f64);
+    Ok((active, rate, avg))
 }

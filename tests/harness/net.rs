@@ -33,6 +33,11 @@ impl Net {
         self.inner.ip(i)
     }
 
+    /// The bridge's address (in the root namespace, where the test and a coordinator run).
+    pub fn bridge_ip(&self) -> String {
+        format!("{}.1", self.inner.prefix)
+    }
+
     /// An address on the subnet that no host has.
     pub fn unused_ip(&self) -> String {
         format!("{}.250", self.inner.prefix)

@@ -1,0 +1,263 @@
+//! What the coordinator does on the nodes: process control through the owning agent, and
+//! migrations it drives (and, after a restart, resolves) through the source agent's transaction.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_proto::agent as apb;
+use prost::Message;
+
+use crate::error::CoordError;
+use crate::store::MigrationRow;
+use crate::{now_ms, Coordinator};
+
+/// How often a migration whose answer was lost is asked about again.
+const POLL: Duration = Duration::from_secs(1);
+
+fn agent_err(node: &str) -> impl Fn(tonic::Status) -> CoordError + '_ {
+    move |status| CoordError::Agent { node: node.to_string(), status }
+}
+
+impl Coordinator {
+    /// The node a server id names, which must be online.
+    fn online_node(&self, id: &str) -> Result<ferry_proto::coordinator::NodeInfo, CoordError> {
+        let node = self
+            .nodes()?
+            .into_iter()
+            .find(|n| n.node == id)
+            .ok_or_else(|| CoordError::NotFound(format!("no server {id:?}")))?;
+        if !node.online {
+            return Err(CoordError::Unavailable(format!("server {id} is offline")));
+        }
+        Ok(node)
+    }
+
+    /// The node a workload runs on, by its latest report.
+    pub fn workload_node(&self, id: &str) -> Result<(String, apb::ProcessStatus), CoordError> {
+        self.workloads()?
+            .into_iter()
+            .find(|(_, s)| s.spec.as_ref().map(|x| x.id == id).unwrap_or(false))
+            .ok_or_else(|| CoordError::NotFound(format!("no process with id {id:?}")))
+    }
+
+    fn remember(&self, node: &str, s: &apb::ProcessStatus) -> Result<(), CoordError> {
+        let id = s.spec.as_ref().map(|x| x.id.clone()).unwrap_or_default();
+        self.store.put_workload(node, &id, &s.encode_to_vec(), now_ms())?;
+        Ok(())
+    }
+
+    pub async fn start_process(
+        &self,
+        server: &str,
+        spec: apb::WorkloadSpec,
+    ) -> Result<(String, apb::ProcessStatus), CoordError> {
+        let node = self.online_node(server)?;
+        let mut c = self.agents.client(&node.address)?;
+        let s = c
+            .start_process(apb::StartProcessRequest { spec: Some(spec) })
+            .await
+            .map_err(agent_err(&node.node))?
+            .into_inner();
+        self.remember(&node.node, &s)?;
+        Ok((node.node, s))
+    }
+
+    /// Pause, resume or stop a workload on the node that runs it.
+    pub async fn control(
+        &self,
+        id: &str,
+        op: &str,
+    ) -> Result<(String, apb::ProcessStatus), CoordError> {
+        let (node, _) = self.workload_node(id)?;
+        let info = self.online_node(&node)?;
+        let mut c = self.agents.client(&info.address)?;
+        let r = apb::WorkloadRef { id: id.to_string() };
+        let s = match op {
+            "pause" => c.pause_process(r).await,
+            "resume" => c.resume_process(r).await,
+            _ => c.stop_process(apb::StopProcessRequest { id: id.to_string(), grace_ms: 0 }).await,
+        }
+        .map_err(agent_err(&node))?
+        .into_inner();
+        self.remember(&node, &s)?;
+        Ok((node, s))
+    }
+
+    pub async fn logs(
+        &self,
+        id: &str,
+        from: u64,
+        max: u32,
+    ) -> Result<apb::GetLogsResponse, CoordError> {
+        let (node, _) = self.workload_node(id)?;
+        let info = self.online_node(&node)?;
+        let mut c = self.agents.client(&info.address)?;
+        Ok(c.get_logs(apb::GetLogsRequest { id: id.to_string(), from_line: from, max_lines: max })
+            .await
+            .map_err(agent_err(&node))?
+            .into_inner())
+    }
+
+    /// Starts a migration of `process` to `target` and returns at once; the source agent runs the
+    /// transaction and the coordinator records its outcome.
+    pub fn start_migration(
+        self: &Arc<Self>,
+        process: &str,
+        target: &str,
+        source: Option<&str>,
+        post_copy: bool,
+    ) -> Result<MigrationRow, CoordError> {
+        let (node, status) = self.workload_node(process)?;
+        if let Some(s) = source.filter(|s| *s != node) {
+            return Err(CoordError::Invalid(format!(
+                "process {process} runs on {node}, not on {s}"
+            )));
+        }
+        if target == node {
+            return Err(CoordError::Invalid(format!(
+                "process {process} already runs on {target}; choose another target"
+            )));
+        }
+        if status.exit.is_some() {
+            return Err(CoordError::Conflict(format!(
+                "process {process} has exited; only a running process can migrate"
+            )));
+        }
+        let tgt = self.online_node(target)?;
+        let src = self.online_node(&node)?;
+        let _guard = self.migrating.lock().expect("migration lock poisoned");
+        if self.store.migrations()?.iter().any(|m| m.process_id == process && !m.is_final()) {
+            return Err(CoordError::Conflict(format!("process {process} is already migrating")));
+        }
+        let row = MigrationRow {
+            id: new_id(),
+            process_id: process.to_string(),
+            source: node.clone(),
+            target: target.to_string(),
+            mode: if post_copy { "post_copy" } else { "stop_and_copy" }.into(),
+            status: "pending".into(),
+            error: String::new(),
+            result: None,
+            started_at_ms: now_ms(),
+            finished_at_ms: None,
+        };
+        self.store.insert_migration(&row)?;
+        let msg = format!("migration {} of {process} from {node} to {target} started", row.id);
+        self.store.event("migration_started", &node, &msg, now_ms())?;
+        let (c, id, req) = (
+            self.clone(),
+            row.id.clone(),
+            apb::MigrateOutRequest {
+                workload_id: process.to_string(),
+                target_address: tgt.address,
+                migration_id: row.id.clone(),
+                mode: if post_copy { apb::Mode::PostCopy } else { apb::Mode::StopAndCopy } as i32,
+                ..Default::default()
+            },
+        );
+        let source_addr = src.address;
+        tokio::spawn(async move {
+            let answer = match c.agents.client(&source_addr) {
+                Ok(mut client) => client.migrate_out(req).await.map(|r| r.into_inner()),
+                Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+            };
+            match answer {
+                Ok(result) => c.record_result(&id, &result),
+                // The answer was lost, or the request never arrived: ask the source.
+                Err(status) => {
+                    tracing::warn!(
+                        migration = id,
+                        error = status.message(),
+                        "no answer from the source; asking it"
+                    );
+                    c.resolve(&id, &source_addr).await
+                }
+            }
+        });
+        Ok(row)
+    }
+
+    fn record_result(&self, id: &str, r: &apb::MigrationResult) {
+        let status = match apb::Outcome::try_from(r.outcome) {
+            Ok(apb::Outcome::Completed) => "completed",
+            Ok(apb::Outcome::RolledBack) => "rolled_back",
+            _ => "failed",
+        };
+        if let Err(e) =
+            self.store.finish_migration(id, status, &r.error, Some(&r.encode_to_vec()), now_ms())
+        {
+            tracing::error!(migration = id, %e, "cannot record a migration's outcome");
+            return;
+        }
+        // The workload table follows at once, not at the next heartbeat.
+        if let (true, Some(s)) = (status == "completed", r.target_status.as_ref()) {
+            if let Err(e) = self.remember(&r.target_node, s) {
+                tracing::warn!(migration = id, %e, "cannot record where the workload moved");
+            }
+        }
+        let msg = match status {
+            "completed" => format!("migration {id} completed in {} ms of downtime", r.downtime_ms),
+            _ => format!("migration {id} {status}: {}", r.error),
+        };
+        tracing::info!(migration = id, status, "{msg}");
+        let _ = self.store.event(&format!("migration_{status}"), &r.source_node, &msg, now_ms());
+    }
+
+    /// Finds out how a migration ended from its source agent (after a lost answer or a restart).
+    async fn resolve(&self, id: &str, source_addr: &str) {
+        loop {
+            let asked = match self.agents.client(source_addr) {
+                Ok(mut c) => {
+                    c.get_migration(apb::MigrationRef { migration_id: id.to_string() }).await
+                }
+                Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+            };
+            match asked {
+                Ok(r) if r.get_ref().outcome != apb::Outcome::Unspecified as i32 => {
+                    return self.record_result(id, r.get_ref());
+                }
+                Ok(_) => {}
+                Err(s) if s.code() == tonic::Code::NotFound => {
+                    // The source never started it (or restarted since); the workload was never
+                    // frozen by this migration's transaction, or the agent's restart ended it.
+                    let error = "the source agent has no record of this migration (it never began, or the agent restarted); \
+                                 the process is wherever its node reports it";
+                    let _ = self.store.finish_migration(id, "failed", error, None, now_ms());
+                    return;
+                }
+                Err(s) => {
+                    tracing::debug!(migration = id, error = s.message(), "source not answering yet")
+                }
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Resolves every migration a previous run of the coordinator left pending.
+    pub fn resolve_pending(self: &Arc<Self>) -> Result<(), CoordError> {
+        let nodes = self.nodes()?;
+        for m in self.store.migrations()?.into_iter().filter(|m| !m.is_final()) {
+            let Some(addr) = nodes.iter().find(|n| n.node == m.source).map(|n| n.address.clone())
+            else {
+                continue;
+            };
+            tracing::info!(migration = m.id, "resolving a migration left pending by a restart");
+            let c = self.clone();
+            tokio::spawn(async move { c.resolve(&m.id, &addr).await });
+        }
+        Ok(())
+    }
+
+    pub fn migrations(&self) -> Result<Vec<MigrationRow>, CoordError> {
+        Ok(self.store.migrations()?)
+    }
+}
+
+fn new_id() -> String {
+    let mut b = [0u8; 6];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
+    }
+    format!("m-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+}
