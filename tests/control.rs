@@ -253,6 +253,11 @@ async fn rest_api_runs_controls_and_migrates_a_process_between_hosts() {
     })
     .await;
     let gw = format!("{ip}:{http_port}");
+    // Watch the live event stream from the start.
+    let watcher = {
+        let gw = gw.clone();
+        std::thread::spawn(move || sse_until(&gw, "migration_completed", Duration::from_secs(60)))
+    };
 
     // Bad input never reaches an agent.
     let appender = workload("appender.py");
@@ -368,8 +373,161 @@ async fn rest_api_runs_controls_and_migrates_a_process_between_hosts() {
     let (_, list) = call(&gw, "GET", "/api/migrations", None).await;
     assert_eq!(list.as_array().unwrap().len(), 1);
 
+    // The log, the live events, the metrics.
+    let (_, log) = call(&gw, "GET", &format!("/api/logs?process={id}"), None).await;
+    let kinds: Vec<&str> =
+        log.as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
+    for k in [
+        "process_started",
+        "process_paused",
+        "process_resumed",
+        "migration_started",
+        "migration_completed",
+    ] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+    let (code, err) = call(&gw, "GET", "/api/logs?level=loud", None).await;
+    assert_eq!((code, err["error"]["code"].as_str()), (400, Some("bad_request")));
+    let seen = watcher.join().unwrap();
+    for k in ["process_started", "process_paused", "migration_started", "migration_completed"] {
+        assert!(seen.iter().any(|s| s == k), "event {k} not streamed: {seen:?}");
+    }
+    let metrics = {
+        let gw = gw.clone();
+        tokio::task::spawn_blocking(move || raw_get(&gw, "/metrics")).await.unwrap()
+    };
+    for line in [
+        "ferry_migrations{outcome=\"completed\"} 1",
+        "ferry_nodes{state=\"online\"} 2",
+        "ferry_migration_downtime_ms_count 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+    let (code, doc) = call(&gw, "GET", "/api/openapi.json", None).await;
+    assert_eq!(code, 200);
+    for path in [
+        "/api/overview",
+        "/api/servers",
+        "/api/processes",
+        "/api/processes/{id}",
+        "/api/processes/{id}/pause",
+        "/api/processes/{id}/resume",
+        "/api/processes/{id}/logs",
+        "/api/migrations",
+        "/api/migrations/{id}",
+        "/api/logs",
+        "/api/events",
+        "/api/openapi.json",
+        "/metrics",
+        "/healthz",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} not described in openapi.json");
+    }
+
     // Stop it where it now runs.
     let (code, p) = call(&gw, "DELETE", &format!("/api/processes/{id}"), None).await;
     assert_eq!(code, 200, "{p}");
     assert!(p["status"] == "exited" || p["status"] == "failed", "{p}");
+}
+
+/// The raw body of a GET (for text endpoints).
+fn raw_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to gateway");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+}
+
+/// Reads the server-sent event stream until an event named `until` (or the timeout); returns
+/// the names of the events seen.
+fn sse_until(addr: &str, until: &str, timeout: Duration) -> Vec<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to gateway");
+    s.set_read_timeout(Some(timeout)).unwrap();
+    write!(s, "GET /api/events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n")
+        .unwrap();
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + timeout;
+    for line in BufReader::new(s).lines() {
+        let Ok(line) = line else { break };
+        if let Some(name) = line.strip_prefix("event: ").or_else(|| line.strip_prefix("event:")) {
+            seen.push(name.trim().to_string());
+            if name.trim() == until {
+                break;
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn a_coordinator_restarted_mid_migration_resolves_it() {
+    if !require_root("a_coordinator_restarted_mid_migration_resolves_it") {
+        return;
+    }
+    let net = harness::net::Net::new(2);
+    let (port, http_port) = (free_port(), free_port());
+    let data = TempDir::new("ferry-test-restart");
+    let ip = net.bridge_ip();
+    let coord = coordinator_at(&ip, port, http_port, data.path());
+    let url = format!("http://{ip}:{port}");
+    let a = net.agent(0, &["--coordinator", &url]);
+    let _b = net.agent(1, &["--coordinator", &url]);
+    wait_nodes(&coord.addr, "both hosts online", |n| {
+        online(n, "host0") == Some(true) && online(n, "host1") == Some(true)
+    })
+    .await;
+    let gw = format!("{ip}:{http_port}");
+    let memhog = workload("memhog");
+    let (code, p) = call(
+        &gw,
+        "POST",
+        "/api/processes",
+        Some(serde_json::json!({"name": "big", "command": [memhog, "256"], "serverId": "host0"})),
+    )
+    .await;
+    assert_eq!(code, 201, "{p}");
+    let id = p["id"].as_str().unwrap().to_string();
+    let mut ca = a.client().await;
+    wait_log(&ca, &id, "memhog ticking", T, |l| l.iter().any(|x| x.starts_with("tick "))).await;
+    let (code, m) = call(
+        &gw,
+        "POST",
+        "/api/migrations",
+        Some(serde_json::json!({"processId": id, "targetServerId": "host1"})),
+    )
+    .await;
+    assert_eq!(code, 202, "{m}");
+    let mid = m["id"].as_str().unwrap().to_string();
+    // Once the source agent runs it, the coordinator dies.
+    wait_until("the source agent to run the migration", T, || {
+        let (mut ca, mid) = (ca.clone(), mid.clone());
+        async move {
+            ca.get_migration(ferry_proto::agent::MigrationRef { migration_id: mid })
+                .await
+                .ok()
+                .map(|_| ())
+        }
+    })
+    .await;
+    drop(coord);
+    let _coord = coordinator_at(&ip, port, http_port, data.path());
+    let m = wait_until("the restarted coordinator to resolve the migration", T, || {
+        let (gw, mid) = (gw.clone(), mid.clone());
+        async move {
+            let (_, m) = call(&gw, "GET", &format!("/api/migrations/{mid}"), None).await;
+            (m["status"] != "pending").then_some(m)
+        }
+    })
+    .await;
+    assert_eq!(m["status"], "completed", "{m}");
+    let (_, p) = call(&gw, "GET", &format!("/api/processes/{id}"), None).await;
+    assert_eq!(p["serverId"], "host1", "{p}");
+    let _ =
+        ca.get_status(ferry_proto::agent::WorkloadRef { id }).await.expect_err("gone from host0");
 }

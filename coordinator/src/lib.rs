@@ -22,7 +22,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 pub use error::CoordError;
-pub use store::{MigrationRow, Store, StoreError};
+pub use store::{Event, MigrationRow, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -38,6 +38,8 @@ pub struct Coordinator {
     agents: agents::AgentPool,
     /// Serializes the "already migrating?" check with the insert.
     migrating: Mutex<()>,
+    /// Every event, live, for the gateway's event stream.
+    events: tokio::sync::broadcast::Sender<Event>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -68,6 +70,7 @@ impl Coordinator {
             last_sweep: Mutex::new(last_sweep),
             agents: Default::default(),
             migrating: Mutex::new(()),
+            events: tokio::sync::broadcast::channel(1024).0,
         }))
     }
 
@@ -109,10 +112,37 @@ impl Coordinator {
                 )
             };
             tracing::info!(node, online, "{msg}");
-            self.store.event(kind, node, &msg, now_ms())?;
+            self.emit(kind, if online { "info" } else { "warn" }, node, "", msg)?;
         }
         *last = now.into_iter().collect();
         Ok(())
+    }
+
+    /// Records an event and sends it to live subscribers.
+    pub fn emit(
+        &self,
+        kind: &str,
+        level: &str,
+        node: &str,
+        process: &str,
+        message: String,
+    ) -> Result<(), StoreError> {
+        let e = self.store.event(Event {
+            id: 0,
+            at_ms: now_ms(),
+            kind: kind.into(),
+            level: level.into(),
+            node: node.into(),
+            process: process.into(),
+            message,
+        })?;
+        let _ = self.events.send(e);
+        Ok(())
+    }
+
+    /// Live events from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.events.subscribe()
     }
 
     pub fn store(&self) -> &Store {
@@ -163,7 +193,7 @@ impl CoordinatorApi for Service {
         if new {
             let msg = format!("node {} registered at {}", r.node, r.address);
             tracing::info!(node = r.node, address = r.address, "{msg}");
-            self.0.store.event("node_registered", &r.node, &msg, now_ms()).map_err(internal)?;
+            self.0.emit("node_registered", "info", &r.node, "", msg).map_err(internal)?;
         }
         self.0.sweep().map_err(internal)?;
         Ok(Response::new(pb::RegisterNodeResponse {

@@ -59,6 +59,14 @@ impl Coordinator {
             .map_err(agent_err(&node.node))?
             .into_inner();
         self.remember(&node.node, &s)?;
+        let id = s.spec.as_ref().map(|x| x.id.clone()).unwrap_or_default();
+        self.emit(
+            "process_started",
+            "info",
+            &node.node,
+            &id,
+            format!("process {id} started on {}", node.node),
+        )?;
         Ok((node.node, s))
     }
 
@@ -80,6 +88,18 @@ impl Coordinator {
         .map_err(agent_err(&node))?
         .into_inner();
         self.remember(&node, &s)?;
+        let done = match op {
+            "pause" => "paused",
+            "resume" => "resumed",
+            _ => "stopped",
+        };
+        self.emit(
+            &format!("process_{done}"),
+            "info",
+            &node,
+            id,
+            format!("process {id} {done} on {node}"),
+        )?;
         Ok((node, s))
     }
 
@@ -143,7 +163,7 @@ impl Coordinator {
         };
         self.store.insert_migration(&row)?;
         let msg = format!("migration {} of {process} from {node} to {target} started", row.id);
-        self.store.event("migration_started", &node, &msg, now_ms())?;
+        self.emit("migration_started", "info", &node, process, msg)?;
         let (c, id, req) = (
             self.clone(),
             row.id.clone(),
@@ -200,7 +220,9 @@ impl Coordinator {
             _ => format!("migration {id} {status}: {}", r.error),
         };
         tracing::info!(migration = id, status, "{msg}");
-        let _ = self.store.event(&format!("migration_{status}"), &r.source_node, &msg, now_ms());
+        let level = if status == "completed" { "info" } else { "error" };
+        let _ =
+            self.emit(&format!("migration_{status}"), level, &r.source_node, &r.workload_id, msg);
     }
 
     /// Finds out how a migration ended from its source agent (after a lost answer or a restart).

@@ -83,7 +83,9 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at_ms INTEGER NOT NULL,
     kind TEXT NOT NULL,
+    level TEXT NOT NULL,
     node TEXT NOT NULL,
+    process TEXT NOT NULL,
     message TEXT NOT NULL
 );
 ";
@@ -249,30 +251,51 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn event(
-        &self,
-        kind: &str,
-        node: &str,
-        message: &str,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO events (at_ms, kind, node, message) VALUES (?1, ?2, ?3, ?4)",
-            params![now_ms, kind, node, message],
+    /// Appends an event and returns it with its id.
+    pub fn event(&self, e: Event) -> Result<Event, StoreError> {
+        let c = self.conn();
+        c.execute(
+            "INSERT INTO events (at_ms, kind, level, node, process, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![e.at_ms, e.kind, e.level, e.node, e.process, e.message],
         )?;
-        Ok(())
+        Ok(Event { id: c.last_insert_rowid(), ..e })
     }
 
-    /// The most recent events, newest last: (at_ms, kind, node, message).
-    pub fn events(&self, limit: u32) -> Result<Vec<(i64, String, String, String)>, StoreError> {
+    /// Events, oldest first: the last `limit` of those matching the filters (empty = any).
+    pub fn events(&self, process: &str, level: &str, limit: u32) -> Result<Vec<Event>, StoreError> {
         let c = self.conn();
         let mut stmt = c.prepare(
-            "SELECT at_ms, kind, node, message FROM (
-                 SELECT * FROM events ORDER BY id DESC LIMIT ?1) ORDER BY id",
+            "SELECT id, at_ms, kind, level, node, process, message FROM (
+                 SELECT * FROM events WHERE (?1 = '' OR process = ?1) AND (?2 = '' OR level = ?2)
+                 ORDER BY id DESC LIMIT ?3) ORDER BY id",
         )?;
-        let rows = stmt.query_map([limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        let rows = stmt.query_map(params![process, level, limit], |r| {
+            Ok(Event {
+                id: r.get(0)?,
+                at_ms: r.get(1)?,
+                kind: r.get(2)?,
+                level: r.get(3)?,
+                node: r.get(4)?,
+                process: r.get(5)?,
+                message: r.get(6)?,
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
+
+/// Something that happened, for the log and the live event stream.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Event {
+    pub id: i64,
+    pub at_ms: i64,
+    /// e.g. node_online, node_offline, process_started, migration_completed.
+    pub kind: String,
+    /// info, warn or error.
+    pub level: String,
+    pub node: String,
+    pub process: String,
+    pub message: String,
 }
 
 #[cfg(test)]
@@ -289,7 +312,13 @@ mod tests {
             assert!(!s.register("a", "http://a:2", b"h2", 20).unwrap());
             assert!(s.heartbeat("a", b"h3", 2, 30).unwrap());
             assert!(!s.heartbeat("nope", b"", 0, 30).unwrap());
-            s.event("node_online", "a", "node a is online", 10).unwrap();
+            s.event(Event {
+                kind: "node_online".into(),
+                level: "info".into(),
+                node: "a".into(),
+                ..Default::default()
+            })
+            .unwrap();
         }
         let s = Store::open(&path).unwrap();
         let n = s.nodes().unwrap();
@@ -305,6 +334,7 @@ mod tests {
                 workload_count: 2
             }
         );
-        assert_eq!(s.events(10).unwrap()[0].1, "node_online");
+        assert_eq!(s.events("", "", 10).unwrap()[0].kind, "node_online");
+        assert!(s.events("", "error", 10).unwrap().is_empty());
     }
 }

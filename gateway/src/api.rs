@@ -22,8 +22,12 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn not_found(message: String) -> ApiError {
+    pub fn not_found(message: String) -> ApiError {
         ApiError { status: StatusCode::NOT_FOUND, code: "not_found", message }
+    }
+
+    pub fn bad_request(message: String) -> ApiError {
+        ApiError { status: StatusCode::BAD_REQUEST, code: "bad_request", message }
     }
 }
 
@@ -55,6 +59,10 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .route("/api/processes", get(processes))
         .route("/api/processes/{id}", get(process).delete(delete_process))
         .merge(mutations())
+        .route("/api/logs", get(crate::observe::logs))
+        .route("/api/events", get(crate::observe::events))
+        .route("/api/openapi.json", get(crate::observe::openapi))
+        .route("/metrics", get(crate::observe::metrics))
         .fallback(|uri: axum::http::Uri| async move {
             ApiError::not_found(format!("no such endpoint: {}", uri.path()))
         })

@@ -1,8 +1,10 @@
-//! ferry's REST gateway: JSON in camelCase, errors as `{"error":{"code","message"}}`. Today it
-//! serves the read side of the coordinator's state (nodes and the workloads their heartbeats
-//! report); the mutating endpoints, migrations, events and the dashboard build on it.
+//! ferry's REST gateway over the coordinator: JSON in camelCase, errors as
+//! `{"error":{"code","message"}}`, live events as server-sent events, Prometheus metrics and an
+//! OpenAPI document (`openapi.json`, kept next to this crate and checked against the routes by
+//! the tests). The dashboard will be served from here too.
 
 mod api;
+mod observe;
 mod time;
 
 use std::future::Future;
