@@ -88,9 +88,9 @@ fn online(n: &[cpb::NodeInfo], name: &str) -> Option<bool> {
 
 #[tokio::test]
 async fn agents_register_go_offline_and_survive_a_coordinator_restart() {
-    let port = free_port();
+    let (port, http_port) = (free_port(), free_port());
     let data = TempDir::new("ferry-test-coordinator");
-    let coord = coordinator(port, data.path());
+    let coord = coordinator_with_http(port, http_port, data.path());
     let url = format!("http://127.0.0.1:{port}");
     let a = AgentProc::start_with("node-a", &["--coordinator", &url]);
     let b = AgentProc::start_with("node-b", &["--coordinator", &url]);
@@ -106,7 +106,7 @@ async fn agents_register_go_offline_and_survive_a_coordinator_restart() {
 
     // Heartbeats carry the workloads.
     let mut ca = a.client().await;
-    start(&mut ca, spec(&["sleep", "60"])).await;
+    let sleeper = id_of(&start(&mut ca, spec(&["sleep", "60"])).await);
     wait_nodes(&coord.addr, "node-a reporting one workload", |n| {
         n.iter().any(|x| x.node == "node-a" && x.workload_count == 1)
     })
@@ -116,6 +116,25 @@ async fn agents_register_go_offline_and_survive_a_coordinator_restart() {
     kill(b.pid(), libc::SIGKILL);
     wait_nodes(&coord.addr, "node-b offline", |n| online(n, "node-b") == Some(false)).await;
     assert_eq!(online(&nodes(&coord.addr).await, "node-a"), Some(true));
+    // Nothing is sent to an offline node.
+    let gw = format!("127.0.0.1:{http_port}");
+    let (code, err) = call(
+        &gw,
+        "POST",
+        "/api/processes",
+        Some(serde_json::json!({"name": "x", "command": ["true"], "serverId": "node-b"})),
+    )
+    .await;
+    assert_eq!((code, err["error"]["code"].as_str()), (409, Some("offline")), "{err}");
+    let (code, err) = call(
+        &gw,
+        "POST",
+        "/api/migrations",
+        Some(serde_json::json!({"processId": sleeper, "targetServerId": "node-b"})),
+    )
+    .await;
+    assert_eq!(code, 409, "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("offline"), "{err}");
 
     // A restarted coordinator knows every node from its database, and the live agent's
     // heartbeats bring it back online without anyone re-adding it.
@@ -351,7 +370,8 @@ async fn rest_api_runs_controls_and_migrates_a_process_between_hosts() {
         let (gw, mid) = (gw.clone(), mid.clone());
         async move {
             let (_, m) = call(&gw, "GET", &format!("/api/migrations/{mid}"), None).await;
-            (m["status"] != "pending").then_some(m)
+            matches!(m["status"].as_str(), Some("completed" | "rolled_back" | "failed"))
+                .then_some(m)
         }
     })
     .await;
@@ -493,7 +513,7 @@ async fn a_coordinator_restarted_mid_migration_resolves_it() {
     .await;
     assert_eq!(code, 201, "{p}");
     let id = p["id"].as_str().unwrap().to_string();
-    let mut ca = a.client().await;
+    let ca = a.client().await;
     wait_log(&ca, &id, "memhog ticking", T, |l| l.iter().any(|x| x.starts_with("tick "))).await;
     let (code, m) = call(
         &gw,
@@ -515,19 +535,29 @@ async fn a_coordinator_restarted_mid_migration_resolves_it() {
         }
     })
     .await;
+    wait_until("a phase of the migration announced", T, || {
+        let (gw, id) = (gw.clone(), id.clone());
+        async move {
+            let (_, log) = call(&gw, "GET", &format!("/api/logs?process={id}"), None).await;
+            log.as_array()?.iter().any(|e| e["kind"] == "migration_phase").then_some(())
+        }
+    })
+    .await;
     drop(coord);
     let _coord = coordinator_at(&ip, port, http_port, data.path());
     let m = wait_until("the restarted coordinator to resolve the migration", T, || {
         let (gw, mid) = (gw.clone(), mid.clone());
         async move {
             let (_, m) = call(&gw, "GET", &format!("/api/migrations/{mid}"), None).await;
-            (m["status"] != "pending").then_some(m)
+            matches!(m["status"].as_str(), Some("completed" | "rolled_back" | "failed"))
+                .then_some(m)
         }
     })
     .await;
     assert_eq!(m["status"], "completed", "{m}");
     let (_, p) = call(&gw, "GET", &format!("/api/processes/{id}"), None).await;
     assert_eq!(p["serverId"], "host1", "{p}");
+    let mut ca = ca;
     let _ =
         ca.get_status(ferry_proto::agent::WorkloadRef { id }).await.expect_err("gone from host0");
 }

@@ -18,7 +18,7 @@ pub struct Agent {
     /// `criu lazy-pages` daemons of post-copy restores, by migration id.
     lazy_daemons: std::sync::Mutex<HashMap<String, i32>>,
     /// Migrations this node started (as source): None while running, then the report.
-    migrations: std::sync::Mutex<HashMap<String, Option<crate::migrate::MigrationReport>>>,
+    migrations: std::sync::Mutex<HashMap<String, crate::migrate::MigrationState>>,
 }
 
 impl Agent {
@@ -97,27 +97,26 @@ impl Agent {
         self.workloads.write().expect("workload table poisoned").remove(id);
     }
 
-    /// A migration this node started: `Some(None)` while it runs, `Some(Some(report))` once it
-    /// ended, None when unknown (never started here, or before this agent's start).
-    pub fn migration(&self, id: &str) -> Option<Option<crate::migrate::MigrationReport>> {
+    /// A migration this node started (None: never started here, or before this agent's start).
+    pub fn migration(&self, id: &str) -> Option<crate::migrate::MigrationState> {
         self.migrations.lock().expect("migrations poisoned").get(id).cloned()
     }
 
-    pub(crate) fn record_migration(
-        &self,
-        id: &str,
-        report: Option<crate::migrate::MigrationReport>,
-    ) {
+    pub(crate) fn record_migration(&self, id: &str, state: crate::migrate::MigrationState) {
         let mut m = self.migrations.lock().expect("migrations poisoned");
-        // Bounded: the oldest finished ones go first (ids are random, so order by nothing better).
+        // Bounded: some finished ones go first.
         if m.len() >= 1000 {
-            let done: Vec<String> =
-                m.iter().filter(|(_, r)| r.is_some()).map(|(k, _)| k.clone()).take(100).collect();
+            let done: Vec<String> = m
+                .iter()
+                .filter(|(_, s)| matches!(s, crate::migrate::MigrationState::Done(_)))
+                .map(|(k, _)| k.clone())
+                .take(100)
+                .collect();
             for k in done {
                 m.remove(&k);
             }
         }
-        m.insert(id.to_string(), report);
+        m.insert(id.to_string(), state);
     }
 
     pub(crate) fn set_lazy_daemon(&self, migration_id: &str, pid: i32) {

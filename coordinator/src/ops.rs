@@ -13,6 +13,8 @@ use crate::{now_ms, Coordinator};
 
 /// How often a migration whose answer was lost is asked about again.
 const POLL: Duration = Duration::from_secs(1);
+/// How often a running migration's phase is read.
+const PHASE_POLL: Duration = Duration::from_millis(150);
 
 fn agent_err(node: &str) -> impl Fn(tonic::Status) -> CoordError + '_ {
     move |status| CoordError::Agent { node: node.to_string(), status }
@@ -177,10 +179,15 @@ impl Coordinator {
         );
         let source_addr = src.address;
         tokio::spawn(async move {
+            let watch = {
+                let (c, id, addr) = (c.clone(), id.clone(), source_addr.clone());
+                tokio::spawn(async move { c.watch_phases(&id, &addr).await })
+            };
             let answer = match c.agents.client(&source_addr) {
                 Ok(mut client) => client.migrate_out(req).await.map(|r| r.into_inner()),
                 Err(e) => Err(tonic::Status::unavailable(e.to_string())),
             };
+            watch.abort();
             match answer {
                 Ok(result) => c.record_result(&id, &result),
                 // The answer was lost, or the request never arrived: ask the source.
@@ -223,6 +230,31 @@ impl Coordinator {
         let level = if status == "completed" { "info" } else { "error" };
         let _ =
             self.emit(&format!("migration_{status}"), level, &r.source_node, &r.workload_id, msg);
+    }
+
+    /// Follows a running migration's phases on its source agent, recording and announcing each.
+    async fn watch_phases(&self, id: &str, source_addr: &str) {
+        let mut last = String::new();
+        loop {
+            tokio::time::sleep(PHASE_POLL).await;
+            let Ok(mut client) = self.agents.client(source_addr) else { return };
+            let Ok(r) =
+                client.get_migration(apb::MigrationRef { migration_id: id.to_string() }).await
+            else {
+                continue;
+            };
+            let r = r.into_inner();
+            if r.outcome != apb::Outcome::Unspecified as i32
+                || r.current_phase.is_empty()
+                || r.current_phase == last
+            {
+                continue;
+            }
+            last = r.current_phase.clone();
+            let _ = self.store.set_migration_phase(id, &last);
+            let msg = format!("migration {id}: {last} ({} MB sent)", r.bytes_raw / 1_000_000);
+            let _ = self.emit("migration_phase", "info", &r.source_node, &r.workload_id, msg);
+        }
     }
 
     /// Finds out how a migration ended from its source agent (after a lost answer or a restart).

@@ -34,7 +34,8 @@ pub struct MigrationRow {
     pub source: String,
     pub target: String,
     pub mode: String,
-    /// "pending" while it runs, then "completed", "rolled_back" or "failed".
+    /// "pending", then the phase it is in ("preflight", "freeze", "checkpoint", "transfer",
+    /// "restore", "commit", "post_copy", "rollback"), then "completed", "rolled_back" or "failed".
     pub status: String,
     pub error: String,
     pub result: Option<Vec<u8>>,
@@ -44,7 +45,7 @@ pub struct MigrationRow {
 
 impl MigrationRow {
     pub fn is_final(&self) -> bool {
-        self.status != "pending"
+        matches!(self.status.as_str(), "completed" | "rolled_back" | "failed")
     }
 }
 
@@ -205,6 +206,15 @@ impl Store {
         self.conn().execute(
             "UPDATE migrations SET status = ?2, error = ?3, result = ?4, finished_at_ms = ?5 WHERE id = ?1",
             params![id, status, error, result, now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// The phase a running migration is in (ignored once it has ended).
+    pub fn set_migration_phase(&self, id: &str, phase: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE migrations SET status = ?2 WHERE id = ?1 AND status NOT IN ('completed', 'rolled_back', 'failed')",
+            params![id, phase],
         )?;
         Ok(())
     }

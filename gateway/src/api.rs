@@ -259,7 +259,8 @@ impl From<ferry_coordinator::CoordError> for ApiError {
             E::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             E::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            E::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            // An offline node is the request's problem, not the gateway's: a 4xx.
+            E::Unavailable(_) => (StatusCode::CONFLICT, "offline"),
             E::Agent { status, .. } => match status.code() {
                 tonic::Code::InvalidArgument => (StatusCode::BAD_REQUEST, "bad_request"),
                 tonic::Code::NotFound => (StatusCode::NOT_FOUND, "not_found"),

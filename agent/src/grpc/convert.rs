@@ -156,6 +156,7 @@ pub fn report_to_pb(r: MigrationReport) -> pb::MigrationResult {
         criu_log: r.criu_log.as_ref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
         mode: if r.post_copy { "post_copy" } else { "stop_and_copy" }.to_string(),
         post_copy_ms: d(Phase::PostCopy),
+        current_phase: r.outcome.as_str().to_string(),
         engine: match r.engine {
             Engine::Criu => "criu",
             Engine::Cooperative => "cooperative",

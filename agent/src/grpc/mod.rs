@@ -188,12 +188,23 @@ impl AgentApi for Service {
         let mid = &req.get_ref().migration_id;
         match self.agent.migration(mid) {
             None => Err(Status::not_found(format!("no migration {mid:?} started on this node"))),
-            Some(None) => Ok(Response::new(pb::MigrationResult {
-                migration_id: mid.clone(),
-                outcome: pb::Outcome::Unspecified as i32,
-                ..Default::default()
-            })),
-            Some(Some(report)) => Ok(Response::new(convert::report_to_pb(report))),
+            Some(crate::migrate::MigrationState::Running(live)) => {
+                use std::sync::atomic::Ordering;
+                let phase = *live.phase.lock().expect("live phase poisoned");
+                Ok(Response::new(pb::MigrationResult {
+                    migration_id: mid.clone(),
+                    workload_id: live.workload_id.clone(),
+                    source_node: self.agent.config().node.clone(),
+                    outcome: pb::Outcome::Unspecified as i32,
+                    current_phase: phase.as_str().to_string(),
+                    bytes_raw: live.progress.bytes_raw.load(Ordering::Relaxed),
+                    bytes_wire: live.progress.bytes_wire.load(Ordering::Relaxed),
+                    ..Default::default()
+                }))
+            }
+            Some(crate::migrate::MigrationState::Done(report)) => {
+                Ok(Response::new(convert::report_to_pb(*report)))
+            }
         }
     }
 

@@ -35,6 +35,20 @@ mod push;
 
 pub use out::{MigrateOut, MigrationReport};
 
+/// A migration a source agent knows about.
+#[derive(Clone)]
+pub enum MigrationState {
+    Running(std::sync::Arc<Live>),
+    Done(Box<MigrationReport>),
+}
+
+/// A running migration's progress, readable while it runs.
+pub struct Live {
+    pub workload_id: String,
+    pub phase: std::sync::Mutex<Phase>,
+    pub progress: std::sync::Arc<crate::snapshot::send::Progress>,
+}
+
 /// The phases of a migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Phase {

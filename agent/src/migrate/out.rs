@@ -126,7 +126,13 @@ impl Agent {
                 "migration id {mid:?} is not a plain name"
             )));
         }
-        self.record_migration(&mid, None);
+        let progress = Arc::new(Progress::default());
+        let live = Arc::new(super::Live {
+            workload_id: w.id().to_string(),
+            phase: std::sync::Mutex::new(Phase::Pending),
+            progress: progress.clone(),
+        });
+        self.record_migration(&mid, super::MigrationState::Running(live.clone()));
         let started = crate::sys::now_ms();
         let mut run = Run {
             agent: self.clone(),
@@ -140,7 +146,8 @@ impl Agent {
             was_paused: w.is_paused(),
             frozen: false,
             pushed: false,
-            progress: Arc::new(Progress::default()),
+            progress,
+            live,
             restore_ms: 0,
             target_status: None,
             post_copy: req.post_copy,
@@ -220,7 +227,7 @@ impl Agent {
             .unwrap_or(started);
         report.downtime_ms = freeze_start.map(|f| running_again - f).unwrap_or(0);
         report.total_ms = crate::sys::now_ms() - started;
-        self.record_migration(&mid, Some(report.clone()));
+        self.record_migration(&mid, super::MigrationState::Done(Box::new(report.clone())));
         Ok(report)
     }
 }
@@ -245,11 +252,17 @@ struct Run {
     lazy: Option<crate::engine::criu::LazyDump>,
     /// The target's host, for choosing the address of a post-copy page server.
     endpoint_host: String,
+    live: Arc<super::Live>,
 }
 
 impl Run {
+    /// Enters phase `p`: on the timeline and for anyone watching (GetMigration).
+    fn begin(&mut self, p: Phase) {
+        self.tl.begin(p);
+        *self.live.phase.lock().expect("live phase poisoned") = p;
+    }
     async fn forward(&mut self, endpoint: Endpoint) -> std::result::Result<(), Failure> {
-        self.tl.begin(Phase::Preflight);
+        self.begin(Phase::Preflight);
         self.preflight(endpoint).await?;
         self.tl.end();
         let engine = self.w.spec.engine;
@@ -340,7 +353,7 @@ impl Run {
     }
 
     async fn freeze(&mut self) -> std::result::Result<(), Failure> {
-        self.tl.begin(Phase::Freezing);
+        self.begin(Phase::Freezing);
         let w = self.w.clone();
         self.frozen = true;
         tokio::task::spawn_blocking(move || stop_tree(&w))
@@ -358,7 +371,7 @@ impl Run {
     }
 
     async fn checkpoint(&mut self) -> std::result::Result<(), Failure> {
-        self.tl.begin(Phase::Checkpointing);
+        self.begin(Phase::Checkpointing);
         let (agent, w, scratch) = (self.agent.clone(), self.w.clone(), self.scratch());
         let engine = w.spec.engine;
         let post_copy = self.post_copy;
@@ -391,7 +404,7 @@ impl Run {
     }
 
     async fn transfer(&mut self) -> std::result::Result<(), Failure> {
-        self.tl.begin(Phase::Transferring);
+        self.begin(Phase::Transferring);
         let p = Phase::Transferring;
         let scratch = self.scratch();
         let w = self.w.clone();
@@ -485,7 +498,7 @@ impl Run {
     }
 
     async fn commit(&mut self) -> std::result::Result<(), Failure> {
-        self.tl.begin(Phase::Committing);
+        self.begin(Phase::Committing);
         if self.lazy.is_some() {
             return self.commit_post_copy().await;
         }
@@ -505,7 +518,7 @@ impl Run {
     /// served.
     async fn commit_post_copy(&mut self) -> std::result::Result<(), Failure> {
         self.confirm_commit().await?;
-        self.tl.begin(Phase::PostCopy);
+        self.begin(Phase::PostCopy);
         let lazy = self.lazy.take().expect("post-copy dump running");
         let served = tokio::task::spawn_blocking(move || lazy.done.join())
             .await
@@ -571,7 +584,7 @@ impl Run {
     }
 
     async fn roll_back(&mut self) -> std::result::Result<(), String> {
-        self.tl.begin(Phase::RollingBack);
+        self.begin(Phase::RollingBack);
         if let Some(lazy) = self.lazy.take() {
             // Abandon the post-copy dump: CRIU lets go of the (still SIGSTOPped) original.
             let _ = crate::sys::signal::send(lazy.criu_pid, crate::sys::signal::Sig::SIGKILL);
