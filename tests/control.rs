@@ -316,6 +316,9 @@ async fn rest_api_runs_controls_and_migrates_a_process_between_hosts() {
     assert_eq!(code, 201, "{p}");
     let id = p["id"].as_str().unwrap().to_string();
     assert_eq!((p["serverId"].as_str(), p["status"].as_str()), (Some("host0"), Some("running")));
+    let (_, servers) = call(&gw, "GET", "/api/servers", None).await;
+    let host0 = servers.as_array().unwrap().iter().find(|s| s["id"] == "host0").unwrap();
+    assert_eq!(host0["processCount"], 1, "{servers}");
     let (code, p) = call(&gw, "POST", &format!("/api/processes/{id}/pause"), None).await;
     assert_eq!((code, p["status"].as_str()), (200, Some("paused")));
     let (code, p) = call(&gw, "POST", &format!("/api/processes/{id}/resume"), None).await;
@@ -389,7 +392,36 @@ async fn rest_api_runs_controls_and_migrates_a_process_between_hosts() {
     .await;
     let (_, ov) = call(&gw, "GET", "/api/overview", None).await;
     assert_eq!(ov["successRate"], 1.0, "{ov}");
-    assert!(ov["averageDowntimeMs"].as_f64().unwrap() > 0.0);
+    assert_eq!(ov["averageDowntimeMs"].as_f64(), m["downtimeMs"].as_f64(), "{ov} {m}");
+    assert_eq!(
+        (ov["totalProcesses"].as_u64(), ov["runningProcesses"].as_u64()),
+        (Some(1), Some(1)),
+        "{ov}"
+    );
+    assert_eq!(
+        (ov["serverNodes"].as_u64(), ov["onlineNodes"].as_u64()),
+        (Some(2), Some(2)),
+        "{ov}"
+    );
+    assert_eq!(ov["activeMigrations"], 0, "{ov}");
+    // Its state came along: the count goes on where it was on host0.
+    let counts = wait_until("counting on host1", T, || {
+        let (gw, id) = (gw.clone(), id.clone());
+        async move {
+            let (_, l) =
+                call(&gw, "GET", &format!("/api/processes/{id}/logs?limit=10000"), None).await;
+            let n: Vec<u64> = l["lines"]
+                .as_array()?
+                .iter()
+                .filter_map(|x| x["text"].as_str()?.strip_prefix("count ")?.parse().ok())
+                .collect();
+            (n.len() >= 10).then_some(n)
+        }
+    })
+    .await;
+    for w in counts.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "the count continued across the migration: {counts:?}");
+    }
     let (_, list) = call(&gw, "GET", "/api/migrations", None).await;
     assert_eq!(list.as_array().unwrap().len(), 1);
 
@@ -409,9 +441,27 @@ async fn rest_api_runs_controls_and_migrates_a_process_between_hosts() {
     let (code, err) = call(&gw, "GET", "/api/logs?level=loud", None).await;
     assert_eq!((code, err["error"]["code"].as_str()), (400, Some("bad_request")));
     let seen = watcher.join().unwrap();
-    for k in ["process_started", "process_paused", "migration_started", "migration_completed"] {
-        assert!(seen.iter().any(|s| s == k), "event {k} not streamed: {seen:?}");
+    let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
+    for k in [
+        "process_started",
+        "process_paused",
+        "process_resumed",
+        "migration_started",
+        "migration_completed",
+    ] {
+        assert!(names.contains(&k), "event {k} not streamed: {names:?}");
     }
+    // Every phase arrived, once, in order, before the end.
+    let phases: Vec<&str> = seen
+        .iter()
+        .filter(|(n, _)| n == "migration_phase")
+        .filter_map(|(_, d)| d["data"]["phase"].as_str())
+        .collect();
+    assert_eq!(
+        phases,
+        ["preflight", "freeze", "checkpoint", "transfer", "restore", "commit"],
+        "{seen:?}"
+    );
     let metrics = {
         let gw = gw.clone();
         tokio::task::spawn_blocking(move || raw_get(&gw, "/metrics")).await.unwrap()
@@ -461,20 +511,24 @@ fn raw_get(addr: &str, path: &str) -> String {
 }
 
 /// Reads the server-sent event stream until an event named `until` (or the timeout); returns
-/// the names of the events seen.
-fn sse_until(addr: &str, until: &str, timeout: Duration) -> Vec<String> {
+/// each event's name and data.
+fn sse_until(addr: &str, until: &str, timeout: Duration) -> Vec<(String, serde_json::Value)> {
     use std::io::{BufRead, BufReader, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect to gateway");
     s.set_read_timeout(Some(timeout)).unwrap();
     write!(s, "GET /api/events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n")
         .unwrap();
     let mut seen = Vec::new();
+    let mut name = String::new();
     let deadline = std::time::Instant::now() + timeout;
     for line in BufReader::new(s).lines() {
         let Ok(line) = line else { break };
-        if let Some(name) = line.strip_prefix("event: ").or_else(|| line.strip_prefix("event:")) {
-            seen.push(name.trim().to_string());
-            if name.trim() == until {
+        if let Some(n) = line.strip_prefix("event:") {
+            name = n.trim().to_string();
+        } else if let Some(d) = line.strip_prefix("data:") {
+            let data: serde_json::Value = serde_json::from_str(d.trim()).unwrap_or_default();
+            seen.push((name.clone(), data));
+            if name == until {
                 break;
             }
         }

@@ -127,6 +127,19 @@ impl Coordinator {
         process: &str,
         message: String,
     ) -> Result<(), StoreError> {
+        self.emit_with(kind, level, node, process, message, "{}".into())
+    }
+
+    /// Records an event with structured details (a JSON object) and sends it to live subscribers.
+    pub fn emit_with(
+        &self,
+        kind: &str,
+        level: &str,
+        node: &str,
+        process: &str,
+        message: String,
+        data: String,
+    ) -> Result<(), StoreError> {
         let e = self.store.event(Event {
             id: 0,
             at_ms: now_ms(),
@@ -135,6 +148,7 @@ impl Coordinator {
             node: node.into(),
             process: process.into(),
             message,
+            data,
         })?;
         let _ = self.events.send(e);
         Ok(())

@@ -179,9 +179,11 @@ impl Coordinator {
         );
         let source_addr = src.address;
         tokio::spawn(async move {
+            let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let watch = {
-                let (c, id, addr) = (c.clone(), id.clone(), source_addr.clone());
-                tokio::spawn(async move { c.watch_phases(&id, &addr).await })
+                let (c, id, addr, seen) =
+                    (c.clone(), id.clone(), source_addr.clone(), seen.clone());
+                tokio::spawn(async move { c.watch_phases(&id, &addr, &seen).await })
             };
             let answer = match c.agents.client(&source_addr) {
                 Ok(mut client) => client.migrate_out(req).await.map(|r| r.into_inner()),
@@ -189,7 +191,11 @@ impl Coordinator {
             };
             watch.abort();
             match answer {
-                Ok(result) => c.record_result(&id, &result),
+                Ok(result) => {
+                    // Phases the watcher had not seen yet (fast ones), in order, then the end.
+                    c.announce_phases(&id, &result, &result.phases, &seen);
+                    c.record_result(&id, &result)
+                }
                 // The answer was lost, or the request never arrived: ask the source.
                 Err(status) => {
                     tracing::warn!(
@@ -232,9 +238,14 @@ impl Coordinator {
             self.emit(&format!("migration_{status}"), level, &r.source_node, &r.workload_id, msg);
     }
 
-    /// Follows a running migration's phases on its source agent, recording and announcing each.
-    async fn watch_phases(&self, id: &str, source_addr: &str) {
-        let mut last = String::new();
+    /// Follows a running migration's phases on its source agent, recording and announcing each
+    /// once, in order (`seen` counts those announced).
+    async fn watch_phases(
+        &self,
+        id: &str,
+        source_addr: &str,
+        seen: &std::sync::atomic::AtomicUsize,
+    ) {
         loop {
             tokio::time::sleep(PHASE_POLL).await;
             let Ok(mut client) = self.agents.client(source_addr) else { return };
@@ -244,17 +255,40 @@ impl Coordinator {
                 continue;
             };
             let r = r.into_inner();
-            if r.outcome != apb::Outcome::Unspecified as i32
-                || r.current_phase.is_empty()
-                || r.current_phase == last
-            {
-                continue;
+            if r.outcome != apb::Outcome::Unspecified as i32 {
+                return;
             }
-            last = r.current_phase.clone();
-            let _ = self.store.set_migration_phase(id, &last);
-            let msg = format!("migration {id}: {last} ({} MB sent)", r.bytes_raw / 1_000_000);
-            let _ = self.emit("migration_phase", "info", &r.source_node, &r.workload_id, msg);
+            self.announce_phases(id, &r, &r.phases, seen);
         }
+    }
+
+    /// Records and announces the phases of `phases` beyond the first `seen`.
+    fn announce_phases(
+        &self,
+        id: &str,
+        r: &apb::MigrationResult,
+        phases: &[apb::PhaseTiming],
+        seen: &std::sync::atomic::AtomicUsize,
+    ) {
+        use std::sync::atomic::Ordering;
+        let from = seen.load(Ordering::SeqCst);
+        for (i, p) in phases.iter().enumerate().skip(from) {
+            let _ = self.store.set_migration_phase(id, &p.phase);
+            let data = format!(
+                r#"{{"migrationId":"{id}","phase":"{}","index":{i},"bytesRaw":{},"bytesWire":{}}}"#,
+                p.phase, r.bytes_raw, r.bytes_wire
+            );
+            let msg = format!("migration {id}: {}", p.phase);
+            let _ = self.emit_with(
+                "migration_phase",
+                "info",
+                &r.source_node,
+                &r.workload_id,
+                msg,
+                data,
+            );
+        }
+        seen.fetch_max(phases.len(), Ordering::SeqCst);
     }
 
     /// Finds out how a migration ended from its source agent (after a lost answer or a restart).

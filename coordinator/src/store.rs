@@ -87,7 +87,8 @@ CREATE TABLE IF NOT EXISTS events (
     level TEXT NOT NULL,
     node TEXT NOT NULL,
     process TEXT NOT NULL,
-    message TEXT NOT NULL
+    message TEXT NOT NULL,
+    data TEXT NOT NULL DEFAULT '{}'
 );
 ";
 
@@ -265,8 +266,9 @@ impl Store {
     pub fn event(&self, e: Event) -> Result<Event, StoreError> {
         let c = self.conn();
         c.execute(
-            "INSERT INTO events (at_ms, kind, level, node, process, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![e.at_ms, e.kind, e.level, e.node, e.process, e.message],
+            "INSERT INTO events (at_ms, kind, level, node, process, message, data)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![e.at_ms, e.kind, e.level, e.node, e.process, e.message, e.data],
         )?;
         Ok(Event { id: c.last_insert_rowid(), ..e })
     }
@@ -275,7 +277,7 @@ impl Store {
     pub fn events(&self, process: &str, level: &str, limit: u32) -> Result<Vec<Event>, StoreError> {
         let c = self.conn();
         let mut stmt = c.prepare(
-            "SELECT id, at_ms, kind, level, node, process, message FROM (
+            "SELECT id, at_ms, kind, level, node, process, message, data FROM (
                  SELECT * FROM events WHERE (?1 = '' OR process = ?1) AND (?2 = '' OR level = ?2)
                  ORDER BY id DESC LIMIT ?3) ORDER BY id",
         )?;
@@ -288,6 +290,7 @@ impl Store {
                 node: r.get(4)?,
                 process: r.get(5)?,
                 message: r.get(6)?,
+                data: r.get(7)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -306,6 +309,8 @@ pub struct Event {
     pub node: String,
     pub process: String,
     pub message: String,
+    /// Structured details as a JSON object (e.g. a migration's id, phase and bytes).
+    pub data: String,
 }
 
 #[cfg(test)]

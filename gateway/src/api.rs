@@ -87,6 +87,10 @@ struct Server {
 
 async fn servers(State(c): State<Arc<Coordinator>>) -> Api<Vec<Server>> {
     let nodes = c.nodes()?;
+    // From the workload table, so it agrees with /api/processes at every moment.
+    let workloads = c.workloads()?;
+    let count =
+        |node: &str| workloads.iter().filter(|(n, s)| n == node && s.exit.is_none()).count() as u32;
     Ok(Json(
         nodes
             .into_iter()
@@ -94,7 +98,7 @@ async fn servers(State(c): State<Arc<Coordinator>>) -> Api<Vec<Server>> {
                 let h = n.health.unwrap_or_default();
                 Server {
                     id: n.node.clone(),
-                    name: if h.hostname.is_empty() { n.node } else { h.hostname.clone() },
+                    name: if h.hostname.is_empty() { n.node.clone() } else { h.hostname.clone() },
                     address: n.address,
                     status: if n.online { "online" } else { "offline" },
                     // The 1-minute load over the cores, as a percentage of the machine.
@@ -106,7 +110,7 @@ async fn servers(State(c): State<Arc<Coordinator>>) -> Api<Vec<Server>> {
                     memory_used_bytes: h
                         .memory_total_bytes
                         .saturating_sub(h.memory_available_bytes),
-                    process_count: n.workload_count,
+                    process_count: count(&n.node),
                     criu_version: h.criu.map(|c| c.version).unwrap_or_default(),
                     kernel: h.kernel,
                     last_seen_at: rfc3339(n.last_seen_ms),

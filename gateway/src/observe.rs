@@ -26,6 +26,7 @@ fn event_json(e: &Event) -> serde_json::Value {
         "serverId": e.node,
         "processId": e.process,
         "message": e.message,
+        "data": serde_json::from_str::<serde_json::Value>(&e.data).unwrap_or(serde_json::Value::Null),
     })
 }
 

@@ -190,13 +190,24 @@ impl AgentApi for Service {
             None => Err(Status::not_found(format!("no migration {mid:?} started on this node"))),
             Some(crate::migrate::MigrationState::Running(live)) => {
                 use std::sync::atomic::Ordering;
-                let phase = *live.phase.lock().expect("live phase poisoned");
+                let entered = live.phases.lock().expect("live phases poisoned").clone();
                 Ok(Response::new(pb::MigrationResult {
                     migration_id: mid.clone(),
                     workload_id: live.workload_id.clone(),
                     source_node: self.agent.config().node.clone(),
                     outcome: pb::Outcome::Unspecified as i32,
-                    current_phase: phase.as_str().to_string(),
+                    current_phase: entered
+                        .last()
+                        .map(|p| p.0.as_str().to_string())
+                        .unwrap_or_default(),
+                    phases: entered
+                        .iter()
+                        .map(|(p, at)| pb::PhaseTiming {
+                            phase: p.as_str().to_string(),
+                            started_at_ms: *at,
+                            ended_at_ms: 0,
+                        })
+                        .collect(),
                     bytes_raw: live.progress.bytes_raw.load(Ordering::Relaxed),
                     bytes_wire: live.progress.bytes_wire.load(Ordering::Relaxed),
                     ..Default::default()

@@ -45,7 +45,8 @@ pub enum MigrationState {
 /// A running migration's progress, readable while it runs.
 pub struct Live {
     pub workload_id: String,
-    pub phase: std::sync::Mutex<Phase>,
+    /// Every phase entered so far, with its start (ms).
+    pub phases: std::sync::Mutex<Vec<(Phase, i64)>>,
     pub progress: std::sync::Arc<crate::snapshot::send::Progress>,
 }
 

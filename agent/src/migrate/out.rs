@@ -129,7 +129,7 @@ impl Agent {
         let progress = Arc::new(Progress::default());
         let live = Arc::new(super::Live {
             workload_id: w.id().to_string(),
-            phase: std::sync::Mutex::new(Phase::Pending),
+            phases: std::sync::Mutex::new(Vec::new()),
             progress: progress.clone(),
         });
         self.record_migration(&mid, super::MigrationState::Running(live.clone()));
@@ -259,7 +259,12 @@ impl Run {
     /// Enters phase `p`: on the timeline and for anyone watching (GetMigration).
     fn begin(&mut self, p: Phase) {
         self.tl.begin(p);
-        *self.live.phase.lock().expect("live phase poisoned") = p;
+        self.note(p, crate::sys::now_ms());
+    }
+
+    /// Tells watchers (GetMigration) that phase `p` began at `at`.
+    fn note(&self, p: Phase, at: i64) {
+        self.live.phases.lock().expect("live phases poisoned").push((p, at));
     }
     async fn forward(&mut self, endpoint: Endpoint) -> std::result::Result<(), Failure> {
         self.begin(Phase::Preflight);
@@ -477,6 +482,7 @@ impl Run {
                     last.2 = at;
                 }
                 self.tl.phases.push((Phase::Restoring, at, crate::sys::now_ms()));
+                self.note(Phase::Restoring, at);
                 self.restore_ms = r.restore_ms;
                 self.target_status = r.status;
                 Ok(())
