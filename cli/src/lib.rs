@@ -1,4 +1,5 @@
 //! The `ferry` binary's library part: subcommand implementations that are more than glue.
 
 pub mod bench;
+pub mod bench_api;
 pub mod hosts;

@@ -32,6 +32,9 @@ enum BenchCommand {
     /// Migrate a mixed-content process with ferry and with the hand pipeline (criu dump, tar |
     /// zstd -1 | nc, criu restore) between two network-namespace hosts; report both.
     Migrate(ferry::bench::BenchArgs),
+    /// Load the REST gateway with N workload records at a constant rate; report latency
+    /// percentiles and throughput.
+    Api(ferry::bench_api::ApiBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => run_agent(args),
         Command::Coordinator(args) => run_coordinator(args),
         Command::Bench(BenchCommand::Migrate(args)) => ferry::bench::migrate(args),
+        Command::Bench(BenchCommand::Api(args)) => ferry::bench_api::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
