@@ -47,8 +47,11 @@ fn workload(i: usize) -> apb::ProcessStatus {
             engine: apb::Engine::Criu as i32,
             ..Default::default()
         }),
-        state: if i % 10 == 0 { apb::ProcessState::Stopped } else { apb::ProcessState::Running }
-            as i32,
+        state: if i.is_multiple_of(10) {
+            apb::ProcessState::Stopped
+        } else {
+            apb::ProcessState::Running
+        } as i32,
         pid: 10_000 + i as i32,
         main_pid: 10_001 + i as i32,
         cpu_percent: (i % 100) as f64,
