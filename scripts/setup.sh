@@ -134,6 +134,16 @@ if [ "$(command -v criu || true)" != "$criu_bin" ] && [ "$criu_bin" != /usr/loca
 fi
 
 # ---------------------------------------------------------------------------------------------
+# schemathesis (the REST API's schema-driven fuzzing in the tests), from PyPI
+# ---------------------------------------------------------------------------------------------
+if ! command -v schemathesis >/dev/null 2>&1; then
+  log "installing schemathesis"
+  python3 -m pip install --quiet --disable-pip-version-check schemathesis >/dev/null 2>&1 \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages schemathesis
+fi
+command -v schemathesis >/dev/null 2>&1 || die "schemathesis did not install"
+
+# ---------------------------------------------------------------------------------------------
 # kernel knobs: lazy pages need bigger pipes without CAP_SYS_RESOURCE
 # ---------------------------------------------------------------------------------------------
 if [ "$(cat /proc/sys/fs/pipe-max-size)" -lt 4194304 ]; then
