@@ -101,7 +101,7 @@ fn ppid_of(pid: i32) -> Option<i32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn descendants(root: i32) -> Vec<i32> {
+pub(crate) fn descendants(root: i32) -> Vec<i32> {
     let pids: Vec<i32> = std::fs::read_dir("/proc")
         .into_iter()
         .flatten()

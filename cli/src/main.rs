@@ -20,6 +20,9 @@ struct Cli {
 enum Command {
     /// Run the node agent: spawn, supervise, pause and stop workloads over gRPC.
     Agent(AgentArgs),
+    /// Start a whole local cluster: coordinator, REST gateway and N agents (with root, each on its
+    /// own network-namespace host). Ctrl-C tears it all down.
+    Up(ferry::up::UpArgs),
     /// Run the coordinator: the durable node registry agents register and heartbeat with.
     Coordinator(CoordinatorArgs),
     /// Benchmarks that write a report.
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Agent(args) => run_agent(args),
         Command::Coordinator(args) => run_coordinator(args),
+        Command::Up(args) => ferry::up::run(args),
         Command::Bench(BenchCommand::Migrate(args)) => ferry::bench::migrate(args),
         Command::Bench(BenchCommand::Api(args)) => ferry::bench_api::run(args),
     };
