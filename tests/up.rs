@@ -10,34 +10,6 @@ use harness::*;
 
 const T: Duration = Duration::from_secs(60);
 
-fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to gateway");
-    let body = body.unwrap_or("");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
-    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap();
-    (code, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
-}
-
-async fn call(
-    addr: &str,
-    method: &str,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> (u16, serde_json::Value) {
-    let (addr, method, path) = (addr.to_string(), method.to_string(), path.to_string());
-    let body = body.map(|b| b.to_string());
-    tokio::task::spawn_blocking(move || http(&addr, &method, &path, body.as_deref())).await.unwrap()
-}
-
 #[tokio::test]
 async fn up_runs_a_cluster_that_migrates_and_tears_down_clean() {
     if !require_root("up_runs_a_cluster_that_migrates_and_tears_down_clean") {
@@ -76,37 +48,51 @@ async fn up_runs_a_cluster_that_migrates_and_tears_down_clean() {
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(err.contains("already running"), "{err}");
 
-    // The cluster works: a process moves between its nodes.
-    let (code, p) = call(
-        &gw,
-        "POST",
-        "/api/processes",
-        Some(serde_json::json!({"name": "journal", "command": [workload("appender.py")], "serverId": "node0"})),
-    )
-    .await;
-    assert_eq!(code, 201, "{p}");
+    // The CLI drives it: run a process, migrate it with progress, find it on the other node.
+    let api = format!("http://{gw}");
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(args)
+            .env("FERRY_API", &api)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let appender = workload("appender.py");
+    let (code, out, err) =
+        cli(&["run", "--node", "node0", "--name", "journal", "--json", "--", &appender]);
+    assert_eq!(code, 0, "{err}");
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
     let id = p["id"].as_str().unwrap().to_string();
-    let (code, m) = call(
-        &gw,
-        "POST",
-        "/api/migrations",
-        Some(serde_json::json!({"processId": id, "targetServerId": "node1"})),
-    )
-    .await;
-    assert_eq!(code, 202, "{m}");
-    let mid = m["id"].as_str().unwrap().to_string();
-    let m = wait_until("the migration to end", T, || {
-        let (gw, mid) = (gw.clone(), mid.clone());
-        async move {
-            let (_, m) = call(&gw, "GET", &format!("/api/migrations/{mid}"), None).await;
-            matches!(m["status"].as_str(), Some("completed" | "rolled_back" | "failed"))
-                .then_some(m)
-        }
-    })
-    .await;
-    assert_eq!(m["status"], "completed", "{m}");
-    let (_, p) = call(&gw, "GET", &format!("/api/processes/{id}"), None).await;
+    let (code, out, err) = cli(&["ps"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().next().unwrap().starts_with("ID"), "a table with a header: {out}");
+    assert!(out.contains(&id) && out.contains("node0"), "{out}");
+    let (code, out, err) = cli(&["migrate", &id, "--to", "node1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    for needle in ["phase transfer", "phase restore", "completed", "downtime", "MB raw"] {
+        assert!(out.contains(needle), "{needle} missing from the progress output:\n{out}");
+    }
+    let (_, out, _) = cli(&["ps", "--json"]);
+    let procs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let p = procs.as_array().unwrap().iter().find(|p| p["id"] == id.as_str()).unwrap();
     assert_eq!(p["serverId"], "node1", "{p}");
+    // Errors are one clear line and a non-zero exit.
+    for (args, needle) in [
+        (vec!["run", "--node", "nowhere", "--", "true"], "no server \"nowhere\""),
+        (vec!["stop", "w-nope"], "no process with id \"w-nope\""),
+        (vec!["--api", "http://127.0.0.1:1", "ps"], "unreachable"),
+    ] {
+        let (code, out, err) = cli(&args);
+        assert_ne!(code, 0, "{args:?}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("ferry: ") && err.contains(needle), "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+    }
 
     // SIGTERM leaves no process, namespace or bridge behind.
     let before: Vec<i32> = descendants(up.id() as i32);

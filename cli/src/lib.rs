@@ -4,3 +4,4 @@ pub mod bench;
 pub mod bench_api;
 pub mod hosts;
 pub mod up;
+pub mod verbs;

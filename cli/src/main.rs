@@ -14,6 +14,8 @@ use ferry_agent::AgentConfig;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    api: ferry::verbs::Api,
 }
 
 #[derive(Subcommand)]
@@ -25,6 +27,8 @@ enum Command {
     Up(ferry::up::UpArgs),
     /// Run the coordinator: the durable node registry agents register and heartbeat with.
     Coordinator(CoordinatorArgs),
+    #[command(flatten)]
+    Verb(ferry::verbs::Verb),
     /// Benchmarks that write a report.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -102,10 +106,20 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Command::Verb(verb) = cli.command {
+        return match ferry::verbs::run(cli.api, verb) {
+            Ok(code) => ExitCode::from(code),
+            Err(err) => {
+                eprintln!("ferry: {err:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = match cli.command {
         Command::Agent(args) => run_agent(args),
         Command::Coordinator(args) => run_coordinator(args),
         Command::Up(args) => ferry::up::run(args),
+        Command::Verb(_) => unreachable!("handled above"),
         Command::Bench(BenchCommand::Migrate(args)) => ferry::bench::migrate(args),
         Command::Bench(BenchCommand::Api(args)) => ferry::bench_api::run(args),
     };

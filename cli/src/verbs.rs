@@ -1,0 +1,390 @@
+//! The CLI verbs, over the REST API: tables for people, `--json` for scripts, one clear line on
+//! error. Exit codes: 0 success, 1 error (API refused, gateway down), 2 a migration rolled back.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use serde_json::Value;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Api {
+    /// The REST API's address.
+    #[arg(long, global = true, env = "FERRY_API", default_value = "http://127.0.0.1:5000")]
+    pub api: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Verb {
+    /// List the nodes.
+    Nodes,
+    /// List the processes.
+    Ps,
+    /// Start a process on a node: ferry run --node node0 -- sleep 60
+    Run {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// criu or cooperative (default: criu where it works).
+        #[arg(long)]
+        engine: Option<String>,
+        #[arg(long)]
+        cwd: Option<String>,
+        /// KEY=VALUE, repeatable.
+        #[arg(long = "env")]
+        env: Vec<String>,
+        #[arg(required = true, last = true)]
+        argv: Vec<String>,
+    },
+    /// Pause every task of a process.
+    Pause { id: String },
+    /// Resume a paused process.
+    Resume { id: String },
+    /// Stop a process (SIGTERM, SIGKILL after the grace period).
+    Stop { id: String },
+    /// Migrate a process and follow it to the end.
+    Migrate {
+        id: String,
+        #[arg(long)]
+        to: String,
+        /// Resume on the target before the memory arrives (CRIU engine only).
+        #[arg(long)]
+        post_copy: bool,
+    },
+    /// A process's output.
+    Logs {
+        id: String,
+        /// Keep following new output.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Follow the cluster's events.
+    Events,
+}
+
+/// Outcome of a verb, as an exit code.
+pub fn run(api: Api, verb: Verb) -> anyhow::Result<u8> {
+    let c = Client::new(&api.api)?;
+    match verb {
+        Verb::Nodes => {
+            let v = c.call("GET", "/api/servers", None)?;
+            if api.json {
+                println!("{v}");
+            } else {
+                table(
+                    &[
+                        "NODE",
+                        "STATUS",
+                        "ADDRESS",
+                        "CPU%",
+                        "MEMORY USED",
+                        "PROCS",
+                        "CRIU",
+                        "KERNEL",
+                    ],
+                    items(&v)
+                        .map(|n| {
+                            vec![
+                                s(&n["id"]),
+                                s(&n["status"]),
+                                s(&n["address"]),
+                                format!("{:.1}", n["cpuPercent"].as_f64().unwrap_or(0.0)),
+                                format!(
+                                    "{}/{}",
+                                    mib(&n["memoryUsedBytes"]),
+                                    mib(&n["memoryTotalBytes"])
+                                ),
+                                s(&n["processCount"]),
+                                s(&n["criuVersion"]),
+                                s(&n["kernel"]),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        Verb::Ps => {
+            let v = c.call("GET", "/api/processes", None)?;
+            if api.json {
+                println!("{v}");
+            } else {
+                table(
+                    &["ID", "NAME", "NODE", "STATUS", "PID", "CPU%", "MEMORY", "ENGINE", "COMMAND"],
+                    items(&v)
+                        .map(|p| {
+                            let cmd: Vec<String> = items(&p["command"]).map(s).collect();
+                            vec![
+                                s(&p["id"]),
+                                s(&p["name"]),
+                                s(&p["serverId"]),
+                                s(&p["status"]),
+                                s(&p["pid"]),
+                                format!("{:.1}", p["cpuPercent"].as_f64().unwrap_or(0.0)),
+                                mib(&p["memoryBytes"]),
+                                s(&p["engine"]),
+                                cmd.join(" "),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        Verb::Run { node, name, engine, cwd, env, argv } => {
+            let mut envs = serde_json::Map::new();
+            for kv in env {
+                let (k, v) =
+                    kv.split_once('=').ok_or_else(|| anyhow!("--env {kv:?} is not KEY=VALUE"))?;
+                envs.insert(k.into(), v.into());
+            }
+            let mut body = serde_json::json!({
+                "name": name.unwrap_or_else(|| argv[0].clone()),
+                "command": argv,
+                "serverId": node,
+                "env": envs,
+            });
+            if let Some(e) = engine {
+                body["engine"] = e.into();
+            }
+            if let Some(d) = cwd {
+                body["cwd"] = d.into();
+            }
+            let p = c.call("POST", "/api/processes", Some(body))?;
+            print_process(&p, api.json, "started");
+        }
+        Verb::Pause { id } => print_process(
+            &c.call("POST", &format!("/api/processes/{id}/pause"), None)?,
+            api.json,
+            "paused",
+        ),
+        Verb::Resume { id } => print_process(
+            &c.call("POST", &format!("/api/processes/{id}/resume"), None)?,
+            api.json,
+            "resumed",
+        ),
+        Verb::Stop { id } => print_process(
+            &c.call("DELETE", &format!("/api/processes/{id}"), None)?,
+            api.json,
+            "stopped",
+        ),
+        Verb::Migrate { id, to, post_copy } => return migrate(&c, &id, &to, post_copy, api.json),
+        Verb::Logs { id, follow } => {
+            let mut from = 0u64;
+            loop {
+                let v = c.call("GET", &format!("/api/processes/{id}/logs?from={from}"), None)?;
+                for l in items(&v["lines"]) {
+                    if api.json {
+                        println!("{l}");
+                    } else if l["stream"] == "stderr" {
+                        eprintln!("{}", s(&l["text"]));
+                    } else {
+                        println!("{}", s(&l["text"]));
+                    }
+                }
+                from = v["next"].as_u64().unwrap_or(from);
+                if !follow {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+        Verb::Events => c.events(|e| {
+            if api.json {
+                println!("{e}");
+            } else {
+                println!(
+                    "{} {:5} {:22} {}",
+                    s(&e["at"]),
+                    s(&e["level"]),
+                    s(&e["kind"]),
+                    s(&e["message"])
+                );
+            }
+            true
+        })?,
+    }
+    Ok(0)
+}
+
+fn migrate(c: &Client, id: &str, to: &str, post_copy: bool, json: bool) -> anyhow::Result<u8> {
+    let mut body = serde_json::json!({"processId": id, "targetServerId": to});
+    if post_copy {
+        body["mode"] = "post_copy".into();
+    }
+    let m = c.call("POST", "/api/migrations", Some(body))?;
+    let mid = s(&m["id"]);
+    if !json {
+        println!("migration {mid}: {id} from {} to {to}", s(&m["sourceServerId"]));
+    }
+    let started = Instant::now();
+    let mut last = String::new();
+    let m = loop {
+        let m = c.call("GET", &format!("/api/migrations/{mid}"), None)?;
+        let status = s(&m["status"]);
+        if matches!(status.as_str(), "completed" | "rolled_back" | "failed") {
+            break m;
+        }
+        if status != last && !json {
+            println!("  {:>7.1}s  {status}", started.elapsed().as_secs_f64());
+            last = status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if json {
+        println!("{m}");
+    } else {
+        let ms = |k: &str| m[k].as_i64().map(|v| format!("{v} ms")).unwrap_or_else(|| "-".into());
+        for p in items(&m["phases"]) {
+            if last != s(&p["phase"]) {
+                println!("  phase {}", s(&p["phase"]));
+            }
+        }
+        println!(
+            "{}: {}",
+            s(&m["status"]),
+            m["error"].as_str().unwrap_or("the process runs on the target")
+        );
+        println!(
+            "  freeze {}  dump {}  transfer {}  restore {}  downtime {}",
+            ms("freezeMs"),
+            ms("dumpMs"),
+            ms("transferMs"),
+            ms("restoreMs"),
+            ms("downtimeMs")
+        );
+        let raw = m["bytesRaw"].as_u64().unwrap_or(0);
+        let wire = m["bytesWire"].as_u64().unwrap_or(0);
+        let transfer = m["transferMs"].as_i64().unwrap_or(0).max(1) as f64 / 1000.0;
+        println!(
+            "  bytes {:.1} MB raw, {:.1} MB on the wire, {:.0} MB/s",
+            raw as f64 / 1e6,
+            wire as f64 / 1e6,
+            raw as f64 / 1e6 / transfer
+        );
+    }
+    Ok(match s(&m["status"]).as_str() {
+        "completed" => 0,
+        "rolled_back" => 2,
+        _ => 1,
+    })
+}
+
+fn print_process(p: &Value, json: bool, what: &str) {
+    if json {
+        println!("{p}");
+    } else {
+        println!(
+            "{} {what} ({} on {}, {})",
+            s(&p["id"]),
+            s(&p["name"]),
+            s(&p["serverId"]),
+            s(&p["status"])
+        );
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn mib(v: &Value) -> String {
+    format!("{}M", v.as_u64().unwrap_or(0) >> 20)
+}
+
+fn items(v: &Value) -> impl Iterator<Item = &Value> {
+    v.as_array().into_iter().flatten()
+}
+
+fn table(head: &[&str], rows: Vec<Vec<String>>) {
+    let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let out: Vec<String> =
+            cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = w[i])).collect();
+        println!("{}", out.join("  ").trim_end());
+    };
+    line(head.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+/// A minimal HTTP/1.1 client for the REST API (one request per connection).
+struct Client {
+    host: String,
+}
+
+impl Client {
+    fn new(api: &str) -> anyhow::Result<Client> {
+        let host = api
+            .strip_prefix("http://")
+            .ok_or_else(|| anyhow!("--api {api:?} must look like http://HOST:PORT"))?
+            .trim_end_matches('/')
+            .to_string();
+        Ok(Client { host })
+    }
+
+    fn connect(&self) -> anyhow::Result<TcpStream> {
+        TcpStream::connect(&self.host).with_context(|| {
+            format!("the ferry API at http://{} is unreachable (is `ferry up` running? set --api or FERRY_API)", self.host)
+        })
+    }
+
+    /// One request; the JSON answer, or the API's error message as the error.
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let mut s = self.connect()?;
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.host,
+            body.len()
+        )?;
+        let mut raw = String::new();
+        s.read_to_string(&mut raw)?;
+        let (head, text) =
+            raw.split_once("\r\n\r\n").ok_or_else(|| anyhow!("the API sent no HTTP response"))?;
+        let code: u16 = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+        if !(200..300).contains(&code) {
+            let msg = v["error"]["message"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("HTTP {code}"));
+            bail!("{msg}");
+        }
+        Ok(v)
+    }
+
+    /// Follows the event stream; `each` returns false to stop.
+    fn events(&self, mut each: impl FnMut(Value) -> bool) -> anyhow::Result<()> {
+        let mut s = self.connect()?;
+        write!(
+            s,
+            "GET /api/events HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+            self.host
+        )?;
+        for line in BufReader::new(s).lines() {
+            if let Some(d) = line?.strip_prefix("data:") {
+                if let Ok(v) = serde_json::from_str::<Value>(d.trim()) {
+                    if !each(v) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
