@@ -597,6 +597,12 @@ async fn a_coordinator_restarted_mid_migration_resolves_it() {
         }
     })
     .await;
+    // In flight, the process says so.
+    let (_, p) = call(&gw, "GET", &format!("/api/processes/{id}"), None).await;
+    let (_, m) = call(&gw, "GET", &format!("/api/migrations/{mid}"), None).await;
+    if !matches!(m["status"].as_str(), Some("completed" | "rolled_back" | "failed")) {
+        assert_eq!(p["status"], "migrating", "{p} while {m}");
+    }
     drop(coord);
     let _coord = coordinator_at(&ip, port, http_port, data.path());
     let m = wait_until("the restarted coordinator to resolve the migration", T, || {

@@ -137,6 +137,18 @@ struct Process {
     exit_signal: Option<i32>,
 }
 
+/// Processes with a migration in flight.
+fn migrating(c: &Coordinator) -> Result<std::collections::HashSet<String>, ApiError> {
+    Ok(c.migrations()?.into_iter().filter(|m| !m.is_final()).map(|m| m.process_id).collect())
+}
+
+fn mark_migrating(mut p: Process, moving: &std::collections::HashSet<String>) -> Process {
+    if moving.contains(&p.id) && p.status != "exited" && p.status != "failed" {
+        p.status = "migrating";
+    }
+    p
+}
+
 fn process_json(node: String, s: ProcessStatus) -> Process {
     let spec = s.spec.unwrap_or_default();
     let exit = s.exit;
@@ -173,15 +185,22 @@ fn process_json(node: String, s: ProcessStatus) -> Process {
 }
 
 async fn processes(State(c): State<Arc<Coordinator>>) -> Api<Vec<Process>> {
-    Ok(Json(c.workloads()?.into_iter().map(|(node, s)| process_json(node, s)).collect()))
+    let moving = migrating(&c)?;
+    Ok(Json(
+        c.workloads()?
+            .into_iter()
+            .map(|(node, s)| mark_migrating(process_json(node, s), &moving))
+            .collect(),
+    ))
 }
 
 async fn process(State(c): State<Arc<Coordinator>>, Path(id): Path<String>) -> Api<Process> {
-    c.workloads()?
+    let (node, s) = c
+        .workloads()?
         .into_iter()
         .find(|(_, s)| s.spec.as_ref().map(|x| x.id == id).unwrap_or(false))
-        .map(|(node, s)| Json(process_json(node, s)))
-        .ok_or_else(|| ApiError::not_found(format!("no process with id {id:?}")))
+        .ok_or_else(|| ApiError::not_found(format!("no process with id {id:?}")))?;
+    Ok(Json(mark_migrating(process_json(node, s), &migrating(&c)?)))
 }
 
 #[derive(Serialize)]
