@@ -242,6 +242,46 @@ async fn the_gateway_serves_nodes_processes_and_overview() {
     assert_eq!((code, h["status"].as_str()), (200, Some("ok")));
 }
 
+/// Two network-namespace hosts whose agents registered with a coordinator (and its gateway) on
+/// the bridge's address.
+struct OnTwoHosts {
+    // Dropped in this order: the coordinator, the agents (with their workloads), the hosts.
+    coord: Option<AgentProc>,
+    a: AgentProc,
+    _b: AgentProc,
+    _net: harness::net::Net,
+    data: TempDir,
+    ip: String,
+    port: u16,
+    http_port: u16,
+    gw: String,
+}
+
+impl OnTwoHosts {
+    /// Kills the coordinator with SIGKILL and starts it again on the same addresses and data.
+    fn restart_coordinator(&mut self) {
+        drop(self.coord.take());
+        self.coord = Some(coordinator_at(&self.ip, self.port, self.http_port, self.data.path()));
+    }
+}
+
+async fn on_two_hosts(tag: &str) -> OnTwoHosts {
+    let net = harness::net::Net::new(2);
+    let (port, http_port) = (free_port(), free_port());
+    let data = TempDir::new(tag);
+    let ip = net.bridge_ip();
+    let coord = coordinator_at(&ip, port, http_port, data.path());
+    let url = format!("http://{ip}:{port}");
+    let a = net.agent(0, &["--coordinator", &url]);
+    let b = net.agent(1, &["--coordinator", &url]);
+    wait_nodes(&coord.addr, "both hosts online", |n| {
+        online(n, "host0") == Some(true) && online(n, "host1") == Some(true)
+    })
+    .await;
+    let gw = format!("{ip}:{http_port}");
+    OnTwoHosts { coord: Some(coord), a, _b: b, _net: net, data, ip, port, http_port, gw }
+}
+
 /// Runs `http` off the async threads.
 async fn call(
     addr: &str,
@@ -259,19 +299,8 @@ async fn rest_api_runs_controls_and_migrates_a_process_between_hosts() {
     if !require_root("rest_api_runs_controls_and_migrates_a_process_between_hosts") {
         return;
     }
-    let net = harness::net::Net::new(2);
-    let (port, http_port) = (free_port(), free_port());
-    let data = TempDir::new("ferry-test-rest");
-    let ip = net.bridge_ip();
-    let coord = coordinator_at(&ip, port, http_port, data.path());
-    let url = format!("http://{ip}:{port}");
-    let _a = net.agent(0, &["--coordinator", &url]);
-    let _b = net.agent(1, &["--coordinator", &url]);
-    wait_nodes(&coord.addr, "both hosts online", |n| {
-        online(n, "host0") == Some(true) && online(n, "host1") == Some(true)
-    })
-    .await;
-    let gw = format!("{ip}:{http_port}");
+    let c = on_two_hosts("ferry-test-rest").await;
+    let gw = c.gw.clone();
     // Watch the live event stream from the start.
     let watcher = {
         let gw = gw.clone();
@@ -544,19 +573,8 @@ async fn a_coordinator_restarted_mid_migration_resolves_it() {
     if !require_root("a_coordinator_restarted_mid_migration_resolves_it") {
         return;
     }
-    let net = harness::net::Net::new(2);
-    let (port, http_port) = (free_port(), free_port());
-    let data = TempDir::new("ferry-test-restart");
-    let ip = net.bridge_ip();
-    let coord = coordinator_at(&ip, port, http_port, data.path());
-    let url = format!("http://{ip}:{port}");
-    let a = net.agent(0, &["--coordinator", &url]);
-    let _b = net.agent(1, &["--coordinator", &url]);
-    wait_nodes(&coord.addr, "both hosts online", |n| {
-        online(n, "host0") == Some(true) && online(n, "host1") == Some(true)
-    })
-    .await;
-    let gw = format!("{ip}:{http_port}");
+    let mut c = on_two_hosts("ferry-test-restart").await;
+    let gw = c.gw.clone();
     let memhog = workload("memhog");
     let (code, p) = call(
         &gw,
@@ -567,7 +585,7 @@ async fn a_coordinator_restarted_mid_migration_resolves_it() {
     .await;
     assert_eq!(code, 201, "{p}");
     let id = p["id"].as_str().unwrap().to_string();
-    let ca = a.client().await;
+    let ca = c.a.client().await;
     wait_log(&ca, &id, "memhog ticking", T, |l| l.iter().any(|x| x.starts_with("tick "))).await;
     let (code, m) = call(
         &gw,
@@ -603,8 +621,7 @@ async fn a_coordinator_restarted_mid_migration_resolves_it() {
     if !matches!(m["status"].as_str(), Some("completed" | "rolled_back" | "failed")) {
         assert_eq!(p["status"], "migrating", "{p} while {m}");
     }
-    drop(coord);
-    let _coord = coordinator_at(&ip, port, http_port, data.path());
+    c.restart_coordinator();
     let m = wait_until("the restarted coordinator to resolve the migration", T, || {
         let (gw, mid) = (gw.clone(), mid.clone());
         async move {

@@ -48,19 +48,13 @@ pub fn start_lazy_dump(
     let work = open(dirs.work)?;
     let other = |e: std::io::Error| EngineError::Other(e.to_string());
     let port = swrk::free_port(ip).map_err(other)?;
-    let mut opts = base_opts(&images, &work, "dump.log");
-    opts.pid = Some(w.init_pid);
-    opts.leave_stopped = Some(true);
+    let mut opts = dump_opts(&images, &work, w);
     opts.lazy_pages = Some(true);
     // In lazy mode CRIU's page server listens on every address of this node, on this port.
     opts.ps = Some(rpc::CriuPageServerInfo { port: Some(port.into()), ..Default::default() });
     // CRIU says "status-ready" (a NOTIFY) once only the lazy pages are left to serve.
     opts.notify_scripts = Some(true);
-    let req = rpc::CriuReq {
-        r#type: rpc::CriuReqType::Dump as i32,
-        opts: Some(opts),
-        ..Default::default()
-    };
+    let req = request(rpc::CriuReqType::Dump, opts);
     let keep = [images.as_raw_fd(), work.as_raw_fd()];
     let log = dirs.work.join("dump.log");
     let pending = criu_rpc::start(&criu, agent.reaper(), &keep, req)
@@ -171,6 +165,18 @@ fn base_opts(images: &impl AsRawFd, work: &impl AsRawFd, log: &str) -> rpc::Criu
     }
 }
 
+/// A dump of `w`'s whole tree that leaves it frozen (for a rollback).
+fn dump_opts(images: &impl AsRawFd, work: &impl AsRawFd, w: &Workload) -> rpc::CriuOpts {
+    let mut opts = base_opts(images, work, "dump.log");
+    opts.pid = Some(w.init_pid);
+    opts.leave_stopped = Some(true);
+    opts
+}
+
+fn request(kind: rpc::CriuReqType, opts: rpc::CriuOpts) -> rpc::CriuReq {
+    rpc::CriuReq { r#type: kind as i32, opts: Some(opts), ..Default::default() }
+}
+
 fn criu_path(agent: &Agent) -> Result<std::path::PathBuf, EngineError> {
     agent.criu().path.clone().filter(|_| agent.criu().check_passed).ok_or_else(|| {
         EngineError::Other(format!(
@@ -226,14 +232,7 @@ impl CheckpointEngine for CriuEngine {
         let criu = criu_path(agent)?;
         let images = open(dirs.images)?;
         let work = open(dirs.work)?;
-        let mut opts = base_opts(&images, &work, "dump.log");
-        opts.pid = Some(w.init_pid);
-        opts.leave_stopped = Some(true);
-        let req = rpc::CriuReq {
-            r#type: rpc::CriuReqType::Dump as i32,
-            opts: Some(opts),
-            ..Default::default()
-        };
+        let req = request(rpc::CriuReqType::Dump, dump_opts(&images, &work, w));
         let keep = [images.as_raw_fd(), work.as_raw_fd()];
         let log = dirs.work.join("dump.log");
         successful("dump", log, criu_rpc::call(&criu, agent.reaper(), &keep, req, |_| {}))
@@ -284,11 +283,7 @@ impl CheckpointEngine for CriuEngine {
             rpc::InheritFd { key: req.info.stdout_key.clone(), fd: out_w.as_raw_fd() },
             rpc::InheritFd { key: req.info.stderr_key.clone(), fd: err_w.as_raw_fd() },
         ];
-        let creq = rpc::CriuReq {
-            r#type: rpc::CriuReqType::Restore as i32,
-            opts: Some(opts),
-            ..Default::default()
-        };
+        let creq = request(rpc::CriuReqType::Restore, opts);
         let keep = [images.as_raw_fd(), work.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
         let log_path = req.work.join("restore.log");
         let reaper = agent.reaper().clone();
