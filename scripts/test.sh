@@ -33,6 +33,8 @@ if [ -n "$coop_line" ]; then
 else
   failed=$(( failed + 1 )); rc=1
 fi
+step "vagrant validate (the lab's Vagrantfile, libvirt provider)"
+if (cd vagrant && vagrant validate); then passed=$(( passed + 1 )); else failed=$(( failed + 1 )); rc=1; fi
 step "scripts/fuzz-api.sh (schemathesis against /api/openapi.json: no 5xx, no crash)"
 if scripts/fuzz-api.sh; then passed=$(( passed + 1 )); else failed=$(( failed + 1 )); rc=1; fi
 rm -f "$log"
