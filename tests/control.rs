@@ -282,6 +282,15 @@ async fn on_two_hosts(tag: &str) -> OnTwoHosts {
     OnTwoHosts { coord: Some(coord), a, _b: b, _net: net, data, ip, port, http_port, gw }
 }
 
+/// Waits until migration `mid` has ended and returns it.
+async fn migration_end(gw: &str, mid: &str, what: &str) -> serde_json::Value {
+    wait_until(what, T, || async move {
+        let (_, m) = call(gw, "GET", &format!("/api/migrations/{mid}"), None).await;
+        matches!(m["status"].as_str(), Some("completed" | "rolled_back" | "failed")).then_some(m)
+    })
+    .await
+}
+
 /// Runs `http` off the async threads.
 async fn call(
     addr: &str,
@@ -398,15 +407,7 @@ async fn rest_api_runs_controls_and_migrates_a_process_between_hosts() {
     .await;
     // 409 while the first runs; 400 ("already runs on host1") if it has already finished.
     assert!(code == 409 || code == 400, "a second migration: {code} {again}");
-    let m = wait_until("the migration to finish", T, || {
-        let (gw, mid) = (gw.clone(), mid.clone());
-        async move {
-            let (_, m) = call(&gw, "GET", &format!("/api/migrations/{mid}"), None).await;
-            matches!(m["status"].as_str(), Some("completed" | "rolled_back" | "failed"))
-                .then_some(m)
-        }
-    })
-    .await;
+    let m = migration_end(&gw, &mid, "the migration to finish").await;
     assert_eq!(m["status"], "completed", "{m}");
     assert!(m["downtimeMs"].as_i64().unwrap() > 0 && m["bytesRaw"].as_u64().unwrap() > 0, "{m}");
     assert!(m["phases"].as_array().unwrap().len() >= 6, "{m}");
@@ -622,15 +623,7 @@ async fn a_coordinator_restarted_mid_migration_resolves_it() {
         assert_eq!(p["status"], "migrating", "{p} while {m}");
     }
     c.restart_coordinator();
-    let m = wait_until("the restarted coordinator to resolve the migration", T, || {
-        let (gw, mid) = (gw.clone(), mid.clone());
-        async move {
-            let (_, m) = call(&gw, "GET", &format!("/api/migrations/{mid}"), None).await;
-            matches!(m["status"].as_str(), Some("completed" | "rolled_back" | "failed"))
-                .then_some(m)
-        }
-    })
-    .await;
+    let m = migration_end(&gw, &mid, "the restarted coordinator to resolve the migration").await;
     assert_eq!(m["status"], "completed", "{m}");
     let (_, p) = call(&gw, "GET", &format!("/api/processes/{id}"), None).await;
     assert_eq!(p["serverId"], "host1", "{p}");
