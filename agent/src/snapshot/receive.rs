@@ -156,7 +156,7 @@ impl Receiver {
                         .write(true)
                         .create_new(true)
                         .mode(mode | 0o600)
-                        .custom_flags(libc_nofollow())
+                        .custom_flags(crate::sys::O_NOFOLLOW)
                         .open(&path)
                         .map_err(io(&path))?;
                     out = Some(file);
@@ -286,10 +286,6 @@ impl Receiver {
         }
         Ok(got)
     }
-}
-
-fn libc_nofollow() -> i32 {
-    libc::O_NOFOLLOW
 }
 
 #[cfg(test)]

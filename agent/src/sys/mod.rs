@@ -9,6 +9,9 @@ pub mod signal;
 pub mod spawn;
 pub mod swrk;
 
+/// open(2) flag: fail rather than follow a symlink in the last component.
+pub const O_NOFOLLOW: i32 = libc::O_NOFOLLOW;
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
