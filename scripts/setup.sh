@@ -138,10 +138,12 @@ fi
 # ---------------------------------------------------------------------------------------------
 if ! command -v schemathesis >/dev/null 2>&1; then
   log "installing schemathesis"
+  python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
   python3 -m pip install --quiet --disable-pip-version-check schemathesis >/dev/null 2>&1 \
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages schemathesis
+  hash -r
 fi
-command -v schemathesis >/dev/null 2>&1 || die "schemathesis did not install"
+command -v schemathesis >/dev/null 2>&1 || die "schemathesis did not install (python3 -m pip install schemathesis)"
 
 # ---------------------------------------------------------------------------------------------
 # kernel knobs: lazy pages need bigger pipes without CAP_SYS_RESOURCE
