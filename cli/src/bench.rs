@@ -304,7 +304,11 @@ async fn connect(addr: &str) -> anyhow::Result<AgentClient<Channel>> {
     }
 }
 
-async fn log_lines(c: &mut AgentClient<Channel>, id: &str) -> anyhow::Result<Vec<String>> {
+/// Every log line of workload `id` on the agent `c` talks to, paging through GetLogs.
+pub async fn all_logs(
+    c: &mut AgentClient<Channel>,
+    id: &str,
+) -> Result<Vec<pb::LogLine>, tonic::Status> {
     let mut out = Vec::new();
     loop {
         let page = c
@@ -318,8 +322,12 @@ async fn log_lines(c: &mut AgentClient<Channel>, id: &str) -> anyhow::Result<Vec
         if page.lines.is_empty() {
             return Ok(out);
         }
-        out.extend(page.lines.into_iter().map(|l| l.text));
+        out.extend(page.lines);
     }
+}
+
+async fn log_lines(c: &mut AgentClient<Channel>, id: &str) -> anyhow::Result<Vec<String>> {
+    Ok(all_logs(c, id).await?.into_iter().map(|l| l.text).collect())
 }
 
 async fn wait_line(

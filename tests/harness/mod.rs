@@ -282,22 +282,7 @@ pub async fn wait_exited(c: &mut Client, id: &str, timeout: Duration) -> pb::Pro
 
 /// All log lines of workload `id`.
 pub async fn logs(c: &mut Client, id: &str) -> Vec<pb::LogLine> {
-    let mut out = Vec::new();
-    loop {
-        let page = c
-            .get_logs(pb::GetLogsRequest {
-                id: id.into(),
-                from_line: out.len() as u64,
-                max_lines: 10_000,
-            })
-            .await
-            .unwrap_or_else(|s| panic!("GetLogs {id} failed: {s}"))
-            .into_inner();
-        if page.lines.is_empty() {
-            return out;
-        }
-        out.extend(page.lines);
-    }
+    ferry::bench::all_logs(c, id).await.unwrap_or_else(|s| panic!("GetLogs {id} failed: {s}"))
 }
 
 /// The test workloads (tests/workloads), built once per test binary.
