@@ -13,12 +13,17 @@ use tonic::Code;
 
 const T: Duration = Duration::from_secs(20);
 
+/// The REST API's tokens in these tests.
+const OPERATOR: &str = "test-operator-token-0123456789";
+const READ_ONLY: &str = "test-read-only-token-0123456789";
+
 /// A `ferry coordinator` on a fixed port of `ip` (so it can be restarted at the same address),
 /// with its REST gateway on port `http`.
 fn coordinator_at(ip: &str, port: u16, http: u16, data: &std::path::Path) -> AgentProc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
     cmd.args(["coordinator", "--listen", &format!("{ip}:{port}"), "--heartbeat-ms", "200"])
         .args(["--http", &format!("{ip}:{http}")])
+        .env("FERRY_TOKENS", format!("operator:{OPERATOR} read-only:{READ_ONLY}"))
         .arg("--data-dir")
         .arg(data);
     AgentProc::spawn(
@@ -44,20 +49,34 @@ fn get(port: u16, path: &str) -> (u16, serde_json::Value) {
 
 /// One HTTP/1.1 request to the gateway at `addr`: (status code, JSON body).
 fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    let (code, _, body) = http_as(Some(OPERATOR), addr, method, path, body);
+    (code, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
+}
+
+/// One HTTP/1.1 request with `token` (or none): (status code, head, body text).
+fn http_as(
+    token: Option<&str>,
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, String, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect to gateway");
     let body = body.unwrap_or("");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let raw = String::from_utf8_lossy(&raw).to_string();
     let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
     let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("a status code");
-    (code, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+    (code, head.to_string(), body.to_string())
 }
 
 fn free_port() -> u16 {
@@ -145,6 +164,103 @@ async fn agents_register_go_offline_and_survive_a_coordinator_restart() {
     assert_eq!(names, ["node-a", "node-b"], "nodes survive the restart");
     wait_nodes(&coord.addr, "node-a online again", |n| online(n, "node-a") == Some(true)).await;
     assert_eq!(online(&nodes(&coord.addr).await, "node-b"), Some(false));
+    drop(b);
+}
+
+/// An agent on loopback whose data dir the test owns (so it can be restarted on it).
+fn agent_on(name: &str, data: &std::path::Path, coordinator: &str) -> AgentProc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(["agent", "--listen", "127.0.0.1:0", "--node", name, "--stop-grace-secs", "5"])
+        .args(["--coordinator", coordinator])
+        .arg("--data-dir")
+        .arg(data);
+    AgentProc::spawn(name, cmd, TempDir::new("ferry-test-agent-unused"), data.to_path_buf())
+}
+
+/// The counter's output lines, as numbers.
+async fn counted(gw: &str, id: &str) -> Vec<u64> {
+    let (code, logs) = call(gw, "GET", &format!("/api/processes/{id}/logs"), None).await;
+    assert_eq!(code, 200, "{logs}");
+    let lines = logs["lines"].as_array().or(logs.as_array()).cloned().unwrap_or_default();
+    lines
+        .iter()
+        .filter_map(|l| {
+            l["text"].as_str().or(l["line"].as_str()).and_then(|t| t.trim().parse().ok())
+        })
+        .collect()
+}
+
+/// An agent killed with SIGKILL: its node goes offline, its workload keeps running (and keeps
+/// writing: no SIGPIPE), and the restarted agent re-adopts it — same pid, every output line
+/// kept in order, and pause, resume and stop work on it again.
+#[tokio::test]
+async fn a_restarted_agent_keeps_its_workloads_and_their_output() {
+    let (port, http_port) = (free_port(), free_port());
+    let data = TempDir::new("ferry-test-agent-restart");
+    let coord = coordinator_with_http(port, http_port, &data.path().join("coordinator"));
+    let url = format!("http://127.0.0.1:{port}");
+    let gw = format!("127.0.0.1:{http_port}");
+    let agent_data = data.path().join("agent");
+    let a = agent_on("node-r", &agent_data, &url);
+    wait_nodes(&coord.addr, "node-r online", |n| online(n, "node-r") == Some(true)).await;
+    let counter = "i=0; while :; do i=$((i+1)); echo $i; sleep 0.05; done";
+    let (code, p) = call(
+        &gw,
+        "POST",
+        "/api/processes",
+        Some(serde_json::json!({"name": "counter", "command": ["sh", "-c", counter], "serverId": "node-r"})),
+    )
+    .await;
+    assert_eq!(code, 201, "{p}");
+    let id = p["id"].as_str().unwrap().to_string();
+    let pid = p["pid"].as_i64().unwrap();
+    wait_until("the counter printing", T, || {
+        let (gw, id) = (gw.clone(), id.clone());
+        async move { (counted(&gw, &id).await.len() >= 5).then_some(()) }
+    })
+    .await;
+
+    kill(a.pid(), libc::SIGKILL);
+    wait_nodes(&coord.addr, "node-r offline", |n| online(n, "node-r") == Some(false)).await;
+    // The workload lives on without its agent, still writing.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the workload died with its agent"
+    );
+    drop(a);
+
+    let b = agent_on("node-r", &agent_data, &url);
+    wait_nodes(&coord.addr, "node-r online again", |n| online(n, "node-r") == Some(true)).await;
+    let (code, p) = call(&gw, "GET", &format!("/api/processes/{id}"), None).await;
+    assert_eq!(code, 200, "{p}");
+    assert_eq!((p["status"].as_str(), p["pid"].as_i64()), (Some("running"), Some(pid)), "{p}");
+    let mut c = b.client().await;
+    let listed = c.list_processes(ferry_proto::agent::ListProcessesRequest {}).await.unwrap();
+    assert!(listed.into_inner().processes.iter().any(|s| s.spec.as_ref().unwrap().id == id));
+    // Every line, in order, across the restart: the lines written while no agent ran waited in
+    // the pipe the fd store kept.
+    let before = counted(&gw, &id).await.len();
+    let lines = wait_until("output flowing again", T, || {
+        let (gw, id) = (gw.clone(), id.clone());
+        async move {
+            let l = counted(&gw, &id).await;
+            (l.len() > before + 10).then_some(l)
+        }
+    })
+    .await;
+    assert!(lines.len() > 40, "only {} lines", lines.len());
+    for (i, n) in lines.iter().enumerate() {
+        assert_eq!(*n, i as u64 + 1, "line {i} of the counter's output: a line was lost");
+    }
+    // The recovered workload is fully controllable.
+    for (verb, want) in [("pause", "paused"), ("resume", "running")] {
+        let (code, p) = call(&gw, "POST", &format!("/api/processes/{id}/{verb}"), None).await;
+        assert_eq!((code, p["status"].as_str()), (200, Some(want)), "{verb}: {p}");
+    }
+    let (code, p) = call(&gw, "DELETE", &format!("/api/processes/{id}"), None).await;
+    assert_eq!(code, 200, "{p}");
+    assert!(p["status"] == "exited" || p["status"] == "failed", "{p}");
     drop(b);
 }
 
@@ -384,19 +500,22 @@ async fn rest_api_runs_controls_and_migrates_a_process_between_hosts() {
             400,
         ),
         (serde_json::json!({"processId": id, "targetServerId": "host1", "extra": 1}), 400),
+        (serde_json::json!({"processId": id, "targetServerId": "host1", "mode": "fast"}), 400),
     ] {
         let (got, err) = call(&gw, "POST", "/api/migrations", Some(body.clone())).await;
         assert_eq!(got, code, "{body} -> {err}");
     }
+    // "auto" picks stop-and-copy for this small process, and says so.
     let (code, m) = call(
         &gw,
         "POST",
         "/api/migrations",
-        Some(serde_json::json!({"processId": id, "targetServerId": "host1"})),
+        Some(serde_json::json!({"processId": id, "targetServerId": "host1", "mode": "auto"})),
     )
     .await;
     assert_eq!(code, 202, "{m}");
     assert_eq!(m["status"], "pending");
+    assert_eq!(m["mode"], "stop-and-copy", "{m}");
     let mid = m["id"].as_str().unwrap().to_string();
     let (code, again) = call(
         &gw,
@@ -532,12 +651,7 @@ async fn rest_api_runs_controls_and_migrates_a_process_between_hosts() {
 
 /// The raw body of a GET (for text endpoints).
 fn raw_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to gateway");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    http_as(Some(READ_ONLY), addr, "GET", path, None).2
 }
 
 /// Reads the server-sent event stream until an event named `until` (or the timeout); returns
@@ -546,8 +660,12 @@ fn sse_until(addr: &str, until: &str, timeout: Duration) -> Vec<(String, serde_j
     use std::io::{BufRead, BufReader, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect to gateway");
     s.set_read_timeout(Some(timeout)).unwrap();
-    write!(s, "GET /api/events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n")
-        .unwrap();
+    // The token as a query parameter, as a browser's EventSource sends it.
+    write!(
+        s,
+        "GET /api/events?token={READ_ONLY} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
     let mut seen = Vec::new();
     let mut name = String::new();
     let deadline = std::time::Instant::now() + timeout;
@@ -567,6 +685,93 @@ fn sse_until(addr: &str, until: &str, timeout: Duration) -> Vec<(String, serde_j
         }
     }
     seen
+}
+
+/// The REST API wants a token: none → 401, read-only on a mutating call → 403; the dashboard
+/// and /healthz are served without one, and the app's own routes fall back to index.html.
+#[tokio::test]
+async fn the_api_needs_tokens_and_the_dashboard_is_served() {
+    let data = TempDir::new("ferry-test-auth");
+    let web = TempDir::new("ferry-test-web");
+    std::fs::write(web.path().join("index.html"), "<!doctype html><title>ferry dashboard</title>")
+        .unwrap();
+    std::fs::create_dir_all(web.path().join("assets")).unwrap();
+    std::fs::write(web.path().join("assets/app.js"), "console.log(1)").unwrap();
+    let (port, http) = (free_port(), free_port());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(["coordinator", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .env("FERRY_TOKENS", format!("operator:{OPERATOR} read-only:{READ_ONLY}"))
+        .env("FERRY_WEB_DIR", web.path())
+        .arg("--data-dir")
+        .arg(data.path());
+    let _coord = AgentProc::spawn(
+        "coordinator",
+        cmd,
+        TempDir::new("ferry-test-auth-unused"),
+        data.path().into(),
+    );
+    let gw = format!("127.0.0.1:{http}");
+    wait_until("the gateway answers", T, || async {
+        std::net::TcpStream::connect(&gw).is_ok().then_some(())
+    })
+    .await;
+    let create = r#"{"name":"x","command":["true"],"serverId":"nowhere"}"#;
+
+    let (code, head, body) = http_as(None, &gw, "GET", "/api/processes", None);
+    assert_eq!(code, 401, "{body}");
+    assert!(head.to_ascii_lowercase().contains("www-authenticate: bearer"), "{head}");
+    assert!(body.contains("\"unauthorized\"") && body.contains("Authorization: Bearer"), "{body}");
+    let (code, _, body) =
+        http_as(Some("not-a-token-of-this-cluster"), &gw, "GET", "/api/overview", None);
+    assert_eq!(code, 401, "{body}");
+    let (code, _, body) = http_as(None, &gw, "GET", "/api/events", None);
+    assert_eq!(code, 401, "{body}");
+    let (code, _, body) = http_as(None, &gw, "GET", "/metrics", None);
+    assert_eq!(code, 401, "{body}");
+
+    let (code, _, body) = http_as(Some(READ_ONLY), &gw, "GET", "/api/processes", None);
+    assert_eq!(code, 200, "{body}");
+    let (code, _, body) = http_as(Some(READ_ONLY), &gw, "POST", "/api/processes", Some(create));
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("\"forbidden\"") && body.contains("read-only"), "{body}");
+    let (code, _, body) = http_as(Some(READ_ONLY), &gw, "DELETE", "/api/processes/w-nope", None);
+    assert_eq!(code, 403, "{body}");
+    // The operator gets through to validation (no such server: a 4xx from the API itself).
+    let (code, _, body) = http_as(Some(OPERATOR), &gw, "POST", "/api/processes", Some(create));
+    assert!(code == 400 || code == 404, "{code} {body}");
+    assert!(body.contains("nowhere"), "{body}");
+
+    // No token needed for the dashboard and /healthz.
+    let (code, head, body) = http_as(None, &gw, "GET", "/", None);
+    assert_eq!(code, 200, "{head}");
+    assert!(body.contains("ferry dashboard"), "{body}");
+    assert!(head.to_ascii_lowercase().contains("cache-control: no-cache"), "{head}");
+    let (code, _, body) = http_as(None, &gw, "GET", "/migrations/m-123", None);
+    assert_eq!(code, 200);
+    assert!(body.contains("ferry dashboard"), "an app route falls back to index.html: {body}");
+    let (code, _, body) = http_as(None, &gw, "GET", "/assets/app.js", None);
+    assert_eq!((code, body.as_str()), (200, "console.log(1)"));
+    let (code, _, _) = http_as(None, &gw, "GET", "/healthz", None);
+    assert_eq!(code, 200);
+    // Unknown API paths stay JSON errors, not the app.
+    let (code, _, body) = http_as(Some(READ_ONLY), &gw, "GET", "/api/nope", None);
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("no such endpoint"), "{body}");
+
+    // Without tokens and without --insecure the coordinator refuses to serve the API.
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["coordinator", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--http", &format!("127.0.0.1:{}", free_port())])
+        .env_remove("FERRY_TOKENS")
+        .env_remove("FERRY_TOKENS_FILE")
+        .arg("--data-dir")
+        .arg(data.path().join("second"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs tokens") && err.contains("--insecure"), "{err}");
 }
 
 #[tokio::test]

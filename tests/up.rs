@@ -36,6 +36,11 @@ async fn up_runs_a_cluster_that_migrates_and_tears_down_clean() {
     });
     let ready = rx.recv_timeout(T).expect("ferry up printed nothing");
     assert!(ready.starts_with("ferry is up: 2 nodes"), "{ready}");
+    let _dashboard = rx.recv_timeout(T).unwrap();
+    let token_line = rx.recv_timeout(T).unwrap();
+    let token = std::fs::read_to_string(data.path().join("operator.token")).unwrap();
+    let token = token.trim().to_string();
+    assert!(token.len() >= 32 && token_line.contains(&token), "{token_line}");
 
     // A second one with the same data dir refuses, clearly.
     let second = Command::new(env!("CARGO_BIN_EXE_ferry"))
@@ -54,6 +59,7 @@ async fn up_runs_a_cluster_that_migrates_and_tears_down_clean() {
         let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
             .args(args)
             .env("FERRY_API", &api)
+            .env("FERRY_TOKEN", &token)
             .output()
             .unwrap();
         (
@@ -86,6 +92,7 @@ async fn up_runs_a_cluster_that_migrates_and_tears_down_clean() {
         (vec!["run", "--node", "nowhere", "--", "true"], "no server \"nowhere\""),
         (vec!["stop", "w-nope"], "no process with id \"w-nope\""),
         (vec!["--api", "http://127.0.0.1:1", "ps"], "unreachable"),
+        (vec!["--token", "0000000000000000-wrong", "ps"], "not valid"),
     ] {
         let (code, out, err) = cli(&args);
         assert_ne!(code, 0, "{args:?}");

@@ -19,6 +19,8 @@ pub struct Agent {
     lazy_daemons: std::sync::Mutex<HashMap<String, i32>>,
     /// Migrations this node started (as source): None while running, then the report.
     migrations: std::sync::Mutex<HashMap<String, crate::migrate::MigrationState>>,
+    /// Holds a copy of every workload's output pipes across agent restarts (`sys::fdstore`).
+    fd_store: Option<crate::sys::fdstore::FdStore>,
 }
 
 impl Agent {
@@ -53,7 +55,8 @@ impl Agent {
             criu_check = criu.check_passed,
             "agent ready"
         );
-        Ok(Arc::new(Agent {
+        let (fd_store, pipes) = start_fd_store(&config.data_dir);
+        let agent = Arc::new(Agent {
             config,
             reaper,
             root,
@@ -61,7 +64,14 @@ impl Agent {
             workloads: RwLock::default(),
             lazy_daemons: Default::default(),
             migrations: Default::default(),
-        }))
+            fd_store,
+        });
+        agent.recover(pipes);
+        Ok(agent)
+    }
+
+    pub(crate) fn fd_store(&self) -> Option<&crate::sys::fdstore::FdStore> {
+        self.fd_store.as_ref()
     }
 
     pub fn config(&self) -> &AgentConfig {
@@ -146,5 +156,33 @@ impl Agent {
 
     pub fn workloads(&self) -> Vec<Arc<Workload>> {
         self.workloads.read().expect("workload table poisoned").values().cloned().collect()
+    }
+}
+
+/// Connects to the fd store an earlier agent left on `data_dir` (taking back the pipes it kept)
+/// or starts one. Without a store the agent still works; its workloads' output then ends with it.
+fn start_fd_store(
+    data_dir: &std::path::Path,
+) -> (Option<crate::sys::fdstore::FdStore>, HashMap<String, std::os::fd::OwnedFd>) {
+    let path = data_dir.join("fdstore.sock");
+    let started = std::env::current_exe()
+        .and_then(|exe| crate::sys::fdstore::FdStore::connect_or_start(&path, &exe));
+    match started {
+        Ok((store, earlier)) => {
+            let pipes = if earlier {
+                store.list().map(|v| v.into_iter().collect()).unwrap_or_else(|e| {
+                    tracing::warn!(%e, "the earlier fd store did not hand its pipes back");
+                    HashMap::new()
+                })
+            } else {
+                HashMap::new()
+            };
+            tracing::info!(path = %path.display(), earlier, pipes = pipes.len(), "fd store connected");
+            (Some(store), pipes)
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), %e, "no fd store: workloads' output will not survive an agent restart");
+            (None, HashMap::new())
+        }
     }
 }

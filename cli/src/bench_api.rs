@@ -69,7 +69,10 @@ fn get(conn: &mut BufReader<TcpStream>, path: &str) -> anyhow::Result<u16> {
 
 /// One GET on a keep-alive connection; returns the status code and the body.
 fn get_body(conn: &mut BufReader<TcpStream>, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
-    write!(conn.get_mut(), "GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+    write!(
+        conn.get_mut(),
+        "GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {BENCH_TOKEN}\r\n\r\n"
+    )?;
     let mut line = String::new();
     conn.read_line(&mut line)?;
     let code: u16 =
@@ -149,6 +152,9 @@ fn pct(v: &[Duration], p: f64) -> f64 {
     v[i].as_secs_f64() * 1000.0
 }
 
+/// The benchmark's read-only token: requests carry it as every real client would.
+const BENCH_TOKEN: &str = "bench-read-only-token-0123456789";
+
 pub fn run(args: ApiBenchArgs) -> anyhow::Result<()> {
     let (grpc, http) = (free_port()?, free_port()?);
     let data = std::env::temp_dir().join(format!("ferry-bench-api-{}", std::process::id()));
@@ -164,6 +170,7 @@ pub fn run(args: ApiBenchArgs) -> anyhow::Result<()> {
         .arg("--data-dir")
         .arg(&data)
         .env("RUST_LOG", "warn")
+        .env("FERRY_TOKENS", format!("read-only:{BENCH_TOKEN}"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()

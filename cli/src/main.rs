@@ -32,6 +32,10 @@ enum Command {
     /// Benchmarks that write a report.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The agent's fd store (started by the agent itself): holds workloads' output pipes across
+    /// agent restarts.
+    #[command(hide = true)]
+    FdStore { socket: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -58,6 +62,40 @@ struct CoordinatorArgs {
     /// Also serve the REST gateway on this address (all-in-one mode), e.g. 127.0.0.1:5000.
     #[arg(long, env = "FERRY_HTTP")]
     http: Option<SocketAddr>,
+    /// The REST API's bearer tokens: a file of ROLE:TOKEN lines (ROLE operator or read-only).
+    /// FERRY_TOKENS may carry the same entries inline instead.
+    #[arg(long, env = "FERRY_TOKENS_FILE")]
+    tokens: Option<PathBuf>,
+    /// The built dashboard to serve at / (default: web/dist of this checkout, if built).
+    #[arg(long, env = "FERRY_WEB_DIR")]
+    web_dir: Option<PathBuf>,
+    /// Serve the REST API without authentication (logs a warning). Without it, --http needs tokens.
+    #[arg(long)]
+    insecure: bool,
+}
+
+/// The REST API's token table from --tokens or FERRY_TOKENS; `None` only with --insecure.
+fn gateway_tokens(args: &CoordinatorArgs) -> anyhow::Result<Option<ferry_gateway::auth::Tokens>> {
+    let text = match (&args.tokens, std::env::var("FERRY_TOKENS")) {
+        (Some(f), _) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read the tokens file {f:?}"))?,
+        ),
+        (None, Ok(t)) => Some(t),
+        (None, Err(_)) => None,
+    };
+    match text {
+        Some(t) => ferry_gateway::auth::Tokens::parse(&t)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("bad REST API tokens: {e}")),
+        None if args.insecure => {
+            tracing::warn!("--insecure: the REST API is open to anyone who can reach it");
+            Ok(None)
+        }
+        None => anyhow::bail!(
+            "the REST API needs tokens: give --tokens FILE (lines ROLE:TOKEN, ROLE operator or read-only) or FERRY_TOKENS, or --insecure to serve it without authentication"
+        ),
+    }
 }
 
 #[derive(clap::Args)]
@@ -119,6 +157,8 @@ fn main() -> ExitCode {
         Command::Agent(args) => run_agent(args),
         Command::Coordinator(args) => run_coordinator(args),
         Command::Up(args) => ferry::up::run(args),
+        Command::FdStore { socket } => ferry_agent::sys::fdstore::serve(&socket)
+            .with_context(|| format!("fd store on {}", socket.display())),
         Command::Verb(_) => unreachable!("handled above"),
         Command::Bench(BenchCommand::Migrate(args)) => ferry::bench::migrate(args),
         Command::Bench(BenchCommand::Api(args)) => ferry::bench_api::run(args),
@@ -182,7 +222,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
 
 fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let config = ferry_coordinator::CoordinatorConfig {
-        data_dir: args.data_dir,
+        data_dir: args.data_dir.clone(),
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(100)),
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -193,6 +233,16 @@ fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         if let Some(http) = args.http {
+            let gateway = ferry_gateway::GatewayConfig {
+                web_dir: ferry_gateway::locate_web_dir(args.web_dir.clone()),
+                tokens: gateway_tokens(&args)?,
+            };
+            match &gateway.web_dir {
+                Some(d) => tracing::info!(dir = %d.display(), "serving the dashboard"),
+                None => {
+                    tracing::warn!("no dashboard build found (web/dist); / says how to build it")
+                }
+            }
             let http_listener = tokio::net::TcpListener::bind(http)
                 .await
                 .with_context(|| format!("cannot listen on {http} for HTTP"))?;
@@ -202,7 +252,7 @@ fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
                 let stopped = async move {
                     let _ = rx.wait_for(|s| *s).await;
                 };
-                if let Err(e) = ferry_gateway::serve(c, http_listener, stopped).await {
+                if let Err(e) = ferry_gateway::serve(c, http_listener, gateway, stopped).await {
                     tracing::error!(%e, "gateway failed");
                 }
             });

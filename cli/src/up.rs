@@ -24,12 +24,45 @@ pub struct UpArgs {
     /// Where the cluster keeps its state (coordinator database, each node's data).
     #[arg(long, env = "FERRY_DATA_DIR", default_value = "/var/lib/ferry/up")]
     pub data_dir: PathBuf,
+    /// With root: names the hosts' network (bridge `<NAME>br0`, namespaces `<NAME>-node<i>`), so
+    /// two clusters can run side by side.
+    #[arg(long, default_value = "ferry")]
+    pub net_name: String,
+    /// With root: the hosts' /24 subnet as its first three octets (the bridge is .1).
+    #[arg(long, default_value = "10.231.254")]
+    pub subnet: String,
+}
+
+/// The operator token of a `ferry up` with the default data dir, which the CLI falls back to.
+pub const DEFAULT_OPERATOR_TOKEN: &str = "/var/lib/ferry/up/operator.token";
+
+/// Fresh REST API tokens for this cluster: `tokens` (the coordinator's table) and
+/// `operator.token` / `read-only.token` (for the CLI and people), all mode 0600.
+fn write_tokens(dir: &Path) -> anyhow::Result<(PathBuf, String)> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let operator = ferry_gateway::auth::generate()?;
+    let read_only = ferry_gateway::auth::generate()?;
+    let write = |name: &str, text: &str| -> anyhow::Result<PathBuf> {
+        let path = dir.join(name);
+        let _ = std::fs::remove_file(&path);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .with_context(|| format!("cannot write {path:?}"))?;
+        Ok(path)
+    };
+    let table = write("tokens", &format!("operator:{operator}\nread-only:{read_only}\n"))?;
+    write("operator.token", &format!("{operator}\n"))?;
+    write("read-only.token", &format!("{read_only}\n"))?;
+    Ok((table, operator))
 }
 
 /// Where each root-mode agent sees its own data directory (a private bind mount).
 const NODE_MOUNT: &str = "/run/ferry-node";
-const BRIDGE: &str = "ferrybr0";
-const PREFIX: &str = "10.231.254";
 
 struct Cluster {
     children: Vec<(String, Child)>,
@@ -90,6 +123,17 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     if args.nodes == 0 || args.nodes > 50 {
         bail!("--nodes must be between 1 and 50");
     }
+    if args.net_name.is_empty()
+        || args.net_name.len() > 8
+        || !args.net_name.chars().all(|c| c.is_ascii_alphanumeric())
+    {
+        bail!("--net-name must be 1 to 8 letters or digits (it names a bridge and namespaces)");
+    }
+    let octets: Vec<&str> = args.subnet.split('.').collect();
+    if octets.len() != 3 || octets.iter().any(|o| o.parse::<u8>().is_err()) {
+        bail!("--subnet must be three octets such as 10.231.254, not {:?}", args.subnet);
+    }
+    let bridge = format!("{}br0", args.net_name);
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {:?}", args.data_dir))?;
     let pid_file = args.data_dir.join("up.pid");
@@ -109,16 +153,19 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let names: Vec<String> = (0..args.nodes).map(|i| format!("node{i}")).collect();
     let coordinator_ip = if root {
-        let hosts: Vec<String> = names.iter().map(|n| format!("ferry-{n}")).collect();
-        cluster.net = Some(Net::create(BRIDGE, PREFIX, &hosts)?);
-        format!("{PREFIX}.1")
+        let hosts: Vec<String> = names.iter().map(|n| format!("{}-{n}", args.net_name)).collect();
+        cluster.net = Some(Net::create(&bridge, &args.subnet, &hosts)?);
+        format!("{}.1", args.subnet)
     } else {
         "127.0.0.1".to_string()
     };
     let coordinator_url = format!("http://{coordinator_ip}:50050");
+    let (tokens, operator_token) = write_tokens(&args.data_dir)?;
     let mut cmd = Command::new(&exe);
     cmd.args(["coordinator", "--listen", &format!("{coordinator_ip}:50050")])
         .args(["--http", &args.http.to_string()])
+        .arg("--tokens")
+        .arg(&tokens)
         .arg("--data-dir")
         .arg(args.data_dir.join("coordinator"));
     cluster.children.push(spawn("coordinator", cmd, &logs.join("coordinator.log"))?);
@@ -165,7 +212,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
                 logs.join(format!("{name}.log")).display()
             );
         }
-        if online_nodes(args.http) >= args.nodes {
+        if online_nodes(args.http, &operator_token) >= args.nodes {
             break;
         }
         if Instant::now() > deadline {
@@ -177,12 +224,21 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     println!(
         "ferry is up: {} nodes ({}), coordinator {coordinator_url}",
         args.nodes,
-        if root { "network-namespace hosts on bridge ferrybr0" } else { "loopback" }
+        if root {
+            format!("network-namespace hosts on bridge {bridge}")
+        } else {
+            "loopback".into()
+        }
     );
     println!("dashboard and REST API: {url}   (logs in {})", logs.display());
+    println!(
+        "operator token: {operator_token}   (read-only: {})",
+        args.data_dir.join("read-only.token").display()
+    );
     println!("try:");
-    println!("  curl -s -XPOST {url}/api/processes -d '{{\"name\":\"counter\",\"command\":[\"sh\",\"-c\",\"i=0; while :; do i=$((i+1)); echo $i; sleep 1; done\"],\"serverId\":\"node0\"}}' -H 'content-type: application/json'");
-    println!("  curl -s -XPOST {url}/api/migrations -d '{{\"processId\":\"<id from above>\",\"targetServerId\":\"node1\"}}' -H 'content-type: application/json'");
+    println!("  export FERRY_TOKEN={operator_token}");
+    println!("  ferry run --node node0 --name counter -- sh -c 'i=0; while :; do i=$((i+1)); echo $i; sleep 1; done'");
+    println!("  ferry migrate <id from above> --to node1");
     println!("Ctrl-C stops the cluster and everything it runs.");
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -212,13 +268,16 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
 }
 
 /// Nodes the gateway lists as online (0 while it does not answer).
-fn online_nodes(http: SocketAddr) -> usize {
+fn online_nodes(http: SocketAddr, token: &str) -> usize {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect_timeout(&http, Duration::from_millis(200)) else {
         return 0;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    if write!(s, "GET /api/servers HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n\r\n").is_err() {
+    let req = format!(
+        "GET /api/servers HTTP/1.1\r\nHost: ferry\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    if s.write_all(req.as_bytes()).is_err() {
         return 0;
     }
     let mut body = String::new();

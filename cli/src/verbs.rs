@@ -13,6 +13,10 @@ pub struct Api {
     /// The REST API's address.
     #[arg(long, global = true, env = "FERRY_API", default_value = "http://127.0.0.1:5000")]
     pub api: String,
+    /// Bearer token for the REST API. Without it: FERRY_TOKEN_FILE, ~/.config/ferry/token, then
+    /// the operator token of a local `ferry up` (/var/lib/ferry/up/operator.token).
+    #[arg(long, global = true, env = "FERRY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -52,8 +56,12 @@ pub enum Verb {
         id: String,
         #[arg(long)]
         to: String,
-        /// Resume on the target before the memory arrives (CRIU engine only).
-        #[arg(long)]
+        /// stop-and-copy, post-copy (resume on the target before the memory arrives; CRIU
+        /// engine only) or auto (post-copy for large CRIU workloads).
+        #[arg(long, default_value = "stop-and-copy")]
+        mode: String,
+        /// Same as --mode post-copy.
+        #[arg(long, conflicts_with = "mode")]
         post_copy: bool,
     },
     /// A process's output.
@@ -69,7 +77,7 @@ pub enum Verb {
 
 /// Outcome of a verb, as an exit code.
 pub fn run(api: Api, verb: Verb) -> anyhow::Result<u8> {
-    let c = Client::new(&api.api)?;
+    let c = Client::new(&api.api, token(&api))?;
     match verb {
         Verb::Nodes => {
             let v = c.call("GET", "/api/servers", None)?;
@@ -171,7 +179,10 @@ pub fn run(api: Api, verb: Verb) -> anyhow::Result<u8> {
             api.json,
             "stopped",
         ),
-        Verb::Migrate { id, to, post_copy } => return migrate(&c, &id, &to, post_copy, api.json),
+        Verb::Migrate { id, to, mode, post_copy } => {
+            let mode = if post_copy { "post-copy".to_string() } else { mode };
+            return migrate(&c, &id, &to, &mode, api.json);
+        }
         Verb::Logs { id, follow } => {
             let mut from = 0u64;
             loop {
@@ -210,15 +221,16 @@ pub fn run(api: Api, verb: Verb) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-fn migrate(c: &Client, id: &str, to: &str, post_copy: bool, json: bool) -> anyhow::Result<u8> {
-    let mut body = serde_json::json!({"processId": id, "targetServerId": to});
-    if post_copy {
-        body["mode"] = "post_copy".into();
-    }
+fn migrate(c: &Client, id: &str, to: &str, mode: &str, json: bool) -> anyhow::Result<u8> {
+    let body = serde_json::json!({"processId": id, "targetServerId": to, "mode": mode});
     let m = c.call("POST", "/api/migrations", Some(body))?;
     let mid = s(&m["id"]);
     if !json {
-        println!("migration {mid}: {id} from {} to {to}", s(&m["sourceServerId"]));
+        println!(
+            "migration {mid}: {id} from {} to {to} ({})",
+            s(&m["sourceServerId"]),
+            s(&m["mode"])
+        );
     }
     let started = Instant::now();
     let mut last = String::new();
@@ -321,19 +333,45 @@ fn table(head: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
+/// The token to send: the flag or FERRY_TOKEN, else the first readable token file.
+fn token(api: &Api) -> Option<String> {
+    if let Some(t) = &api.token {
+        return Some(t.trim().to_string());
+    }
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    if let Some(f) = std::env::var_os("FERRY_TOKEN_FILE") {
+        files.push(f.into());
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        files.push(std::path::Path::new(&home).join(".config/ferry/token"));
+    }
+    files.push(crate::up::DEFAULT_OPERATOR_TOKEN.into());
+    files.iter().find_map(|f| {
+        let t = std::fs::read_to_string(f).ok()?;
+        let t = t.trim();
+        (!t.is_empty()).then(|| t.to_string())
+    })
+}
+
 /// A minimal HTTP/1.1 client for the REST API (one request per connection).
 struct Client {
     host: String,
+    /// `Authorization: Bearer ...` header line, or empty.
+    auth: String,
 }
 
 impl Client {
-    fn new(api: &str) -> anyhow::Result<Client> {
+    fn new(api: &str, token: Option<String>) -> anyhow::Result<Client> {
         let host = api
             .strip_prefix("http://")
             .ok_or_else(|| anyhow!("--api {api:?} must look like http://HOST:PORT"))?
             .trim_end_matches('/')
             .to_string();
-        Ok(Client { host })
+        if token.as_deref().is_some_and(|t| t.contains(['\r', '\n'])) {
+            bail!("the token has a line break in it; give the token alone");
+        }
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        Ok(Client { host, auth })
     }
 
     fn connect(&self) -> anyhow::Result<TcpStream> {
@@ -348,8 +386,9 @@ impl Client {
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{}Connection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             self.host,
+            self.auth,
             body.len()
         )?;
         let mut raw = String::new();
@@ -373,10 +412,24 @@ impl Client {
         let mut s = self.connect()?;
         write!(
             s,
-            "GET /api/events HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
-            self.host
+            "GET /api/events HTTP/1.1\r\nHost: {}\r\n{}Accept: text/event-stream\r\n\r\n",
+            self.host, self.auth
         )?;
-        for line in BufReader::new(s).lines() {
+        let mut r = BufReader::new(s);
+        let mut status = String::new();
+        r.read_line(&mut status)?;
+        let code: u16 = status.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        if code != 200 {
+            let mut rest = String::new();
+            let _ = r.read_to_string(&mut rest);
+            let msg = rest
+                .split_once("\r\n\r\n")
+                .and_then(|(_, b)| serde_json::from_str::<Value>(b).ok())
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                .unwrap_or_else(|| format!("HTTP {code}"));
+            bail!("{msg}");
+        }
+        for line in r.lines() {
             if let Some(d) = line?.strip_prefix("data:") {
                 if let Ok(v) = serde_json::from_str::<Value>(d.trim()) {
                     if !each(v) {

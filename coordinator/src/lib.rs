@@ -22,6 +22,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 pub use error::CoordError;
+pub use ops::{MigrationMode, AUTO_POST_COPY_BYTES};
 pub use store::{Event, MigrationRow, Store, StoreError};
 
 #[derive(Debug, Clone)]

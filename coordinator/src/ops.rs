@@ -119,7 +119,60 @@ impl Coordinator {
             .map_err(agent_err(&node))?
             .into_inner())
     }
+}
 
+/// How a migration moves memory, as the API names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MigrationMode {
+    /// Freeze, copy everything, restore: downtime grows with memory.
+    StopAndCopy,
+    /// Restore at once, pages follow on demand (CRIU engine only).
+    PostCopy,
+    /// Post-copy for a CRIU workload of at least [`AUTO_POST_COPY_BYTES`], else stop-and-copy.
+    Auto,
+}
+
+/// Resident memory from which `auto` prefers post-copy: below it, stop-and-copy's downtime is
+/// already short and it keeps the source until the target has everything.
+pub const AUTO_POST_COPY_BYTES: u64 = 256 << 20;
+
+impl MigrationMode {
+    /// "stop-and-copy", "post-copy" or "auto" (underscores accepted too).
+    pub fn parse(s: &str) -> Option<MigrationMode> {
+        match s.replace('_', "-").as_str() {
+            "stop-and-copy" => Some(MigrationMode::StopAndCopy),
+            "post-copy" => Some(MigrationMode::PostCopy),
+            "auto" => Some(MigrationMode::Auto),
+            _ => None,
+        }
+    }
+
+    /// Whether to use post-copy for this workload, and why (for the event log) when chosen
+    /// automatically.
+    pub fn resolve(self, status: &apb::ProcessStatus) -> (bool, String) {
+        match self {
+            MigrationMode::StopAndCopy => (false, String::new()),
+            MigrationMode::PostCopy => (true, String::new()),
+            MigrationMode::Auto => {
+                let criu = status
+                    .spec
+                    .as_ref()
+                    .is_none_or(|s| s.engine != apb::Engine::Cooperative as i32);
+                let mib = status.rss_bytes >> 20;
+                let limit = AUTO_POST_COPY_BYTES >> 20;
+                if !criu {
+                    (false, ", chosen by auto: the cooperative engine has no post-copy".into())
+                } else if status.rss_bytes >= AUTO_POST_COPY_BYTES {
+                    (true, format!(", chosen by auto: {mib} MiB resident >= {limit} MiB"))
+                } else {
+                    (false, format!(", chosen by auto: {mib} MiB resident < {limit} MiB"))
+                }
+            }
+        }
+    }
+}
+
+impl Coordinator {
     /// Starts a migration of `process` to `target` and returns at once; the source agent runs the
     /// transaction and the coordinator records its outcome.
     pub fn start_migration(
@@ -127,7 +180,7 @@ impl Coordinator {
         process: &str,
         target: &str,
         source: Option<&str>,
-        post_copy: bool,
+        mode: MigrationMode,
     ) -> Result<MigrationRow, CoordError> {
         let (node, status) = self.workload_node(process)?;
         if let Some(s) = source.filter(|s| *s != node) {
@@ -151,12 +204,13 @@ impl Coordinator {
         if self.store.migrations()?.iter().any(|m| m.process_id == process && !m.is_final()) {
             return Err(CoordError::Conflict(format!("process {process} is already migrating")));
         }
+        let (post_copy, why) = mode.resolve(&status);
         let row = MigrationRow {
             id: new_id(),
             process_id: process.to_string(),
             source: node.clone(),
             target: target.to_string(),
-            mode: if post_copy { "post_copy" } else { "stop_and_copy" }.into(),
+            mode: if post_copy { "post-copy" } else { "stop-and-copy" }.into(),
             status: "pending".into(),
             error: String::new(),
             result: None,
@@ -164,7 +218,10 @@ impl Coordinator {
             finished_at_ms: None,
         };
         self.store.insert_migration(&row)?;
-        let msg = format!("migration {} of {process} from {node} to {target} started", row.id);
+        let msg = format!(
+            "migration {} of {process} from {node} to {target} started ({}{why})",
+            row.id, row.mode
+        );
         self.emit("migration_started", "info", &node, process, msg)?;
         let (c, id, req) = (
             self.clone(),
@@ -348,4 +405,32 @@ fn new_id() -> String {
         let _ = f.read_exact(&mut b);
     }
     format!("m-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(engine: apb::Engine, rss_mib: u64) -> apb::ProcessStatus {
+        apb::ProcessStatus {
+            spec: Some(apb::WorkloadSpec { engine: engine as i32, ..Default::default() }),
+            rss_bytes: rss_mib << 20,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn modes_parse_in_either_spelling_and_auto_resolves_by_engine_and_size() {
+        assert_eq!(MigrationMode::parse("post-copy"), Some(MigrationMode::PostCopy));
+        assert_eq!(MigrationMode::parse("post_copy"), Some(MigrationMode::PostCopy));
+        assert_eq!(MigrationMode::parse("stop-and-copy"), Some(MigrationMode::StopAndCopy));
+        assert_eq!(MigrationMode::parse("auto"), Some(MigrationMode::Auto));
+        assert_eq!(MigrationMode::parse("fast"), None);
+        let auto = MigrationMode::Auto;
+        assert!(auto.resolve(&status(apb::Engine::Criu, 1024)).0);
+        assert!(!auto.resolve(&status(apb::Engine::Criu, 64)).0);
+        let (post, why) = auto.resolve(&status(apb::Engine::Cooperative, 4096));
+        assert!(!post && why.contains("cooperative"), "{why}");
+        assert!(MigrationMode::PostCopy.resolve(&status(apb::Engine::Criu, 1)).0);
+    }
 }

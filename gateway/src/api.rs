@@ -22,6 +22,10 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: String) -> ApiError {
+        ApiError { status, code, message }
+    }
+
     pub fn not_found(message: String) -> ApiError {
         ApiError { status: StatusCode::NOT_FOUND, code: "not_found", message }
     }
@@ -51,9 +55,17 @@ impl IntoResponse for ApiError {
 
 type Api<T> = Result<Json<T>, ApiError>;
 
-pub fn router(coordinator: Arc<Coordinator>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+/// How the gateway serves: where the built dashboard is, and who may call the API.
+#[derive(Clone, Debug, Default)]
+pub struct GatewayConfig {
+    /// The built dashboard (web/dist); `None` serves a page saying how to build it.
+    pub web_dir: Option<std::path::PathBuf>,
+    /// Bearer tokens; `None` leaves the API open (only with an explicit `--insecure`).
+    pub tokens: Option<crate::auth::Tokens>,
+}
+
+pub fn router(coordinator: Arc<Coordinator>, config: GatewayConfig) -> Router {
+    let api = Router::new()
         .route("/api/overview", get(overview))
         .route("/api/servers", get(servers))
         .route("/api/processes", get(processes))
@@ -63,10 +75,20 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .route("/api/events", get(crate::observe::events))
         .route("/api/openapi.json", get(crate::observe::openapi))
         .route("/metrics", get(crate::observe::metrics))
-        .fallback(|uri: axum::http::Uri| async move {
-            ApiError::not_found(format!("no such endpoint: {}", uri.path()))
-        })
-        .with_state(coordinator)
+        .route("/api/{*rest}", axum::routing::any(no_endpoint))
+        .with_state(coordinator);
+    let api = match config.tokens {
+        Some(t) => api.layer(axum::middleware::from_fn_with_state(Arc::new(t), crate::auth::check)),
+        None => api,
+    };
+    Router::new()
+        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .merge(api)
+        .fallback_service(crate::web::service(config.web_dir))
+}
+
+async fn no_endpoint(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no such endpoint: {}", uri.path()))
 }
 
 #[derive(Serialize)]
@@ -415,7 +437,7 @@ struct NewMigration {
     target_server_id: String,
     #[serde(default)]
     source_server_id: Option<String>,
-    /// "stop_and_copy" (default) or "post_copy".
+    /// "stop-and-copy" (default), "post-copy" or "auto" (underscores accepted too).
     #[serde(default)]
     mode: Option<String>,
 }
@@ -491,23 +513,16 @@ async fn create_migration(
     State(c): State<Arc<Coordinator>>,
     ApiJson(m): ApiJson<NewMigration>,
 ) -> Result<(StatusCode, Json<Migration>), ApiError> {
-    let post_copy = match m.mode.as_deref() {
-        None | Some("stop_and_copy") => false,
-        Some("post_copy") => true,
-        Some(other) => {
-            return Err(ApiError {
-                status: StatusCode::BAD_REQUEST,
-                code: "bad_request",
-                message: format!("mode {other:?} is not one of stop_and_copy, post_copy"),
-            })
-        }
+    let mode = match m.mode.as_deref() {
+        None => ferry_coordinator::MigrationMode::StopAndCopy,
+        Some(s) => ferry_coordinator::MigrationMode::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "mode {s:?} is not one of stop-and-copy, post-copy, auto"
+            ))
+        })?,
     };
-    let row = c.start_migration(
-        &m.process_id,
-        &m.target_server_id,
-        m.source_server_id.as_deref(),
-        post_copy,
-    )?;
+    let row =
+        c.start_migration(&m.process_id, &m.target_server_id, m.source_server_id.as_deref(), mode)?;
     Ok((StatusCode::ACCEPTED, Json(migration_json(row))))
 }
 

@@ -2,6 +2,7 @@
 //! the agent works with the plain types these functions return.
 
 pub mod command;
+pub mod fdstore;
 pub mod host;
 pub mod proc;
 pub mod reaper;

@@ -67,6 +67,13 @@ pub fn ns_pid(pid: i32) -> Option<i32> {
     status.nspid.and_then(|v| v.last().copied())
 }
 
+/// When `pid` started (clock ticks after boot), if it is alive and not a zombie: with the pid,
+/// it names one process for good, since a pid may be reused but not at the same start time.
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    let stat = procfs::process::Process::new(pid).ok()?.stat().ok()?;
+    (stat.state != 'Z' && stat.state != 'X').then_some(stat.starttime)
+}
+
 /// Clock ticks per second, for CPU percentages.
 pub fn ticks_per_second() -> u64 {
     procfs::ticks_per_second()

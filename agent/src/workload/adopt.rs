@@ -1,7 +1,7 @@
 //! Taking a running (spawned or restored) tree under supervision: its table entry, output capture
 //! and exit watch. Shared by start and by restore on a migration target.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -21,26 +21,48 @@ pub struct Adopt {
     pub own_pid_namespace: bool,
     pub started_at_ms: i64,
     pub log: LogStore,
-    /// Read ends of its stdout and stderr pipes.
-    pub stdout: OwnedFd,
-    pub stderr: OwnedFd,
+    /// Read ends of its stdout and stderr pipes (none for a recovered workload that has ended).
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
     pub stdio_keys: [String; 2],
     pub coop: Option<Arc<crate::engine::coop::Control>>,
-    pub exit: oneshot::Receiver<ExitStatus>,
+    pub exit: ExitWatch,
     pub paused: bool,
     pub pending_migration: Option<String>,
 }
 
+/// How the agent learns that a workload ended.
+pub enum ExitWatch {
+    /// Its init is this agent's child: the reaper reports the status.
+    Reaper(oneshot::Receiver<ExitStatus>),
+    /// Recovered from an earlier agent: not our child, so its end is seen (every half second)
+    /// but its status is not.
+    Poll { start_ticks: u64 },
+    /// Already ended.
+    Ended(ExitInfo),
+}
+
 impl Agent {
     pub(crate) fn adopt(&self, a: Adopt) -> Arc<Workload> {
-        logs::capture(a.stdout, Stream::Stdout, a.log.clone());
-        logs::capture(a.stderr, Stream::Stderr, a.log.clone());
+        for (fd, stream, tag) in
+            [(a.stdout, Stream::Stdout, "out"), (a.stderr, Stream::Stderr, "err")]
+        {
+            let Some(fd) = fd else { continue };
+            if let Some(store) = self.fd_store() {
+                if let Err(e) = store.put(&format!("{}:{tag}", a.spec.id), fd.as_fd()) {
+                    tracing::warn!(id = a.spec.id, %e, "cannot hand the output pipe to the fd store");
+                }
+            }
+            logs::capture(fd, stream, a.log.clone());
+        }
+        let init_start_ticks = crate::sys::proc::start_ticks(a.init_pid).unwrap_or(0);
         let (exit_tx, exit) = watch::channel(None);
         let w = Arc::new(Workload {
             spec: a.spec,
             dir: a.dir,
             cwd: a.cwd,
             init_pid: a.init_pid,
+            init_start_ticks,
             main_ns_pid: a.main_ns_pid,
             own_pid_namespace: a.own_pid_namespace,
             started_at_ms: a.started_at_ms,
@@ -57,18 +79,32 @@ impl Agent {
         });
         let id = w.id().to_string();
         let coop = w.coop.clone();
-        let exit_rx = a.exit;
+        let (exit_watch, pid) = (a.exit, a.init_pid);
+        let record = w.clone();
         tokio::spawn(async move {
-            if let Ok(status) = exit_rx.await {
-                let info = ExitInfo::from_init(status, crate::sys::now_ms());
+            let info = match exit_watch {
+                ExitWatch::Reaper(rx) => {
+                    rx.await.ok().map(|s| ExitInfo::from_init(s, crate::sys::now_ms()))
+                }
+                ExitWatch::Ended(info) => Some(info),
+                ExitWatch::Poll { start_ticks } => {
+                    while crate::sys::proc::start_ticks(pid) == Some(start_ticks) {
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
+                    Some(ExitInfo { code: None, signal: None, at_ms: crate::sys::now_ms() })
+                }
+            };
+            if let Some(info) = info {
                 tracing::info!(id, %info, "workload ended");
                 let _ = exit_tx.send(Some(info));
+                record.persist();
             }
             if let Some(c) = coop {
                 c.close();
             }
         });
         self.insert(w.clone());
+        w.persist();
         w
     }
 }

@@ -2,6 +2,7 @@
 
 mod adopt;
 mod pause;
+mod persist;
 mod spec;
 pub(crate) mod start;
 mod status;
@@ -13,7 +14,7 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-pub use adopt::Adopt;
+pub use adopt::{Adopt, ExitWatch};
 pub(crate) use pause::{continue_tree, stop_tree};
 pub use spec::{Engine, WorkloadSpec};
 pub use status::{State, Status, Task};
@@ -48,7 +49,7 @@ impl std::fmt::Display for ExitInfo {
         match (self.code, self.signal) {
             (Some(c), _) => write!(f, "exited with code {c}"),
             (None, Some(s)) => write!(f, "killed by signal {s}"),
-            (None, None) => write!(f, "exited"),
+            (None, None) => write!(f, "exited (status unknown: it ended under an earlier agent)"),
         }
     }
 }
@@ -70,6 +71,8 @@ pub struct Workload {
     pub cwd: PathBuf,
     /// Host pid of its ferry-init.
     pub init_pid: i32,
+    /// Its ferry-init's start time (clock ticks after boot), naming it with `init_pid` for good.
+    pub init_start_ticks: u64,
     /// Its main process's pid as ferry-init sees it.
     pub main_ns_pid: i32,
     pub own_pid_namespace: bool,
@@ -100,6 +103,7 @@ impl Workload {
 
     pub(crate) fn set_paused(&self, paused: bool) {
         self.state.lock().expect("workload state poisoned").paused = paused;
+        self.persist();
     }
 
     pub fn pending_migration(&self) -> Option<String> {
@@ -108,6 +112,7 @@ impl Workload {
 
     pub(crate) fn set_pending_migration(&self, id: Option<String>) {
         self.state.lock().expect("workload state poisoned").pending_migration = id;
+        self.persist();
     }
 
     /// Waits until the workload has exited, at most `timeout`. True if it has.

@@ -146,11 +146,11 @@ impl Agent {
                 .map(|r| r.started_at_ms)
                 .unwrap_or_else(crate::sys::now_ms),
             log,
-            stdout: out_r,
-            stderr: err_r,
+            stdout: Some(out_r),
+            stderr: Some(err_r),
             stdio_keys,
             coop,
-            exit,
+            exit: crate::workload::ExitWatch::Reaper(exit),
             paused: false,
             pending_migration: restoring.map(|r| r.migration_id),
         }))

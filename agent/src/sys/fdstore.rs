@@ -1,0 +1,257 @@
+//! The fd store: a small process beside the agent that holds a duplicate of every workload's
+//! output pipe (read end), so a workload never gets SIGPIPE or EPIPE when its agent dies, and a
+//! restarted agent takes the pipes back and goes on reading where the old one stopped (what was
+//! written meanwhile waits in the pipe; a chatty workload blocks once the pipe is full, as under
+//! any log collector that is down).
+//!
+//! Protocol over a SOCK_SEQPACKET Unix socket (`<data dir>/fdstore.sock`), one message each:
+//! - `PUT NAME` with one fd attached: keep it (replacing an entry of that name);
+//! - `LIST`: the store answers `FD NAME` with the fd attached for every entry, then `END`.
+//!
+//! The store drops a pipe once every writer has closed it (POLLHUP) — at once while an agent is
+//! connected (the agent reads the rest through its own copy), after [`KEEP_AFTER_HUP`] while none
+//! is (the output of a workload that ended while its agent was down waits that long). It exits
+//! when it holds nothing and no agent is connected.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{
+    accept, bind, connect, listen, recvmsg, sendmsg, socket, AddressFamily, Backlog,
+    ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
+};
+
+/// How long a pipe whose writers are all gone is kept while no agent is connected.
+pub const KEEP_AFTER_HUP: Duration = Duration::from_secs(300);
+
+const MAX_MSG: usize = 4096;
+
+fn seqpacket() -> std::io::Result<OwnedFd> {
+    Ok(socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)?)
+}
+
+fn send(sock: BorrowedFd<'_>, text: &str, fd: Option<BorrowedFd<'_>>) -> std::io::Result<()> {
+    let iov = [IoSlice::new(text.as_bytes())];
+    let fds;
+    let cmsgs: Vec<ControlMessage<'_>> = match fd {
+        Some(fd) => {
+            fds = [fd.as_raw_fd()];
+            vec![ControlMessage::ScmRights(&fds)]
+        }
+        None => Vec::new(),
+    };
+    sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
+    Ok(())
+}
+
+/// One message: its text (empty when the peer has gone) and the fds that came with it.
+fn recv(sock: BorrowedFd<'_>) -> std::io::Result<(String, Vec<OwnedFd>)> {
+    let mut buf = [0u8; MAX_MSG];
+    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let msg =
+        recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: SCM_RIGHTS hands us new descriptors that nothing else owns.
+            fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    let n = msg.bytes;
+    Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), fds))
+}
+
+struct Entry {
+    name: String,
+    fd: OwnedFd,
+    hup_since: Option<Instant>,
+}
+
+/// Runs the store on `path` until it holds nothing and no agent is connected.
+pub fn serve(path: &Path) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = seqpacket()?;
+    bind(listener.as_raw_fd(), &UnixAddr::new(path)?)?;
+    listen(&listener, Backlog::new(4)?)?;
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut client: Option<OwnedFd> = None;
+    let started = Instant::now();
+    let mut served_anyone = false;
+    loop {
+        let mut polls: Vec<libc::pollfd> = Vec::with_capacity(entries.len() + 1);
+        let head = match &client {
+            Some(c) => c.as_raw_fd(),
+            None => listener.as_raw_fd(),
+        };
+        polls.push(libc::pollfd { fd: head, events: libc::POLLIN, revents: 0 });
+        // events 0: only POLLHUP/POLLERR are reported; the store never reads the pipes.
+        polls.extend(entries.iter().map(|e| libc::pollfd {
+            fd: e.fd.as_raw_fd(),
+            events: 0,
+            revents: 0,
+        }));
+        // SAFETY: a pollfd array we own, of the length given.
+        let n = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, 1000) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+            continue;
+        }
+        let now = Instant::now();
+        for (e, p) in entries.iter_mut().zip(&polls[1..]) {
+            if p.revents & (libc::POLLHUP | libc::POLLERR) != 0 && e.hup_since.is_none() {
+                e.hup_since = Some(now);
+            }
+        }
+        let connected = client.is_some();
+        entries.retain(|e| match e.hup_since {
+            None => true,
+            Some(_) if connected => false,
+            Some(t) => now.duration_since(t) < KEEP_AFTER_HUP,
+        });
+        if polls[0].revents != 0 {
+            match &client {
+                None => {
+                    let fd = accept(listener.as_raw_fd())?;
+                    // SAFETY: accept returned a new descriptor we now own.
+                    client = Some(unsafe { OwnedFd::from_raw_fd(fd) });
+                    served_anyone = true;
+                }
+                Some(c) => match recv(c.as_fd()) {
+                    Ok((text, _)) if text.is_empty() => client = None,
+                    Err(_) => client = None,
+                    Ok((text, mut fds)) => {
+                        if let Some(name) = text.strip_prefix("PUT ") {
+                            if let Some(fd) = fds.pop() {
+                                entries.retain(|e| e.name != name);
+                                entries.push(Entry { name: name.to_string(), fd, hup_since: None });
+                            }
+                        } else if text == "LIST" {
+                            for e in &entries {
+                                send(c.as_fd(), &format!("FD {}", e.name), Some(e.fd.as_fd()))?;
+                            }
+                            send(c.as_fd(), "END", None)?;
+                        }
+                    }
+                },
+            }
+        }
+        let idle = client.is_none() && entries.is_empty();
+        if idle && (served_anyone || started.elapsed() > Duration::from_secs(30)) {
+            let _ = std::fs::remove_file(path);
+            return Ok(());
+        }
+    }
+}
+
+/// The agent's connection to its fd store.
+pub struct FdStore {
+    sock: Mutex<OwnedFd>,
+}
+
+impl FdStore {
+    fn connect(path: &Path) -> std::io::Result<FdStore> {
+        let sock = seqpacket()?;
+        connect(sock.as_raw_fd(), &UnixAddr::new(path)?)?;
+        Ok(FdStore { sock: Mutex::new(sock) })
+    }
+
+    /// Connects to the store an earlier agent left running on `path`, or starts one (`exe
+    /// fd-store PATH`, in its own process group so a terminal's Ctrl-C to the agent spares it).
+    /// True in the second value when the store is an earlier one (there may be pipes to take).
+    pub fn connect_or_start(path: &Path, exe: &Path) -> std::io::Result<(FdStore, bool)> {
+        if let Ok(s) = FdStore::connect(path) {
+            return Ok((s, true));
+        }
+        let _ = std::fs::remove_file(path);
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new(exe)
+            .arg("fd-store")
+            .arg(path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match FdStore::connect(path) {
+                Ok(s) => return Ok((s, false)),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+
+    /// Hands the store a duplicate of `fd` under `name`.
+    pub fn put(&self, name: &str, fd: BorrowedFd<'_>) -> std::io::Result<()> {
+        let sock = self.sock.lock().expect("fd store poisoned");
+        send(sock.as_fd(), &format!("PUT {name}"), Some(fd))
+    }
+
+    /// Duplicates of every pipe the store holds, by name.
+    pub fn list(&self) -> std::io::Result<Vec<(String, OwnedFd)>> {
+        let sock = self.sock.lock().expect("fd store poisoned");
+        send(sock.as_fd(), "LIST", None)?;
+        let mut out = Vec::new();
+        loop {
+            let (text, mut fds) = recv(sock.as_fd())?;
+            if text == "END" || text.is_empty() {
+                return Ok(out);
+            }
+            if let (Some(name), Some(fd)) = (text.strip_prefix("FD "), fds.pop()) {
+                out.push((name.to_string(), fd));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn a_pipe_outlives_its_reader_and_comes_back_through_the_store() {
+        let dir = std::env::temp_dir().join(format!("ferry-fdstore-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("fdstore.sock");
+        let server = {
+            let path = path.clone();
+            std::thread::spawn(move || serve(&path))
+        };
+        let store = loop {
+            if let Ok(s) = FdStore::connect(&path) {
+                break s;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let (r, w) = crate::sys::spawn::pipe().unwrap();
+        store.put("w-1:out", r.as_fd()).unwrap();
+        drop(r); // the "agent" dies: only the store holds the read end now
+        let mut w = std::fs::File::from(w);
+        // No EPIPE: the store keeps a reader.
+        w.write_all(b"written while nobody reads\n").unwrap();
+        drop(store);
+        let store = FdStore::connect(&path).unwrap();
+        let mut got = store.list().unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, "w-1:out");
+        let mut r = std::fs::File::from(got.pop().unwrap().1);
+        drop(w); // the writer goes: the store drops its copy, the reader still gets the rest
+        let mut text = String::new();
+        r.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "written while nobody reads\n");
+        std::thread::sleep(Duration::from_millis(1200));
+        assert!(store.list().unwrap().is_empty(), "a pipe without writers is dropped");
+        drop(store);
+        server.join().unwrap().unwrap();
+        assert!(!path.exists(), "an idle store exits and removes its socket");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

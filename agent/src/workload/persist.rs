@@ -1,0 +1,181 @@
+//! A workload's record on disk, `<workload dir>/state.json`, rewritten whenever its state
+//! changes (adopted, paused, resumed, exited). A restarted agent reads these records back and
+//! re-adopts every workload still running (same pid *and* same start time, so a reused pid is
+//! never mistaken for it), taking its output pipes back from the fd store (`sys::fdstore`).
+//! Workloads that ended while the agent was down are listed as exited with an unknown status:
+//! only their parent, the old agent, could have read it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Adopt, Engine, ExitInfo, ExitWatch, Workload, WorkloadSpec};
+use crate::agent::Agent;
+use crate::logs::LogStore;
+
+pub const STATE_FILE: &str = "state.json";
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    id: String,
+    name: String,
+    argv: Vec<String>,
+    env: BTreeMap<String, String>,
+    spec_cwd: Option<PathBuf>,
+    engine: String,
+    labels: BTreeMap<String, String>,
+    cwd: PathBuf,
+    init_pid: i32,
+    init_start_ticks: u64,
+    main_ns_pid: i32,
+    own_pid_namespace: bool,
+    started_at_ms: i64,
+    stdio_keys: [String; 2],
+    paused: bool,
+    pending_migration: Option<String>,
+    /// (code, signal, at_ms) once it has exited.
+    exit: Option<(Option<i32>, Option<i32>, i64)>,
+}
+
+fn engine_name(e: Engine) -> &'static str {
+    match e {
+        Engine::Auto => "auto",
+        Engine::Criu => "criu",
+        Engine::Cooperative => "cooperative",
+    }
+}
+
+impl Workload {
+    /// Rewrites the record (atomically: a temporary file renamed over it). A workload whose
+    /// directory is gone (migrated away, removed) is not recreated.
+    pub(crate) fn persist(&self) {
+        if !self.dir.is_dir() {
+            return;
+        }
+        let state = self.state.lock().expect("workload state poisoned");
+        let r = Record {
+            id: self.spec.id.clone(),
+            name: self.spec.name.clone(),
+            argv: self.spec.argv.clone(),
+            env: self.spec.env.clone(),
+            spec_cwd: self.spec.cwd.clone(),
+            engine: engine_name(self.spec.engine).into(),
+            labels: self.spec.labels.clone(),
+            cwd: self.cwd.clone(),
+            init_pid: self.init_pid,
+            init_start_ticks: self.init_start_ticks,
+            main_ns_pid: self.main_ns_pid,
+            own_pid_namespace: self.own_pid_namespace,
+            started_at_ms: self.started_at_ms,
+            stdio_keys: self.stdio_keys.clone(),
+            paused: state.paused,
+            pending_migration: state.pending_migration.clone(),
+            exit: self.exit_info().map(|e| (e.code, e.signal, e.at_ms)),
+        };
+        drop(state);
+        let (path, tmp) = (self.dir.join(STATE_FILE), self.dir.join("state.json.tmp"));
+        let written = serde_json::to_vec_pretty(&r)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(id = self.spec.id, path = %path.display(), %e, "cannot write the workload record");
+        }
+    }
+}
+
+fn load(path: &Path) -> Option<Record> {
+    let text = std::fs::read(path).ok()?;
+    match serde_json::from_slice(&text) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), %e, "unreadable workload record; skipped");
+            None
+        }
+    }
+}
+
+impl Agent {
+    /// Re-adopts the workloads an earlier agent on this data dir left behind; `pipes` are the
+    /// output pipes its fd store kept, by `ID:out` / `ID:err`.
+    pub(crate) fn recover(&self, mut pipes: HashMap<String, OwnedFd>) {
+        let root = self.config().data_dir.join("workloads");
+        let Ok(dirs) = std::fs::read_dir(&root) else { return };
+        for d in dirs.flatten() {
+            let dir = d.path();
+            let Some(r) = load(&dir.join(STATE_FILE)) else { continue };
+            if self.get(&r.id).is_ok() || dir.file_name().and_then(|n| n.to_str()) != Some(&r.id) {
+                continue;
+            }
+            let alive = r.exit.is_none()
+                && crate::sys::proc::start_ticks(r.init_pid) == Some(r.init_start_ticks);
+            let exit = match r.exit {
+                Some((code, signal, at_ms)) => ExitWatch::Ended(ExitInfo { code, signal, at_ms }),
+                None if alive => ExitWatch::Poll { start_ticks: r.init_start_ticks },
+                None => ExitWatch::Ended(ExitInfo {
+                    code: None,
+                    signal: None,
+                    at_ms: crate::sys::now_ms(),
+                }),
+            };
+            let log = match LogStore::open(&dir.join("output.log")) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(id = r.id, %e, "cannot open the workload's log; not recovered");
+                    continue;
+                }
+            };
+            let engine = match r.engine.as_str() {
+                "criu" => Engine::Criu,
+                "cooperative" => Engine::Cooperative,
+                _ => Engine::Auto,
+            };
+            let coop = if alive && engine == Engine::Cooperative {
+                crate::engine::coop::Control::listen(&dir.join("control.sock")).ok()
+            } else {
+                None
+            };
+            let (stdout, stderr) =
+                (pipes.remove(&format!("{}:out", r.id)), pipes.remove(&format!("{}:err", r.id)));
+            if alive && stdout.is_none() {
+                tracing::warn!(
+                    id = r.id,
+                    "its output pipes were not in the fd store; output from now on is lost"
+                );
+            }
+            tracing::info!(
+                id = r.id,
+                pid = r.init_pid,
+                alive,
+                "workload recovered from an earlier agent"
+            );
+            self.adopt(Adopt {
+                spec: WorkloadSpec {
+                    id: r.id,
+                    name: r.name,
+                    argv: r.argv,
+                    env: r.env,
+                    cwd: r.spec_cwd,
+                    engine,
+                    labels: r.labels,
+                },
+                dir,
+                cwd: r.cwd,
+                init_pid: r.init_pid,
+                main_ns_pid: r.main_ns_pid,
+                own_pid_namespace: r.own_pid_namespace,
+                started_at_ms: r.started_at_ms,
+                log,
+                stdout: if alive { stdout } else { None },
+                stderr: if alive { stderr } else { None },
+                stdio_keys: r.stdio_keys,
+                coop,
+                exit,
+                paused: alive && r.paused,
+                pending_migration: r.pending_migration.filter(|_| alive),
+            });
+        }
+    }
+}
