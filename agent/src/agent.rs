@@ -19,6 +19,9 @@ pub struct Agent {
     lazy_daemons: std::sync::Mutex<HashMap<String, i32>>,
     /// Migrations this node started (as source): None while running, then the report.
     migrations: std::sync::Mutex<HashMap<String, crate::migrate::MigrationState>>,
+    /// Bytes declared by the snapshots being received (PushSnapshot), reserved against the
+    /// data dir's free space.
+    receiving: std::sync::atomic::AtomicU64,
 }
 
 impl Agent {
@@ -61,6 +64,7 @@ impl Agent {
             workloads: RwLock::default(),
             lazy_daemons: Default::default(),
             migrations: Default::default(),
+            receiving: Default::default(),
         }))
     }
 
@@ -78,6 +82,10 @@ impl Agent {
 
     pub fn criu(&self) -> &CriuInfo {
         &self.criu
+    }
+
+    pub(crate) fn receiving(&self) -> &std::sync::atomic::AtomicU64 {
+        &self.receiving
     }
 
     pub fn get(&self, id: &str) -> Result<Arc<Workload>> {

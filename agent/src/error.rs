@@ -35,6 +35,8 @@ pub enum AgentError {
     Restore { node: String, source: crate::engine::EngineError },
     #[error("the snapshot stream broke: {0}")]
     StreamBroken(String),
+    #[error("migration id {id:?} is already in use on this node")]
+    MigrationExists { id: String },
     #[error("no pending migration {id} on this node")]
     NoSuchMigration { id: String },
     #[error("internal error: {0}")]

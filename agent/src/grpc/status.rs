@@ -24,7 +24,9 @@ impl From<AgentError> for Status {
             AgentError::Restore { .. } => Code::FailedPrecondition,
             AgentError::StreamBroken(_) => Code::Aborted,
             AgentError::NotFound { .. } | AgentError::NoSuchMigration { .. } => Code::NotFound,
-            AgentError::AlreadyExists { .. } => Code::AlreadyExists,
+            AgentError::AlreadyExists { .. } | AgentError::MigrationExists { .. } => {
+                Code::AlreadyExists
+            }
             AgentError::BadState { .. } => Code::FailedPrecondition,
             AgentError::Spawn(_)
             | AgentError::Signal { .. }

@@ -121,9 +121,9 @@ impl Agent {
         let _busy = Busy(w.clone());
         let mid =
             req.migration_id.clone().unwrap_or_else(|| crate::workload::start::new_id_with("m"));
-        if snap::safe_relative(&mid).is_none() || mid.contains('/') {
+        if !crate::workload::valid_id(&mid) {
             return Err(AgentError::InvalidRequest(format!(
-                "migration id {mid:?} is not a plain name"
+                "migration id {mid:?} must be 1-64 characters of letters, digits, '.', '_' or '-'"
             )));
         }
         let progress = Arc::new(Progress::default());

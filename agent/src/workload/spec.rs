@@ -72,7 +72,9 @@ impl WorkloadSpec {
     }
 }
 
-fn valid_id(id: &str) -> bool {
+/// An id usable as a file name: 1-64 letters, digits, '.', '_' or '-', not "." or "..". Workload
+/// and migration ids both name directories under the data dir.
+pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && id != "."
