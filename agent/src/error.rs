@@ -21,6 +21,8 @@ pub enum AgentError {
     BadState { id: String, state: String, op: &'static str, hint: &'static str },
     #[error("workload {id:?} already exists on this node")]
     AlreadyExists { id: String },
+    #[error("{0}")]
+    Credentials(#[from] crate::sys::user::CredError),
     #[error("could not start workload: {0}")]
     Spawn(#[from] SpawnError),
     #[error("could not signal workload {id} (pid {pid}): {source}")]

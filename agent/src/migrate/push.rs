@@ -60,6 +60,9 @@ impl Agent {
                 self.criu().check_error
             )));
         }
+        // Its user and group must exist here before anything is received.
+        spec.check_limits()?;
+        let creds = self.credentials(&spec)?;
         if let Ok(w) = self.get(&spec.id) {
             if w.exit_info().is_none() {
                 return Err(AgentError::AlreadyExists { id: spec.id });
@@ -75,7 +78,9 @@ impl Agent {
             move |source| AgentError::Io { path, source }
         };
         std::fs::create_dir_all(&migrations).map_err(io(&migrations))?;
-        match std::fs::DirBuilder::new().mode(0o700).create(&scratch) {
+        // Others may pass through (a cooperative workload's own user reads its state below it)
+        // but not list it.
+        match std::fs::DirBuilder::new().mode(0o711).create(&scratch) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(AgentError::MigrationExists { id: mid });
@@ -100,7 +105,15 @@ impl Agent {
 
         let restore_start = Instant::now();
         let dir = self.workload_dir(&spec.id);
-        let installed = install(&recv_dir, &dir, &info, spec.cwd.as_deref());
+        let installed =
+            install(&recv_dir, &dir, &info, spec.cwd.as_deref()).and_then(|()| match &creds {
+                // Received files are root's: the shipped working directory goes back to the
+                // workload's user (CRIU restores the processes' own credentials).
+                Some(c) if info.ships_workdir => {
+                    crate::workload::start::chown(&dir.join("work"), c)
+                }
+                _ => Ok(()),
+            });
         if let Err(e) = installed {
             let _ = std::fs::remove_dir_all(&scratch);
             let _ = std::fs::remove_dir_all(&dir);

@@ -150,8 +150,9 @@ impl Receiver {
             move |source| ReceiveError::Io { path, source }
         };
         std::fs::create_dir_all(root.parent().unwrap_or(root)).map_err(io(root))?;
-        // Only the agent reads what arrives (process memory, state files).
-        std::fs::DirBuilder::new().mode(0o700).create(root).map_err(io(root))?;
+        // Not listable by others; files keep the modes the manifest gives them (a cooperative
+        // workload running as another user reads its own state files here).
+        std::fs::DirBuilder::new().mode(0o711).create(root).map_err(io(root))?;
         let exists = |name: &str, path: &Path| {
             let (name, path) = (name.to_string(), path.to_path_buf());
             move |source: std::io::Error| {

@@ -22,6 +22,8 @@ pub const MAX_ENV: usize = 4096;
 pub const MAX_ENV_NAME: usize = 1024;
 /// At most this many bytes of environment in all (each `NAME=value` counted with its NUL).
 pub const MAX_ENV_BYTES: usize = 1 << 20;
+/// Longest user or group name (Linux's LOGIN_NAME_MAX).
+pub const MAX_USER_NAME: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Engine {
@@ -42,6 +44,10 @@ pub struct WorkloadSpec {
     pub cwd: Option<PathBuf>,
     pub engine: Engine,
     pub labels: BTreeMap<String, String>,
+    /// Run as this user (name or uid) instead of the agent's; resolved on the node.
+    pub user: Option<String>,
+    /// ...and this group (name or gid); None: the user's primary group.
+    pub group: Option<String>,
 }
 
 impl WorkloadSpec {
@@ -126,6 +132,16 @@ impl WorkloadSpec {
         let total: usize = self.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
         if total > MAX_ENV_BYTES {
             return invalid(format!("env totals {total} bytes (limit {MAX_ENV_BYTES} bytes)"));
+        }
+        for (what, v) in [("user", &self.user), ("group", &self.group)] {
+            let Some(v) = v else { continue };
+            if v.is_empty() || v.len() > MAX_USER_NAME || v.contains(['\0', ':', '/']) {
+                return invalid(format!(
+                    "{what} {:?} must be 1-{MAX_USER_NAME} bytes without NUL, ':' or '/' ({} bytes)",
+                    v.chars().take(64).collect::<String>(),
+                    v.len()
+                ));
+            }
         }
         Ok(())
     }
