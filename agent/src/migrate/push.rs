@@ -170,6 +170,14 @@ impl Agent {
         // the snapshots being received meanwhile, at most the free space. Actual bytes never
         // exceed the declared ones: the receiver refuses a file longer than announced.
         let declared = declared_size(manifest);
+        let max = self.config().max_snapshot_bytes;
+        if declared > max {
+            return Err(AgentError::Snapshot(ReceiveError::TooLarge {
+                size: declared,
+                limit: max,
+                what: "this agent's limit (--max-snapshot-mib)",
+            }));
+        }
         let free = crate::sys::host::free_bytes(&self.config().data_dir);
         let _reserved = Reserved::take(self.receiving(), declared, free)?;
         let receiver = Receiver::new(root, manifest, self.config().max_snapshot_bytes)?;

@@ -160,8 +160,9 @@ pub fn check_name(name: &str) -> Result<PathBuf, String> {
         ));
     }
     if let Some(long) = name.split('/').find(|s| s.len() > MAX_NAME_COMPONENT) {
+        let start: String = long.chars().take(32).collect();
         return Err(format!(
-            "file name {name:?} has a component of {} bytes (limit {MAX_NAME_COMPONENT} bytes)",
+            "file name has a component {start:?}... of {} bytes (limit {MAX_NAME_COMPONENT} bytes)",
             long.len()
         ));
     }
