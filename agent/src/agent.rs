@@ -21,6 +21,9 @@ pub struct Agent {
     migrations: std::sync::Mutex<HashMap<String, crate::migrate::MigrationState>>,
     /// Holds a copy of every workload's output pipes across agent restarts (`sys::fdstore`).
     fd_store: Option<crate::sys::fdstore::FdStore>,
+    /// Bytes declared by the snapshots being received (PushSnapshot), reserved against the
+    /// data dir's free space.
+    receiving: std::sync::atomic::AtomicU64,
 }
 
 impl Agent {
@@ -65,6 +68,7 @@ impl Agent {
             lazy_daemons: Default::default(),
             migrations: Default::default(),
             fd_store,
+            receiving: Default::default(),
         });
         agent.recover(pipes);
         Ok(agent)
@@ -88,6 +92,10 @@ impl Agent {
 
     pub fn criu(&self) -> &CriuInfo {
         &self.criu
+    }
+
+    pub(crate) fn receiving(&self) -> &std::sync::atomic::AtomicU64 {
+        &self.receiving
     }
 
     pub fn get(&self, id: &str) -> Result<Arc<Workload>> {

@@ -21,6 +21,8 @@ pub enum AgentError {
     BadState { id: String, state: String, op: &'static str, hint: &'static str },
     #[error("workload {id:?} already exists on this node")]
     AlreadyExists { id: String },
+    #[error("{0}")]
+    Credentials(#[from] crate::sys::user::CredError),
     #[error("could not start workload: {0}")]
     Spawn(#[from] SpawnError),
     #[error("could not signal workload {id} (pid {pid}): {source}")]
@@ -35,6 +37,8 @@ pub enum AgentError {
     Restore { node: String, source: crate::engine::EngineError },
     #[error("the snapshot stream broke: {0}")]
     StreamBroken(String),
+    #[error("migration id {id:?} is already in use on this node")]
+    MigrationExists { id: String },
     #[error("no pending migration {id} on this node")]
     NoSuchMigration { id: String },
     #[error("internal error: {0}")]

@@ -4,6 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -46,9 +47,15 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    /// Opens (or creates) the log at `path`, indexing what it already holds.
+    /// Opens (or creates) the log at `path`, indexing what it already holds. A symlink there is
+    /// refused, never followed (a received log could be one).
     pub fn open(path: &Path) -> std::io::Result<LogStore> {
-        let file = OpenOptions::new().create(true).read(true).append(true).open(path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .custom_flags(crate::sys::O_NOFOLLOW)
+            .open(path)?;
         let mut offsets = Vec::new();
         let mut len = 0u64;
         let mut reader = BufReader::new(file.try_clone()?);

@@ -1,6 +1,6 @@
 //! `ferry-init`: PID 1 of a ferry workload's PID namespace.
 //!
-//! Usage: `ferry-init STATUS_FD PROGRAM [ARGS...]`
+//! Usage: `ferry-init STATUS_FD[:UID:GID:GROUPS] PROGRAM [ARGS...]`
 //!
 //! It starts PROGRAM (looked up in `PATH`) with the environment and working directory it was given,
 //! reaps every process of the namespace, forwards the signals it receives to all of them, and lives
@@ -9,7 +9,13 @@
 //! when that process was killed by a signal.
 //!
 //! STATUS_FD (or -1) receives one line, then is closed: `started NSPID` once PROGRAM executes, or
-//! `error ERRNO` when it could not be executed (init then exits 127).
+//! `error ERRNO` when it could not be executed, `creds ERRNO` when the credentials could not be
+//! taken, `cwd ERRNO` when the working directory is not usable with them (init then exits 127).
+//!
+//! With `:UID:GID:GROUPS` (GROUPS comma-separated, possibly empty), PROGRAM runs with those
+//! supplementary groups, group and user; ferry-init itself stays root. CRIU dumps a PID namespace
+//! through its init, which must be able to mount a /proc of its own namespace: an unprivileged
+//! init cannot ("can't dump unprivileged task whose /proc doesn't belong to it").
 //!
 //! This executable is mapped by every workload, and CRIU requires each mapped executable to be
 //! identical on the target of a migration. Keep it small, dependency-free and rarely changed.
@@ -25,7 +31,23 @@ fn main() {
         eprintln!("usage: ferry-init STATUS_FD PROGRAM [ARGS...]");
         std::process::exit(64);
     }
-    let status_fd: i32 = args[1].to_str().and_then(|s| s.parse().ok()).unwrap_or(-1);
+    let first = args[1].to_str().unwrap_or("");
+    let mut fields = first.split(':');
+    let status_fd: i32 = fields.next().and_then(|s| s.parse().ok()).unwrap_or(-1);
+    let creds = match (fields.next(), fields.next(), fields.next()) {
+        (Some(u), Some(g), Some(gs)) => {
+            let ids: Option<Vec<libc::gid_t>> =
+                gs.split(',').filter(|x| !x.is_empty()).map(|x| x.parse().ok()).collect();
+            match (u.parse::<libc::uid_t>(), g.parse::<libc::gid_t>(), ids) {
+                (Ok(u), Ok(g), Some(ids)) => Some((u, g, ids)),
+                _ => {
+                    eprintln!("ferry-init: bad credentials {first:?}");
+                    std::process::exit(64);
+                }
+            }
+        }
+        _ => None,
+    };
     let argv: Vec<CString> =
         args[2..].iter().map(|a| CString::new(a.clone().into_vec()).unwrap_or_default()).collect();
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
@@ -63,19 +85,41 @@ fn main() {
             if status_fd >= 0 {
                 libc::close(status_fd);
             }
+            let fail = |stage: u8| {
+                let e = errno().to_ne_bytes();
+                let msg = [stage, e[0], e[1], e[2], e[3]];
+                libc::write(errpipe[1], msg.as_ptr().cast(), msg.len());
+                libc::_exit(127);
+            };
+            if let Some((uid, gid, groups)) = &creds {
+                // Groups first, the user last: each step needs the privilege the next drops.
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(*gid) != 0
+                    || libc::setuid(*uid) != 0
+                {
+                    fail(b'c');
+                }
+                // The working directory was entered as root: it must be usable as the user.
+                if libc::chdir(c".".as_ptr()) != 0 {
+                    fail(b'd');
+                }
+            }
             libc::execvp(argv_ptrs[0], argv_ptrs.as_ptr());
-            let e = errno().to_ne_bytes();
-            libc::write(errpipe[1], e.as_ptr().cast(), e.len());
-            libc::_exit(127);
+            fail(b'e');
         }
         libc::close(errpipe[1]);
-        let mut e = [0u8; 4];
+        let mut e = [0u8; 5];
         let n = libc::read(errpipe[0], e.as_mut_ptr().cast(), e.len());
         libc::close(errpipe[0]);
-        if n == 4 {
+        if n == 5 {
             let mut st = 0;
             libc::waitpid(main_pid, &mut st, 0);
-            report(status_fd, &format!("error {}", i32::from_ne_bytes(e)));
+            let what = match e[0] {
+                b'c' => "creds",
+                b'd' => "cwd",
+                _ => "error",
+            };
+            report(status_fd, &format!("{what} {}", i32::from_ne_bytes([e[1], e[2], e[3], e[4]])));
             std::process::exit(127);
         }
         report(status_fd, &format!("started {main_pid}"));

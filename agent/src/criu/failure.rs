@@ -54,6 +54,11 @@ const KNOWN: &[(&str, &str)] = &[
     ("xsave", "the target CPU's extended state (xsave) does not match the source's"),
     ("Unsupported", "the workload uses a kind of file or resource CRIU does not support"),
     ("Can't dump file", "the workload holds a file CRIU cannot dump (unsupported file type)"),
+    (
+        "Can't get rlimit",
+        "CRIU cannot read the resource limits of a workload process running as another user: \
+         the agent lacks CAP_SYS_RESOURCE (some containers drop it even for root)",
+    ),
     ("Operation not permitted", "CRIU lacked a permission (the agent must run as root)"),
 ];
 

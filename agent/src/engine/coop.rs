@@ -191,7 +191,7 @@ impl CheckpointEngine for CoopEngine {
 
     fn checkpoint(
         &self,
-        _agent: &Agent,
+        agent: &Agent,
         w: &Workload,
         dirs: &CheckpointDirs<'_>,
     ) -> Result<(), EngineError> {
@@ -203,6 +203,12 @@ impl CheckpointEngine for CoopEngine {
         })?;
         std::fs::create_dir_all(dirs.images)
             .map_err(|e| EngineError::Other(format!("cannot create {:?}: {e}", dirs.images)))?;
+        // A program running as another user writes its state there itself.
+        let creds = agent.credentials(&w.spec).map_err(|e| EngineError::Other(e.to_string()))?;
+        if let Some(c) = creds {
+            crate::workload::start::chown(dirs.images, &c)
+                .map_err(|e| EngineError::Other(e.to_string()))?;
+        }
         control.checkpoint(dirs.images, DEADLINE).map_err(EngineError::Cooperative)
     }
 

@@ -22,6 +22,8 @@ pub fn spec_from_pb(s: pb::WorkloadSpec) -> WorkloadSpec {
             pb::Engine::Unspecified => Engine::Auto,
         },
         labels: s.labels.into_iter().collect(),
+        user: (!s.user.is_empty()).then_some(s.user),
+        group: (!s.group.is_empty()).then_some(s.group),
     }
 }
 
@@ -38,6 +40,8 @@ pub fn spec_to_pb(s: &WorkloadSpec) -> pb::WorkloadSpec {
             Engine::Cooperative => pb::Engine::Cooperative,
         } as i32,
         labels: s.labels.clone().into_iter().collect(),
+        user: s.user.clone().unwrap_or_default(),
+        group: s.group.clone().unwrap_or_default(),
     }
 }
 

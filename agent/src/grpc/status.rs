@@ -15,6 +15,9 @@ impl From<AgentError> for Status {
             AgentError::Spawn(crate::sys::spawn::SpawnError::Exec { .. })
             | AgentError::Spawn(crate::sys::spawn::SpawnError::Cwd { .. }) => Code::InvalidArgument,
             AgentError::InvalidRequest(_) => Code::InvalidArgument,
+            AgentError::Spawn(crate::sys::spawn::SpawnError::Creds { .. }) => Code::InvalidArgument,
+            AgentError::Credentials(crate::sys::user::CredError::Lookup { .. }) => Code::Internal,
+            AgentError::Credentials(_) => Code::InvalidArgument,
             AgentError::Snapshot(ReceiveError::Version(_)) => Code::FailedPrecondition,
             AgentError::Snapshot(ReceiveError::Invalid(_) | ReceiveError::TooLarge { .. }) => {
                 Code::InvalidArgument
@@ -24,7 +27,9 @@ impl From<AgentError> for Status {
             AgentError::Restore { .. } => Code::FailedPrecondition,
             AgentError::StreamBroken(_) => Code::Aborted,
             AgentError::NotFound { .. } | AgentError::NoSuchMigration { .. } => Code::NotFound,
-            AgentError::AlreadyExists { .. } => Code::AlreadyExists,
+            AgentError::AlreadyExists { .. } | AgentError::MigrationExists { .. } => {
+                Code::AlreadyExists
+            }
             AgentError::BadState { .. } => Code::FailedPrecondition,
             AgentError::Spawn(_)
             | AgentError::Signal { .. }

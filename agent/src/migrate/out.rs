@@ -121,9 +121,9 @@ impl Agent {
         let _busy = Busy(w.clone());
         let mid =
             req.migration_id.clone().unwrap_or_else(|| crate::workload::start::new_id_with("m"));
-        if snap::safe_relative(&mid).is_none() || mid.contains('/') {
+        if !crate::workload::valid_id(&mid) {
             return Err(AgentError::InvalidRequest(format!(
-                "migration id {mid:?} is not a plain name"
+                "migration id {mid:?} must be 1-64 characters of letters, digits, '.', '_' or '-'"
             )));
         }
         let progress = Arc::new(Progress::default());
@@ -332,6 +332,25 @@ impl Run {
         })
         .await
         .map_err(|e| fail(p, e.to_string()))?;
+        // CRIU reads every task's rlimits with prlimit, which for a process of another user
+        // needs CAP_SYS_RESOURCE: refuse here rather than fail the dump of a frozen workload.
+        if self.w.spec.engine == Engine::Criu && !crate::sys::host::has_cap_sys_resource() {
+            let creds = self.agent.credentials(&self.w.spec).map_err(|e| fail(p, e.to_string()))?;
+            if let Some(c) = creds.filter(|c| c.uid != 0 || c.gid != 0) {
+                return Err(fail(
+                    p,
+                    format!(
+                        "node {} cannot checkpoint workload {} with CRIU: it runs as uid {}, gid \
+                         {}, and CRIU needs CAP_SYS_RESOURCE to read its resource limits, which \
+                         this agent lacks",
+                        self.agent.config().node,
+                        self.w.id(),
+                        c.uid,
+                        c.gid
+                    ),
+                ));
+            }
+        }
         let problems = preflight::check(
             &SourceFacts {
                 node: &self.agent.config().node,

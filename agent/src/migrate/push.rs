@@ -1,7 +1,9 @@
 //! The target's side of a migration: receive a snapshot, verify all of it, install the working
 //! directory and log, restore the workload stopped, and hold it until the source commits.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -9,9 +11,8 @@ use ferry_proto::agent as pb;
 
 use crate::agent::Agent;
 use crate::error::{AgentError, Result};
-use crate::snapshot::receive::{decode, Decoded, Receiver};
-use crate::snapshot::{safe_relative, CHUNK_SIZE};
-use crate::workload::Engine;
+use crate::snapshot::receive::{declared_size, decode, Decoded, ReceiveError, Receiver};
+use crate::workload::{valid_id, Engine};
 
 /// What the target reports back to the source.
 pub struct Pushed {
@@ -36,9 +37,9 @@ impl Agent {
             ));
         };
         let mid = manifest.migration_id.clone();
-        if safe_relative(&mid).is_none() || mid.contains('/') {
+        if !valid_id(&mid) {
             return Err(AgentError::InvalidRequest(format!(
-                "migration id {mid:?} is not a plain name"
+                "migration id {mid:?} must be 1-64 characters of letters, digits, '.', '_' or '-'"
             )));
         }
         let spec_pb = manifest.spec.clone().ok_or_else(|| {
@@ -46,9 +47,9 @@ impl Agent {
         })?;
         let spec = crate::grpc::spec_from_pb(spec_pb);
         let info = manifest.restore.clone().unwrap_or_default();
-        if spec.id.is_empty() || safe_relative(&spec.id).is_none() || spec.id.contains('/') {
+        if !valid_id(&spec.id) {
             return Err(AgentError::InvalidRequest(format!(
-                "workload id {:?} is not a plain name",
+                "workload id {:?} must be 1-64 characters of letters, digits, '.', '_' or '-'",
                 spec.id
             )));
         }
@@ -59,13 +60,33 @@ impl Agent {
                 self.criu().check_error
             )));
         }
+        // Its user and group must exist here before anything is received.
+        spec.check_limits()?;
+        let creds = self.credentials(&spec)?;
         if let Ok(w) = self.get(&spec.id) {
             if w.exit_info().is_none() {
                 return Err(AgentError::AlreadyExists { id: spec.id });
             }
             self.remove(&spec.id);
         }
-        let scratch = self.config().data_dir.join("migrations").join(&mid);
+        let migrations = self.config().data_dir.join("migrations");
+        let scratch = migrations.join(&mid);
+        // The scratch directory is this push's own: an id already in use (a migration in flight
+        // or kept for inspection) is refused, and its files are left alone.
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| AgentError::Io { path, source }
+        };
+        std::fs::create_dir_all(&migrations).map_err(io(&migrations))?;
+        // Others may pass through (a cooperative workload's own user reads its state below it)
+        // but not list it.
+        match std::fs::DirBuilder::new().mode(0o711).create(&scratch) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(AgentError::MigrationExists { id: mid });
+            }
+            Err(e) => return Err(io(&scratch)(e)),
+        }
         let recv_dir = scratch.join("recv");
         let received = self.receive_files(&mut parts, &recv_dir, &manifest).await;
         let (totals, verify_ms) = match received {
@@ -84,7 +105,15 @@ impl Agent {
 
         let restore_start = Instant::now();
         let dir = self.workload_dir(&spec.id);
-        let installed = install(&recv_dir, &dir, &info, spec.cwd.as_deref());
+        let installed =
+            install(&recv_dir, &dir, &info, spec.cwd.as_deref()).and_then(|()| match &creds {
+                // Received files are root's: the shipped working directory goes back to the
+                // workload's user (CRIU restores the processes' own credentials).
+                Some(c) if info.ships_workdir => {
+                    crate::workload::start::chown(&dir.join("work"), c)
+                }
+                _ => Ok(()),
+            });
         if let Err(e) = installed {
             let _ = std::fs::remove_dir_all(&scratch);
             let _ = std::fs::remove_dir_all(&dir);
@@ -137,9 +166,21 @@ impl Agent {
         root: &Path,
         manifest: &pb::Manifest,
     ) -> Result<(crate::snapshot::receive::Totals, i64)> {
-        let limit = crate::sys::host::free_bytes(&self.config().data_dir)
-            .min(self.config().max_snapshot_bytes);
-        let receiver = Receiver::new(root, manifest, limit)?;
+        // Declared sizes: at most --max-snapshot-mib (checked by the receiver), and together with
+        // the snapshots being received meanwhile, at most the free space. Actual bytes never
+        // exceed the declared ones: the receiver refuses a file longer than announced.
+        let declared = declared_size(manifest);
+        let max = self.config().max_snapshot_bytes;
+        if declared > max {
+            return Err(AgentError::Snapshot(ReceiveError::TooLarge {
+                size: declared,
+                limit: max,
+                what: "this agent's limit (--max-snapshot-mib)",
+            }));
+        }
+        let free = crate::sys::host::free_bytes(&self.config().data_dir);
+        let _reserved = Reserved::take(self.receiving(), declared, free)?;
+        let receiver = Receiver::new(root, manifest, self.config().max_snapshot_bytes)?;
         let (to_writer, mut writer_rx) = tokio::sync::mpsc::channel::<Decoded>(DECODE_AHEAD);
         let writer = tokio::task::spawn_blocking(move || {
             let mut receiver = receiver;
@@ -158,12 +199,7 @@ impl Agent {
                 })?;
                 match part.part {
                     Some(pb::snapshot_part::Part::Chunk(c)) => {
-                        if c.payload.len() > CHUNK_SIZE * 2 {
-                            return Err(AgentError::InvalidRequest(format!(
-                                "chunk payload of {} bytes is too large",
-                                c.payload.len()
-                            )));
-                        }
+                        // decode checks the sizes first, before it allocates anything.
                         decoding.push_back(tokio::task::spawn_blocking(move || decode(c)));
                         if decoding.len() >= DECODE_AHEAD {
                             forward(&mut decoding, &to_writer).await?;
@@ -204,6 +240,36 @@ impl Agent {
     }
 }
 
+/// Bytes of snapshots being received, held from the manifest until every file is written.
+struct Reserved<'a> {
+    counter: &'a AtomicU64,
+    bytes: u64,
+}
+
+impl<'a> Reserved<'a> {
+    /// Reserves `bytes`, refusing when they and what is already reserved exceed `free`.
+    fn take(counter: &'a AtomicU64, bytes: u64, free: u64) -> Result<Reserved<'a>> {
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
+                held.checked_add(bytes).filter(|total| *total <= free)
+            })
+            .map_err(|held| {
+                AgentError::Snapshot(ReceiveError::TooLarge {
+                    size: bytes,
+                    limit: free.saturating_sub(held),
+                    what: "the data dir's free space less the snapshots being received",
+                })
+            })?;
+        Ok(Reserved { counter, bytes })
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
+}
+
 /// Chunks decoded ahead of the writer.
 const DECODE_AHEAD: usize = 4;
 
@@ -228,13 +294,31 @@ fn install(recv: &Path, dir: &Path, info: &pb::RestoreInfo, cwd: Option<&Path>) 
         let path = path.to_path_buf();
         move |source| AgentError::Io { path, source }
     };
+    // symlink_metadata: an "images", "work", "log" or "log/output.log" that is a symlink would
+    // make the agent read, write (the log) or hand out (the working directory) a path outside
+    // the snapshot. The receiver never follows a symlink, so checking these top levels suffices.
+    let kind = |rel: &str| std::fs::symlink_metadata(recv.join(rel)).ok().map(|m| m.file_type());
+    let not_a = |rel: &str, what: &str| {
+        AgentError::InvalidRequest(format!("{rel:?} in the snapshot is not a {what}"))
+    };
+    if !kind("images").is_some_and(|t| t.is_dir()) {
+        return Err(not_a("images", "directory"));
+    }
+    for rel in ["work", "log"] {
+        if kind(rel).is_some_and(|t| !t.is_dir()) {
+            return Err(not_a(rel, "directory"));
+        }
+    }
+    if kind("log/output.log").is_some_and(|t| !t.is_file()) {
+        return Err(not_a("log/output.log", "regular file"));
+    }
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(io(dir))?;
     }
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     if info.ships_workdir {
         let work = recv.join("work");
-        if !work.is_dir() {
+        if kind("work").is_none() {
             return Err(AgentError::InvalidRequest(
                 "the snapshot announces a working directory but has none".into(),
             ));
@@ -246,7 +330,7 @@ fn install(recv: &Path, dir: &Path, info: &pb::RestoreInfo, cwd: Option<&Path>) 
         }
     }
     let log = recv.join("log/output.log");
-    if log.is_file() {
+    if kind("log/output.log").is_some() {
         std::fs::rename(&log, dir.join("output.log")).map_err(io(&log))?;
     }
     Ok(())
@@ -273,5 +357,24 @@ pub mod futures_core_stream {
                 ))
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_snapshots_share_the_free_space() {
+        let held = AtomicU64::new(0);
+        let a = Reserved::take(&held, 600, 1000).unwrap();
+        let err = Reserved::take(&held, 500, 1000).err().unwrap().to_string();
+        assert!(err.contains("500 bytes") && err.contains("of 400 bytes"), "{err}");
+        assert!(err.contains("free space"), "{err}");
+        let b = Reserved::take(&held, 400, 1000).unwrap();
+        assert!(Reserved::take(&held, u64::MAX, u64::MAX).is_err(), "no overflow");
+        drop((a, b));
+        assert_eq!(held.load(Ordering::SeqCst), 0);
+        drop(Reserved::take(&held, 1000, 1000).unwrap());
     }
 }

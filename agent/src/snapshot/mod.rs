@@ -32,9 +32,11 @@ use ferry_proto::agent as pb;
 
 /// Version of the stream format this agent sends and accepts.
 pub const FORMAT_VERSION: u32 = 1;
-/// Raw bytes per chunk.
+/// Raw bytes per chunk; also the most raw bytes a receiver accepts in one chunk (checked before
+/// anything is allocated or decompressed).
 pub const CHUNK_SIZE: usize = 1 << 20;
-/// Largest payload accepted for one chunk (raw size plus zstd's worst-case overhead).
+/// Largest payload (wire bytes) accepted for one chunk: the raw size plus zstd's worst-case
+/// overhead.
 pub const MAX_PAYLOAD: usize = CHUNK_SIZE + 64 * 1024;
 /// Chunks the sender may prepare ahead of the network.
 pub const SEND_QUEUE: usize = 8;
@@ -43,6 +45,12 @@ pub const ZSTD_LEVEL: i32 = 1;
 pub const DIGEST: &str = "blake3";
 /// At most this many files in one snapshot.
 pub const MAX_FILES: usize = 100_000;
+/// Longest file name (a relative path) in a manifest, in bytes (Linux's PATH_MAX).
+pub const MAX_NAME_LEN: usize = 4096;
+/// Longest component of a file name, in bytes (Linux's NAME_MAX).
+pub const MAX_NAME_COMPONENT: usize = 255;
+/// Longest symlink target in a manifest, in bytes.
+pub const MAX_LINK_TARGET: usize = 4096;
 
 /// Where a snapshot's files come from on the source.
 pub struct Sources<'a> {
@@ -124,21 +132,48 @@ fn entry(path: &Path, name: String) -> std::io::Result<Entry> {
 /// A manifest name as a relative path that cannot leave the snapshot root: no absolute paths, no
 /// `..`, no empty or `.` components, no NUL.
 pub fn safe_relative(name: &str) -> Option<PathBuf> {
-    if name.is_empty() || name.contains('\0') || name.len() > 4096 {
-        return None;
+    check_name(name).ok()
+}
+
+/// [`safe_relative`], saying why a name is refused (with the limit and the value where one was
+/// exceeded).
+pub fn check_name(name: &str) -> Result<PathBuf, String> {
+    if name.is_empty() {
+        return Err("file name is empty".into());
     }
-    let p = Path::new(name);
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "file name of {} bytes exceeds the limit of {MAX_NAME_LEN} bytes",
+            name.len()
+        ));
+    }
+    if name.contains('\0') {
+        return Err(format!("file name {name:?} contains a NUL byte"));
+    }
+    if name.starts_with('/') {
+        return Err(format!("file name {name:?} is absolute: it leaves the snapshot root"));
+    }
+    if let Some(bad) = name.split('/').find(|s| s.is_empty() || *s == "." || *s == "..") {
+        return Err(format!(
+            "file name {name:?} has a {bad:?} component: it leaves the snapshot root or is not \
+             canonical"
+        ));
+    }
+    if let Some(long) = name.split('/').find(|s| s.len() > MAX_NAME_COMPONENT) {
+        let start: String = long.chars().take(32).collect();
+        return Err(format!(
+            "file name has a component {start:?}... of {} bytes (limit {MAX_NAME_COMPONENT} bytes)",
+            long.len()
+        ));
+    }
     let mut out = PathBuf::new();
-    for c in p.components() {
+    for c in Path::new(name).components() {
         match c {
             Component::Normal(part) => out.push(part),
-            _ => return None,
+            _ => return Err(format!("file name {name:?} leaves the snapshot root")),
         }
     }
-    if name.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
-        return None;
-    }
-    Some(out)
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -151,6 +186,18 @@ mod tests {
         for bad in ["", "/etc/passwd", "../x", "a/../../x", "a//b", "./a", "a/.", "a\0b", "a/"] {
             assert_eq!(safe_relative(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn name_limits_name_the_limit_and_the_value() {
+        let long = "a/".repeat(2100);
+        let err = check_name(&long[..long.len() - 1]).unwrap_err();
+        assert!(err.contains("4199 bytes") && err.contains("limit of 4096"), "{err}");
+        let err = check_name(&format!("images/{}", "x".repeat(256))).unwrap_err();
+        assert!(err.contains("256 bytes") && err.contains("limit 255"), "{err}");
+        check_name(&format!("images/{}", "x".repeat(255))).unwrap();
+        assert!(check_name("../x").unwrap_err().contains("\"..\""));
+        assert!(check_name("/etc/x").unwrap_err().contains("absolute"));
     }
 
     #[test]

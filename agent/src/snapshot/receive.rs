@@ -1,15 +1,22 @@
 //! The receiving side: checks every part against the manifest and writes files under one root.
 //! Nothing outside that root is ever created or written: names are checked with
-//! [`safe_relative`], symlinks are created last-component only and never followed.
+//! [`check_name`], symlinks are created last-component only and never followed.
+//!
+//! Hostile input is refused before it costs anything: a chunk's declared raw size and its wire
+//! size are checked against [`CHUNK_SIZE`] and [`MAX_PAYLOAD`] before any allocation, zstd's own
+//! declared content size before decompression, and decompression writes into a buffer capped at
+//! the declared raw size (so a zip bomb fails instead of growing); a manifest's file count, name
+//! lengths and declared total are checked before anything is created. Set-user-ID and
+//! set-group-ID bits are never recreated. Every failure is a [`ReceiveError`].
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ferry_proto::agent as pb;
 
-use super::{safe_relative, FORMAT_VERSION, MAX_FILES, MAX_PAYLOAD};
+use super::{check_name, CHUNK_SIZE, FORMAT_VERSION, MAX_FILES, MAX_LINK_TARGET, MAX_PAYLOAD};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiveError {
@@ -19,8 +26,8 @@ pub enum ReceiveError {
     Invalid(String),
     #[error("corrupt snapshot: {0}")]
     Corrupt(String),
-    #[error("snapshot of {size} bytes exceeds this agent's limit of {limit} bytes")]
-    TooLarge { size: u64, limit: u64 },
+    #[error("snapshot of {size} bytes exceeds {what} of {limit} bytes")]
+    TooLarge { size: u64, limit: u64, what: &'static str },
     #[error("cannot write {path:?}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -37,20 +44,37 @@ pub struct Decoded {
 /// so chunks can be decoded in parallel and written in order by [`Receiver::write`].
 pub fn decode(c: pb::Chunk) -> Result<Decoded, ReceiveError> {
     let raw_len = c.raw_len as usize;
-    if raw_len == 0 || raw_len > super::CHUNK_SIZE || c.payload.len() > MAX_PAYLOAD {
+    let wire_len = c.payload.len();
+    let at = format!("chunk at offset {} of file {}", c.offset, c.file_index);
+    if raw_len == 0 {
+        return Err(ReceiveError::Invalid(format!("{at} declares 0 raw bytes")));
+    }
+    if raw_len > CHUNK_SIZE {
         return Err(ReceiveError::Invalid(format!(
-            "chunk of {raw_len} raw / {} wire bytes (at most {} / {MAX_PAYLOAD})",
-            c.payload.len(),
-            super::CHUNK_SIZE
+            "{at} declares {raw_len} raw bytes (limit {CHUNK_SIZE} bytes per chunk)"
         )));
     }
-    let at = format!("chunk at offset {} of file {}", c.offset, c.file_index);
-    let wire_len = c.payload.len();
+    if wire_len > MAX_PAYLOAD {
+        return Err(ReceiveError::Invalid(format!(
+            "{at} carries {wire_len} wire bytes (limit {MAX_PAYLOAD} bytes per chunk)"
+        )));
+    }
     let raw = match pb::Codec::try_from(c.codec) {
         Ok(pb::Codec::Raw) => c.payload,
-        Ok(pb::Codec::Zstd) => zstd::bulk::decompress(&c.payload, raw_len)
-            .map_err(|e| ReceiveError::Corrupt(format!("{at} does not decompress: {e}")))?,
-        _ => return Err(ReceiveError::Invalid(format!("unknown codec {}", c.codec))),
+        Ok(pb::Codec::Zstd) => {
+            // zstd's own header may declare the size: refuse a lie before decompressing.
+            if let Ok(Some(declared)) = zstd::zstd_safe::get_frame_content_size(&c.payload) {
+                if declared != raw_len as u64 {
+                    return Err(ReceiveError::Corrupt(format!(
+                        "{at}: its zstd frame declares {declared} bytes, the chunk {raw_len}"
+                    )));
+                }
+            }
+            // Into a buffer of at most raw_len bytes (<= CHUNK_SIZE): more output is an error.
+            zstd::bulk::decompress(&c.payload, raw_len)
+                .map_err(|e| ReceiveError::Corrupt(format!("{at} does not decompress: {e}")))?
+        }
+        _ => return Err(ReceiveError::Invalid(format!("{at} has unknown codec {}", c.codec))),
     };
     if raw.len() != raw_len {
         return Err(ReceiveError::Corrupt(format!(
@@ -67,9 +91,13 @@ pub fn decode(c: pb::Chunk) -> Result<Decoded, ReceiveError> {
 struct FileState {
     meta: pb::SnapshotFile,
     path: PathBuf,
-    out: Option<File>,
+    regular: bool,
     written: u64,
-    hasher: blake3::Hasher,
+}
+
+/// The sum of the sizes a manifest declares (saturating: a lie cannot wrap around).
+pub fn declared_size(m: &pb::Manifest) -> u64 {
+    m.files.iter().map(|f| f.size).fold(0u64, |a, b| a.saturating_add(b))
 }
 
 /// Totals of a verified snapshot.
@@ -81,10 +109,18 @@ pub struct Totals {
     pub bytes_wire: u64,
 }
 
+/// Receives one snapshot into a directory. Memory and file descriptors do not grow with the
+/// number of files: only the file being written is open and hashed; earlier files keep their
+/// digest.
 pub struct Receiver {
     files: Vec<FileState>,
     /// Index of the file chunks may currently be written to; earlier files are complete.
     current: usize,
+    /// The current file, opened at its first chunk, and the hash of what it received so far.
+    out: Option<File>,
+    hasher: blake3::Hasher,
+    /// Digests of the complete files, in manifest order.
+    digests: Vec<blake3::Hash>,
     totals: Totals,
 }
 
@@ -97,25 +133,40 @@ impl Receiver {
         }
         if m.files.len() > MAX_FILES {
             return Err(ReceiveError::Invalid(format!(
-                "{} files (at most {MAX_FILES})",
+                "manifest lists {} files (limit {MAX_FILES})",
                 m.files.len()
             )));
         }
-        let size: u64 = m.files.iter().map(|f| f.size).fold(0u64, |a, b| a.saturating_add(b));
+        let size = declared_size(m);
         if size > max_bytes {
-            return Err(ReceiveError::TooLarge { size, limit: max_bytes });
+            return Err(ReceiveError::TooLarge {
+                size,
+                limit: max_bytes,
+                what: "this agent's limit (--max-snapshot-mib)",
+            });
         }
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| ReceiveError::Io { path, source }
         };
         std::fs::create_dir_all(root.parent().unwrap_or(root)).map_err(io(root))?;
-        std::fs::create_dir(root).map_err(io(root))?;
-        let mut files = Vec::with_capacity(m.files.len());
+        // Not listable by others; files keep the modes the manifest gives them (a cooperative
+        // workload running as another user reads its own state files here).
+        std::fs::DirBuilder::new().mode(0o711).create(root).map_err(io(root))?;
+        let exists = |name: &str, path: &Path| {
+            let (name, path) = (name.to_string(), path.to_path_buf());
+            move |source: std::io::Error| {
+                if source.kind() == std::io::ErrorKind::AlreadyExists {
+                    // The root is new and only this receiver writes there.
+                    ReceiveError::Invalid(format!("{name:?} appears twice in the manifest"))
+                } else {
+                    ReceiveError::Io { path, source }
+                }
+            }
+        };
+        let mut files = Vec::new();
         for f in &m.files {
-            let rel = safe_relative(&f.name).ok_or_else(|| {
-                ReceiveError::Invalid(format!("file name {:?} leaves the snapshot root", f.name))
-            })?;
+            let rel = check_name(&f.name).map_err(ReceiveError::Invalid)?;
             let path = root.join(&rel);
             // The parent must already have been created as a directory of this snapshot: with
             // no symlink followed, nothing can land outside the root.
@@ -129,8 +180,8 @@ impl Receiver {
                     f.name
                 )));
             }
-            let mode = f.mode & 0o7777;
-            let mut out = None;
+            // Never set-user-ID or set-group-ID: the receiver creates files as root.
+            let mode = f.mode & 0o1777;
             match pb::FileKind::try_from(f.kind) {
                 Ok(pb::FileKind::Directory) => {
                     if f.size != 0 {
@@ -139,7 +190,7 @@ impl Receiver {
                             f.name
                         )));
                     }
-                    std::fs::create_dir(&path).map_err(io(&path))?;
+                    std::fs::create_dir(&path).map_err(exists(&f.name, &path))?;
                     let _ = std::fs::set_permissions(
                         &path,
                         std::fs::Permissions::from_mode(mode | 0o700),
@@ -147,19 +198,30 @@ impl Receiver {
                 }
                 Ok(pb::FileKind::Symlink) => {
                     if f.size != 0 || f.link_target.is_empty() || f.link_target.contains('\0') {
-                        return Err(ReceiveError::Invalid(format!("bad symlink {:?}", f.name)));
+                        return Err(ReceiveError::Invalid(format!(
+                            "symlink {:?} has a size, or an empty or NUL-bearing target",
+                            f.name
+                        )));
                     }
-                    std::os::unix::fs::symlink(&f.link_target, &path).map_err(io(&path))?;
+                    if f.link_target.len() > MAX_LINK_TARGET {
+                        return Err(ReceiveError::Invalid(format!(
+                            "symlink {:?} has a target of {} bytes (limit {MAX_LINK_TARGET} bytes)",
+                            f.name,
+                            f.link_target.len()
+                        )));
+                    }
+                    std::os::unix::fs::symlink(&f.link_target, &path)
+                        .map_err(exists(&f.name, &path))?;
                 }
                 Ok(pb::FileKind::Regular) => {
-                    let file = OpenOptions::new()
+                    // Created now (so the layout is checked up front), written when its turn comes.
+                    OpenOptions::new()
                         .write(true)
                         .create_new(true)
-                        .mode(mode | 0o600)
+                        .mode((mode & 0o777) | 0o600)
                         .custom_flags(crate::sys::O_NOFOLLOW)
                         .open(&path)
-                        .map_err(io(&path))?;
-                    out = Some(file);
+                        .map_err(exists(&f.name, &path))?;
                 }
                 Err(_) => {
                     return Err(ReceiveError::Invalid(format!("unknown file kind {}", f.kind)))
@@ -168,12 +230,18 @@ impl Receiver {
             files.push(FileState {
                 meta: f.clone(),
                 path,
-                out,
+                regular: f.kind == pb::FileKind::Regular as i32,
                 written: 0,
-                hasher: blake3::Hasher::new(),
             });
         }
-        Ok(Receiver { files, current: 0, totals: Totals::default() })
+        Ok(Receiver {
+            files,
+            current: 0,
+            out: None,
+            hasher: blake3::Hasher::new(),
+            digests: Vec::new(),
+            totals: Totals::default(),
+        })
     }
 
     /// Verifies one chunk and writes it. Blocking.
@@ -216,15 +284,26 @@ impl Receiver {
                 f.meta.name, f.meta.size
             )));
         }
-        let out = f.out.as_mut().ok_or_else(|| {
-            ReceiveError::Invalid(format!(
+        if !f.regular {
+            return Err(ReceiveError::Invalid(format!(
                 "chunk for {:?}, which is not a regular file",
                 f.meta.name
-            ))
-        })?;
-        out.write_all(&d.raw)
-            .map_err(|source| ReceiveError::Io { path: f.path.clone(), source })?;
-        f.hasher.update(&d.raw);
+            )));
+        }
+        let io = |source| ReceiveError::Io { path: f.path.clone(), source };
+        if self.out.is_none() {
+            // The file this receiver created; O_NOFOLLOW all the same.
+            let file = OpenOptions::new()
+                .write(true)
+                .custom_flags(crate::sys::O_NOFOLLOW)
+                .open(&f.path)
+                .map_err(io)?;
+            self.out = Some(file);
+        }
+        if let Some(out) = self.out.as_mut() {
+            out.write_all(&d.raw).map_err(io)?;
+        }
+        self.hasher.update(&d.raw);
         f.written += d.raw.len() as u64;
         self.totals.chunks += 1;
         self.totals.bytes_raw += d.raw.len() as u64;
@@ -233,7 +312,7 @@ impl Receiver {
     }
 
     fn complete(&mut self, idx: usize) -> Result<(), ReceiveError> {
-        let f = &mut self.files[idx];
+        let f = &self.files[idx];
         if f.written != f.meta.size {
             return Err(ReceiveError::Invalid(format!(
                 "{:?} ended after {} of {} bytes",
@@ -242,7 +321,9 @@ impl Receiver {
         }
         // Closed, not synced: the images are read back at once by the restore, and a crash of
         // this node before commit loses nothing (the source still holds the original).
-        drop(f.out.take());
+        drop(self.out.take());
+        self.digests.push(self.hasher.finalize());
+        self.hasher.reset();
         Ok(())
     }
 
@@ -274,8 +355,8 @@ impl Receiver {
                 self.files.len()
             )));
         }
-        for (f, want) in self.files.iter().zip(&t.file_digests) {
-            let have = f.hasher.finalize().to_hex();
+        for ((f, have), want) in self.files.iter().zip(&self.digests).zip(&t.file_digests) {
+            let have = have.to_hex();
             let announced = &f.meta.digest;
             if have.as_str() != want || (!announced.is_empty() && announced != want) {
                 return Err(ReceiveError::Corrupt(format!(
@@ -380,7 +461,8 @@ mod tests {
                 c.raw_len = (super::super::CHUNK_SIZE + 1) as u32;
             }
         });
-        assert!(r.unwrap_err().to_string().contains("at most"));
+        let msg = r.unwrap_err().to_string();
+        assert!(msg.contains("1048577 raw bytes (limit 1048576"), "{msg}");
     }
 
     #[test]
@@ -397,6 +479,169 @@ mod tests {
             }
         });
         assert!(r.unwrap_err().to_string().contains("digest mismatch"));
+    }
+
+    fn chunk(file_index: u32, offset: u64, raw: &[u8]) -> pb::Chunk {
+        pb::Chunk {
+            file_index,
+            offset,
+            raw_len: raw.len() as u32,
+            codec: pb::Codec::Raw as i32,
+            payload: raw.to_vec(),
+            checksum: crc32c::crc32c(raw),
+        }
+    }
+
+    fn manifest(files: Vec<pb::SnapshotFile>) -> pb::Manifest {
+        pb::Manifest { format_version: FORMAT_VERSION, files, ..Default::default() }
+    }
+
+    fn file(name: &str, size: u64) -> pb::SnapshotFile {
+        pb::SnapshotFile { name: name.into(), size, mode: 0o644, ..Default::default() }
+    }
+
+    #[test]
+    fn chunk_sizes_are_refused_before_allocation_with_limit_and_value() {
+        let mut c = chunk(0, 0, b"abc");
+        c.raw_len = u32::MAX;
+        let msg = decode(c).err().unwrap().to_string();
+        assert!(msg.contains("declares 4294967295 raw bytes (limit 1048576"), "{msg}");
+        let mut c = chunk(0, 0, b"abc");
+        c.raw_len = 0;
+        assert!(decode(c).err().unwrap().to_string().contains("declares 0 raw bytes"));
+        let big = vec![7u8; MAX_PAYLOAD + 1];
+        let mut c = chunk(0, 0, &big);
+        c.raw_len = 1;
+        let msg = decode(c).err().unwrap().to_string();
+        assert!(
+            msg.contains(&format!("{} wire bytes (limit {MAX_PAYLOAD}", MAX_PAYLOAD + 1)),
+            "{msg}"
+        );
+        let mut c = chunk(0, 0, b"abc");
+        c.codec = 9;
+        assert!(decode(c).err().unwrap().to_string().contains("unknown codec 9"));
+    }
+
+    #[test]
+    fn zip_bombs_and_lying_zstd_frames_fail_within_the_chunk_size() {
+        let zeros = vec![0u8; 8 << 20];
+        // The frame declares its 8 MiB: refused before decompressing.
+        let bomb = zstd::bulk::compress(&zeros, 1).unwrap();
+        assert!(bomb.len() < 4096);
+        let c = pb::Chunk {
+            raw_len: 1024,
+            codec: pb::Codec::Zstd as i32,
+            payload: bomb,
+            checksum: crc32c::crc32c(&zeros[..1024]),
+            ..Default::default()
+        };
+        let msg = decode(c).err().unwrap().to_string();
+        assert!(msg.contains("declares 8388608 bytes, the chunk 1024"), "{msg}");
+        // Without a declared size: decompression stops at the chunk's 1024 bytes.
+        let mut z = zstd::bulk::Compressor::new(1).unwrap();
+        z.include_contentsize(false).unwrap();
+        let bomb = z.compress(&zeros).unwrap();
+        let c = pb::Chunk {
+            raw_len: 1024,
+            codec: pb::Codec::Zstd as i32,
+            payload: bomb,
+            checksum: crc32c::crc32c(&zeros[..1024]),
+            ..Default::default()
+        };
+        let msg = decode(c).err().unwrap().to_string();
+        assert!(msg.contains("does not decompress"), "{msg}");
+        // Garbage and truncated frames are corrupt, not a panic.
+        let good = zstd::bulk::compress(&zeros[..5000], 1).unwrap();
+        for payload in [good[..good.len() / 2].to_vec(), b"not zstd at all".to_vec()] {
+            let c = pb::Chunk {
+                raw_len: 5000,
+                codec: pb::Codec::Zstd as i32,
+                payload,
+                ..Default::default()
+            };
+            assert!(matches!(decode(c), Err(ReceiveError::Corrupt(_))));
+        }
+    }
+
+    #[test]
+    fn manifest_limits_name_the_limit_and_the_value() {
+        let d = tempfile::tempdir().unwrap();
+        let m = manifest((0..MAX_FILES + 1).map(|i| file(&format!("f{i}"), 0)).collect());
+        let msg = Receiver::new(&d.path().join("a"), &m, u64::MAX).err().unwrap().to_string();
+        assert!(msg.contains("100001 files (limit 100000)"), "{msg}");
+        let m = manifest(vec![file("a", 1 << 60), file("b", u64::MAX)]);
+        let err = Receiver::new(&d.path().join("b"), &m, 64 << 20).err().unwrap();
+        assert!(matches!(err, ReceiveError::TooLarge { size: u64::MAX, .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("--max-snapshot-mib") && msg.contains("67108864"), "{msg}");
+        let m = manifest(vec![file(&"n".repeat(300), 0)]);
+        let msg = Receiver::new(&d.path().join("c"), &m, u64::MAX).err().unwrap().to_string();
+        assert!(msg.contains("300 bytes (limit 255"), "{msg}");
+        let mut link = file("l", 0);
+        link.kind = pb::FileKind::Symlink as i32;
+        link.link_target = "t".repeat(5000);
+        let msg =
+            Receiver::new(&d.path().join("d"), &manifest(vec![link]), u64::MAX).err().unwrap();
+        assert!(msg.to_string().contains("5000 bytes (limit 4096"), "{msg}");
+        for (i, root) in ["a", "b", "c", "d"].iter().enumerate() {
+            // Refused before the root was made, or only the root itself.
+            let made = d.path().join(root);
+            assert!(!made.exists() || made.read_dir().unwrap().count() == 0, "{i}");
+        }
+    }
+
+    #[test]
+    fn duplicates_setuid_bits_and_symlinked_parents_are_refused_or_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let m = manifest(vec![file("a", 0), file("a", 0)]);
+        let err = Receiver::new(&d.path().join("dup"), &m, u64::MAX).err().unwrap();
+        assert!(err.to_string().contains("\"a\" appears twice"), "{err}");
+        // A symlink to a directory outside, then a file "through" it.
+        let outside = d.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let mut link = file("l", 0);
+        link.kind = pb::FileKind::Symlink as i32;
+        link.link_target = outside.to_string_lossy().into_owned();
+        let m = manifest(vec![link, file("l/x", 1)]);
+        let err = Receiver::new(&d.path().join("sym"), &m, u64::MAX).err().unwrap();
+        assert!(err.to_string().contains("parent of \"l/x\" is not a directory"), "{err}");
+        assert_eq!(outside.read_dir().unwrap().count(), 0);
+        // Set-user-ID and set-group-ID bits are not recreated.
+        let mut suid = file("s", 3);
+        suid.mode = 0o6755;
+        let mut dir = file("d", 0);
+        dir.kind = pb::FileKind::Directory as i32;
+        dir.mode = 0o2755;
+        let root = d.path().join("suid");
+        let mut r = Receiver::new(&root, &manifest(vec![suid, dir]), u64::MAX).unwrap();
+        r.chunk(chunk(0, 0, b"abc")).unwrap();
+        let mode = |p: &str| std::fs::metadata(root.join(p)).unwrap().permissions().mode();
+        assert_eq!(mode("s") & 0o7777, 0o755);
+        assert_eq!(mode("d") & 0o7777, 0o755);
+    }
+
+    #[test]
+    fn thousands_of_files_do_not_hold_thousands_of_descriptors() {
+        let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+        let d = tempfile::tempdir().unwrap();
+        let n = 3000;
+        let m = manifest((0..n).map(|i| file(&format!("f{i}"), 1)).collect());
+        let before = fds();
+        let mut r = Receiver::new(&d.path().join("r"), &m, u64::MAX).unwrap();
+        for i in 0..n {
+            r.chunk(chunk(i as u32, 0, b"x")).unwrap();
+        }
+        // Other tests run meanwhile: a margin, far below one per file.
+        assert!(fds() < before + 200, "{} fds open, {before} before", fds());
+        let digest = blake3::hash(b"x").to_hex().to_string();
+        let t = pb::Trailer {
+            files: n as u64,
+            chunks: n as u64,
+            bytes_raw: n as u64,
+            bytes_wire: n as u64,
+            file_digests: vec![digest; n],
+        };
+        assert_eq!(r.finish(&t).unwrap().chunks, n as u64);
     }
 
     #[test]

@@ -77,6 +77,19 @@ pub fn free_bytes(path: &Path) -> u64 {
     nix::sys::statvfs::statvfs(path).map(|s| s.blocks_available() * s.fragment_size()).unwrap_or(0)
 }
 
+/// True when the agent holds CAP_SYS_RESOURCE, which CRIU needs to read the resource limits of
+/// a process running as another user (prlimit). Some containers drop it even for root.
+pub fn has_cap_sys_resource() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim().to_string();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
 /// CRIU's lazy-pages transfer sizes its pipes above the default 1 MiB `fs.pipe-max-size`, which
 /// only works without CAP_SYS_RESOURCE when the limit is raised.
 pub fn raise_pipe_max_size() {

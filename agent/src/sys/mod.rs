@@ -9,6 +9,7 @@ pub mod reaper;
 pub mod signal;
 pub mod spawn;
 pub mod swrk;
+pub mod user;
 
 /// open(2) flag: fail rather than follow a symlink in the last component.
 pub const O_NOFOLLOW: i32 = libc::O_NOFOLLOW;

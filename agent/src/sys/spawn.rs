@@ -20,6 +20,9 @@ pub struct SpawnRequest<'a> {
     pub env: &'a [(String, String)],
     pub cwd: &'a Path,
     pub new_pid_ns: bool,
+    /// Run the workload's program as this user and group (None: as the agent). ferry-init, PID 1
+    /// of its namespace, stays root and drops them in the program's process only.
+    pub creds: Option<&'a super::user::Credentials>,
     /// Write ends of the pipes that become the workload's stdout and stderr.
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
@@ -41,6 +44,8 @@ pub enum SpawnError {
     Init { path: std::path::PathBuf, source: std::io::Error },
     #[error("cannot enter working directory {path:?}: {source}")]
     Cwd { path: std::path::PathBuf, source: std::io::Error },
+    #[error("cannot switch to uid {uid}, gid {gid}: {source}")]
+    Creds { uid: u32, gid: u32, source: std::io::Error },
     #[error("ferry-init ended before starting the workload ({status:?})")]
     InitDied { status: Option<ExitStatus> },
     #[error("argument, environment entry or path contains a NUL byte")]
@@ -60,7 +65,15 @@ pub fn spawn(
 ) -> Result<(Spawned, oneshot::Receiver<ExitStatus>), SpawnError> {
     let c = |s: &[u8]| CString::new(s).map_err(|_| SpawnError::Nul);
     let init_path = c(req.init.as_os_str().as_bytes())?;
-    let mut argv = vec![init_path.clone(), c(STATUS_FD.to_string().as_bytes())?];
+    // ferry-init takes the workload's credentials with its status fd (it stays root itself).
+    let first = match req.creds {
+        None => STATUS_FD.to_string(),
+        Some(cr) => {
+            let groups: Vec<String> = cr.groups.iter().map(u32::to_string).collect();
+            format!("{STATUS_FD}:{}:{}:{}", cr.uid, cr.gid, groups.join(","))
+        }
+    };
+    let mut argv = vec![init_path.clone(), c(first.as_bytes())?];
     for a in req.argv {
         argv.push(c(a.as_bytes())?);
     }
@@ -118,6 +131,10 @@ pub fn spawn(
         "error" => Err(SpawnError::Exec { program: req.argv[0].clone(), source: os(num) }),
         "init" => Err(SpawnError::Init { path: req.init.to_path_buf(), source: os(num) }),
         "cwd" => Err(SpawnError::Cwd { path: req.cwd.to_path_buf(), source: os(num) }),
+        "creds" => {
+            let (uid, gid) = req.creds.map(|c| (c.uid, c.gid)).unwrap_or_default();
+            Err(SpawnError::Creds { uid, gid, source: os(num) })
+        }
         _ => {
             let mut exit = exit;
             let status = (0..20).find_map(|_| {

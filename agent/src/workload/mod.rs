@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 pub use adopt::{Adopt, ExitWatch};
 pub(crate) use pause::{continue_tree, stop_tree};
-pub use spec::{Engine, WorkloadSpec};
+pub use spec::{valid_id, Engine, WorkloadSpec};
 pub use status::{State, Status, Task};
 
 use crate::logs::LogStore;

@@ -26,6 +26,10 @@ struct Record {
     spec_cwd: Option<PathBuf>,
     engine: String,
     labels: BTreeMap<String, String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    group: Option<String>,
     cwd: PathBuf,
     init_pid: i32,
     init_start_ticks: u64,
@@ -63,6 +67,8 @@ impl Workload {
             spec_cwd: self.spec.cwd.clone(),
             engine: engine_name(self.spec.engine).into(),
             labels: self.spec.labels.clone(),
+            user: self.spec.user.clone(),
+            group: self.spec.group.clone(),
             cwd: self.cwd.clone(),
             init_pid: self.init_pid,
             init_start_ticks: self.init_start_ticks,
@@ -160,6 +166,8 @@ impl Agent {
                     cwd: r.spec_cwd,
                     engine,
                     labels: r.labels,
+                    user: r.user,
+                    group: r.group,
                 },
                 dir,
                 cwd: r.cwd,

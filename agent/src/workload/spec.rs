@@ -9,6 +9,22 @@ use crate::error::{AgentError, Result};
 /// PATH given to workloads whose environment does not set one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// At most this many arguments (argv\[0\] included).
+pub const MAX_ARGS: usize = 4096;
+/// Longest argument, and longest `NAME=value` environment entry, in bytes: the kernel's
+/// MAX_ARG_STRLEN (128 KiB) less the terminating NUL.
+pub const MAX_ARG_LEN: usize = 128 * 1024 - 1;
+/// At most this many bytes of arguments in all (each counted with its NUL).
+pub const MAX_ARGV_BYTES: usize = 1 << 20;
+/// At most this many environment entries in a spec.
+pub const MAX_ENV: usize = 4096;
+/// Longest environment variable name, in bytes.
+pub const MAX_ENV_NAME: usize = 1024;
+/// At most this many bytes of environment in all (each `NAME=value` counted with its NUL).
+pub const MAX_ENV_BYTES: usize = 1 << 20;
+/// Longest user or group name (Linux's LOGIN_NAME_MAX).
+pub const MAX_USER_NAME: usize = 256;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Engine {
     /// CRIU when it is available, cooperative otherwise.
@@ -28,6 +44,10 @@ pub struct WorkloadSpec {
     pub cwd: Option<PathBuf>,
     pub engine: Engine,
     pub labels: BTreeMap<String, String>,
+    /// Run as this user (name or uid) instead of the agent's; resolved on the node.
+    pub user: Option<String>,
+    /// ...and this group (name or gid); None: the user's primary group.
+    pub group: Option<String>,
 }
 
 impl WorkloadSpec {
@@ -36,6 +56,7 @@ impl WorkloadSpec {
     /// the spec's own entries, then FERRY_WORKLOAD_ID.
     pub fn validate(&self, cwd: &Path) -> Result<Vec<(String, String)>> {
         let invalid = |m: String| Err(AgentError::InvalidSpec(m));
+        self.check_limits()?;
         if self.argv.is_empty() || self.argv[0].is_empty() {
             return invalid(
                 "argv is empty: give the program to run and its arguments, e.g. [\"sleep\", \"60\"]"
@@ -72,7 +93,63 @@ impl WorkloadSpec {
     }
 }
 
-fn valid_id(id: &str) -> bool {
+impl WorkloadSpec {
+    /// The size limits of argv and env, checked before anything else looks at them.
+    pub fn check_limits(&self) -> Result<()> {
+        let invalid = |m: String| Err(AgentError::InvalidSpec(m));
+        if self.argv.len() > MAX_ARGS {
+            return invalid(format!("argv has {} arguments (limit {MAX_ARGS})", self.argv.len()));
+        }
+        if let Some((i, a)) = self.argv.iter().enumerate().find(|(_, a)| a.len() > MAX_ARG_LEN) {
+            return invalid(format!(
+                "argument {i} is {} bytes long (limit {MAX_ARG_LEN} bytes)",
+                a.len()
+            ));
+        }
+        let total: usize = self.argv.iter().map(|a| a.len() + 1).sum();
+        if total > MAX_ARGV_BYTES {
+            return invalid(format!("argv totals {total} bytes (limit {MAX_ARGV_BYTES} bytes)"));
+        }
+        if self.env.len() > MAX_ENV {
+            return invalid(format!("env has {} entries (limit {MAX_ENV})", self.env.len()));
+        }
+        for (k, v) in &self.env {
+            if k.len() > MAX_ENV_NAME {
+                return invalid(format!(
+                    "environment name {:?}... is {} bytes long (limit {MAX_ENV_NAME} bytes)",
+                    k.chars().take(32).collect::<String>(),
+                    k.len()
+                ));
+            }
+            if k.len() + 1 + v.len() > MAX_ARG_LEN {
+                return invalid(format!(
+                    "environment entry {k} is {} bytes long as NAME=value (limit {MAX_ARG_LEN} \
+                     bytes)",
+                    k.len() + 1 + v.len()
+                ));
+            }
+        }
+        let total: usize = self.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        if total > MAX_ENV_BYTES {
+            return invalid(format!("env totals {total} bytes (limit {MAX_ENV_BYTES} bytes)"));
+        }
+        for (what, v) in [("user", &self.user), ("group", &self.group)] {
+            let Some(v) = v else { continue };
+            if v.is_empty() || v.len() > MAX_USER_NAME || v.contains(['\0', ':', '/']) {
+                return invalid(format!(
+                    "{what} {:?} must be 1-{MAX_USER_NAME} bytes without NUL, ':' or '/' ({} bytes)",
+                    v.chars().take(64).collect::<String>(),
+                    v.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An id usable as a file name: 1-64 letters, digits, '.', '_' or '-', not "." or "..". Workload
+/// and migration ids both name directories under the data dir.
+pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && id != "."
@@ -175,5 +252,55 @@ mod tests {
         s.env.insert("PATH".into(), "/bin".into());
         let env = s.validate(Path::new("/")).unwrap();
         assert!(env.contains(&("PATH".to_string(), "/bin".to_string())));
+    }
+
+    fn refused(s: &WorkloadSpec) -> String {
+        let err = s.validate(Path::new("/")).unwrap_err();
+        assert!(matches!(err, AgentError::InvalidSpec(_)), "{err:?}");
+        err.to_string()
+    }
+
+    #[test]
+    fn argv_limits_name_the_limit_and_the_value() {
+        let mut s = spec(&["true"]);
+        s.argv.extend((0..MAX_ARGS).map(|_| "x".to_string()));
+        assert!(refused(&s).contains("4097 arguments (limit 4096)"));
+        s.argv.truncate(MAX_ARGS);
+        s.validate(Path::new("/")).unwrap();
+
+        let mut s = spec(&["true", "short"]);
+        s.argv.push("a".repeat(MAX_ARG_LEN + 1));
+        assert!(refused(&s).contains("argument 2 is 131072 bytes long (limit 131071 bytes)"));
+        s.argv[2].pop();
+        s.validate(Path::new("/")).unwrap();
+
+        let mut s = spec(&["true"]);
+        s.argv.extend((0..9).map(|_| "a".repeat(120_000)));
+        let msg = refused(&s);
+        assert!(msg.contains("argv totals 1080014 bytes (limit 1048576 bytes)"), "{msg}");
+    }
+
+    #[test]
+    fn env_limits_name_the_limit_and_the_value() {
+        let mut s = spec(&["true"]);
+        s.env = (0..=MAX_ENV).map(|i| (format!("V{i}"), String::new())).collect();
+        assert!(refused(&s).contains("4097 entries (limit 4096)"));
+        s.env.pop_last();
+        s.validate(Path::new("/")).unwrap();
+
+        let mut s = spec(&["true"]);
+        s.env.insert("K".repeat(MAX_ENV_NAME + 1), "v".into());
+        assert!(refused(&s).contains("1025 bytes long (limit 1024 bytes)"));
+
+        let mut s = spec(&["true"]);
+        s.env.insert("BIG".into(), "v".repeat(MAX_ARG_LEN - 3));
+        assert!(refused(&s).contains("entry BIG is 131072 bytes long as NAME=value"));
+        s.env.insert("BIG".into(), "v".repeat(MAX_ARG_LEN - 4));
+        s.validate(Path::new("/")).unwrap();
+
+        let mut s = spec(&["true"]);
+        s.env = (0..9).map(|i| (format!("V{i}"), "v".repeat(120_000))).collect();
+        let msg = refused(&s);
+        assert!(msg.contains("env totals 1080036 bytes (limit 1048576 bytes)"), "{msg}");
     }
 }

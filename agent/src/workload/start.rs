@@ -11,6 +11,7 @@ use crate::engine::coop::Control;
 use crate::error::{AgentError, Result};
 use crate::logs::LogStore;
 use crate::sys::spawn::{self, SpawnRequest};
+use crate::sys::user::Credentials;
 
 /// Extra facts for a launch that is a cooperative restore on a migration target.
 pub(crate) struct Restoring {
@@ -60,10 +61,17 @@ impl Agent {
                 return Err(AgentError::AlreadyExists { id: spec.id });
             }
         }
+        spec.check_limits()?;
+        let creds = self.credentials(&spec)?;
         let dir = self.workload_dir(&spec.id);
         let cwd = spec.cwd.clone().unwrap_or_else(|| dir.join("work"));
         if spec.cwd.is_none() {
             create_dir(&cwd)?;
+            // The default working directory belongs to the workload's user (a given one is
+            // the caller's to prepare).
+            if let Some(c) = &creds {
+                chown(&cwd, c)?;
+            }
         }
         let cleanup = |dir: &Path| {
             if restoring.is_none() {
@@ -82,12 +90,19 @@ impl Agent {
             let sock = dir.join("control.sock");
             let c = Control::listen(&sock)
                 .map_err(|source| AgentError::Io { path: sock.clone(), source })?;
+            // Connecting needs write permission on the socket.
+            if let Some(creds) = &creds {
+                chown(&sock, creds)?;
+            }
             env.push(("FERRY_CONTROL".into(), sock.to_string_lossy().into_owned()));
             Some(c)
         } else {
             None
         };
         if let Some(r) = &restoring {
+            if let Some(c) = &creds {
+                chown(&r.state_dir, c)?;
+            }
             env.push(("FERRY_RESTORE".into(), r.state_dir.to_string_lossy().into_owned()));
         }
         let log = LogStore::open(&dir.join("output.log"))
@@ -102,6 +117,7 @@ impl Agent {
         let reaper = self.reaper().clone();
         let argv = spec.argv.clone();
         let cwd2 = cwd.clone();
+        let creds2 = creds.clone();
         let spawned = tokio::task::spawn_blocking(move || {
             spawn::spawn(
                 SpawnRequest {
@@ -110,6 +126,7 @@ impl Agent {
                     env: &env,
                     cwd: &cwd2,
                     new_pid_ns,
+                    creds: creds2.as_ref(),
                     stdout: out_w,
                     stderr: err_w,
                 },
@@ -159,6 +176,30 @@ impl Agent {
     pub(crate) fn workload_dir(&self, id: &str) -> PathBuf {
         self.config().data_dir.join("workloads").join(id)
     }
+
+    /// The credentials `spec` runs with on this node (None: the agent's own).
+    pub(crate) fn credentials(&self, spec: &WorkloadSpec) -> Result<Option<Credentials>> {
+        let creds = crate::sys::user::resolve(
+            spec.user.as_deref(),
+            spec.group.as_deref(),
+            &self.config().node,
+        )?;
+        if creds.is_some() && !self.is_root() {
+            return Err(AgentError::InvalidSpec(format!(
+                "running as user {:?}, group {:?} needs an agent running as root; node {}'s is not",
+                spec.user.as_deref().unwrap_or(""),
+                spec.group.as_deref().unwrap_or(""),
+                self.config().node
+            )));
+        }
+        Ok(creds)
+    }
+}
+
+/// Gives `path` (and everything below it) to the workload's user and group.
+pub(crate) fn chown(path: &Path, c: &Credentials) -> Result<()> {
+    crate::sys::user::chown_tree(path, c.uid, c.gid)
+        .map_err(|source| AgentError::Io { path: path.to_path_buf(), source })
 }
 
 /// CRIU's name for a pipe, used to hand a new pipe to a restored process (`inherit_fd`).

@@ -1,0 +1,263 @@
+//! Workloads run as a given user and group: the ids the processes really have, the ownership of
+//! their working directory, refusals of unknown names, and a CRIU migration of a non-root
+//! workload between two netns hosts.
+
+mod harness;
+
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+use ferry_proto::agent as pb;
+use harness::net::Net;
+use harness::*;
+use tonic::Code;
+
+const T: Duration = Duration::from_secs(60);
+
+/// uid and gid of nobody / nogroup on Debian.
+const NOBODY: u32 = 65534;
+
+fn have_nobody() -> bool {
+    let has = |file: &str, name: &str| {
+        std::fs::read_to_string(file)
+            .map(|s| s.lines().any(|l| l.starts_with(&format!("{name}:"))))
+            .unwrap_or(false)
+    };
+    if has("/etc/passwd", "nobody") && has("/etc/group", "nogroup") {
+        return true;
+    }
+    eprintln!("\n*** SKIPPED: no user nobody or group nogroup on this machine ***\n");
+    false
+}
+
+fn as_user(argv: &[&str], user: &str, group: &str) -> pb::WorkloadSpec {
+    let mut s = spec(argv);
+    s.user = user.into();
+    s.group = group.into();
+    s
+}
+
+/// Real, effective, saved and filesystem ids of `pid` from /proc (the "Uid:" or "Gid:" line).
+fn proc_ids(pid: i32, key: &str) -> Vec<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(|rest| rest.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn workload_runs_as_nobody_and_owns_its_working_directory() {
+    if !require_root("workload_runs_as_nobody_and_owns_its_working_directory") || !have_nobody() {
+        return;
+    }
+    let agent = AgentProc::start("users");
+    let mut c = agent.client().await;
+    let s = start(
+        &mut c,
+        as_user(
+            &["sh", "-c", "id -u; id -g; id -G; touch mine && echo wrote; sleep 600"],
+            "nobody",
+            "nogroup",
+        ),
+    )
+    .await;
+    let id = id_of(&s);
+    let sp = s.spec.clone().expect("spec");
+    assert_eq!((sp.user.as_str(), sp.group.as_str()), ("nobody", "nogroup"), "reported back");
+    let lines = wait_log(&c, &id, "id output", T, |l| l.iter().any(|x| x == "wrote")).await;
+    assert_eq!(&lines[..4], ["65534", "65534", "65534", "wrote"], "{lines:?}");
+
+    // Every process of the workload runs as nobody:nogroup; ferry-init, PID 1 of the namespace,
+    // stays root (CRIU dumps the namespace through it).
+    let s = status(&mut c, &id).await;
+    assert!(s.tasks.iter().any(|t| t.init), "{s:?}");
+    for t in &s.tasks {
+        let want = if t.init { 0 } else { NOBODY };
+        assert_eq!(proc_ids(t.pid, "Uid:"), [want; 4], "uids of {} ({})", t.pid, t.comm);
+        assert_eq!(proc_ids(t.pid, "Gid:"), [want; 4], "gids of {} ({})", t.pid, t.comm);
+    }
+    assert!(s.tasks.iter().filter(|t| !t.init).count() >= 1, "{s:?}");
+    let work = agent.data_dir.join("workloads").join(&id).join("work");
+    for p in [work.clone(), work.join("mine")] {
+        let m = std::fs::metadata(&p).expect("work dir entry");
+        assert_eq!((m.uid(), m.gid()), (NOBODY, NOBODY), "{p:?}");
+    }
+
+    // Numbers work too; a uid without a passwd entry with a given group.
+    let s = start(&mut c, as_user(&["sh", "-c", "id -u; id -g"], "4000000", "4000001")).await;
+    let lines = wait_log(&c, &id_of(&s), "numeric ids", T, |l| l.len() >= 2).await;
+    assert_eq!(lines, ["4000000", "4000001"]);
+}
+
+#[tokio::test]
+async fn unknown_users_and_groups_are_invalid_arguments() {
+    if !require_root("unknown_users_and_groups_are_invalid_arguments") {
+        return;
+    }
+    let agent = AgentProc::start("users-bad");
+    let mut c = agent.client().await;
+    for (user, group, needle) in [
+        ("no-such-user-ferry", "", "user \"no-such-user-ferry\" does not exist on node users-bad"),
+        ("root", "no-such-group-ferry", "group \"no-such-group-ferry\" does not exist"),
+        ("4000000", "", "uid 4000000 has no entry in /etc/passwd"),
+        ("a:b", "", "without NUL, ':' or '/'"),
+    ] {
+        let err = c
+            .start_process(pb::StartProcessRequest { spec: Some(as_user(&["true"], user, group)) })
+            .await
+            .expect_err(user);
+        assert_eq!(err.code(), Code::InvalidArgument, "{user}/{group}: {err:?}");
+        assert!(err.message().contains(needle), "{user}/{group}: {}", err.message());
+    }
+    // A given working directory the user cannot enter: refused, named.
+    let private = TempDir::new("ferry-users-private");
+    std::fs::set_permissions(private.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .unwrap();
+    let mut s = as_user(&["true"], "nobody", "");
+    s.cwd = private.path().to_string_lossy().into_owned();
+    let err =
+        c.start_process(pb::StartProcessRequest { spec: Some(s) }).await.expect_err("private cwd");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("Permission denied"), "{}", err.message());
+    let listed = c.list_processes(pb::ListProcessesRequest {}).await.unwrap().into_inner();
+    assert!(listed.processes.is_empty(), "nothing started: {listed:?}");
+}
+
+/// Whether this process holds CAP_SYS_RESOURCE (CRIU needs it to dump another user's process).
+fn has_cap_sys_resource() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim().to_string();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << 24) != 0)
+}
+
+fn counts(lines: &[String]) -> Vec<u64> {
+    lines.iter().filter_map(|l| l.strip_prefix("count ")?.parse().ok()).collect()
+}
+
+#[tokio::test]
+async fn non_root_workload_migrates_with_criu_and_keeps_its_ids() {
+    if !require_root("non_root_workload_migrates_with_criu_and_keeps_its_ids") || !have_nobody() {
+        return;
+    }
+    let net = Net::new(2);
+    let (a, b) = (net.agent(0, &[]), net.agent(1, &[]));
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    let s = start(&mut ca, as_user(&[&workload("appender.py")], "nobody", "")).await;
+    let id = id_of(&s);
+    wait_log(&ca, &id, "5 counts", T, |l| counts(l).len() >= 5).await;
+    let r = ca
+        .migrate_out(pb::MigrateOutRequest {
+            workload_id: id.clone(),
+            target_address: b.addr.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("MigrateOut")
+        .into_inner();
+    if !has_cap_sys_resource() {
+        // Refused before anything is frozen, with the reason; the workload goes on.
+        assert_eq!(r.outcome, pb::Outcome::RolledBack as i32, "{r:?}");
+        assert_eq!(r.failed_phase, "preflight", "{r:?}");
+        assert!(
+            r.error.contains("CAP_SYS_RESOURCE") && r.error.contains("uid 65534"),
+            "{}",
+            r.error
+        );
+        let before =
+            counts(&logs(&mut ca, &id).await.into_iter().map(|l| l.text).collect::<Vec<_>>()).len();
+        wait_log(&ca, &id, "counting on the source", T, |l| counts(l).len() > before + 3).await;
+        eprintln!(
+            "\n*** SKIPPED the CRIU migration of a non-root workload: this machine's root lacks \
+             CAP_SYS_RESOURCE, which CRIU needs to read another user's rlimits; checked that \
+             preflight refuses it instead ***\n"
+        );
+        return;
+    }
+    if r.outcome != pb::Outcome::Completed as i32 {
+        // CRIU's log, as the source's data dir holds it on this side of the bind mount.
+        let log = r.criu_log.replace(harness::net::DATA_MOUNT, &a.data_dir.to_string_lossy());
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        panic!(
+            "migration failed: {}\n{log}:\n{}",
+            r.error,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    assert_eq!(r.engine, "criu");
+    let lines = wait_log(&cb, &id, "counting on", T, |l| counts(l).len() >= 15).await;
+    let n = counts(&lines);
+    for w in n.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "the count continues: {n:?}");
+    }
+    // Still nobody on the target, the journal in a working directory nobody owns.
+    let s = status(&mut cb, &id).await;
+    assert_eq!(s.spec.as_ref().map(|s| s.user.as_str()), Some("nobody"));
+    for t in s.tasks.iter().filter(|t| !t.init) {
+        assert_eq!(proc_ids(t.pid, "Uid:"), [NOBODY; 4], "uids of {} ({})", t.pid, t.comm);
+    }
+    let work = b.data_dir.join("workloads").join(&id).join("work");
+    for p in [work.clone(), work.join("journal.txt")] {
+        let m = std::fs::metadata(&p).expect("work dir entry on the target");
+        assert_eq!((m.uid(), m.gid()), (NOBODY, NOBODY), "{p:?}");
+    }
+    // As nobody it re-reads its journal from the target's disk: intact.
+    let main = status(&mut cb, &id).await.main_pid;
+    assert!(main > 0);
+    kill(main, libc::SIGUSR1);
+    let lines =
+        wait_log(&cb, &id, "journal check", T, |l| l.iter().any(|x| x.starts_with("journal ")))
+            .await;
+    let verdict = lines.iter().find(|x| x.starts_with("journal ")).unwrap();
+    assert!(verdict.starts_with("journal ok"), "{verdict}");
+}
+
+#[tokio::test]
+async fn non_root_cooperative_workload_migrates_and_keeps_its_user() {
+    if !require_root("non_root_cooperative_workload_migrates_and_keeps_its_user") || !have_nobody()
+    {
+        return;
+    }
+    let net = Net::new(2);
+    let (a, b) = (net.agent(0, &[]), net.agent(1, &[]));
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    let script = repo().join("coop/examples/counter.py");
+    let mut sp = as_user(&["python3", &script.to_string_lossy()], "nobody", "nogroup");
+    sp.engine = pb::Engine::Cooperative as i32;
+    let s = start(&mut ca, sp).await;
+    let id = id_of(&s);
+    wait_log(&ca, &id, "5 counts", T, |l| counts(l).len() >= 5).await;
+    let r = ca
+        .migrate_out(pb::MigrateOutRequest {
+            workload_id: id.clone(),
+            target_address: b.addr.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("MigrateOut")
+        .into_inner();
+    assert_eq!(r.outcome, pb::Outcome::Completed as i32, "{}", r.error);
+    assert_eq!(r.engine, "cooperative");
+    let lines = wait_log(&cb, &id, "counting on", T, |l| {
+        l.iter().any(|x| x.starts_with("restored count=")) && counts(l).len() >= 10
+    })
+    .await;
+    let restored: u64 =
+        lines.iter().find_map(|x| x.strip_prefix("restored count=")?.parse().ok()).unwrap();
+    assert!(restored >= 5, "{lines:?}");
+    let s = status(&mut cb, &id).await;
+    assert_eq!(s.spec.as_ref().map(|s| s.group.as_str()), Some("nogroup"));
+    for t in s.tasks.iter().filter(|t| !t.init) {
+        assert_eq!(proc_ids(t.pid, "Uid:"), [NOBODY; 4], "uids of {} ({})", t.pid, t.comm);
+        assert_eq!(proc_ids(t.pid, "Gid:"), [NOBODY; 4], "gids of {} ({})", t.pid, t.comm);
+    }
+    let work = b.data_dir.join("workloads").join(&id).join("work");
+    let m = std::fs::metadata(&work).expect("work dir on the target");
+    assert_eq!((m.uid(), m.gid()), (NOBODY, NOBODY));
+}
