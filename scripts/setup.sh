@@ -26,7 +26,7 @@ die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 # apt packages
 # ---------------------------------------------------------------------------------------------
 runtime_pkgs=(iproute2 iptables nftables zstd tar python3 gcc libc6-dev make pkg-config procps curl ca-certificates
-  util-linux netcat-openbsd vagrant vagrant-libvirt)
+  util-linux netcat-openbsd vagrant vagrant-libvirt chromium)
 criu_build_pkgs=(libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler python3-protobuf
   libnl-3-dev libnet1-dev libcap-dev libbsd-dev uuid-dev libaio-dev libgnutls28-dev libnftables-dev
   xz-utils)
@@ -150,6 +150,24 @@ command -v schemathesis >/dev/null 2>&1 || die "schemathesis did not install (py
 # ---------------------------------------------------------------------------------------------
 if [ "$(cat /proc/sys/fs/pipe-max-size)" -lt 4194304 ]; then
   echo 4194304 >/proc/sys/fs/pipe-max-size
+fi
+
+# ---------------------------------------------------------------------------------------------
+# the dashboard (web/): npm packages and the build the gateway serves at /
+# ---------------------------------------------------------------------------------------------
+node_ok() { command -v node >/dev/null && node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)'; }
+if ! node_ok; then
+  apt_install nodejs npm
+  node_ok || die "the dashboard needs Node.js >= 20.19 (found $(node --version 2>/dev/null || echo none)); install a newer nodejs"
+fi
+web=$here/web
+if ! cmp -s "$web/package-lock.json" "$web/node_modules/.package-lock.json" 2>/dev/null; then
+  log "npm ci (web/)"
+  (cd "$web" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
+if [ ! -f "$web/dist/index.html" ] || [ -n "$(find "$web/src" "$web/index.html" "$web/package-lock.json" "$web/vite.config.ts" -newer "$web/dist/index.html" -print -quit)" ]; then
+  log "building the dashboard (web/dist)"
+  (cd "$web" && npm run --silent build >/dev/null)
 fi
 
 # ---------------------------------------------------------------------------------------------

@@ -33,6 +33,18 @@ if [ -n "$coop_line" ]; then
 else
   failed=$(( failed + 1 )); rc=1
 fi
+step "web: lint, type-check, component tests (Vitest)"
+web_rc=0
+(cd web && npm run --silent lint && npm run --silent typecheck) || web_rc=$?
+if [ "$web_rc" -eq 0 ]; then passed=$(( passed + 1 )); else failed=$(( failed + 1 )); rc=1; fi
+(cd web && NO_COLOR=1 npx vitest run 2>&1) | tee "$log" || rc=1
+vt=$(grep -E '^\s*Tests\s+' "$log" | tail -n1)
+vp=$(echo "$vt" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+' || echo 0)
+vf=$(echo "$vt" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+' || echo 0)
+[ -n "$vt" ] || { vf=1; rc=1; }
+passed=$(( passed + vp )); failed=$(( failed + vf ))
+step "web: the dashboard end to end in Chromium against a real two-node cluster"
+if FERRY_BIN=$here/target/debug/ferry web/e2e/run.sh; then passed=$(( passed + 1 )); else failed=$(( failed + 1 )); rc=1; fi
 step "vagrant validate (the lab's Vagrantfile, libvirt provider)"
 if (cd vagrant && vagrant validate); then passed=$(( passed + 1 )); else failed=$(( failed + 1 )); rc=1; fi
 step "scripts/fuzz-api.sh (schemathesis against /api/openapi.json: no 5xx, no crash)"

@@ -1,0 +1,49 @@
+import { describe, expect, it } from 'vitest';
+import { EVENT_KINDS, isPhaseData, parseEvent, queryKeysFor } from './events';
+
+const keys = (kind: string) => queryKeysFor({ kind, processId: 'w-1' }).map((k) => k.join('/'));
+
+describe('queryKeysFor', () => {
+  it('refreshes nodes and figures on node events', () => {
+    for (const kind of ['node_online', 'node_offline', 'node_registered']) {
+      expect(keys(kind)).toEqual(['servers', 'overview']);
+    }
+  });
+
+  it('refreshes processes, nodes and figures on process events', () => {
+    for (const kind of ['process_started', 'process_paused', 'process_resumed', 'process_stopped']) {
+      expect(keys(kind)).toEqual(['processes', 'servers', 'overview']);
+    }
+  });
+
+  it('refreshes only migrations on a phase', () => {
+    expect(keys('migration_phase')).toEqual(['migrations']);
+  });
+
+  it('refreshes migrations, processes, nodes and figures when a migration starts or ends', () => {
+    for (const kind of ['migration_started', 'migration_completed', 'migration_rolled_back', 'migration_failed']) {
+      expect(keys(kind)).toEqual(['migrations', 'processes', 'servers', 'overview']);
+    }
+  });
+
+  it('refreshes the figures on a kind it does not know', () => {
+    expect(keys('something_new')).toEqual(['overview']);
+  });
+
+  it('listens to every kind it maps', () => {
+    for (const k of ['node_online', 'process_started', 'migration_phase', 'migration_rolled_back', 'migration_failed']) {
+      expect(EVENT_KINDS).toContain(k);
+    }
+  });
+});
+
+describe('parseEvent', () => {
+  it('parses an event and refuses anything else', () => {
+    const e = parseEvent('{"id":7,"at":"x","kind":"migration_phase","level":"info","serverId":"node0","processId":"w-1","message":"m","data":{"migrationId":"m-1","phase":"freeze","index":1,"bytesRaw":0,"bytesWire":0}}');
+    expect(e?.kind).toBe('migration_phase');
+    expect(isPhaseData(e?.data)).toBe(true);
+    expect(parseEvent('not json')).toBeNull();
+    expect(parseEvent('42')).toBeNull();
+    expect(isPhaseData({})).toBe(false);
+  });
+});

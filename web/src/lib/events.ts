@@ -1,0 +1,61 @@
+import type { QueryKey } from '@tanstack/react-query';
+import type { FerryEvent, MigrationPhaseData } from '@/types/api';
+import { queryKeys } from './query-keys';
+
+/** Every event kind the gateway names (GET /api/events sends each as its own SSE event type). */
+export const EVENT_KINDS = [
+  'node_online',
+  'node_offline',
+  'node_registered',
+  'process_started',
+  'process_paused',
+  'process_resumed',
+  'process_stopped',
+  'process_exited',
+  'migration_started',
+  'migration_phase',
+  'migration_completed',
+  'migration_rolled_back',
+  'migration_failed',
+] as const;
+
+/** The queries an event makes stale (prefix keys: ['processes'] covers every process query). */
+export function queryKeysFor(e: Pick<FerryEvent, 'kind' | 'processId'>): QueryKey[] {
+  const { kind } = e;
+  if (kind.startsWith('node_')) {
+    return [queryKeys.servers, queryKeys.overview];
+  }
+  if (kind.startsWith('process_')) {
+    return [queryKeys.processes, queryKeys.servers, queryKeys.overview];
+  }
+  if (kind === 'migration_phase') {
+    // The migration's status is now the phase name; nothing else moved yet.
+    return [queryKeys.migrations];
+  }
+  if (kind.startsWith('migration_')) {
+    // Started: the process shows "migrating". Ended: it may have moved to another node.
+    return [queryKeys.migrations, queryKeys.processes, queryKeys.servers, queryKeys.overview];
+  }
+  // An unknown kind: refresh the figures that every change may touch.
+  return [queryKeys.overview];
+}
+
+export function isPhaseData(d: unknown): d is MigrationPhaseData {
+  return (
+    typeof d === 'object' &&
+    d !== null &&
+    typeof (d as MigrationPhaseData).migrationId === 'string' &&
+    typeof (d as MigrationPhaseData).phase === 'string'
+  );
+}
+
+/** Parses one server-sent event's data; null for anything that is not an event object. */
+export function parseEvent(raw: string): FerryEvent | null {
+  try {
+    const e = JSON.parse(raw) as FerryEvent;
+    if (typeof e !== 'object' || e === null || typeof e.kind !== 'string') return null;
+    return e;
+  } catch {
+    return null;
+  }
+}

@@ -1,0 +1,133 @@
+// The gateway's JSON shapes (gateway/openapi.json, gateway/src/api.rs). JSON is camelCase.
+
+export type Overview = {
+  totalProcesses: number;
+  runningProcesses: number;
+  activeMigrations: number;
+  serverNodes: number;
+  onlineNodes: number;
+  /** completed / finished migrations, 0..1; null before any migration finished. */
+  successRate: number | null;
+  averageDowntimeMs: number | null;
+};
+
+export type Server = {
+  id: string;
+  name: string;
+  address: string;
+  status: 'online' | 'offline';
+  cpuPercent: number;
+  memoryTotalBytes: number;
+  memoryUsedBytes: number;
+  processCount: number;
+  criuVersion: string;
+  kernel: string;
+  lastSeenAt: string;
+};
+
+export type ProcessStatus = 'running' | 'paused' | 'migrating' | 'exited' | 'failed';
+export type Engine = 'criu' | 'cooperative' | 'auto';
+
+export type Process = {
+  id: string;
+  name: string;
+  serverId: string;
+  status: ProcessStatus;
+  pid: number;
+  cpuPercent: number;
+  memoryBytes: number;
+  engine: Engine;
+  command: string[];
+  startedAt: string;
+  exitCode: number | null;
+  exitSignal: number | null;
+};
+
+export type NewProcess = {
+  name: string;
+  command: string[];
+  serverId: string;
+  cwd?: string;
+  env?: Record<string, string>;
+  engine?: Engine;
+};
+
+export type MigrationMode = 'stop-and-copy' | 'post-copy' | 'auto';
+
+export type NewMigration = {
+  processId: string;
+  targetServerId: string;
+  sourceServerId?: string;
+  mode?: MigrationMode;
+};
+
+export type PhaseTiming = {
+  phase: string;
+  startedAt: string;
+  endedAt: string;
+};
+
+export const FINAL_STATUSES = ['completed', 'rolled_back', 'failed'] as const;
+export type FinalStatus = (typeof FINAL_STATUSES)[number];
+
+export type Migration = {
+  id: string;
+  processId: string;
+  sourceServerId: string;
+  targetServerId: string;
+  mode: string;
+  /** pending, then the phase it is in, then completed | rolled_back | failed. */
+  status: string;
+  error: string | null;
+  freezeMs: number | null;
+  dumpMs: number | null;
+  transferMs: number | null;
+  restoreMs: number | null;
+  downtimeMs: number | null;
+  bytesRaw: number | null;
+  bytesWire: number | null;
+  phases?: PhaseTiming[];
+  startedAt: string;
+  finishedAt: string | null;
+};
+
+export type LogLine = {
+  line: number;
+  at: string;
+  stream: 'stdout' | 'stderr';
+  text: string;
+};
+
+export type ProcessLogs = {
+  lines: LogLine[];
+  next: number;
+};
+
+export type EventLevel = 'info' | 'warn' | 'error';
+
+/** A system event: a row of GET /api/logs and the data of each server-sent event. */
+export type FerryEvent = {
+  id: number;
+  at: string;
+  kind: string;
+  level: EventLevel | string;
+  serverId: string;
+  processId: string;
+  message: string;
+  /** Kind-specific; migration_phase carries MigrationPhaseData. */
+  data: unknown;
+};
+
+export type MigrationPhaseData = {
+  migrationId: string;
+  phase: string;
+  index: number;
+  bytesRaw: number;
+  bytesWire: number;
+};
+
+export type ApiErrorBody = { error: { code: string; message: string } };
+
+export function isFinal(status: string): status is FinalStatus {
+  return (FINAL_STATUSES as readonly string[]).includes(status);
+}
