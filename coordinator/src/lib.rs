@@ -155,6 +155,21 @@ impl Coordinator {
         Ok(())
     }
 
+    /// A node's fresh figures (CPU, memory, its workloads' load), sent to live subscribers only:
+    /// too frequent to keep in the event log.
+    pub fn pulse(&self, node: &str) {
+        let _ = self.events.send(Event {
+            id: 0,
+            at_ms: now_ms(),
+            kind: "node_heartbeat".into(),
+            level: "info".into(),
+            node: node.into(),
+            process: String::new(),
+            message: String::new(),
+            data: "{}".into(),
+        });
+    }
+
     /// Live events from now on.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
         self.events.subscribe()
@@ -226,13 +241,48 @@ impl CoordinatorApi for Service {
         let known =
             self.0.store.heartbeat(&r.node, &health, running, now_ms()).map_err(internal)?;
         if known {
+            // Workloads that ended on their own since the last report become events.
+            let before: std::collections::HashMap<String, bool> = self
+                .0
+                .store
+                .workloads()
+                .map_err(internal)?
+                .into_iter()
+                .filter(|(_, node, _)| *node == r.node)
+                .filter_map(|(id, _, st)| {
+                    Some((
+                        id,
+                        ferry_proto::agent::ProcessStatus::decode(st.as_slice())
+                            .ok()?
+                            .exit
+                            .is_none(),
+                    ))
+                })
+                .collect();
             let workloads: Vec<(String, Vec<u8>)> = r
                 .workloads
                 .iter()
                 .filter_map(|w| Some((w.spec.as_ref()?.id.clone(), w.encode_to_vec())))
                 .collect();
             self.0.store.set_workloads(&r.node, &workloads, now_ms()).map_err(internal)?;
+            for w in &r.workloads {
+                let (Some(spec), Some(exit)) = (&w.spec, &w.exit) else { continue };
+                if before.get(&spec.id) == Some(&true) {
+                    let clean = exit.code == Some(0);
+                    let how = match (exit.code, exit.signal) {
+                        (Some(c), _) => format!("exited with code {c}"),
+                        (None, Some(s)) => format!("was killed by signal {s}"),
+                        (None, None) => "exited (status unknown)".to_string(),
+                    };
+                    let msg = format!("process {} ({}) {how} on {}", spec.id, spec.name, r.node);
+                    let level = if clean { "info" } else { "warn" };
+                    self.0
+                        .emit("process_exited", level, &r.node, &spec.id, msg)
+                        .map_err(internal)?;
+                }
+            }
             self.0.sweep().map_err(internal)?;
+            self.0.pulse(&r.node);
         }
         Ok(Response::new(pb::HeartbeatResponse { known }))
     }

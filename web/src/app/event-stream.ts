@@ -13,7 +13,9 @@ import { appendEvent } from '@/features/logs/utils/filter';
  * event sets its migration's status at once, and the queries it makes stale are invalidated.
  */
 export function applyEvent(qc: QueryClient, e: FerryEvent): void {
-  for (const q of qc.getQueryCache().findAll({ queryKey: queryKeys.logsRoot })) {
+  // Heartbeats refresh the figures; they are not log entries (the gateway does not keep them).
+  const logged = e.kind !== 'node_heartbeat';
+  for (const q of logged ? qc.getQueryCache().findAll({ queryKey: queryKeys.logsRoot }) : []) {
     const filter = (q.queryKey[1] ?? {}) as LogFilter;
     qc.setQueryData<FerryEvent[]>(q.queryKey, (old) => (old ? appendEvent(old, e, filter) : old));
   }

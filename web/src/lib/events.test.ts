@@ -16,6 +16,10 @@ describe('queryKeysFor', () => {
     }
   });
 
+  it('refreshes node and process figures on a heartbeat', () => {
+    expect(keys('node_heartbeat')).toEqual(['servers', 'overview', 'processes']);
+  });
+
   it('refreshes only migrations on a phase', () => {
     expect(keys('migration_phase')).toEqual(['migrations']);
   });

@@ -7,6 +7,7 @@ export const EVENT_KINDS = [
   'node_online',
   'node_offline',
   'node_registered',
+  'node_heartbeat',
   'process_started',
   'process_paused',
   'process_resumed',
@@ -22,6 +23,10 @@ export const EVENT_KINDS = [
 /** The queries an event makes stale (prefix keys: ['processes'] covers every process query). */
 export function queryKeysFor(e: Pick<FerryEvent, 'kind' | 'processId'>): QueryKey[] {
   const { kind } = e;
+  if (kind === 'node_heartbeat') {
+    // A node's fresh figures: its load and its workloads' CPU and memory.
+    return [queryKeys.servers, queryKeys.overview, queryKeys.processes];
+  }
   if (kind.startsWith('node_')) {
     return [queryKeys.servers, queryKeys.overview];
   }
