@@ -39,6 +39,12 @@ pub enum Verb {
         engine: Option<String>,
         #[arg(long)]
         cwd: Option<String>,
+        /// Run as this user (name or uid on the node) instead of root.
+        #[arg(long)]
+        user: Option<String>,
+        /// Run with this group (name or gid); default: the user's primary group.
+        #[arg(long)]
+        group: Option<String>,
         /// KEY=VALUE, repeatable.
         #[arg(long = "env")]
         env: Vec<String>,
@@ -142,7 +148,7 @@ pub fn run(api: Api, verb: Verb) -> anyhow::Result<u8> {
                 );
             }
         }
-        Verb::Run { node, name, engine, cwd, env, argv } => {
+        Verb::Run { node, name, engine, cwd, user, group, env, argv } => {
             let mut envs = serde_json::Map::new();
             for kv in env {
                 let (k, v) =
@@ -158,8 +164,10 @@ pub fn run(api: Api, verb: Verb) -> anyhow::Result<u8> {
             if let Some(e) = engine {
                 body["engine"] = e.into();
             }
-            if let Some(d) = cwd {
-                body["cwd"] = d.into();
+            for (key, v) in [("cwd", cwd), ("user", user), ("group", group)] {
+                if let Some(v) = v {
+                    body[key] = v.into();
+                }
             }
             let p = c.call("POST", "/api/processes", Some(body))?;
             print_process(&p, api.json, "started");

@@ -339,6 +339,12 @@ struct NewProcess {
     env: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     engine: Option<String>,
+    /// Run as this user (name or uid on the node) instead of root.
+    #[serde(default)]
+    user: Option<String>,
+    /// ...and this group (name or gid); default: the user's primary group.
+    #[serde(default)]
+    group: Option<String>,
 }
 
 /// Largest request body accepted.
@@ -381,6 +387,8 @@ async fn create_process(
         env: p.env.into_iter().collect(),
         cwd: p.cwd.unwrap_or_default(),
         engine,
+        user: p.user.unwrap_or_default(),
+        group: p.group.unwrap_or_default(),
         ..Default::default()
     };
     let (node, s) = c.start_process(&p.server_id, spec).await?;
