@@ -1,35 +1,96 @@
 #!/usr/bin/env bash
 # Migrates a workload between two agent VMs through the REST API and verifies its state: a
-# counter that keeps a journal in its working directory continues where it was on the target.
-# Prints the migration's figures.
+# counter that keeps a journal in its working directory continues where it was on the target,
+# and (when the VMs are reachable with `vagrant ssh`) its journal on the target's disk holds
+# exactly 1..n. Then it migrates it back. Prints each migration's figures.
+#
+#   FERRY_LAB_NET  first three octets of the lab network (default 192.168.56, as the Vagrantfile)
+#   FERRY_API      the REST API (default http://$FERRY_LAB_NET.10:5000, the coordinator VM)
+#   FERRY_BIN      the ferry CLI (default vagrant/bin/ferry, the build the VMs run)
 set -euo pipefail
-net=${FERRY_LAB_NET:-192.168.121}
+net=${FERRY_LAB_NET:-192.168.56}
 export FERRY_API=${FERRY_API:-http://$net.10:5000}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-ferry=${FERRY_BIN:-$here/target/release/ferry}
-step() { printf '[lab] %s\n' "$*"; }
+ferry=${FERRY_BIN:-$here/vagrant/bin/ferry}
+[ -x "$ferry" ] || ferry=$here/target/release/ferry
+# The operator token prepare.sh made, when the REST API needs one (the CLI reads FERRY_TOKEN).
+if [ -z "${FERRY_TOKEN:-}" ] && [ -s "$here/vagrant/bin/api-tokens" ]; then
+  FERRY_TOKEN=$(sed -n 's/^operator://p' "$here/vagrant/bin/api-tokens" | head -n1)
+  export FERRY_TOKEN
+fi
+step() { printf '[lab] %s (%ss)\n' "$*" "$SECONDS"; }
+# Every line of a process's output, paged through the REST API (`ferry logs` shows one page).
+alllogs() {
+  python3 - "$FERRY_API" "$1" <<'PY'
+import json, os, sys, urllib.request
+api, pid, at = sys.argv[1], sys.argv[2], 0
+token = os.environ.get("FERRY_TOKEN")
+headers = {"Authorization": f"Bearer {token}"} if token else {}
+while True:
+    req = urllib.request.Request(f"{api}/api/processes/{pid}/logs?from={at}&limit=10000", headers=headers)
+    with urllib.request.urlopen(req, timeout=30) as r:
+        page = json.load(r)
+    for line in page["lines"]:
+        print(line["text"])
+    if not page["lines"] or page["next"] == at:
+        break
+    at = page["next"]
+PY
+}
+counts() { alllogs "$1" | grep -c '^count ' || true; }
 
-step "waiting for two agents"
+step "waiting for two agents at $FERRY_API"
+online=0
 for _ in $(seq 120); do
-  [ "$("$ferry" nodes --json 2>/dev/null | grep -o '"status":"online"' | wc -l)" -ge 2 ] && break
+  online=$("$ferry" nodes --json 2>/dev/null | grep -o '"status":"online"' | wc -l || true)
+  [ "$online" -ge 2 ] && break
   sleep 1
 done
+[ "$online" -ge 2 ] || { echo "[lab] only $online agents online" >&2; "$ferry" nodes || true; exit 1; }
 "$ferry" nodes
+
 id=$("$ferry" run --node agent1 --name journal --json -- python3 /opt/ferry/workloads/appender.py |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 step "started $id on agent1"
-sleep 3
-before=$("$ferry" logs "$id" | grep -c '^count ')
-step "$before counts on agent1; migrating to agent2"
-"$ferry" migrate "$id" --to agent2
-"$ferry" ps
-sleep 3
-"$ferry" logs "$id" | grep '^count ' | awk '{print $2}' | python3 -c '
+for _ in $(seq 60); do [ "$(counts "$id")" -ge 20 ] && break; sleep 1; done
+
+# migrate ID TARGET: moves the workload and checks that the count went on without a restart or a
+# gap, and that the journal the process keeps open on the target's disk holds exactly 1..n.
+migrate() {
+  local id=$1 to=$2 before
+  before=$(counts "$id")
+  step "$before counts so far; migrating $id to $to"
+  "$ferry" migrate "$id" --to "$to"
+  "$ferry" ps
+  sleep 3
+  alllogs "$id" | grep '^count ' | awk '{print $2}' | python3 -c '
 import sys
 nums = [int(x) for x in sys.stdin.read().split()]
-before = int(sys.argv[1])
+before, to = int(sys.argv[1]), sys.argv[2]
 assert len(nums) > before, f"no new counts after the migration: {nums}"
-assert all(b == a + 1 for a, b in zip(nums, nums[1:])), f"the count restarted or skipped: {nums}"
-print(f"[lab] counts continue on agent2: {nums[0]}..{nums[-1]} ({len(nums)} lines, {before} before the move)")
-' "$before"
+assert nums[0] == 1 and all(b == a + 1 for a, b in zip(nums, nums[1:])), f"the count restarted or skipped: {nums}"
+print(f"[lab] counts continue on {to}: {nums[0]}..{nums[-1]} ({len(nums)} lines, {before} before the move)")
+' "$before" "$to"
+  if command -v vagrant >/dev/null && [ -d "$here/vagrant/.vagrant" ]; then
+    local pid
+    pid=$("$ferry" ps --json | python3 -c '
+import json, sys
+print(next(p["pid"] for p in json.load(sys.stdin) if p["id"] == sys.argv[1]))' "$id")
+    # SIGUSR1 makes the appender re-read its journal from disk and print "journal ok n=N".
+    local seen verdict=""
+    seen=$(alllogs "$id" | grep -c '^journal ' || true)
+    (cd "$here/vagrant" && vagrant ssh "$to" -c "sudo kill -USR1 $pid" >/dev/null 2>&1)
+    for _ in $(seq 30); do
+      [ "$(alllogs "$id" | grep -c '^journal ' || true)" -gt "$seen" ] && break
+      sleep 1
+    done
+    verdict=$(alllogs "$id" | grep '^journal ' | tail -n1)
+    echo "[lab] $to: $verdict (host pid $pid)"
+    case $verdict in "journal ok"*) ;; *) echo "[lab] the journal on $to is wrong" >&2; exit 1 ;; esac
+  fi
+}
+
+migrate "$id" agent2
+migrate "$id" agent1
+"$ferry" stop "$id"
 step "lab migration verified"

@@ -1,11 +1,47 @@
 #!/usr/bin/env bash
 # Copies the binaries the lab VMs run into vagrant/bin/: ferry and ferry-init (release build of
 # this checkout) and the CRIU >= 4.2 that scripts/setup.sh installed. The VMs run Debian 12 like
-# the host, so the binaries work there unchanged.
+# the host, so the binaries work there unchanged. Needs root (scripts/setup.sh does).
+#
+#   FERRY_SETUP_SKIP_BUILD=1   use the release binaries already in target/release (no cargo build)
+#   FERRY_PREPARE_SKIP_SETUP=1 do not run scripts/setup.sh at all (only copy)
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-"$here/scripts/setup.sh"
+if [ "${FERRY_PREPARE_SKIP_SETUP:-0}" != 1 ]; then
+  "$here/scripts/setup.sh"
+fi
+for b in ferry ferry-init; do
+  [ -x "$here/target/release/$b" ] || {
+    echo "target/release/$b is missing: build it (cargo build --release) or drop FERRY_SETUP_SKIP_BUILD" >&2
+    exit 1
+  }
+done
+criu=$(command -v criu || true)
+criu=${criu:-/usr/local/sbin/criu}
+[ -x "$criu" ] || { echo "no criu on this machine: run scripts/setup.sh" >&2; exit 1; }
 mkdir -p "$here/vagrant/bin"
-cp "$here/target/release/ferry" "$here/target/release/ferry-init" "$here/vagrant/bin/"
-cp "$(command -v criu || echo /usr/local/sbin/criu)" "$here/vagrant/bin/criu"
+# Copy to a temporary name and rename, so a copy never holds half of a binary being rebuilt.
+for src in "$here/target/release/ferry" "$here/target/release/ferry-init" "$criu"; do
+  dst=$here/vagrant/bin/$(basename "$src")
+  cp "$src" "$dst.tmp" && mv -f "$dst.tmp" "$dst"
+done
+# A ferry whose REST API needs bearer tokens (`coordinator --tokens`) gets a token file for the
+# lab: provisioning installs it on the coordinator, lab-test.sh takes its operator token. It stays
+# in vagrant/bin/ (git-ignored) and is kept across runs.
+tokens=$here/vagrant/bin/api-tokens
+if "$here/vagrant/bin/ferry" coordinator --help 2>/dev/null | grep -q -- '--tokens'; then
+  if [ ! -s "$tokens" ]; then
+    (umask 077
+      printf 'operator:%s\nread-only:%s\n' "$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')" \
+        "$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')" >"$tokens")
+  fi
+else
+  rm -f "$tokens"
+fi
+# Run with sudo, vagrant/bin belongs to the user who runs vagrant and lab-test.sh.
+if [ -n "${SUDO_UID:-}" ] && [ -n "${SUDO_GID:-}" ]; then
+  chown -R "$SUDO_UID:$SUDO_GID" "$here/vagrant/bin"
+fi
 ls -la "$here/vagrant/bin"
+"$here/vagrant/bin/ferry" --version
+"$here/vagrant/bin/criu" --version | head -n1

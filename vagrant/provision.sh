@@ -4,10 +4,19 @@
 set -euo pipefail
 role=$1 name=$2 ip=$3 coordinator=$4
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-# CRIU's shared libraries and what workloads and ferry need at run time.
-apt-get install -y -qq --no-install-recommends iproute2 iptables nftables python3 curl \
-  libprotobuf-c1 libnl-3-200 libnet1 libbsd0 libcap2 libaio1 libgnutls30 libnftables1 >/dev/null
+# CRIU's shared libraries and what workloads and ferry need at run time. The box that
+# vagrant/build-box.sh builds has them all, so apt (and the network) is only used on other boxes.
+pkgs=(iproute2 iptables nftables python3 curl libprotobuf-c1 libnl-3-200 libnet1 libbsd0 libcap2
+  libaio1 libgnutls30 libnftables1 libuuid1)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing ${missing[*]}"
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 install -m 0755 /tmp/ferry-bin/ferry /tmp/ferry-bin/ferry-init /usr/local/bin/
 install -m 0755 /tmp/ferry-bin/criu /usr/local/sbin/criu
 mkdir -p /opt/ferry/workloads && cp -r /tmp/ferry-workloads/* /opt/ferry/workloads/
@@ -16,19 +25,30 @@ echo "fs.pipe-max-size = 4194304" >/etc/sysctl.d/60-ferry.conf
 
 if [ "$role" = coordinator ]; then
   exec_line="/usr/local/bin/ferry coordinator --listen 0.0.0.0:50050 --http 0.0.0.0:5000 --data-dir /var/lib/ferry/coordinator"
+  # A ferry whose REST API needs bearer tokens: prepare.sh made the lab's token file.
+  if [ -s /tmp/ferry-bin/api-tokens ]; then
+    install -D -m 0600 /tmp/ferry-bin/api-tokens /etc/ferry/api-tokens
+    exec_line="$exec_line --tokens /etc/ferry/api-tokens"
+  fi
 else
-  /usr/local/sbin/criu check >/dev/null || { echo "criu check fails on $name" >&2; exit 1; }
+  if ! out=$(/usr/local/sbin/criu check 2>&1); then
+    printf 'criu check fails on %s (%s):\n%s\n' "$name" "$(uname -r)" "$out" >&2
+    exit 1
+  fi
+  echo "$name: $(/usr/local/sbin/criu --version | head -n1), criu check: $out"
   exec_line="/usr/local/bin/ferry agent --listen $ip:50051 --node $name --coordinator http://$coordinator:50050 --data-dir /var/lib/ferry/agent"
 fi
 cat >/etc/systemd/system/ferry.service <<UNIT
 [Unit]
 Description=ferry $role
+StartLimitIntervalSec=0
 After=network-online.target
 Wants=network-online.target
 
 [Service]
 ExecStart=$exec_line
 Restart=on-failure
+RestartSec=2
 # Workloads outlive a restart of their agent's service.
 KillMode=process
 
@@ -36,5 +56,10 @@ KillMode=process
 WantedBy=multi-user.target
 UNIT
 systemctl daemon-reload
-systemctl enable --now ferry.service
-echo "provisioned $name ($role) at $ip"
+mkdir -p /var/lib/ferry
+systemctl enable ferry.service
+# restart, not start: a second provisioning run picks up new binaries.
+systemctl restart ferry.service
+sleep 2
+systemctl is-active --quiet ferry.service || { journalctl -u ferry.service -n 30 --no-pager >&2; exit 1; }
+echo "provisioned $name ($role) at $ip: $(systemctl is-active ferry.service)"
