@@ -15,10 +15,11 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+"$ferry" certs --dir "$work/tls" --name coordinator --name fuzz >/dev/null
 token=fuzz-operator-$(date +%s%N)
-FERRY_TOKENS="operator:$token" "$ferry" coordinator --listen "127.0.0.1:$grpc" --http "127.0.0.1:$http" --data-dir "$work/coordinator" >"$work/coordinator.log" 2>&1 &
+FERRY_TOKENS="operator:$token" "$ferry" coordinator --listen "127.0.0.1:$grpc" --http "127.0.0.1:$http" --data-dir "$work/coordinator" --tls-dir "$work/tls" >"$work/coordinator.log" 2>&1 &
 pids+=($!)
-"$ferry" agent --listen "127.0.0.1:$agent" --data-dir "$work/agent" --node fuzz --coordinator "http://127.0.0.1:$grpc" >"$work/agent.log" 2>&1 &
+"$ferry" agent --listen "127.0.0.1:$agent" --data-dir "$work/agent" --node fuzz --coordinator "https://127.0.0.1:$grpc" --tls-dir "$work/tls" >"$work/agent.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do
   curl -fsS -H "Authorization: Bearer $token" "http://127.0.0.1:$http/api/servers" 2>/dev/null | grep -q '"online"' && break

@@ -22,6 +22,8 @@ const READ_ONLY: &str = "test-read-only-token-0123456789";
 fn coordinator_at(ip: &str, port: u16, http: u16, data: &std::path::Path) -> AgentProc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
     cmd.args(["coordinator", "--listen", &format!("{ip}:{port}"), "--heartbeat-ms", "200"])
+        .arg("--tls-dir")
+        .arg(tls_dir())
         .args(["--http", &format!("{ip}:{http}")])
         .env("FERRY_TOKENS", format!("operator:{OPERATOR} read-only:{READ_ONLY}"))
         .arg("--data-dir")
@@ -84,7 +86,7 @@ fn free_port() -> u16 {
 }
 
 async fn nodes(addr: &str) -> Vec<cpb::NodeInfo> {
-    let mut c = CoordinatorClient::connect(addr.to_string()).await.expect("connect to coordinator");
+    let mut c = CoordinatorClient::new(channel(addr).await.expect("connect to coordinator"));
     c.list_nodes(cpb::ListNodesRequest {}).await.expect("ListNodes").into_inner().nodes
 }
 
@@ -110,7 +112,7 @@ async fn agents_register_go_offline_and_survive_a_coordinator_restart() {
     let (port, http_port) = (free_port(), free_port());
     let data = TempDir::new("ferry-test-coordinator");
     let coord = coordinator_with_http(port, http_port, data.path());
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!("https://127.0.0.1:{port}");
     let a = AgentProc::start_with("node-a", &["--coordinator", &url]);
     let b = AgentProc::start_with("node-b", &["--coordinator", &url]);
 
@@ -172,6 +174,8 @@ fn agent_on(name: &str, data: &std::path::Path, coordinator: &str) -> AgentProc 
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
     cmd.args(["agent", "--listen", "127.0.0.1:0", "--node", name, "--stop-grace-secs", "5"])
         .args(["--coordinator", coordinator])
+        .arg("--tls-dir")
+        .arg(tls_for(data.parent().unwrap(), name))
         .arg("--data-dir")
         .arg(data);
     AgentProc::spawn(name, cmd, TempDir::new("ferry-test-agent-unused"), data.to_path_buf())
@@ -198,7 +202,7 @@ async fn a_restarted_agent_keeps_its_workloads_and_their_output() {
     let (port, http_port) = (free_port(), free_port());
     let data = TempDir::new("ferry-test-agent-restart");
     let coord = coordinator_with_http(port, http_port, &data.path().join("coordinator"));
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!("https://127.0.0.1:{port}");
     let gw = format!("127.0.0.1:{http_port}");
     let agent_data = data.path().join("agent");
     let a = agent_on("node-r", &agent_data, &url);
@@ -264,12 +268,106 @@ async fn a_restarted_agent_keeps_its_workloads_and_their_output() {
     drop(b);
 }
 
+/// gRPC is mutual TLS: a peer without a client certificate, with one from another CA, or
+/// speaking plain TCP is refused by agents and the coordinator; a part started with neither
+/// certificates nor --insecure refuses to start and says how to get them.
+#[tokio::test]
+async fn grpc_refuses_peers_without_a_certificate_from_the_cluster_ca() {
+    use ferry_proto::agent::HealthCheckRequest;
+    use ferry_proto::tls::Wire;
+    let a = AgentProc::start("tls-node");
+    let coord_data = TempDir::new("ferry-test-tls-coord");
+    let coord = coordinator(free_port(), coord_data.path());
+    // The cluster's own client certificate works.
+    let mut c = a.client().await;
+    c.health_check(HealthCheckRequest {})
+        .await
+        .expect("HealthCheck with the cluster's certificate");
+    let mut cc = CoordinatorClient::new(channel(&coord.addr).await.unwrap());
+    cc.list_nodes(cpb::ListNodesRequest {})
+        .await
+        .expect("ListNodes with the cluster's certificate");
+
+    // Another CA's certificate, and the right CA without a client certificate.
+    let other = TempDir::new("ferry-test-other-ca");
+    ferry_proto::tls::issue_into(other.path(), "intruder", &[], 1).unwrap();
+    // The client trusts the cluster's CA (so the server is not what fails) but presents a
+    // certificate from another CA.
+    let ca =
+        tonic::transport::Certificate::from_pem(std::fs::read(tls_dir().join("ca.pem")).unwrap());
+    let foreign = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(ca.clone())
+        .identity(tonic::transport::Identity::from_pem(
+            std::fs::read(other.path().join("intruder.pem")).unwrap(),
+            std::fs::read(other.path().join("intruder-key.pem")).unwrap(),
+        ))
+        .domain_name(ferry_proto::tls::CLUSTER_NAME);
+    let no_client_cert = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(ca)
+        .domain_name(ferry_proto::tls::CLUSTER_NAME);
+    for (addr, is_agent) in [(&a.addr, true), (&coord.addr, false)] {
+        let refused = |what: &str, r: Result<(), String>| {
+            assert!(r.is_err(), "{what} to {addr} was accepted");
+        };
+        // A call each server answers for a trusted peer (so only the TLS refusal can fail it).
+        let health = |ch: tonic::transport::Channel| async move {
+            if is_agent {
+                let mut c = ferry_proto::agent::agent_client::AgentClient::new(ch);
+                c.health_check(HealthCheckRequest {}).await.map(|_| ()).map_err(|e| e.to_string())
+            } else {
+                let mut c = CoordinatorClient::new(ch);
+                c.list_nodes(cpb::ListNodesRequest {}).await.map(|_| ()).map_err(|e| e.to_string())
+            }
+        };
+        let trusted = match channel(addr).await {
+            Ok(ch) => health(ch).await,
+            Err(e) => Err(e.to_string()),
+        };
+        assert!(trusted.is_ok(), "the cluster's own certificate to {addr}: {trusted:?}");
+        let https = addr.replace("http://", "https://");
+        for (what, config) in [
+            ("a certificate from another CA", foreign.clone()),
+            ("TLS without a client certificate", no_client_cert.clone()),
+        ] {
+            let e = tonic::transport::Endpoint::from_shared(https.clone())
+                .unwrap()
+                .tls_config(config)
+                .unwrap();
+            let r = match e.connect().await {
+                Ok(ch) => health(ch).await,
+                Err(e) => Err(e.to_string()),
+            };
+            refused(what, r);
+        }
+        let plain = match Wire::Insecure.endpoint(addr).unwrap().connect().await {
+            Ok(ch) => health(ch).await,
+            Err(e) => Err(e.to_string()),
+        };
+        refused("plain TCP", plain);
+    }
+
+    // Neither certificates nor --insecure: a clear refusal to start.
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["agent", "--listen", "127.0.0.1:0", "--node", "n"])
+        .arg("--data-dir")
+        .arg(TempDir::new("ferry-test-notls").path())
+        .env_remove("FERRY_TLS_DIR")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mutual TLS") && err.contains("ferry certs") && err.contains("--insecure"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn bad_registrations_are_refused() {
     let port = free_port();
     let data = TempDir::new("ferry-test-coordinator-bad");
     let coord = coordinator(port, data.path());
-    let mut c = CoordinatorClient::connect(coord.addr.clone()).await.unwrap();
+    let mut c = CoordinatorClient::new(channel(&coord.addr).await.unwrap());
     let err = c
         .register_node(cpb::RegisterNodeRequest {
             node: "".into(),
@@ -302,7 +400,7 @@ async fn the_gateway_serves_nodes_processes_and_overview() {
     let (port, http) = (free_port(), free_port());
     let data = TempDir::new("ferry-test-gateway");
     let coord = coordinator_with_http(port, http, data.path());
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!("https://127.0.0.1:{port}");
     let a = AgentProc::start_with("gw-a", &["--coordinator", &url]);
     let mut ca = a.client().await;
     let mut sp = spec(&["sleep", "60"]);
@@ -387,7 +485,7 @@ async fn on_two_hosts(tag: &str) -> OnTwoHosts {
     let data = TempDir::new(tag);
     let ip = net.bridge_ip();
     let coord = coordinator_at(&ip, port, http_port, data.path());
-    let url = format!("http://{ip}:{port}");
+    let url = format!("https://{ip}:{port}");
     let a = net.agent(0, &["--coordinator", &url]);
     let b = net.agent(1, &["--coordinator", &url]);
     wait_nodes(&coord.addr, "both hosts online", |n| {
@@ -701,6 +799,8 @@ async fn the_api_needs_tokens_and_the_dashboard_is_served() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
     cmd.args(["coordinator", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--http", &format!("127.0.0.1:{http}")])
+        .arg("--tls-dir")
+        .arg(tls_dir())
         .env("FERRY_TOKENS", format!("operator:{OPERATOR} read-only:{READ_ONLY}"))
         .env("FERRY_WEB_DIR", web.path())
         .arg("--data-dir")
@@ -763,6 +863,8 @@ async fn the_api_needs_tokens_and_the_dashboard_is_served() {
     let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["coordinator", "--listen", &format!("127.0.0.1:{}", free_port())])
         .args(["--http", &format!("127.0.0.1:{}", free_port())])
+        .arg("--tls-dir")
+        .arg(tls_dir())
         .env_remove("FERRY_TOKENS")
         .env_remove("FERRY_TOKENS_FILE")
         .arg("--data-dir")

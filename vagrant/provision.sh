@@ -22,9 +22,19 @@ install -m 0755 /tmp/ferry-bin/criu /usr/local/sbin/criu
 mkdir -p /opt/ferry/workloads && cp -r /tmp/ferry-workloads/* /opt/ferry/workloads/
 echo 4194304 >/proc/sys/fs/pipe-max-size
 echo "fs.pipe-max-size = 4194304" >/etc/sysctl.d/60-ferry.conf
+# Mutual TLS (prepare.sh issued each VM's certificate from the lab's CA, which stays on the host).
+tls=""
+scheme=http
+if [ -s "/tmp/ferry-bin/tls/$name.pem" ]; then
+  install -d -m 0700 /etc/ferry/tls
+  install -m 0644 /tmp/ferry-bin/tls/ca.pem "/tmp/ferry-bin/tls/$name.pem" /etc/ferry/tls/
+  install -m 0600 "/tmp/ferry-bin/tls/$name-key.pem" /etc/ferry/tls/
+  tls="--tls-dir /etc/ferry/tls --tls-name $name"
+  scheme=https
+fi
 
 if [ "$role" = coordinator ]; then
-  exec_line="/usr/local/bin/ferry coordinator --listen 0.0.0.0:50050 --http 0.0.0.0:5000 --data-dir /var/lib/ferry/coordinator"
+  exec_line="/usr/local/bin/ferry coordinator --listen 0.0.0.0:50050 --http 0.0.0.0:5000 --data-dir /var/lib/ferry/coordinator $tls"
   # A ferry whose REST API needs bearer tokens: prepare.sh made the lab's token file.
   if [ -s /tmp/ferry-bin/api-tokens ]; then
     install -D -m 0600 /tmp/ferry-bin/api-tokens /etc/ferry/api-tokens
@@ -36,7 +46,7 @@ else
     exit 1
   fi
   echo "$name: $(/usr/local/sbin/criu --version | head -n1), criu check: $out"
-  exec_line="/usr/local/bin/ferry agent --listen $ip:50051 --node $name --coordinator http://$coordinator:50050 --data-dir /var/lib/ferry/agent"
+  exec_line="/usr/local/bin/ferry agent --listen $ip:50051 --node $name --coordinator $scheme://$coordinator:50050 --data-dir /var/lib/ferry/agent $tls"
 fi
 cat >/etc/systemd/system/ferry.service <<UNIT
 [Unit]

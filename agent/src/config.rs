@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AgentConfig {
     /// Address of the gRPC server.
     pub listen: SocketAddr,
@@ -28,6 +28,8 @@ pub struct AgentConfig {
     pub fault_injection: bool,
     /// Keep every migration's scratch directory (images, CRIU logs) for inspection.
     pub keep_scratch: bool,
+    /// How gRPC is secured: mutual TLS, or plain TCP when asked for.
+    pub wire: ferry_proto::tls::Wire,
 }
 
 impl AgentConfig {

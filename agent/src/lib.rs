@@ -35,7 +35,14 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
+    let builder = agent.config().wire.server().map_err(|e| {
+        tracing::error!(%e, "cannot set up TLS");
+        e
+    });
+    let Ok(builder) = builder else {
+        return Ok(());
+    };
+    let server = builder
         .tcp_nodelay(true)
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(16 << 20)

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use ferry_proto::coordinator as pb;
 use ferry_proto::coordinator::coordinator_client::CoordinatorClient;
-use tonic::transport::Endpoint;
 
 use crate::agent::Agent;
 use crate::grpc::{health_to_pb, status_to_pb};
@@ -41,7 +40,10 @@ async fn health(agent: &Arc<Agent>) -> Result<ferry_proto::agent::HealthCheckRes
 /// One registration and the heartbeats after it; returns Ok when the coordinator asks for a new
 /// registration, Err when it cannot be reached.
 async fn session(agent: &Arc<Agent>, coordinator: &str, advertise: &str) -> Result<(), String> {
-    let channel = Endpoint::from_shared(coordinator.to_string())
+    let channel = agent
+        .config()
+        .wire
+        .endpoint(coordinator)
         .map_err(|e| format!("bad coordinator address {coordinator:?}: {e}"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CONNECT_TIMEOUT)

@@ -185,6 +185,14 @@ fn bench(args: &BenchArgs, work: &Path) -> anyhow::Result<()> {
     )?;
     std::fs::create_dir_all(MOUNT)?;
     let exe = std::env::current_exe()?;
+    // Mutual TLS, as in production: the snapshot stream's cost includes its encryption.
+    let tls = work.join("tls");
+    for name in ["bench-0", "bench-1", "bench-client"] {
+        ferry_proto::tls::issue_into(&tls, name, &[], 1).map_err(|e| anyhow::anyhow!(e))?;
+    }
+    let wire = ferry_proto::tls::Wire::Tls(std::sync::Arc::new(
+        ferry_proto::tls::Tls::load(&tls, "bench-client").map_err(|e| anyhow::anyhow!(e))?,
+    ));
     let mut agents = Agents { children: Vec::new() };
     for i in 0..2 {
         let data = work.join(format!("host{i}"));
@@ -198,6 +206,8 @@ fn bench(args: &BenchArgs, work: &Path) -> anyhow::Result<()> {
             &format!("bench-{i}"),
             "--data-dir",
             MOUNT,
+            "--tls-dir",
+            &tls.to_string_lossy(),
         ]
         .iter()
         .chain(if std::env::var_os("FERRY_BENCH_KEEP").is_some() {
@@ -220,7 +230,7 @@ fn bench(args: &BenchArgs, work: &Path) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let addrs = [format!("http://{}:50051", net.ip(0)), format!("http://{}:50051", net.ip(1))];
     let (mut ca, mut cb) = rt.block_on(async {
-        Ok::<_, anyhow::Error>((connect(&addrs[0]).await?, connect(&addrs[1]).await?))
+        Ok::<_, anyhow::Error>((connect(&wire, &addrs[0]).await?, connect(&wire, &addrs[1]).await?))
     })?;
 
     warm_up(work, args.size_mib)?;
@@ -293,10 +303,14 @@ fn warm_up(work: &Path, size_mib: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect(addr: &str) -> anyhow::Result<AgentClient<Channel>> {
+async fn connect(
+    wire: &ferry_proto::tls::Wire,
+    addr: &str,
+) -> anyhow::Result<AgentClient<Channel>> {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let endpoint = wire.endpoint(addr).map_err(|e| anyhow::anyhow!(e))?;
     loop {
-        match AgentClient::connect(addr.to_string()).await {
+        match endpoint.connect().await.map(AgentClient::new) {
             Ok(c) => return Ok(c),
             Err(e) if Instant::now() > deadline => bail!("agent at {addr} did not come up: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,

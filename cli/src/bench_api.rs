@@ -159,6 +159,13 @@ pub fn run(args: ApiBenchArgs) -> anyhow::Result<()> {
     let (grpc, http) = (free_port()?, free_port()?);
     let data = std::env::temp_dir().join(format!("ferry-bench-api-{}", std::process::id()));
     std::fs::create_dir_all(&data)?;
+    let tls = data.join("tls");
+    for name in ["coordinator", "bench-node"] {
+        ferry_proto::tls::issue_into(&tls, name, &[], 1).map_err(|e| anyhow::anyhow!(e))?;
+    }
+    let wire = ferry_proto::tls::Wire::Tls(std::sync::Arc::new(
+        ferry_proto::tls::Tls::load(&tls, "bench-node").map_err(|e| anyhow::anyhow!(e))?,
+    ));
     let mut coord = Command::new(std::env::current_exe()?)
         .args([
             "coordinator",
@@ -169,6 +176,8 @@ pub fn run(args: ApiBenchArgs) -> anyhow::Result<()> {
         ])
         .arg("--data-dir")
         .arg(&data)
+        .arg("--tls-dir")
+        .arg(&tls)
         .env("RUST_LOG", "warn")
         .env("FERRY_TOKENS", format!("read-only:{BENCH_TOKEN}"))
         .stdin(Stdio::null())
@@ -178,10 +187,11 @@ pub fn run(args: ApiBenchArgs) -> anyhow::Result<()> {
     let result = (|| -> anyhow::Result<Vec<(&str, f64, String)>> {
         let rt = tokio::runtime::Runtime::new()?;
         rt.block_on(async {
-            let url = format!("http://127.0.0.1:{grpc}");
+            let endpoint =
+                wire.endpoint(&format!("127.0.0.1:{grpc}")).map_err(|e| anyhow::anyhow!(e))?;
             let deadline = Instant::now() + Duration::from_secs(20);
             let mut c = loop {
-                match CoordinatorClient::connect(url.clone()).await {
+                match endpoint.connect().await.map(CoordinatorClient::new) {
                     Ok(c) => break c,
                     Err(_) if Instant::now() < deadline => {
                         tokio::time::sleep(Duration::from_millis(50)).await
@@ -191,7 +201,7 @@ pub fn run(args: ApiBenchArgs) -> anyhow::Result<()> {
             };
             c.register_node(cpb::RegisterNodeRequest {
                 node: "bench-node".into(),
-                address: "http://127.0.0.1:1".into(),
+                address: "https://127.0.0.1:1".into(),
                 health: Some(apb::HealthCheckResponse {
                     node: "bench-node".into(),
                     memory_total_bytes: 8 << 30,

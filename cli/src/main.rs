@@ -29,6 +29,8 @@ enum Command {
     Coordinator(CoordinatorArgs),
     #[command(flatten)]
     Verb(ferry::verbs::Verb),
+    /// Create the cluster's CA (if missing) and certificates for its parts, for mutual TLS.
+    Certs(CertsArgs),
     /// Benchmarks that write a report.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -69,9 +71,52 @@ struct CoordinatorArgs {
     /// The built dashboard to serve at / (default: web/dist of this checkout, if built).
     #[arg(long, env = "FERRY_WEB_DIR")]
     web_dir: Option<PathBuf>,
-    /// Serve the REST API without authentication (logs a warning). Without it, --http needs tokens.
+    #[command(flatten)]
+    wire: WireArgs,
+    /// Plain TCP for gRPC and, without tokens, an open REST API (both logged as warnings).
+    /// Without it, gRPC needs --tls-dir and --http needs tokens.
     #[arg(long)]
     insecure: bool,
+}
+
+/// Mutual TLS for gRPC: a directory with ca.pem, NAME.pem and NAME-key.pem (`ferry certs`).
+#[derive(clap::Args)]
+struct WireArgs {
+    /// Directory with the cluster's ca.pem and this part's NAME.pem and NAME-key.pem.
+    #[arg(long, env = "FERRY_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Which certificate in --tls-dir is this part's (default: the node name, or "coordinator").
+    #[arg(long, env = "FERRY_TLS_NAME")]
+    tls_name: Option<String>,
+}
+
+impl WireArgs {
+    fn wire(&self, default_name: &str, insecure: bool) -> anyhow::Result<ferry_proto::tls::Wire> {
+        let name = self.tls_name.as_deref().unwrap_or(default_name);
+        let wire = ferry_proto::tls::Wire::from_flags(self.tls_dir.as_deref(), name, insecure)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        if !wire.is_tls() {
+            tracing::warn!("--insecure: gRPC is plain TCP, unauthenticated and unencrypted (snapshots included)");
+        }
+        Ok(wire)
+    }
+}
+
+#[derive(clap::Args)]
+struct CertsArgs {
+    /// Where the CA (created if missing) and the certificates are.
+    #[arg(long)]
+    dir: PathBuf,
+    /// The part to issue a certificate for (a node name, or "coordinator"); repeatable.
+    #[arg(long = "name", required = true)]
+    names: Vec<String>,
+    /// Addresses to name in the certificates (informational: clients verify the CA and the
+    /// cluster name).
+    #[arg(long = "ip")]
+    ips: Vec<std::net::IpAddr>,
+    /// Validity of the issued certificates, in days.
+    #[arg(long, default_value_t = 825)]
+    days: i64,
 }
 
 /// The REST API's token table from --tokens or FERRY_TOKENS; `None` only with --insecure.
@@ -109,7 +154,12 @@ struct AgentArgs {
     /// Name of this node (default: the hostname).
     #[arg(long, env = "FERRY_NODE")]
     node: Option<String>,
-    /// Coordinator to register with and heartbeat to, e.g. http://10.0.0.1:50050.
+    #[command(flatten)]
+    wire: WireArgs,
+    /// Plain TCP for gRPC instead of mutual TLS (logged as a warning).
+    #[arg(long)]
+    insecure: bool,
+    /// Coordinator to register with and heartbeat to, e.g. https://10.0.0.1:50050.
     #[arg(long, env = "FERRY_COORDINATOR")]
     coordinator: Option<String>,
     /// This agent's gRPC URL as the coordinator and other agents reach it (default: from --listen
@@ -157,6 +207,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => run_agent(args),
         Command::Coordinator(args) => run_coordinator(args),
         Command::Up(args) => ferry::up::run(args),
+        Command::Certs(args) => run_certs(args),
         Command::FdStore { socket } => ferry_agent::sys::fdstore::serve(&socket)
             .with_context(|| format!("fd store on {}", socket.display())),
         Command::Verb(_) => unreachable!("handled above"),
@@ -172,12 +223,24 @@ fn main() -> ExitCode {
     }
 }
 
+fn run_certs(args: CertsArgs) -> anyhow::Result<()> {
+    for name in &args.names {
+        let written = ferry_proto::tls::issue_into(&args.dir, name, &args.ips, args.days)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        for f in written {
+            println!("{}", f.display());
+        }
+    }
+    Ok(())
+}
+
 fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     let node = args.node.unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "node".into())
     });
+    let wire = args.wire.wire(&node, args.insecure)?;
     let config = AgentConfig {
         listen: args.listen,
         data_dir: args.data_dir,
@@ -190,6 +253,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         max_snapshot_bytes: args.max_snapshot_mib << 20,
         fault_injection: args.enable_fault_injection,
         keep_scratch: args.keep_scratch,
+        wire,
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {
@@ -201,10 +265,10 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         if config.advertise.is_empty() {
             if local.ip().is_unspecified() {
                 anyhow::bail!(
-                    "--listen {local} names no specific address: give --advertise http://HOST:PORT"
+                    "--listen {local} names no specific address: give --advertise https://HOST:PORT"
                 );
             }
-            config.advertise = format!("http://{local}");
+            config.advertise = format!("{}://{local}", config.wire.scheme());
         }
         let agent = ferry_agent::Agent::new(config.clone()).await?;
         if let Some(coordinator) = &config.coordinator {
@@ -221,7 +285,9 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
 }
 
 fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
+    let wire = args.wire.wire("coordinator", args.insecure)?;
     let config = ferry_coordinator::CoordinatorConfig {
+        wire,
         data_dir: args.data_dir.clone(),
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(100)),
     };

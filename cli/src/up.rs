@@ -159,13 +159,29 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     } else {
         "127.0.0.1".to_string()
     };
-    let coordinator_url = format!("http://{coordinator_ip}:50050");
+    let coordinator_url = format!("https://{coordinator_ip}:50050");
     let (tokens, operator_token) = write_tokens(&args.data_dir)?;
+    // Mutual TLS between the parts: a fresh CA and a certificate per part, every start.
+    let tls = args.data_dir.join("tls");
+    let _ = std::fs::remove_dir_all(&tls);
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().context("an address of the cluster");
+    ferry_proto::tls::issue_into(&tls, "coordinator", &[ip(&coordinator_ip)?], 30)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    for (i, name) in names.iter().enumerate() {
+        let node_ip = match &cluster.net {
+            Some(net) => net.ip(i),
+            None => "127.0.0.1".to_string(),
+        };
+        ferry_proto::tls::issue_into(&tls, name, &[ip(&node_ip)?], 30)
+            .map_err(|e| anyhow::anyhow!(e))?;
+    }
     let mut cmd = Command::new(&exe);
     cmd.args(["coordinator", "--listen", &format!("{coordinator_ip}:50050")])
         .args(["--http", &args.http.to_string()])
         .arg("--tokens")
         .arg(&tokens)
+        .arg("--tls-dir")
+        .arg(&tls)
         .arg("--data-dir")
         .arg(args.data_dir.join("coordinator"));
     cluster.children.push(spawn("coordinator", cmd, &logs.join("coordinator.log"))?);
@@ -178,6 +194,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
+        agent_args.extend(["--tls-dir".into(), tls.to_string_lossy().into_owned()]);
         let cmd = match &cluster.net {
             Some(net) => {
                 std::fs::create_dir_all(NODE_MOUNT)?;

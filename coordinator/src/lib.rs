@@ -29,6 +29,8 @@ pub use store::{Event, MigrationRow, Store, StoreError};
 pub struct CoordinatorConfig {
     pub data_dir: PathBuf,
     pub heartbeat_interval: Duration,
+    /// How gRPC is secured (the agents' API and this coordinator's): mutual TLS, or plain TCP.
+    pub wire: ferry_proto::tls::Wire,
 }
 
 pub struct Coordinator {
@@ -65,11 +67,12 @@ impl Coordinator {
             .into_iter()
             .map(|n| (n.node.clone(), registry::online(n.last_seen_ms, now, interval)))
             .collect();
+        let wire = config.wire.clone();
         Ok(Arc::new(Coordinator {
             config,
             store,
             last_sweep: Mutex::new(last_sweep),
-            agents: Default::default(),
+            agents: agents::AgentPool::new(wire),
             migrating: Mutex::new(()),
             events: tokio::sync::broadcast::channel(1024).0,
         }))
@@ -318,7 +321,15 @@ pub async fn serve(
         })
     };
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let result = tonic::transport::Server::builder()
+    let mut builder = match coordinator.config.wire.server() {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(%e, "cannot set up TLS");
+            sweeper.abort();
+            return Ok(());
+        }
+    };
+    let result = builder
         .add_service(CoordinatorServer::new(Service(coordinator)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;

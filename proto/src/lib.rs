@@ -1,7 +1,10 @@
-//! ferry's wire types. This crate only compiles `.proto` files and re-exports them; domain types
-//! live in the crates that use them and convert at the edge.
+//! ferry's wire: the types, compiled from `.proto` files and re-exported (domain types live in
+//! the crates that use them and convert at the edge), and the wire's security (`tls`: mutual
+//! TLS between the parts, shared by every gRPC server and client).
 
 #![allow(clippy::all, missing_docs)]
+
+pub mod tls;
 
 /// The generated modules, nested as their protobuf packages (cross-package references need it).
 pub mod ferry {

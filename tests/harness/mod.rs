@@ -17,6 +17,45 @@ pub mod net;
 
 pub type Client = AgentClient<Channel>;
 
+static TLS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// The tests' cluster CA with a "coordinator" and a "test-client" certificate, made once per
+/// test binary: every agent and coordinator in the tests runs with mutual TLS, as in production.
+pub fn tls_dir() -> &'static Path {
+    TLS.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("ferry-test-tls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for name in ["coordinator", "test-client"] {
+            ferry_proto::tls::issue_into(&dir, name, &[], 1).expect("test certificates");
+        }
+        dir
+    })
+}
+
+/// A TLS directory under `parent` for the part `name`: the tests' CA and its own certificate
+/// (a directory of its own, so that tests running at once never write the same file).
+pub fn tls_for(parent: &Path, name: &str) -> PathBuf {
+    let dir = parent.join("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["ca.pem", "ca-key.pem"] {
+        std::fs::copy(tls_dir().join(f), dir.join(f)).unwrap();
+    }
+    ferry_proto::tls::issue_into(&dir, name, &[], 1).expect("a test certificate");
+    dir
+}
+
+/// How the tests themselves dial agents and coordinators: mutual TLS as "test-client".
+pub fn wire() -> ferry_proto::tls::Wire {
+    ferry_proto::tls::Wire::Tls(std::sync::Arc::new(
+        ferry_proto::tls::Tls::load(tls_dir(), "test-client").expect("the test client certificate"),
+    ))
+}
+
+/// A TLS channel to `addr`.
+pub async fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    wire().endpoint(addr).expect("a valid address").connect().await
+}
+
 /// True when running as root. Tests that need root call [`require_root`].
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -80,6 +119,8 @@ impl AgentProc {
             "5",
             "--data-dir",
             &data_dir.to_string_lossy(),
+            "--tls-dir",
+            &tls_for(tmp.path(), name).to_string_lossy(),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -128,11 +169,11 @@ impl AgentProc {
                 panic!("agent {name} did not report its listen address within 30 s");
             }
         };
-        AgentProc { child, addr: format!("http://{addr}"), data_dir, _tmp: tmp }
+        AgentProc { child, addr: format!("https://{addr}"), data_dir, _tmp: tmp }
     }
 
     pub async fn client(&self) -> Client {
-        AgentClient::connect(self.addr.clone()).await.expect("connect to agent")
+        AgentClient::new(channel(&self.addr).await.expect("connect to agent"))
     }
 
     pub fn pid(&self) -> i32 {

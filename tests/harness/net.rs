@@ -59,6 +59,8 @@ impl Net {
             DATA_MOUNT,
             "--stop-grace-secs",
             "3",
+            "--tls-dir",
+            &super::tls_for(tmp.path(), &format!("host{i}")).to_string_lossy(),
         ]
         .iter()
         .map(|s| s.to_string())

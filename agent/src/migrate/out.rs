@@ -88,9 +88,9 @@ impl Agent {
                 "fault injection is disabled on this agent (start it with --enable-fault-injection)".into(),
             ));
         }
-        let endpoint = Endpoint::from_shared(req.target.clone()).map_err(|e| {
+        let endpoint = self.config().wire.endpoint(&req.target).map_err(|e| {
             AgentError::InvalidRequest(format!(
-                "target address {:?} is not a URI like http://host:port: {e}",
+                "target address {:?} is not a URI like https://host:port: {e}",
                 req.target
             ))
         })?;

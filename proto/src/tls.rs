@@ -1,0 +1,226 @@
+//! The wire's security: mutual TLS between coordinator and agents (and agent to agent, which
+//! carries snapshots), or plain TCP only when asked for explicitly.
+//!
+//! One cluster CA signs a certificate per part. Every certificate names its part (`CN`, and a
+//! DNS SAN) and carries the cluster name [`CLUSTER_NAME`] as a DNS SAN too, which is the name
+//! clients verify: any certificate from the cluster's CA is a cluster member, whatever address
+//! it is reached at (addresses change; the CA is the trust boundary). Servers require a client
+//! certificate from the same CA.
+//!
+//! A TLS directory holds `ca.pem`, `<name>.pem` and `<name>-key.pem` (see [`issue_into`], which
+//! `ferry certs` and `ferry up` use).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+
+/// The name every certificate carries and every client verifies.
+pub const CLUSTER_NAME: &str = "ferry";
+
+/// A part's TLS material.
+pub struct Tls {
+    pub name: String,
+    ca: Vec<u8>,
+    cert: Vec<u8>,
+    key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tls({})", self.name)
+    }
+}
+
+/// How gRPC connections are secured.
+#[derive(Clone, Debug)]
+pub enum Wire {
+    Tls(Arc<Tls>),
+    /// Plain TCP: only with an explicit `--insecure`.
+    Insecure,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| {
+        format!(
+            "cannot read {}: {e} (create the cluster's certificates with `ferry certs --dir {} --name NAME`)",
+            path.display(),
+            path.parent().map(|p| p.display().to_string()).unwrap_or_default()
+        )
+    })
+}
+
+impl Tls {
+    /// Loads `ca.pem`, `NAME.pem` and `NAME-key.pem` from `dir`.
+    pub fn load(dir: &Path, name: &str) -> Result<Tls, String> {
+        let tls = Tls {
+            name: name.to_string(),
+            ca: read(&dir.join("ca.pem"))?,
+            cert: read(&dir.join(format!("{name}.pem")))?,
+            key: read(&dir.join(format!("{name}-key.pem")))?,
+        };
+        for (what, pem) in [("ca.pem", &tls.ca), ("certificate", &tls.cert), ("key", &tls.key)] {
+            if !pem.starts_with(b"-----BEGIN") {
+                return Err(format!("{what} in {} is not PEM", dir.display()));
+            }
+        }
+        Ok(tls)
+    }
+
+    pub fn server_config(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert, &self.key))
+            .client_ca_root(Certificate::from_pem(&self.ca))
+    }
+
+    pub fn client_config(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca))
+            .identity(Identity::from_pem(&self.cert, &self.key))
+            .domain_name(CLUSTER_NAME)
+    }
+}
+
+impl Wire {
+    /// `--tls-dir DIR` with certificate `name`, or plain TCP with `insecure`; neither is an error
+    /// that says how to get certificates.
+    pub fn from_flags(dir: Option<&Path>, name: &str, insecure: bool) -> Result<Wire, String> {
+        match (dir, insecure) {
+            (Some(_), true) => Err("--tls-dir and --insecure exclude each other".into()),
+            (Some(d), false) => Ok(Wire::Tls(Arc::new(Tls::load(d, name)?))),
+            (None, true) => Ok(Wire::Insecure),
+            (None, false) => Err(
+                "gRPC needs mutual TLS: give --tls-dir DIR (ca.pem, NAME.pem, NAME-key.pem, made by `ferry certs`), or --insecure for plain TCP".into(),
+            ),
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Wire::Tls(_))
+    }
+
+    /// The URL scheme peers use to reach a server with this wire.
+    pub fn scheme(&self) -> &'static str {
+        if self.is_tls() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// `addr` (`http://` or `https://HOST:PORT`) with the scheme this wire uses: tonic only does
+    /// TLS for `https://`, so a TLS wire must never dial `http://` (that would be plain TCP).
+    pub fn url(&self, addr: &str) -> String {
+        let rest =
+            addr.strip_prefix("https://").or_else(|| addr.strip_prefix("http://")).unwrap_or(addr);
+        format!("{}://{rest}", self.scheme())
+    }
+
+    /// An endpoint to `addr`, secured as this wire says.
+    pub fn endpoint(&self, addr: &str) -> Result<Endpoint, String> {
+        let url = self.url(addr);
+        let e =
+            Endpoint::from_shared(url.clone()).map_err(|e| format!("bad address {url:?}: {e}"))?;
+        match self {
+            Wire::Tls(t) => {
+                e.tls_config(t.client_config()).map_err(|e| format!("TLS for {url}: {e}"))
+            }
+            Wire::Insecure => Ok(e),
+        }
+    }
+
+    /// A server builder secured as this wire says.
+    pub fn server(&self) -> Result<tonic::transport::Server, String> {
+        let b = tonic::transport::Server::builder();
+        match self {
+            Wire::Tls(t) => b.tls_config(t.server_config()).map_err(|e| format!("TLS server: {e}")),
+            Wire::Insecure => Ok(b),
+        }
+    }
+}
+
+fn rcgen_err(e: rcgen::Error) -> String {
+    format!("certificate generation failed: {e}")
+}
+
+/// Creates `ca.pem`/`ca-key.pem` in `dir` if they are not there, then issues `NAME.pem` and
+/// `NAME-key.pem` signed by that CA, valid for `days`, naming `name`, [`CLUSTER_NAME`] and the
+/// given addresses. Keys are written mode 0600. Returns the files written.
+pub fn issue_into(
+    dir: &Path,
+    name: &str,
+    ips: &[IpAddr],
+    days: i64,
+) -> Result<Vec<PathBuf>, String> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+        IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    };
+    if name.is_empty()
+        || name.len() > 64
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        || name.starts_with('.')
+        || name == "ca"
+    {
+        return Err(format!(
+            "certificate name {name:?} must be 1-64 letters, digits, '-', '_' or '.', and not \"ca\""
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let write = |file: &str, text: &str, private: bool| -> Result<PathBuf, String> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = dir.join(file);
+        let _ = std::fs::remove_file(&path);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(if private { 0o600 } else { 0o644 })
+            .open(&path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(path)
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let mut written = Vec::new();
+    let (ca_pem, ca_key_pem) = match (
+        std::fs::read_to_string(dir.join("ca.pem")),
+        std::fs::read_to_string(dir.join("ca-key.pem")),
+    ) {
+        (Ok(c), Ok(k)) => (c, k),
+        _ => {
+            let key = KeyPair::generate().map_err(rcgen_err)?;
+            let mut p = CertificateParams::default();
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, "ferry cluster CA");
+            p.distinguished_name = dn;
+            p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            p.not_before = now - time::Duration::days(1);
+            p.not_after = now + time::Duration::days(3650);
+            let cert = p.self_signed(&key).map_err(rcgen_err)?;
+            written.push(write("ca.pem", &cert.pem(), false)?);
+            written.push(write("ca-key.pem", &key.serialize_pem(), true)?);
+            (cert.pem(), key.serialize_pem())
+        }
+    };
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(rcgen_err)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(rcgen_err)?;
+    let key = KeyPair::generate().map_err(rcgen_err)?;
+    let mut p = CertificateParams::new(vec![name.to_string(), CLUSTER_NAME.to_string()])
+        .map_err(rcgen_err)?;
+    p.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    p.distinguished_name = dn;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    p.extended_key_usages =
+        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    p.not_before = now - time::Duration::days(1);
+    p.not_after = now + time::Duration::days(days);
+    let cert = p.signed_by(&key, &issuer).map_err(rcgen_err)?;
+    written.push(write(&format!("{name}.pem"), &cert.pem(), false)?);
+    written.push(write(&format!("{name}-key.pem"), &key.serialize_pem(), true)?);
+    Ok(written)
+}
