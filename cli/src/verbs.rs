@@ -242,18 +242,40 @@ fn migrate(c: &Client, id: &str, to: &str, mode: &str, json: bool) -> anyhow::Re
     }
     let started = Instant::now();
     let mut last = String::new();
+    use std::io::IsTerminal;
+    let tty = std::io::stdout().is_terminal();
+    let mut bar_shown = false;
     let m = loop {
         let m = c.call("GET", &format!("/api/migrations/{mid}"), None)?;
         let status = s(&m["status"]);
         if matches!(status.as_str(), "completed" | "rolled_back" | "failed") {
             break m;
         }
-        if status != last && !json {
-            println!("  {:>7.1}s  {status}", started.elapsed().as_secs_f64());
+        if !json {
+            let raw = m["bytesRaw"].as_u64().unwrap_or(0);
+            let wire = m["bytesWire"].as_u64().unwrap_or(0);
+            let secs = started.elapsed().as_secs_f64();
+            if tty {
+                // One line, redrawn: the phases as a bar, and the bytes moved so far.
+                print!(
+                    "\r  {}  {:>7.1}s  {status:<11} {:>8.1} MB raw {:>8.1} MB wire\x1b[K",
+                    phase_bar(&status),
+                    secs,
+                    raw as f64 / 1e6,
+                    wire as f64 / 1e6
+                );
+                let _ = std::io::stdout().flush();
+                bar_shown = true;
+            } else if status != last {
+                println!("  {secs:>7.1}s  {status}  {:.1} MB raw so far", raw as f64 / 1e6);
+            }
             last = status;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    if bar_shown {
+        println!();
+    }
     if json {
         println!("{m}");
     } else {
@@ -359,6 +381,21 @@ fn token(api: &Api) -> Option<String> {
         let t = t.trim();
         (!t.is_empty()).then(|| t.to_string())
     })
+}
+
+/// The migration's phases as a bar: done ones filled, the current one marked.
+fn phase_bar(current: &str) -> String {
+    const PHASES: [&str; 7] =
+        ["preflight", "freeze", "checkpoint", "transfer", "restore", "commit", "post_copy"];
+    let at = PHASES.iter().position(|p| *p == current);
+    let cells: String = (0..PHASES.len() - 1)
+        .map(|i| match at {
+            Some(a) if i < a => '#',
+            Some(a) if i == a => '>',
+            _ => '.',
+        })
+        .collect();
+    format!("[{cells}]")
 }
 
 /// A minimal HTTP/1.1 client for the REST API (one request per connection).

@@ -43,6 +43,8 @@ pub struct Coordinator {
     migrating: Mutex<()>,
     /// Every event, live, for the gateway's event stream.
     events: tokio::sync::broadcast::Sender<Event>,
+    /// Bytes moved so far by running migrations (from the source agent, while it runs).
+    live_bytes: Mutex<HashMap<String, (u64, u64)>>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -75,6 +77,7 @@ impl Coordinator {
             agents: agents::AgentPool::new(wire),
             migrating: Mutex::new(()),
             events: tokio::sync::broadcast::channel(1024).0,
+            live_bytes: Mutex::default(),
         }))
     }
 
@@ -161,16 +164,27 @@ impl Coordinator {
     /// A node's fresh figures (CPU, memory, its workloads' load), sent to live subscribers only:
     /// too frequent to keep in the event log.
     pub fn pulse(&self, node: &str) {
+        self.send_live("node_heartbeat", node, "", "{}".into());
+    }
+
+    /// An event for live subscribers only (not kept in the event log): figures that change too
+    /// often to log, such as a node's load or a migration's bytes in flight.
+    pub fn send_live(&self, kind: &str, node: &str, process: &str, data: String) {
         let _ = self.events.send(Event {
             id: 0,
             at_ms: now_ms(),
-            kind: "node_heartbeat".into(),
+            kind: kind.into(),
             level: "info".into(),
             node: node.into(),
-            process: String::new(),
+            process: process.into(),
             message: String::new(),
-            data: "{}".into(),
+            data,
         });
+    }
+
+    /// Bytes moved so far (raw, on the wire) by a migration that is still running.
+    pub fn live_bytes(&self, migration: &str) -> Option<(u64, u64)> {
+        self.live_bytes.lock().expect("live bytes poisoned").get(migration).copied()
     }
 
     /// Live events from now on.

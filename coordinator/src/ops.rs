@@ -268,6 +268,7 @@ impl Coordinator {
     }
 
     fn record_result(&self, id: &str, r: &apb::MigrationResult) {
+        self.live_bytes.lock().expect("live bytes poisoned").remove(id);
         let status = match apb::Outcome::try_from(r.outcome) {
             Ok(apb::Outcome::Completed) => "completed",
             Ok(apb::Outcome::RolledBack) => "rolled_back",
@@ -303,6 +304,7 @@ impl Coordinator {
         source_addr: &str,
         seen: &std::sync::atomic::AtomicUsize,
     ) {
+        let mut last = (0, 0);
         loop {
             tokio::time::sleep(PHASE_POLL).await;
             let Ok(mut client) = self.agents.client(source_addr) else { return };
@@ -316,6 +318,17 @@ impl Coordinator {
                 return;
             }
             self.announce_phases(id, &r, &r.phases, seen);
+            // Bytes in flight: live only (the outcome records the totals).
+            let bytes = (r.bytes_raw, r.bytes_wire);
+            if bytes != last {
+                last = bytes;
+                self.live_bytes.lock().expect("live bytes poisoned").insert(id.to_string(), bytes);
+                let data = format!(
+                    r#"{{"migrationId":"{id}","phase":"{}","bytesRaw":{},"bytesWire":{}}}"#,
+                    r.current_phase, r.bytes_raw, r.bytes_wire
+                );
+                self.send_live("migration_progress", &r.source_node, &r.workload_id, data);
+            }
         }
     }
 
@@ -332,8 +345,8 @@ impl Coordinator {
         for (i, p) in phases.iter().enumerate().skip(from) {
             let _ = self.store.set_migration_phase(id, &p.phase);
             let data = format!(
-                r#"{{"migrationId":"{id}","phase":"{}","index":{i},"bytesRaw":{},"bytesWire":{}}}"#,
-                p.phase, r.bytes_raw, r.bytes_wire
+                r#"{{"migrationId":"{id}","phase":"{}","index":{i},"startedAtMs":{},"bytesRaw":{},"bytesWire":{}}}"#,
+                p.phase, p.started_at_ms, r.bytes_raw, r.bytes_wire
             );
             let msg = format!("migration {id}: {}", p.phase);
             let _ = self.emit_with(

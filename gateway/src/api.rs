@@ -480,7 +480,8 @@ struct Migration {
     finished_at: Option<String>,
 }
 
-fn migration_json(m: ferry_coordinator::MigrationRow) -> Migration {
+/// A migration as the API shows it; `live` is the bytes moved so far while it runs.
+fn migration_json(m: ferry_coordinator::MigrationRow, live: Option<(u64, u64)>) -> Migration {
     use prost::Message;
     let r = m.result.as_deref().and_then(|b| ferry_proto::agent::MigrationResult::decode(b).ok());
     let num = |f: fn(&ferry_proto::agent::MigrationResult) -> i64| r.as_ref().map(f);
@@ -490,8 +491,8 @@ fn migration_json(m: ferry_coordinator::MigrationRow) -> Migration {
         transfer_ms: num(|r| r.transfer_ms),
         restore_ms: num(|r| r.restore_ms),
         downtime_ms: num(|r| r.downtime_ms),
-        bytes_raw: r.as_ref().map(|r| r.bytes_raw),
-        bytes_wire: r.as_ref().map(|r| r.bytes_wire),
+        bytes_raw: r.as_ref().map(|r| r.bytes_raw).or(live.map(|l| l.0)),
+        bytes_wire: r.as_ref().map(|r| r.bytes_wire).or(live.map(|l| l.1)),
         phases: r
             .as_ref()
             .map(|r| {
@@ -531,11 +532,19 @@ async fn create_migration(
     };
     let row =
         c.start_migration(&m.process_id, &m.target_server_id, m.source_server_id.as_deref(), mode)?;
-    Ok((StatusCode::ACCEPTED, Json(migration_json(row))))
+    Ok((StatusCode::ACCEPTED, Json(migration_json(row, None))))
 }
 
 async fn list_migrations(State(c): State<Arc<Coordinator>>) -> Api<Vec<Migration>> {
-    Ok(Json(c.migrations()?.into_iter().map(migration_json).collect()))
+    Ok(Json(
+        c.migrations()?
+            .into_iter()
+            .map(|m| {
+                let live = c.live_bytes(&m.id);
+                migration_json(m, live)
+            })
+            .collect(),
+    ))
 }
 
 async fn one_migration(
@@ -545,7 +554,10 @@ async fn one_migration(
     c.migrations()?
         .into_iter()
         .find(|m| m.id == id)
-        .map(|m| Json(migration_json(m)))
+        .map(|m| {
+            let live = c.live_bytes(&m.id);
+            Json(migration_json(m, live))
+        })
         .ok_or_else(|| ApiError::not_found(format!("no migration with id {id:?}")))
 }
 

@@ -1,7 +1,7 @@
 import { useEffect } from 'react';
 import { useQueryClient, type QueryClient } from '@tanstack/react-query';
 import type { FerryEvent, Migration } from '@/types/api';
-import { EVENT_KINDS, isPhaseData, parseEvent, queryKeysFor } from '@/lib/events';
+import { EVENT_KINDS, isPhaseData, isProgressData, parseEvent, queryKeysFor } from '@/lib/events';
 import { queryKeys, type LogFilter } from '@/lib/query-keys';
 import { connection, useConnection } from '@/lib/connection';
 import { eventsUrl } from '@/lib/auth';
@@ -13,8 +13,15 @@ import { appendEvent } from '@/features/logs/utils/filter';
  * event sets its migration's status at once, and the queries it makes stale are invalidated.
  */
 export function applyEvent(qc: QueryClient, e: FerryEvent): void {
-  // Heartbeats refresh the figures; they are not log entries (the gateway does not keep them).
-  const logged = e.kind !== 'node_heartbeat';
+  // Heartbeats and progress refresh figures; they are not log entries (the gateway does not
+  // keep them).
+  const logged = e.kind !== 'node_heartbeat' && e.kind !== 'migration_progress';
+  if (e.kind === 'migration_progress' && isProgressData(e.data)) {
+    const { migrationId, bytesRaw, bytesWire } = e.data;
+    const setBytes = (m: Migration) => (m.id === migrationId ? { ...m, bytesRaw, bytesWire } : m);
+    qc.setQueryData<Migration[]>(queryKeys.migrations, (old) => old?.map(setBytes));
+    qc.setQueryData<Migration>(queryKeys.migration(migrationId), (old) => (old ? setBytes(old) : old));
+  }
   for (const q of logged ? qc.getQueryCache().findAll({ queryKey: queryKeys.logsRoot }) : []) {
     const filter = (q.queryKey[1] ?? {}) as LogFilter;
     qc.setQueryData<FerryEvent[]>(q.queryKey, (old) => (old ? appendEvent(old, e, filter) : old));

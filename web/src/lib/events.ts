@@ -1,5 +1,5 @@
 import type { QueryKey } from '@tanstack/react-query';
-import type { FerryEvent, MigrationPhaseData } from '@/types/api';
+import type { FerryEvent, MigrationPhaseData, MigrationProgressData } from '@/types/api';
 import { queryKeys } from './query-keys';
 
 /** Every event kind the gateway names (GET /api/events sends each as its own SSE event type). */
@@ -15,6 +15,7 @@ export const EVENT_KINDS = [
   'process_exited',
   'migration_started',
   'migration_phase',
+  'migration_progress',
   'migration_completed',
   'migration_rolled_back',
   'migration_failed',
@@ -33,6 +34,10 @@ export function queryKeysFor(e: Pick<FerryEvent, 'kind' | 'processId'>): QueryKe
   if (kind.startsWith('process_')) {
     return [queryKeys.processes, queryKeys.servers, queryKeys.overview];
   }
+  if (kind === 'migration_progress') {
+    // Applied to the cached migration directly (applyEvent); nothing to refetch.
+    return [];
+  }
   if (kind === 'migration_phase') {
     // The migration's status is now the phase name; nothing else moved yet.
     return [queryKeys.migrations];
@@ -43,6 +48,16 @@ export function queryKeysFor(e: Pick<FerryEvent, 'kind' | 'processId'>): QueryKe
   }
   // An unknown kind: refresh the figures that every change may touch.
   return [queryKeys.overview];
+}
+
+export function isProgressData(d: unknown): d is MigrationProgressData {
+  return (
+    typeof d === 'object' &&
+    d !== null &&
+    typeof (d as MigrationProgressData).migrationId === 'string' &&
+    typeof (d as MigrationProgressData).bytesRaw === 'number' &&
+    typeof (d as MigrationProgressData).bytesWire === 'number'
+  );
 }
 
 export function isPhaseData(d: unknown): d is MigrationPhaseData {

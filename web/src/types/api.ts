@@ -122,6 +122,16 @@ export type MigrationPhaseData = {
   migrationId: string;
   phase: string;
   index: number;
+  /** When the source agent entered the phase (ms since the epoch). */
+  startedAtMs?: number;
+  bytesRaw: number;
+  bytesWire: number;
+};
+
+/** migration_progress (live only): bytes moved so far by a running migration. */
+export type MigrationProgressData = {
+  migrationId: string;
+  phase: string;
   bytesRaw: number;
   bytesWire: number;
 };

@@ -38,7 +38,7 @@ export function LiveProgress({ migration, events }: { migration: Migration; even
   const running = !isFinal(migration.status);
   const now = useNow(running);
   const steps = liveSteps(migration, events);
-  const rate = liveTransferRate(steps);
+  const rate = liveTransferRate(steps, now);
   const elapsed = now - Date.parse(migration.startedAt);
   return (
     <div data-testid="migration-progress">

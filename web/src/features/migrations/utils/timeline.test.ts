@@ -126,9 +126,13 @@ describe('liveSteps', () => {
     const steps = liveSteps(migration({ status: 'restore', phases: [], finishedAt: null }), events);
     // 4 MB over 2 s.
     expect(liveTransferRate(steps)).toBeCloseTo(2);
-    // While the transfer runs there is nothing to measure yet.
-    const running = liveSteps(migration({ status: 'transfer', phases: [], finishedAt: null }), [events[0]]);
-    expect(liveTransferRate(running)).toBeNull();
+    // While the transfer runs: no rate without the time...
+    const bare = liveSteps(migration({ status: 'transfer', phases: [], finishedAt: null, bytesRaw: null, bytesWire: null }), [events[0]]);
+    expect(liveTransferRate(bare)).toBeNull();
+    // ...and with migration_progress's bytes so far, their rate since the transfer began.
+    const running = liveSteps(migration({ status: 'transfer', phases: [], finishedAt: null, bytesRaw: 6e6, bytesWire: 3e6 }), [events[0]]);
+    expect(running.find((s) => s.phase === 'transfer')?.bytesWire).toBe(3e6);
+    expect(liveTransferRate(running, Date.parse('2026-11-27T12:00:01.000Z'))).toBeCloseTo(3);
   });
 });
 

@@ -134,7 +134,9 @@ export function liveSteps(m: Migration, events: FerryEvent[]): LiveStep[] {
     if (isFinal(d.phase) || steps.some((s) => s.phase === d.phase)) continue;
     // The agent's own start time when the migration reports it (events are announced in
     // batches when phases are fast), else when the event arrived.
-    const start = ms(m.phases?.find((p) => p.phase === d.phase)?.startedAt);
+    const start =
+      ms(m.phases?.find((p) => p.phase === d.phase)?.startedAt) ??
+      (typeof d.startedAtMs === 'number' && d.startedAtMs > 0 ? d.startedAtMs : null);
     steps.push({ phase: d.phase, state: 'done', at: start ?? Date.parse(e.at), bytesRaw: d.bytesRaw, bytesWire: d.bytesWire });
   }
   // The status names the phase in progress even before its event arrived here.
@@ -144,7 +146,14 @@ export function liveSteps(m: Migration, events: FerryEvent[]): LiveStep[] {
   const final = isFinal(m.status);
   if (steps.length > 0) {
     const last = steps[steps.length - 1];
-    if (!final) last.state = 'current';
+    if (!final) {
+      last.state = 'current';
+      // During the transfer the migration carries the bytes moved so far (migration_progress).
+      if (last.phase === 'transfer') {
+        if (m.bytesRaw != null) last.bytesRaw = m.bytesRaw;
+        if (m.bytesWire != null) last.bytesWire = m.bytesWire;
+      }
+    }
     else if (m.status !== 'completed') {
       // The phase that failed is the one the rollback followed (else the last one seen).
       const rb = steps.findIndex((s) => s.phase === 'rollback');
@@ -170,14 +179,20 @@ export function phaseDuration(m: Migration, phase: string): number | null {
 }
 
 /**
- * Wire MB/s of a finished transfer, from the phase events: the bytes the next phase's event
- * reports over the time between the two events. Null while the transfer runs (the events carry
- * no progress in between) or when the events came in one batch.
+ * Wire MB/s of the transfer: while it runs, the bytes so far (migration_progress) over the time
+ * since it began (`now`); once done, the bytes the next phase's event reports over the time
+ * between the two events. Null when the events came in one batch.
  */
-export function liveTransferRate(steps: LiveStep[]): number | null {
+export function liveTransferRate(steps: LiveStep[], now?: number): number | null {
   const i = steps.findIndex((s) => s.phase === 'transfer');
   if (i < 0) return null;
   const t = steps[i];
+  if (t.state === 'current') {
+    // In flight: the bytes so far over the time since the transfer began.
+    if (now == null || t.at == null || t.bytesWire == null) return null;
+    const took = now - t.at;
+    return took > 0 ? mbPerSecond(t.bytesWire, took) : null;
+  }
   const next = steps[i + 1];
   if (!next || next.state === 'pending' || next.at == null || t.at == null || next.bytesWire == null) return null;
   const took = next.at - t.at;
