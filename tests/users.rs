@@ -151,15 +151,7 @@ async fn non_root_workload_migrates_with_criu_and_keeps_its_ids() {
     let s = start(&mut ca, as_user(&[&workload("appender.py")], "nobody", "")).await;
     let id = id_of(&s);
     wait_log(&ca, &id, "5 counts", T, |l| counts(l).len() >= 5).await;
-    let r = ca
-        .migrate_out(pb::MigrateOutRequest {
-            workload_id: id.clone(),
-            target_address: b.addr.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect("MigrateOut")
-        .into_inner();
+    let r = migrate_to(&mut ca, &id, &b.addr).await;
     if !has_cap_sys_resource() {
         // Refused before anything is frozen, with the reason; the workload goes on.
         assert_eq!(r.outcome, pb::Outcome::RolledBack as i32, "{r:?}");
@@ -233,15 +225,7 @@ async fn non_root_cooperative_workload_migrates_and_keeps_its_user() {
     let s = start(&mut ca, sp).await;
     let id = id_of(&s);
     wait_log(&ca, &id, "5 counts", T, |l| counts(l).len() >= 5).await;
-    let r = ca
-        .migrate_out(pb::MigrateOutRequest {
-            workload_id: id.clone(),
-            target_address: b.addr.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect("MigrateOut")
-        .into_inner();
+    let r = migrate_to(&mut ca, &id, &b.addr).await;
     assert_eq!(r.outcome, pb::Outcome::Completed as i32, "{}", r.error);
     assert_eq!(r.engine, "cooperative");
     let lines = wait_log(&cb, &id, "counting on", T, |l| {
@@ -260,4 +244,16 @@ async fn non_root_cooperative_workload_migrates_and_keeps_its_user() {
     let work = b.data_dir.join("workloads").join(&id).join("work");
     let m = std::fs::metadata(&work).expect("work dir on the target");
     assert_eq!((m.uid(), m.gid()), (NOBODY, NOBODY));
+}
+
+/// MigrateOut of `id` to the agent at `target`; its result.
+async fn migrate_to(c: &mut Client, id: &str, target: &str) -> pb::MigrationResult {
+    c.migrate_out(pb::MigrateOutRequest {
+        workload_id: id.to_string(),
+        target_address: target.to_string(),
+        ..Default::default()
+    })
+    .await
+    .expect("MigrateOut")
+    .into_inner()
 }
