@@ -2,7 +2,9 @@
 # Migrates a workload between two agent VMs through the REST API and verifies its state: a
 # counter that keeps a journal in its working directory continues where it was on the target,
 # and (when the VMs are reachable with `vagrant ssh`) its journal on the target's disk holds
-# exactly 1..n. Then it migrates it back. Prints each migration's figures.
+# exactly 1..n. Then it migrates it back. Prints each migration's figures. With the lab's
+# certificates (vagrant/bin/tls) it first checks that the agents registered over TLS and that an
+# agent and the coordinator refuse plain TCP and TLS without a client certificate.
 #
 #   FERRY_LAB_NET  first three octets of the lab network (default 192.168.56, as the Vagrantfile)
 #   FERRY_API      the REST API (default http://$FERRY_LAB_NET.10:5000, the coordinator VM)
@@ -48,6 +50,50 @@ for _ in $(seq 120); do
 done
 [ "$online" -ge 2 ] || { echo "[lab] only $online agents online" >&2; "$ferry" nodes || true; exit 1; }
 "$ferry" nodes
+
+# Mutual TLS, when prepare.sh issued certificates: the agents registered with https addresses, and
+# an agent's and the coordinator's gRPC ports refuse plain TCP and TLS without a client
+# certificate, and speak HTTP/2 over TLS with one from the lab CA.
+tls=$here/vagrant/bin/tls/coordinator
+if [ -s "$tls/ca.pem" ]; then
+  api_host=${FERRY_API#*://}; api_host=${api_host%%[:/]*}
+  python3 - "$tls" "$("$ferry" nodes --json)" "$api_host" <<'PY'
+import json, socket, ssl, sys
+tls = sys.argv[1]
+nodes = json.loads(sys.argv[2])
+plain = [n["address"] for n in nodes if not n["address"].startswith("https://")]
+assert not plain, f"registered without TLS: {plain}"
+# An agent's gRPC port and the coordinator's (the REST API's host, port 50050).
+agent = nodes[0]["address"][len("https://"):].rsplit(":", 1)
+coordinator = (sys.argv[3], "50050")
+preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # what a gRPC client sends first
+def tls_call(host, port, cert):
+    ctx = ssl.create_default_context(cafile=f"{tls}/ca.pem")
+    ctx.set_alpn_protocols(["h2"])
+    if cert:
+        ctx.load_cert_chain(f"{tls}/coordinator.pem", f"{tls}/coordinator-key.pem")
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="ferry") as s:
+            s.sendall(preface)
+            return s.recv(64)
+for name, (host, port) in ((nodes[0]["name"], agent), ("coordinator", coordinator)):
+    where = f"{name} {host}:{port}"
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(preface)
+        alert = s.recv(64)
+    assert alert[:1] == b"\x15", f"{where} answered plain HTTP/2 with {alert!r}"
+    try:
+        tls_call(host, port, cert=False)
+        raise AssertionError(f"{where} served TLS without a client certificate")
+    except ssl.SSLError as e:
+        assert "CERTIFICATE_REQUIRED" in str(e), e
+        refused = e.reason
+    answer = tls_call(host, port, cert=True)
+    assert answer[3:4] == b"\x04", f"no HTTP/2 SETTINGS from {where}: {answer!r}"
+    print(f"[lab] {where}: plain HTTP/2 -> TLS alert record {alert.hex()}; TLS without a client "
+          f"certificate -> {refused}; with the lab CA's certificate -> HTTP/2 SETTINGS")
+PY
+fi
 
 id=$("$ferry" run --node agent1 --name journal --json -- python3 /opt/ferry/workloads/appender.py |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')

@@ -39,22 +39,23 @@ else
   rm -f "$tokens"
 fi
 # Mutual TLS between the VMs: the lab's CA stays on the host (vagrant/ca/, git-ignored, kept
-# across runs); each VM gets the CA certificate and its own certificate and key (vagrant/bin/tls).
+# across runs); vagrant/bin/tls/NAME/ holds what VM NAME gets, the CA certificate and its own
+# certificate and key (the Vagrantfile uploads only that VM's directory).
 if "$here/vagrant/bin/ferry" --help 2>/dev/null | grep -q '^  certs'; then
   ca=$here/vagrant/ca
   net=${FERRY_LAB_NET:-192.168.56}
   names=(coordinator)
   for i in $(seq 1 "${FERRY_LAB_AGENTS:-2}"); do names+=("agent$i"); done
+  # Certificates from a CA that is gone would be refused: issue them anew with the new CA.
+  if [ ! -s "$ca/ca.pem" ] || [ ! -s "$ca/ca-key.pem" ]; then rm -f "$ca"/*.pem; fi
   rm -rf "$here/vagrant/bin/tls"
-  mkdir -p "$here/vagrant/bin/tls"
-  cp_cert() { cp "$ca/$1.pem" "$ca/$1-key.pem" "$here/vagrant/bin/tls/"; }
   for i in "${!names[@]}"; do
     n=${names[$i]}
     [ -s "$ca/$n.pem" ] || "$here/vagrant/bin/ferry" certs --dir "$ca" --name "$n" --ip "$net.$((10 + i))" >/dev/null
-    cp_cert "$n"
+    (umask 077; mkdir -p "$here/vagrant/bin/tls/$n")
+    cp "$ca/ca.pem" "$ca/$n.pem" "$ca/$n-key.pem" "$here/vagrant/bin/tls/$n/"
+    chmod 0600 "$here/vagrant/bin/tls/$n/$n-key.pem"
   done
-  cp "$ca/ca.pem" "$here/vagrant/bin/tls/"
-  chmod 0600 "$here/vagrant/bin/tls/"*-key.pem
 fi
 # Run with sudo, vagrant/bin belongs to the user who runs vagrant and lab-test.sh.
 if [ -n "${SUDO_UID:-}" ] && [ -n "${SUDO_GID:-}" ]; then

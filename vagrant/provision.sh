@@ -22,7 +22,8 @@ install -m 0755 /tmp/ferry-bin/criu /usr/local/sbin/criu
 mkdir -p /opt/ferry/workloads && cp -r /tmp/ferry-workloads/* /opt/ferry/workloads/
 echo 4194304 >/proc/sys/fs/pipe-max-size
 echo "fs.pipe-max-size = 4194304" >/etc/sysctl.d/60-ferry.conf
-# Mutual TLS (prepare.sh issued each VM's certificate from the lab's CA, which stays on the host).
+# Mutual TLS (prepare.sh issued each VM's certificate from the lab's CA, which stays on the host;
+# the Vagrantfile uploads only this VM's certificate and key, with the CA certificate).
 tls=""
 scheme=http
 if [ -s "/tmp/ferry-bin/tls/$name.pem" ]; then
@@ -31,6 +32,10 @@ if [ -s "/tmp/ferry-bin/tls/$name.pem" ]; then
   install -m 0600 "/tmp/ferry-bin/tls/$name-key.pem" /etc/ferry/tls/
   tls="--tls-dir /etc/ferry/tls --tls-name $name"
   scheme=https
+elif /usr/local/bin/ferry agent --help 2>/dev/null | grep -q -- '--tls-dir'; then
+  # This ferry refuses plain TCP unless told --insecure: the VM needs its certificate.
+  echo "no certificate for $name in vagrant/bin/tls/$name: run vagrant/prepare.sh (with the same FERRY_LAB_AGENTS)" >&2
+  exit 1
 fi
 
 if [ "$role" = coordinator ]; then
@@ -48,6 +53,8 @@ else
   echo "$name: $(/usr/local/sbin/criu --version | head -n1), criu check: $out"
   exec_line="/usr/local/bin/ferry agent --listen $ip:50051 --node $name --coordinator $scheme://$coordinator:50050 --data-dir /var/lib/ferry/agent $tls"
 fi
+# The uploaded key and tokens are installed: no copies left in /tmp (owned by the ssh user).
+rm -rf /tmp/ferry-bin/tls /tmp/ferry-bin/api-tokens
 cat >/etc/systemd/system/ferry.service <<UNIT
 [Unit]
 Description=ferry $role

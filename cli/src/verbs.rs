@@ -280,10 +280,9 @@ fn migrate(c: &Client, id: &str, to: &str, mode: &str, json: bool) -> anyhow::Re
         println!("{m}");
     } else {
         let ms = |k: &str| m[k].as_i64().map(|v| format!("{v} ms")).unwrap_or_else(|| "-".into());
+        // The whole record: the progress lines above show only the phases the polls caught.
         for p in items(&m["phases"]) {
-            if last != s(&p["phase"]) {
-                println!("  phase {}", s(&p["phase"]));
-            }
+            println!("  phase {}", s(&p["phase"]));
         }
         println!(
             "{}: {}",
