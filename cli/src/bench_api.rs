@@ -267,9 +267,10 @@ pub fn run(args: ApiBenchArgs) -> anyhow::Result<()> {
     let _ = writeln!(
         out,
         "`ferry bench api --workloads {} --rate {} --seconds {} --connections {}` (release build). A coordinator \
-         with its gateway on loopback, {} workload records in its table (from one node's heartbeat), each \
-         endpoint driven at a constant rate over keep-alive HTTP/1.1 connections; latency counts from each \
-         request's scheduled time, so queueing is not hidden. Times in ms.\n",
+         with its gateway on loopback, {} workload records in its table (from one node's heartbeat over mutual \
+         TLS), each endpoint driven at a constant rate over keep-alive HTTP/1.1 connections, every request \
+         carrying a bearer token (checked as in production); latency counts from each request's scheduled \
+         time, so queueing is not hidden. Times in ms.\n",
         args.workloads, args.rate, args.seconds, args.connections, args.workloads
     );
     let _ = writeln!(
