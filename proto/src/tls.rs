@@ -22,6 +22,8 @@ pub const CLUSTER_NAME: &str = "ferry";
 /// A part's TLS material.
 pub struct Tls {
     pub name: String,
+    /// Where it was loaded from (CRIU's page server reads the files itself).
+    pub dir: PathBuf,
     ca: Vec<u8>,
     cert: Vec<u8>,
     key: Vec<u8>,
@@ -56,6 +58,7 @@ impl Tls {
     pub fn load(dir: &Path, name: &str) -> Result<Tls, String> {
         let tls = Tls {
             name: name.to_string(),
+            dir: dir.to_path_buf(),
             ca: read(&dir.join("ca.pem"))?,
             cert: read(&dir.join(format!("{name}.pem")))?,
             key: read(&dir.join(format!("{name}-key.pem")))?,
@@ -66,6 +69,15 @@ impl Tls {
             }
         }
         Ok(tls)
+    }
+
+    /// The files: (CA certificate, this part's certificate, its key).
+    pub fn files(&self) -> (PathBuf, PathBuf, PathBuf) {
+        (
+            self.dir.join("ca.pem"),
+            self.dir.join(format!("{}.pem", self.name)),
+            self.dir.join(format!("{}-key.pem", self.name)),
+        )
     }
 
     pub fn server_config(&self) -> ServerTlsConfig {
@@ -93,6 +105,13 @@ impl Wire {
             (None, false) => Err(
                 "gRPC needs mutual TLS: give --tls-dir DIR (ca.pem, NAME.pem, NAME-key.pem, made by `ferry certs`), or --insecure for plain TCP".into(),
             ),
+        }
+    }
+
+    pub fn tls(&self) -> Option<&Tls> {
+        match self {
+            Wire::Tls(t) => Some(t),
+            Wire::Insecure => None,
         }
     }
 

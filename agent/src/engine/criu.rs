@@ -52,6 +52,17 @@ pub fn start_lazy_dump(
     opts.lazy_pages = Some(true);
     // In lazy mode CRIU's page server listens on every address of this node, on this port.
     opts.ps = Some(rpc::CriuPageServerInfo { port: Some(port.into()), ..Default::default() });
+    // With the cluster's TLS, so do the pages: CRIU's own TLS (GnuTLS) with the same CA and this
+    // node's certificate, a client certificate required. Names are not checked (as for gRPC,
+    // the CA is the trust boundary; a node's address is not in its certificate).
+    if let Some(t) = agent.config().wire.tls() {
+        let (ca, cert, key) = t.files();
+        opts.tls = Some(true);
+        opts.tls_cacert = Some(ca.to_string_lossy().into_owned());
+        opts.tls_cert = Some(cert.to_string_lossy().into_owned());
+        opts.tls_key = Some(key.to_string_lossy().into_owned());
+        opts.tls_no_cn_verify = Some(true);
+    }
     // CRIU says "status-ready" (a NOTIFY) once only the lazy pages are left to serve.
     opts.notify_scripts = Some(true);
     let req = request(rpc::CriuReqType::Dump, opts);
@@ -112,10 +123,21 @@ fn start_lazy_daemon(
     .arg("--images-dir")
     .arg(images)
     .arg("--work-dir")
-    .arg(work)
-    .stdin(std::process::Stdio::null())
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null());
+    .arg(work);
+    if let Some(t) = agent.config().wire.tls() {
+        let (ca, cert, key) = t.files();
+        cmd.arg("--tls")
+            .arg("--tls-cacert")
+            .arg(ca)
+            .arg("--tls-cert")
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(key)
+            .arg("--tls-no-cn-verify");
+    }
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
     let child = cmd
         .spawn()
         .map_err(|e| EngineError::Other(format!("cannot start criu lazy-pages: {e}")))?;
