@@ -362,6 +362,39 @@ async fn grpc_refuses_peers_without_a_certificate_from_the_cluster_ca() {
     );
 }
 
+/// A workload that ends on its own becomes an event (from the node's next heartbeat): warn for a
+/// non-zero exit, with the code in the message; the process shows its exit code.
+#[tokio::test]
+async fn a_process_that_exits_on_its_own_is_an_event() {
+    let (port, http_port) = (free_port(), free_port());
+    let data = TempDir::new("ferry-test-exit-event");
+    let coord = coordinator_with_http(port, http_port, &data.path().join("coordinator"));
+    let gw = format!("127.0.0.1:{http_port}");
+    let _a = agent_on("node-x", &data.path().join("agent"), &format!("https://127.0.0.1:{port}"));
+    wait_nodes(&coord.addr, "node-x online", |n| online(n, "node-x") == Some(true)).await;
+    let (code, p) = call(
+        &gw,
+        "POST",
+        "/api/processes",
+        Some(serde_json::json!({"name": "quitter", "command": ["sh", "-c", "sleep 0.3; exit 3"], "serverId": "node-x"})),
+    )
+    .await;
+    assert_eq!(code, 201, "{p}");
+    let id = p["id"].as_str().unwrap().to_string();
+    let e = wait_until("a process_exited event", T, || {
+        let (gw, id) = (gw.clone(), id.clone());
+        async move {
+            let (_, logs) = call(&gw, "GET", &format!("/api/logs?process={id}"), None).await;
+            logs.as_array()?.iter().find(|e| e["kind"] == "process_exited").cloned()
+        }
+    })
+    .await;
+    assert_eq!(e["level"], "warn", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("exited with code 3"), "{e}");
+    let (_, p) = call(&gw, "GET", &format!("/api/processes/{id}"), None).await;
+    assert_eq!(p["exitCode"], 3, "{p}");
+}
+
 #[tokio::test]
 async fn bad_registrations_are_refused() {
     let port = free_port();
