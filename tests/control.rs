@@ -419,8 +419,32 @@ async fn bad_registrations_are_refused() {
         .await
         .expect_err("address without scheme");
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().contains("http://"), "{}", err.message());
-    let beat = c
+    assert!(err.message().contains("https://"), "{}", err.message());
+    // A certificate speaks only for the node it names.
+    let err = c
+        .register_node(cpb::RegisterNodeRequest {
+            node: "n".into(),
+            address: "https://10.0.0.1:50051".into(),
+            health: None,
+        })
+        .await
+        .expect_err("the test client's certificate names no node n");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("cannot act as node \"n\""), "{}", err.message());
+    let err = c
+        .heartbeat(cpb::HeartbeatRequest { node: "stranger".into(), ..Default::default() })
+        .await
+        .expect_err("a heartbeat for another node");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // With a certificate for "stranger": an unknown node is told to register.
+    let tmp = TempDir::new("ferry-test-stranger");
+    let dir = tls_for(tmp.path(), "stranger");
+    let stranger = ferry_proto::tls::Wire::Tls(std::sync::Arc::new(
+        ferry_proto::tls::Tls::load(&dir, "stranger").unwrap(),
+    ));
+    let mut s =
+        CoordinatorClient::new(stranger.endpoint(&coord.addr).unwrap().connect().await.unwrap());
+    let beat = s
         .heartbeat(cpb::HeartbeatRequest { node: "stranger".into(), ..Default::default() })
         .await
         .expect("heartbeat")

@@ -224,16 +224,18 @@ impl CoordinatorApi for Service {
         &self,
         req: Request<pb::RegisterNodeRequest>,
     ) -> Result<Response<pb::RegisterNodeResponse>, Status> {
-        let r = req.into_inner();
-        if r.node.is_empty() || r.node.len() > 128 {
+        if req.get_ref().node.is_empty() || req.get_ref().node.len() > 128 {
             return Err(Status::invalid_argument("node name must be 1-128 characters"));
         }
+        let identity = ferry_proto::tls::may_act_as(&self.0.config.wire, &req, &req.get_ref().node);
+        let r = req.into_inner();
         if !(r.address.starts_with("http://") || r.address.starts_with("https://")) {
             return Err(Status::invalid_argument(format!(
-                "address {:?} must be the agent's gRPC URL, e.g. http://10.0.0.2:50051",
+                "address {:?} must be the agent's gRPC URL, e.g. https://10.0.0.2:50051",
                 r.address
             )));
         }
+        identity?;
         let health = r.health.map(|h| h.encode_to_vec()).unwrap_or_default();
         let new =
             self.0.store.register(&r.node, &r.address, &health, now_ms()).map_err(internal)?;
@@ -252,6 +254,7 @@ impl CoordinatorApi for Service {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        ferry_proto::tls::may_act_as(&self.0.config.wire, &req, &req.get_ref().node)?;
         let r = req.into_inner();
         let health = r.health.map(|h| h.encode_to_vec()).unwrap_or_default();
         let running = r.workloads.iter().filter(|w| w.exit.is_none()).count() as u32;

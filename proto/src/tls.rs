@@ -243,3 +243,66 @@ pub fn issue_into(
     written.push(write(&format!("{name}-key.pem"), &key.serialize_pem(), true)?);
     Ok(written)
 }
+
+/// The names a peer's certificate (DER) carries: its common name and DNS names, without the
+/// cluster name every certificate has.
+pub fn peer_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::prelude::*;
+    let Ok((_, cert)) = X509Certificate::from_der(der) else { return Vec::new() };
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_string))
+        .collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let GeneralName::DNSName(d) = n {
+                names.push(d.to_string());
+            }
+        }
+    }
+    names.retain(|n| n != CLUSTER_NAME);
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Whether a request may speak for node `node`: without TLS anyone may (the wire is explicitly
+/// insecure); with TLS only a peer whose certificate names that node.
+pub fn may_act_as<T>(
+    wire: &Wire,
+    req: &tonic::Request<T>,
+    node: &str,
+) -> Result<(), tonic::Status> {
+    if !wire.is_tls() {
+        return Ok(());
+    }
+    let certs = req.peer_certs();
+    let names: Vec<String> =
+        certs.iter().flat_map(|c| c.first()).flat_map(|c| peer_names(c.as_ref())).collect();
+    if names.iter().any(|n| n == node) {
+        Ok(())
+    } else {
+        Err(tonic::Status::permission_denied(format!(
+            "this peer's certificate is for {} and cannot act as node {node:?}; issue one with `ferry certs --name {node}`",
+            if names.is_empty() { "no node".to_string() } else { names.join(", ") }
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_names_its_part_and_not_the_cluster() {
+        let dir = std::env::temp_dir().join(format!("ferry-tls-unit-{}", std::process::id()));
+        issue_into(&dir, "node7", &["10.0.0.7".parse().unwrap()], 1).unwrap();
+        let pem = std::fs::read_to_string(dir.join("node7.pem")).unwrap();
+        let der = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap().1.contents;
+        assert_eq!(peer_names(&der), vec!["node7".to_string()]);
+        assert!(issue_into(&dir, "../x", &[], 1).is_err());
+        assert!(issue_into(&dir, "ca", &[], 1).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
