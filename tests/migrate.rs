@@ -538,6 +538,9 @@ async fn post_copy_resumes_before_the_memory_arrives_and_loses_nothing() {
         ["preflight", "freeze", "checkpoint", "transfer", "restore", "commit", "post_copy"]
     );
     assert!(r.bytes_raw < 64 << 20, "the memory did not travel in the snapshot: {r:?}");
+    // The target counted the lazy pages (about 256 MiB of them) and every one arrived.
+    assert!(r.post_copy_pages_total >= 60_000, "{r:?}");
+    assert_eq!((r.post_copy_pages_remaining, r.post_copy_bytes_remaining), (0, 0), "{r:?}");
     let verdict = ask(&mut p.cb, &id, "verify ").await;
     assert!(verdict.starts_with("verify ok pages=65536"), "{verdict}");
     let lines =

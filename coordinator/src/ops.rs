@@ -315,6 +315,8 @@ impl Coordinator {
             if r.outcome != apb::Outcome::Unspecified as i32 {
                 return;
             }
+            // Live figures for GET /api/migrations (bytes so far, post-copy pages to come).
+            let _ = self.store.set_migration_progress(id, &r.encode_to_vec());
             self.announce_phases(id, &r, &r.phases, seen);
         }
     }

@@ -475,6 +475,9 @@ struct Migration {
     downtime_ms: Option<i64>,
     bytes_raw: Option<u64>,
     bytes_wire: Option<u64>,
+    /// Post-copy: bytes of the workload's memory the target has yet to receive (live while the
+    /// migration runs; in a failed one, what never arrived).
+    post_copy_bytes_remaining: Option<u64>,
     phases: Vec<Phase>,
     started_at: String,
     finished_at: Option<String>,
@@ -483,7 +486,10 @@ struct Migration {
 fn migration_json(m: ferry_coordinator::MigrationRow) -> Migration {
     use prost::Message;
     let r = m.result.as_deref().and_then(|b| ferry_proto::agent::MigrationResult::decode(b).ok());
-    let num = |f: fn(&ferry_proto::agent::MigrationResult) -> i64| r.as_ref().map(f);
+    // While it runs the coordinator keeps the source's figures so far: bytes and post-copy
+    // pages are live; times and phases only count once it has ended.
+    let fin = r.as_ref().filter(|_| m.finished_at_ms.is_some());
+    let num = |f: fn(&ferry_proto::agent::MigrationResult) -> i64| fin.map(f);
     Migration {
         freeze_ms: num(|r| r.freeze_ms),
         dump_ms: num(|r| r.dump_ms),
@@ -492,8 +498,11 @@ fn migration_json(m: ferry_coordinator::MigrationRow) -> Migration {
         downtime_ms: num(|r| r.downtime_ms),
         bytes_raw: r.as_ref().map(|r| r.bytes_raw),
         bytes_wire: r.as_ref().map(|r| r.bytes_wire),
-        phases: r
+        post_copy_bytes_remaining: r
             .as_ref()
+            .filter(|r| r.mode == "post_copy" || r.post_copy_pages_total > 0)
+            .map(|r| r.post_copy_bytes_remaining),
+        phases: fin
             .map(|r| {
                 r.phases
                     .iter()

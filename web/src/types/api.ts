@@ -86,6 +86,8 @@ export type Migration = {
   downtimeMs: number | null;
   bytesRaw: number | null;
   bytesWire: number | null;
+  /** Post-copy only: memory still to arrive on the target (live while it runs). */
+  postCopyBytesRemaining?: number | null;
   phases?: PhaseTiming[];
   startedAt: string;
   finishedAt: string | null;
