@@ -376,6 +376,11 @@ async fn ferry_run(
     if r.outcome != pb::Outcome::Completed as i32 {
         bail!("ferry migration failed: {}", r.error);
     }
+    eprintln!(
+        "  codec: {}; zero pages not sent: {:.1} MB",
+        r.transfer_codec,
+        r.bytes_zero as f64 / 1e6
+    );
     let before = log_lines(cb, &id).await?.len();
     let st = cb.get_status(pb::WorkloadRef { id: id.clone() }).await?.into_inner();
     // SAFETY: kill has no memory preconditions.

@@ -178,7 +178,7 @@ impl LazyPages {
     }
 }
 
-/// What [`start`] needs: whose restore it serves and where the pages come from.
+/// What `start` needs: whose restore it serves and where the pages come from.
 pub struct LazyStart {
     pub migration_id: String,
     pub workload_id: String,

@@ -166,6 +166,8 @@ pub fn report_to_pb(r: MigrationReport) -> pb::MigrationResult {
         post_copy_pages_remaining: pages.post_copy_pages_remaining,
         post_copy_bytes_remaining: pages.post_copy_bytes_remaining,
         post_copy_pages_total: pages.post_copy_pages_total,
+        transfer_codec: r.transfer_codec.clone(),
+        bytes_zero: r.bytes_zero,
         engine: match r.engine {
             Engine::Criu => "criu",
             Engine::Cooperative => "cooperative",

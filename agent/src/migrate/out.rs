@@ -58,6 +58,10 @@ pub struct MigrationReport {
     /// Post-copy: the workload's memory pages on the target at the end (remaining: those that
     /// never arrived).
     pub post_copy_pages: Option<PageCount>,
+    /// How the chunks were encoded, and why.
+    pub transfer_codec: String,
+    /// Raw bytes of zero pages that did not travel.
+    pub bytes_zero: u64,
 }
 
 /// Releases the workload's one-migration-at-a-time flag however the migration ends.
@@ -192,6 +196,8 @@ impl Agent {
             criu_log: None,
             post_copy: req.post_copy,
             post_copy_pages: *run.live.post_copy_pages.lock().expect("live pages poisoned"),
+            transfer_codec: run.progress.codec.lock().expect("codec note poisoned").clone(),
+            bytes_zero: run.progress.bytes_zero.load(Ordering::Relaxed),
         };
         match result {
             Ok(()) => {
@@ -805,7 +811,7 @@ impl Run {
 
 /// The request stream, noting when its last part (the trailer) was taken by the transport.
 struct MarkEnd {
-    rx: tokio::sync::mpsc::Receiver<pb::SnapshotPart>,
+    rx: send::Parts,
     done: Option<tokio::sync::oneshot::Sender<i64>>,
 }
 
