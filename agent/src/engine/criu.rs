@@ -197,6 +197,9 @@ impl CheckpointEngine for CriuEngine {
         let mut opts = base_opts(&images, &work, "restore.log");
         opts.rst_sibling = Some(true);
         opts.leave_stopped = Some(true);
+        // CRIU frees the page images as it reads them (128 MiB at a time): the target never
+        // holds a workload's memory twice, and the freed pages are reused for the restored one.
+        opts.auto_dedup = Some(true);
         let lazy = if req.info.lazy_pages_address.is_empty() {
             None
         } else {

@@ -489,7 +489,13 @@ impl Run {
                     .unwrap_or_default(),
             }),
         };
-        let (rx, sender) = send::start(manifest, entries, self.fault.send(), self.progress.clone());
+        let (rx, sender) = send::start(
+            manifest,
+            entries,
+            self.fault.send(),
+            self.progress.clone(),
+            !self.agent.config().keep_scratch,
+        );
         let mut client = self.client.clone().expect("connected in preflight");
         self.pushed = true;
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<i64>();

@@ -490,7 +490,8 @@ mod tests {
             files: entries.iter().map(|e| e.file.clone()).collect(),
             ..Default::default()
         };
-        let (mut rx, thread) = send::start(manifest, entries, fault, Arc::new(Progress::default()));
+        let (mut rx, thread) =
+            send::start(manifest, entries, fault, Arc::new(Progress::default()), false);
         let dst = d.path().join("dst");
         let mut first = rx.blocking_recv().unwrap();
         tamper(&mut first);

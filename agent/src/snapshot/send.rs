@@ -226,19 +226,21 @@ enum Next {
 
 /// Starts the threads. The receiver yields the manifest, the chunks and the trailer; an error
 /// (a file that cannot be read) ends the stream early, which the target treats as a failed
-/// transfer, and is returned by the thread.
+/// transfer, and is returned by the thread. `free_images`: the checkpoint images ("images/...")
+/// are scratch, and their memory is given back as each chunk is read (a hole is punched).
 pub fn start(
     manifest: pb::Manifest,
     entries: Vec<Entry>,
     fault: SendFault,
     progress: Arc<Progress>,
+    free_images: bool,
 ) -> (Parts, std::thread::JoinHandle<std::io::Result<()>>) {
     let (tx, rx) = mpsc::channel(SEND_QUEUE);
     let policy = Arc::new(Policy::new(progress.clone()));
     let p2 = policy.clone();
     let handle = std::thread::Builder::new()
         .name("snapshot-send".into())
-        .spawn(move || produce(manifest, entries, fault, &progress, &p2, &tx))
+        .spawn(move || produce(manifest, entries, fault, &progress, &p2, &tx, free_images))
         .expect("spawn snapshot sender thread");
     (Parts { rx, policy, seq: 0 }, handle)
 }
@@ -258,6 +260,7 @@ fn produce(
     progress: &Progress,
     policy: &Arc<Policy>,
     tx: &mpsc::Sender<pb::SnapshotPart>,
+    free_images: bool,
 ) -> std::io::Result<()> {
     tx.blocking_send(part(pb::snapshot_part::Part::Manifest(manifest))).map_err(|_| gone())?;
     let files = entries.len() as u64;
@@ -266,7 +269,7 @@ fn produce(
     let job_rx = Arc::new(Mutex::new(job_rx));
     let reader = std::thread::Builder::new()
         .name("snapshot-read".into())
-        .spawn(move || read(entries, &job_tx, &next_tx))?;
+        .spawn(move || read(entries, &job_tx, &next_tx, free_images))?;
     let mut workers = Vec::new();
     for i in 0..WORKERS {
         let (jobs, policy) = (job_rx.clone(), policy.clone());
@@ -339,14 +342,17 @@ fn produce(
 
 /// The reader: every regular file in chunks, each checksummed and handed to the encoders, its
 /// slot queued in order for the sender; then the file digests.
-fn read(entries: Vec<Entry>, jobs: &SyncSender<Job>, next: &SyncSender<Next>) {
+fn read(entries: Vec<Entry>, jobs: &SyncSender<Job>, next: &SyncSender<Next>, free_images: bool) {
     let result = (|| -> std::io::Result<Vec<String>> {
         let mut digests = Vec::with_capacity(entries.len());
         let mut seq = 0u64;
         for (i, e) in entries.iter().enumerate() {
             let mut hasher = blake3::Hasher::new();
             if e.file.kind == pb::FileKind::Regular as i32 {
-                let mut f = std::fs::File::open(&e.path)?;
+                // Checkpoint images are scratch: their memory (tmpfs, as large as the workload's)
+                // goes back as soon as each chunk is read.
+                let scratch = free_images && e.file.name.starts_with("images/");
+                let mut f = std::fs::OpenOptions::new().read(true).write(scratch).open(&e.path)?;
                 let mut offset = 0u64;
                 while offset < e.file.size {
                     let want = ((e.file.size - offset) as usize).min(CHUNK_SIZE);
@@ -354,6 +360,9 @@ fn read(entries: Vec<Entry>, jobs: &SyncSender<Job>, next: &SyncSender<Next>) {
                     f.read_exact(&mut raw).map_err(|err| {
                         std::io::Error::new(err.kind(), format!("{:?} at {offset}: {err}", e.path))
                     })?;
+                    if scratch {
+                        let _ = crate::sys::host::punch_hole(&f, offset, want as u64);
+                    }
                     hasher.update(&raw);
                     let checksum = crc32c::crc32c(&raw);
                     let (done, slot) = std::sync::mpsc::sync_channel(1);
