@@ -785,3 +785,50 @@ async fn post_copy_source_node_lost_after_the_resume_kills_the_target_copy() {
     assert_eq!(end.get_ref().outcome, pb::Outcome::Failed as i32, "{end:?}");
     assert!(end.get_ref().post_copy_pages_remaining > 0, "{end:?}");
 }
+
+#[tokio::test]
+async fn post_copy_source_agent_restarted_after_the_resume_never_resumes_the_original() {
+    if !require_root("post_copy_source_agent_restarted_after_the_resume_never_resumes_the_original")
+    {
+        return;
+    }
+    let mut p = pair(&["--enable-fault-injection"]).await;
+    let s = start(&mut p.ca, spec(&[&workload("memhog"), "256"])).await;
+    let id = id_of(&s);
+    let original = s.pid;
+    wait_log(&p.ca, &id, "memhog ticking", T, |l| numbers(l, "tick ").len() >= 3).await;
+    let mid = format!("m-pc-d-{}", std::process::id());
+    let running =
+        post_copy_in_background(&p.ca, &id, &p.b.addr, &mid, pb::Fault::StallPageServer, 60_000);
+    in_post_copy_with_pages_missing(&p.ca, &mid).await;
+    let criu: Vec<i32> = descendants(p.a.pid())
+        .into_iter()
+        .filter(|pid| stat(*pid).is_some_and(|s| s.comm == "criu"))
+        .collect();
+    assert_eq!(criu.len(), 1, "{criu:?}");
+
+    // The source agent crashes and comes back while the target runs the workload: it finds the
+    // frozen original of a workload that moved out and kills it instead of adopting it (it is
+    // gone once the page server, which still holds its tasks, lets go of them).
+    let a = p.net.restart_agent(0, p.a, &["--enable-fault-injection"]);
+    assert!(running.await.unwrap().is_err(), "the crashed agent never answered");
+    let mut ca = a.client().await;
+    let err = ca.get_status(pb::WorkloadRef { id: id.clone() }).await.expect_err("not adopted");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let copy = status(&mut p.cb, &id).await;
+    assert_ne!(copy.state, pb::ProcessState::Exited as i32, "the target still runs it: {copy:?}");
+
+    // The page server its predecessor left (stalled) goes too: the target loses the workload.
+    kill(criu[0], libc::SIGKILL);
+    let lost = wait_until("the target to mark the workload lost", T, || {
+        let (mut cb, id) = (p.cb.clone(), id.clone());
+        async move {
+            let s = cb.get_status(pb::WorkloadRef { id }).await.ok()?.into_inner();
+            (s.state == pb::ProcessState::Exited as i32).then_some(s)
+        }
+    })
+    .await;
+    assert!(lost.lost_reason.contains("never arrived"), "{lost:?}");
+    assert!(!alive(copy.pid), "no process of it is left on the target");
+    wait_until("the original to be gone", T, || async { (!alive(original)).then_some(()) }).await;
+}
