@@ -176,6 +176,9 @@ async fn memory_of_256_mib_survives_and_the_counter_continues() {
     let s = status(&mut p.cb, &id).await;
     assert_ne!(s.state, pb::ProcessState::Stopped as i32, "runs on the target: {s:?}");
     assert_eq!(s.node, "host1");
+    // A repeated commit (as after a lost answer) gets the same answer, not a refusal.
+    let again = p.cb.commit_migration(pb::MigrationRef { migration_id: r.migration_id.clone() });
+    assert_eq!(again.await.expect("commit again").into_inner().pid, s.pid);
 }
 
 #[tokio::test]

@@ -18,6 +18,9 @@ pub struct Agent {
     /// `criu lazy-pages` daemons of post-copy restores into this node, by migration id (kept a
     /// while after they ended, for GetMigration).
     lazy_daemons: std::sync::Mutex<HashMap<String, Arc<crate::engine::lazy::LazyPages>>>,
+    /// Migrations committed into this node: migration id → workload id, so that a repeated
+    /// CommitMigration (its first answer lost) is answered again rather than refused.
+    committed: std::sync::Mutex<HashMap<String, String>>,
     /// Migrations this node started (as source): None while running, then the report.
     migrations: std::sync::Mutex<HashMap<String, crate::migrate::MigrationState>>,
     /// Holds a copy of every workload's output pipes across agent restarts (`sys::fdstore`).
@@ -67,6 +70,7 @@ impl Agent {
             criu,
             workloads: RwLock::default(),
             lazy_daemons: Default::default(),
+            committed: Default::default(),
             migrations: Default::default(),
             fd_store,
             receiving: Default::default(),
@@ -157,6 +161,19 @@ impl Agent {
             }
         }
         m.insert(migration_id.to_string(), lp);
+    }
+
+    pub(crate) fn record_commit(&self, migration_id: &str, workload_id: &str) {
+        let mut m = self.committed.lock().expect("commits poisoned");
+        if m.len() >= 1000 {
+            m.clear();
+        }
+        m.insert(migration_id.to_string(), workload_id.to_string());
+    }
+
+    /// The workload a migration into this node was committed for, if it was.
+    pub(crate) fn committed_workload(&self, migration_id: &str) -> Option<String> {
+        self.committed.lock().expect("commits poisoned").get(migration_id).cloned()
     }
 
     /// The lazy-pages daemon of a post-copy restore into this node (running or ended).

@@ -15,7 +15,15 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 impl Agent {
     /// Resumes the workload restored for `migration_id`: the source has killed its original.
     pub async fn commit_migration(&self, migration_id: &str) -> Result<Status> {
-        let w = self.pending(migration_id)?;
+        let w = match self.pending(migration_id) {
+            Ok(w) => w,
+            // Committed already (the source did not get the first answer): the same answer.
+            Err(e) => match self.committed_workload(migration_id).and_then(|id| self.get(&id).ok())
+            {
+                Some(w) if w.exit_info().is_none() => return Ok(self.status_of(&w)),
+                _ => return Err(e),
+            },
+        };
         let lazy = self.lazy_daemon(migration_id);
         if let Some(lp) = &lazy {
             // Post-copy: a copy whose memory stopped arriving never runs.
@@ -35,6 +43,7 @@ impl Agent {
                 .map_err(|e| AgentError::Internal(e.to_string()))??;
         }
         w.set_pending_migration(None);
+        self.record_commit(migration_id, w.id());
         match &lazy {
             // The lazy-pages daemon still reads its images and work dir; they go when it is done.
             Some(lp) if lp.ended().is_none() => {}
