@@ -685,6 +685,7 @@ async fn rest_api_runs_controls_and_migrates_a_process_between_hosts() {
     assert_eq!(m["status"], "completed", "{m}");
     assert!(m["downtimeMs"].as_i64().unwrap() > 0 && m["bytesRaw"].as_u64().unwrap() > 0, "{m}");
     assert!(m["phases"].as_array().unwrap().len() >= 6, "{m}");
+    assert!(m["postCopyBytesRemaining"].is_null(), "stop-and-copy has no pages to come: {m}");
     assert!(m["finishedAt"].as_str().unwrap().ends_with('Z'));
     wait_until("the process reported on host1", T, || {
         let (gw, id) = (gw.clone(), id.clone());

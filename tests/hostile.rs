@@ -56,6 +56,7 @@ fn raw_chunk(file_index: u32, offset: u64, raw: &[u8]) -> pb::Chunk {
         codec: pb::Codec::Raw as i32,
         payload: raw.to_vec(),
         checksum: crc32c::crc32c(raw),
+        zero_pages: Vec::new(),
     }
 }
 
@@ -400,6 +401,7 @@ async fn hostile_snapshot_streams_are_refused_and_harm_nothing() {
                     codec: pb::Codec::Zstd as i32,
                     payload: bomb,
                     checksum: crc32c::crc32c(&zeros[..4096]),
+                    zero_pages: Vec::new(),
                 };
                 s.parts_with(vec![c], pb::Trailer::default())
             },

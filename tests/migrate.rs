@@ -176,6 +176,9 @@ async fn memory_of_256_mib_survives_and_the_counter_continues() {
     let s = status(&mut p.cb, &id).await;
     assert_ne!(s.state, pb::ProcessState::Stopped as i32, "runs on the target: {s:?}");
     assert_eq!(s.node, "host1");
+    // A repeated commit (as after a lost answer) gets the same answer, not a refusal.
+    let again = p.cb.commit_migration(pb::MigrationRef { migration_id: r.migration_id.clone() });
+    assert_eq!(again.await.expect("commit again").into_inner().pid, s.pid);
 }
 
 #[tokio::test]
@@ -538,6 +541,9 @@ async fn post_copy_resumes_before_the_memory_arrives_and_loses_nothing() {
         ["preflight", "freeze", "checkpoint", "transfer", "restore", "commit", "post_copy"]
     );
     assert!(r.bytes_raw < 64 << 20, "the memory did not travel in the snapshot: {r:?}");
+    // The target counted the lazy pages (about 256 MiB of them) and every one arrived.
+    assert!(r.post_copy_pages_total >= 60_000, "{r:?}");
+    assert_eq!((r.post_copy_pages_remaining, r.post_copy_bytes_remaining), (0, 0), "{r:?}");
     let verdict = ask(&mut p.cb, &id, "verify ").await;
     assert!(verdict.starts_with("verify ok pages=65536"), "{verdict}");
     let lines =
@@ -563,4 +569,269 @@ async fn post_copy_resumes_before_the_memory_arrives_and_loses_nothing() {
         .expect_err("post-copy of a cooperative workload");
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("post-copy needs the CRIU engine"), "{}", err.message());
+}
+
+/// A post-copy migration with `fault` (fault_arg ms) and a known id, run in a task of its own.
+fn post_copy_in_background(
+    c: &Client,
+    id: &str,
+    target: &str,
+    mid: &str,
+    fault: pb::Fault,
+    ms: u32,
+) -> tokio::task::JoinHandle<Result<pb::MigrationResult, tonic::Status>> {
+    let mut c = c.clone();
+    let req = pb::MigrateOutRequest {
+        workload_id: id.into(),
+        target_address: target.into(),
+        migration_id: mid.into(),
+        mode: pb::Mode::PostCopy as i32,
+        fault: fault as i32,
+        fault_arg: ms,
+    };
+    tokio::spawn(async move {
+        let r = c.migrate_out(req).await.map(|r| r.into_inner());
+        if let Ok(r) = &r {
+            eprintln!(
+                "migration {}: outcome={} failed_phase={:?} error={:?} remaining={}/{}",
+                r.migration_id,
+                r.outcome,
+                r.failed_phase,
+                r.error,
+                r.post_copy_pages_remaining,
+                r.post_copy_pages_total
+            );
+        }
+        r
+    })
+}
+
+/// A process of workload tree `pid` is alive (not gone, not a zombie).
+fn alive(pid: i32) -> bool {
+    stat(pid).is_some_and(|s| s.state != 'Z' && s.state != 'X')
+}
+
+/// Waits until the source reports migration `mid` in its post_copy phase with pages still to
+/// arrive, and returns that report.
+async fn in_post_copy_with_pages_missing(c: &Client, mid: &str) -> pb::MigrationResult {
+    wait_until("the post_copy phase with pages missing", T, || {
+        let mut c = c.clone();
+        let mid = mid.to_string();
+        async move {
+            let r = c.get_migration(pb::MigrationRef { migration_id: mid }).await.ok()?;
+            let r = r.into_inner();
+            (r.current_phase == "post_copy" && r.post_copy_pages_remaining > 0).then_some(r)
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn post_copy_target_agent_killed_before_the_resume_rolls_back_to_the_source() {
+    if !require_root("post_copy_target_agent_killed_before_the_resume_rolls_back_to_the_source") {
+        return;
+    }
+    let mut p = pair(&["--enable-fault-injection"]).await;
+    let s = start(&mut p.ca, spec(&[&workload("memhog"), "256"])).await;
+    let id = id_of(&s);
+    wait_log(&p.ca, &id, "memhog ticking", T, |l| numbers(l, "tick ").len() >= 3).await;
+    let mid = format!("m-pc-a-{}", std::process::id());
+    // The source waits 8 s between the restore on the target and the commit.
+    let running =
+        post_copy_in_background(&p.ca, &id, &p.b.addr, &mid, pb::Fault::HoldBeforeCommit, 8000);
+    // The target holds its restored copy, stopped, waiting for the commit.
+    let copy = wait_until("the stopped copy on the target", T, || {
+        let (mut cb, id) = (p.cb.clone(), id.clone());
+        async move {
+            let s = cb.get_status(pb::WorkloadRef { id }).await.ok()?.into_inner();
+            (s.state == pb::ProcessState::Stopped as i32 && s.pid > 0).then_some(s)
+        }
+    })
+    .await;
+    // The target agent dies before the commit reaches it.
+    kill(p.b.pid(), libc::SIGKILL);
+    let r = running.await.unwrap().expect("MigrateOut answers");
+    rolled_back(&r, "commit", "host1");
+    assert!(r.error.contains("never runs"), "{}", r.error);
+    assert!(alive(copy.pid), "the copy stays on the target, stopped");
+    assert_eq!(stat(copy.pid).map(|s| s.state), Some('T'), "and never ran");
+
+    // The workload runs on the source, exactly once: its memory intact, its ticks continuing.
+    let s = status(&mut p.ca, &id).await;
+    assert_ne!(s.state, pb::ProcessState::Stopped as i32, "resumed on the source: {s:?}");
+    assert!(ask(&mut p.ca, &id, "verify ").await.starts_with("verify ok pages=65536"));
+    let before = numbers(
+        &logs(&mut p.ca, &id).await.into_iter().map(|l| l.text).collect::<Vec<_>>(),
+        "tick ",
+    )
+    .len();
+    let lines =
+        wait_log(&p.ca, &id, "ticking again", T, |l| numbers(l, "tick ").len() > before + 3).await;
+    assert_consecutive(&numbers(&lines, "tick "), "tick");
+    // The target agent comes back: it finds the copy uncommitted, with memory its lazy-pages
+    // daemon (gone with the source's page server) never completed, and kills it.
+    let b = p.net.restart_agent(1, p.b, &[]);
+    let mut cb = b.client().await;
+    let left = wait_until("the copy on the target to be killed", T, || {
+        let (mut cb, id) = (cb.clone(), id.clone());
+        async move {
+            let s = cb.get_status(pb::WorkloadRef { id }).await.ok()?.into_inner();
+            (s.state == pb::ProcessState::Exited as i32).then_some(s)
+        }
+    })
+    .await;
+    assert!(!alive(copy.pid), "no process of it is left on the target");
+    assert!(left.lost_reason.contains("post-copy"), "{left:?}");
+    // A commit arriving now is refused: that copy never runs.
+    let err = cb
+        .commit_migration(pb::MigrationRef { migration_id: mid.clone() })
+        .await
+        .expect_err("nothing to commit");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+}
+
+#[tokio::test]
+async fn post_copy_page_server_killed_after_the_resume_reports_the_loss_and_runs_nowhere() {
+    if !require_root(
+        "post_copy_page_server_killed_after_the_resume_reports_the_loss_and_runs_nowhere",
+    ) {
+        return;
+    }
+    let mut p = pair(&["--enable-fault-injection"]).await;
+    let s = start(&mut p.ca, spec(&[&workload("memhog"), "256"])).await;
+    let id = id_of(&s);
+    let original = s.pid;
+    wait_log(&p.ca, &id, "memhog ticking", T, |l| numbers(l, "tick ").len() >= 3).await;
+    let mid = format!("m-pc-b-{}", std::process::id());
+    // Once the target resumed, the page server stops serving for a long while.
+    let running =
+        post_copy_in_background(&p.ca, &id, &p.b.addr, &mid, pb::Fault::StallPageServer, 60_000);
+    let live = in_post_copy_with_pages_missing(&p.ca, &mid).await;
+    assert!(live.post_copy_pages_total >= live.post_copy_pages_remaining, "{live:?}");
+    assert_eq!(live.post_copy_bytes_remaining, live.post_copy_pages_remaining * 4096);
+    let target_side =
+        p.cb.get_migration(pb::MigrationRef { migration_id: mid.clone() }).await.unwrap();
+    assert!(target_side.get_ref().post_copy_pages_remaining > 0, "{target_side:?}");
+    let copy = status(&mut p.cb, &id).await;
+    assert_ne!(copy.state, pb::ProcessState::Stopped as i32, "resumed on the target: {copy:?}");
+
+    // The page server (CRIU's dump process on the source) dies.
+    let criu: Vec<i32> = descendants(p.a.pid())
+        .into_iter()
+        .filter(|pid| stat(*pid).is_some_and(|s| s.comm == "criu"))
+        .collect();
+    assert_eq!(criu.len(), 1, "one criu process serves the pages: {criu:?}");
+    kill(criu[0], libc::SIGKILL);
+
+    let r = running.await.unwrap().expect("MigrateOut answers");
+    assert_eq!(r.outcome, pb::Outcome::Failed as i32, "{r:?}");
+    assert_eq!(r.failed_phase, "post_copy");
+    for needle in ["is lost", "never arrived", "host0", "host1", "memory pages", "page server"] {
+        assert!(r.error.contains(needle), "error should mention {needle:?}: {}", r.error);
+    }
+    assert!(r.post_copy_pages_remaining > 0, "the lost pages are counted: {r:?}");
+
+    // The target killed its copy and says why; the original was never resumed.
+    let lost = wait_until("the target to mark the workload lost", T, || {
+        let (mut cb, id) = (p.cb.clone(), id.clone());
+        async move {
+            let s = cb.get_status(pb::WorkloadRef { id }).await.ok()?.into_inner();
+            (s.state == pb::ProcessState::Exited as i32).then_some(s)
+        }
+    })
+    .await;
+    assert!(
+        lost.lost_reason.contains("never arrived") && lost.lost_reason.contains("host0"),
+        "{lost:?}"
+    );
+    assert!(!alive(copy.pid), "no process of it runs on the target");
+    assert!(!alive(original), "the original was killed, not resumed");
+    let err = p.ca.get_status(pb::WorkloadRef { id: id.clone() }).await.expect_err("gone");
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn post_copy_source_node_lost_after_the_resume_kills_the_target_copy() {
+    if !require_root("post_copy_source_node_lost_after_the_resume_kills_the_target_copy") {
+        return;
+    }
+    let mut p = pair(&["--enable-fault-injection"]).await;
+    let s = start(&mut p.ca, spec(&[&workload("memhog"), "256"])).await;
+    let id = id_of(&s);
+    let original = s.pid;
+    wait_log(&p.ca, &id, "memhog ticking", T, |l| numbers(l, "tick ").len() >= 3).await;
+    let mid = format!("m-pc-c-{}", std::process::id());
+    let running =
+        post_copy_in_background(&p.ca, &id, &p.b.addr, &mid, pb::Fault::StallPageServer, 60_000);
+    in_post_copy_with_pages_missing(&p.ca, &mid).await;
+    let copy = status(&mut p.cb, &id).await;
+
+    // The whole source node goes: its agent, CRIU and the frozen original.
+    for pid in descendants(p.a.pid()) {
+        kill(pid, libc::SIGKILL);
+    }
+    kill(p.a.pid(), libc::SIGKILL);
+    assert!(running.await.unwrap().is_err(), "the source cannot answer");
+
+    let lost = wait_until("the target to mark the workload lost", T, || {
+        let (mut cb, id) = (p.cb.clone(), id.clone());
+        async move {
+            let s = cb.get_status(pb::WorkloadRef { id }).await.ok()?.into_inner();
+            (s.state == pb::ProcessState::Exited as i32).then_some(s)
+        }
+    })
+    .await;
+    assert!(lost.lost_reason.contains("never arrived"), "{lost:?}");
+    assert!(!alive(copy.pid), "no process of it runs on the target");
+    assert!(!alive(original), "nor on the source");
+    let end = p.cb.get_migration(pb::MigrationRef { migration_id: mid }).await.unwrap();
+    assert_eq!(end.get_ref().outcome, pb::Outcome::Failed as i32, "{end:?}");
+    assert!(end.get_ref().post_copy_pages_remaining > 0, "{end:?}");
+}
+
+#[tokio::test]
+async fn post_copy_source_agent_restarted_after_the_resume_never_resumes_the_original() {
+    if !require_root("post_copy_source_agent_restarted_after_the_resume_never_resumes_the_original")
+    {
+        return;
+    }
+    let mut p = pair(&["--enable-fault-injection"]).await;
+    let s = start(&mut p.ca, spec(&[&workload("memhog"), "256"])).await;
+    let id = id_of(&s);
+    let original = s.pid;
+    wait_log(&p.ca, &id, "memhog ticking", T, |l| numbers(l, "tick ").len() >= 3).await;
+    let mid = format!("m-pc-d-{}", std::process::id());
+    let running =
+        post_copy_in_background(&p.ca, &id, &p.b.addr, &mid, pb::Fault::StallPageServer, 60_000);
+    in_post_copy_with_pages_missing(&p.ca, &mid).await;
+    let criu: Vec<i32> = descendants(p.a.pid())
+        .into_iter()
+        .filter(|pid| stat(*pid).is_some_and(|s| s.comm == "criu"))
+        .collect();
+    assert_eq!(criu.len(), 1, "{criu:?}");
+
+    // The source agent crashes and comes back while the target runs the workload: it finds the
+    // frozen original of a workload that moved out and kills it instead of adopting it (it is
+    // gone once the page server, which still holds its tasks, lets go of them).
+    let a = p.net.restart_agent(0, p.a, &["--enable-fault-injection"]);
+    assert!(running.await.unwrap().is_err(), "the crashed agent never answered");
+    let mut ca = a.client().await;
+    let err = ca.get_status(pb::WorkloadRef { id: id.clone() }).await.expect_err("not adopted");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let copy = status(&mut p.cb, &id).await;
+    assert_ne!(copy.state, pb::ProcessState::Exited as i32, "the target still runs it: {copy:?}");
+
+    // The page server its predecessor left (stalled) goes too: the target loses the workload.
+    kill(criu[0], libc::SIGKILL);
+    let lost = wait_until("the target to mark the workload lost", T, || {
+        let (mut cb, id) = (p.cb.clone(), id.clone());
+        async move {
+            let s = cb.get_status(pb::WorkloadRef { id }).await.ok()?.into_inner();
+            (s.state == pb::ProcessState::Exited as i32).then_some(s)
+        }
+    })
+    .await;
+    assert!(lost.lost_reason.contains("never arrived"), "{lost:?}");
+    assert!(!alive(copy.pid), "no process of it is left on the target");
+    wait_until("the original to be gone", T, || async { (!alive(original)).then_some(()) }).await;
 }

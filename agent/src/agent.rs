@@ -15,8 +15,12 @@ pub struct Agent {
     root: bool,
     criu: CriuInfo,
     workloads: RwLock<HashMap<String, Arc<Workload>>>,
-    /// `criu lazy-pages` daemons of post-copy restores, by migration id.
-    lazy_daemons: std::sync::Mutex<HashMap<String, i32>>,
+    /// `criu lazy-pages` daemons of post-copy restores into this node, by migration id (kept a
+    /// while after they ended, for GetMigration).
+    lazy_daemons: std::sync::Mutex<HashMap<String, Arc<crate::engine::lazy::LazyPages>>>,
+    /// Migrations committed into this node: migration id → workload id, so that a repeated
+    /// CommitMigration (its first answer lost) is answered again rather than refused.
+    committed: std::sync::Mutex<HashMap<String, String>>,
     /// Migrations this node started (as source): None while running, then the report.
     migrations: std::sync::Mutex<HashMap<String, crate::migrate::MigrationState>>,
     /// Holds a copy of every workload's output pipes across agent restarts (`sys::fdstore`).
@@ -66,6 +70,7 @@ impl Agent {
             criu,
             workloads: RwLock::default(),
             lazy_daemons: Default::default(),
+            committed: Default::default(),
             migrations: Default::default(),
             fd_store,
             receiving: Default::default(),
@@ -137,28 +142,51 @@ impl Agent {
         m.insert(id.to_string(), state);
     }
 
-    pub(crate) fn set_lazy_daemon(&self, migration_id: &str, pid: i32) {
-        self.lazy_daemons
-            .lock()
-            .expect("lazy daemons poisoned")
-            .insert(migration_id.to_string(), pid);
+    pub(crate) fn set_lazy_daemon(
+        &self,
+        migration_id: &str,
+        lp: Arc<crate::engine::lazy::LazyPages>,
+    ) {
+        let mut m = self.lazy_daemons.lock().expect("lazy daemons poisoned");
+        // Bounded: some that ended go first.
+        if m.len() >= 200 {
+            let ended: Vec<String> = m
+                .iter()
+                .filter(|(_, l)| l.ended().is_some())
+                .map(|(k, _)| k.clone())
+                .take(50)
+                .collect();
+            for k in ended {
+                m.remove(&k);
+            }
+        }
+        m.insert(migration_id.to_string(), lp);
     }
 
-    pub(crate) fn lazy_daemon_running(&self, migration_id: &str) -> bool {
-        self.lazy_daemons.lock().expect("lazy daemons poisoned").contains_key(migration_id)
+    pub(crate) fn record_commit(&self, migration_id: &str, workload_id: &str) {
+        let mut m = self.committed.lock().expect("commits poisoned");
+        if m.len() >= 1000 {
+            m.clear();
+        }
+        m.insert(migration_id.to_string(), workload_id.to_string());
     }
 
-    /// Forgets a migration's lazy-pages daemon; it runs on until every page arrived.
-    pub(crate) fn release_lazy_daemon(&self, migration_id: &str) {
-        self.lazy_daemons.lock().expect("lazy daemons poisoned").remove(migration_id);
+    /// The workload a migration into this node was committed for, if it was.
+    pub(crate) fn committed_workload(&self, migration_id: &str) -> Option<String> {
+        self.committed.lock().expect("commits poisoned").get(migration_id).cloned()
     }
 
-    /// Kills a migration's lazy-pages daemon (its restore failed or was aborted).
+    /// The lazy-pages daemon of a post-copy restore into this node (running or ended).
+    pub fn lazy_daemon(&self, migration_id: &str) -> Option<Arc<crate::engine::lazy::LazyPages>> {
+        self.lazy_daemons.lock().expect("lazy daemons poisoned").get(migration_id).cloned()
+    }
+
+    /// Kills a migration's lazy-pages daemon (its restore failed or was aborted) and forgets it.
     pub(crate) fn kill_lazy_daemon(&self, migration_id: &str) {
-        if let Some(pid) =
+        if let Some(lp) =
             self.lazy_daemons.lock().expect("lazy daemons poisoned").remove(migration_id)
         {
-            let _ = crate::sys::signal::send(pid, crate::sys::signal::Sig::SIGKILL);
+            lp.abandon();
         }
     }
 

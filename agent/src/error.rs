@@ -39,6 +39,8 @@ pub enum AgentError {
     StreamBroken(String),
     #[error("migration id {id:?} is already in use on this node")]
     MigrationExists { id: String },
+    #[error("workload {id} of post-copy migration {migration} cannot run: {reason}")]
+    PostCopyLost { id: String, migration: String, reason: String },
     #[error("no pending migration {id} on this node")]
     NoSuchMigration { id: String },
     #[error("internal error: {0}")]

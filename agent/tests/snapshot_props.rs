@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ferry_agent::snapshot::receive::{ReceiveError, Receiver};
-use ferry_agent::snapshot::{CHUNK_SIZE, FORMAT_VERSION, MAX_PAYLOAD};
+use ferry_agent::snapshot::{send, CHUNK_SIZE, FORMAT_VERSION, MAX_PAYLOAD, PAGE};
 use ferry_proto::agent as pb;
 use proptest::prelude::*;
 
@@ -124,22 +124,20 @@ fn honest(files: &[(String, Content)]) -> Vec<pb::SnapshotPart> {
             link_target: target,
         });
         let bytes: &[u8] = if let Content::File(b) = c { b } else { &[] };
+        let mut z = zstd::bulk::Compressor::new(1).expect("zstd");
         for (k, raw) in bytes.chunks(CHUNK_SIZE).enumerate() {
-            let z = zstd::bulk::compress(raw, 1).expect("zstd");
-            let (codec, payload) = if z.len() < raw.len() {
-                (pb::Codec::Zstd, z)
-            } else {
-                (pb::Codec::Raw, raw.to_vec())
-            };
+            // The agent's own encoder: zero pages left out, the rest zstd or raw.
+            let e = send::encode(raw, Some(&mut z)).expect("encode");
             raw_total += raw.len() as u64;
-            wire_total += payload.len() as u64;
+            wire_total += (e.payload.len() + e.zero_pages.len()) as u64;
             chunks.push(part(pb::snapshot_part::Part::Chunk(pb::Chunk {
                 file_index: i as u32,
                 offset: (k * CHUNK_SIZE) as u64,
                 raw_len: raw.len() as u32,
-                codec: codec as i32,
-                payload,
+                codec: e.codec as i32,
+                payload: e.payload,
                 checksum: crc32c::crc32c(raw),
+                zero_pages: e.zero_pages,
             })));
         }
         digests.push(blake3::hash(bytes).to_hex().to_string());
@@ -163,6 +161,17 @@ fn content_strategy() -> impl Strategy<Value = Vec<u8>> {
         2 => (1usize..200_000, any::<u8>()).prop_map(|(n, b)| vec![b; n]),
         1 => (CHUNK_SIZE - 10..CHUNK_SIZE * 2 + 10, any::<u8>())
             .prop_map(|(n, seed)| (0..n).map(|i| (i / 13) as u8 ^ seed).collect()),
+        // Zero pages among others, a zero run, a short zero last page.
+        2 => (1usize..CHUNK_SIZE * 2 + PAGE, any::<u64>()).prop_map(|(n, mask)| {
+            let mut v = vec![0u8; n];
+            for (p, page) in v.chunks_mut(PAGE).enumerate() {
+                if (256..512).contains(&p) || mask >> (p % 64) & 1 == 0 {
+                    continue;
+                }
+                page.fill(p as u8 | 1);
+            }
+            v
+        }),
     ]
 }
 
@@ -241,6 +250,11 @@ enum Mutation {
     Codec {
         chunk: usize,
         codec: i32,
+    },
+    /// A chunk's zero-page bitmap replaced (random, longer, shorter, all ones).
+    ZeroPages {
+        chunk: usize,
+        map: Vec<u8>,
     },
     FlipPayload {
         chunk: usize,
@@ -434,6 +448,16 @@ fn mutation_strategy() -> impl Strategy<Value = Mutation> {
             .prop_map(|(chunk, offset)| Mutation::Offset { chunk, offset }),
         (i(), raw_len_strategy()).prop_map(|(chunk, raw_len)| Mutation::RawLen { chunk, raw_len }),
         (i(), -1i32..5).prop_map(|(chunk, codec)| Mutation::Codec { chunk, codec }),
+        (
+            i(),
+            prop_oneof![
+                Just(vec![]),
+                Just(vec![0xff; 32]),
+                Just(vec![0xff; 33]),
+                proptest::collection::vec(any::<u8>(), 0..40)
+            ]
+        )
+            .prop_map(|(chunk, map)| Mutation::ZeroPages { chunk, map }),
         (i(), any::<usize>()).prop_map(|(chunk, at)| Mutation::FlipPayload { chunk, at }),
         (i(), any::<usize>()).prop_map(|(chunk, keep)| Mutation::TruncatePayload { chunk, keep }),
         (i(), proptest::collection::vec(any::<u8>(), 0..500), any::<bool>())
@@ -631,6 +655,11 @@ fn apply(parts: &mut Vec<pb::SnapshotPart>, m: &Mutation, sentinel: &Path) {
                 c.codec = codec;
             }
         }
+        Mutation::ZeroPages { chunk, map } => {
+            if let Some(c) = chunk_of(parts, chunk) {
+                c.zero_pages = map;
+            }
+        }
         Mutation::FlipPayload { chunk, at } => {
             if let Some(c) = chunk_of(parts, chunk) {
                 if !c.payload.is_empty() {
@@ -701,6 +730,7 @@ fn apply(parts: &mut Vec<pb::SnapshotPart>, m: &Mutation, sentinel: &Path) {
                         codec: chunk.codec,
                         payload: chunk.payload,
                         checksum: chunk.checksum,
+                        zero_pages: Vec::new(),
                     })),
                 },
             );

@@ -43,8 +43,6 @@ pub struct Coordinator {
     migrating: Mutex<()>,
     /// Every event, live, for the gateway's event stream.
     events: tokio::sync::broadcast::Sender<Event>,
-    /// Bytes moved so far by running migrations (from the source agent, while it runs).
-    live_bytes: Mutex<HashMap<String, (u64, u64)>>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -77,7 +75,6 @@ impl Coordinator {
             agents: agents::AgentPool::new(wire),
             migrating: Mutex::new(()),
             events: tokio::sync::broadcast::channel(1024).0,
-            live_bytes: Mutex::default(),
         }))
     }
 
@@ -180,11 +177,6 @@ impl Coordinator {
             message: String::new(),
             data,
         });
-    }
-
-    /// Bytes moved so far (raw, on the wire) by a migration that is still running.
-    pub fn live_bytes(&self, migration: &str) -> Option<(u64, u64)> {
-        self.live_bytes.lock().expect("live bytes poisoned").get(migration).copied()
     }
 
     /// Live events from now on.

@@ -268,7 +268,6 @@ impl Coordinator {
     }
 
     fn record_result(&self, id: &str, r: &apb::MigrationResult) {
-        self.live_bytes.lock().expect("live bytes poisoned").remove(id);
         let status = match apb::Outcome::try_from(r.outcome) {
             Ok(apb::Outcome::Completed) => "completed",
             Ok(apb::Outcome::RolledBack) => "rolled_back",
@@ -304,7 +303,7 @@ impl Coordinator {
         source_addr: &str,
         seen: &std::sync::atomic::AtomicUsize,
     ) {
-        let mut last = (0, 0);
+        let mut last = (0, 0, 0);
         loop {
             tokio::time::sleep(PHASE_POLL).await;
             let Ok(mut client) = self.agents.client(source_addr) else { return };
@@ -317,15 +316,16 @@ impl Coordinator {
             if r.outcome != apb::Outcome::Unspecified as i32 {
                 return;
             }
+            // Live figures for GET /api/migrations (bytes so far, post-copy pages to come).
+            let _ = self.store.set_migration_progress(id, &r.encode_to_vec());
             self.announce_phases(id, &r, &r.phases, seen);
-            // Bytes in flight: live only (the outcome records the totals).
-            let bytes = (r.bytes_raw, r.bytes_wire);
-            if bytes != last {
-                last = bytes;
-                self.live_bytes.lock().expect("live bytes poisoned").insert(id.to_string(), bytes);
+            // Bytes in flight and post-copy bytes to come, to live subscribers when they change.
+            let now = (r.bytes_raw, r.bytes_wire, r.post_copy_bytes_remaining);
+            if now != last {
+                last = now;
                 let data = format!(
-                    r#"{{"migrationId":"{id}","phase":"{}","bytesRaw":{},"bytesWire":{}}}"#,
-                    r.current_phase, r.bytes_raw, r.bytes_wire
+                    r#"{{"migrationId":"{id}","phase":"{}","bytesRaw":{},"bytesWire":{},"postCopyBytesRemaining":{}}}"#,
+                    r.current_phase, r.bytes_raw, r.bytes_wire, r.post_copy_bytes_remaining
                 );
                 self.send_live("migration_progress", &r.source_node, &r.workload_id, data);
             }

@@ -211,6 +211,16 @@ impl Store {
         Ok(())
     }
 
+    /// A running migration's figures so far (the source's GetMigration, protobuf-encoded; ignored
+    /// once it has ended, when its final result is recorded instead).
+    pub fn set_migration_progress(&self, id: &str, result: &[u8]) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE migrations SET result = ?2 WHERE id = ?1 AND finished_at_ms IS NULL",
+            params![id, result],
+        )?;
+        Ok(())
+    }
+
     /// The phase a running migration is in (ignored once it has ended).
     pub fn set_migration_phase(&self, id: &str, phase: &str) -> Result<(), StoreError> {
         self.conn().execute(

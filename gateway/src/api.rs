@@ -475,26 +475,34 @@ struct Migration {
     downtime_ms: Option<i64>,
     bytes_raw: Option<u64>,
     bytes_wire: Option<u64>,
+    /// Post-copy: bytes of the workload's memory the target has yet to receive (live while the
+    /// migration runs; in a failed one, what never arrived).
+    post_copy_bytes_remaining: Option<u64>,
     phases: Vec<Phase>,
     started_at: String,
     finished_at: Option<String>,
 }
 
-/// A migration as the API shows it; `live` is the bytes moved so far while it runs.
-fn migration_json(m: ferry_coordinator::MigrationRow, live: Option<(u64, u64)>) -> Migration {
+fn migration_json(m: ferry_coordinator::MigrationRow) -> Migration {
     use prost::Message;
     let r = m.result.as_deref().and_then(|b| ferry_proto::agent::MigrationResult::decode(b).ok());
-    let num = |f: fn(&ferry_proto::agent::MigrationResult) -> i64| r.as_ref().map(f);
+    // While it runs the coordinator keeps the source's figures so far: bytes and post-copy
+    // pages are live; times and phases only count once it has ended.
+    let fin = r.as_ref().filter(|_| m.finished_at_ms.is_some());
+    let num = |f: fn(&ferry_proto::agent::MigrationResult) -> i64| fin.map(f);
     Migration {
         freeze_ms: num(|r| r.freeze_ms),
         dump_ms: num(|r| r.dump_ms),
         transfer_ms: num(|r| r.transfer_ms),
         restore_ms: num(|r| r.restore_ms),
         downtime_ms: num(|r| r.downtime_ms),
-        bytes_raw: r.as_ref().map(|r| r.bytes_raw).or(live.map(|l| l.0)),
-        bytes_wire: r.as_ref().map(|r| r.bytes_wire).or(live.map(|l| l.1)),
-        phases: r
+        bytes_raw: r.as_ref().map(|r| r.bytes_raw),
+        bytes_wire: r.as_ref().map(|r| r.bytes_wire),
+        post_copy_bytes_remaining: r
             .as_ref()
+            .filter(|r| r.mode == "post_copy" || r.post_copy_pages_total > 0)
+            .map(|r| r.post_copy_bytes_remaining),
+        phases: fin
             .map(|r| {
                 r.phases
                     .iter()
@@ -532,19 +540,11 @@ async fn create_migration(
     };
     let row =
         c.start_migration(&m.process_id, &m.target_server_id, m.source_server_id.as_deref(), mode)?;
-    Ok((StatusCode::ACCEPTED, Json(migration_json(row, None))))
+    Ok((StatusCode::ACCEPTED, Json(migration_json(row))))
 }
 
 async fn list_migrations(State(c): State<Arc<Coordinator>>) -> Api<Vec<Migration>> {
-    Ok(Json(
-        c.migrations()?
-            .into_iter()
-            .map(|m| {
-                let live = c.live_bytes(&m.id);
-                migration_json(m, live)
-            })
-            .collect(),
-    ))
+    Ok(Json(c.migrations()?.into_iter().map(migration_json).collect()))
 }
 
 async fn one_migration(
@@ -554,10 +554,7 @@ async fn one_migration(
     c.migrations()?
         .into_iter()
         .find(|m| m.id == id)
-        .map(|m| {
-            let live = c.live_bytes(&m.id);
-            Json(migration_json(m, live))
-        })
+        .map(|m| Json(migration_json(m)))
         .ok_or_else(|| ApiError::not_found(format!("no migration with id {id:?}")))
 }
 

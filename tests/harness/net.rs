@@ -46,6 +46,21 @@ impl Net {
     /// Starts `ferry agent` on host `i`, listening on its address, port 50051.
     pub fn agent(&self, i: usize, extra: &[&str]) -> AgentProc {
         let tmp = TempDir::new(&format!("ferry-host-{}", self.inner.hosts[i]));
+        self.agent_in(i, extra, tmp)
+    }
+
+    /// Kills host `i`'s agent `old` with SIGKILL (only the agent: its workloads and helpers live
+    /// on, as after a crash) and starts a new one on the same data directory.
+    pub fn restart_agent(&self, i: usize, mut old: AgentProc, extra: &[&str]) -> AgentProc {
+        super::kill(old.pid(), libc::SIGKILL);
+        let _ = old.child.wait();
+        let tmp = std::mem::replace(&mut old._tmp, TempDir(PathBuf::new()));
+        // Its workloads are no longer its descendants; dropping it kills nothing else.
+        drop(old);
+        self.agent_in(i, extra, tmp)
+    }
+
+    fn agent_in(&self, i: usize, extra: &[&str], tmp: TempDir) -> AgentProc {
         let data = tmp.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
         std::fs::create_dir_all(DATA_MOUNT).unwrap();

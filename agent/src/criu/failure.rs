@@ -62,11 +62,16 @@ const KNOWN: &[(&str, &str)] = &[
     ("Operation not permitted", "CRIU lacked a permission (the agent must run as root)"),
 ];
 
+/// Error lines CRIU writes on every run here that explain nothing: without CAP_SYS_RESOURCE it
+/// cannot raise its own open-file limit, and carries on.
+const HARMLESS: &[&str] = &["Can't setup RLIMIT_NOFILE for self"];
+
 /// The most telling error lines of a CRIU log (lines with "Error" or "err"), at most `max`.
 pub fn error_lines(log: &str, max: usize) -> Vec<String> {
     let mut lines: Vec<String> = log
         .lines()
         .filter(|l| l.contains("Error") || l.contains("error") || l.contains("FAIL"))
+        .filter(|l| !HARMLESS.iter().any(|h| l.contains(h)))
         .map(|l| l.trim().to_string())
         .collect();
     if lines.len() > max {
@@ -77,8 +82,14 @@ pub fn error_lines(log: &str, max: usize) -> Vec<String> {
 
 /// A plain explanation of a failed CRIU run, from its log.
 pub fn explain(log: &str) -> Option<&'static str> {
-    let errors = error_lines(log, 50).join("\n");
-    let haystack = if errors.is_empty() { log } else { errors.as_str() };
+    let mut haystack = error_lines(log, 50).join("\n");
+    if haystack.is_empty() {
+        haystack = log
+            .lines()
+            .filter(|l| !HARMLESS.iter().any(|h| l.contains(h)))
+            .collect::<Vec<_>>()
+            .join("\n");
+    }
     KNOWN.iter().find(|(pat, _)| haystack.contains(pat)).map(|(_, msg)| *msg)
 }
 
@@ -107,6 +118,14 @@ mod tests {
         let log = "(00.1) Error (criu/cr-restore.c:1): Can't fork for 42: File exists\n";
         assert!(explain(log).unwrap().contains("PID"));
         assert_eq!(explain("(0.1) Error (x.c:1): something new\n"), None);
+    }
+
+    #[test]
+    fn the_harmless_rlimit_line_explains_nothing() {
+        let log = "(00.02) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: \
+                   Operation not permitted\n(00.50) page-pipe: something\n";
+        assert_eq!(explain(log), None);
+        assert!(error_lines(log, 5).is_empty());
     }
 
     #[test]

@@ -96,83 +96,6 @@ pub fn start_lazy_dump(
     Ok(LazyDump { criu_pid, address: std::net::SocketAddr::new(ip, port), done })
 }
 
-/// Starts `criu lazy-pages` for a post-copy restore: it fetches pages from the source's page server
-/// at `source` and fills them in as the restored process touches them (and in the background).
-fn start_lazy_daemon(
-    agent: &Agent,
-    criu: &std::path::Path,
-    source: &str,
-    images: &std::path::Path,
-    work: &std::path::Path,
-) -> Result<i32, EngineError> {
-    let (host, port) = source
-        .rsplit_once(':')
-        .ok_or_else(|| EngineError::Other(format!("bad page server address {source:?}")))?;
-    let mut cmd = std::process::Command::new(criu);
-    cmd.args([
-        "lazy-pages",
-        "--page-server",
-        "--address",
-        host,
-        "--port",
-        port,
-        "-v4",
-        "-o",
-        "lazy-pages.log",
-    ])
-    .arg("--images-dir")
-    .arg(images)
-    .arg("--work-dir")
-    .arg(work);
-    if let Some(t) = agent.config().wire.tls() {
-        let (ca, cert, key) = t.files();
-        cmd.arg("--tls")
-            .arg("--tls-cacert")
-            .arg(ca)
-            .arg("--tls-cert")
-            .arg(cert)
-            .arg("--tls-key")
-            .arg(key)
-            .arg("--tls-no-cn-verify");
-    }
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let child = cmd
-        .spawn()
-        .map_err(|e| EngineError::Other(format!("cannot start criu lazy-pages: {e}")))?;
-    let pid = child.id() as i32;
-    let exit = agent.reaper().watch(pid);
-    drop(child);
-    let log = work.join("lazy-pages.log");
-    let (id, log2, keep) = (pid, log.clone(), agent.config().keep_scratch);
-    let scratch = work.parent().map(std::path::Path::to_path_buf);
-    tokio::spawn(async move {
-        match exit.await {
-            Ok(crate::sys::reaper::ExitStatus::Exited(0)) => {
-                tracing::info!(pid = id, "post-copy: every page arrived");
-                if let (false, Some(dir)) = (keep, scratch) {
-                    let _ = std::fs::remove_dir_all(dir);
-                }
-            }
-            other => {
-                tracing::warn!(pid = id, ?other, log = ?log2, "criu lazy-pages ended abnormally")
-            }
-        }
-    });
-    // The restore finds the daemon through a socket in the shared work dir.
-    let sock = work.join("lazy-pages.socket");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        if std::time::Instant::now() > deadline {
-            let _ = crate::sys::signal::send(pid, crate::sys::signal::Sig::SIGKILL);
-            return Err(rpc_failure("lazy-pages", log, "its socket never appeared".into()));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Ok(pid)
-}
-
 fn base_opts(images: &impl AsRawFd, work: &impl AsRawFd, log: &str) -> rpc::CriuOpts {
     rpc::CriuOpts {
         images_dir_fd: images.as_raw_fd(),
@@ -215,7 +138,7 @@ fn open(path: &std::path::Path) -> Result<std::os::fd::OwnedFd, EngineError> {
         .map_err(|e| EngineError::Other(format!("cannot open {path:?}: {e}")))
 }
 
-fn rpc_failure(what: &str, log: std::path::PathBuf, detail: String) -> EngineError {
+pub(super) fn rpc_failure(what: &str, log: std::path::PathBuf, detail: String) -> EngineError {
     EngineError::Criu { message: failure::describe(what, &log, &detail), log }
 }
 
@@ -285,22 +208,29 @@ impl CheckpointEngine for CriuEngine {
         let mut opts = base_opts(&images, &work, "restore.log");
         opts.rst_sibling = Some(true);
         opts.leave_stopped = Some(true);
-        let lazy = !req.info.lazy_pages_address.is_empty();
-        if lazy {
+        // CRIU frees the page images as it reads them (128 MiB at a time): the target never
+        // holds a workload's memory twice, and the freed pages are reused for the restored one.
+        opts.auto_dedup = Some(true);
+        let lazy = if req.info.lazy_pages_address.is_empty() {
+            None
+        } else {
+            let start = super::lazy::LazyStart {
+                migration_id: req.migration_id.to_string(),
+                workload_id: spec.id.clone(),
+                source_node: req.source_node.to_string(),
+                source: req.info.lazy_pages_address.clone(),
+                images: req.images.to_path_buf(),
+                work: req.work.to_path_buf(),
+            };
             let (agent2, criu2) = (agent.clone(), criu.clone());
-            let (source, images_p, work_p) = (
-                req.info.lazy_pages_address.clone(),
-                req.images.to_path_buf(),
-                req.work.to_path_buf(),
-            );
-            let pid = tokio::task::spawn_blocking(move || {
-                start_lazy_daemon(&agent2, &criu2, &source, &images_p, &work_p)
-            })
-            .await
-            .map_err(|e| EngineError::Other(e.to_string()))??;
-            agent.set_lazy_daemon(req.migration_id, pid);
+            let lp =
+                tokio::task::spawn_blocking(move || super::lazy::start(&agent2, &criu2, start))
+                    .await
+                    .map_err(|e| EngineError::Other(e.to_string()))??;
+            agent.set_lazy_daemon(req.migration_id, lp.clone());
             opts.lazy_pages = Some(true);
-        }
+            Some(lp)
+        };
         opts.inherit_fd = vec![
             rpc::InheritFd { key: req.info.stdout_key.clone(), fd: out_w.as_raw_fd() },
             rpc::InheritFd { key: req.info.stderr_key.clone(), fd: err_w.as_raw_fd() },
@@ -333,13 +263,18 @@ impl CheckpointEngine for CriuEngine {
             }
         };
         let exit = agent.reaper().watch(pid);
+        let post_copy = lazy.is_some();
+        if let Some(lp) = lazy {
+            lp.set_restored(pid);
+            let _ = tokio::task::spawn_blocking(move || lp.hold_userfaultfds()).await;
+        }
         tracing::info!(
             id = spec.id,
             pid,
             migration = req.migration_id,
             "workload restored by CRIU (stopped)"
         );
-        Ok(agent.adopt(Adopt {
+        let w = agent.adopt(Adopt {
             spec,
             dir,
             cwd,
@@ -355,6 +290,10 @@ impl CheckpointEngine for CriuEngine {
             exit: crate::workload::ExitWatch::Reaper(exit),
             paused: req.info.paused,
             pending_migration: Some(req.migration_id.to_string()),
-        }))
+        });
+        if post_copy {
+            w.set_post_copy(true);
+        }
+        Ok(w)
     }
 }

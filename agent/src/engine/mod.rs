@@ -5,6 +5,7 @@
 
 pub mod coop;
 pub mod criu;
+pub mod lazy;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -45,6 +46,8 @@ pub struct RestoreRequest<'a> {
     pub images: &'a Path,
     pub work: &'a Path,
     pub info: &'a ferry_proto::agent::RestoreInfo,
+    /// The node the snapshot came from (for messages).
+    pub source_node: &'a str,
 }
 
 pub trait CheckpointEngine: Send + Sync {

@@ -83,6 +83,7 @@ pub fn status_to_pb(s: Status) -> pb::ProcessStatus {
         }),
         started_at_ms: s.started_at_ms,
         node: s.node,
+        lost_reason: s.lost.unwrap_or_default(),
     }
 }
 
@@ -126,6 +127,7 @@ pub fn health_to_pb(h: Health) -> pb::HealthCheckResponse {
 
 pub fn report_to_pb(r: MigrationReport) -> pb::MigrationResult {
     let d = |p: Phase| r.timeline.duration_ms(p);
+    let pages = pages_to_pb(r.post_copy_pages);
     pb::MigrationResult {
         migration_id: r.migration_id.clone(),
         workload_id: r.workload_id.clone(),
@@ -161,11 +163,51 @@ pub fn report_to_pb(r: MigrationReport) -> pb::MigrationResult {
         mode: if r.post_copy { "post_copy" } else { "stop_and_copy" }.to_string(),
         post_copy_ms: d(Phase::PostCopy),
         current_phase: r.outcome.as_str().to_string(),
+        post_copy_pages_remaining: pages.post_copy_pages_remaining,
+        post_copy_bytes_remaining: pages.post_copy_bytes_remaining,
+        post_copy_pages_total: pages.post_copy_pages_total,
+        transfer_codec: r.transfer_codec.clone(),
+        bytes_zero: r.bytes_zero,
         engine: match r.engine {
             Engine::Criu => "criu",
             Engine::Cooperative => "cooperative",
             Engine::Auto => "auto",
         }
         .to_string(),
+    }
+}
+
+/// A MigrationResult carrying only the post-copy page counts (the rest default).
+pub fn pages_to_pb(c: Option<crate::engine::lazy::PageCount>) -> pb::MigrationResult {
+    let c = c.unwrap_or_default();
+    pb::MigrationResult {
+        post_copy_pages_remaining: c.remaining(),
+        post_copy_bytes_remaining: c.remaining() * crate::sys::uffd::page_size(),
+        post_copy_pages_total: c.total,
+        ..Default::default()
+    }
+}
+
+/// A post-copy migration into this node, as its target sees it: the memory still to arrive.
+pub fn incoming_post_copy_to_pb(
+    lp: &crate::engine::lazy::LazyPages,
+    node: &str,
+) -> pb::MigrationResult {
+    let (outcome, error) = match lp.ended() {
+        None => (pb::Outcome::Unspecified, String::new()),
+        Some(Ok(())) => (pb::Outcome::Completed, String::new()),
+        Some(Err(e)) => (pb::Outcome::Failed, e),
+    };
+    pb::MigrationResult {
+        migration_id: lp.migration_id.clone(),
+        workload_id: lp.workload_id.clone(),
+        source_node: lp.source_node.clone(),
+        target_node: node.to_string(),
+        outcome: outcome as i32,
+        error,
+        current_phase: Phase::PostCopy.as_str().to_string(),
+        mode: "post_copy".to_string(),
+        engine: "criu".to_string(),
+        ..pages_to_pb(Some(lp.progress()))
     }
 }

@@ -12,6 +12,7 @@ use pb::agent_server::Agent as AgentApi;
 use tonic::{Request, Response, Status};
 
 use crate::agent::Agent;
+use crate::migrate::Fault;
 use crate::migrate::MigrateOut;
 use crate::snapshot::send::SendFault;
 pub use pb::agent_server::AgentServer;
@@ -137,12 +138,13 @@ impl AgentApi for Service {
         req: Request<pb::MigrateOutRequest>,
     ) -> Result<Response<pb::MigrationResult>, Status> {
         let r = req.into_inner();
+        let ms = Duration::from_millis(r.fault_arg.max(1).into());
         let fault = match pb::Fault::try_from(r.fault).unwrap_or(pb::Fault::None) {
-            pb::Fault::None => SendFault::None,
-            pb::Fault::CorruptChunk => SendFault::CorruptChunk(r.fault_arg.into()),
-            pb::Fault::SlowTransfer => {
-                SendFault::Slow(Duration::from_millis(r.fault_arg.max(1).into()))
-            }
+            pb::Fault::None => Fault::None,
+            pb::Fault::CorruptChunk => Fault::Send(SendFault::CorruptChunk(r.fault_arg.into())),
+            pb::Fault::SlowTransfer => Fault::Send(SendFault::Slow(ms)),
+            pb::Fault::HoldBeforeCommit => Fault::HoldBeforeCommit(ms),
+            pb::Fault::StallPageServer => Fault::StallPageServer(ms),
         };
         let req = MigrateOut {
             workload_id: need_id(&r.workload_id)?.to_string(),
@@ -187,7 +189,15 @@ impl AgentApi for Service {
     ) -> Result<Response<pb::MigrationResult>, Status> {
         let mid = &req.get_ref().migration_id;
         match self.agent.migration(mid) {
-            None => Err(Status::not_found(format!("no migration {mid:?} started on this node"))),
+            None => match self.agent.lazy_daemon(mid) {
+                Some(lp) => Ok(Response::new(convert::incoming_post_copy_to_pb(
+                    &lp,
+                    &self.agent.config().node,
+                ))),
+                None => {
+                    Err(Status::not_found(format!("no migration {mid:?} started on this node")))
+                }
+            },
             Some(crate::migrate::MigrationState::Running(live)) => {
                 use std::sync::atomic::Ordering;
                 let entered = live.phases.lock().expect("live phases poisoned").clone();
@@ -210,7 +220,9 @@ impl AgentApi for Service {
                         .collect(),
                     bytes_raw: live.progress.bytes_raw.load(Ordering::Relaxed),
                     bytes_wire: live.progress.bytes_wire.load(Ordering::Relaxed),
-                    ..Default::default()
+                    ..convert::pages_to_pb(
+                        *live.post_copy_pages.lock().expect("live pages poisoned"),
+                    )
                 }))
             }
             Some(crate::migrate::MigrationState::Done(report)) => {

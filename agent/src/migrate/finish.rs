@@ -15,7 +15,27 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 impl Agent {
     /// Resumes the workload restored for `migration_id`: the source has killed its original.
     pub async fn commit_migration(&self, migration_id: &str) -> Result<Status> {
-        let w = self.pending(migration_id)?;
+        let w = match self.pending(migration_id) {
+            Ok(w) => w,
+            // Committed already (the source did not get the first answer): the same answer.
+            Err(e) => match self.committed_workload(migration_id).and_then(|id| self.get(&id).ok())
+            {
+                Some(w) if w.exit_info().is_none() => return Ok(self.status_of(&w)),
+                _ => return Err(e),
+            },
+        };
+        let lazy = self.lazy_daemon(migration_id);
+        if let Some(lp) = &lazy {
+            // Post-copy: a copy whose memory stopped arriving never runs.
+            if let Some(Err(why)) = lp.ended() {
+                return Err(AgentError::PostCopyLost {
+                    id: w.id().to_string(),
+                    migration: migration_id.to_string(),
+                    reason: why,
+                });
+            }
+            lp.mark_committed();
+        }
         if !w.is_paused() {
             let w2 = w.clone();
             tokio::task::spawn_blocking(move || continue_tree(&w2))
@@ -23,11 +43,11 @@ impl Agent {
                 .map_err(|e| AgentError::Internal(e.to_string()))??;
         }
         w.set_pending_migration(None);
-        if self.lazy_daemon_running(migration_id) {
+        self.record_commit(migration_id, w.id());
+        match &lazy {
             // The lazy-pages daemon still reads its images and work dir; they go when it is done.
-            self.release_lazy_daemon(migration_id);
-        } else {
-            self.remove_migration_dir(migration_id);
+            Some(lp) if lp.ended().is_none() => {}
+            _ => self.remove_migration_dir(migration_id),
         }
         tracing::info!(
             id = w.id(),

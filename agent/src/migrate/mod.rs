@@ -17,6 +17,7 @@
 //!     Transferring --> RollingBack
 //!     Restoring --> RollingBack
 //!     RollingBack --> RolledBack
+//!     Committing --> RollingBack: post-copy, the target surely did not resume its copy
 //!     Committing --> PostCopy: post-copy (pages follow the resumed workload)
 //!     PostCopy --> Completed
 //!     Committing --> Failed: target did not confirm the resume
@@ -26,7 +27,9 @@
 //! The source keeps its frozen original until the target holds a verified, restored (stopped)
 //! copy; then it kills the original and tells the target to resume (commit). Any failure before
 //! that resumes the original and tells the target to discard its copy (roll back): at every
-//! moment at most one copy runs, and at least one exists.
+//! moment at most one copy runs, and at least one exists. Post-copy differs after the commit:
+//! the original only serves its memory and never runs again, and if that memory stops arriving
+//! the workload is lost (docs/migration.md).
 
 mod finish;
 mod out;
@@ -34,6 +37,31 @@ pub mod preflight;
 mod push;
 
 pub use out::{MigrateOut, MigrationReport};
+
+use crate::snapshot::send::SendFault;
+
+/// Test-only faults of a migration, honoured only by an agent started with
+/// `--enable-fault-injection`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fault {
+    #[default]
+    None,
+    /// A fault of the snapshot sender.
+    Send(SendFault),
+    /// Wait this long between the restore on the target and the commit.
+    HoldBeforeCommit(std::time::Duration),
+    /// Post-copy: stop the page server (SIGSTOP) this long once the target resumed.
+    StallPageServer(std::time::Duration),
+}
+
+impl Fault {
+    pub fn send(self) -> SendFault {
+        match self {
+            Fault::Send(f) => f,
+            _ => SendFault::None,
+        }
+    }
+}
 
 /// A migration a source agent knows about.
 #[derive(Clone)]
@@ -48,6 +76,9 @@ pub struct Live {
     /// Every phase entered so far, with its start (ms).
     pub phases: std::sync::Mutex<Vec<(Phase, i64)>>,
     pub progress: std::sync::Arc<crate::snapshot::send::Progress>,
+    /// Post-copy: the target's last count of the workload's memory pages (see
+    /// `engine::lazy::PageCount`), once known.
+    pub post_copy_pages: std::sync::Mutex<Option<crate::engine::lazy::PageCount>>,
 }
 
 /// The phases of a migration.

@@ -9,11 +9,12 @@ use ferry_proto::agent::agent_client::AgentClient;
 use tonic::transport::{Channel, Endpoint};
 
 use super::preflight::{self, SourceFacts};
-use super::{Phase, Timeline};
+use super::{Fault, Phase, Timeline};
 use crate::agent::Agent;
+use crate::engine::lazy::PageCount;
 use crate::engine::{self, CheckpointDirs};
 use crate::error::{AgentError, Result};
-use crate::snapshot::send::{self, Progress, SendFault};
+use crate::snapshot::send::{self, Progress};
 use crate::snapshot::{self as snap, Sources};
 use crate::workload::{continue_tree, stop_tree, Engine, Workload};
 
@@ -28,7 +29,7 @@ pub struct MigrateOut {
     pub workload_id: String,
     pub target: String,
     pub migration_id: Option<String>,
-    pub fault: SendFault,
+    pub fault: Fault,
     /// Post-copy: resume on the target before the memory pages arrive (CRIU engine only).
     pub post_copy: bool,
 }
@@ -54,6 +55,13 @@ pub struct MigrationReport {
     pub target_status: Option<pb::ProcessStatus>,
     pub criu_log: Option<std::path::PathBuf>,
     pub post_copy: bool,
+    /// Post-copy: the workload's memory pages on the target at the end (remaining: those that
+    /// never arrived).
+    pub post_copy_pages: Option<PageCount>,
+    /// How the chunks were encoded, and why.
+    pub transfer_codec: String,
+    /// Raw bytes of zero pages that did not travel.
+    pub bytes_zero: u64,
 }
 
 /// Releases the workload's one-migration-at-a-time flag however the migration ends.
@@ -65,15 +73,27 @@ impl Drop for Busy {
     }
 }
 
-/// A failure inside the transaction: the phase, and what to tell the user.
+/// A failure inside the transaction: the phase, what to tell the user, and whether the original
+/// may resume (no copy elsewhere can run).
 struct Failure {
     phase: Phase,
     message: String,
     criu_log: Option<std::path::PathBuf>,
+    roll_back: bool,
 }
 
 fn fail(phase: Phase, message: impl Into<String>) -> Failure {
-    Failure { phase, message: message.into(), criu_log: None }
+    Failure { phase, message: message.into(), criu_log: None, roll_back: phase.can_roll_back() }
+}
+
+/// What became of CommitMigration.
+enum Commit {
+    Confirmed,
+    /// The target said it did not resume its copy, or no attempt reached it: that copy never
+    /// runs (it resumes on CommitMigration only).
+    NotResumed(String),
+    /// No answer, after an attempt that may have reached it: the copy may run there.
+    Unknown(String),
 }
 
 impl Agent {
@@ -83,7 +103,7 @@ impl Agent {
                 "target address is empty: give the target agent's gRPC address, e.g. http://10.0.0.2:50051".into(),
             ));
         }
-        if req.fault != SendFault::None && !self.config().fault_injection {
+        if req.fault != Fault::None && !self.config().fault_injection {
             return Err(AgentError::InvalidRequest(
                 "fault injection is disabled on this agent (start it with --enable-fault-injection)".into(),
             ));
@@ -131,6 +151,7 @@ impl Agent {
             workload_id: w.id().to_string(),
             phases: std::sync::Mutex::new(Vec::new()),
             progress: progress.clone(),
+            post_copy_pages: std::sync::Mutex::new(None),
         });
         self.record_migration(&mid, super::MigrationState::Running(live.clone()));
         let started = crate::sys::now_ms();
@@ -174,6 +195,9 @@ impl Agent {
             target_status: run.target_status.clone(),
             criu_log: None,
             post_copy: req.post_copy,
+            post_copy_pages: *run.live.post_copy_pages.lock().expect("live pages poisoned"),
+            transfer_codec: run.progress.codec.lock().expect("codec note poisoned").clone(),
+            bytes_zero: run.progress.bytes_zero.load(Ordering::Relaxed),
         };
         match result {
             Ok(()) => {
@@ -182,7 +206,7 @@ impl Agent {
             Err(f) => {
                 report.failed_phase = Some(f.phase);
                 report.criu_log = f.criu_log.clone();
-                if f.phase.can_roll_back() {
+                if f.roll_back {
                     match run.roll_back().await {
                         Ok(()) => {
                             report.outcome = Phase::RolledBack;
@@ -238,7 +262,7 @@ struct Run {
     w: Arc<Workload>,
     mid: String,
     target: String,
-    fault: SendFault,
+    fault: Fault,
     tl: Timeline,
     client: Option<AgentClient<Channel>>,
     target_node: String,
@@ -416,11 +440,7 @@ impl Run {
             Ok(lazy) => self.lazy = lazy,
             Err(e) => {
                 let log = e.log().map(|l| l.to_path_buf());
-                return Err(Failure {
-                    phase: Phase::Checkpointing,
-                    message: e.to_string(),
-                    criu_log: log,
-                });
+                return Err(Failure { criu_log: log, ..fail(Phase::Checkpointing, e.to_string()) });
             }
         }
         self.tl.end();
@@ -469,7 +489,13 @@ impl Run {
                     .unwrap_or_default(),
             }),
         };
-        let (rx, sender) = send::start(manifest, entries, self.fault, self.progress.clone());
+        let (rx, sender) = send::start(
+            manifest,
+            entries,
+            self.fault.send(),
+            self.progress.clone(),
+            !self.agent.config().keep_scratch,
+        );
         let mut client = self.client.clone().expect("connected in preflight");
         self.pushed = true;
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<i64>();
@@ -524,6 +550,10 @@ impl Run {
 
     async fn commit(&mut self) -> std::result::Result<(), Failure> {
         self.begin(Phase::Committing);
+        if let Fault::HoldBeforeCommit(d) = self.fault {
+            tracing::warn!(migration = self.mid, ?d, "fault injection: holding before the commit");
+            tokio::time::sleep(d).await;
+        }
         if self.lazy.is_some() {
             return self.commit_post_copy().await;
         }
@@ -533,55 +563,198 @@ impl Run {
             fail(Phase::Restoring, format!("cannot kill the original on the source: {e}"))
         })?;
         self.frozen = false;
-        let confirmed = self.confirm_commit().await;
+        let confirmed = match self.confirm_commit().await {
+            Commit::Confirmed => Ok(()),
+            Commit::NotResumed(why) | Commit::Unknown(why) => Err(fail(
+                Phase::Committing,
+                format!(
+                    "the original can no longer run and node {} holds the restored workload \
+                     stopped, but did not confirm resuming it ({why}); resume it there with \
+                     CommitMigration {}",
+                    self.target_node, self.mid
+                ),
+            )),
+        };
         self.forget_original().await;
         confirmed
     }
 
     /// Post-copy: the original stays frozen under CRIU, which serves its pages to the target, so
     /// it cannot run and the target resumes first. The original is killed once every page was
-    /// served.
+    /// served. Until the target confirmed the resume, the original can still come back: if the
+    /// target surely did not resume its copy, the migration rolls back.
     async fn commit_post_copy(&mut self) -> std::result::Result<(), Failure> {
-        self.confirm_commit().await?;
+        match self.confirm_commit().await {
+            Commit::Confirmed => {}
+            Commit::NotResumed(why) => {
+                return Err(Failure {
+                    roll_back: true,
+                    ..fail(
+                        Phase::Committing,
+                        format!(
+                            "node {} did not resume workload {} ({why}); its copy there never runs",
+                            self.target_node,
+                            self.w.id()
+                        ),
+                    )
+                })
+            }
+            Commit::Unknown(why) => return self.unconfirmed_post_copy(why).await,
+        }
+        // The workload runs on the target: the original never runs again, even if this agent
+        // restarts before it is killed.
+        self.w.set_moved_out(self.mid.clone());
         self.begin(Phase::PostCopy);
         let lazy = self.lazy.take().expect("post-copy dump running");
+        let criu_pid = lazy.criu_pid;
+        if let Fault::StallPageServer(d) = self.fault {
+            tracing::warn!(
+                migration = self.mid,
+                criu_pid,
+                ?d,
+                "fault injection: stalling the page server"
+            );
+            let _ = crate::sys::signal::send(criu_pid, crate::sys::signal::Sig::SIGSTOP);
+            std::thread::spawn(move || {
+                std::thread::sleep(d);
+                let _ = crate::sys::signal::send(criu_pid, crate::sys::signal::Sig::SIGCONT);
+            });
+        }
+        let watcher = self.watch_pages();
         let served = tokio::task::spawn_blocking(move || lazy.done.join())
             .await
             .map_err(|e| fail(Phase::PostCopy, e.to_string()))?;
+        watcher.abort();
         self.frozen = false;
         let _ = self.agent.kill_workload(&self.w);
         self.forget_original().await;
-        match served {
+        let error = match served {
             Ok(Ok(())) => {
+                let mut pages = self.live.post_copy_pages.lock().expect("live pages poisoned");
+                if let Some(c) = pages.as_mut() {
+                    // Every page was served: the dump ends only then.
+                    c.copied = c.copied.max(c.total);
+                }
+                drop(pages);
                 self.tl.end();
-                Ok(())
+                return Ok(());
             }
-            Ok(Err(e)) => Err(Failure {
-                phase: Phase::PostCopy,
-                message: format!(
-                    "the workload resumed on node {} but not all its memory pages arrived: {e}",
-                    self.target_node
+            Ok(Err(e)) => e,
+            Err(_) => {
+                crate::engine::EngineError::Other("the post-copy dump thread panicked".into())
+            }
+        };
+        // What the target counted last: the pages that never arrived.
+        self.poll_pages().await;
+        let lost = match *self.live.post_copy_pages.lock().expect("live pages poisoned") {
+            Some(c) => format!(
+                "{} of {} memory pages ({:.1} MiB)",
+                c.remaining(),
+                c.total,
+                (c.remaining() * crate::sys::uffd::page_size()) as f64 / (1u64 << 20) as f64
+            ),
+            None => "an unknown number of memory pages".into(),
+        };
+        Err(Failure {
+            criu_log: error.log().map(|l| l.to_path_buf()),
+            ..fail(
+                Phase::PostCopy,
+                format!(
+                    "workload {} is lost: it resumed on node {}, but {lost} never arrived there \
+                     because the page server on node {} (criu pid {criu_pid}) ended: {error}; \
+                     node {} kills its copy (its memory is incomplete) and the original on node \
+                     {} was killed, never resumed (the target had already run it)",
+                    self.w.id(),
+                    self.target_node,
+                    self.agent.config().node,
+                    self.target_node,
+                    self.agent.config().node,
                 ),
-                criu_log: e.log().map(|l| l.to_path_buf()),
-            }),
-            Err(_) => Err(fail(Phase::PostCopy, "the post-copy dump thread panicked")),
-        }
+            )
+        })
+    }
+
+    /// Post-copy, no answer to the commit: the target may run the workload and need its pages,
+    /// so the page server keeps serving; the original is then left frozen (paused), never
+    /// resumed on its own, and a person decides.
+    async fn unconfirmed_post_copy(&mut self, why: String) -> std::result::Result<(), Failure> {
+        let lazy = self.lazy.take().expect("post-copy dump running");
+        let served = tokio::task::spawn_blocking(move || lazy.done.join()).await;
+        let served = match served {
+            Ok(Ok(Ok(()))) => "every page was served".to_string(),
+            Ok(Ok(Err(e))) => format!("the page server ended: {e}"),
+            _ => "the page server thread failed".to_string(),
+        };
+        self.frozen = false;
+        self.w.set_paused(true);
+        Err(fail(
+            Phase::Committing,
+            format!(
+                "node {} did not confirm resuming workload {} ({why}), so it may run there; \
+                 {served}; the original stays frozen (paused) on node {} and is not resumed \
+                 automatically: check node {} for migration {}, and resume the original only if \
+                 the workload does not run there",
+                self.target_node,
+                self.w.id(),
+                self.agent.config().node,
+                self.target_node,
+                self.mid
+            ),
+        ))
+    }
+
+    /// Follows the target's count of the pages still to arrive, for GetMigration.
+    fn watch_pages(&self) -> tokio::task::JoinHandle<()> {
+        let (client, mid, live) = (
+            self.client.clone().expect("connected in preflight"),
+            self.mid.clone(),
+            self.live.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                poll_pages(client.clone(), &mid, &live).await;
+                tokio::time::sleep(PAGES_POLL).await;
+            }
+        })
+    }
+
+    async fn poll_pages(&self) {
+        let client = self.client.clone().expect("connected in preflight");
+        poll_pages(client, &self.mid, &self.live).await;
     }
 
     /// CommitMigration on the target, a few times; the original must already be unable to run.
-    async fn confirm_commit(&mut self) -> std::result::Result<(), Failure> {
+    async fn confirm_commit(&mut self) -> Commit {
         let mut client = self.client.clone().expect("connected in preflight");
         let mut last = String::new();
+        let mut maybe_delivered = false;
         for attempt in 1..=COMMIT_TRIES {
             let call = client.commit_migration(pb::MigrationRef { migration_id: self.mid.clone() });
             match tokio::time::timeout(CONNECT_TIMEOUT, call).await {
                 Ok(Ok(resp)) => {
                     self.target_status = Some(resp.into_inner());
                     self.tl.end();
-                    return Ok(());
+                    return Commit::Confirmed;
                 }
-                Ok(Err(s)) => last = s.message().to_string(),
-                Err(_) => last = "timed out".into(),
+                // The target answered: it has no copy waiting for this commit, or one that must
+                // not run. (After an attempt that may have resumed it, "no copy waiting" proves
+                // nothing.)
+                Ok(Err(s))
+                    if matches!(
+                        s.code(),
+                        tonic::Code::FailedPrecondition | tonic::Code::NotFound
+                    ) && !maybe_delivered =>
+                {
+                    return Commit::NotResumed(format!("it answered: {}", s.message()));
+                }
+                Ok(Err(s)) => {
+                    maybe_delivered |= !never_sent(&s);
+                    last = status_text(&s);
+                }
+                Err(_) => {
+                    maybe_delivered = true;
+                    last = "timed out".into();
+                }
             }
             tracing::warn!(
                 migration = self.mid,
@@ -591,14 +764,11 @@ impl Run {
             );
             tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
         }
-        Err(fail(
-            Phase::Committing,
-            format!(
-                "the original can no longer run and node {} holds the restored workload stopped, but did not \
-                 confirm resuming it ({last}); resume it there with CommitMigration {}",
-                self.target_node, self.mid
-            ),
-        ))
+        if maybe_delivered {
+            Commit::Unknown(last)
+        } else {
+            Commit::NotResumed(format!("unreachable: {last}"))
+        }
     }
 
     /// Waits for the killed original to be reaped and forgets it.
@@ -647,7 +817,7 @@ impl Run {
 
 /// The request stream, noting when its last part (the trailer) was taken by the transport.
 struct MarkEnd {
-    rx: tokio::sync::mpsc::Receiver<pb::SnapshotPart>,
+    rx: send::Parts,
     done: Option<tokio::sync::oneshot::Sender<i64>>,
 }
 
@@ -668,6 +838,55 @@ impl tokio_stream::Stream for MarkEnd {
         }
         polled
     }
+}
+
+/// How often the source asks the target how much of a post-copy workload's memory is missing.
+const PAGES_POLL: Duration = Duration::from_millis(250);
+
+/// Asks the target for its count of the post-copy pages still to arrive (see GetMigration).
+async fn poll_pages(mut client: AgentClient<Channel>, mid: &str, live: &super::Live) {
+    let call = client.get_migration(pb::MigrationRef { migration_id: mid.to_string() });
+    if let Ok(Ok(r)) = tokio::time::timeout(CONNECT_TIMEOUT, call).await {
+        let r = r.into_inner();
+        if r.post_copy_pages_total > 0 || r.post_copy_pages_remaining > 0 {
+            let total = r.post_copy_pages_total;
+            *live.post_copy_pages.lock().expect("live pages poisoned") = Some(PageCount {
+                total,
+                copied: total.saturating_sub(r.post_copy_pages_remaining),
+            });
+        }
+    }
+}
+
+/// A failed call's message and its root cause (tonic's own text repeats itself).
+fn status_text(s: &tonic::Status) -> String {
+    let mut root = None;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+    while let Some(e) = cur {
+        root = Some(e.to_string());
+        cur = e.source();
+    }
+    match root {
+        Some(r) if !s.message().contains(&r) => format!("{}: {r}", s.message()),
+        _ => s.message().to_string(),
+    }
+}
+
+/// True when a failed call surely never reached the server: the connection was refused or the
+/// host unreachable, so no request was written.
+fn never_sent(s: &tonic::Status) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return matches!(
+                io.kind(),
+                ConnectionRefused | HostUnreachable | NetworkUnreachable | AddrNotAvailable
+            );
+        }
+        cur = e.source();
+    }
+    false
 }
 
 /// Bytes in the regular files under `path` (or of `path` itself).

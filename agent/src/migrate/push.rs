@@ -125,6 +125,7 @@ impl Agent {
             images: &recv_dir.join("images"),
             work: &scratch.join("criu"),
             info: &info,
+            source_node: &manifest.source_node,
         };
         let restored = crate::engine::restore(spec.engine, self, req).await;
         let w = match restored {

@@ -7,17 +7,24 @@
 //!     participant T as target agent
 //!     S->>T: Manifest (format version, spec, files: name, size, kind, mode)
 //!     loop every file, in order, offsets contiguous
-//!         S->>T: Chunk (file index, offset, raw length, codec, payload, crc32c of raw bytes)
+//!         S->>T: Chunk (file index, offset, raw length, codec, zero-page bitmap, payload, crc32c of raw bytes)
 //!     end
 //!     S->>T: Trailer (totals, blake3 digest of every file)
 //!     Note over T: every chunk checksum and every file digest verified before restore
 //!     T-->>S: PushResult (restored, stopped until CommitMigration)
 //! ```
 //!
-//! Chunks hold at most [`CHUNK_SIZE`] raw bytes, zstd level 1, or raw when compression does not
-//! shrink them. Both sides keep memory bounded: the sender's reader runs ahead by at most
-//! [`SEND_QUEUE`] chunks, the receiver writes each chunk before asking for the next one, and
-//! HTTP/2 flow control holds back the rest.
+//! Chunks hold at most [`CHUNK_SIZE`] raw bytes. Format version 2: a chunk's [`PAGE`]-sized pages
+//! that are all zeros do not travel: `zero_pages` is a bitmap of them (bit `i % 8` of byte
+//! `i / 8` for page `i`, the last page possibly short), and the payload carries only the other
+//! pages, in order, zstd level 1 or raw. A chunk of zeros is a bare bitmap, a "zero run" (and
+//! the receiver leaves a hole in the file rather than writing it). The sender chooses zstd or
+//! raw from measurement: it times both on the real stream early on (and again every
+//! [`send::REPROBE`] chunks) and keeps whichever moved more raw bytes per second; compression
+//! runs on [`send::WORKERS`] threads, chunk-parallel, in order on the wire. Version 1 (no
+//! bitmaps) is still accepted. Both sides keep memory bounded: the sender's reader runs ahead by
+//! at most [`SEND_QUEUE`] chunks, the receiver writes each chunk before asking for the next one,
+//! and HTTP/2 flow control holds back the rest.
 //!
 //! The format version is independent of the crate version; a receiver refuses versions it does not
 //! know.
@@ -30,8 +37,12 @@ use std::path::{Component, Path, PathBuf};
 
 use ferry_proto::agent as pb;
 
-/// Version of the stream format this agent sends and accepts.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the stream format this agent sends.
+pub const FORMAT_VERSION: u32 = 2;
+/// Versions this agent accepts: 1 (no zero-page bitmaps) and 2.
+pub const ACCEPTED_VERSIONS: [u32; 2] = [1, 2];
+/// The unit of zero-page elision, in bytes.
+pub const PAGE: usize = 4096;
 /// Raw bytes per chunk; also the most raw bytes a receiver accepts in one chunk (checked before
 /// anything is allocated or decompressed).
 pub const CHUNK_SIZE: usize = 1 << 20;
@@ -129,6 +140,56 @@ fn entry(path: &Path, name: String) -> std::io::Result<Entry> {
     })
 }
 
+/// Pages in a chunk of `raw_len` bytes (the last one may be short).
+pub fn pages(raw_len: usize) -> usize {
+    raw_len.div_ceil(PAGE)
+}
+
+/// Length of a chunk's zero-page bitmap.
+pub fn bitmap_len(raw_len: usize) -> usize {
+    pages(raw_len).div_ceil(8)
+}
+
+fn is_zero(b: &[u8]) -> bool {
+    // Vectorizes; a page that is not zero usually fails on its first 64 bytes.
+    b.chunks(64).all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
+}
+
+/// Page `i` of a bitmap.
+pub fn bit(map: &[u8], i: usize) -> bool {
+    map.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)
+}
+
+/// The bitmap of `raw`'s pages that are all zeros, or None when none is.
+pub fn zero_pages(raw: &[u8]) -> Option<Vec<u8>> {
+    let mut map = vec![0u8; bitmap_len(raw.len())];
+    let mut any = false;
+    for (i, page) in raw.chunks(PAGE).enumerate() {
+        if is_zero(page) {
+            map[i / 8] |= 1 << (i % 8);
+            any = true;
+        }
+    }
+    any.then_some(map)
+}
+
+/// `raw` without the pages `map` marks as zeros.
+pub fn without_zero_pages(raw: &[u8], map: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, page) in raw.chunks(PAGE).enumerate() {
+        if !bit(map, i) {
+            out.extend_from_slice(page);
+        }
+    }
+    out
+}
+
+/// Bytes of a chunk of `raw_len` bytes that `map` does not mark as zeros (what its payload
+/// decodes to).
+pub fn nonzero_len(raw_len: usize, map: &[u8]) -> usize {
+    (0..pages(raw_len)).filter(|i| !bit(map, *i)).map(|i| PAGE.min(raw_len - i * PAGE)).sum()
+}
+
 /// A manifest name as a relative path that cannot leave the snapshot root: no absolute paths, no
 /// `..`, no empty or `.` components, no NUL.
 pub fn safe_relative(name: &str) -> Option<PathBuf> {
@@ -179,6 +240,20 @@ pub fn check_name(name: &str) -> Result<PathBuf, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_pages_are_found_elided_and_counted() {
+        let mut raw = vec![0u8; PAGE * 3 + 100];
+        raw[PAGE + 5] = 1;
+        let map = zero_pages(&raw).unwrap();
+        assert_eq!(map, vec![0b1101]);
+        assert!(bit(&map, 0) && !bit(&map, 1) && bit(&map, 2) && bit(&map, 3));
+        assert_eq!(without_zero_pages(&raw, &map), raw[PAGE..2 * PAGE].to_vec());
+        assert_eq!(nonzero_len(raw.len(), &map), PAGE);
+        assert_eq!(nonzero_len(raw.len(), &[0b0111]), 100, "a short last page counts short");
+        assert_eq!(zero_pages(&[1u8; 10]), None);
+        assert_eq!(bitmap_len(super::CHUNK_SIZE), 32);
+    }
 
     #[test]
     fn names_cannot_escape() {

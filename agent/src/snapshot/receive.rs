@@ -10,17 +10,24 @@
 //! set-group-ID bits are never recreated. Every failure is a [`ReceiveError`].
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ferry_proto::agent as pb;
 
-use super::{check_name, CHUNK_SIZE, FORMAT_VERSION, MAX_FILES, MAX_LINK_TARGET, MAX_PAYLOAD};
+use super::{
+    bit, bitmap_len, check_name, nonzero_len, pages, ACCEPTED_VERSIONS, CHUNK_SIZE, FORMAT_VERSION,
+    MAX_FILES, MAX_LINK_TARGET, MAX_PAYLOAD, PAGE,
+};
+
+/// Zero pages in a row from which the writer leaves a hole instead of writing zeros (a hole in
+/// a new file reads as zeros, and costs no memory on tmpfs); shorter runs are written with their
+/// neighbours, one write per chunk being cheaper than many small ones.
+const HOLE_PAGES: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiveError {
-    #[error("snapshot format version {0} is not supported by this agent (it reads version {FORMAT_VERSION})")]
+    #[error("snapshot format version {0} is not supported by this agent (it reads versions 1 to {FORMAT_VERSION})")]
     Version(u32),
     #[error("invalid snapshot: {0}")]
     Invalid(String),
@@ -38,6 +45,8 @@ pub struct Decoded {
     pub offset: u64,
     pub raw: Vec<u8>,
     pub wire_len: usize,
+    /// The zero-page bitmap the chunk came with (empty: none).
+    pub zero_pages: Vec<u8>,
 }
 
 /// Checks a chunk's sizes, decompresses it and verifies its checksum. Stateless and blocking,
@@ -59,22 +68,60 @@ pub fn decode(c: pb::Chunk) -> Result<Decoded, ReceiveError> {
             "{at} carries {wire_len} wire bytes (limit {MAX_PAYLOAD} bytes per chunk)"
         )));
     }
-    let raw = match pb::Codec::try_from(c.codec) {
+    let map = c.zero_pages;
+    if !map.is_empty() {
+        if map.len() != bitmap_len(raw_len) {
+            return Err(ReceiveError::Invalid(format!(
+                "{at} has a zero-page bitmap of {} bytes for {} pages (expected {})",
+                map.len(),
+                pages(raw_len),
+                bitmap_len(raw_len)
+            )));
+        }
+        if (pages(raw_len)..map.len() * 8).any(|i| bit(&map, i)) {
+            return Err(ReceiveError::Invalid(format!(
+                "{at} marks zero pages past its {} pages",
+                pages(raw_len)
+            )));
+        }
+    }
+    // What the payload decodes to: the pages that are not zeros.
+    let data_len = nonzero_len(raw_len, &map);
+    let data = match pb::Codec::try_from(c.codec) {
         Ok(pb::Codec::Raw) => c.payload,
         Ok(pb::Codec::Zstd) => {
             // zstd's own header may declare the size: refuse a lie before decompressing.
             if let Ok(Some(declared)) = zstd::zstd_safe::get_frame_content_size(&c.payload) {
-                if declared != raw_len as u64 {
+                if declared != data_len as u64 {
                     return Err(ReceiveError::Corrupt(format!(
-                        "{at}: its zstd frame declares {declared} bytes, the chunk {raw_len}"
+                        "{at}: its zstd frame declares {declared} bytes, the chunk {data_len}"
                     )));
                 }
             }
-            // Into a buffer of at most raw_len bytes (<= CHUNK_SIZE): more output is an error.
-            zstd::bulk::decompress(&c.payload, raw_len)
+            // Into a buffer of at most data_len bytes (<= CHUNK_SIZE): more output is an error.
+            zstd::bulk::decompress(&c.payload, data_len)
                 .map_err(|e| ReceiveError::Corrupt(format!("{at} does not decompress: {e}")))?
         }
         _ => return Err(ReceiveError::Invalid(format!("{at} has unknown codec {}", c.codec))),
+    };
+    if data.len() != data_len {
+        return Err(ReceiveError::Corrupt(format!(
+            "{at} decodes to {} bytes, not {data_len}",
+            data.len()
+        )));
+    }
+    let raw = if map.is_empty() {
+        data
+    } else {
+        // Zero pages back in place.
+        let mut raw = vec![0u8; raw_len];
+        let mut from = 0;
+        for i in (0..pages(raw_len)).filter(|i| !bit(&map, *i)) {
+            let len = PAGE.min(raw_len - i * PAGE);
+            raw[i * PAGE..i * PAGE + len].copy_from_slice(&data[from..from + len]);
+            from += len;
+        }
+        raw
     };
     if raw.len() != raw_len {
         return Err(ReceiveError::Corrupt(format!(
@@ -85,7 +132,8 @@ pub fn decode(c: pb::Chunk) -> Result<Decoded, ReceiveError> {
     if crc32c::crc32c(&raw) != c.checksum {
         return Err(ReceiveError::Corrupt(format!("checksum mismatch in {at}")));
     }
-    Ok(Decoded { file_index: c.file_index, offset: c.offset, raw, wire_len })
+    let wire_len = wire_len + map.len();
+    Ok(Decoded { file_index: c.file_index, offset: c.offset, raw, wire_len, zero_pages: map })
 }
 
 struct FileState {
@@ -128,7 +176,7 @@ impl Receiver {
     /// Checks the manifest and lays out its directories and files under `root` (which must not
     /// exist yet).
     pub fn new(root: &Path, m: &pb::Manifest, max_bytes: u64) -> Result<Receiver, ReceiveError> {
-        if m.format_version != FORMAT_VERSION {
+        if !ACCEPTED_VERSIONS.contains(&m.format_version) {
             return Err(ReceiveError::Version(m.format_version));
         }
         if m.files.len() > MAX_FILES {
@@ -300,8 +348,10 @@ impl Receiver {
                 .map_err(io)?;
             self.out = Some(file);
         }
-        if let Some(out) = self.out.as_mut() {
-            out.write_all(&d.raw).map_err(io)?;
+        if let Some(out) = self.out.as_ref() {
+            for (from, to) in segments(d.raw.len(), &d.zero_pages) {
+                out.write_all_at(&d.raw[from..to], d.offset + from as u64).map_err(io)?;
+            }
         }
         self.hasher.update(&d.raw);
         f.written += d.raw.len() as u64;
@@ -319,9 +369,13 @@ impl Receiver {
                 f.meta.name, f.written, f.meta.size
             )));
         }
-        // Closed, not synced: the images are read back at once by the restore, and a crash of
-        // this node before commit loses nothing (the source still holds the original).
-        drop(self.out.take());
+        // A file ending in a hole gets its length here. Closed, not synced: the images are read
+        // back at once by the restore, and a crash of this node before commit loses nothing
+        // (the source still holds the original).
+        if let Some(out) = self.out.take() {
+            out.set_len(f.written)
+                .map_err(|source| ReceiveError::Io { path: f.path.clone(), source })?;
+        }
         self.digests.push(self.hasher.finalize());
         self.hasher.reset();
         Ok(())
@@ -369,6 +423,32 @@ impl Receiver {
     }
 }
 
+/// The byte ranges of a chunk of `len` bytes to write: all of it, less runs of at least
+/// [`HOLE_PAGES`] zero pages (left as holes).
+fn segments(len: usize, map: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let (mut start, mut i) = (0, 0);
+    let n = pages(len);
+    while i < n {
+        if !bit(map, i) {
+            i += 1;
+            continue;
+        }
+        let run = (i..n).take_while(|j| bit(map, *j)).count();
+        if run >= HOLE_PAGES {
+            if i * PAGE > start {
+                out.push((start, i * PAGE));
+            }
+            start = ((i + run) * PAGE).min(len);
+        }
+        i += run;
+    }
+    if start < len {
+        out.push((start, len));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -396,6 +476,12 @@ mod tests {
             *b = x as u8;
         }
         std::fs::write(src.join("pages.img"), &big).unwrap();
+        // A zero run (a whole chunk of zeros), then zero pages between others, ending in zeros.
+        let mut sparse = vec![0u8; super::super::CHUNK_SIZE * 2 + 3 * PAGE + 10];
+        for p in (super::super::CHUNK_SIZE / PAGE..sparse.len() / PAGE).step_by(3) {
+            sparse[p * PAGE..p * PAGE + 100].fill(7);
+        }
+        std::fs::write(src.join("sparse.img"), &sparse).unwrap();
         std::fs::write(src.join("sub/empty"), b"").unwrap();
         std::fs::write(src.join("sub/small"), b"state").unwrap();
         let entries = collect(&Sources { images: &src, work: None, log: None }).unwrap();
@@ -404,7 +490,8 @@ mod tests {
             files: entries.iter().map(|e| e.file.clone()).collect(),
             ..Default::default()
         };
-        let (mut rx, thread) = send::start(manifest, entries, fault, Arc::new(Progress::default()));
+        let (mut rx, thread) =
+            send::start(manifest, entries, fault, Arc::new(Progress::default()), false);
         let dst = d.path().join("dst");
         let mut first = rx.blocking_recv().unwrap();
         tamper(&mut first);
@@ -427,6 +514,7 @@ mod tests {
         let _ = thread.join();
         if result.is_ok() {
             assert_eq!(std::fs::read(dst.join("images/pages.img")).unwrap(), big);
+            assert_eq!(std::fs::read(dst.join("images/sparse.img")).unwrap(), sparse);
             assert_eq!(std::fs::read(dst.join("images/sub/small")).unwrap(), b"state");
         }
         (d, result)
@@ -434,10 +522,55 @@ mod tests {
 
     #[test]
     fn clean_stream_roundtrips() {
-        let (_d, r) = roundtrip(SendFault::None, |_| {});
+        let (d, r) = roundtrip(SendFault::None, |_| {});
         let t = r.unwrap();
-        assert_eq!(t.chunks, 4);
+        assert_eq!(t.chunks, 7);
         assert!(t.bytes_wire < t.bytes_raw, "compressible content shrinks");
+        // The zero run was not written: a hole of at least a chunk.
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(d.path().join("dst/images/sparse.img")).unwrap();
+        assert!(
+            meta.blocks() * 512 + super::super::CHUNK_SIZE as u64 / 2 <= meta.len(),
+            "{} bytes in {} blocks",
+            meta.len(),
+            meta.blocks()
+        );
+    }
+
+    #[test]
+    fn zero_page_bitmaps_are_checked() {
+        let mut c = chunk(0, 0, &[0u8; 100]);
+        c.payload.clear();
+        c.zero_pages = vec![1];
+        let d = decode(c.clone()).unwrap();
+        assert_eq!(d.raw, vec![0u8; 100]);
+        c.zero_pages = vec![1, 0];
+        let msg = decode(c.clone()).err().unwrap().to_string();
+        assert!(msg.contains("bitmap of 2 bytes for 1 pages (expected 1)"), "{msg}");
+        c.zero_pages = vec![0b11];
+        assert!(decode(c.clone()).err().unwrap().to_string().contains("past its 1 pages"));
+        // The payload must hold exactly the pages that are not zeros.
+        let mut c = chunk(0, 0, &[5u8; PAGE * 2]);
+        c.zero_pages = vec![0b01];
+        c.checksum = crc32c::crc32c(&[&[0u8; PAGE][..], &[5u8; PAGE][..]].concat());
+        assert!(matches!(decode(c.clone()), Err(ReceiveError::Corrupt(_))));
+        c.payload.truncate(PAGE);
+        assert_eq!(decode(c.clone()).unwrap().raw[PAGE..], [5u8; PAGE]);
+        c.checksum ^= 1;
+        assert!(decode(c).err().unwrap().to_string().contains("checksum mismatch"));
+    }
+
+    #[test]
+    fn long_zero_runs_become_holes_short_ones_are_written() {
+        let all = vec![0xff; 32];
+        assert_eq!(segments(CHUNK_SIZE, &all), vec![]);
+        assert_eq!(segments(CHUNK_SIZE, &[]), vec![(0, CHUNK_SIZE)]);
+        let mut map = vec![0u8; 32];
+        for i in 10..30 {
+            map[i / 8] |= 1 << (i % 8);
+        }
+        map[0] = 0b10;
+        assert_eq!(segments(CHUNK_SIZE, &map), vec![(0, 10 * PAGE), (30 * PAGE, CHUNK_SIZE)]);
     }
 
     #[test]
@@ -489,6 +622,7 @@ mod tests {
             codec: pb::Codec::Raw as i32,
             payload: raw.to_vec(),
             checksum: crc32c::crc32c(raw),
+            zero_pages: Vec::new(),
         }
     }
 

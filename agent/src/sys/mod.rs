@@ -9,6 +9,7 @@ pub mod reaper;
 pub mod signal;
 pub mod spawn;
 pub mod swrk;
+pub mod uffd;
 pub mod user;
 
 /// open(2) flag: fail rather than follow a symlink in the last component.

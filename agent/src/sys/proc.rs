@@ -74,6 +74,25 @@ pub fn start_ticks(pid: i32) -> Option<u64> {
     (stat.state != 'Z' && stat.state != 'X').then_some(stat.starttime)
 }
 
+/// CPU time of `pid` and of the children it has waited for (utime + stime + cutime + cstime),
+/// in clock ticks.
+pub fn cpu_ticks_with_children(pid: i32) -> Option<u64> {
+    let stat = procfs::process::Process::new(pid).ok()?.stat().ok()?;
+    Some(stat.utime + stat.stime + (stat.cutime.max(0) + stat.cstime.max(0)) as u64)
+}
+
+/// CPU seconds (user + system) of this process's children that it has waited for.
+pub fn children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes one struct rusage, which we own and zeroed.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_CHILDREN is a valid `who`.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 /// Clock ticks per second, for CPU percentages.
 pub fn ticks_per_second() -> u64 {
     procfs::ticks_per_second()

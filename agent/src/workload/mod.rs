@@ -61,6 +61,13 @@ struct Mutable {
     cpu_sample: Option<(Instant, u64)>,
     /// On a migration target: restored, stopped, waiting for CommitMigration of this id.
     pending_migration: Option<String>,
+    /// On a migration target: restored by a post-copy migration (its memory follows it).
+    post_copy: bool,
+    /// Killed by the agent because it could not run correctly: what was lost, and why.
+    lost: Option<String>,
+    /// On a post-copy source: the target resumed this workload (migration id); the original only
+    /// serves its memory from now on and never runs here again.
+    moved_out: Option<String>,
 }
 
 /// A workload supervised by this agent.
@@ -112,6 +119,33 @@ impl Workload {
 
     pub(crate) fn set_pending_migration(&self, id: Option<String>) {
         self.state.lock().expect("workload state poisoned").pending_migration = id;
+        self.persist();
+    }
+
+    pub fn is_post_copy(&self) -> bool {
+        self.state.lock().expect("workload state poisoned").post_copy
+    }
+
+    pub(crate) fn set_post_copy(&self, post_copy: bool) {
+        self.state.lock().expect("workload state poisoned").post_copy = post_copy;
+        self.persist();
+    }
+
+    pub fn lost(&self) -> Option<String> {
+        self.state.lock().expect("workload state poisoned").lost.clone()
+    }
+
+    pub(crate) fn set_lost(&self, why: String) {
+        self.state.lock().expect("workload state poisoned").lost = Some(why);
+        self.persist();
+    }
+
+    pub fn moved_out(&self) -> Option<String> {
+        self.state.lock().expect("workload state poisoned").moved_out.clone()
+    }
+
+    pub(crate) fn set_moved_out(&self, migration_id: String) {
+        self.state.lock().expect("workload state poisoned").moved_out = Some(migration_id);
         self.persist();
     }
 

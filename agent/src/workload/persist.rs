@@ -41,6 +41,12 @@ struct Record {
     pending_migration: Option<String>,
     /// (code, signal, at_ms) once it has exited.
     exit: Option<(Option<i32>, Option<i32>, i64)>,
+    #[serde(default)]
+    post_copy: bool,
+    #[serde(default)]
+    lost: Option<String>,
+    #[serde(default)]
+    moved_out: Option<String>,
 }
 
 fn engine_name(e: Engine) -> &'static str {
@@ -79,6 +85,9 @@ impl Workload {
             paused: state.paused,
             pending_migration: state.pending_migration.clone(),
             exit: self.exit_info().map(|e| (e.code, e.signal, e.at_ms)),
+            post_copy: state.post_copy,
+            lost: state.lost.clone(),
+            moved_out: state.moved_out.clone(),
         };
         drop(state);
         let (path, tmp) = (self.dir.join(STATE_FILE), self.dir.join("state.json.tmp"));
@@ -117,6 +126,19 @@ impl Agent {
             }
             let alive = r.exit.is_none()
                 && crate::sys::proc::start_ticks(r.init_pid) == Some(r.init_start_ticks);
+            if alive && r.moved_out.is_some() {
+                // A post-copy source: the target resumed this workload, so the original (frozen
+                // while it served its memory) must never run here again.
+                tracing::info!(
+                    id = r.id,
+                    pid = r.init_pid,
+                    migration = r.moved_out,
+                    "killing the original of a workload that moved out by post-copy"
+                );
+                let _ = crate::sys::signal::send(r.init_pid, crate::sys::signal::Sig::SIGKILL);
+                let _ = std::fs::remove_dir_all(&dir);
+                continue;
+            }
             let exit = match r.exit {
                 Some((code, signal, at_ms)) => ExitWatch::Ended(ExitInfo { code, signal, at_ms }),
                 None if alive => ExitWatch::Poll { start_ticks: r.init_start_ticks },
@@ -157,7 +179,12 @@ impl Agent {
                 alive,
                 "workload recovered from an earlier agent"
             );
-            self.adopt(Adopt {
+            let (post_copy, lost) = (r.post_copy, r.lost);
+            // A copy restored for a post-copy migration that was never committed: the daemon
+            // that filled its memory belonged to the earlier agent, so its memory may be
+            // incomplete and nobody would notice. It never runs.
+            let orphaned = alive && post_copy && r.pending_migration.is_some();
+            let w = self.adopt(Adopt {
                 spec: WorkloadSpec {
                     id: r.id,
                     name: r.name,
@@ -182,8 +209,21 @@ impl Agent {
                 coop,
                 exit,
                 paused: alive && r.paused,
-                pending_migration: r.pending_migration.filter(|_| alive),
+                pending_migration: r.pending_migration.filter(|_| alive && !orphaned),
             });
+            if let Some(why) = lost {
+                w.set_lost(why);
+            }
+            if orphaned {
+                let why = "restored by a post-copy migration that was not committed when its \
+                           agent restarted; its memory may be incomplete, so it was killed"
+                    .to_string();
+                tracing::warn!(id = w.id(), pid = w.init_pid, "{why}");
+                let _ = crate::sys::signal::send(w.init_pid, crate::sys::signal::Sig::SIGKILL);
+                w.set_lost(why);
+            } else if post_copy {
+                w.set_post_copy(true);
+            }
         }
     }
 }

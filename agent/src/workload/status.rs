@@ -49,6 +49,8 @@ pub struct Status {
     pub exit: Option<ExitInfo>,
     pub started_at_ms: i64,
     pub node: String,
+    /// Why the agent killed it, when it could not run correctly.
+    pub lost: Option<String>,
 }
 
 /// The tree's state: stopped when every task is stopped, running when a workload task runs.
@@ -108,6 +110,7 @@ impl Agent {
             exit,
             started_at_ms: w.started_at_ms,
             node: self.config().node.clone(),
+            lost: w.lost(),
         }
     }
 

@@ -17,8 +17,11 @@ export function applyEvent(qc: QueryClient, e: FerryEvent): void {
   // keep them).
   const logged = e.kind !== 'node_heartbeat' && e.kind !== 'migration_progress';
   if (e.kind === 'migration_progress' && isProgressData(e.data)) {
-    const { migrationId, bytesRaw, bytesWire } = e.data;
-    const setBytes = (m: Migration) => (m.id === migrationId ? { ...m, bytesRaw, bytesWire } : m);
+    const { migrationId, bytesRaw, bytesWire, postCopyBytesRemaining } = e.data;
+    const setBytes = (m: Migration) =>
+      m.id === migrationId
+        ? { ...m, bytesRaw, bytesWire, postCopyBytesRemaining: postCopyBytesRemaining ?? m.postCopyBytesRemaining }
+        : m;
     qc.setQueryData<Migration[]>(queryKeys.migrations, (old) => old?.map(setBytes));
     qc.setQueryData<Migration>(queryKeys.migration(migrationId), (old) => (old ? setBytes(old) : old));
   }

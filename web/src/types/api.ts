@@ -86,6 +86,8 @@ export type Migration = {
   downtimeMs: number | null;
   bytesRaw: number | null;
   bytesWire: number | null;
+  /** Post-copy only: memory still to arrive on the target (live while it runs). */
+  postCopyBytesRemaining?: number | null;
   phases?: PhaseTiming[];
   startedAt: string;
   finishedAt: string | null;
@@ -128,12 +130,14 @@ export type MigrationPhaseData = {
   bytesWire: number;
 };
 
-/** migration_progress (live only): bytes moved so far by a running migration. */
+/** migration_progress (live only): bytes moved so far by a running migration, and in post-copy
+ * the bytes of memory still to come from the source. */
 export type MigrationProgressData = {
   migrationId: string;
   phase: string;
   bytesRaw: number;
   bytesWire: number;
+  postCopyBytesRemaining?: number;
 };
 
 export type ApiErrorBody = { error: { code: string; message: string } };

@@ -82,6 +82,11 @@ export function LiveProgress({ migration, events }: { migration: Migration; even
                   {rate != null ? ` · ${formatRate(rate)}` : ''}
                 </span>
               ) : null}
+              {s.phase === 'post_copy' && s.state === 'current' && migration.postCopyBytesRemaining != null ? (
+                <span className="text-xs tabular-nums text-slate-600 dark:text-slate-300" data-testid="post-copy-remaining">
+                  {formatBytes(migration.postCopyBytesRemaining)} of memory still to come
+                </span>
+              ) : null}
               <span className="w-16 text-right text-xs tabular-nums text-slate-500 dark:text-slate-400">
                 {took != null ? formatMs(took) : s.state === 'current' && s.at != null ? formatMs(Math.max(0, now - s.at)) : ''}
               </span>
