@@ -33,6 +33,11 @@ impl Net {
         self.inner.ip(i)
     }
 
+    /// The bridge's name (in the root namespace): every packet between the hosts crosses it.
+    pub fn bridge(&self) -> &str {
+        &self.inner.bridge
+    }
+
     /// The bridge's address (in the root namespace, where the test and a coordinator run).
     pub fn bridge_ip(&self) -> String {
         format!("{}.1", self.inner.prefix)
