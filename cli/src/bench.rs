@@ -40,6 +40,10 @@ pub struct BenchArgs {
     /// Runs of each method (medians are reported); even, so each method goes first equally often.
     #[arg(long, default_value_t = 4)]
     pub runs: usize,
+    /// Methods to run: stop-and-copy, post-copy, hand (comma-separated); the report needs all
+    /// three.
+    #[arg(long, value_delimiter = ',', default_values_t = ["stop-and-copy".to_string(), "post-copy".to_string(), "hand".to_string()])]
+    pub methods: Vec<String>,
     /// Where to write the Markdown report.
     #[arg(long, default_value = "docs/bench/migrate.md")]
     pub report: PathBuf,
@@ -303,7 +307,11 @@ fn bench(args: &BenchArgs, work: &Path) -> anyhow::Result<()> {
             // Rotate which method goes first, so none always inherits another's memory state.
             let mut order = ["ferry", "post-copy", "hand"];
             order.rotate_left(r % 3);
-            for method in order {
+            let wanted = |m: &str| {
+                let name = if m == "ferry" { "stop-and-copy" } else { m };
+                args.methods.iter().any(|x| x == name)
+            };
+            for method in order.into_iter().filter(|m| wanted(m)) {
                 qemu |= qemu_running();
                 eprintln!("run {}/{}: {method}, {size} MiB", r + 1, args.runs);
                 if method == "ferry" || method == "post-copy" {

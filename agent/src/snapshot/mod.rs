@@ -14,11 +14,12 @@
 //!     T-->>S: PushResult (restored, stopped until CommitMigration)
 //! ```
 //!
-//! Chunks hold at most [`CHUNK_SIZE`] raw bytes. Format version 2: a chunk's [`PAGE`]-sized pages
-//! that are all zeros do not travel: `zero_pages` is a bitmap of them (bit `i % 8` of byte
-//! `i / 8` for page `i`, the last page possibly short), and the payload carries only the other
-//! pages, in order, zstd level 1 or raw. A chunk of zeros is a bare bitmap, a "zero run" (and
-//! the receiver leaves a hole in the file rather than writing it). The sender chooses zstd or
+//! Chunks hold at most [`CHUNK_SIZE`] raw bytes. Format version 2: runs of at least [`ZERO_RUN`]
+//! [`PAGE`]-sized pages that are all zeros do not travel: `zero_pages` is a bitmap of them (bit
+//! `i % 8` of byte `i / 8` for page `i`, the last page possibly short), and the payload carries
+//! only the other pages, in order, zstd level 1 or raw. A chunk of zeros is a bare bitmap, a
+//! "zero run" (and the receiver leaves a hole in the file rather than writing it). A receiver
+//! accepts any bitmap. The sender chooses zstd or
 //! raw from measurement: it times both on the real stream early on (and again every
 //! [`send::REPROBE`] chunks) and keeps whichever moved more raw bytes per second; compression
 //! runs on [`send::WORKERS`] threads, chunk-parallel, in order on the wire. Version 1 (no
@@ -43,6 +44,9 @@ pub const FORMAT_VERSION: u32 = 2;
 pub const ACCEPTED_VERSIONS: [u32; 2] = [1, 2];
 /// The unit of zero-page elision, in bytes.
 pub const PAGE: usize = 4096;
+/// Zero pages in a row (64 KiB) from which they are left out of a chunk, and left as a hole by
+/// the receiver.
+pub const ZERO_RUN: usize = 16;
 /// Raw bytes per chunk; also the most raw bytes a receiver accepts in one chunk (checked before
 /// anything is allocated or decompressed).
 pub const CHUNK_SIZE: usize = 1 << 20;
@@ -160,15 +164,23 @@ pub fn bit(map: &[u8], i: usize) -> bool {
     map.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)
 }
 
-/// The bitmap of `raw`'s pages that are all zeros, or None when none is.
+/// The bitmap of `raw`'s zero pages that lie in runs of at least [`ZERO_RUN`] (or None when
+/// there are none). Shorter runs travel with their neighbours: leaving a lone zero page out costs
+/// a copy of the chunk on each side and saves little (zstd squeezes a zero page to a few bytes).
 pub fn zero_pages(raw: &[u8]) -> Option<Vec<u8>> {
+    let zero: Vec<bool> = raw.chunks(PAGE).map(is_zero).collect();
     let mut map = vec![0u8; bitmap_len(raw.len())];
     let mut any = false;
-    for (i, page) in raw.chunks(PAGE).enumerate() {
-        if is_zero(page) {
-            map[i / 8] |= 1 << (i % 8);
+    let mut i = 0;
+    while i < zero.len() {
+        let run = zero[i..].iter().take_while(|z| **z).count();
+        if run >= ZERO_RUN {
+            for p in i..i + run {
+                map[p / 8] |= 1 << (p % 8);
+            }
             any = true;
         }
+        i += run.max(1);
     }
     any.then_some(map)
 }
@@ -243,14 +255,23 @@ mod tests {
 
     #[test]
     fn zero_pages_are_found_elided_and_counted() {
-        let mut raw = vec![0u8; PAGE * 3 + 100];
-        raw[PAGE + 5] = 1;
+        // Page 0 is not zero, 1-16 are (a run), 17 is not, 18 is (alone), 19 is not, 20-35 are
+        // (a run, the last page short).
+        let mut raw = vec![0u8; PAGE * 35 + 100];
+        for p in [0, 17, 19] {
+            raw[p * PAGE] = 1;
+        }
         let map = zero_pages(&raw).unwrap();
-        assert_eq!(map, vec![0b1101]);
-        assert!(bit(&map, 0) && !bit(&map, 1) && bit(&map, 2) && bit(&map, 3));
-        assert_eq!(without_zero_pages(&raw, &map), raw[PAGE..2 * PAGE].to_vec());
-        assert_eq!(nonzero_len(raw.len(), &map), PAGE);
-        assert_eq!(nonzero_len(raw.len(), &[0b0111]), 100, "a short last page counts short");
+        assert_eq!(map.len(), 5);
+        assert!(!bit(&map, 0) && (1..17).all(|p| bit(&map, p)) && !bit(&map, 17));
+        assert!(!bit(&map, 18) && !bit(&map, 19) && (20..36).all(|p| bit(&map, p)));
+        let kept = [&raw[..PAGE], &raw[17 * PAGE..20 * PAGE]].concat();
+        assert_eq!(without_zero_pages(&raw, &map), kept);
+        assert_eq!(nonzero_len(raw.len(), &map), 4 * PAGE);
+        assert_eq!(nonzero_len(PAGE * 3 + 100, &[0b0111]), 100, "a short last page counts short");
+        let mut short = vec![0u8; PAGE * 15];
+        short.push(1);
+        assert_eq!(zero_pages(&short), None, "15 zero pages travel as they are");
         assert_eq!(zero_pages(&[1u8; 10]), None);
         assert_eq!(bitmap_len(super::CHUNK_SIZE), 32);
     }

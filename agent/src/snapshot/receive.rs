@@ -21,9 +21,9 @@ use super::{
 };
 
 /// Zero pages in a row from which the writer leaves a hole instead of writing zeros (a hole in
-/// a new file reads as zeros, and costs no memory on tmpfs); shorter runs are written with their
-/// neighbours, one write per chunk being cheaper than many small ones.
-const HOLE_PAGES: usize = 16;
+/// a new file reads as zeros, and costs no memory on tmpfs); shorter runs (which an honest sender
+/// does not leave out) are written with their neighbours.
+const HOLE_PAGES: usize = super::ZERO_RUN;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiveError {

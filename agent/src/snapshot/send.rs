@@ -23,7 +23,7 @@ use super::{Entry, CHUNK_SIZE, SEND_QUEUE, ZSTD_LEVEL};
 /// Encoder threads (zero pages and zstd), chunk-parallel.
 pub const WORKERS: usize = 2;
 /// Chunks between two measurements of both codecs.
-pub const REPROBE: u64 = 512;
+pub const REPROBE: u64 = 1024;
 /// Chunks sent before the first measurement (HTTP/2 windows fill up meanwhile).
 const WARMUP: u64 = 16;
 /// Chunks per measurement window, for each codec.
@@ -267,9 +267,11 @@ fn produce(
     let (next_tx, next_rx) = std::sync::mpsc::sync_channel::<Next>(SEND_QUEUE);
     let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<Job>(WORKERS);
     let job_rx = Arc::new(Mutex::new(job_rx));
+    // Chunk buffers go back to the reader once sent: reused memory, not freshly faulted pages.
+    let (free_tx, free_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(SEND_QUEUE + WORKERS + 2);
     let reader = std::thread::Builder::new()
         .name("snapshot-read".into())
-        .spawn(move || read(entries, &job_tx, &next_tx, free_images))?;
+        .spawn(move || read(entries, &job_tx, &next_tx, &free_rx, free_images))?;
     let mut workers = Vec::new();
     for i in 0..WORKERS {
         let (jobs, policy) = (job_rx.clone(), policy.clone());
@@ -328,6 +330,7 @@ fn produce(
                 zero_pages,
             };
             tx.blocking_send(part(pb::snapshot_part::Part::Chunk(chunk))).map_err(|_| gone())?;
+            let _ = free_tx.try_send(job.raw);
             index += 1;
         }
     })();
@@ -342,7 +345,13 @@ fn produce(
 
 /// The reader: every regular file in chunks, each checksummed and handed to the encoders, its
 /// slot queued in order for the sender; then the file digests.
-fn read(entries: Vec<Entry>, jobs: &SyncSender<Job>, next: &SyncSender<Next>, free_images: bool) {
+fn read(
+    entries: Vec<Entry>,
+    jobs: &SyncSender<Job>,
+    next: &SyncSender<Next>,
+    free: &Receiver<Vec<u8>>,
+    free_images: bool,
+) {
     let result = (|| -> std::io::Result<Vec<String>> {
         let mut digests = Vec::with_capacity(entries.len());
         let mut seq = 0u64;
@@ -356,10 +365,27 @@ fn read(entries: Vec<Entry>, jobs: &SyncSender<Job>, next: &SyncSender<Next>, fr
                 let mut offset = 0u64;
                 while offset < e.file.size {
                     let want = ((e.file.size - offset) as usize).min(CHUNK_SIZE);
-                    let mut raw = vec![0u8; want];
-                    f.read_exact(&mut raw).map_err(|err| {
-                        std::io::Error::new(err.kind(), format!("{:?} at {offset}: {err}", e.path))
-                    })?;
+                    // A sent chunk's buffer when one is back, not zero-filled first: read_to_end
+                    // writes every byte it keeps.
+                    let mut raw =
+                        free.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK_SIZE));
+                    raw.clear();
+                    let got = (&mut f).take(want as u64).read_to_end(&mut raw);
+                    match got {
+                        Ok(n) if n == want => {}
+                        Ok(n) => {
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                format!("{:?} at {offset}: {n} of {want} bytes", e.path),
+                            ))
+                        }
+                        Err(err) => {
+                            return Err(std::io::Error::new(
+                                err.kind(),
+                                format!("{:?} at {offset}: {err}", e.path),
+                            ))
+                        }
+                    }
                     if scratch {
                         let _ = crate::sys::host::punch_hole(&f, offset, want as u64);
                     }
@@ -439,11 +465,16 @@ mod tests {
         let zeros = vec![0u8; CHUNK_SIZE];
         let e = encode(&zeros, Some(&mut z)).unwrap();
         assert_eq!((e.codec, e.payload.len(), e.zero_pages), (pb::Codec::Raw, 0, vec![0xff; 32]));
-        let mut mixed = vec![b'x'; 3 * super::super::PAGE];
-        mixed[super::super::PAGE..2 * super::super::PAGE].fill(0);
+        let page = super::super::PAGE;
+        let mut mixed = vec![b'x'; 18 * page];
+        mixed[page..17 * page].fill(0);
         let e = encode(&mixed, Some(&mut z)).unwrap();
-        assert_eq!((e.codec, e.zero_pages.clone()), (pb::Codec::Zstd, vec![0b010]));
+        assert_eq!((e.codec, e.zero_pages.clone()), (pb::Codec::Zstd, vec![0xfe, 0xff, 0x01]));
         let e = encode(&mixed, None).unwrap();
-        assert_eq!(e.payload, vec![b'x'; 2 * super::super::PAGE]);
+        assert_eq!(e.payload, vec![b'x'; 2 * page]);
+        // A lone zero page travels with its neighbours (no bitmap, no copy).
+        mixed[page..16 * page].fill(b'x');
+        let e = encode(&mixed, None).unwrap();
+        assert_eq!((e.zero_pages.len(), e.payload.len()), (0, 18 * page));
     }
 }
