@@ -71,8 +71,16 @@ async fn post_copy_pages_cross_the_network_encrypted() {
     let _ = dump.wait();
 
     let bytes = std::fs::read(&cap).expect("the capture");
-    assert!(bytes.len() > 4_000_000, "only {} bytes captured: the pages did not cross the bridge", bytes.len());
-    assert_eq!(contains(&bytes, MARKER.as_bytes()), 0, "the pages crossed the network in the clear");
+    assert!(
+        bytes.len() > 4_000_000,
+        "only {} bytes captured: the pages did not cross the bridge",
+        bytes.len()
+    );
+    assert_eq!(
+        contains(&bytes, MARKER.as_bytes()),
+        0,
+        "the pages crossed the network in the clear"
+    );
     // A TLS handshake record (content type 22, version 3.x) opened the page traffic.
     assert!(
         bytes.windows(3).any(|w| w[0] == 0x16 && w[1] == 0x03 && w[2] <= 0x04),
