@@ -11,7 +11,9 @@ use crate::sys::proc;
 use crate::sys::signal::Sig;
 
 /// How long to wait for every task to report the new state.
-const SETTLE: Duration = Duration::from_secs(3);
+/// How long the tree may take to reach the state asked for. Generous: on a loaded machine a
+/// runnable task may wait seconds for a CPU to act on its SIGSTOP.
+const SETTLE: Duration = Duration::from_secs(10);
 
 impl Agent {
     pub async fn pause(&self, id: &str) -> Result<Status> {
@@ -88,5 +90,10 @@ fn settle(w: &Workload, done: impl Fn(char) -> bool) {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    tracing::warn!(id = w.id(), "tree did not settle in {SETTLE:?}");
+    let late: Vec<String> = tree_tasks(w, &proc::scan())
+        .iter()
+        .filter(|t| !done(t.info.state))
+        .map(|t| format!("{} ({}, {})", t.info.pid, t.info.comm, t.info.state))
+        .collect();
+    tracing::warn!(id = w.id(), tasks = ?late, "tree did not settle in {SETTLE:?}");
 }
