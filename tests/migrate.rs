@@ -388,16 +388,19 @@ async fn target_killed_mid_transfer_leaves_the_workload_running_on_the_source() 
     kill(p.b.pid(), libc::SIGKILL);
     let r = running.await.unwrap();
     rolled_back(&r, "transfer", "host1");
-    let s = status(&mut p.ca, &id).await;
+    runs_again_on_the_source(&mut p.ca, &id).await;
+}
+
+/// A memhog of 256 MiB back to work on the source after a rollback: not stopped, every page
+/// verified, its ticks continuing without a gap.
+async fn runs_again_on_the_source(ca: &mut Client, id: &str) {
+    let s = status(ca, id).await;
     assert_ne!(s.state, pb::ProcessState::Stopped as i32, "resumed on the source: {s:?}");
-    assert!(ask(&mut p.ca, &id, "verify ").await.starts_with("verify ok pages=65536"));
-    let before = numbers(
-        &logs(&mut p.ca, &id).await.into_iter().map(|l| l.text).collect::<Vec<_>>(),
-        "tick ",
-    )
-    .len();
+    assert!(ask(ca, id, "verify ").await.starts_with("verify ok pages=65536"));
+    let before =
+        numbers(&logs(ca, id).await.into_iter().map(|l| l.text).collect::<Vec<_>>(), "tick ").len();
     let lines =
-        wait_log(&p.ca, &id, "ticking again", T, |l| numbers(l, "tick ").len() > before + 3).await;
+        wait_log(ca, id, "ticking again", T, |l| numbers(l, "tick ").len() > before + 3).await;
     assert_consecutive(&numbers(&lines, "tick "), "tick");
 }
 
@@ -657,17 +660,7 @@ async fn post_copy_target_agent_killed_before_the_resume_rolls_back_to_the_sourc
     assert_eq!(stat(copy.pid).map(|s| s.state), Some('T'), "and never ran");
 
     // The workload runs on the source, exactly once: its memory intact, its ticks continuing.
-    let s = status(&mut p.ca, &id).await;
-    assert_ne!(s.state, pb::ProcessState::Stopped as i32, "resumed on the source: {s:?}");
-    assert!(ask(&mut p.ca, &id, "verify ").await.starts_with("verify ok pages=65536"));
-    let before = numbers(
-        &logs(&mut p.ca, &id).await.into_iter().map(|l| l.text).collect::<Vec<_>>(),
-        "tick ",
-    )
-    .len();
-    let lines =
-        wait_log(&p.ca, &id, "ticking again", T, |l| numbers(l, "tick ").len() > before + 3).await;
-    assert_consecutive(&numbers(&lines, "tick "), "tick");
+    runs_again_on_the_source(&mut p.ca, &id).await;
     // The target agent comes back: it finds the copy uncommitted, with memory its lazy-pages
     // daemon (gone with the source's page server) never completed, and kills it.
     let b = p.net.restart_agent(1, p.b, &[]);
