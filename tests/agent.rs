@@ -58,6 +58,43 @@ async fn daemon_stays_tracked_and_is_reaped() {
     assert!(zombies.is_empty(), "zombies left behind: {zombies:?}");
 }
 
+/// A parent waiting in vfork (state D) for a child stopped before its exec — the instant dash
+/// and posix_spawn pass through for every command — still pauses: the tree counts as stopped,
+/// and resume lets the child exec and the parent go on.
+#[tokio::test]
+async fn a_vfork_parent_waiting_for_its_stopped_child_pauses_and_resumes() {
+    if !require_root("a_vfork_parent_waiting_for_its_stopped_child_pauses_and_resumes") {
+        return;
+    }
+    let agent = AgentProc::start("vfork");
+    let mut c = agent.client().await;
+    let s = start(&mut c, spec(&[&workload("vforker")])).await;
+    let id = id_of(&s);
+    wait_until("the parent in D, its child stopped", T, || {
+        let mut c = c.clone();
+        let id = id.clone();
+        async move {
+            let s = status(&mut c, &id).await;
+            let states: Vec<&str> =
+                s.tasks.iter().filter(|t| !t.init).map(|t| t.state.as_str()).collect();
+            (states.len() == 2 && states.contains(&"D") && states.contains(&"T")).then_some(())
+        }
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let paused =
+        c.pause_process(pb::WorkloadRef { id: id.clone() }).await.expect("pause").into_inner();
+    assert_eq!(paused.state, pb::ProcessState::Stopped as i32, "{paused:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "pause waited {:?}", started.elapsed());
+    let resumed =
+        c.resume_process(pb::WorkloadRef { id: id.clone() }).await.expect("resume").into_inner();
+    assert_ne!(resumed.state, pb::ProcessState::Stopped as i32, "{resumed:?}");
+    wait_log(&c, &id, "the child's exec and the parent going on", T, |l| {
+        l.iter().any(|x| x == "child done 0")
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn pause_freezes_the_whole_tree_and_resume_thaws_it() {
     if !require_root("pause_freezes_the_whole_tree_and_resume_thaws_it") {

@@ -71,7 +71,8 @@ pub(crate) fn stop_tree(w: &Workload) -> Result<()> {
             sent.insert(pid);
         }
     }
-    settle(w, |state| matches!(state, 'T' | 't' | 'Z' | 'X'));
+    // D counts as settled: a vfork parent waits there for its stopped child (see aggregate_state).
+    settle(w, |state| matches!(state, 'T' | 't' | 'Z' | 'X' | 'D'));
     Ok(())
 }
 

@@ -54,11 +54,18 @@ pub struct Status {
 }
 
 /// The tree's state: stopped when every task is stopped, running when a workload task runs.
+///
+/// A task in uninterruptible sleep (D) among stopped ones counts as stopped: it stops as soon as
+/// it leaves the kernel, with its SIGSTOP pending, and it may never leave before the others run
+/// again — a vfork parent (dash, posix_spawn) waits in D until its child execs, and a child
+/// stopped before its exec keeps it there. Zombies cannot run either.
 pub fn aggregate_state(tasks: &[Task]) -> State {
     if tasks.is_empty() {
         return State::Exited;
     }
-    if tasks.iter().all(|t| matches!(t.info.state, 'T' | 't')) {
+    if tasks.iter().any(|t| matches!(t.info.state, 'T' | 't'))
+        && tasks.iter().all(|t| matches!(t.info.state, 'T' | 't' | 'D' | 'Z' | 'X'))
+    {
         return State::Stopped;
     }
     if tasks.iter().any(|t| !t.init && t.info.state == 'R') {
@@ -169,6 +176,10 @@ mod tests {
     fn aggregate() {
         assert_eq!(aggregate_state(&[]), State::Exited);
         assert_eq!(aggregate_state(&[t('T', true), t('T', false)]), State::Stopped);
+        // A vfork parent waits in D for its stopped child: the tree is stopped.
+        assert_eq!(aggregate_state(&[t('T', true), t('D', false), t('T', false)]), State::Stopped);
+        assert_eq!(aggregate_state(&[t('T', true), t('Z', false)]), State::Stopped);
+        assert_ne!(aggregate_state(&[t('D', true), t('D', false)]), State::Stopped);
         assert_eq!(aggregate_state(&[t('S', true), t('T', false)]), State::Sleeping);
         assert_eq!(aggregate_state(&[t('S', true), t('R', false)]), State::Running);
         assert_eq!(aggregate_state(&[t('R', true), t('S', false)]), State::Sleeping);
