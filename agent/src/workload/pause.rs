@@ -71,8 +71,7 @@ pub(crate) fn stop_tree(w: &Workload) -> Result<()> {
             sent.insert(pid);
         }
     }
-    // D counts as settled: a vfork parent waits there for its stopped child (see aggregate_state).
-    settle(w, |state| matches!(state, 'T' | 't' | 'Z' | 'X' | 'D'));
+    settle(w, super::status::holds_still);
     Ok(())
 }
 

@@ -53,6 +53,12 @@ pub struct Status {
     pub lost: Option<String>,
 }
 
+/// A task state that runs no user code while its tree is paused: stopped (T, t), dead (Z, X), or
+/// in uninterruptible sleep (D) with its SIGSTOP pending (see [`aggregate_state`]).
+pub(crate) fn holds_still(state: char) -> bool {
+    matches!(state, 'T' | 't' | 'D' | 'Z' | 'X')
+}
+
 /// The tree's state: stopped when every task is stopped, running when a workload task runs.
 ///
 /// A task in uninterruptible sleep (D) among stopped ones counts as stopped: it stops as soon as
@@ -64,7 +70,7 @@ pub fn aggregate_state(tasks: &[Task]) -> State {
         return State::Exited;
     }
     if tasks.iter().any(|t| matches!(t.info.state, 'T' | 't'))
-        && tasks.iter().all(|t| matches!(t.info.state, 'T' | 't' | 'D' | 'Z' | 'X'))
+        && tasks.iter().all(|t| holds_still(t.info.state))
     {
         return State::Stopped;
     }
