@@ -39,19 +39,11 @@ pub const DEFAULT_OPERATOR_TOKEN: &str = "/var/lib/ferry/up/operator.token";
 /// Fresh REST API tokens for this cluster: `tokens` (the coordinator's table) and
 /// `operator.token` / `read-only.token` (for the CLI and people), all mode 0600.
 fn write_tokens(dir: &Path) -> anyhow::Result<(PathBuf, String)> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let operator = ferry_gateway::auth::generate()?;
     let read_only = ferry_gateway::auth::generate()?;
     let write = |name: &str, text: &str| -> anyhow::Result<PathBuf> {
         let path = dir.join(name);
-        let _ = std::fs::remove_file(&path);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
+        ferry_proto::tls::write_fresh(&path, text, 0o600)
             .with_context(|| format!("cannot write {path:?}"))?;
         Ok(path)
     };

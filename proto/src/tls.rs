@@ -100,7 +100,12 @@ impl Wire {
     pub fn from_flags(dir: Option<&Path>, name: &str, insecure: bool) -> Result<Wire, String> {
         match (dir, insecure) {
             (Some(_), true) => Err("--tls-dir and --insecure exclude each other".into()),
-            (Some(d), false) => Ok(Wire::Tls(Arc::new(Tls::load(d, name)?))),
+            (Some(d), false) => {
+                let wire = Wire::Tls(Arc::new(Tls::load(d, name)?));
+                // Parse the certificates now, so bad ones stop the part at start-up.
+                wire.server().map_err(|e| format!("{e} (from {})", d.display()))?;
+                Ok(wire)
+            }
             (None, true) => Ok(Wire::Insecure),
             (None, false) => Err(
                 "gRPC needs mutual TLS: give --tls-dir DIR (ca.pem, NAME.pem, NAME-key.pem, made by `ferry certs`), or --insecure for plain TCP".into(),
@@ -159,6 +164,20 @@ impl Wire {
     }
 }
 
+/// Replaces `path` with a new file of `text` created with `mode` (never widening an existing
+/// file's mode: the old one is removed first). For keys and tokens, mode 0600.
+pub fn write_fresh(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+}
+
 fn rcgen_err(e: rcgen::Error) -> String {
     format!("certificate generation failed: {e}")
 }
@@ -188,16 +207,8 @@ pub fn issue_into(
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let write = |file: &str, text: &str, private: bool| -> Result<PathBuf, String> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let path = dir.join(file);
-        let _ = std::fs::remove_file(&path);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(if private { 0o600 } else { 0o644 })
-            .open(&path)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
+        write_fresh(&path, text, if private { 0o600 } else { 0o644 })
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         Ok(path)
     };
