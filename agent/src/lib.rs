@@ -32,17 +32,13 @@ pub async fn serve(
     agent: Arc<Agent>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let builder = agent.config().wire.server().map_err(|e| {
-        tracing::error!(%e, "cannot set up TLS");
-        e
-    });
-    let Ok(builder) = builder else {
-        return Ok(());
-    };
-    let server = builder
+    let server = agent
+        .config()
+        .wire
+        .server()?
         .tcp_nodelay(true)
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(16 << 20)
@@ -57,7 +53,7 @@ pub async fn serve(
         });
     tokio::pin!(server);
     tokio::select! {
-        res = &mut server => res,
+        res = &mut server => Ok(res?),
         _ = async { let _ = drain_rx.await; tokio::time::sleep(DRAIN).await } => {
             tracing::warn!("drain grace of {DRAIN:?} over; closing remaining connections");
             Ok(())

@@ -279,7 +279,9 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
             );
         }
         tracing::info!(listen = %local, "agent serving gRPC");
-        ferry_agent::serve(agent, listener, shutdown_signal()).await?;
+        ferry_agent::serve(agent, listener, shutdown_signal())
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
         Ok(())
     })
 }
@@ -328,7 +330,9 @@ fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
             shutdown_signal().await;
             let _ = stop_tx.send(true);
         };
-        ferry_coordinator::serve(coordinator, listener, shutdown).await?;
+        ferry_coordinator::serve(coordinator, listener, shutdown)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
         Ok(())
     })
 }

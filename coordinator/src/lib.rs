@@ -253,24 +253,30 @@ impl CoordinatorApi for Service {
         let known =
             self.0.store.heartbeat(&r.node, &health, running, now_ms()).map_err(internal)?;
         if known {
-            // Workloads that ended on their own since the last report become events.
-            let before: std::collections::HashMap<String, bool> = self
-                .0
-                .store
-                .workloads()
-                .map_err(internal)?
-                .into_iter()
-                .filter(|(_, node, _)| *node == r.node)
-                .filter_map(|(id, _, st)| {
-                    Some((
-                        id,
-                        ferry_proto::agent::ProcessStatus::decode(st.as_slice())
-                            .ok()?
-                            .exit
-                            .is_none(),
-                    ))
-                })
+            // Workloads that ended on their own since the last report become events: those now
+            // reported with an exit that the previous report had running.
+            let exited: std::collections::HashSet<&str> = r
+                .workloads
+                .iter()
+                .filter(|w| w.exit.is_some())
+                .filter_map(|w| Some(w.spec.as_ref()?.id.as_str()))
                 .collect();
+            let was_running: std::collections::HashSet<String> = if exited.is_empty() {
+                Default::default()
+            } else {
+                self.0
+                    .store
+                    .node_workloads(&r.node)
+                    .map_err(internal)?
+                    .into_iter()
+                    .filter(|(id, _)| exited.contains(id.as_str()))
+                    .filter(|(_, st)| {
+                        ferry_proto::agent::ProcessStatus::decode(st.as_slice())
+                            .is_ok_and(|p| p.exit.is_none())
+                    })
+                    .map(|(id, _)| id)
+                    .collect()
+            };
             let workloads: Vec<(String, Vec<u8>)> = r
                 .workloads
                 .iter()
@@ -279,7 +285,7 @@ impl CoordinatorApi for Service {
             self.0.store.set_workloads(&r.node, &workloads, now_ms()).map_err(internal)?;
             for w in &r.workloads {
                 let (Some(spec), Some(exit)) = (&w.spec, &w.exit) else { continue };
-                if before.get(&spec.id) == Some(&true) {
+                if was_running.contains(&spec.id) {
                     let clean = exit.code == Some(0);
                     let how = match (exit.code, exit.signal) {
                         (Some(c), _) => format!("exited with code {c}"),
@@ -313,7 +319,7 @@ pub async fn serve(
     coordinator: Arc<Coordinator>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     if let Err(e) = coordinator.resolve_pending() {
         tracing::error!(%e, "cannot resolve migrations left pending");
     }
@@ -333,9 +339,8 @@ pub async fn serve(
     let mut builder = match coordinator.config.wire.server() {
         Ok(b) => b,
         Err(e) => {
-            tracing::error!(%e, "cannot set up TLS");
             sweeper.abort();
-            return Ok(());
+            return Err(e.into());
         }
     };
     let result = builder
@@ -343,5 +348,5 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     sweeper.abort();
-    result
+    Ok(result?)
 }

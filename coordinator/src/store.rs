@@ -171,6 +171,14 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// What `node` ran as last reported: (id, ProcessStatus protobuf-encoded).
+    pub fn node_workloads(&self, node: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let c = self.conn();
+        let mut stmt = c.prepare("SELECT id, status FROM workloads WHERE node = ?1")?;
+        let rows = stmt.query_map([node], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Records what one agent call reported about a workload, between heartbeats.
     pub fn put_workload(
         &self,
