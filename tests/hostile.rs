@@ -490,3 +490,25 @@ async fn hostile_snapshot_streams_are_refused_and_harm_nothing() {
         assert_eq!(w[1], w[0] + 1, "ticks without a gap or restart: {ticks:?}");
     }
 }
+
+#[tokio::test]
+async fn page_tunnels_that_do_not_name_their_migration_are_refused() {
+    if !require_root("page_tunnels_that_do_not_name_their_migration_are_refused") {
+        return;
+    }
+    let agent = AgentProc::start("tunnel");
+    let mut c = agent.client().await;
+    let bytes =
+        |mid: &str, data: &[u8]| pb::TunnelBytes { migration_id: mid.into(), data: data.to_vec() };
+    let cases: Vec<(&str, Vec<pb::TunnelBytes>, &str)> = vec![
+        ("closed at once", vec![], "closed before naming its migration"),
+        ("no migration id", vec![bytes("", b"")], "names its migration"),
+        ("data before the name", vec![bytes("m-1", &[0u8; 24])], "carries no data"),
+    ];
+    for (what, parts, needle) in cases {
+        let err = c.page_tunnel(tokio_stream::iter(parts)).await.map(|_| ()).expect_err(what);
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {}", err.message());
+        assert!(err.message().contains(needle), "{what}: {:?} lacks {needle:?}", err.message());
+    }
+    assert!(c.health_check(pb::HealthCheckRequest {}).await.is_ok(), "the agent is still healthy");
+}

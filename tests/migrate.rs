@@ -803,19 +803,12 @@ async fn post_copy_source_agent_restarted_after_the_resume_never_resumes_the_ori
         .collect();
     assert_eq!(criu.len(), 1, "{criu:?}");
 
-    // The source agent crashes and comes back while the target runs the workload: it finds the
-    // frozen original of a workload that moved out and kills it instead of adopting it (it is
-    // gone once the page server, which still holds its tasks, lets go of them).
+    // The source agent crashes and comes back while the target runs the workload. The pages
+    // travelled through it (the page tunnel), so the target loses the workload at once: its
+    // memory can no longer arrive. The restarted agent finds the frozen original of a workload
+    // that moved out and kills it instead of adopting it.
     let a = p.net.restart_agent(0, p.a, &["--enable-fault-injection"]);
     assert!(running.await.unwrap().is_err(), "the crashed agent never answered");
-    let mut ca = a.client().await;
-    let err = ca.get_status(pb::WorkloadRef { id: id.clone() }).await.expect_err("not adopted");
-    assert_eq!(err.code(), Code::NotFound, "{err:?}");
-    let copy = status(&mut p.cb, &id).await;
-    assert_ne!(copy.state, pb::ProcessState::Exited as i32, "the target still runs it: {copy:?}");
-
-    // The page server its predecessor left (stalled) goes too: the target loses the workload.
-    kill(criu[0], libc::SIGKILL);
     let lost = wait_until("the target to mark the workload lost", T, || {
         let (mut cb, id) = (p.cb.clone(), id.clone());
         async move {
@@ -825,6 +818,13 @@ async fn post_copy_source_agent_restarted_after_the_resume_never_resumes_the_ori
     })
     .await;
     assert!(lost.lost_reason.contains("never arrived"), "{lost:?}");
-    assert!(!alive(copy.pid), "no process of it is left on the target");
+    assert!(!alive(lost.pid), "no process of it is left on the target");
+    let mut ca = a.client().await;
+    let err = ca.get_status(pb::WorkloadRef { id: id.clone() }).await.expect_err("not adopted");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+
+    // The page server its predecessor left (stalled, still holding the original's tasks) goes
+    // too, and with it the original.
+    kill(criu[0], libc::SIGKILL);
     wait_until("the original to be gone", T, || async { (!alive(original)).then_some(()) }).await;
 }

@@ -25,51 +25,46 @@ pub struct CriuEngine;
 const LAZY_READY: Duration = Duration::from_secs(120);
 
 /// A post-copy dump in progress: CRIU has written every image but the lazy pages and serves
-/// those from a page server at `address` until the target holds them all. The original stays
-/// frozen (`leave_stopped`) throughout and after.
+/// those over `tunnel` until the target holds them all. The original stays frozen
+/// (`leave_stopped`) throughout and after.
 pub struct LazyDump {
     /// The criu process; killing it before commit abandons the dump and releases the original.
     pub criu_pid: i32,
-    pub address: std::net::SocketAddr,
+    /// The agent's end of the page server's connection (CRIU holds the other end as its
+    /// `ps-socket`): carried to the target by the page tunnel (migrate::tunnel).
+    pub tunnel: Option<std::os::unix::net::UnixStream>,
     /// Ends when every page was served (or the dump failed).
     pub done: std::thread::JoinHandle<Result<(), EngineError>>,
 }
 
-/// Starts a post-copy dump of `w` with a page server on `ip`, returning once the images other than
-/// the lazy pages are written.
+/// Starts a post-copy dump of `w` whose page server talks over a socketpair with this agent (no
+/// port is opened), returning once the images other than the lazy pages are written.
 pub fn start_lazy_dump(
     agent: &Agent,
     w: &Workload,
     dirs: &CheckpointDirs<'_>,
-    ip: std::net::IpAddr,
 ) -> Result<LazyDump, EngineError> {
     let criu = criu_path(agent)?;
     let images = open(dirs.images)?;
     let work = open(dirs.work)?;
     let other = |e: std::io::Error| EngineError::Other(e.to_string());
-    let port = swrk::free_port(ip).map_err(other)?;
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(other)?;
+    // RPC takes `ps.fd` only without lazy pages; a config file sets CRIU's `--ps-socket` for the
+    // lazy page server, which then serves this already-connected socket instead of listening.
+    let conf = dirs.work.join("lazy-dump.conf");
+    std::fs::write(&conf, format!("ps-socket {}\n", theirs.as_raw_fd())).map_err(other)?;
     let mut opts = dump_opts(&images, &work, w);
     opts.lazy_pages = Some(true);
-    // In lazy mode CRIU's page server listens on every address of this node, on this port.
-    opts.ps = Some(rpc::CriuPageServerInfo { port: Some(port.into()), ..Default::default() });
-    // With the cluster's TLS, so do the pages: CRIU's own TLS (GnuTLS) with the same CA and this
-    // node's certificate, a client certificate required. Names are not checked (as for gRPC,
-    // the CA is the trust boundary; a node's address is not in its certificate).
-    if let Some(t) = agent.config().wire.tls() {
-        let (ca, cert, key) = t.files();
-        opts.tls = Some(true);
-        opts.tls_cacert = Some(ca.to_string_lossy().into_owned());
-        opts.tls_cert = Some(cert.to_string_lossy().into_owned());
-        opts.tls_key = Some(key.to_string_lossy().into_owned());
-        opts.tls_no_cn_verify = Some(true);
-    }
+    opts.config_file = Some(conf.to_string_lossy().into_owned());
     // CRIU says "status-ready" (a NOTIFY) once only the lazy pages are left to serve.
     opts.notify_scripts = Some(true);
     let req = request(rpc::CriuReqType::Dump, opts);
-    let keep = [images.as_raw_fd(), work.as_raw_fd()];
+    let keep = [images.as_raw_fd(), work.as_raw_fd(), theirs.as_raw_fd()];
     let log = dirs.work.join("dump.log");
     let pending = criu_rpc::start(&criu, agent.reaper(), &keep, req)
         .map_err(|e| rpc_failure("dump", log.clone(), e.to_string()))?;
+    // CRIU holds its end now; ours must be the only other one, so its closing reaches CRIU.
+    drop(theirs);
     let criu_pid = pending.pid();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let log2 = log.clone();
@@ -93,7 +88,7 @@ pub fn start_lazy_dump(
             _ => rpc_failure("dump", log, "CRIU never reported its page server ready".into()),
         });
     }
-    Ok(LazyDump { criu_pid, address: std::net::SocketAddr::new(ip, port), done })
+    Ok(LazyDump { criu_pid, tunnel: Some(ours), done })
 }
 
 fn base_opts(images: &impl AsRawFd, work: &impl AsRawFd, log: &str) -> rpc::CriuOpts {
@@ -211,14 +206,13 @@ impl CheckpointEngine for CriuEngine {
         // CRIU frees the page images as it reads them (128 MiB at a time): the target never
         // holds a workload's memory twice, and the freed pages are reused for the restored one.
         opts.auto_dedup = Some(true);
-        let lazy = if req.info.lazy_pages_address.is_empty() {
+        let lazy = if !req.info.lazy_pages {
             None
         } else {
             let start = super::lazy::LazyStart {
                 migration_id: req.migration_id.to_string(),
                 workload_id: spec.id.clone(),
                 source_node: req.source_node.to_string(),
-                source: req.info.lazy_pages_address.clone(),
                 images: req.images.to_path_buf(),
                 work: req.work.to_path_buf(),
             };

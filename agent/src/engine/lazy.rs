@@ -6,7 +6,7 @@
 //! Why the agent holds the restored tasks' userfaultfds: see `sys::uffd`.
 
 use std::io::{Read, Seek, SeekFrom};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +18,8 @@ use crate::sys::reaper::ExitStatus;
 
 /// The daemon's log, in its work dir.
 const LOG: &str = "lazy-pages.log";
+/// How long the source may take to open the page tunnel after the daemon started.
+const TUNNEL_WAIT: Duration = Duration::from_secs(60);
 /// How long the daemon may take to take over the restored tasks' userfaultfds.
 const HANDOVER: Duration = Duration::from_secs(2);
 
@@ -66,9 +68,8 @@ struct LogProgress {
 pub struct LazyPages {
     pub migration_id: String,
     pub workload_id: String,
-    /// The source node and its page server's address, for messages.
+    /// The source node, for messages.
     pub source_node: String,
-    pub source: String,
     pub pid: i32,
     pub log: PathBuf,
     /// The restored tree's init, once restored.
@@ -82,9 +83,17 @@ pub struct LazyPages {
     /// How the daemon ended: every page arrived, or why not. None while it runs.
     end: Mutex<Option<Result<(), String>>>,
     progress: Mutex<LogProgress>,
+    /// The agent's end of the daemon's page-server connection, until the source's PageTunnel
+    /// takes it (migrate::tunnel).
+    tunnel: Mutex<Option<std::os::unix::net::UnixStream>>,
 }
 
 impl LazyPages {
+    /// The daemon's page-server connection, for the source's PageTunnel (once).
+    pub fn take_tunnel(&self) -> Option<std::os::unix::net::UnixStream> {
+        self.tunnel.lock().expect("lazy tunnel poisoned").take()
+    }
+
     /// Pages still to arrive, from the daemon's log (0 once it ended with every page there).
     pub fn progress(&self) -> PageCount {
         let mut p = self.progress.lock().expect("lazy progress poisoned");
@@ -136,20 +145,20 @@ impl LazyPages {
     }
 
     /// Takes duplicates of the restored tasks' userfaultfds from the daemon, once it has them
-    /// all (it connects to the source's page server right after receiving the last one).
+    /// all (it turns to its page-server socket right after receiving the last one).
     /// Blocking. Without them a failure of the daemon could let the workload run on zero pages
     /// for the moment it takes to kill it, so a failure here is logged loudly.
     pub fn hold_userfaultfds(&self) {
         let deadline = std::time::Instant::now() + HANDOVER;
         loop {
             let ready = std::fs::read_to_string(&self.log)
-                .map(|t| t.contains("Connecting to server"))
+                .map(|t| t.contains("Reusing ps socket"))
                 .unwrap_or(false);
             if ready || self.ended().is_some() {
                 break;
             }
             if std::time::Instant::now() > deadline {
-                tracing::warn!(pid = self.pid, log = ?self.log, "criu lazy-pages has not connected to the page server yet");
+                tracing::warn!(pid = self.pid, log = ?self.log, "criu lazy-pages has not taken over the restored tasks yet");
                 break;
             }
             std::thread::sleep(Duration::from_millis(2));
@@ -183,8 +192,6 @@ pub struct LazyStart {
     pub migration_id: String,
     pub workload_id: String,
     pub source_node: String,
-    /// The source's page server, "ip:port".
-    pub source: String,
     pub images: PathBuf,
     pub work: PathBuf,
 }
@@ -198,13 +205,14 @@ pub(super) fn start(
     criu: &Path,
     s: LazyStart,
 ) -> Result<Arc<LazyPages>, EngineError> {
-    let (host, port) = s
-        .source
-        .rsplit_once(':')
-        .ok_or_else(|| EngineError::Other(format!("bad page server address {:?}", s.source)))?;
     let (images, work) = (s.images.as_path(), s.work.as_path());
+    let other = |e: std::io::Error| EngineError::Other(e.to_string());
+    // The daemon's page server is the source's, reached through this agent (migrate::tunnel).
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(other)?;
     let mut cmd = std::process::Command::new(criu);
-    cmd.args(["lazy-pages", "--page-server", "--address", host, "--port", port, "-v4", "-o", LOG])
+    cmd.args(["lazy-pages", "--page-server", "--ps-socket"])
+        .arg(theirs.as_raw_fd().to_string())
+        .args(["-v4", "-o", LOG])
         .arg("--images-dir")
         .arg(images)
         .arg("--work-dir")
@@ -212,21 +220,11 @@ pub(super) fn start(
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    // The pages over CRIU's own TLS with this node's certificate (see start_lazy_dump).
-    if let Some(t) = agent.config().wire.tls() {
-        let (ca, cert, key) = t.files();
-        cmd.arg("--tls")
-            .arg("--tls-cacert")
-            .arg(ca)
-            .arg("--tls-cert")
-            .arg(cert)
-            .arg("--tls-key")
-            .arg(key)
-            .arg("--tls-no-cn-verify");
-    }
+    crate::sys::swrk::inherit_on_exec(&mut cmd, vec![theirs.as_raw_fd()]);
     let child = cmd
         .spawn()
         .map_err(|e| EngineError::Other(format!("cannot start criu lazy-pages: {e}")))?;
+    drop(theirs);
     let pid = child.id() as i32;
     let exit = agent.reaper().watch(pid);
     // Never `child.wait()`: the reaper owns waiting.
@@ -235,7 +233,6 @@ pub(super) fn start(
         migration_id: s.migration_id.clone(),
         workload_id: s.workload_id.clone(),
         source_node: s.source_node.clone(),
-        source: s.source.clone(),
         pid,
         log: work.join(LOG),
         restored_pid: AtomicI32::new(0),
@@ -244,6 +241,22 @@ pub(super) fn start(
         held: Mutex::new(Vec::new()),
         end: Mutex::new(None),
         progress: Mutex::new(LogProgress::default()),
+        tunnel: Mutex::new(Some(ours)),
+    });
+    // A source that never opens the tunnel would leave the restore waiting on its first lazy
+    // page: the daemon loses its page server after a while, so the restore fails instead.
+    let weak = Arc::downgrade(&lp);
+    tokio::spawn(async move {
+        tokio::time::sleep(TUNNEL_WAIT).await;
+        if let Some(lp) = weak.upgrade() {
+            if lp.take_tunnel().is_some() {
+                tracing::warn!(
+                    migration = lp.migration_id,
+                    source = lp.source_node,
+                    "the source never opened the page tunnel; stopping criu lazy-pages"
+                );
+            }
+        }
     });
     let (agent2, lp2) = (agent.clone(), lp.clone());
     let scratch = work.parent().map(Path::to_path_buf);
@@ -285,10 +298,9 @@ pub(super) fn start(
                 let c = lp.progress();
                 let page = crate::sys::uffd::page_size();
                 let why = format!(
-                    "its memory stopped arriving from node {} (page server {}): {} of {} pages \
-                     ({:.1} MiB) never arrived; criu lazy-pages {how} (log {})",
+                    "its memory stopped arriving from node {} (over the page tunnel): {} of {} \
+                     pages ({:.1} MiB) never arrived; criu lazy-pages {how} (log {})",
                     lp.source_node,
-                    lp.source,
                     c.remaining(),
                     c.total,
                     (c.remaining() * page) as f64 / (1u64 << 20) as f64,
@@ -377,7 +389,6 @@ mod tests {
             migration_id: "m".into(),
             workload_id: "w".into(),
             source_node: "a".into(),
-            source: "10.0.0.1:1".into(),
             pid: 0,
             log: log.clone(),
             restored_pid: AtomicI32::new(0),
@@ -386,6 +397,7 @@ mod tests {
             held: Mutex::new(Vec::new()),
             end: Mutex::new(None),
             progress: Mutex::new(LogProgress::default()),
+            tunnel: Mutex::new(None),
         };
         assert_eq!(lp.progress(), PageCount { total: 10, copied: 0 });
         let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();

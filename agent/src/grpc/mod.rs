@@ -38,8 +38,15 @@ fn need_id(id: &str) -> Result<&str, Status> {
     Ok(id)
 }
 
+/// How long a page tunnel waits for the post-copy restore it serves to start.
+const TUNNEL_WAIT: Duration = Duration::from_secs(60);
+
 #[tonic::async_trait]
 impl AgentApi for Service {
+    type PageTunnelStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::TunnelBytes, Status>> + Send + 'static>,
+    >;
+
     async fn start_process(
         &self,
         req: Request<pb::StartProcessRequest>,
@@ -253,5 +260,48 @@ impl AgentApi for Service {
         }
         self.agent.abort_migration(mid).await?;
         Ok(Response::new(pb::AbortMigrationResponse {}))
+    }
+
+    async fn page_tunnel(
+        &self,
+        req: Request<tonic::Streaming<pb::TunnelBytes>>,
+    ) -> Result<Response<Self::PageTunnelStream>, Status> {
+        use tokio_stream::StreamExt;
+        let (meta, ext, mut inbound) = req.into_parts();
+        let first = inbound.message().await?.ok_or_else(|| {
+            Status::invalid_argument("the page tunnel closed before naming its migration")
+        })?;
+        let mid = first.migration_id;
+        if mid.is_empty() || !first.data.is_empty() {
+            return Err(Status::invalid_argument(
+                "a page tunnel's first part names its migration and carries no data",
+            ));
+        }
+        // The source opens the tunnel alongside its push: wait for the restore to start the
+        // daemon this tunnel feeds.
+        let deadline = tokio::time::Instant::now() + TUNNEL_WAIT;
+        let lp = loop {
+            if let Some(lp) = self.agent.lazy_daemon(&mid) {
+                break lp;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Status::not_found(format!(
+                    "no post-copy restore of migration {mid:?} started on this node within {} s",
+                    TUNNEL_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        // Only the migration's source may feed the workload's memory.
+        let who = Request::from_parts(meta, ext, ());
+        ferry_proto::tls::may_act_as(&self.agent.config().wire, &who, &lp.source_node)?;
+        let sock = lp.take_tunnel().ok_or_else(|| {
+            Status::failed_precondition(format!("migration {mid:?} already has its page tunnel"))
+        })?;
+        let (tx, out) = crate::migrate::tunnel::outgoing();
+        let label = format!("{mid} from {}", lp.source_node);
+        crate::migrate::tunnel::pump(sock, inbound, tx, label)
+            .map_err(|e| Status::internal(format!("cannot carry the page tunnel: {e}")))?;
+        Ok(Response::new(Box::pin(out.map(Ok))))
     }
 }

@@ -35,6 +35,7 @@ mod finish;
 mod out;
 pub mod preflight;
 mod push;
+pub mod tunnel;
 
 pub use out::{MigrateOut, MigrationReport};
 

@@ -173,7 +173,7 @@ impl Agent {
             target_status: None,
             post_copy: req.post_copy,
             lazy: None,
-            endpoint_host: String::new(),
+            tunnel: None,
         };
         tracing::info!(migration = mid, id = w.id(), target = req.target, "migration starting");
         let result = run.forward(endpoint).await;
@@ -274,8 +274,8 @@ struct Run {
     target_status: Option<pb::ProcessStatus>,
     post_copy: bool,
     lazy: Option<crate::engine::criu::LazyDump>,
-    /// The target's host, for choosing the address of a post-copy page server.
-    endpoint_host: String,
+    /// Post-copy: the opening of the page tunnel, started with the push.
+    tunnel: Option<tokio::task::JoinHandle<std::result::Result<(), String>>>,
     live: Arc<super::Live>,
 }
 
@@ -308,7 +308,6 @@ impl Run {
 
     async fn preflight(&mut self, endpoint: Endpoint) -> std::result::Result<(), Failure> {
         let p = Phase::Preflight;
-        self.endpoint_host = endpoint.uri().host().unwrap_or_default().to_string();
         let channel = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
@@ -423,13 +422,11 @@ impl Run {
         let (agent, w, scratch) = (self.agent.clone(), self.w.clone(), self.scratch());
         let engine = w.spec.engine;
         let post_copy = self.post_copy;
-        let toward = self.endpoint_host.clone();
         let res = tokio::task::spawn_blocking(move || {
             let dirs =
                 CheckpointDirs { images: &scratch.join("images"), work: &scratch.join("criu") };
             if post_copy {
-                let ip = page_server_ip(&agent, &toward);
-                crate::engine::criu::start_lazy_dump(&agent, &w, &dirs, ip).map(Some)
+                crate::engine::criu::start_lazy_dump(&agent, &w, &dirs).map(Some)
             } else {
                 engine::checkpoint(engine, &agent, &w, &dirs).map(|_| None)
             }
@@ -482,11 +479,7 @@ impl Run {
                 started_at_ms: w.started_at_ms,
                 paused: self.was_paused,
                 ships_workdir,
-                lazy_pages_address: self
-                    .lazy
-                    .as_ref()
-                    .map(|l| l.address.to_string())
-                    .unwrap_or_default(),
+                lazy_pages: self.lazy.is_some(),
             }),
         };
         let (rx, sender) = send::start(
@@ -501,6 +494,7 @@ impl Run {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<i64>();
         // Marks the moment the trailer left, which ends the transfer and starts the restore.
         let stream = MarkEnd { rx, done: Some(done_tx) };
+        self.start_page_tunnel();
         let push = client.push_snapshot(stream).await;
         let sent = tokio::task::spawn_blocking(move || sender.join())
             .await
@@ -530,7 +524,7 @@ impl Run {
                 self.note(Phase::Restoring, at);
                 self.restore_ms = r.restore_ms;
                 self.target_status = r.status;
-                Ok(())
+                self.page_tunnel_opened().await
             }
             Err(status) => {
                 // Which side failed: the transfer, or the restore on a verified snapshot.
@@ -545,6 +539,44 @@ impl Run {
                     format!("node {} refused the workload: {}", self.target_node, status.message()),
                 ))
             }
+        }
+    }
+
+    /// Post-copy: connects the page server (CRIU's end of the socketpair) to the target's
+    /// lazy-pages daemon through the page tunnel. Opened alongside the push, because the restore
+    /// itself may touch lazy pages (CRIU's restorer writes the rseq area); the target answers
+    /// once the daemon for this migration runs. The tunnel then lives until the page server or
+    /// the target ends it.
+    fn start_page_tunnel(&mut self) {
+        let Some(sock) = self.lazy.as_mut().and_then(|l| l.tunnel.take()) else { return };
+        let mut client = self.client.clone().expect("connected in preflight");
+        let (mid, node) = (self.mid.clone(), self.target_node.clone());
+        self.tunnel = Some(tokio::spawn(async move {
+            let (tx, out) = super::tunnel::outgoing();
+            let first = pb::TunnelBytes { migration_id: mid.clone(), data: Vec::new() };
+            let _ = tx.send(first).await;
+            let opened = client
+                .page_tunnel(out)
+                .await
+                .map_err(|s| format!("node {node} refused the page tunnel: {}", s.message()))?;
+            super::tunnel::pump(sock, opened.into_inner(), tx, format!("{mid} to {node}"))
+                .map_err(|e| format!("cannot carry the page tunnel: {e}"))?;
+            Ok(())
+        }));
+    }
+
+    /// After the restore: the page tunnel must be open (its opening was started with the push).
+    async fn page_tunnel_opened(&mut self) -> std::result::Result<(), Failure> {
+        let Some(t) = self.tunnel.take() else { return Ok(()) };
+        let p = Phase::Restoring;
+        match tokio::time::timeout(CONNECT_TIMEOUT, t).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(fail(p, e)),
+            Ok(Err(e)) => Err(fail(p, format!("the page tunnel task failed: {e}"))),
+            Err(_) => Err(fail(
+                p,
+                format!("node {} did not open the page tunnel in time", self.target_node),
+            )),
         }
     }
 
@@ -780,6 +812,9 @@ impl Run {
 
     async fn roll_back(&mut self) -> std::result::Result<(), String> {
         self.begin(Phase::RollingBack);
+        if let Some(t) = self.tunnel.take() {
+            t.abort();
+        }
         if let Some(lazy) = self.lazy.take() {
             // Abandon the post-copy dump: CRIU lets go of the (still SIGSTOPped) original.
             let _ = crate::sys::signal::send(lazy.criu_pid, crate::sys::signal::Sig::SIGKILL);
@@ -911,21 +946,4 @@ fn source_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
-}
-
-/// The address of this node that the target reaches, for a post-copy page server: the agent's
-/// listen address when it is a specific one, else the source address the kernel would use toward
-/// the target (a UDP "connect" sends nothing).
-fn page_server_ip(agent: &Agent, target_host: &str) -> std::net::IpAddr {
-    let listen = agent.config().listen.ip();
-    if !listen.is_unspecified() {
-        return listen;
-    }
-    let probe = || -> Option<std::net::IpAddr> {
-        let target: std::net::IpAddr = target_host.trim_matches(['[', ']']).parse().ok()?;
-        let sock = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).ok()?;
-        sock.connect((target, 9)).ok()?;
-        Some(sock.local_addr().ok()?.ip())
-    };
-    probe().unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
 }

@@ -46,19 +46,7 @@ impl Swrk {
         let mut cmd = Command::new(criu);
         cmd.arg("swrk").arg(child_fd.to_string());
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        // SAFETY: the hook runs in the forked child before exec and only calls fcntl, which is
-        // async-signal-safe.
-        unsafe {
-            cmd.pre_exec(move || {
-                for fd in &inherit {
-                    let flags = libc::fcntl(*fd, libc::F_GETFD);
-                    if flags < 0 || libc::fcntl(*fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
+        inherit_on_exec(&mut cmd, inherit);
         let child = cmd.spawn()?;
         let pid = child.id() as i32;
         let exit = reaper.watch(pid);
@@ -120,6 +108,24 @@ impl Swrk {
     }
 }
 
+/// Makes `cmd`'s child inherit `fds` (same numbers): their close-on-exec flag is cleared in the
+/// child only, between fork and exec.
+pub fn inherit_on_exec(cmd: &mut Command, fds: Vec<RawFd>) {
+    // SAFETY: the hook runs in the forked child before exec and only calls fcntl, which is
+    // async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in &fds {
+                let flags = libc::fcntl(*fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(*fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Opens a directory as an fd to hand to criu (closed on exec elsewhere).
 pub fn open_dir(path: &Path) -> std::io::Result<OwnedFd> {
     let f = std::fs::File::open(path)?;
@@ -156,10 +162,4 @@ pub fn wait_readable(fd: RawFd, timeout: Duration) -> std::io::Result<bool> {
         }
         return Ok(n > 0);
     }
-}
-
-/// A TCP port that is free on `ip` right now (for a server criu will bind).
-pub fn free_port(ip: std::net::IpAddr) -> std::io::Result<u16> {
-    let l = std::net::TcpListener::bind((ip, 0))?;
-    Ok(l.local_addr()?.port())
 }
