@@ -157,6 +157,21 @@ async fn memory_of_256_mib_survives_and_the_counter_continues() {
     let phases: Vec<&str> = r.phases.iter().map(|x| x.phase.as_str()).collect();
     assert_eq!(phases, ["preflight", "freeze", "checkpoint", "transfer", "restore", "commit"]);
 
+    // The target filled the memory in from the received images after the resume (CRIU's
+    // lazy-pages daemon, counted by the target): every page arrived.
+    let filled = wait_until("the target to fill in every page", T, || {
+        let (mut cb, mid) = (p.cb.clone(), r.migration_id.clone());
+        async move {
+            let m = cb.get_migration(pb::MigrationRef { migration_id: mid }).await.ok()?;
+            let m = m.into_inner();
+            (m.outcome == pb::Outcome::Completed as i32).then_some(m)
+        }
+    })
+    .await;
+    assert_eq!(filled.mode, "stop_and_copy", "{filled:?}");
+    assert!(filled.post_copy_pages_total >= 40_000, "{filled:?}");
+    assert_eq!(filled.post_copy_pages_remaining, 0, "{filled:?}");
+
     // Every byte verified on the target; the counter went on from where it was.
     let verdict = ask(&mut p.cb, &id, "verify ").await;
     assert!(verdict.starts_with("verify ok pages=65536"), "{verdict}");
@@ -179,6 +194,29 @@ async fn memory_of_256_mib_survives_and_the_counter_continues() {
     // A repeated commit (as after a lost answer) gets the same answer, not a refusal.
     let again = p.cb.commit_migration(pb::MigrationRef { migration_id: r.migration_id.clone() });
     assert_eq!(again.await.expect("commit again").into_inner().pid, s.pid);
+}
+
+#[tokio::test]
+async fn an_eagerly_restoring_target_also_keeps_every_byte() {
+    if !require_root("an_eagerly_restoring_target_also_keeps_every_byte") {
+        return;
+    }
+    // By default the target fills the memory from the received images after the resume (the
+    // test above); with --eager-restore CRIU copies it all before.
+    let net = Net::new(2);
+    let a = net.agent(0, &[]);
+    let b = net.agent(1, &["--eager-restore"]);
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    let s = start(&mut ca, spec(&[&workload("memhog"), "64"])).await;
+    let id = id_of(&s);
+    wait_log(&ca, &id, "memhog ticking", T, |l| numbers(l, "tick ").len() >= 3).await;
+    let r = migrate(&mut ca, &id, &b.addr).await;
+    completed(&r);
+    let verdict = ask(&mut cb, &id, "verify ").await;
+    assert!(verdict.starts_with("verify ok pages=16384"), "{verdict}");
+    // Nothing was left to fill in: the target has no post-copy record of this migration.
+    let m = cb.get_migration(pb::MigrationRef { migration_id: r.migration_id.clone() }).await;
+    assert_eq!(m.expect_err("no lazy restore").code(), Code::NotFound);
 }
 
 #[tokio::test]

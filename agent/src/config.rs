@@ -28,6 +28,9 @@ pub struct AgentConfig {
     pub fault_injection: bool,
     /// Keep every migration's scratch directory (images, CRIU logs) for inspection.
     pub keep_scratch: bool,
+    /// Restore a stop-and-copy migration's memory eagerly (CRIU copies every page before the
+    /// workload resumes) instead of lazily from the received images (docs/migration.md).
+    pub eager_restore: bool,
     /// How gRPC is secured: mutual TLS, or plain TCP when asked for.
     pub wire: ferry_proto::tls::Wire,
 }

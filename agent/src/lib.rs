@@ -33,13 +33,15 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // TCP_NODELAY on every accepted connection: small messages (a page request, a commit's
+    // answer) must not wait for the previous segment's ACK. Server::tcp_nodelay applies only
+    // to listeners tonic binds itself.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let server = agent
         .config()
         .wire
         .server()?
-        .tcp_nodelay(true)
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(16 << 20)
         .add_service(

@@ -184,6 +184,10 @@ struct AgentArgs {
     /// Keep each migration's scratch directory (CRIU images and logs) under the data dir.
     #[arg(long)]
     keep_scratch: bool,
+    /// Restore a stop-and-copy migration's memory before the workload resumes, rather than
+    /// filling it from the received images right after (which takes the copy out of the downtime)
+    #[arg(long)]
+    eager_restore: bool,
 }
 
 fn main() -> ExitCode {
@@ -253,6 +257,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         max_snapshot_bytes: args.max_snapshot_mib << 20,
         fault_injection: args.enable_fault_injection,
         keep_scratch: args.keep_scratch,
+        eager_restore: args.eager_restore,
         wire,
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

@@ -335,7 +335,10 @@ pub async fn serve(
             }
         })
     };
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // TCP_NODELAY on every accepted connection: small messages (a page request, a commit's
+    // answer) must not wait for the previous segment's ACK. Server::tcp_nodelay applies only
+    // to listeners tonic binds itself.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut builder = match coordinator.config.wire.server() {
         Ok(b) => b,
         Err(e) => {

@@ -206,13 +206,22 @@ impl CheckpointEngine for CriuEngine {
         // CRIU frees the page images as it reads them (128 MiB at a time): the target never
         // holds a workload's memory twice, and the freed pages are reused for the restored one.
         opts.auto_dedup = Some(true);
-        let lazy = if !req.info.lazy_pages {
+        // Post-copy: pages come from the source. Stop-and-copy: they are all here, and CRIU's
+        // lazy-pages daemon copies them into the workload after the resume instead of the
+        // restore copying them before it (unless this agent restores eagerly).
+        let pages = if req.info.lazy_pages {
+            Some(super::lazy::PageSource::Tunnel)
+        } else if agent.config().eager_restore {
             None
         } else {
+            Some(super::lazy::PageSource::Local)
+        };
+        let lazy = if let Some(pages) = pages {
             let start = super::lazy::LazyStart {
                 migration_id: req.migration_id.to_string(),
                 workload_id: spec.id.clone(),
                 source_node: req.source_node.to_string(),
+                pages,
                 images: req.images.to_path_buf(),
                 work: req.work.to_path_buf(),
             };
@@ -224,6 +233,8 @@ impl CheckpointEngine for CriuEngine {
             agent.set_lazy_daemon(req.migration_id, lp.clone());
             opts.lazy_pages = Some(true);
             Some(lp)
+        } else {
+            None
         };
         opts.inherit_fd = vec![
             rpc::InheritFd { key: req.info.stdout_key.clone(), fd: out_w.as_raw_fd() },

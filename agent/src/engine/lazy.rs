@@ -23,6 +23,16 @@ const TUNNEL_WAIT: Duration = Duration::from_secs(60);
 /// How long the daemon may take to take over the restored tasks' userfaultfds.
 const HANDOVER: Duration = Duration::from_secs(2);
 
+/// Where a lazy restore's memory pages come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageSource {
+    /// Post-copy: the source's page server, through the page tunnel (migrate::tunnel).
+    Tunnel,
+    /// Stop-and-copy: the page images already received here; the daemon fills the restored
+    /// workload's memory from them right after the resume, so that copy is not downtime.
+    Local,
+}
+
 /// Memory pages of a post-copy restore, as CRIU's lazy-pages daemon counts them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PageCount {
@@ -70,6 +80,7 @@ pub struct LazyPages {
     pub workload_id: String,
     /// The source node, for messages.
     pub source_node: String,
+    pub pages: PageSource,
     pub pid: i32,
     pub log: PathBuf,
     /// The restored tree's init, once restored.
@@ -150,10 +161,22 @@ impl LazyPages {
     /// for the moment it takes to kill it, so a failure here is logged loudly.
     pub fn hold_userfaultfds(&self) {
         let deadline = std::time::Instant::now() + HANDOVER;
+        let (mut last, mut same) = (0, 0);
         loop {
-            let ready = std::fs::read_to_string(&self.log)
-                .map(|t| t.contains("Reusing ps socket"))
-                .unwrap_or(false);
+            let ready = match self.pages {
+                PageSource::Tunnel => std::fs::read_to_string(&self.log)
+                    .map(|t| t.contains("Reusing ps socket"))
+                    .unwrap_or(false),
+                // Without a page server nothing in the log marks the end of the hand-over; the
+                // daemon takes the descriptors one after the other right after the restore sent
+                // them, so wait until their number stops changing.
+                PageSource::Local => {
+                    let n = crate::sys::uffd::dup_userfaultfds(self.pid).map_or(0, |v| v.len());
+                    same = if n == last { same + 1 } else { 0 };
+                    last = n;
+                    n > 0 && same >= 3
+                }
+            };
             if ready || self.ended().is_some() {
                 break;
             }
@@ -192,6 +215,7 @@ pub struct LazyStart {
     pub migration_id: String,
     pub workload_id: String,
     pub source_node: String,
+    pub pages: PageSource,
     pub images: PathBuf,
     pub work: PathBuf,
 }
@@ -207,12 +231,24 @@ pub(super) fn start(
 ) -> Result<Arc<LazyPages>, EngineError> {
     let (images, work) = (s.images.as_path(), s.work.as_path());
     let other = |e: std::io::Error| EngineError::Other(e.to_string());
-    // The daemon's page server is the source's, reached through this agent (migrate::tunnel).
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(other)?;
     let mut cmd = std::process::Command::new(criu);
-    cmd.args(["lazy-pages", "--page-server", "--ps-socket"])
-        .arg(theirs.as_raw_fd().to_string())
-        .args(["-v4", "-o", LOG])
+    cmd.arg("lazy-pages");
+    // Post-copy: the daemon's page server is the source's, reached through this agent
+    // (migrate::tunnel). Local: it reads the received images, and frees each piece of them as it
+    // copies it into the workload (auto-dedup), so the node never holds the memory twice.
+    let tunnel = match s.pages {
+        PageSource::Tunnel => {
+            let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(other)?;
+            cmd.args(["--page-server", "--ps-socket"]).arg(theirs.as_raw_fd().to_string());
+            crate::sys::swrk::inherit_on_exec(&mut cmd, vec![theirs.as_raw_fd()]);
+            Some((ours, theirs))
+        }
+        PageSource::Local => {
+            cmd.arg("--auto-dedup");
+            None
+        }
+    };
+    cmd.args(["-v4", "-o", LOG])
         .arg("--images-dir")
         .arg(images)
         .arg("--work-dir")
@@ -220,11 +256,11 @@ pub(super) fn start(
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    crate::sys::swrk::inherit_on_exec(&mut cmd, vec![theirs.as_raw_fd()]);
     let child = cmd
         .spawn()
         .map_err(|e| EngineError::Other(format!("cannot start criu lazy-pages: {e}")))?;
-    drop(theirs);
+    // The daemon holds its end now; ours must be the only other one, so its closing reaches it.
+    let tunnel = tunnel.map(|(ours, _theirs)| ours);
     let pid = child.id() as i32;
     let exit = agent.reaper().watch(pid);
     // Never `child.wait()`: the reaper owns waiting.
@@ -233,6 +269,7 @@ pub(super) fn start(
         migration_id: s.migration_id.clone(),
         workload_id: s.workload_id.clone(),
         source_node: s.source_node.clone(),
+        pages: s.pages,
         pid,
         log: work.join(LOG),
         restored_pid: AtomicI32::new(0),
@@ -241,12 +278,16 @@ pub(super) fn start(
         held: Mutex::new(Vec::new()),
         end: Mutex::new(None),
         progress: Mutex::new(LogProgress::default()),
-        tunnel: Mutex::new(Some(ours)),
+        tunnel: Mutex::new(tunnel),
     });
     // A source that never opens the tunnel would leave the restore waiting on its first lazy
     // page: the daemon loses its page server after a while, so the restore fails instead.
     let weak = Arc::downgrade(&lp);
+    let tunnelled = s.pages == PageSource::Tunnel;
     tokio::spawn(async move {
+        if !tunnelled {
+            return;
+        }
         tokio::time::sleep(TUNNEL_WAIT).await;
         if let Some(lp) = weak.upgrade() {
             if lp.take_tunnel().is_some() {
@@ -297,10 +338,15 @@ pub(super) fn start(
                 };
                 let c = lp.progress();
                 let page = crate::sys::uffd::page_size();
+                let from = match lp.pages {
+                    PageSource::Tunnel => {
+                        format!("arriving from node {} (over the page tunnel)", lp.source_node)
+                    }
+                    PageSource::Local => "being filled in from the received images".to_string(),
+                };
                 let why = format!(
-                    "its memory stopped arriving from node {} (over the page tunnel): {} of {} \
-                     pages ({:.1} MiB) never arrived; criu lazy-pages {how} (log {})",
-                    lp.source_node,
+                    "its memory stopped {from}: {} of {} pages ({:.1} MiB) never arrived; criu \
+                     lazy-pages {how} (log {})",
                     c.remaining(),
                     c.total,
                     (c.remaining() * page) as f64 / (1u64 << 20) as f64,
@@ -389,6 +435,7 @@ mod tests {
             migration_id: "m".into(),
             workload_id: "w".into(),
             source_node: "a".into(),
+            pages: PageSource::Tunnel,
             pid: 0,
             log: log.clone(),
             restored_pid: AtomicI32::new(0),

@@ -206,7 +206,12 @@ pub fn incoming_post_copy_to_pb(
         outcome: outcome as i32,
         error,
         current_phase: Phase::PostCopy.as_str().to_string(),
-        mode: "post_copy".to_string(),
+        // Stop-and-copy's memory is all here and is filled in from the received images.
+        mode: match lp.pages {
+            crate::engine::lazy::PageSource::Tunnel => "post_copy",
+            crate::engine::lazy::PageSource::Local => "stop_and_copy",
+        }
+        .to_string(),
         engine: "criu".to_string(),
         ..pages_to_pb(Some(lp.progress()))
     }

@@ -145,8 +145,12 @@ impl Agent {
             restore_ms,
             "workload restored, waiting for commit"
         );
-        if spec.engine == Engine::Criu && !self.config().keep_scratch {
+        if spec.engine == Engine::Criu
+            && !self.config().keep_scratch
+            && self.lazy_daemon(&mid).is_none()
+        {
             // CRIU has read the images; the cooperative program may read its state until commit.
+            // (A lazy restore's daemon reads them until it is done; they go with it.)
             let _ = std::fs::remove_dir_all(recv_dir.join("images"));
         }
         Ok(Pushed {
