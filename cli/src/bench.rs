@@ -748,14 +748,15 @@ fn render(args: &BenchArgs, sizes: &[SizeRuns], qemu: bool) -> String {
     let _ = writeln!(out);
     let at = |mib: u64| sizes.iter().find(|r| r.size_mib == mib);
     let met = |ok: bool| if ok { "**met**" } else { "**not met**" };
-    if let Some(one) = at(1024) {
+    // A target is judged only on what was measured (a run with --methods may leave some out).
+    if let Some(one) = at(1024).filter(|r| !r.post.is_empty()) {
         let d = med(&one.post, |s| s.downtime_ms);
         let _ = writeln!(
             out,
             "- Post-copy downtime at 1 GiB ≤ 300 ms: {d:.0} ms — {}.",
             met(d <= 300.0)
         );
-        if let Some(four) = at(4096) {
+        if let Some(four) = at(4096).filter(|r| !r.post.is_empty()) {
             let d4 = med(&four.post, |s| s.downtime_ms);
             let ratio = d4 / d.max(1.0);
             let _ = writeln!(
@@ -772,7 +773,7 @@ fn render(args: &BenchArgs, sizes: &[SizeRuns], qemu: bool) -> String {
             );
         }
     }
-    for r in sizes {
+    for r in sizes.iter().filter(|r| !r.ferry.is_empty() && !r.hand.is_empty()) {
         let ratio = med(&r.ferry, |s| s.downtime_ms) / med(&r.hand, |s| s.downtime_ms).max(1.0);
         let _ = writeln!(
             out,
@@ -791,21 +792,26 @@ fn render(args: &BenchArgs, sizes: &[SizeRuns], qemu: bool) -> String {
         "- Downtime: for ferry, from the freeze until the target confirmed the workload runs; the phases \
          are the agent's own (dump: CRIU dump on the source, for post-copy until only the lazy pages are \
          left; transfer: until the last chunk left; restore: the rest of the receiving, verification, \
-         install and CRIU restore on the target). For the hand pipeline, from `criu dump` until \
+         install and CRIU restore on the target; by default a lazy one for stop-and-copy too, whose \
+         memory the target fills in from the received images right after the resume, docs/migration.md). \
+         For the hand pipeline, from `criu dump` until \
          `criu restore -d` returned.\n\
-         - Total: until the last byte of memory was on the target (post-copy: until the source's page \
+         - Total: until the last byte of memory was on the target (stop-and-copy: when the target \
+         confirmed the resume, all of it received and verified there; post-copy: until the source's page \
          server had served every page; the workload runs meanwhile). MB moved: the snapshot plus, for \
          post-copy, the lazy pages (4 KiB each, counted by the target's lazy-pages daemon). MB/s: MB moved \
-         over the total. MB wire: what crossed the network; post-copy's pages go uncompressed, \
-         straight from CRIU's page server to the target's lazy-pages daemon.\n\
+         over the total. MB wire: what crossed the network; post-copy's pages go uncompressed \
+         through the agents' page tunnel (gRPC over mutual TLS) from CRIU's page server to the target's \
+         lazy-pages daemon.\n\
          - CPU s/GB: CPU seconds (user + system) per GB of the process's memory, from the kernel's \
          accounting rather than sampling. ferry: utime + stime + cutime + cstime of each agent \
          (`/proc/PID/stat`) before and after the migration, so CRIU (dump, restore, page server, \
          lazy-pages daemon: the agents' children, reaped by them) counts on its side; the source agent \
          also reaps the migrated original, whose own CPU (its tasks' time just before the migration; it \
          is frozen from then on) is subtracted; \"< 0.01\" means what is left is below the resolution \
-         of that accounting (10 ms ticks): post-copy's source splices pages into the socket without \
-         copying them, so it does next to nothing. Hand pipeline: the benchmark's waited-for children \
+         of that accounting (10 ms ticks). Post-copy's CPU is mostly the relaying of pages through the \
+         agents' tunnel and, on the target, CRIU's lazy-pages daemon, which polls without sleeping \
+         while a page request is out. Hand pipeline: the benchmark's waited-for children \
          (getrusage RUSAGE_CHILDREN) around each step — `criu dump` and `tar | zstd | nc` on the \
          source, the receiving `nc | zstd -d | tar` and `criu restore -d` on the target. Both hosts \
          share this machine's two cores, so one side's CPU slows the other.\n\
