@@ -512,3 +512,98 @@ async fn page_tunnels_that_do_not_name_their_migration_are_refused() {
     }
     assert!(c.health_check(pb::HealthCheckRequest {}).await.is_ok(), "the agent is still healthy");
 }
+
+/// A page-server command header as CRIU 4.2 writes it (32 bytes, host order).
+fn ps_header(cmd: u32) -> Vec<u8> {
+    let mut h = cmd.to_ne_bytes().to_vec();
+    h.resize(32, 0);
+    h
+}
+
+#[tokio::test]
+async fn page_streams_that_break_the_rules_are_refused() {
+    if !require_root("page_streams_that_break_the_rules_are_refused") {
+        return;
+    }
+    let agent = AgentProc::start("pages");
+    let mut c = agent.client().await;
+    let named = |mid: &str| pb::PagePart { migration_id: mid.into(), ..Default::default() };
+    let commands = |b: Vec<u8>| pb::PagePart { commands: b, ..Default::default() };
+    let chunk = |c: pb::Chunk| pb::PagePart { chunk: Some(c), ..Default::default() };
+    let end = |bytes: u64, digest: &str| pb::PagePart {
+        end: Some(pb::PageStreamEnd { bytes, digest: digest.into() }),
+        ..Default::default()
+    };
+    let close = ps_header(0x1023);
+    let close_digest = blake3::hash(&close).to_hex().to_string();
+    let cases: Vec<(&str, Vec<pb::PagePart>, Code, &str)> = vec![
+        ("closed at once", vec![], Code::InvalidArgument, "closed before naming its migration"),
+        (
+            "a chunk in the first part",
+            vec![pb::PagePart { chunk: Some(raw_chunk(0, 0, &[1u8; 4096])), ..named("m-p0") }],
+            Code::InvalidArgument,
+            "carries nothing else",
+        ),
+        (
+            "a traversing migration id",
+            vec![named("../m")],
+            Code::InvalidArgument,
+            "names its migration",
+        ),
+        (
+            "torn commands",
+            vec![named("m-p1"), commands(vec![0u8; 10])],
+            Code::InvalidArgument,
+            "10 bytes of commands",
+        ),
+        (
+            "data out of place",
+            vec![named("m-p2"), chunk(raw_chunk(0, 4096, &[1u8; 4096]))],
+            Code::InvalidArgument,
+            "where 0 was due",
+        ),
+        (
+            "no last part",
+            vec![named("m-p3"), commands(close.clone())],
+            Code::Aborted,
+            "ended before its last part",
+        ),
+        (
+            "a corrupt chunk",
+            vec![named("m-p4"), chunk(pb::Chunk { checksum: 7, ..raw_chunk(0, 0, &[1u8; 4096]) })],
+            Code::DataLoss,
+            "checksum mismatch",
+        ),
+        (
+            "a digest that does not match",
+            vec![named("m-p5"), commands(close.clone()), end(32, "00")],
+            Code::DataLoss,
+            "does not match",
+        ),
+    ];
+    for (what, parts, code, needle) in cases {
+        let err = c.push_pages(tokio_stream::iter(parts)).await.map(|_| ()).expect_err(what);
+        eprintln!("{what}: {:?} {}", err.code(), err.message());
+        assert_eq!(err.code(), code, "{what}: {}", err.message());
+        assert!(err.message().contains(needle), "{what}: {:?} lacks {needle:?}", err.message());
+    }
+    let migrations = agent.data_dir.join("migrations");
+    let left: Vec<_> = std::fs::read_dir(&migrations)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "refused page streams leave nothing behind: {left:?}");
+
+    // An honest (empty) stream is taken once; a snapshot must name exactly it.
+    let honest = || vec![named("m-p6"), commands(close.clone()), end(32, &close_digest)];
+    c.push_pages(tokio_stream::iter(honest())).await.expect("an honest page stream");
+    let again = c.push_pages(tokio_stream::iter(honest())).await.expect_err("a second one");
+    assert_eq!(again.code(), Code::AlreadyExists, "{}", again.message());
+    let mut s = Stream::new("m-p6");
+    s.restore.page_stream = Some(pb::PageStreamEnd { bytes: 32, digest: "00".into() });
+    refused(&mut c, "another stream named", s.parts(), Code::DataLoss, "is not the one").await;
+    let mut s = Stream::new("m-p7");
+    s.restore.page_stream = Some(pb::PageStreamEnd { bytes: 32, digest: close_digest.clone() });
+    refused(&mut c, "a stream that never came", s.parts(), Code::InvalidArgument, "did not arrive")
+        .await;
+    assert!(c.health_check(pb::HealthCheckRequest {}).await.is_ok(), "the agent is still healthy");
+}

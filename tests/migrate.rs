@@ -402,13 +402,17 @@ async fn target_killed_mid_transfer_leaves_the_workload_running_on_the_source() 
         )
         .await
     });
-    // Once data arrives on the target, kill its agent.
+    // Once data arrives on the target, kill its agent. With CRIU the memory pages go first,
+    // while the dump runs (into "<migration>.pages"), then the rest of the snapshot.
     let incoming = p.b.data_dir.join("migrations");
     wait_until("the transfer to begin", T, || async {
         std::fs::read_dir(&incoming)
             .ok()?
             .flatten()
-            .any(|e| e.path().join("recv/images").exists())
+            .any(|e| {
+                e.file_name().to_string_lossy().ends_with(".pages")
+                    || e.path().join("recv/images").exists()
+            })
             .then_some(())
     })
     .await;
@@ -425,7 +429,8 @@ async fn target_killed_mid_transfer_leaves_the_workload_running_on_the_source() 
     assert!(err.message().contains("already migrating"), "{}", err.message());
     kill(p.b.pid(), libc::SIGKILL);
     let r = running.await.unwrap();
-    rolled_back(&r, "transfer", "host1");
+    // The pages were on their way during the dump: the checkpoint is what fails.
+    rolled_back(&r, "checkpoint", "the page stream to node host1");
     runs_again_on_the_source(&mut p.ca, &id).await;
 }
 
@@ -462,7 +467,10 @@ async fn corrupted_chunk_is_caught_and_rolled_back() {
         },
     )
     .await;
-    rolled_back(&r, "transfer", "checksum mismatch");
+    // Chunk 5 is one of the memory pages, which travel while the dump runs.
+    rolled_back(&r, "checkpoint", "checksum mismatch");
+    let pages = p.b.data_dir.join("migrations").join(format!("{}.pages", r.migration_id));
+    assert!(!pages.exists(), "the target's page stream directory removed");
     let on_b =
         p.cb.list_processes(pb::ListProcessesRequest {}).await.unwrap().into_inner().processes;
     assert!(on_b.is_empty(), "nothing restored on the target: {on_b:?}");

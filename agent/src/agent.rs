@@ -18,6 +18,9 @@ pub struct Agent {
     /// `criu lazy-pages` daemons of post-copy restores into this node, by migration id (kept a
     /// while after they ended, for GetMigration).
     lazy_daemons: std::sync::Mutex<HashMap<String, Arc<crate::engine::lazy::LazyPages>>>,
+    /// Page streams received for a stop-and-copy migration, verified, waiting for its
+    /// PushSnapshot (migrate::pages).
+    pub(crate) page_streams: std::sync::Mutex<HashMap<String, ferry_proto::agent::PageStreamEnd>>,
     /// Migrations committed into this node: migration id → workload id, so that a repeated
     /// CommitMigration (its first answer lost) is answered again rather than refused.
     committed: std::sync::Mutex<HashMap<String, String>>,
@@ -70,6 +73,7 @@ impl Agent {
             criu,
             workloads: RwLock::default(),
             lazy_daemons: Default::default(),
+            page_streams: Default::default(),
             committed: Default::default(),
             migrations: Default::default(),
             fd_store,

@@ -91,6 +91,30 @@ pub fn start_lazy_dump(
     Ok(LazyDump { criu_pid, tunnel: Some(ours), done })
 }
 
+/// A stop-and-copy dump of `w` whose pages go to `pages` (CRIU's end of the agent's page
+/// stream, migrate::pages) instead of page images; every other image is written to the images
+/// directory as usual.
+pub fn dump_to_page_stream(
+    agent: &Agent,
+    w: &Workload,
+    dirs: &CheckpointDirs<'_>,
+    pages: std::os::unix::net::UnixStream,
+) -> Result<(), EngineError> {
+    let criu = criu_path(agent)?;
+    let images = open(dirs.images)?;
+    let work = open(dirs.work)?;
+    let mut opts = dump_opts(&images, &work, w);
+    opts.ps = Some(rpc::CriuPageServerInfo { fd: Some(pages.as_raw_fd()), ..Default::default() });
+    let req = request(rpc::CriuReqType::Dump, opts);
+    let keep = [images.as_raw_fd(), work.as_raw_fd(), pages.as_raw_fd()];
+    let log = dirs.work.join("dump.log");
+    let pending = criu_rpc::start(&criu, agent.reaper(), &keep, req)
+        .map_err(|e| rpc_failure("dump", log.clone(), e.to_string()));
+    // CRIU holds its end now; ours must go, so that CRIU's end closing reaches the agent.
+    drop(pages);
+    successful("dump", log, pending?.wait(|_| {})).map(|_| ())
+}
+
 fn base_opts(images: &impl AsRawFd, work: &impl AsRawFd, log: &str) -> rpc::CriuOpts {
     rpc::CriuOpts {
         images_dir_fd: images.as_raw_fd(),

@@ -304,4 +304,17 @@ impl AgentApi for Service {
             .map_err(|e| Status::internal(format!("cannot carry the page tunnel: {e}")))?;
         Ok(Response::new(Box::pin(out.map(Ok))))
     }
+
+    async fn push_pages(
+        &self,
+        req: Request<tonic::Streaming<pb::PagePart>>,
+    ) -> Result<Response<pb::PushPagesResult>, Status> {
+        // Detached, like PushSnapshot: a stream that ends must still be cleaned up.
+        let agent = self.agent.clone();
+        let inbound = req.into_inner();
+        let r = tokio::spawn(async move { agent.receive_pages(inbound).await })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(r))
+    }
 }

@@ -86,6 +86,10 @@ impl Agent {
                 self.config().data_dir.join("migrations").join(migration_id),
             );
         }
+        if crate::workload::valid_id(migration_id) {
+            self.page_streams.lock().expect("page streams poisoned").remove(migration_id);
+            let _ = std::fs::remove_dir_all(super::pages::dir(self, migration_id));
+        }
     }
 
     /// SIGKILL to a workload's whole tree (its PID namespace's init takes the rest with it).

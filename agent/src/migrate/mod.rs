@@ -33,6 +33,7 @@
 
 mod finish;
 mod out;
+pub mod pages;
 pub mod preflight;
 mod push;
 pub mod tunnel;

@@ -174,6 +174,7 @@ impl Agent {
             post_copy: req.post_copy,
             lazy: None,
             tunnel: None,
+            pages: None,
         };
         tracing::info!(migration = mid, id = w.id(), target = req.target, "migration starting");
         let result = run.forward(endpoint).await;
@@ -276,6 +277,8 @@ struct Run {
     lazy: Option<crate::engine::criu::LazyDump>,
     /// Post-copy: the opening of the page tunnel, started with the push.
     tunnel: Option<tokio::task::JoinHandle<std::result::Result<(), String>>>,
+    /// Stop-and-copy with CRIU: the memory pages on their way to the target while the dump runs.
+    pages: Option<tokio::task::JoinHandle<std::result::Result<pb::PageStreamEnd, String>>>,
     live: Arc<super::Live>,
 }
 
@@ -422,13 +425,29 @@ impl Run {
         let (agent, w, scratch) = (self.agent.clone(), self.w.clone(), self.scratch());
         let engine = w.spec.engine;
         let post_copy = self.post_copy;
+        // Stop-and-copy with CRIU: the pages go to the target while the dump runs.
+        let pages = if !post_copy && engine == Engine::Criu {
+            let client = self.client.clone().expect("connected in preflight");
+            let (mid, node) = (self.mid.clone(), self.target_node.clone());
+            let out =
+                super::pages::start(client, mid, node, self.fault.send(), self.progress.clone())
+                    .map_err(|e| {
+                        fail(Phase::Checkpointing, format!("cannot start the page stream: {e}"))
+                    })?;
+            self.pages = Some(out.done);
+            Some(out.criu_end)
+        } else {
+            None
+        };
         let res = tokio::task::spawn_blocking(move || {
             let dirs =
                 CheckpointDirs { images: &scratch.join("images"), work: &scratch.join("criu") };
-            if post_copy {
-                crate::engine::criu::start_lazy_dump(&agent, &w, &dirs).map(Some)
-            } else {
-                engine::checkpoint(engine, &agent, &w, &dirs).map(|_| None)
+            match pages {
+                _ if post_copy => crate::engine::criu::start_lazy_dump(&agent, &w, &dirs).map(Some),
+                Some(pages) => {
+                    crate::engine::criu::dump_to_page_stream(&agent, &w, &dirs, pages).map(|_| None)
+                }
+                None => engine::checkpoint(engine, &agent, &w, &dirs).map(|_| None),
             }
         })
         .await
@@ -437,7 +456,19 @@ impl Run {
             Ok(lazy) => self.lazy = lazy,
             Err(e) => {
                 let log = e.log().map(|l| l.to_path_buf());
-                return Err(Failure { criu_log: log, ..fail(Phase::Checkpointing, e.to_string()) });
+                let mut why = e.to_string();
+                // A dump cut short by the page stream: say what ended that stream.
+                if let Some(t) = self.pages.take() {
+                    if let Ok(Ok(Err(stream))) =
+                        tokio::time::timeout(Duration::from_secs(5), t).await
+                    {
+                        why = format!(
+                            "{why}; the page stream to node {}: {stream}",
+                            self.target_node
+                        );
+                    }
+                }
+                return Err(Failure { criu_log: log, ..fail(Phase::Checkpointing, why) });
             }
         }
         self.tl.end();
@@ -451,6 +482,18 @@ impl Run {
         let w = self.w.clone();
         let ships_workdir = w.spec.cwd.is_none();
         let images = scratch.join("images");
+        // The pages went ahead (PushPages): the target must have them all before the rest.
+        let page_stream = match self.pages.take() {
+            None => None,
+            Some(t) => Some(
+                t.await
+                    .map_err(|e| fail(p, format!("the page stream task failed: {e}")))?
+                    .map_err(|e| fail(p, e))?,
+            ),
+        };
+        let pages_codec = page_stream
+            .as_ref()
+            .map(|_| self.progress.codec.lock().expect("codec note poisoned").clone());
         let entries = {
             let (images, cwd, log) = (images.clone(), w.cwd.clone(), w.log.path().to_path_buf());
             tokio::task::spawn_blocking(move || {
@@ -480,6 +523,7 @@ impl Run {
                 paused: self.was_paused,
                 ships_workdir,
                 lazy_pages: self.lazy.is_some(),
+                page_stream,
             }),
         };
         let (rx, sender) = send::start(
@@ -500,6 +544,10 @@ impl Run {
             .await
             .map_err(|e| fail(p, e.to_string()))?;
         let trailer_at = done_rx.await.ok();
+        if let Some(note) = pages_codec {
+            // The memory pages are what the codec was measured on, not the small rest.
+            *self.progress.codec.lock().expect("codec note poisoned") = format!("pages: {note}");
+        }
         if !self.agent.config().keep_scratch {
             // Sent: the images (as large as the workload's memory, often on tmpfs) go now rather
             // than after the restore, which needs that memory on a shared machine.
@@ -813,6 +861,9 @@ impl Run {
     async fn roll_back(&mut self) -> std::result::Result<(), String> {
         self.begin(Phase::RollingBack);
         if let Some(t) = self.tunnel.take() {
+            t.abort();
+        }
+        if let Some(t) = self.pages.take() {
             t.abort();
         }
         if let Some(lazy) = self.lazy.take() {

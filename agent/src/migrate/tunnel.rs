@@ -10,7 +10,7 @@
 //!
 //! Both CRIU processes take one end of a UNIX socketpair as their page-server connection
 //! (`ps-socket`); each agent copies the bytes between its other end and the stream, unchanged, in
-//! both directions: page requests (24-byte headers) toward the source, pages toward the target.
+//! both directions: page requests (32-byte headers) toward the source, pages toward the target.
 //! Requests are sent the moment they are read (a page fault waits on them); nothing is batched.
 //!
 //! Closing: when either side's socket or stream ends, that direction ends; when the stream from

@@ -92,7 +92,7 @@ pub struct Policy {
 }
 
 impl Policy {
-    fn new(progress: Arc<Progress>) -> Policy {
+    pub(crate) fn new(progress: Arc<Progress>) -> Policy {
         *progress.codec.lock().expect("codec note poisoned") =
             format!("zstd-{ZSTD_LEVEL} on {WORKERS} threads (not measured: a short stream)");
         Policy { chosen: AtomicU8::new(0), timing: Mutex::default(), progress }
@@ -264,6 +264,9 @@ fn produce(
 ) -> std::io::Result<()> {
     tx.blocking_send(part(pb::snapshot_part::Part::Manifest(manifest))).map_err(|_| gone())?;
     let files = entries.len() as u64;
+    // The trailer counts this stream only (the progress may also count a page stream).
+    let base = [&progress.chunks, &progress.bytes_raw, &progress.bytes_wire]
+        .map(|c| c.load(Ordering::Relaxed));
     let (next_tx, next_rx) = std::sync::mpsc::sync_channel::<Next>(SEND_QUEUE);
     let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<Job>(WORKERS);
     let job_rx = Arc::new(Mutex::new(job_rx));
@@ -290,9 +293,9 @@ fn produce(
                 Next::End(digests) => {
                     let trailer = pb::Trailer {
                         files,
-                        chunks: progress.chunks.load(Ordering::Relaxed),
-                        bytes_raw: progress.bytes_raw.load(Ordering::Relaxed),
-                        bytes_wire: progress.bytes_wire.load(Ordering::Relaxed),
+                        chunks: progress.chunks.load(Ordering::Relaxed) - base[0],
+                        bytes_raw: progress.bytes_raw.load(Ordering::Relaxed) - base[1],
+                        bytes_wire: progress.bytes_wire.load(Ordering::Relaxed) - base[2],
                         file_digests: digests,
                     };
                     return tx
