@@ -43,6 +43,8 @@ pub enum AgentError {
     PostCopyLost { id: String, migration: String, reason: String },
     #[error("no pending migration {id} on this node")]
     NoSuchMigration { id: String },
+    #[error("{0}")]
+    Precondition(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

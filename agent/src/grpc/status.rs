@@ -30,9 +30,9 @@ impl From<AgentError> for Status {
             AgentError::AlreadyExists { .. } | AgentError::MigrationExists { .. } => {
                 Code::AlreadyExists
             }
-            AgentError::BadState { .. } | AgentError::PostCopyLost { .. } => {
-                Code::FailedPrecondition
-            }
+            AgentError::BadState { .. }
+            | AgentError::PostCopyLost { .. }
+            | AgentError::Precondition(_) => Code::FailedPrecondition,
             AgentError::Spawn(_)
             | AgentError::Signal { .. }
             | AgentError::Io { .. }

@@ -21,10 +21,11 @@ use std::time::{Duration, Instant};
 use ferry_proto::agent as pb;
 use pb::agent_client::AgentClient;
 use tonic::transport::Channel;
-use tonic::Status;
 
 use crate::agent::Agent;
+use crate::error::AgentError;
 use crate::snapshot::receive::decode;
+use crate::snapshot::receive::ReceiveError;
 use crate::snapshot::send::{encode, Mode, Policy, Progress, SendFault, WORKERS};
 use crate::snapshot::{CHUNK_SIZE, DIGEST, PAGE, SEND_QUEUE, ZSTD_LEVEL};
 
@@ -285,20 +286,27 @@ impl Agent {
     pub async fn receive_pages(
         self: &Arc<Self>,
         mut inbound: tonic::Streaming<pb::PagePart>,
-    ) -> Result<pb::PushPagesResult, Status> {
-        let first = inbound.message().await?.ok_or_else(|| {
-            Status::invalid_argument("the page stream closed before naming its migration")
-        })?;
+    ) -> Result<pb::PushPagesResult, AgentError> {
+        let first = inbound
+            .message()
+            .await
+            .map_err(|s| AgentError::StreamBroken(s.message().to_string()))?
+            .ok_or_else(|| {
+                AgentError::InvalidRequest(
+                    "the page stream closed before naming its migration".into(),
+                )
+            })?;
         let mid = first.migration_id;
         if !crate::workload::valid_id(&mid) || first.chunk.is_some() || !first.commands.is_empty() {
-            return Err(Status::invalid_argument(
+            return Err(AgentError::InvalidRequest(
                 "a page stream's first part names its migration (1-64 letters, digits, '.', '_' \
-                 or '-') and carries nothing else",
+                 or '-') and carries nothing else"
+                    .into(),
             ));
         }
         let criu = self.criu().path.clone().filter(|_| self.is_root() && self.criu().check_passed);
         let Some(criu) = criu else {
-            return Err(Status::failed_precondition(format!(
+            return Err(AgentError::Precondition(format!(
                 "node {} cannot take CRIU pages: {}",
                 self.config().node,
                 self.criu().check_error
@@ -313,11 +321,9 @@ impl Agent {
         match made {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(Status::already_exists(format!(
-                    "migration {mid:?} already has a page stream on this node"
-                )))
+                return Err(AgentError::MigrationExists { id: mid })
             }
-            Err(e) => return Err(Status::internal(format!("cannot create {dir:?}: {e}"))),
+            Err(e) => return Err(AgentError::Internal(format!("cannot create {dir:?}: {e}"))),
         }
         let received = self.pages_into(&criu, &dir, &mut inbound).await;
         match received {
@@ -351,8 +357,8 @@ impl Agent {
         criu: &Path,
         dir: &Path,
         inbound: &mut tonic::Streaming<pb::PagePart>,
-    ) -> Result<(pb::PageStreamEnd, pb::PushPagesResult), Status> {
-        let (ours, theirs) = UnixStream::pair().map_err(|e| Status::internal(e.to_string()))?;
+    ) -> Result<(pb::PageStreamEnd, pb::PushPagesResult), AgentError> {
+        let (ours, theirs) = UnixStream::pair().map_err(|e| AgentError::Internal(e.to_string()))?;
         let mut cmd = std::process::Command::new(criu);
         cmd.args(["page-server", "--ps-socket"])
             .arg(std::os::fd::AsRawFd::as_raw_fd(&theirs).to_string())
@@ -367,14 +373,14 @@ impl Agent {
         crate::sys::swrk::inherit_on_exec(&mut cmd, vec![std::os::fd::AsRawFd::as_raw_fd(&theirs)]);
         let child = cmd
             .spawn()
-            .map_err(|e| Status::internal(format!("cannot start criu page-server: {e}")))?;
+            .map_err(|e| AgentError::Internal(format!("cannot start criu page-server: {e}")))?;
         let pid = child.id() as i32;
         let exit = self.reaper().watch(pid);
         drop(child);
         drop(theirs);
         let log = dir.join("page-server.log");
         // The page server answers commands the source's agent already answered: drop them.
-        let mut replies = ours.try_clone().map_err(|e| Status::internal(e.to_string()))?;
+        let mut replies = ours.try_clone().map_err(|e| AgentError::Internal(e.to_string()))?;
         std::thread::spawn(move || {
             let mut sink = [0u8; 64];
             while matches!(replies.read(&mut sink), Ok(n) if n > 0) {}
@@ -383,7 +389,7 @@ impl Agent {
         let writer = std::thread::Builder::new()
             .name("pages-write".into())
             .spawn(move || write_pages(ours, &rx))
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| AgentError::Internal(e.to_string()))?;
         let limit = self.config().max_snapshot_bytes;
         let (mut wire, mut data_at) = (0u64, 0u64);
         let kill = || {
@@ -391,20 +397,21 @@ impl Agent {
         };
         // The stream's end, or why it broke; the writer's own failure (a corrupt chunk, the page
         // server gone) is the better answer when there is one.
-        let end: Result<pb::PageStreamEnd, Status> = loop {
+        let end: Result<pb::PageStreamEnd, AgentError> = loop {
             let part = match inbound.message().await {
                 Ok(Some(p)) => p,
                 Ok(None) => {
-                    break Err(Status::aborted("the page stream ended before its last part"))
+                    break Err(AgentError::StreamBroken(
+                        "the page stream ended before its last part".into(),
+                    ))
                 }
-                Err(s) => {
-                    break Err(Status::aborted(format!("the page stream broke: {}", s.message())))
-                }
+                Err(s) => break Err(AgentError::StreamBroken(s.message().to_string())),
             };
             if let Some(end) = part.end {
                 break Ok(end);
             }
-            let bad = |why: String| Status::invalid_argument(format!("invalid page stream: {why}"));
+            let bad =
+                |why: String| AgentError::InvalidRequest(format!("invalid page stream: {why}"));
             if !part.migration_id.is_empty() {
                 break Err(bad("only the first part names the migration".into()));
             }
@@ -421,20 +428,20 @@ impl Agent {
                 data_at += u64::from(c.raw_len);
                 wire += (c.payload.len() + c.zero_pages.len()) as u64;
                 if data_at > limit {
-                    break Err(Status::invalid_argument(format!(
+                    break Err(AgentError::InvalidRequest(format!(
                         "the pages exceed this node's snapshot limit of {limit} bytes"
                     )));
                 }
             }
             if tx.send(part).is_err() {
-                break Err(Status::aborted("the page writer stopped"));
+                break Err(AgentError::StreamBroken("the page writer stopped".into()));
             }
         };
         drop(tx);
         let written = tokio::task::spawn_blocking(move || writer.join())
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|_| Status::internal("the page writer panicked"));
+            .map_err(|e| AgentError::Internal(e.to_string()))?
+            .map_err(|_| AgentError::Internal("the page writer panicked".into()));
         let (ours, end) = match (written, end) {
             (Ok(Ok(ours)), Ok(end)) => (ours, end),
             (Ok(Err(e)) | Err(e), _) | (_, Err(e)) => {
@@ -444,18 +451,18 @@ impl Agent {
         };
         if ours.bytes != end.bytes || ours.digest != end.digest {
             kill();
-            return Err(Status::data_loss(format!(
+            return Err(AgentError::Snapshot(ReceiveError::Corrupt(format!(
                 "the page stream's {DIGEST} digest or length does not match: {} bytes, {} here; \
                  {} bytes, {} at the source",
                 ours.bytes, ours.digest, end.bytes, end.digest
-            )));
+            ))));
         }
         let status = tokio::time::timeout(Duration::from_secs(30), exit).await;
         match status {
             Ok(Ok(crate::sys::reaper::ExitStatus::Exited(0))) => {}
             other => {
                 kill();
-                return Err(Status::internal(format!(
+                return Err(AgentError::Internal(format!(
                     "criu page-server did not write the pages ({other:?}); see {}",
                     log.display()
                 )));
@@ -474,17 +481,18 @@ impl Agent {
 fn write_pages(
     mut sock: UnixStream,
     rx: &Receiver<pb::PagePart>,
-) -> Result<pb::PageStreamEnd, Status> {
+) -> Result<pb::PageStreamEnd, AgentError> {
     let mut hasher = blake3::Hasher::new();
     let mut total = 0u64;
-    let broken =
-        |e: std::io::Error| Status::internal(format!("criu page-server stopped taking pages: {e}"));
+    let broken = |e: std::io::Error| {
+        AgentError::Internal(format!("criu page-server stopped taking pages: {e}"))
+    };
     while let Ok(part) = rx.recv() {
         hasher.update(&part.commands);
         total += part.commands.len() as u64;
         sock.write_all(&part.commands).map_err(broken)?;
         if let Some(c) = part.chunk {
-            let d = decode(c).map_err(|e| Status::data_loss(e.to_string()))?;
+            let d = decode(c).map_err(AgentError::Snapshot)?;
             hasher.update(&d.raw);
             total += d.raw.len() as u64;
             sock.write_all(&d.raw).map_err(broken)?;
