@@ -876,3 +876,33 @@ async fn post_copy_source_agent_restarted_after_the_resume_never_resumes_the_ori
     kill(criu[0], libc::SIGKILL);
     wait_until("the original to be gone", T, || async { (!alive(original)).then_some(()) }).await;
 }
+
+#[tokio::test]
+async fn a_page_stream_nobody_claimed_is_removed_when_its_agent_restarts() {
+    if !require_root("a_page_stream_nobody_claimed_is_removed_when_its_agent_restarts") {
+        return;
+    }
+    let net = Net::new(1);
+    let a = net.agent(0, &[]);
+    let mut c = a.client().await;
+    // The shortest honest page stream: CRIU's close command alone (32 bytes in CRIU 4.2).
+    let mut close = 0x1023u32.to_ne_bytes().to_vec();
+    close.resize(32, 0);
+    let parts = vec![
+        pb::PagePart { migration_id: "m-stale".into(), ..Default::default() },
+        pb::PagePart { commands: close.clone(), ..Default::default() },
+        pb::PagePart {
+            end: Some(pb::PageStreamEnd {
+                bytes: 32,
+                digest: blake3::hash(&close).to_hex().to_string(),
+            }),
+            ..Default::default()
+        },
+    ];
+    c.push_pages(tokio_stream::iter(parts)).await.expect("an honest page stream");
+    let dir = a.data_dir.join("migrations").join("m-stale.pages");
+    assert!(dir.is_dir(), "the stream waits for its snapshot in {dir:?}");
+    let a = net.restart_agent(0, a, &[]);
+    let _ = a.client().await;
+    assert!(!dir.exists(), "a restarted agent removed the unclaimed stream");
+}

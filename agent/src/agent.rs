@@ -80,6 +80,9 @@ impl Agent {
             receiving: Default::default(),
         });
         agent.recover(pipes);
+        // Page streams live in memory until their PushSnapshot claims them: none survives a
+        // restart, so what an earlier agent received goes (it may be a workload's memory).
+        crate::migrate::pages::remove_stale(&agent);
         Ok(agent)
     }
 

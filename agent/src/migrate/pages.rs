@@ -275,6 +275,17 @@ impl tokio_stream::Stream for PartStream {
     }
 }
 
+/// Removes the page streams an earlier agent received and nobody claimed.
+pub fn remove_stale(agent: &Agent) {
+    let Ok(dirs) = std::fs::read_dir(agent.config().data_dir.join("migrations")) else { return };
+    for e in dirs.flatten() {
+        if e.file_name().to_string_lossy().ends_with(".pages") {
+            tracing::warn!(path = ?e.path(), "removing a page stream left by an earlier agent");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// The directory a migration's page stream is written into, beside its scratch directory.
 pub fn dir(agent: &Agent, mid: &str) -> PathBuf {
     agent.config().data_dir.join("migrations").join(format!("{mid}.pages"))
