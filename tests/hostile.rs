@@ -520,6 +520,13 @@ fn ps_header(cmd: u32) -> Vec<u8> {
     h
 }
 
+/// An OPEN2 header for image `dst_id` (id << 8 | type).
+fn ps_open(dst_id: u64) -> Vec<u8> {
+    let mut h = ps_header(4);
+    h[24..32].copy_from_slice(&dst_id.to_ne_bytes());
+    h
+}
+
 #[tokio::test]
 async fn page_streams_that_break_the_rules_are_refused() {
     if !require_root("page_streams_that_break_the_rules_are_refused") {
@@ -573,6 +580,18 @@ async fn page_streams_that_break_the_rules_are_refused() {
             vec![named("m-p4"), chunk(pb::Chunk { checksum: 7, ..raw_chunk(0, 0, &[1u8; 4096]) })],
             Code::DataLoss,
             "checksum mismatch",
+        ),
+        (
+            "page data no command announced",
+            vec![named("m-p8"), chunk(raw_chunk(0, 0, &[1u8; 4096]))],
+            Code::InvalidArgument,
+            "page data no command announced",
+        ),
+        (
+            "an image of an unknown type",
+            vec![named("m-p9"), commands(ps_open(0x107)), end(32, "00")],
+            Code::InvalidArgument,
+            "image type 7",
         ),
         (
             "a digest that does not match",

@@ -697,6 +697,15 @@ async fn post_copy_target_agent_killed_before_the_resume_rolls_back_to_the_sourc
         }
     })
     .await;
+    // The source has its answer (restored, stopped) and holds before the commit.
+    wait_until("the source to reach its commit", T, || {
+        let (mut c, mid) = (p.ca.clone(), mid.clone());
+        async move {
+            let r = c.get_migration(pb::MigrationRef { migration_id: mid }).await.ok()?;
+            (r.into_inner().current_phase == "commit").then_some(())
+        }
+    })
+    .await;
     // The target agent dies before the commit reaches it.
     kill(p.b.pid(), libc::SIGKILL);
     let r = running.await.unwrap().expect("MigrateOut answers");
@@ -905,4 +914,47 @@ async fn a_page_stream_nobody_claimed_is_removed_when_its_agent_restarts() {
     let a = net.restart_agent(0, a, &[]);
     let _ = a.client().await;
     assert!(!dir.exists(), "a restarted agent removed the unclaimed stream");
+}
+
+#[tokio::test]
+async fn post_copy_commit_without_an_answer_keeps_the_original_frozen_and_says_so() {
+    if !require_root("post_copy_commit_without_an_answer_keeps_the_original_frozen_and_says_so") {
+        return;
+    }
+    let mut p = pair(&["--enable-fault-injection"]).await;
+    let s = start(&mut p.ca, spec(&[&workload("memhog"), "64"])).await;
+    let id = id_of(&s);
+    let original = s.pid;
+    wait_log(&p.ca, &id, "memhog ticking", T, |l| numbers(l, "tick ").len() >= 3).await;
+    // The target resumes the workload, but the source never hears so: it cannot know whether
+    // the workload runs there.
+    let r = migrate_with(
+        &mut p.ca,
+        pb::MigrateOutRequest {
+            workload_id: id.clone(),
+            target_address: p.b.addr.clone(),
+            mode: pb::Mode::PostCopy as i32,
+            fault: pb::Fault::LoseCommitAnswer as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(r.outcome, pb::Outcome::Failed as i32, "{r:?}");
+    assert_eq!(r.failed_phase, "commit", "{r:?}");
+    for needle in ["did not confirm resuming", "every page was served", "not resumed automatically"]
+    {
+        assert!(r.error.contains(needle), "{needle:?} not in {:?}", r.error);
+    }
+    // The source kept the original, frozen and marked paused: never resumed on its own.
+    let src = status(&mut p.ca, &id).await;
+    assert_eq!(src.state, pb::ProcessState::Stopped as i32, "{src:?}");
+    assert!(alive(original), "the original is kept, stopped");
+    // The target does run it, with all its memory: a person stops the original.
+    let dst = status(&mut p.cb, &id).await;
+    assert_ne!(dst.state, pb::ProcessState::Stopped as i32, "{dst:?}");
+    assert!(ask(&mut p.cb, &id, "verify ").await.starts_with("verify ok pages=16384"));
+    p.ca.stop_process(pb::StopProcessRequest { id: id.clone(), ..Default::default() })
+        .await
+        .expect("the original can be stopped");
+    wait_until("the original to be gone", T, || async { (!alive(original)).then_some(()) }).await;
 }

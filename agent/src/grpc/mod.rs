@@ -152,6 +152,7 @@ impl AgentApi for Service {
             pb::Fault::SlowTransfer => Fault::Send(SendFault::Slow(ms)),
             pb::Fault::HoldBeforeCommit => Fault::HoldBeforeCommit(ms),
             pb::Fault::StallPageServer => Fault::StallPageServer(ms),
+            pb::Fault::LoseCommitAnswer => Fault::LoseCommitAnswer,
         };
         let req = MigrateOut {
             workload_id: need_id(&r.workload_id)?.to_string(),

@@ -54,6 +54,8 @@ pub enum Fault {
     HoldBeforeCommit(std::time::Duration),
     /// Post-copy: stop the page server (SIGSTOP) this long once the target resumed.
     StallPageServer(std::time::Duration),
+    /// Send CommitMigration once and drop the answer (the commit may have been delivered).
+    LoseCommitAnswer,
 }
 
 impl Fault {

@@ -806,6 +806,18 @@ impl Run {
     /// CommitMigration on the target, a few times; the original must already be unable to run.
     async fn confirm_commit(&mut self) -> Commit {
         let mut client = self.client.clone().expect("connected in preflight");
+        if self.fault == Fault::LoseCommitAnswer {
+            let call = client.commit_migration(pb::MigrationRef { migration_id: self.mid.clone() });
+            let answer = tokio::time::timeout(CONNECT_TIMEOUT, call).await;
+            tracing::warn!(
+                migration = self.mid,
+                ?answer,
+                "fault injection: dropping the commit's answer"
+            );
+            return Commit::Unknown(
+                "the connection broke before the answer (fault injection)".into(),
+            );
+        }
         let mut last = String::new();
         let mut maybe_delivered = false;
         for attempt in 1..=COMMIT_TRIES {

@@ -3,12 +3,12 @@
 //! writing page images; the agent answers the protocol itself and forwards it to the target while
 //! the dump runs (`PushPages`), the page data in the snapshot's chunk encoding (zero pages left
 //! out, zstd or raw as measured, crc32c each) and the whole byte stream under a blake3 digest.
-//! The target replays the stream into a local `criu page-server`, which writes the pagemap and
-//! pages images; PushSnapshot then brings the rest, naming the stream's length and digest, and
+//! The target writes the stream as CRIU's pagemap and pages images, as CRIU's own page server
+//! would but with zero pages left as holes; PushSnapshot then brings the rest, naming the stream's length and digest, and
 //! the target restores only if its own count matches.
 //!
 //! ```text
-//! source: criu dump ══ps.fd══ agent ─ reader ─ encoders (2) ─ PushPages ─▶ target agent ─ decode ─▶ criu page-server ─▶ images
+//! source: criu dump ══ps.fd══ agent ─ reader ─ encoders (2) ─ PushPages ─▶ target agent ─ decode ─▶ pagemap-*.img, pages-*.img
 //! ```
 
 use std::io::{Read, Write};
@@ -24,8 +24,8 @@ use tonic::transport::Channel;
 
 use crate::agent::Agent;
 use crate::error::AgentError;
-use crate::snapshot::receive::decode;
 use crate::snapshot::receive::ReceiveError;
+use crate::snapshot::receive::{decode, Decoded};
 use crate::snapshot::send::{encode, Mode, Policy, Progress, SendFault, WORKERS};
 use crate::snapshot::{CHUNK_SIZE, DIGEST, PAGE, SEND_QUEUE, ZSTD_LEVEL};
 
@@ -79,15 +79,18 @@ pub fn start(
     let (order_tx, order_rx) = sync_channel::<Next>(SEND_QUEUE);
     let (job_tx, job_rx) = sync_channel::<Job>(SEND_QUEUE);
     let jobs = Arc::new(Mutex::new(job_rx));
+    // Buffers go back to the reader once encoded: reused memory, not freshly faulted pages.
+    let (free_tx, free_rx) = sync_channel::<Vec<u8>>(SEND_QUEUE + WORKERS + 2);
     for i in 0..WORKERS {
-        let (jobs, policy) = (jobs.clone(), policy.clone());
+        let (jobs, policy, free) = (jobs.clone(), policy.clone(), free_tx.clone());
         std::thread::Builder::new()
             .name(format!("pages-encode-{i}"))
-            .spawn(move || encode_jobs(&jobs, &policy, fault))?;
+            .spawn(move || encode_jobs(&jobs, &policy, fault, &free))?;
     }
+    drop(free_tx);
     let reader = std::thread::Builder::new()
         .name("pages-read".into())
-        .spawn(move || read_criu(ours, &order_tx, &job_tx))?;
+        .spawn(move || read_criu(ours, &order_tx, &job_tx, &free_rx))?;
     let (part_tx, part_rx) = tokio::sync::mpsc::channel::<pb::PagePart>(SEND_QUEUE);
     let first = pb::PagePart { migration_id: mid.clone(), ..Default::default() };
     let progress2 = progress.clone();
@@ -128,6 +131,7 @@ fn read_criu(
     mut sock: UnixStream,
     order: &SyncSender<Next>,
     jobs: &SyncSender<Job>,
+    free: &Receiver<Vec<u8>>,
 ) -> std::io::Result<pb::PageStreamEnd> {
     let gone = || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "page stream closed");
     let mut hasher = blake3::Hasher::new();
@@ -154,7 +158,8 @@ fn read_criu(
                     )?;
                 while left > 0 {
                     let n = left.min(CHUNK_SIZE);
-                    let mut raw = vec![0u8; n];
+                    let mut raw = free.try_recv().unwrap_or_default();
+                    raw.resize(n, 0);
                     sock.read_exact(&mut raw)?;
                     hasher.update(&raw);
                     let (done, result) = sync_channel(1);
@@ -186,7 +191,12 @@ fn read_criu(
     }
 }
 
-fn encode_jobs(jobs: &Mutex<Receiver<Job>>, policy: &Policy, fault: SendFault) {
+fn encode_jobs(
+    jobs: &Mutex<Receiver<Job>>,
+    policy: &Policy,
+    fault: SendFault,
+    free: &SyncSender<Vec<u8>>,
+) {
     let mut zstd = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
     loop {
         let job = match jobs.lock().expect("page jobs poisoned").recv() {
@@ -208,6 +218,7 @@ fn encode_jobs(jobs: &Mutex<Receiver<Job>>, policy: &Policy, fault: SendFault) {
             zero_pages: e.zero_pages,
         });
         let _ = job.done.send(chunk);
+        let _ = free.try_send(job.raw);
     }
 }
 
@@ -292,8 +303,8 @@ pub fn dir(agent: &Agent, mid: &str) -> PathBuf {
 }
 
 impl Agent {
-    /// The target's side of PushPages: replays the stream into a local `criu page-server` that
-    /// writes the images, verifying every chunk and the whole stream's digest.
+    /// The target's side of PushPages: writes the stream as CRIU images, verifying every chunk,
+    /// every command's place and the whole stream's digest.
     pub async fn receive_pages(
         self: &Arc<Self>,
         mut inbound: tonic::Streaming<pb::PagePart>,
@@ -315,14 +326,14 @@ impl Agent {
                     .into(),
             ));
         }
-        let criu = self.criu().path.clone().filter(|_| self.is_root() && self.criu().check_passed);
-        let Some(criu) = criu else {
+        // The pages are only of use to a CRIU restore here.
+        if !(self.is_root() && self.criu().check_passed) {
             return Err(AgentError::Precondition(format!(
                 "node {} cannot take CRIU pages: {}",
                 self.config().node,
                 self.criu().check_error
             )));
-        };
+        }
         let dir = dir(self, &mid);
         let made =
             std::fs::create_dir_all(dir.parent().expect("under migrations")).and_then(|_| {
@@ -336,7 +347,7 @@ impl Agent {
             }
             Err(e) => return Err(AgentError::Internal(format!("cannot create {dir:?}: {e}"))),
         }
-        let received = self.pages_into(&criu, &dir, &mut inbound).await;
+        let received = self.pages_into(&dir, &mut inbound).await;
         match received {
             Ok((end, result)) => {
                 self.page_streams.lock().expect("page streams poisoned").insert(mid.clone(), end);
@@ -365,61 +376,75 @@ impl Agent {
 
     async fn pages_into(
         &self,
-        criu: &Path,
         dir: &Path,
         inbound: &mut tonic::Streaming<pb::PagePart>,
     ) -> Result<(pb::PageStreamEnd, pb::PushPagesResult), AgentError> {
-        let (ours, theirs) = UnixStream::pair().map_err(|e| AgentError::Internal(e.to_string()))?;
-        let mut cmd = std::process::Command::new(criu);
-        cmd.args(["page-server", "--ps-socket"])
-            .arg(std::os::fd::AsRawFd::as_raw_fd(&theirs).to_string())
-            .args(["-v4", "-o", "page-server.log"])
-            .arg("--images-dir")
-            .arg(dir)
-            .arg("--work-dir")
-            .arg(dir)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        crate::sys::swrk::inherit_on_exec(&mut cmd, vec![std::os::fd::AsRawFd::as_raw_fd(&theirs)]);
-        let child = cmd
-            .spawn()
-            .map_err(|e| AgentError::Internal(format!("cannot start criu page-server: {e}")))?;
-        let pid = child.id() as i32;
-        let exit = self.reaper().watch(pid);
-        drop(child);
-        drop(theirs);
-        let log = dir.join("page-server.log");
-        // The page server answers commands the source's agent already answered: drop them.
-        let mut replies = ours.try_clone().map_err(|e| AgentError::Internal(e.to_string()))?;
-        std::thread::spawn(move || {
-            let mut sink = [0u8; 64];
-            while matches!(replies.read(&mut sink), Ok(n) if n > 0) {}
-        });
-        let (tx, rx) = sync_channel::<pb::PagePart>(SEND_QUEUE);
+        // Chunks are decoded (sizes checked first, then decompressed and checksummed) on up to
+        // DECODE_AHEAD blocking threads; one writer thread hashes and writes them in order.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(DECODE_AHEAD);
+        let out = dir.to_path_buf();
         let writer = std::thread::Builder::new()
             .name("pages-write".into())
-            .spawn(move || write_pages(ours, &rx))
+            .spawn(move || write_pages(&out, &mut rx))
             .map_err(|e| AgentError::Internal(e.to_string()))?;
         let limit = self.config().max_snapshot_bytes;
         let (mut wire, mut data_at) = (0u64, 0u64);
-        let kill = || {
-            let _ = crate::sys::signal::send(pid, crate::sys::signal::Sig::SIGKILL);
-        };
-        // The stream's end, or why it broke; the writer's own failure (a corrupt chunk, the page
-        // server gone) is the better answer when there is one.
+        type Decoding = tokio::task::JoinHandle<Result<Decoded, ReceiveError>>;
+        let mut decoding: std::collections::VecDeque<(Vec<u8>, Option<Decoding>)> =
+            Default::default();
+        // Hands the oldest piece to the writer; false once the writer is gone.
+        async fn forward(
+            decoding: &mut std::collections::VecDeque<(Vec<u8>, Option<Decoding>)>,
+            tx: &tokio::sync::mpsc::Sender<Piece>,
+        ) -> Result<bool, AgentError> {
+            let Some((commands, job)) = decoding.pop_front() else { return Ok(true) };
+            let data = match job {
+                Some(j) => Some(
+                    j.await
+                        .map_err(|e| AgentError::Internal(e.to_string()))?
+                        .map_err(AgentError::Snapshot)?,
+                ),
+                None => None,
+            };
+            Ok(tx.send(Piece { commands, data }).await.is_ok())
+        }
+        // The stream's end, or why it broke; the writer's own failure (a corrupt chunk, a command
+        // out of place) is the better answer when there is one.
         let end: Result<pb::PageStreamEnd, AgentError> = loop {
             let part = match inbound.message().await {
                 Ok(Some(p)) => p,
                 Ok(None) => {
-                    break Err(AgentError::StreamBroken(
+                    // A corrupt chunk among the last ones is the better answer.
+                    let mut why = AgentError::StreamBroken(
                         "the page stream ended before its last part".into(),
-                    ))
+                    );
+                    while !decoding.is_empty() {
+                        match forward(&mut decoding, &tx).await {
+                            Ok(true) => {}
+                            Ok(false) => break,
+                            Err(e) => {
+                                why = e;
+                                break;
+                            }
+                        }
+                    }
+                    break Err(why);
                 }
                 Err(s) => break Err(AgentError::StreamBroken(s.message().to_string())),
             };
             if let Some(end) = part.end {
-                break Ok(end);
+                let mut flushed = Ok(end);
+                while !decoding.is_empty() {
+                    match forward(&mut decoding, &tx).await {
+                        Ok(true) => {}
+                        Ok(false) => break,
+                        Err(e) => {
+                            flushed = Err(e);
+                            break;
+                        }
+                    }
+                }
+                break flushed;
             }
             let bad =
                 |why: String| AgentError::InvalidRequest(format!("invalid page stream: {why}"));
@@ -444,8 +469,14 @@ impl Agent {
                     )));
                 }
             }
-            if tx.send(part).is_err() {
-                break Err(AgentError::StreamBroken("the page writer stopped".into()));
+            let job = part.chunk.map(|c| tokio::task::spawn_blocking(move || decode(c)));
+            decoding.push_back((part.commands, job));
+            if decoding.len() >= DECODE_AHEAD {
+                match forward(&mut decoding, &tx).await {
+                    Ok(true) => {}
+                    Ok(false) => break Err(AgentError::StreamBroken(WRITER_STOPPED.into())),
+                    Err(e) => break Err(e),
+                }
             }
         };
         drop(tx);
@@ -453,31 +484,29 @@ impl Agent {
             .await
             .map_err(|e| AgentError::Internal(e.to_string()))?
             .map_err(|_| AgentError::Internal("the page writer panicked".into()));
+        // Which failure to report: a part refused or found corrupt here (it never reached the
+        // writer), else what the writer refused or could not write, else why the stream ended.
         let (ours, end) = match (written, end) {
             (Ok(Ok(ours)), Ok(end)) => (ours, end),
-            (Ok(Err(e)) | Err(e), _) | (_, Err(e)) => {
-                kill();
-                return Err(e);
+            (_, Err(e @ (AgentError::InvalidRequest(_) | AgentError::Snapshot(_)))) => {
+                return Err(e)
             }
+            (
+                Ok(Err(
+                    w @ (AgentError::InvalidRequest(_)
+                    | AgentError::Snapshot(_)
+                    | AgentError::Io { .. }),
+                )),
+                _,
+            ) => return Err(w),
+            (_, Err(e)) | (Ok(Err(e)) | Err(e), Ok(_)) => return Err(e),
         };
         if ours.bytes != end.bytes || ours.digest != end.digest {
-            kill();
             return Err(AgentError::Snapshot(ReceiveError::Corrupt(format!(
                 "the page stream's {DIGEST} digest or length does not match: {} bytes, {} here; \
                  {} bytes, {} at the source",
                 ours.bytes, ours.digest, end.bytes, end.digest
             ))));
-        }
-        let status = tokio::time::timeout(Duration::from_secs(30), exit).await;
-        match status {
-            Ok(Ok(crate::sys::reaper::ExitStatus::Exited(0))) => {}
-            other => {
-                kill();
-                return Err(AgentError::Internal(format!(
-                    "criu page-server did not write the pages ({other:?}); see {}",
-                    log.display()
-                )));
-            }
         }
         Ok((ours, pb::PushPagesResult { bytes_raw: data_at, bytes_wire: wire }))
     }
@@ -488,41 +517,191 @@ impl Agent {
     }
 }
 
-/// Decodes and writes the parts into the page server's socket, hashing the byte stream.
+/// Why the receiving loop stopped when the writer did (the writer says why).
+const WRITER_STOPPED: &str = "the page writer stopped";
+/// Chunks being decoded ahead of the writer.
+const DECODE_AHEAD: usize = 4;
+
+/// What the writer takes, in stream order: commands, then the page data that follows them.
+struct Piece {
+    commands: Vec<u8>,
+    data: Option<Decoded>,
+}
+
+/// CRIU's `pagemap_head` (images/pagemap.proto).
+#[derive(Clone, PartialEq, prost::Message)]
+struct PagemapHead {
+    #[prost(uint32, required, tag = "1")]
+    pages_id: u32,
+}
+
+/// CRIU's `pagemap_entry` (images/pagemap.proto, CRIU 4.2: the page count in `nr_pages`).
+#[derive(Clone, PartialEq, prost::Message)]
+struct PagemapEntry {
+    #[prost(uint64, required, tag = "1")]
+    vaddr: u64,
+    #[prost(uint32, required, tag = "2")]
+    compat_nr_pages: u32,
+    #[prost(uint32, optional, tag = "4")]
+    flags: Option<u32>,
+    #[prost(uint64, optional, tag = "5")]
+    nr_pages: Option<u64>,
+}
+
+/// Every CRIU image but the raw ones starts with these (criu/include/magic.h).
+const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
+const PAGEMAP_MAGIC: u32 = 0x5608_4025;
+
+/// The images of one `OPEN2`: a pagemap and its pages file, written as CRIU's page server would
+/// write them, except that zero pages are left as holes in the pages file (they read as zeros).
+struct Image {
+    dst_id: u64,
+    pagemap: std::fs::File,
+    pages: std::fs::File,
+    /// Bytes of the pages file so far (holes included).
+    len: u64,
+}
+
+/// Writes the page stream as CRIU images into `dir`, hashing the byte stream as it came.
 fn write_pages(
-    mut sock: UnixStream,
-    rx: &Receiver<pb::PagePart>,
+    dir: &Path,
+    rx: &mut tokio::sync::mpsc::Receiver<Piece>,
 ) -> Result<pb::PageStreamEnd, AgentError> {
     let mut hasher = blake3::Hasher::new();
     let mut total = 0u64;
-    let broken = |e: std::io::Error| {
-        AgentError::Internal(format!("criu page-server stopped taking pages: {e}"))
-    };
-    while let Ok(part) = rx.recv() {
-        hasher.update(&part.commands);
-        total += part.commands.len() as u64;
-        sock.write_all(&part.commands).map_err(broken)?;
-        if let Some(c) = part.chunk {
-            let d = decode(c).map_err(AgentError::Snapshot)?;
+    let (mut image, mut pages_id, mut due, mut closed) = (None::<Image>, 0u32, 0u64, false);
+    let bad = |why: String| AgentError::InvalidRequest(format!("invalid page stream: {why}"));
+    let io = |path: PathBuf| move |source| AgentError::Io { path, source };
+    while let Some(piece) = rx.blocking_recv() {
+        hasher.update(&piece.commands);
+        total += piece.commands.len() as u64;
+        for h in piece.commands.chunks(HEADER) {
+            if due > 0 || closed {
+                return Err(bad("a command where page data was due".into()));
+            }
+            let word =
+                |r: std::ops::Range<usize>| u64::from_ne_bytes(h[r].try_into().expect("8 bytes"));
+            let cmd = u32::from_ne_bytes(h[0..4].try_into().expect("4 bytes"));
+            let (nr_pages, vaddr, dst_id) = (word(8..16), word(16..24), word(24..32));
+            match cmd & 0xffff {
+                PS_IOV_OPEN2 => {
+                    if let Some(done) = image.take() {
+                        finish(done, dir)?;
+                    }
+                    let name = match dst_id & 0xff {
+                        1 => format!("pagemap-{}.img", dst_id >> 8),
+                        2 => format!("pagemap-shmem-{}.img", dst_id >> 8),
+                        t => return Err(bad(format!("image type {t}"))),
+                    };
+                    pages_id += 1;
+                    let create = |name: &str| {
+                        let path = dir.join(name);
+                        std::fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .open(&path)
+                            .map_err(io(path))
+                    };
+                    let mut pagemap = create(&name)?;
+                    let mut head = Vec::new();
+                    head.extend_from_slice(&IMG_COMMON_MAGIC.to_ne_bytes());
+                    head.extend_from_slice(&PAGEMAP_MAGIC.to_ne_bytes());
+                    put(&mut head, &PagemapHead { pages_id });
+                    pagemap.write_all(&head).map_err(io(dir.join(&name)))?;
+                    let pages = create(&format!("pages-{pages_id}.img"))?;
+                    image = Some(Image { dst_id, pagemap, pages, len: 0 });
+                }
+                PS_IOV_PARENT => {}
+                PS_IOV_ADD_F => {
+                    let Some(img) = image.as_mut().filter(|i| i.dst_id == dst_id) else {
+                        return Err(bad(format!("pages for image {dst_id:#x}, which is not open")));
+                    };
+                    let flags = cmd >> 16;
+                    let entry = PagemapEntry {
+                        vaddr,
+                        compat_nr_pages: 0,
+                        flags: Some(flags),
+                        nr_pages: Some(nr_pages),
+                    };
+                    let mut buf = Vec::new();
+                    put(&mut buf, &entry);
+                    img.pagemap.write_all(&buf).map_err(io(dir.join("pagemap")))?;
+                    if flags & PE_PRESENT != 0 {
+                        due = nr_pages
+                            .checked_mul(PAGE as u64)
+                            .ok_or_else(|| bad(format!("{nr_pages} pages in one entry")))?;
+                    }
+                }
+                PS_IOV_CLOSE | PS_IOV_FORCE_CLOSE => closed = true,
+                other => return Err(bad(format!("page-server command {other:#x}"))),
+            }
+        }
+        if let Some(d) = piece.data {
             hasher.update(&d.raw);
             total += d.raw.len() as u64;
-            sock.write_all(&d.raw).map_err(broken)?;
+            let Some(img) = image.as_mut().filter(|_| d.raw.len() as u64 <= due) else {
+                return Err(bad("page data no command announced".into()));
+            };
+            write_leaving_holes(&img.pages, img.len, &d.raw, &d.zero_pages)
+                .map_err(io(dir.join(format!("pages-{pages_id}.img"))))?;
+            img.len += d.raw.len() as u64;
+            due -= d.raw.len() as u64;
         }
+    }
+    if !closed || due > 0 {
+        return Err(AgentError::StreamBroken(
+            "the page stream ended before CRIU's close command".into(),
+        ));
+    }
+    if let Some(done) = image.take() {
+        finish(done, dir)?;
     }
     Ok(pb::PageStreamEnd { bytes: total, digest: hasher.finalize().to_hex().to_string() })
 }
 
-/// Moves the page images of `mid`'s stream into `images` (the received snapshot's), and the
-/// page server's log into `logs`. Refuses a snapshot that carries page images itself.
-pub fn claim(dir: &Path, images: &Path, logs: &Path) -> std::io::Result<()> {
+/// Appends `m` as CRIU writes an image entry: its length (u32, host order), then the message.
+fn put(buf: &mut Vec<u8>, m: &impl prost::Message) {
+    buf.extend_from_slice(&(m.encoded_len() as u32).to_ne_bytes());
+    m.encode(buf).expect("a Vec grows");
+}
+
+/// The pages file gets its full length (trailing zero pages are a hole too).
+fn finish(img: Image, dir: &Path) -> Result<(), AgentError> {
+    img.pages.set_len(img.len).map_err(|source| AgentError::Io { path: dir.to_path_buf(), source })
+}
+
+/// Writes `raw` at `at`, skipping the pages `zero_pages` marks (they stay holes).
+fn write_leaving_holes(
+    f: &std::fs::File,
+    at: u64,
+    raw: &[u8],
+    zero_pages: &[u8],
+) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let zero = |i: usize| zero_pages.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0);
+    let pages = raw.len().div_ceil(PAGE);
+    let mut i = 0;
+    while i < pages {
+        if zero(i) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < pages && !zero(i) {
+            i += 1;
+        }
+        let (from, to) = (start * PAGE, (i * PAGE).min(raw.len()));
+        f.write_all_at(&raw[from..to], at + from as u64)?;
+    }
+    Ok(())
+}
+
+/// Moves the page images of a migration's stream into `images` (the received snapshot's).
+/// Refuses a snapshot that carries page images itself.
+pub fn claim(dir: &Path, images: &Path) -> std::io::Result<()> {
     for e in std::fs::read_dir(dir)? {
         let e = e?;
         let name = e.file_name();
-        if name == "page-server.log" {
-            std::fs::create_dir_all(logs)?;
-            std::fs::rename(e.path(), logs.join(&name))?;
-            continue;
-        }
         let to = images.join(&name);
         if std::fs::symlink_metadata(&to).is_ok() {
             return Err(std::io::Error::other(format!(

@@ -136,7 +136,6 @@ impl Agent {
                 Some(_) => super::pages::claim(
                     &super::pages::dir(self, &mid),
                     &recv_dir.join("images"),
-                    &scratch.join("criu"),
                 )
                 .map_err(|e| {
                     AgentError::Internal(format!("cannot take the pages of migration {mid}: {e}"))
