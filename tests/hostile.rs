@@ -606,8 +606,8 @@ async fn page_streams_that_break_the_rules_are_refused() {
         assert_eq!(err.code(), code, "{what}: {}", err.message());
         assert!(err.message().contains(needle), "{what}: {:?} lacks {needle:?}", err.message());
     }
-    let migrations = agent.data_dir.join("migrations");
-    let left: Vec<_> = std::fs::read_dir(&migrations)
+    let pages = agent.data_dir.join("pages");
+    let left: Vec<_> = std::fs::read_dir(&pages)
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "refused page streams leave nothing behind: {left:?}");

@@ -403,17 +403,13 @@ async fn target_killed_mid_transfer_leaves_the_workload_running_on_the_source() 
         .await
     });
     // Once data arrives on the target, kill its agent. With CRIU the memory pages go first,
-    // while the dump runs (into "<migration>.pages"), then the rest of the snapshot.
-    let incoming = p.b.data_dir.join("migrations");
+    // while the dump runs (into "pages/<migration>"), then the rest of the snapshot.
+    let (incoming, pages) = (p.b.data_dir.join("migrations"), p.b.data_dir.join("pages"));
     wait_until("the transfer to begin", T, || async {
-        std::fs::read_dir(&incoming)
-            .ok()?
-            .flatten()
-            .any(|e| {
-                e.file_name().to_string_lossy().ends_with(".pages")
-                    || e.path().join("recv/images").exists()
-            })
-            .then_some(())
+        let pages_came = std::fs::read_dir(&pages).is_ok_and(|mut d| d.next().is_some());
+        let snapshot_came = std::fs::read_dir(&incoming)
+            .is_ok_and(|d| d.flatten().any(|e| e.path().join("recv/images").exists()));
+        (pages_came || snapshot_came).then_some(())
     })
     .await;
     // A second migration of the same workload is refused meanwhile.
@@ -469,7 +465,7 @@ async fn corrupted_chunk_is_caught_and_rolled_back() {
     .await;
     // Chunk 5 is one of the memory pages, which travel while the dump runs.
     rolled_back(&r, "checkpoint", "checksum mismatch");
-    let pages = p.b.data_dir.join("migrations").join(format!("{}.pages", r.migration_id));
+    let pages = p.b.data_dir.join("pages").join(&r.migration_id);
     assert!(!pages.exists(), "the target's page stream directory removed");
     let on_b =
         p.cb.list_processes(pb::ListProcessesRequest {}).await.unwrap().into_inner().processes;
@@ -909,7 +905,7 @@ async fn a_page_stream_nobody_claimed_is_removed_when_its_agent_restarts() {
         },
     ];
     c.push_pages(tokio_stream::iter(parts)).await.expect("an honest page stream");
-    let dir = a.data_dir.join("migrations").join("m-stale.pages");
+    let dir = a.data_dir.join("pages").join("m-stale");
     assert!(dir.is_dir(), "the stream waits for its snapshot in {dir:?}");
     let a = net.restart_agent(0, a, &[]);
     let _ = a.client().await;

@@ -4,8 +4,8 @@
 //! the dump runs (`PushPages`), the page data in the snapshot's chunk encoding (zero pages left
 //! out, zstd or raw as measured, crc32c each) and the whole byte stream under a blake3 digest.
 //! The target writes the stream as CRIU's pagemap and pages images, as CRIU's own page server
-//! would but with zero pages left as holes; PushSnapshot then brings the rest, naming the stream's length and digest, and
-//! the target restores only if its own count matches.
+//! would but with zero pages left as holes; PushSnapshot then brings the rest, naming the
+//! stream's length and digest, and the target restores only if its own count matches.
 //!
 //! ```text
 //! source: criu dump ══ps.fd══ agent ─ reader ─ encoders (2) ─ PushPages ─▶ target agent ─ decode ─▶ pagemap-*.img, pages-*.img
@@ -24,8 +24,7 @@ use tonic::transport::Channel;
 
 use crate::agent::Agent;
 use crate::error::AgentError;
-use crate::snapshot::receive::ReceiveError;
-use crate::snapshot::receive::{decode, Decoded};
+use crate::snapshot::receive::{decode, Decoded, ReceiveError};
 use crate::snapshot::send::{encode, Mode, Policy, Progress, SendFault, WORKERS};
 use crate::snapshot::{CHUNK_SIZE, DIGEST, PAGE, SEND_QUEUE, ZSTD_LEVEL};
 
@@ -288,18 +287,17 @@ impl tokio_stream::Stream for PartStream {
 
 /// Removes the page streams an earlier agent received and nobody claimed.
 pub fn remove_stale(agent: &Agent) {
-    let Ok(dirs) = std::fs::read_dir(agent.config().data_dir.join("migrations")) else { return };
+    let Ok(dirs) = std::fs::read_dir(agent.config().data_dir.join("pages")) else { return };
     for e in dirs.flatten() {
-        if e.file_name().to_string_lossy().ends_with(".pages") {
-            tracing::warn!(path = ?e.path(), "removing a page stream left by an earlier agent");
-            let _ = std::fs::remove_dir_all(e.path());
-        }
+        tracing::warn!(path = ?e.path(), "removing a page stream left by an earlier agent");
+        let _ = std::fs::remove_dir_all(e.path());
     }
 }
 
-/// The directory a migration's page stream is written into, beside its scratch directory.
+/// The directory a migration's page stream is written into (`<data>/pages/<id>`, apart from
+/// the migrations' scratch directories, so no migration id can name it).
 pub fn dir(agent: &Agent, mid: &str) -> PathBuf {
-    agent.config().data_dir.join("migrations").join(format!("{mid}.pages"))
+    agent.config().data_dir.join("pages").join(mid)
 }
 
 impl Agent {
@@ -335,11 +333,10 @@ impl Agent {
             )));
         }
         let dir = dir(self, &mid);
-        let made =
-            std::fs::create_dir_all(dir.parent().expect("under migrations")).and_then(|_| {
-                use std::os::unix::fs::DirBuilderExt;
-                std::fs::DirBuilder::new().mode(0o700).create(&dir)
-            });
+        let made = std::fs::create_dir_all(dir.parent().expect("under pages")).and_then(|_| {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().mode(0o700).create(&dir)
+        });
         match made {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
