@@ -2,8 +2,9 @@
 # Migrates a workload between two agent VMs through the REST API and verifies its state: a
 # counter that keeps a journal in its working directory continues where it was on the target,
 # and (when the VMs are reachable with `vagrant ssh`) its journal on the target's disk holds
-# exactly 1..n. Then it migrates it back. Prints each migration's figures. With the lab's
-# certificates (vagrant/bin/tls) it first checks that the agents registered over TLS and that an
+# exactly 1..n. Then it migrates it back, and once more by post-copy (the memory follows through
+# the agents' page tunnel). Prints each migration's figures. With the lab's certificates
+# (vagrant/bin/tls) it first checks that the agents registered over TLS and that an
 # agent and the coordinator refuse plain TCP and TLS without a client certificate.
 #
 #   FERRY_LAB_NET  first three octets of the lab network (default 192.168.56, as the Vagrantfile)
@@ -103,10 +104,10 @@ for _ in $(seq 60); do [ "$(counts "$id")" -ge 20 ] && break; sleep 1; done
 # migrate ID TARGET: moves the workload and checks that the count went on without a restart or a
 # gap, and that the journal the process keeps open on the target's disk holds exactly 1..n.
 migrate() {
-  local id=$1 to=$2 before
+  local id=$1 to=$2 mode=${3:-stop-and-copy} before
   before=$(counts "$id")
-  step "$before counts so far; migrating $id to $to"
-  "$ferry" migrate "$id" --to "$to"
+  step "$before counts so far; migrating $id to $to ($mode)"
+  "$ferry" migrate "$id" --to "$to" --mode "$mode"
   "$ferry" ps
   sleep 3
   alllogs "$id" | grep '^count ' | awk '{print $2}' | python3 -c '
@@ -138,5 +139,7 @@ print(next(p["pid"] for p in json.load(sys.stdin) if p["id"] == sys.argv[1]))' "
 
 migrate "$id" agent2
 migrate "$id" agent1
+# Post-copy: the memory follows through the agents' page tunnel (no page server port).
+migrate "$id" agent2 post-copy
 "$ferry" stop "$id"
 step "lab migration verified"
