@@ -493,7 +493,7 @@ async fn ferry_run(
         dump_ms: r.dump_ms as f64,
         transfer_ms: r.transfer_ms as f64,
         restore_ms: r.restore_ms as f64,
-        // Post-copy's pages travel raw, from CRIU's page server straight to the target's daemon.
+        // Post-copy's pages travel raw, from CRIU's page server through the agents' page tunnel.
         bytes_wire: r.bytes_wire + r.post_copy_pages_total * 4096,
         bytes_moved: r.bytes_raw + r.post_copy_pages_total * 4096,
         cpu_source_s: (after.0 - before.0 - original_s).max(0.0),

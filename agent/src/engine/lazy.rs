@@ -1,7 +1,8 @@
-//! The target's side of post-copy: the `criu lazy-pages` daemon that fills a restored workload's
-//! memory from the source's page server, how much of that memory is still missing (CRIU's own
-//! count, from the daemon's log), and what happens when the daemon fails: the workload is killed
-//! and marked lost, never left running on incomplete memory.
+//! The `criu lazy-pages` daemon that fills a restored workload's memory after the resume: from
+//! the source's page server through the page tunnel (post-copy), or from the received images
+//! (stop-and-copy, by default). Also how much of that memory is still missing (CRIU's own count,
+//! from the daemon's log), and what happens when the daemon fails: the workload is killed and
+//! marked lost, never left running on incomplete memory.
 //!
 //! Why the agent holds the restored tasks' userfaultfds: see `sys::uffd`.
 
