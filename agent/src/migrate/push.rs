@@ -124,22 +124,25 @@ impl Agent {
             // them, and join the other images.
             let claimed = match self.take_page_stream(&mid) {
                 None => Err(AgentError::InvalidRequest(format!(
-                    "the snapshot of migration {mid} names a page stream that did not arrive                      whole on node {}",
+                    "the snapshot of migration {mid} names a page stream that did not arrive \
+                     whole on node {}",
                     self.config().node
                 ))),
-                Some(got) if got != *sent => Err(AgentError::Snapshot(ReceiveError::Corrupt(
-                    format!(
-                        "the page stream of migration {mid} is not the one the snapshot names                          ({} bytes, {} here; {} bytes, {} at the source)",
+                Some(got) if got != *sent => {
+                    Err(AgentError::Snapshot(ReceiveError::Corrupt(format!(
+                        "the page stream of migration {mid} is not the one the snapshot names \
+                         ({} bytes, {} here; {} bytes, {} at the source)",
                         got.bytes, got.digest, sent.bytes, sent.digest
-                    ),
-                ))),
-                Some(_) => super::pages::claim(
-                    &super::pages::dir(self, &mid),
-                    &recv_dir.join("images"),
-                )
-                .map_err(|e| {
-                    AgentError::Internal(format!("cannot take the pages of migration {mid}: {e}"))
-                }),
+                    ))))
+                }
+                Some(_) => {
+                    super::pages::claim(&super::pages::dir(self, &mid), &recv_dir.join("images"))
+                        .map_err(|e| {
+                            AgentError::Internal(format!(
+                                "cannot take the pages of migration {mid}: {e}"
+                            ))
+                        })
+                }
             };
             if let Err(e) = claimed {
                 let _ = std::fs::remove_dir_all(&scratch);
