@@ -101,6 +101,31 @@ pub struct LazyPages {
 }
 
 impl LazyPages {
+    /// The record of daemon `pid` (log `log`) started for `s`; `tunnel` is the agent's end of
+    /// its page-server connection (post-copy).
+    fn new(
+        s: &LazyStart,
+        pid: i32,
+        log: PathBuf,
+        tunnel: Option<std::os::unix::net::UnixStream>,
+    ) -> LazyPages {
+        LazyPages {
+            migration_id: s.migration_id.clone(),
+            workload_id: s.workload_id.clone(),
+            source_node: s.source_node.clone(),
+            pages: s.pages,
+            pid,
+            log,
+            restored_pid: AtomicI32::new(0),
+            committed: AtomicBool::new(false),
+            aborted: AtomicBool::new(false),
+            held: Mutex::new(Vec::new()),
+            end: Mutex::new(None),
+            progress: Mutex::new(LogProgress::default()),
+            tunnel: Mutex::new(tunnel),
+        }
+    }
+
     /// The daemon's page-server connection, for the source's PageTunnel (once).
     pub fn take_tunnel(&self) -> Option<std::os::unix::net::UnixStream> {
         self.tunnel.lock().expect("lazy tunnel poisoned").take()
@@ -172,7 +197,7 @@ impl LazyPages {
                 // daemon takes the descriptors one after the other right after the restore sent
                 // them, so wait until their number stops changing.
                 PageSource::Local => {
-                    let n = crate::sys::uffd::dup_userfaultfds(self.pid).map_or(0, |v| v.len());
+                    let n = crate::sys::uffd::userfaultfds(self.pid).map_or(0, |v| v.len());
                     same = if n == last { same + 1 } else { 0 };
                     last = n;
                     n > 0 && same >= 3
@@ -266,40 +291,24 @@ pub(super) fn start(
     let exit = agent.reaper().watch(pid);
     // Never `child.wait()`: the reaper owns waiting.
     drop(child);
-    let lp = Arc::new(LazyPages {
-        migration_id: s.migration_id.clone(),
-        workload_id: s.workload_id.clone(),
-        source_node: s.source_node.clone(),
-        pages: s.pages,
-        pid,
-        log: work.join(LOG),
-        restored_pid: AtomicI32::new(0),
-        committed: AtomicBool::new(false),
-        aborted: AtomicBool::new(false),
-        held: Mutex::new(Vec::new()),
-        end: Mutex::new(None),
-        progress: Mutex::new(LogProgress::default()),
-        tunnel: Mutex::new(tunnel),
-    });
+    let lp = Arc::new(LazyPages::new(&s, pid, work.join(LOG), tunnel));
     // A source that never opens the tunnel would leave the restore waiting on its first lazy
     // page: the daemon loses its page server after a while, so the restore fails instead.
-    let weak = Arc::downgrade(&lp);
-    let tunnelled = s.pages == PageSource::Tunnel;
-    tokio::spawn(async move {
-        if !tunnelled {
-            return;
-        }
-        tokio::time::sleep(TUNNEL_WAIT).await;
-        if let Some(lp) = weak.upgrade() {
-            if lp.take_tunnel().is_some() {
-                tracing::warn!(
-                    migration = lp.migration_id,
-                    source = lp.source_node,
-                    "the source never opened the page tunnel; stopping criu lazy-pages"
-                );
+    if s.pages == PageSource::Tunnel {
+        let weak = Arc::downgrade(&lp);
+        tokio::spawn(async move {
+            tokio::time::sleep(TUNNEL_WAIT).await;
+            if let Some(lp) = weak.upgrade() {
+                if lp.take_tunnel().is_some() {
+                    tracing::warn!(
+                        migration = lp.migration_id,
+                        source = lp.source_node,
+                        "the source never opened the page tunnel; stopping criu lazy-pages"
+                    );
+                }
             }
-        }
-    });
+        });
+    }
     let (agent2, lp2) = (agent.clone(), lp.clone());
     let scratch = work.parent().map(Path::to_path_buf);
     tokio::spawn(async move {
@@ -432,21 +441,15 @@ mod tests {
         let log = d.path().join(LOG);
         std::fs::write(&log, "(0.1) 1-2: Found 10 pages to be handled by UFFD\n(0.2) 1-2: uffd_co")
             .unwrap();
-        let lp = LazyPages {
+        let start = LazyStart {
             migration_id: "m".into(),
             workload_id: "w".into(),
             source_node: "a".into(),
             pages: PageSource::Tunnel,
-            pid: 0,
-            log: log.clone(),
-            restored_pid: AtomicI32::new(0),
-            committed: AtomicBool::new(false),
-            aborted: AtomicBool::new(false),
-            held: Mutex::new(Vec::new()),
-            end: Mutex::new(None),
-            progress: Mutex::new(LogProgress::default()),
-            tunnel: Mutex::new(None),
+            images: d.path().into(),
+            work: d.path().into(),
         };
+        let lp = LazyPages::new(&start, 0, log.clone(), None);
         assert_eq!(lp.progress(), PageCount { total: 10, copied: 0 });
         let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
         std::io::Write::write_all(&mut f, b"py: 0x1000/8192\n").unwrap();

@@ -24,7 +24,7 @@ use tonic::transport::Channel;
 
 use crate::agent::Agent;
 use crate::error::AgentError;
-use crate::snapshot::receive::{decode, Decoded, ReceiveError};
+use crate::snapshot::receive::{decode, segments, Decoded, ReceiveError};
 use crate::snapshot::send::{encode, Mode, Policy, Progress, SendFault, WORKERS};
 use crate::snapshot::{CHUNK_SIZE, DIGEST, PAGE, SEND_QUEUE, ZSTD_LEVEL};
 
@@ -243,13 +243,7 @@ fn order_out(
                     std::thread::sleep(d);
                 }
                 if let Some(c) = &chunk {
-                    use std::sync::atomic::Ordering::Relaxed;
-                    progress.chunks.fetch_add(1, Relaxed);
-                    progress.bytes_raw.fetch_add(c.raw_len.into(), Relaxed);
-                    let wire = (c.payload.len() + c.zero_pages.len()) as u64;
-                    progress.bytes_wire.fetch_add(wire, Relaxed);
-                    let zeros: u32 = c.zero_pages.iter().map(|b| b.count_ones()).sum();
-                    progress.bytes_zero.fetch_add(u64::from(zeros) * PAGE as u64, Relaxed);
+                    progress.count(c);
                 }
                 pb::PagePart { commands, chunk, ..Default::default() }
             }
@@ -405,6 +399,18 @@ impl Agent {
             };
             Ok(tx.send(Piece { commands, data }).await.is_ok())
         }
+        // Hands every piece still decoding to the writer (until the writer is gone).
+        async fn flush(
+            decoding: &mut std::collections::VecDeque<(Vec<u8>, Option<Decoding>)>,
+            tx: &tokio::sync::mpsc::Sender<Piece>,
+        ) -> Result<(), AgentError> {
+            while !decoding.is_empty() {
+                if !forward(decoding, tx).await? {
+                    break;
+                }
+            }
+            Ok(())
+        }
         // The stream's end, or why it broke; the writer's own failure (a corrupt chunk, a command
         // out of place) is the better answer when there is one.
         let end: Result<pb::PageStreamEnd, AgentError> = loop {
@@ -412,36 +418,17 @@ impl Agent {
                 Ok(Some(p)) => p,
                 Ok(None) => {
                     // A corrupt chunk among the last ones is the better answer.
-                    let mut why = AgentError::StreamBroken(
-                        "the page stream ended before its last part".into(),
-                    );
-                    while !decoding.is_empty() {
-                        match forward(&mut decoding, &tx).await {
-                            Ok(true) => {}
-                            Ok(false) => break,
-                            Err(e) => {
-                                why = e;
-                                break;
-                            }
-                        }
-                    }
-                    break Err(why);
+                    let ended = || {
+                        AgentError::StreamBroken(
+                            "the page stream ended before its last part".into(),
+                        )
+                    };
+                    break Err(flush(&mut decoding, &tx).await.err().unwrap_or_else(ended));
                 }
                 Err(s) => break Err(AgentError::StreamBroken(s.message().to_string())),
             };
             if let Some(end) = part.end {
-                let mut flushed = Ok(end);
-                while !decoding.is_empty() {
-                    match forward(&mut decoding, &tx).await {
-                        Ok(true) => {}
-                        Ok(false) => break,
-                        Err(e) => {
-                            flushed = Err(e);
-                            break;
-                        }
-                    }
-                }
-                break flushed;
+                break flush(&mut decoding, &tx).await.map(|()| end);
             }
             let bad =
                 |why: String| AgentError::InvalidRequest(format!("invalid page stream: {why}"));
@@ -639,8 +626,15 @@ fn write_pages(
             let Some(img) = image.as_mut().filter(|_| d.raw.len() as u64 <= due) else {
                 return Err(bad("page data no command announced".into()));
             };
-            write_leaving_holes(&img.pages, img.len, &d.raw, &d.zero_pages)
+            // Runs of zero pages stay holes, as in a received snapshot file.
+            for (from, to) in segments(d.raw.len(), &d.zero_pages) {
+                std::os::unix::fs::FileExt::write_all_at(
+                    &img.pages,
+                    &d.raw[from..to],
+                    img.len + from as u64,
+                )
                 .map_err(io(dir.join(format!("pages-{pages_id}.img"))))?;
+            }
             img.len += d.raw.len() as u64;
             due -= d.raw.len() as u64;
         }
@@ -665,32 +659,6 @@ fn put(buf: &mut Vec<u8>, m: &impl prost::Message) {
 /// The pages file gets its full length (trailing zero pages are a hole too).
 fn finish(img: Image, dir: &Path) -> Result<(), AgentError> {
     img.pages.set_len(img.len).map_err(|source| AgentError::Io { path: dir.to_path_buf(), source })
-}
-
-/// Writes `raw` at `at`, skipping the pages `zero_pages` marks (they stay holes).
-fn write_leaving_holes(
-    f: &std::fs::File,
-    at: u64,
-    raw: &[u8],
-    zero_pages: &[u8],
-) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let zero = |i: usize| zero_pages.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0);
-    let pages = raw.len().div_ceil(PAGE);
-    let mut i = 0;
-    while i < pages {
-        if zero(i) {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < pages && !zero(i) {
-            i += 1;
-        }
-        let (from, to) = (start * PAGE, (i * PAGE).min(raw.len()));
-        f.write_all_at(&raw[from..to], at + from as u64)?;
-    }
-    Ok(())
 }
 
 /// Moves the page images of a migration's stream into `images` (the received snapshot's).

@@ -425,7 +425,7 @@ impl Receiver {
 
 /// The byte ranges of a chunk of `len` bytes to write: all of it, less runs of at least
 /// [`HOLE_PAGES`] zero pages (left as holes).
-fn segments(len: usize, map: &[u8]) -> Vec<(usize, usize)> {
+pub(crate) fn segments(len: usize, map: &[u8]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let (mut start, mut i) = (0, 0);
     let n = pages(len);

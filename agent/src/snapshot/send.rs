@@ -54,6 +54,20 @@ pub struct Progress {
     pub codec: Mutex<String>,
 }
 
+impl Progress {
+    /// Counts a chunk handed to the transport: its raw bytes, its bytes on the wire (payload and
+    /// zero-page bitmap) and the bytes of its zero pages, which did not travel.
+    pub fn count(&self, c: &pb::Chunk) {
+        let raw_len = c.raw_len as usize;
+        self.chunks.fetch_add(1, Ordering::Relaxed);
+        self.bytes_raw.fetch_add(raw_len as u64, Ordering::Relaxed);
+        let wire = c.payload.len() + c.zero_pages.len();
+        self.bytes_wire.fetch_add(wire as u64, Ordering::Relaxed);
+        let zeros = raw_len - super::nonzero_len(raw_len, &c.zero_pages);
+        self.bytes_zero.fetch_add(zeros as u64, Ordering::Relaxed);
+    }
+}
+
 /// A codec a chunk can be sent with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -314,15 +328,6 @@ fn produce(
                 _ => {}
             }
             let raw_len = job.raw.len() as u64;
-            progress.chunks.fetch_add(1, Ordering::Relaxed);
-            progress.bytes_raw.fetch_add(raw_len, Ordering::Relaxed);
-            progress
-                .bytes_wire
-                .fetch_add((payload.len() + zero_pages.len()) as u64, Ordering::Relaxed);
-            progress.bytes_zero.fetch_add(
-                raw_len - super::nonzero_len(job.raw.len(), &zero_pages) as u64,
-                Ordering::Relaxed,
-            );
             let chunk = pb::Chunk {
                 file_index: job.file_index,
                 offset: job.offset,
@@ -332,6 +337,7 @@ fn produce(
                 checksum,
                 zero_pages,
             };
+            progress.count(&chunk);
             tx.blocking_send(part(pb::snapshot_part::Part::Chunk(chunk))).map_err(|_| gone())?;
             let _ = free_tx.try_send(job.raw);
             index += 1;

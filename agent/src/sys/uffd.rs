@@ -11,8 +11,8 @@ use std::os::fd::{FromRawFd, OwnedFd};
 /// The link text of a userfaultfd in `/proc/PID/fd`.
 const UFFD_LINK: &str = "anon_inode:[userfaultfd]";
 
-/// Duplicates of every userfaultfd `pid` holds open (none if it holds none).
-pub fn dup_userfaultfds(pid: i32) -> std::io::Result<Vec<OwnedFd>> {
+/// The numbers of the userfaultfds `pid` holds open.
+pub fn userfaultfds(pid: i32) -> std::io::Result<Vec<i32>> {
     let mut targets = Vec::new();
     for e in std::fs::read_dir(format!("/proc/{pid}/fd"))?.flatten() {
         let Ok(link) = std::fs::read_link(e.path()) else { continue };
@@ -22,6 +22,12 @@ pub fn dup_userfaultfds(pid: i32) -> std::io::Result<Vec<OwnedFd>> {
             }
         }
     }
+    Ok(targets)
+}
+
+/// Duplicates of every userfaultfd `pid` holds open (none if it holds none).
+pub fn dup_userfaultfds(pid: i32) -> std::io::Result<Vec<OwnedFd>> {
+    let targets = userfaultfds(pid)?;
     if targets.is_empty() {
         return Ok(Vec::new());
     }
