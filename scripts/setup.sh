@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # One idempotent setup for a fresh Debian machine of the project's kind (and for CI):
 #   - apt packages the build, the tests and CRIU need;
-#   - a working CRIU >= 4.2 (the distro's when it is new enough and `criu check` passes, otherwise
-#     built from Debian's sid source package and installed to /usr/local/sbin/criu);
+#   - a working CRIU >= 4.2 carrying ferry's patches (scripts/criu/*.patch: post-copy's lazy dump
+#     reads the frozen task's memory instead of splicing it all into pipes), built from Debian's
+#     sid source package and installed to /usr/local/sbin/criu unless one is already there (its
+#     `criu --version` says "GitID: <version>+ferry.N"); a stock CRIU >= 4.2 that passes
+#     `criu check` is the fallback if the build fails (everything works, post-copy freezes longer);
 #   - kernel knobs the agent relies on;
 #   - the Rust workspace built (release) so `ferry` is ready.
 # A second run only verifies and takes seconds.
@@ -29,7 +32,7 @@ runtime_pkgs=(iproute2 iptables nftables zstd tar python3 gcc libc6-dev make pkg
   util-linux netcat-openbsd vagrant vagrant-libvirt chromium tcpdump)
 criu_build_pkgs=(libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler python3-protobuf
   libnl-3-dev libnet1-dev libcap-dev libbsd-dev uuid-dev libaio-dev libgnutls28-dev libnftables-dev
-  xz-utils)
+  xz-utils patch)
 
 missing_pkgs() {
   local p
@@ -78,6 +81,14 @@ criu_ok() {
   return 0
 }
 
+# The patches ferry's CRIU carries, and the mark a build with them gets (GitID <version>+ferry.N).
+criu_patches=("$here"/scripts/criu/*.patch)
+criu_patch_level=${#criu_patches[@]}
+criu_patched() {
+  "$1" --version 2>/dev/null | grep -qE "^GitID: .*\+ferry\.${criu_patch_level}\$"
+}
+
+# build_criu: builds CRIU (with ferry's patches when they apply) and installs it to $prefix/sbin.
 build_criu() {
   apt_install "${criu_build_pkgs[@]}"
   local work=/var/cache/ferry/criu-build
@@ -106,27 +117,47 @@ build_criu() {
     orig=$(ls "$work"/criu_*.orig.tar.xz 2>/dev/null | sort -V | tail -n1 || true)
     [ -n "$orig" ] || die "could not download criu's orig tarball from sid"
   fi
-  log "building CRIU from $(basename "$orig")"
-  local src=$work/src
+  local version src=$work/src gitid="" p
+  version=$(basename "$orig" | sed -E 's/^criu_(.*)\.orig\.tar\.xz$/\1/')
   rm -rf "$src"
   mkdir -p "$src"
   tar -xf "$orig" -C "$src" --strip-components=1
-  make -C "$src" -j"$(nproc)" criu >"$work/build.log" 2>&1 || {
+  for p in "${criu_patches[@]}"; do
+    if ! patch -p1 -s -d "$src" <"$p" >>"$work/build.log" 2>&1; then
+      log "warning: $(basename "$p") does not apply to CRIU $version; building it unpatched"
+      rm -rf "$src" && mkdir -p "$src" && tar -xf "$orig" -C "$src" --strip-components=1
+      gitid=none
+      break
+    fi
+  done
+  [ "$gitid" = none ] && gitid="" || gitid="$version+ferry.$criu_patch_level"
+  log "building CRIU $version${gitid:+ with the ferry patches (GitID $gitid)}"
+  if ! make -C "$src" -j"$(nproc)" criu ${gitid:+GITID="$gitid"} >"$work/build.log" 2>&1; then
     tail -n 40 "$work/build.log" >&2
-    die "CRIU build failed; full log: $work/build.log"
-  }
+    log "CRIU build failed; full log: $work/build.log"
+    return 1
+  fi
   install -D -m 0755 "$src/criu/criu" "$prefix/sbin/criu"
   log "installed $prefix/sbin/criu"
 }
 
 criu_bin=""
+stock_bin=""
 for candidate in "$prefix/sbin/criu" /usr/sbin/criu /usr/local/sbin/criu $(command -v criu 2>/dev/null || true); do
-  if criu_ok "$candidate"; then criu_bin=$candidate; break; fi
+  criu_ok "$candidate" || continue
+  if criu_patched "$candidate"; then criu_bin=$candidate; break; fi
+  [ -n "$stock_bin" ] || stock_bin=$candidate
 done
 if [ -z "$criu_bin" ]; then
-  build_criu
-  criu_ok "$prefix/sbin/criu" || die "the CRIU just built at $prefix/sbin/criu does not pass 'criu check'"
-  criu_bin=$prefix/sbin/criu
+  if build_criu && criu_ok "$prefix/sbin/criu"; then
+    criu_bin=$prefix/sbin/criu
+    criu_patched "$criu_bin" || log "warning: $criu_bin is a stock CRIU: post-copy's freeze grows with memory"
+  elif [ -n "$stock_bin" ]; then
+    log "warning: using $stock_bin, a stock CRIU: post-copy's freeze grows with memory"
+    criu_bin=$stock_bin
+  else
+    die "no working CRIU: the one built at $prefix/sbin/criu does not pass 'criu check'"
+  fi
 fi
 # The agent looks for `criu` on PATH; make sure the good one wins over an old distro binary.
 if [ "$(command -v criu || true)" != "$criu_bin" ] && [ "$criu_bin" != /usr/local/sbin/criu ]; then

@@ -246,6 +246,20 @@ async fn process_tree_with_pipe_and_daemon_moves_whole() {
     if !require_root("process_tree_with_pipe_and_daemon_moves_whole") {
         return;
     }
+    tree_moves_whole(pb::Mode::StopAndCopy).await;
+}
+
+/// Post-copy serves each process of the tree its own memory (the source's page server reads every
+/// frozen process's lazy pages when the target asks for them).
+#[tokio::test]
+async fn process_tree_moves_whole_in_post_copy() {
+    if !require_root("process_tree_moves_whole_in_post_copy") {
+        return;
+    }
+    tree_moves_whole(pb::Mode::PostCopy).await;
+}
+
+async fn tree_moves_whole(mode: pb::Mode) {
     let mut p = pair(&[]).await;
     let s = start(&mut p.ca, spec(&[&workload("tree.py")])).await;
     let id = id_of(&s);
@@ -256,8 +270,21 @@ async fn process_tree_with_pipe_and_daemon_moves_whole() {
     .await;
     let s = status(&mut p.ca, &id).await;
     assert_eq!(s.task_count, 4, "parent, two children and the daemon: {s:?}");
-    let r = migrate(&mut p.ca, &id, &p.b.addr).await;
+    let r = migrate_with(
+        &mut p.ca,
+        pb::MigrateOutRequest {
+            workload_id: id.clone(),
+            target_address: p.b.addr.clone(),
+            mode: mode as i32,
+            ..Default::default()
+        },
+    )
+    .await;
     completed(&r);
+    if mode == pb::Mode::PostCopy {
+        assert_eq!(r.mode, "post_copy", "{r:?}");
+        assert!(r.post_copy_pages_total > 0 && r.post_copy_pages_remaining == 0, "{r:?}");
+    }
     let s = status(&mut p.cb, &id).await;
     assert_eq!(s.task_count, 4, "the whole tree was restored: {s:?}");
     let lines = wait_log(&p.cb, &id, "tree going on", T, |l| {
