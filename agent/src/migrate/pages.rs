@@ -2,8 +2,8 @@
 //! pages to its agent over a socketpair (RPC `ps.fd`, CRIU's page-server protocol) instead of
 //! writing page images; the agent answers the protocol itself and forwards it to the target while
 //! the dump runs (`PushPages`), the page data in the snapshot's chunk encoding (zero pages left
-//! out, zstd or raw as measured, crc32c each) and the whole byte stream under a blake3 digest.
-//! The target writes the stream as CRIU's pagemap and pages images, as CRIU's own page server
+//! out, zstd or raw as measured, crc32c each) and the whole stream under a blake3 digest of its
+//! commands and its chunks' offsets, lengths and checksums. The target writes the stream as CRIU's pagemap and pages images, as CRIU's own page server
 //! would but with zero pages left as holes; PushSnapshot then brings the rest, naming the
 //! stream's length and digest, and the target restores only if its own count matches.
 //!
@@ -26,7 +26,13 @@ use crate::agent::Agent;
 use crate::error::AgentError;
 use crate::snapshot::receive::{decode, segments, Decoded, ReceiveError};
 use crate::snapshot::send::{encode, Mode, Policy, Progress, SendFault, WORKERS};
-use crate::snapshot::{CHUNK_SIZE, DIGEST, PAGE, SEND_QUEUE, ZSTD_LEVEL};
+use crate::snapshot::{CHUNK_SIZE, DIGEST, PAGE, SEND_QUEUE};
+
+/// The page stream's zstd level. Memory pages are compressed under a freeze on cores the two
+/// agents, CRIU and the network share, so speed counts more than ratio: on the benchmark's mixed
+/// pages level -1 (no Huffman-coded literals) compressed 1 GiB in 292 ms where level 1 took 572,
+/// to the same 347 MB.
+const ZSTD_LEVEL: i32 = -1;
 
 /// A page-server command header, CRIU 4.2's `struct page_server_iov` in host order: u32 cmd,
 /// 4 bytes of padding, u64 nr_pages, u64 vaddr, u64 dst_id (CRIU 4.1 had a u32 nr_pages and a
@@ -39,6 +45,8 @@ const PS_IOV_CLOSE: u32 = 0x1023;
 const PS_IOV_FORCE_CLOSE: u32 = 0x1024;
 /// Pagemap flag: the entry's pages follow the header.
 const PE_PRESENT: u32 = 4;
+/// The socketpair's buffer on each side (set as root, past net.core.[rw]mem_max).
+const SOCKET_BUFFER: usize = 4 * CHUNK_SIZE;
 /// How long a received page stream waits for its PushSnapshot before it is thrown away.
 const UNCLAIMED: Duration = Duration::from_secs(300);
 
@@ -61,7 +69,30 @@ struct Job {
 enum Next {
     /// Commands, then (when the receiver is given) the chunk an encoder is making.
     Part(Vec<u8>, Option<Receiver<std::io::Result<pb::Chunk>>>),
-    End(pb::PageStreamEnd),
+    /// The stream's length in bytes (commands and page data).
+    End(u64),
+}
+
+/// The page stream's digest: its commands as they came, and each chunk's place, length and
+/// checksum (the chunk's bytes are the checksum's to vouch for; hashing them all again on both
+/// sides cost a quarter of a second per GiB under the freeze).
+#[derive(Default)]
+struct Digest(blake3::Hasher);
+
+impl Digest {
+    fn commands(&mut self, c: &[u8]) {
+        self.0.update(c);
+    }
+
+    fn chunk(&mut self, offset: u64, raw_len: u32, checksum: u32) {
+        self.0.update(&offset.to_le_bytes());
+        self.0.update(&raw_len.to_le_bytes());
+        self.0.update(&checksum.to_le_bytes());
+    }
+
+    fn end(&self, bytes: u64) -> pb::PageStreamEnd {
+        pb::PageStreamEnd { bytes, digest: self.0.finalize().to_hex().to_string() }
+    }
 }
 
 /// Starts the page stream of migration `mid` to `client`'s agent: threads that read CRIU's
@@ -74,7 +105,22 @@ pub fn start(
     progress: Arc<Progress>,
 ) -> std::io::Result<Outgoing> {
     let (ours, criu_end) = UnixStream::pair()?;
-    let policy = Arc::new(Policy::new(progress.clone()));
+    // Room for CRIU to run ahead of the reader by a few chunks (a socket's default is ~200 KiB,
+    // so CRIU stopped whenever the reader was off the CPU).
+    for (sock, opt) in [(&criu_end, libc::SO_SNDBUFFORCE), (&ours, libc::SO_RCVBUFFORCE)] {
+        let size: libc::c_int = SOCKET_BUFFER as libc::c_int;
+        // SAFETY: a valid socket, an int option and its size.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(sock),
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+    let policy = Arc::new(Policy::new(progress.clone(), ZSTD_LEVEL));
     let (order_tx, order_rx) = sync_channel::<Next>(SEND_QUEUE);
     let (job_tx, job_rx) = sync_channel::<Job>(SEND_QUEUE);
     let jobs = Arc::new(Mutex::new(job_rx));
@@ -106,7 +152,7 @@ pub fn start(
         .await
         .map_err(|e| e.to_string())?;
         let end = match read {
-            (Ok(Ok(end)), _) => Some(end),
+            (Ok(Ok(())), Ok(Ok(end))) => Some(end),
             // The reader's failure comes first: it ended the stream the target then refused.
             (Ok(Err(e)), _) if e.kind() != std::io::ErrorKind::BrokenPipe => {
                 return Err(format!("cannot read the pages CRIU sends: {e}"))
@@ -125,15 +171,14 @@ pub fn start(
 }
 
 /// Reads CRIU's side of the page-server protocol, answers it (no parent images; every close
-/// acknowledged), and queues commands and page data in order. Returns the stream's end.
+/// acknowledged), and queues commands and page data in order, then the stream's end.
 fn read_criu(
     mut sock: UnixStream,
     order: &SyncSender<Next>,
     jobs: &SyncSender<Job>,
     free: &Receiver<Vec<u8>>,
-) -> std::io::Result<pb::PageStreamEnd> {
+) -> std::io::Result<()> {
     let gone = || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "page stream closed");
-    let mut hasher = blake3::Hasher::new();
     let (mut total, mut data_at, mut seq) = (0u64, 0u64, 0u64);
     let mut commands = Vec::new();
     loop {
@@ -141,7 +186,6 @@ fn read_criu(
         sock.read_exact(&mut h).map_err(|e| {
             std::io::Error::new(e.kind(), format!("CRIU ended the page stream early: {e}"))
         })?;
-        hasher.update(&h);
         total += HEADER as u64;
         commands.extend_from_slice(&h);
         let cmd = u32::from_ne_bytes(h[0..4].try_into().expect("4 bytes"));
@@ -160,7 +204,6 @@ fn read_criu(
                     let mut raw = free.try_recv().unwrap_or_default();
                     raw.resize(n, 0);
                     sock.read_exact(&mut raw)?;
-                    hasher.update(&raw);
                     let (done, result) = sync_channel(1);
                     let next = Next::Part(std::mem::take(&mut commands), Some(result));
                     order.send(next).map_err(|_| gone())?;
@@ -174,12 +217,8 @@ fn read_criu(
             PS_IOV_CLOSE | PS_IOV_FORCE_CLOSE => {
                 sock.write_all(&0i32.to_ne_bytes())?;
                 order.send(Next::Part(commands, None)).map_err(|_| gone())?;
-                let end = pb::PageStreamEnd {
-                    bytes: total,
-                    digest: hasher.finalize().to_hex().to_string(),
-                };
-                order.send(Next::End(end.clone())).map_err(|_| gone())?;
-                return Ok(end);
+                order.send(Next::End(total)).map_err(|_| gone())?;
+                return Ok(());
             }
             other => {
                 return Err(std::io::Error::other(format!(
@@ -221,24 +260,35 @@ fn encode_jobs(
     }
 }
 
-/// Sends the parts in stream order (the first names the migration).
+/// Sends the parts in stream order (the first names the migration), the digest last. Returns
+/// the stream's end.
 fn order_out(
     first: pb::PagePart,
     order: &Receiver<Next>,
     out: &tokio::sync::mpsc::Sender<pb::PagePart>,
     fault: SendFault,
     progress: &Progress,
-) -> std::io::Result<()> {
+) -> std::io::Result<pb::PageStreamEnd> {
     let gone = || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "PushPages closed");
     out.blocking_send(first).map_err(|_| gone())?;
+    let mut digest = Digest::default();
     while let Ok(next) = order.recv() {
         let part = match next {
-            Next::End(end) => pb::PagePart { end: Some(end), ..Default::default() },
+            Next::End(bytes) => {
+                let end = digest.end(bytes);
+                out.blocking_send(pb::PagePart { end: Some(end.clone()), ..Default::default() })
+                    .map_err(|_| gone())?;
+                return Ok(end);
+            }
             Next::Part(commands, chunk) => {
+                digest.commands(&commands);
                 let chunk = match chunk {
                     Some(rx) => Some(rx.recv().map_err(|_| gone())??),
                     None => None,
                 };
+                if let Some(c) = &chunk {
+                    digest.chunk(c.offset, c.raw_len, c.checksum);
+                }
                 if let (Some(_), SendFault::Slow(d)) = (&chunk, fault) {
                     std::thread::sleep(d);
                 }
@@ -250,7 +300,7 @@ fn order_out(
         };
         out.blocking_send(part).map_err(|_| gone())?;
     }
-    Ok(())
+    Err(gone())
 }
 
 /// The parts as the transport takes them, telling the codec policy when.
@@ -551,13 +601,13 @@ fn write_pages(
     dir: &Path,
     rx: &mut tokio::sync::mpsc::Receiver<Piece>,
 ) -> Result<pb::PageStreamEnd, AgentError> {
-    let mut hasher = blake3::Hasher::new();
+    let mut digest = Digest::default();
     let mut total = 0u64;
     let (mut image, mut pages_id, mut due, mut closed) = (None::<Image>, 0u32, 0u64, false);
     let bad = |why: String| AgentError::InvalidRequest(format!("invalid page stream: {why}"));
     let io = |path: PathBuf| move |source| AgentError::Io { path, source };
     while let Some(piece) = rx.blocking_recv() {
-        hasher.update(&piece.commands);
+        digest.commands(&piece.commands);
         total += piece.commands.len() as u64;
         for h in piece.commands.chunks(HEADER) {
             if due > 0 || closed {
@@ -621,7 +671,7 @@ fn write_pages(
             }
         }
         if let Some(d) = piece.data {
-            hasher.update(&d.raw);
+            digest.chunk(d.offset, d.raw.len() as u32, d.checksum);
             total += d.raw.len() as u64;
             let Some(img) = image.as_mut().filter(|_| d.raw.len() as u64 <= due) else {
                 return Err(bad("page data no command announced".into()));
@@ -647,7 +697,7 @@ fn write_pages(
     if let Some(done) = image.take() {
         finish(done, dir)?;
     }
-    Ok(pb::PageStreamEnd { bytes: total, digest: hasher.finalize().to_hex().to_string() })
+    Ok(digest.end(total))
 }
 
 /// Appends `m` as CRIU writes an image entry: its length (u32, host order), then the message.

@@ -47,6 +47,8 @@ pub struct Decoded {
     pub wire_len: usize,
     /// The zero-page bitmap the chunk came with (empty: none).
     pub zero_pages: Vec<u8>,
+    /// The crc32c of `raw`, verified.
+    pub checksum: u32,
 }
 
 /// Checks a chunk's sizes, decompresses it and verifies its checksum. Stateless and blocking,
@@ -99,8 +101,16 @@ pub fn decode(c: pb::Chunk) -> Result<Decoded, ReceiveError> {
                 }
             }
             // Into a buffer of at most data_len bytes (<= CHUNK_SIZE): more output is an error.
-            zstd::bulk::decompress(&c.payload, data_len)
-                .map_err(|e| ReceiveError::Corrupt(format!("{at} does not decompress: {e}")))?
+            // One decompression context per thread, not one per chunk.
+            thread_local! {
+                static ZSTD: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+                    std::cell::RefCell::new(zstd::bulk::Decompressor::new().ok());
+            }
+            ZSTD.with(|z| match z.borrow_mut().as_mut() {
+                Some(z) => z.decompress(&c.payload, data_len),
+                None => zstd::bulk::decompress(&c.payload, data_len),
+            })
+            .map_err(|e| ReceiveError::Corrupt(format!("{at} does not decompress: {e}")))?
         }
         _ => return Err(ReceiveError::Invalid(format!("{at} has unknown codec {}", c.codec))),
     };
@@ -133,7 +143,14 @@ pub fn decode(c: pb::Chunk) -> Result<Decoded, ReceiveError> {
         return Err(ReceiveError::Corrupt(format!("checksum mismatch in {at}")));
     }
     let wire_len = wire_len + map.len();
-    Ok(Decoded { file_index: c.file_index, offset: c.offset, raw, wire_len, zero_pages: map })
+    Ok(Decoded {
+        file_index: c.file_index,
+        offset: c.offset,
+        raw,
+        wire_len,
+        zero_pages: map,
+        checksum: c.checksum,
+    })
 }
 
 struct FileState {

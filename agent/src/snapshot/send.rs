@@ -103,13 +103,15 @@ pub struct Policy {
     chosen: AtomicU8,
     timing: Mutex<Timing>,
     progress: Arc<Progress>,
+    /// The zstd level the encoders use (for the notes).
+    level: i32,
 }
 
 impl Policy {
-    pub(crate) fn new(progress: Arc<Progress>) -> Policy {
+    pub(crate) fn new(progress: Arc<Progress>, level: i32) -> Policy {
         *progress.codec.lock().expect("codec note poisoned") =
-            format!("zstd-{ZSTD_LEVEL} on {WORKERS} threads (not measured: a short stream)");
-        Policy { chosen: AtomicU8::new(0), timing: Mutex::default(), progress }
+            format!("zstd level {level} on {WORKERS} threads (not measured: a short stream)");
+        Policy { chosen: AtomicU8::new(0), timing: Mutex::default(), progress, level }
     }
 
     /// The codec for chunk `seq`: its probe window's, else the one chosen last.
@@ -145,9 +147,10 @@ impl Policy {
             let pick = if raw > zstd { Mode::Raw } else { Mode::Zstd };
             self.chosen.store(pick as u8, Ordering::Relaxed);
             let note = format!(
-                "{} (measured at chunk {seq}: zstd-{ZSTD_LEVEL} on {WORKERS} threads moved {:.0} MB/s \
+                "{} (measured at chunk {seq}: zstd level {} on {WORKERS} threads moved {:.0} MB/s \
                  of raw data, raw {:.0} MB/s)",
                 if pick == Mode::Raw { "raw" } else { "zstd" },
+                self.level,
                 zstd / 1e6,
                 raw / 1e6
             );
@@ -250,7 +253,7 @@ pub fn start(
     free_images: bool,
 ) -> (Parts, std::thread::JoinHandle<std::io::Result<()>>) {
     let (tx, rx) = mpsc::channel(SEND_QUEUE);
-    let policy = Arc::new(Policy::new(progress.clone()));
+    let policy = Arc::new(Policy::new(progress.clone(), ZSTD_LEVEL));
     let p2 = policy.clone();
     let handle = std::thread::Builder::new()
         .name("snapshot-send".into())
@@ -450,7 +453,7 @@ mod tests {
     #[test]
     fn the_faster_codec_on_the_wire_wins() {
         let progress = Arc::new(Progress::default());
-        let policy = Policy::new(progress.clone());
+        let policy = Policy::new(progress.clone(), ZSTD_LEVEL);
         let t0 = Instant::now();
         let ms = |n: u64| t0 + std::time::Duration::from_millis(n);
         // zstd: 1 MiB every 2 ms; raw: 1 MiB every 1 ms.
