@@ -4,7 +4,7 @@
 #   - a working CRIU >= 4.2 carrying ferry's patches (scripts/criu/*.patch: post-copy's lazy dump
 #     reads the frozen task's memory instead of splicing it all into pipes), built from Debian's
 #     sid source package and installed to /usr/local/sbin/criu unless one is already there (its
-#     `criu --version` says "GitID: <version>+ferry.N"); a stock CRIU >= 4.2 that passes
+#     `criu --version` says "GitID: <version>+ferry.<id of the patches>"); a stock CRIU >= 4.2 that passes
 #     `criu check` is the fallback if the build fails (everything works, post-copy freezes longer);
 #   - kernel knobs the agent relies on;
 #   - the Rust workspace built (release) so `ferry` is ready.
@@ -81,11 +81,12 @@ criu_ok() {
   return 0
 }
 
-# The patches ferry's CRIU carries, and the mark a build with them gets (GitID <version>+ferry.N).
+# The patches ferry's CRIU carries, and the mark a build with them gets: GitID <version>+ferry.<id>,
+# the id from the patches' contents, so a changed patch is built again.
 criu_patches=("$here"/scripts/criu/*.patch)
-criu_patch_level=${#criu_patches[@]}
+criu_patch_id=$(cat "${criu_patches[@]}" | sha256sum | cut -c1-12)
 criu_patched() {
-  "$1" --version 2>/dev/null | grep -qE "^GitID: .*\+ferry\.${criu_patch_level}\$"
+  "$1" --version 2>/dev/null | grep -qE "^GitID: .*\+ferry\.${criu_patch_id}\$"
 }
 
 # build_criu: builds CRIU (with ferry's patches when they apply) and installs it to $prefix/sbin.
@@ -130,7 +131,7 @@ build_criu() {
       break
     fi
   done
-  [ "$gitid" = none ] && gitid="" || gitid="$version+ferry.$criu_patch_level"
+  [ "$gitid" = none ] && gitid="" || gitid="$version+ferry.$criu_patch_id"
   log "building CRIU $version${gitid:+ with the ferry patches (GitID $gitid)}"
   if ! make -C "$src" -j"$(nproc)" criu ${gitid:+GITID="$gitid"} >"$work/build.log" 2>&1; then
     tail -n 40 "$work/build.log" >&2

@@ -7,12 +7,15 @@
  *   i % 3 == 1  zeros, written explicitly (so the page is resident, not the shared zero page)
  *   i % 3 == 2  the line "ferry page %08zu text\n" (with i) repeated, cut off at the page end
  * The region is never written again. A separate counter ticks every 100 ms.
- * On SIGUSR1 every byte of the region is compared with the regenerated content.
+ * A second mapping of GUARDED pages holds the pages that follow (i = P, P + 1, ...) and is kept
+ * PROT_NONE: the program itself cannot read it, and a migration must still move it intact.
+ * On SIGUSR1 every byte of both is compared with the regenerated content (the guarded mapping
+ * made readable for the check only).
  *
  * Output, one line each, flushed:
  *   memhog ready size_mib=S pages=P
  *   tick N                                   (N = 1, 2, ...)
- *   verify ok pages=P tick=N
+ *   verify ok pages=P guarded=G tick=N
  *   verify FAIL page=P offset=O tick=N       (first bad byte; O is the offset within page P)
  *
  * Sleeps are relative nanosleeps only (no absolute CLOCK_MONOTONIC deadlines), so a restore on
@@ -32,6 +35,7 @@
 #include <time.h>
 
 #define PAGE 4096 /* the content unit; fixed so content does not depend on the host */
+#define GUARDED 256 /* pages of the PROT_NONE mapping */
 
 static volatile sig_atomic_t verify_requested;
 static unsigned long ticks; /* the counter; deliberately outside the big region */
@@ -83,20 +87,28 @@ static void gen_page(size_t i, unsigned char *out) {
 }
 
 /* Compares the whole region with regenerated content and reports the first difference. */
+static unsigned char *guarded; /* GUARDED pages, PROT_NONE but during a check */
+
 static void verify(const unsigned char *region, size_t pages) {
     static unsigned char want[PAGE];
-    for (size_t i = 0; i < pages; i++) {
-        const unsigned char *got = region + i * PAGE;
+    if (mprotect(guarded, GUARDED * PAGE, PROT_READ) != 0) {
+        say("verify FAIL mprotect: %s", strerror(errno));
+        return;
+    }
+    for (size_t i = 0; i < pages + GUARDED; i++) {
+        const unsigned char *got = i < pages ? region + i * PAGE : guarded + (i - pages) * PAGE;
         gen_page(i, want);
         if (memcmp(got, want, PAGE) != 0) {
             size_t off = 0;
             while (got[off] == want[off])
                 off++;
             say("verify FAIL page=%zu offset=%zu tick=%lu", i, off, ticks);
+            mprotect(guarded, GUARDED * PAGE, PROT_NONE);
             return;
         }
     }
-    say("verify ok pages=%zu tick=%lu", pages, ticks);
+    mprotect(guarded, GUARDED * PAGE, PROT_NONE);
+    say("verify ok pages=%zu guarded=%d tick=%lu", pages, GUARDED, ticks);
 }
 
 int main(int argc, char **argv) {
@@ -126,6 +138,17 @@ int main(int argc, char **argv) {
     }
     for (size_t i = 0; i < pages; i++)
         gen_page(i, region + i * PAGE); /* generate straight into place */
+    guarded = mmap(NULL, GUARDED * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (guarded == MAP_FAILED) {
+        perror("mmap");
+        return 1;
+    }
+    for (size_t i = 0; i < GUARDED; i++)
+        gen_page(pages + i, guarded + i * PAGE);
+    if (mprotect(guarded, GUARDED * PAGE, PROT_NONE) != 0) {
+        perror("mprotect");
+        return 1;
+    }
 
     say("memhog ready size_mib=%lu pages=%zu", mib, pages);
 
