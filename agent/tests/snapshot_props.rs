@@ -127,7 +127,8 @@ fn honest(files: &[(String, Content)]) -> Vec<pb::SnapshotPart> {
         let mut z = zstd::bulk::Compressor::new(1).expect("zstd");
         for (k, raw) in bytes.chunks(CHUNK_SIZE).enumerate() {
             // The agent's own encoder: zero pages left out, the rest zstd or raw.
-            let e = send::encode(raw, Some(&mut z)).expect("encode");
+            let e =
+                send::encode(raw, Some(&mut z), ferry_agent::snapshot::ZERO_RUN).expect("encode");
             raw_total += raw.len() as u64;
             wire_total += (e.payload.len() + e.zero_pages.len()) as u64;
             chunks.push(part(pb::snapshot_part::Part::Chunk(pb::Chunk {

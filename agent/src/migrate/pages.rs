@@ -24,7 +24,7 @@ use tonic::transport::Channel;
 
 use crate::agent::Agent;
 use crate::error::AgentError;
-use crate::snapshot::receive::{decode, segments, Decoded, ReceiveError};
+use crate::snapshot::receive::{decode, Decoded, ReceiveError};
 use crate::snapshot::send::{encode, Mode, Policy, Progress, SendFault, WORKERS};
 use crate::snapshot::{CHUNK_SIZE, DIGEST, PAGE, SEND_QUEUE};
 
@@ -245,7 +245,7 @@ fn encode_jobs(
             Mode::Zstd => zstd.as_mut(),
             Mode::Raw => None,
         };
-        let chunk = encode(&job.raw, z).map(|e| pb::Chunk {
+        let chunk = encode(&job.raw, z, 1).map(|e| pb::Chunk {
             file_index: 0,
             offset: job.offset,
             raw_len: job.raw.len() as u32,
@@ -671,22 +671,16 @@ fn write_pages(
             }
         }
         if let Some(d) = piece.data {
-            digest.chunk(d.offset, d.raw.len() as u32, d.checksum);
-            total += d.raw.len() as u64;
-            let Some(img) = image.as_mut().filter(|_| d.raw.len() as u64 <= due) else {
+            digest.chunk(d.offset, d.raw_len as u32, d.checksum);
+            total += d.raw_len as u64;
+            let Some(img) = image.as_mut().filter(|_| d.raw_len as u64 <= due) else {
                 return Err(bad("page data no command announced".into()));
             };
-            // Runs of zero pages stay holes, as in a received snapshot file.
-            for (from, to) in segments(d.raw.len(), &d.zero_pages) {
-                std::os::unix::fs::FileExt::write_all_at(
-                    &img.pages,
-                    &d.raw[from..to],
-                    img.len + from as u64,
-                )
+            // Every zero page stays a hole (the source leaves each one out).
+            d.write_at(&img.pages, img.len, 1)
                 .map_err(io(dir.join(format!("pages-{pages_id}.img"))))?;
-            }
-            img.len += d.raw.len() as u64;
-            due -= d.raw.len() as u64;
+            img.len += d.raw_len as u64;
+            due -= d.raw_len as u64;
         }
     }
     if !closed || due > 0 {

@@ -164,17 +164,20 @@ pub fn bit(map: &[u8], i: usize) -> bool {
     map.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)
 }
 
-/// The bitmap of `raw`'s zero pages that lie in runs of at least [`ZERO_RUN`] (or None when
-/// there are none). Shorter runs travel with their neighbours: leaving a lone zero page out costs
-/// a copy of the chunk on each side and saves little (zstd squeezes a zero page to a few bytes).
-pub fn zero_pages(raw: &[u8]) -> Option<Vec<u8>> {
+/// The bitmap of `raw`'s zero pages that lie in runs of at least `min_run` (or None when there
+/// are none). Shorter runs travel with their neighbours. The snapshot stream leaves out runs of
+/// [`ZERO_RUN`]: a lone zero page left out costs a copy of the chunk on the sending side and
+/// saves little on the wire (zstd squeezes a zero page to a few bytes). The page stream leaves
+/// out every zero page: the target then writes none of them (it writes memory images under the
+/// freeze, and a page written costs more there than a page copied here).
+pub fn zero_pages(raw: &[u8], min_run: usize) -> Option<Vec<u8>> {
     let zero: Vec<bool> = raw.chunks(PAGE).map(is_zero).collect();
     let mut map = vec![0u8; bitmap_len(raw.len())];
     let mut any = false;
     let mut i = 0;
     while i < zero.len() {
         let run = zero[i..].iter().take_while(|z| **z).count();
-        if run >= ZERO_RUN {
+        if run >= min_run.max(1) {
             for p in i..i + run {
                 map[p / 8] |= 1 << (p % 8);
             }
@@ -261,7 +264,7 @@ mod tests {
         for p in [0, 17, 19] {
             raw[p * PAGE] = 1;
         }
-        let map = zero_pages(&raw).unwrap();
+        let map = zero_pages(&raw, ZERO_RUN).unwrap();
         assert_eq!(map.len(), 5);
         assert!(!bit(&map, 0) && (1..17).all(|p| bit(&map, p)) && !bit(&map, 17));
         assert!(!bit(&map, 18) && !bit(&map, 19) && (20..36).all(|p| bit(&map, p)));
@@ -271,8 +274,9 @@ mod tests {
         assert_eq!(nonzero_len(PAGE * 3 + 100, &[0b0111]), 100, "a short last page counts short");
         let mut short = vec![0u8; PAGE * 15];
         short.push(1);
-        assert_eq!(zero_pages(&short), None, "15 zero pages travel as they are");
-        assert_eq!(zero_pages(&[1u8; 10]), None);
+        assert_eq!(zero_pages(&short, ZERO_RUN), None, "15 zero pages travel as they are");
+        assert!(zero_pages(&short, 1).is_some(), "the page stream leaves out every zero page");
+        assert_eq!(zero_pages(&[1u8; 10], 1), None);
         assert_eq!(bitmap_len(super::CHUNK_SIZE), 32);
     }
 

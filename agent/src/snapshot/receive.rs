@@ -39,16 +39,98 @@ pub enum ReceiveError {
     Io { path: PathBuf, source: std::io::Error },
 }
 
-/// A chunk whose size, codec and checksum were verified, decompressed, not yet written.
+/// A chunk whose size, codec and checksum were verified, decompressed, not yet written. Its zero
+/// pages are not put back in place: they are written as zeros, or left as holes, from the bitmap.
 pub struct Decoded {
     pub file_index: u32,
     pub offset: u64,
-    pub raw: Vec<u8>,
+    /// The chunk's pages the bitmap does not mark as zeros, in order (the whole chunk without one).
+    pub data: Vec<u8>,
+    /// The chunk's length, zero pages included.
+    pub raw_len: usize,
     pub wire_len: usize,
     /// The zero-page bitmap the chunk came with (empty: none).
     pub zero_pages: Vec<u8>,
-    /// The crc32c of `raw`, verified.
+    /// The crc32c of the whole chunk, verified.
     pub checksum: u32,
+}
+
+/// A run of a decoded chunk: `len` bytes at `at` in the chunk, from `data[from..]` or zeros.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Run {
+    at: usize,
+    len: usize,
+    /// Where the bytes start in `data`; None: zero pages.
+    from: Option<usize>,
+}
+
+/// The runs of a chunk of `raw_len` bytes whose zero pages `map` marks, in order.
+pub(crate) fn runs(raw_len: usize, map: &[u8]) -> Vec<Run> {
+    let mut out: Vec<Run> = Vec::new();
+    let mut from = 0;
+    for i in 0..pages(raw_len) {
+        let (at, len) = (i * PAGE, PAGE.min(raw_len - i * PAGE));
+        let zero = bit(map, i);
+        match out.last_mut() {
+            Some(r) if r.from.is_none() == zero => r.len += len,
+            _ => out.push(Run { at, len, from: (!zero).then_some(from) }),
+        }
+        if !zero {
+            from += len;
+        }
+    }
+    out
+}
+
+/// Zeros to write, hash and checksum zero pages from.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+/// `len` zero bytes, in pieces.
+fn zeros<'a>(len: usize) -> impl Iterator<Item = &'a [u8]> {
+    (0..len).step_by(ZEROS.len()).map(move |o| &ZEROS[..ZEROS.len().min(len - o)])
+}
+
+impl Decoded {
+    /// The chunk's bytes in order, zero pages included, in pieces.
+    fn pieces(&self) -> impl Iterator<Item = &[u8]> {
+        runs(self.raw_len, &self.zero_pages).into_iter().flat_map(move |r| {
+            let data = r.from.map(|f| &self.data[f..f + r.len]);
+            data.into_iter().chain(zeros(if data.is_none() { r.len } else { 0 }))
+        })
+    }
+
+    /// The whole chunk, zero pages in place.
+    pub fn raw(&self) -> Vec<u8> {
+        self.pieces().flatten().copied().collect()
+    }
+
+    /// Hashes the whole chunk, zero pages included.
+    pub fn hash_into(&self, h: &mut blake3::Hasher) {
+        self.pieces().for_each(|p| {
+            h.update(p);
+        });
+    }
+
+    /// Writes the chunk into `out` at `at`: runs of at least `hole_pages` zero pages stay holes
+    /// (they read as zeros in a file written front to back, and take no space), shorter ones are
+    /// written as zeros.
+    pub fn write_at(&self, out: &std::fs::File, at: u64, hole_pages: usize) -> std::io::Result<()> {
+        for r in runs(self.raw_len, &self.zero_pages) {
+            let to = at + r.at as u64;
+            match r.from {
+                Some(f) => out.write_all_at(&self.data[f..f + r.len], to)?,
+                None if r.len >= hole_pages * PAGE => {}
+                None => {
+                    let mut o = to;
+                    for z in zeros(r.len) {
+                        out.write_all_at(z, o)?;
+                        o += z.len() as u64;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Checks a chunk's sizes, decompresses it and verifies its checksum. Stateless and blocking,
@@ -120,37 +202,20 @@ pub fn decode(c: pb::Chunk) -> Result<Decoded, ReceiveError> {
             data.len()
         )));
     }
-    let raw = if map.is_empty() {
-        data
-    } else {
-        // Zero pages back in place.
-        let mut raw = vec![0u8; raw_len];
-        let mut from = 0;
-        for i in (0..pages(raw_len)).filter(|i| !bit(&map, *i)) {
-            let len = PAGE.min(raw_len - i * PAGE);
-            raw[i * PAGE..i * PAGE + len].copy_from_slice(&data[from..from + len]);
-            from += len;
-        }
-        raw
-    };
-    if raw.len() != raw_len {
-        return Err(ReceiveError::Corrupt(format!(
-            "{at} decodes to {} bytes, not {raw_len}",
-            raw.len()
-        )));
-    }
-    if crc32c::crc32c(&raw) != c.checksum {
-        return Err(ReceiveError::Corrupt(format!("checksum mismatch in {at}")));
-    }
-    let wire_len = wire_len + map.len();
-    Ok(Decoded {
+    let d = Decoded {
         file_index: c.file_index,
         offset: c.offset,
-        raw,
-        wire_len,
+        data,
+        raw_len,
+        wire_len: wire_len + map.len(),
         zero_pages: map,
         checksum: c.checksum,
-    })
+    };
+    // The checksum is of the whole chunk: zero pages count as they are, without being put back.
+    if d.pieces().fold(0, crc32c::crc32c_append) != c.checksum {
+        return Err(ReceiveError::Corrupt(format!("checksum mismatch in {at}")));
+    }
+    Ok(d)
 }
 
 struct FileState {
@@ -343,7 +408,7 @@ impl Receiver {
                 d.offset, f.meta.name, f.written
             )));
         }
-        if f.written + d.raw.len() as u64 > f.meta.size {
+        if f.written + d.raw_len as u64 > f.meta.size {
             return Err(ReceiveError::Invalid(format!(
                 "{:?} is longer than the {} bytes the manifest announced",
                 f.meta.name, f.meta.size
@@ -366,14 +431,12 @@ impl Receiver {
             self.out = Some(file);
         }
         if let Some(out) = self.out.as_ref() {
-            for (from, to) in segments(d.raw.len(), &d.zero_pages) {
-                out.write_all_at(&d.raw[from..to], d.offset + from as u64).map_err(io)?;
-            }
+            d.write_at(out, d.offset, HOLE_PAGES).map_err(io)?;
         }
-        self.hasher.update(&d.raw);
-        f.written += d.raw.len() as u64;
+        d.hash_into(&mut self.hasher);
+        f.written += d.raw_len as u64;
         self.totals.chunks += 1;
-        self.totals.bytes_raw += d.raw.len() as u64;
+        self.totals.bytes_raw += d.raw_len as u64;
         self.totals.bytes_wire += d.wire_len as u64;
         Ok(())
     }
@@ -438,32 +501,6 @@ impl Receiver {
         }
         Ok(got)
     }
-}
-
-/// The byte ranges of a chunk of `len` bytes to write: all of it, less runs of at least
-/// [`HOLE_PAGES`] zero pages (left as holes).
-pub(crate) fn segments(len: usize, map: &[u8]) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
-    let (mut start, mut i) = (0, 0);
-    let n = pages(len);
-    while i < n {
-        if !bit(map, i) {
-            i += 1;
-            continue;
-        }
-        let run = (i..n).take_while(|j| bit(map, *j)).count();
-        if run >= HOLE_PAGES {
-            if i * PAGE > start {
-                out.push((start, i * PAGE));
-            }
-            start = ((i + run) * PAGE).min(len);
-        }
-        i += run;
-    }
-    if start < len {
-        out.push((start, len));
-    }
-    out
 }
 
 #[cfg(test)]
@@ -560,7 +597,7 @@ mod tests {
         c.payload.clear();
         c.zero_pages = vec![1];
         let d = decode(c.clone()).unwrap();
-        assert_eq!(d.raw, vec![0u8; 100]);
+        assert_eq!(d.raw(), vec![0u8; 100]);
         c.zero_pages = vec![1, 0];
         let msg = decode(c.clone()).err().unwrap().to_string();
         assert!(msg.contains("bitmap of 2 bytes for 1 pages (expected 1)"), "{msg}");
@@ -572,22 +609,37 @@ mod tests {
         c.checksum = crc32c::crc32c(&[&[0u8; PAGE][..], &[5u8; PAGE][..]].concat());
         assert!(matches!(decode(c.clone()), Err(ReceiveError::Corrupt(_))));
         c.payload.truncate(PAGE);
-        assert_eq!(decode(c.clone()).unwrap().raw[PAGE..], [5u8; PAGE]);
+        assert_eq!(decode(c.clone()).unwrap().raw()[PAGE..], [5u8; PAGE]);
         c.checksum ^= 1;
         assert!(decode(c).err().unwrap().to_string().contains("checksum mismatch"));
     }
 
     #[test]
-    fn long_zero_runs_become_holes_short_ones_are_written() {
+    fn a_chunk_is_runs_of_data_and_zeros() {
         let all = vec![0xff; 32];
-        assert_eq!(segments(CHUNK_SIZE, &all), vec![]);
-        assert_eq!(segments(CHUNK_SIZE, &[]), vec![(0, CHUNK_SIZE)]);
+        let zeros = |at, len| Run { at, len, from: None };
+        assert_eq!(runs(CHUNK_SIZE, &all), vec![zeros(0, CHUNK_SIZE)]);
+        assert_eq!(runs(CHUNK_SIZE, &[]), vec![Run { at: 0, len: CHUNK_SIZE, from: Some(0) }]);
         let mut map = vec![0u8; 32];
         for i in 10..30 {
             map[i / 8] |= 1 << (i % 8);
         }
         map[0] = 0b10;
-        assert_eq!(segments(CHUNK_SIZE, &map), vec![(0, 10 * PAGE), (30 * PAGE, CHUNK_SIZE)]);
+        assert_eq!(
+            runs(CHUNK_SIZE, &map),
+            vec![
+                Run { at: 0, len: PAGE, from: Some(0) },
+                zeros(PAGE, PAGE),
+                Run { at: 2 * PAGE, len: 8 * PAGE, from: Some(PAGE) },
+                zeros(10 * PAGE, 20 * PAGE),
+                Run { at: 30 * PAGE, len: CHUNK_SIZE - 30 * PAGE, from: Some(9 * PAGE) },
+            ]
+        );
+        // A short last page.
+        assert_eq!(
+            runs(PAGE + 10, &[0b10]),
+            vec![Run { at: 0, len: PAGE, from: Some(0) }, zeros(PAGE, 10)]
+        );
     }
 
     #[test]

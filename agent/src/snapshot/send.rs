@@ -18,7 +18,7 @@ use std::time::Instant;
 use ferry_proto::agent as pb;
 use tokio::sync::mpsc;
 
-use super::{Entry, CHUNK_SIZE, SEND_QUEUE, ZSTD_LEVEL};
+use super::{Entry, CHUNK_SIZE, SEND_QUEUE, ZERO_RUN, ZSTD_LEVEL};
 
 /// Encoder threads (zero pages and zstd), chunk-parallel.
 pub const WORKERS: usize = 2;
@@ -173,8 +173,9 @@ pub struct Encoded {
 pub fn encode(
     raw: &[u8],
     zstd: Option<&mut zstd::bulk::Compressor<'_>>,
+    zero_run: usize,
 ) -> std::io::Result<Encoded> {
-    let map = super::zero_pages(raw);
+    let map = super::zero_pages(raw, zero_run);
     let data: std::borrow::Cow<'_, [u8]> = match &map {
         Some(m) => super::without_zero_pages(raw, m).into(),
         None => raw.into(),
@@ -430,7 +431,7 @@ fn encode_jobs(jobs: &Mutex<Receiver<Job>>, policy: &Policy) {
             Err(_) => return,
         };
         let zstd = (policy.mode_for(job.seq) == Mode::Zstd).then_some(&mut z);
-        let encoded = encode(&job.raw, zstd);
+        let encoded = encode(&job.raw, zstd, ZERO_RUN);
         let done = job.done.clone();
         let _ = done.send(encoded.map(|e| (job, e)));
     }
@@ -475,18 +476,21 @@ mod tests {
     fn zero_runs_are_bare_bitmaps_and_the_rest_is_compressed() {
         let mut z = zstd::bulk::Compressor::new(1).unwrap();
         let zeros = vec![0u8; CHUNK_SIZE];
-        let e = encode(&zeros, Some(&mut z)).unwrap();
+        let e = encode(&zeros, Some(&mut z), ZERO_RUN).unwrap();
         assert_eq!((e.codec, e.payload.len(), e.zero_pages), (pb::Codec::Raw, 0, vec![0xff; 32]));
         let page = super::super::PAGE;
         let mut mixed = vec![b'x'; 18 * page];
         mixed[page..17 * page].fill(0);
-        let e = encode(&mixed, Some(&mut z)).unwrap();
+        let e = encode(&mixed, Some(&mut z), ZERO_RUN).unwrap();
         assert_eq!((e.codec, e.zero_pages.clone()), (pb::Codec::Zstd, vec![0xfe, 0xff, 0x01]));
-        let e = encode(&mixed, None).unwrap();
+        let e = encode(&mixed, None, ZERO_RUN).unwrap();
         assert_eq!(e.payload, vec![b'x'; 2 * page]);
         // A lone zero page travels with its neighbours (no bitmap, no copy).
         mixed[page..16 * page].fill(b'x');
-        let e = encode(&mixed, None).unwrap();
+        let e = encode(&mixed, None, ZERO_RUN).unwrap();
         assert_eq!((e.zero_pages.len(), e.payload.len()), (0, 18 * page));
+        // The page stream leaves out even a lone one.
+        let e = encode(&mixed, None, 1).unwrap();
+        assert_eq!((e.zero_pages, e.payload.len()), (vec![0, 0, 0x01], 17 * page));
     }
 }
