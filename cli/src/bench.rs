@@ -764,9 +764,9 @@ fn render(args: &BenchArgs, sizes: &[SizeRuns], qemu: bool) -> String {
                 out,
                 "- Post-copy downtime at 4 GiB ≤ 1.5 × the 1 GiB figure: {d4:.0} ms = {ratio:.2} × — {}. \
                  The growth is CRIU's lazy dump (its dump phase: {:.0} ms at 1 GiB, {:.0} ms at 4 GiB), \
-                 which walks the page tables of the whole memory before it reports ready (with \
-                 scripts/criu's patch it no longer splices every page into pipes as well); the restore \
-                 stays at {:.0} / {:.0} ms.",
+                 in which the kernel walks the page tables of the whole memory for smaps before CRIU \
+                 reports ready (with scripts/criu's patch CRIU no longer splices every page into pipes \
+                 too, docs/migration.md); the restore stays at {:.0} / {:.0} ms.",
                 met(ratio <= 1.5),
                 med(&one.post, |s| s.dump_ms),
                 med(&four.post, |s| s.dump_ms),
