@@ -29,7 +29,9 @@ async fn daemon_stays_tracked_and_is_reaped() {
         let id = id.clone();
         async move {
             let s = status(&mut c, &id).await;
-            (s.main_pid == 0 && s.task_count == 1).then_some(s)
+            // The daemon is `setsid` until it has exec'd `sleep` (a moment, under load longer).
+            let daemon = s.tasks.iter().any(|t| !t.init && t.comm == "sleep");
+            (s.main_pid == 0 && s.task_count == 1 && daemon).then_some(s)
         }
     })
     .await;
