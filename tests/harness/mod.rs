@@ -311,14 +311,16 @@ pub fn is_exited(s: &pb::ProcessStatus) -> bool {
     s.state == pb::ProcessState::Exited as i32
 }
 
-/// Waits until workload `id` has exited and returns its last status.
+/// Waits until workload `id` has exited and its exit is recorded, and returns its last status.
+/// (A tree that is gone reads as exited at once; the exit code or signal follows moments later,
+/// once the reaper's wait has been recorded.)
 pub async fn wait_exited(c: &mut Client, id: &str, timeout: Duration) -> pb::ProcessStatus {
     wait_until(&format!("workload {id} to exit"), timeout, || {
         let mut c = c.clone();
         let id = id.to_string();
         async move {
             let s = status(&mut c, &id).await;
-            is_exited(&s).then_some(s)
+            (is_exited(&s) && s.exit.is_some()).then_some(s)
         }
     })
     .await
