@@ -1,11 +1,12 @@
 //! Stop-and-copy's overlapped page stream. The source's CRIU dump sends the workload's memory
 //! pages to its agent over a socketpair (RPC `ps.fd`, CRIU's page-server protocol) instead of
 //! writing page images; the agent answers the protocol itself and forwards it to the target while
-//! the dump runs (`PushPages`), the page data in the snapshot's chunk encoding (zero pages left
-//! out, zstd or raw as measured, crc32c each) and the whole stream under a blake3 digest of its
-//! commands and its chunks' offsets, lengths and checksums. The target writes the stream as CRIU's pagemap and pages images, as CRIU's own page server
-//! would but with zero pages left as holes; PushSnapshot then brings the rest, naming the
-//! stream's length and digest, and the target restores only if its own count matches.
+//! the dump runs (`PushPages`), the page data in the snapshot's chunk encoding (every zero page
+//! left out, zstd level -1 or raw as measured, crc32c each) and the whole stream under a blake3
+//! digest of its commands and its chunks' offsets, lengths and checksums. The target writes the
+//! stream as CRIU's pagemap and pages images, as CRIU's own page server would but with zero
+//! pages left as holes; PushSnapshot then brings the rest, naming the stream's length and digest,
+//! and the target restores only if its own count matches.
 //!
 //! ```text
 //! source: criu dump ══ps.fd══ agent ─ reader ─ encoders (2) ─ PushPages ─▶ target agent ─ decode ─▶ pagemap-*.img, pages-*.img
