@@ -165,9 +165,7 @@ impl AgentApi for Service {
         // connection) must not cancel it halfway, e.g. with the workload frozen. Its result stays
         // available through GetMigration.
         let agent = self.agent.clone();
-        let report = tokio::spawn(async move { agent.migrate_out(req).await })
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        let report = detached(async move { agent.migrate_out(req).await }).await?;
         Ok(Response::new(convert::report_to_pb(report)))
     }
 
@@ -179,9 +177,7 @@ impl AgentApi for Service {
         // even if the source hangs up.
         let agent = self.agent.clone();
         let stream = req.into_inner();
-        let pushed = tokio::spawn(async move { agent.receive_snapshot(stream).await })
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        let pushed = detached(async move { agent.receive_snapshot(stream).await }).await?;
         Ok(Response::new(pb::PushResult {
             status: Some(convert::status_to_pb(pushed.status)),
             verify_ms: pushed.verify_ms,
@@ -313,9 +309,18 @@ impl AgentApi for Service {
         // Detached, like PushSnapshot: a stream that ends must still be cleaned up.
         let agent = self.agent.clone();
         let inbound = req.into_inner();
-        let r = tokio::spawn(async move { agent.receive_pages(inbound).await })
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        let r = detached(async move { agent.receive_pages(inbound).await }).await?;
         Ok(Response::new(r))
     }
+}
+
+/// Runs `work` as a task of its own, so a caller that hangs up cannot cancel it halfway.
+async fn detached<T, E>(
+    work: impl std::future::Future<Output = Result<T, E>> + Send + 'static,
+) -> Result<T, Status>
+where
+    T: Send + 'static,
+    E: Into<Status> + Send + 'static,
+{
+    tokio::spawn(work).await.map_err(|e| Status::internal(e.to_string()))?.map_err(Into::into)
 }
