@@ -17,15 +17,16 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_proto::agent as pb;
 use pb::agent_client::AgentClient;
 use tonic::transport::Channel;
 
+use super::push::{DecodeAhead, DECODE_AHEAD};
 use crate::agent::Agent;
 use crate::error::AgentError;
-use crate::snapshot::receive::{decode, Decoded, ReceiveError};
+use crate::snapshot::receive::{Decoded, ReceiveError};
 use crate::snapshot::send::{encode, Mode, Policy, Progress, SendFault, WORKERS};
 use crate::snapshot::{CHUNK_SIZE, DIGEST, PAGE, SEND_QUEUE};
 
@@ -143,7 +144,7 @@ pub fn start(
     let sender = std::thread::Builder::new()
         .name("pages-send".into())
         .spawn(move || order_out(first, &order_rx, &part_tx, fault, &progress2))?;
-    let stream = PartStream { rx: part_rx, policy, seq: 0 };
+    let stream = PartStream { rx: part_rx, policy };
     let done = tokio::spawn(async move {
         let call = client.push_pages(stream).await;
         let read = tokio::task::spawn_blocking(move || {
@@ -308,7 +309,6 @@ fn order_out(
 struct PartStream {
     rx: tokio::sync::mpsc::Receiver<pb::PagePart>,
     policy: Arc<Policy>,
-    seq: u64,
 }
 
 impl tokio_stream::Stream for PartStream {
@@ -321,9 +321,7 @@ impl tokio_stream::Stream for PartStream {
         let polled = self.rx.poll_recv(cx);
         if let std::task::Poll::Ready(Some(p)) = &polled {
             if let Some(c) = &p.chunk {
-                let seq = self.seq;
-                self.policy.taken(seq, c.raw_len.into(), Instant::now());
-                self.seq += 1;
+                self.policy.took(c.raw_len.into());
             }
         }
         polled
@@ -431,35 +429,22 @@ impl Agent {
             .map_err(|e| AgentError::Internal(e.to_string()))?;
         let limit = self.config().max_snapshot_bytes;
         let (mut wire, mut data_at) = (0u64, 0u64);
-        type Decoding = tokio::task::JoinHandle<Result<Decoded, ReceiveError>>;
-        let mut decoding: std::collections::VecDeque<(Vec<u8>, Option<Decoding>)> =
-            Default::default();
-        // Hands the oldest piece to the writer; false once the writer is gone.
+        let mut ahead = DecodeAhead::new();
+        // Hands the oldest piece to the writer: false when none was queued or the writer is gone.
         async fn forward(
-            decoding: &mut std::collections::VecDeque<(Vec<u8>, Option<Decoding>)>,
+            ahead: &mut DecodeAhead<Vec<u8>>,
             tx: &tokio::sync::mpsc::Sender<Piece>,
         ) -> Result<bool, AgentError> {
-            let Some((commands, job)) = decoding.pop_front() else { return Ok(true) };
-            let data = match job {
-                Some(j) => Some(
-                    j.await
-                        .map_err(|e| AgentError::Internal(e.to_string()))?
-                        .map_err(AgentError::Snapshot)?,
-                ),
-                None => None,
-            };
+            let Some(next) = ahead.next().await else { return Ok(false) };
+            let (commands, data) = next?;
             Ok(tx.send(Piece { commands, data }).await.is_ok())
         }
         // Hands every piece still decoding to the writer (until the writer is gone).
         async fn flush(
-            decoding: &mut std::collections::VecDeque<(Vec<u8>, Option<Decoding>)>,
+            ahead: &mut DecodeAhead<Vec<u8>>,
             tx: &tokio::sync::mpsc::Sender<Piece>,
         ) -> Result<(), AgentError> {
-            while !decoding.is_empty() {
-                if !forward(decoding, tx).await? {
-                    break;
-                }
-            }
+            while forward(ahead, tx).await? {}
             Ok(())
         }
         // The stream's end, or why it broke; the writer's own failure (a corrupt chunk, a command
@@ -474,12 +459,12 @@ impl Agent {
                             "the page stream ended before its last part".into(),
                         )
                     };
-                    break Err(flush(&mut decoding, &tx).await.err().unwrap_or_else(ended));
+                    break Err(flush(&mut ahead, &tx).await.err().unwrap_or_else(ended));
                 }
                 Err(s) => break Err(AgentError::StreamBroken(s.message().to_string())),
             };
             if let Some(end) = part.end {
-                break flush(&mut decoding, &tx).await.map(|()| end);
+                break flush(&mut ahead, &tx).await.map(|()| end);
             }
             let bad =
                 |why: String| AgentError::InvalidRequest(format!("invalid page stream: {why}"));
@@ -504,10 +489,8 @@ impl Agent {
                     )));
                 }
             }
-            let job = part.chunk.map(|c| tokio::task::spawn_blocking(move || decode(c)));
-            decoding.push_back((part.commands, job));
-            if decoding.len() >= DECODE_AHEAD {
-                match forward(&mut decoding, &tx).await {
+            if ahead.push(part.commands, part.chunk) {
+                match forward(&mut ahead, &tx).await {
                     Ok(true) => {}
                     Ok(false) => break Err(AgentError::StreamBroken(WRITER_STOPPED.into())),
                     Err(e) => break Err(e),
@@ -554,8 +537,6 @@ impl Agent {
 
 /// Why the receiving loop stopped when the writer did (the writer says why).
 const WRITER_STOPPED: &str = "the page writer stopped";
-/// Chunks being decoded ahead of the writer.
-const DECODE_AHEAD: usize = 4;
 
 /// What the writer takes, in stream order: commands, then the page data that follows them.
 struct Piece {

@@ -226,7 +226,7 @@ impl Agent {
             }
             Ok::<_, crate::snapshot::receive::ReceiveError>(receiver)
         });
-        let mut decoding = std::collections::VecDeque::new();
+        let mut ahead = DecodeAhead::new();
         let result: Result<pb::Trailer> = async {
             loop {
                 let part = parts.next_part().await?.ok_or_else(|| {
@@ -236,16 +236,12 @@ impl Agent {
                 })?;
                 match part.part {
                     Some(pb::snapshot_part::Part::Chunk(c)) => {
-                        // decode checks the sizes first, before it allocates anything.
-                        decoding.push_back(tokio::task::spawn_blocking(move || decode(c)));
-                        if decoding.len() >= DECODE_AHEAD {
-                            forward(&mut decoding, &to_writer).await?;
+                        if ahead.push((), Some(c)) {
+                            forward(&mut ahead, &to_writer).await?;
                         }
                     }
                     Some(pb::snapshot_part::Part::Trailer(t)) => {
-                        while !decoding.is_empty() {
-                            forward(&mut decoding, &to_writer).await?;
-                        }
+                        while forward(&mut ahead, &to_writer).await? {}
                         return Ok(t);
                     }
                     Some(pb::snapshot_part::Part::Manifest(_)) => {
@@ -308,21 +304,59 @@ impl Drop for Reserved<'_> {
 }
 
 /// Chunks decoded ahead of the writer.
-const DECODE_AHEAD: usize = 4;
+pub(super) const DECODE_AHEAD: usize = 4;
 
-/// Hands the oldest decoded chunk to the writer.
+/// Chunks being decoded on blocking threads (sizes checked first, then decompressed and
+/// checksummed), at most [`DECODE_AHEAD`] at a time, taken back in the order they came, each
+/// with what came with it (`T`). Used by the snapshot stream and the page stream.
+pub(super) struct DecodeAhead<T> {
+    queue: std::collections::VecDeque<(T, Option<tokio::task::JoinHandle<Decoding>>)>,
+}
+
+type Decoding = std::result::Result<Decoded, ReceiveError>;
+
+impl<T> DecodeAhead<T> {
+    pub(super) fn new() -> Self {
+        DecodeAhead { queue: Default::default() }
+    }
+
+    /// Queues `with` and starts decoding its chunk, if it has one. True when the queue is full:
+    /// the caller takes the oldest ([`Self::next`]) before it reads on.
+    pub(super) fn push(&mut self, with: T, chunk: Option<pb::Chunk>) -> bool {
+        let job = chunk.map(|c| tokio::task::spawn_blocking(move || decode(c)));
+        self.queue.push_back((with, job));
+        self.queue.len() >= DECODE_AHEAD
+    }
+
+    /// The oldest queued, its chunk decoded; None when nothing is queued.
+    pub(super) async fn next(&mut self) -> Option<Result<(T, Option<Decoded>)>> {
+        let (with, job) = self.queue.pop_front()?;
+        let decoded = match job {
+            Some(j) => match j.await {
+                Ok(Ok(d)) => Some(d),
+                Ok(Err(e)) => return Some(Err(AgentError::Snapshot(e))),
+                Err(e) => return Some(Err(AgentError::Internal(e.to_string()))),
+            },
+            None => None,
+        };
+        Some(Ok((with, decoded)))
+    }
+}
+
+/// Hands the oldest decoded chunk to the writer; false when none was queued.
 async fn forward(
-    decoding: &mut std::collections::VecDeque<
-        tokio::task::JoinHandle<
-            std::result::Result<Decoded, crate::snapshot::receive::ReceiveError>,
-        >,
-    >,
+    ahead: &mut DecodeAhead<()>,
     to_writer: &tokio::sync::mpsc::Sender<Decoded>,
-) -> Result<()> {
-    let Some(next) = decoding.pop_front() else { return Ok(()) };
-    let d = next.await.map_err(|e| AgentError::Internal(e.to_string()))??;
-    // A closed channel means the writer failed; the caller reports the writer's error.
-    to_writer.send(d).await.map_err(|_| AgentError::Internal("the snapshot writer stopped".into()))
+) -> Result<bool> {
+    let Some(next) = ahead.next().await else { return Ok(false) };
+    if let ((), Some(d)) = next? {
+        // A closed channel means the writer failed; the caller reports the writer's error.
+        to_writer
+            .send(d)
+            .await
+            .map_err(|_| AgentError::Internal("the snapshot writer stopped".into()))?;
+    }
+    Ok(true)
 }
 
 /// Moves the received working directory and log into the workload's directory.

@@ -105,13 +105,27 @@ pub struct Policy {
     progress: Arc<Progress>,
     /// The zstd level the encoders use (for the notes).
     level: i32,
+    /// Chunks the transport has taken so far (the next one's sequence number).
+    taken: std::sync::atomic::AtomicU64,
 }
 
 impl Policy {
     pub(crate) fn new(progress: Arc<Progress>, level: i32) -> Policy {
         *progress.codec.lock().expect("codec note poisoned") =
             format!("zstd level {level} on {WORKERS} threads (not measured: a short stream)");
-        Policy { chosen: AtomicU8::new(0), timing: Mutex::default(), progress, level }
+        Policy {
+            chosen: AtomicU8::new(0),
+            timing: Mutex::default(),
+            progress,
+            level,
+            taken: Default::default(),
+        }
+    }
+
+    /// The transport took the next chunk, of `raw` bytes, now (chunks are taken in order).
+    pub fn took(&self, raw: u64) {
+        let seq = self.taken.fetch_add(1, Ordering::Relaxed);
+        self.taken(seq, raw, Instant::now());
     }
 
     /// The codec for chunk `seq`: its probe window's, else the one chosen last.
@@ -194,14 +208,12 @@ pub fn encode(
 pub struct Parts {
     rx: mpsc::Receiver<pb::SnapshotPart>,
     policy: Arc<Policy>,
-    seq: u64,
 }
 
 impl Parts {
     fn saw(&mut self, p: &pb::SnapshotPart) {
         if let Some(pb::snapshot_part::Part::Chunk(c)) = &p.part {
-            self.policy.taken(self.seq, c.raw_len.into(), Instant::now());
-            self.seq += 1;
+            self.policy.took(c.raw_len.into());
         }
     }
 
@@ -260,7 +272,7 @@ pub fn start(
         .name("snapshot-send".into())
         .spawn(move || produce(manifest, entries, fault, &progress, &p2, &tx, free_images))
         .expect("spawn snapshot sender thread");
-    (Parts { rx, policy, seq: 0 }, handle)
+    (Parts { rx, policy }, handle)
 }
 
 fn part(p: pb::snapshot_part::Part) -> pb::SnapshotPart {
