@@ -69,6 +69,15 @@ async fn migrate(c: &mut Client, id: &str, target: &str) -> pb::MigrationResult 
     .await
 }
 
+/// Starts memhog of `mib` MiB on `c`'s agent and waits for its third tick: its start status and
+/// id.
+async fn ticking_memhog(c: &mut Client, mib: &str) -> (pb::ProcessStatus, String) {
+    let s = start(c, spec(&[&workload("memhog"), mib])).await;
+    let id = id_of(&s);
+    wait_log(c, &id, "memhog ticking", T, |l| numbers(l, "tick ").len() >= 3).await;
+    (s, id)
+}
+
 fn completed(r: &pb::MigrationResult) {
     assert_eq!(r.outcome, pb::Outcome::Completed as i32, "migration failed: {}", r.error);
     assert!(r.downtime_ms > 0 && r.bytes_raw > 0 && r.bytes_wire > 0, "{r:?}");
@@ -140,9 +149,7 @@ async fn memory_of_256_mib_survives_and_the_counter_continues() {
         return;
     }
     let mut p = pair(&[]).await;
-    let s = start(&mut p.ca, spec(&[&workload("memhog"), "256"])).await;
-    let id = id_of(&s);
-    wait_log(&p.ca, &id, "memhog ready and ticking", T, |l| numbers(l, "tick ").len() >= 3).await;
+    let (_, id) = ticking_memhog(&mut p.ca, "256").await;
     assert_eq!(ask(&mut p.ca, &id, "verify ").await.split_whitespace().nth(1), Some("ok"));
     let source_init = status(&mut p.ca, &id).await.pid;
     let before = numbers(
@@ -207,9 +214,7 @@ async fn an_eagerly_restoring_target_also_keeps_every_byte() {
     let a = net.agent(0, &[]);
     let b = net.agent(1, &["--eager-restore"]);
     let (mut ca, mut cb) = (a.client().await, b.client().await);
-    let s = start(&mut ca, spec(&[&workload("memhog"), "64"])).await;
-    let id = id_of(&s);
-    wait_log(&ca, &id, "memhog ticking", T, |l| numbers(l, "tick ").len() >= 3).await;
+    let (_, id) = ticking_memhog(&mut ca, "64").await;
     let r = migrate(&mut ca, &id, &b.addr).await;
     completed(&r);
     let verdict = ask(&mut cb, &id, "verify ").await;
@@ -411,9 +416,7 @@ async fn target_killed_mid_transfer_leaves_the_workload_running_on_the_source() 
         return;
     }
     let mut p = pair(&["--enable-fault-injection"]).await;
-    let s = start(&mut p.ca, spec(&[&workload("memhog"), "256"])).await;
-    let id = id_of(&s);
-    wait_log(&p.ca, &id, "ticking", T, |l| numbers(l, "tick ").len() >= 3).await;
+    let (_, id) = ticking_memhog(&mut p.ca, "256").await;
     let mut c = p.ca.clone();
     let (id2, target) = (id.clone(), p.b.addr.clone());
     let running = tokio::spawn(async move {
@@ -476,9 +479,7 @@ async fn corrupted_chunk_is_caught_and_rolled_back() {
         return;
     }
     let mut p = pair(&["--enable-fault-injection"]).await;
-    let s = start(&mut p.ca, spec(&[&workload("memhog"), "64"])).await;
-    let id = id_of(&s);
-    wait_log(&p.ca, &id, "ticking", T, |l| numbers(l, "tick ").len() >= 3).await;
+    let (_, id) = ticking_memhog(&mut p.ca, "64").await;
     let r = migrate_with(
         &mut p.ca,
         pb::MigrateOutRequest {
@@ -592,9 +593,7 @@ async fn post_copy_resumes_before_the_memory_arrives_and_loses_nothing() {
         return;
     }
     let mut p = pair(&[]).await;
-    let s = start(&mut p.ca, spec(&[&workload("memhog"), "256"])).await;
-    let id = id_of(&s);
-    wait_log(&p.ca, &id, "memhog ticking", T, |l| numbers(l, "tick ").len() >= 3).await;
+    let (_, id) = ticking_memhog(&mut p.ca, "256").await;
     let r = migrate_with(
         &mut p.ca,
         pb::MigrateOutRequest {
@@ -704,9 +703,7 @@ async fn post_copy_target_agent_killed_before_the_resume_rolls_back_to_the_sourc
         return;
     }
     let mut p = pair(&["--enable-fault-injection"]).await;
-    let s = start(&mut p.ca, spec(&[&workload("memhog"), "256"])).await;
-    let id = id_of(&s);
-    wait_log(&p.ca, &id, "memhog ticking", T, |l| numbers(l, "tick ").len() >= 3).await;
+    let (_, id) = ticking_memhog(&mut p.ca, "256").await;
     let mid = format!("m-pc-a-{}", std::process::id());
     // The source waits 8 s between the restore on the target and the commit.
     let running =
@@ -769,10 +766,8 @@ async fn post_copy_page_server_killed_after_the_resume_reports_the_loss_and_runs
         return;
     }
     let mut p = pair(&["--enable-fault-injection"]).await;
-    let s = start(&mut p.ca, spec(&[&workload("memhog"), "256"])).await;
-    let id = id_of(&s);
+    let (s, id) = ticking_memhog(&mut p.ca, "256").await;
     let original = s.pid;
-    wait_log(&p.ca, &id, "memhog ticking", T, |l| numbers(l, "tick ").len() >= 3).await;
     let mid = format!("m-pc-b-{}", std::process::id());
     // Once the target resumed, the page server stops serving for a long while.
     let running =
@@ -827,10 +822,8 @@ async fn post_copy_source_node_lost_after_the_resume_kills_the_target_copy() {
         return;
     }
     let mut p = pair(&["--enable-fault-injection"]).await;
-    let s = start(&mut p.ca, spec(&[&workload("memhog"), "256"])).await;
-    let id = id_of(&s);
+    let (s, id) = ticking_memhog(&mut p.ca, "256").await;
     let original = s.pid;
-    wait_log(&p.ca, &id, "memhog ticking", T, |l| numbers(l, "tick ").len() >= 3).await;
     let mid = format!("m-pc-c-{}", std::process::id());
     let running =
         post_copy_in_background(&p.ca, &id, &p.b.addr, &mid, pb::Fault::StallPageServer, 60_000);
@@ -869,10 +862,8 @@ async fn post_copy_source_agent_restarted_after_the_resume_never_resumes_the_ori
         return;
     }
     let mut p = pair(&["--enable-fault-injection"]).await;
-    let s = start(&mut p.ca, spec(&[&workload("memhog"), "256"])).await;
-    let id = id_of(&s);
+    let (s, id) = ticking_memhog(&mut p.ca, "256").await;
     let original = s.pid;
-    wait_log(&p.ca, &id, "memhog ticking", T, |l| numbers(l, "tick ").len() >= 3).await;
     let mid = format!("m-pc-d-{}", std::process::id());
     let running =
         post_copy_in_background(&p.ca, &id, &p.b.addr, &mid, pb::Fault::StallPageServer, 60_000);
@@ -945,10 +936,8 @@ async fn post_copy_commit_without_an_answer_keeps_the_original_frozen_and_says_s
         return;
     }
     let mut p = pair(&["--enable-fault-injection"]).await;
-    let s = start(&mut p.ca, spec(&[&workload("memhog"), "64"])).await;
-    let id = id_of(&s);
+    let (s, id) = ticking_memhog(&mut p.ca, "64").await;
     let original = s.pid;
-    wait_log(&p.ca, &id, "memhog ticking", T, |l| numbers(l, "tick ").len() >= 3).await;
     // The target resumes the workload, but the source never hears so: it cannot know whether
     // the workload runs there.
     let r = migrate_with(
