@@ -626,3 +626,90 @@ async fn page_streams_that_break_the_rules_are_refused() {
         .await;
     assert!(c.health_check(pb::HealthCheckRequest {}).await.is_ok(), "the agent is still healthy");
 }
+
+#[tokio::test]
+async fn page_reservations_are_checked_used_and_given_back() {
+    if !require_root("page_reservations_are_checked_used_and_given_back") {
+        return;
+    }
+    let agent = AgentProc::start("reserve");
+    let mut c = agent.client().await;
+    let image = |image_id: u64, bytes: u64| pb::PageReservation { image_id, bytes };
+    let reserve = |mid: &str, images: Vec<pb::PageReservation>| pb::ReservePagesRequest {
+        migration_id: mid.into(),
+        images,
+    };
+    let cases = vec![
+        ("a traversing migration id", reserve("../m", vec![]), "names its migration"),
+        ("too many images", reserve("m-r0", vec![image(0x201, 1); 5000]), "at most 4096"),
+        (
+            "more than the node takes",
+            reserve("m-r0", vec![image(0x201, u64::MAX), image(0x301, 2)]),
+            "snapshot limit",
+        ),
+    ];
+    for (what, req, needle) in cases {
+        let err = c.reserve_pages(req).await.map(|_| ()).expect_err(what);
+        eprintln!("{what}: {:?} {}", err.code(), err.message());
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {}", err.message());
+        assert!(err.message().contains(needle), "{what}: {:?} lacks {needle:?}", err.message());
+    }
+    let pages = agent.data_dir.join("pages");
+
+    // A reservation becomes the pages image of its id, cut to what the stream wrote; the
+    // reservation for an image the stream did not have is given back.
+    let r = c
+        .reserve_pages(reserve("m-r1", vec![image(0x201, 1 << 20), image(0x301, 2 << 20)]))
+        .await
+        .expect("a reservation")
+        .into_inner();
+    assert_eq!(r.bytes_reserved, 3 << 20);
+    let reserved = std::fs::metadata(pages.join("m-r1/reserve-201")).expect("reserve-201").len();
+    assert_eq!(reserved, 1 << 20, "the file is allocated to its full size");
+    let mut add = ps_header(6 | 4 << 16);
+    add[8..16].copy_from_slice(&2u64.to_ne_bytes());
+    add[16..24].copy_from_slice(&0x10000u64.to_ne_bytes());
+    add[24..32].copy_from_slice(&0x201u64.to_ne_bytes());
+    let mut data = vec![0xabu8; 4096];
+    data.resize(8192, 0);
+    let chunk = raw_chunk(0, 0, &data);
+    let close = ps_header(0x1023);
+    let mut digest = blake3::Hasher::new();
+    digest.update(&ps_open(0x201));
+    digest.update(&add);
+    digest.update(&0u64.to_le_bytes());
+    digest.update(&8192u32.to_le_bytes());
+    digest.update(&chunk.checksum.to_le_bytes());
+    digest.update(&close);
+    let parts = vec![
+        pb::PagePart { migration_id: "m-r1".into(), ..Default::default() },
+        pb::PagePart { commands: [ps_open(0x201), add].concat(), ..Default::default() },
+        pb::PagePart { chunk: Some(chunk), ..Default::default() },
+        pb::PagePart { commands: close, ..Default::default() },
+        pb::PagePart {
+            end: Some(pb::PageStreamEnd {
+                bytes: 3 * 32 + 8192,
+                digest: digest.finalize().to_hex().to_string(),
+            }),
+            ..Default::default()
+        },
+    ];
+    c.push_pages(tokio_stream::iter(parts)).await.expect("the page stream into a reservation");
+    let mut names: Vec<_> = std::fs::read_dir(pages.join("m-r1"))
+        .expect("the stream's images")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["pagemap-2.img", "pages-1.img"], "no reservation is left");
+    let written = std::fs::read(pages.join("m-r1/pages-1.img")).expect("pages-1.img");
+    assert_eq!(written, data, "the reserved file holds exactly the stream's pages");
+
+    // A migration aborted before its pages came gives its reservation back at once.
+    c.reserve_pages(reserve("m-r2", vec![image(0x201, 1 << 20)])).await.expect("a reservation");
+    assert!(pages.join("m-r2").exists());
+    c.abort_migration(pb::MigrationRef { migration_id: "m-r2".into() }).await.expect("an abort");
+    assert!(!pages.join("m-r2").exists(), "the reservation is gone with the abort");
+    let again = c.reserve_pages(reserve("m-r1", vec![])).await.expect_err("an id in use");
+    assert_eq!(again.code(), Code::AlreadyExists, "{}", again.message());
+}

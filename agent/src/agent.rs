@@ -21,6 +21,8 @@ pub struct Agent {
     /// Page streams received for a stop-and-copy migration, verified, waiting for its
     /// PushSnapshot (migrate::pages).
     pub(crate) page_streams: std::sync::Mutex<HashMap<String, ferry_proto::agent::PageStreamEnd>>,
+    /// Migrations whose pages directory ReservePages made, waiting for their PushPages.
+    pub(crate) page_reservations: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Migrations committed into this node: migration id → workload id, so that a repeated
     /// CommitMigration (its first answer lost) is answered again rather than refused.
     committed: std::sync::Mutex<HashMap<String, String>>,
@@ -74,6 +76,7 @@ impl Agent {
             workloads: RwLock::default(),
             lazy_daemons: Default::default(),
             page_streams: Default::default(),
+            page_reservations: Default::default(),
             committed: Default::default(),
             migrations: Default::default(),
             fd_store,

@@ -39,6 +39,8 @@ pub async fn serve(
     // answer) must not wait for the previous segment's ACK. Server::tcp_nodelay applies only
     // to listeners tonic binds itself.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    // A migration's chunk buffers are reused rather than faulted in afresh (sys::mem).
+    sys::mem::keep_freed_memory();
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let server = agent
         .config()

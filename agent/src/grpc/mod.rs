@@ -165,8 +165,10 @@ impl AgentApi for Service {
         // connection) must not cancel it halfway, e.g. with the workload frozen. Its result stays
         // available through GetMigration.
         let agent = self.agent.clone();
-        let report = detached(async move { agent.migrate_out(req).await }).await?;
-        Ok(Response::new(convert::report_to_pb(report)))
+        let report = detached(async move { agent.migrate_out(req).await });
+        let report = report.await;
+        release_memory();
+        Ok(Response::new(convert::report_to_pb(report?)))
     }
 
     async fn push_snapshot(
@@ -243,8 +245,9 @@ impl AgentApi for Service {
         if mid.is_empty() {
             return Err(Status::invalid_argument("migration id is empty"));
         }
-        let status = self.agent.commit_migration(mid).await?;
-        Ok(Response::new(convert::status_to_pb(status)))
+        let status = self.agent.commit_migration(mid).await;
+        release_memory();
+        Ok(Response::new(convert::status_to_pb(status?)))
     }
 
     async fn abort_migration(
@@ -255,7 +258,9 @@ impl AgentApi for Service {
         if mid.is_empty() {
             return Err(Status::invalid_argument("migration id is empty"));
         }
-        self.agent.abort_migration(mid).await?;
+        let aborted = self.agent.abort_migration(mid).await;
+        release_memory();
+        aborted?;
         Ok(Response::new(pb::AbortMigrationResponse {}))
     }
 
@@ -302,6 +307,16 @@ impl AgentApi for Service {
         Ok(Response::new(Box::pin(out.map(Ok))))
     }
 
+    async fn reserve_pages(
+        &self,
+        req: Request<pb::ReservePagesRequest>,
+    ) -> Result<Response<pb::ReservePagesResult>, Status> {
+        let agent = self.agent.clone();
+        let req = req.into_inner();
+        let r = detached(async move { agent.reserve_pages(req).await }).await?;
+        Ok(Response::new(r))
+    }
+
     async fn push_pages(
         &self,
         req: Request<tonic::Streaming<pb::PagePart>>,
@@ -315,6 +330,12 @@ impl AgentApi for Service {
 }
 
 /// Runs `work` as a task of its own, so a caller that hangs up cannot cancel it halfway.
+/// Hands the memory a migration's buffers used back to the system (sys::mem): on the source
+/// once the migration is over, on the target once it was committed or aborted, never in a freeze.
+fn release_memory() {
+    tokio::task::spawn_blocking(crate::sys::mem::release);
+}
+
 async fn detached<T, E>(
     work: impl std::future::Future<Output = Result<T, E>> + Send + 'static,
 ) -> Result<T, Status>

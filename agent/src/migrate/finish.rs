@@ -88,6 +88,7 @@ impl Agent {
         }
         if crate::workload::valid_id(migration_id) {
             self.page_streams.lock().expect("page streams poisoned").remove(migration_id);
+            self.page_reservations.lock().expect("page reservations poisoned").remove(migration_id);
             let _ = std::fs::remove_dir_all(super::pages::dir(self, migration_id));
         }
     }

@@ -20,6 +20,8 @@ use crate::workload::{continue_tree, stop_tree, Engine, Workload};
 
 /// How long to wait for the target to answer a connection or a health check.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the target may take to set memory aside for the pages (before the freeze).
+const RESERVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Commit is retried this many times before the migration is reported failed.
 const COMMIT_TRIES: u32 = 3;
 
@@ -167,6 +169,7 @@ impl Agent {
             was_paused: w.is_paused(),
             frozen: false,
             pushed: false,
+            reserved: false,
             progress,
             live,
             restore_ms: 0,
@@ -270,6 +273,8 @@ struct Run {
     was_paused: bool,
     frozen: bool,
     pushed: bool,
+    /// The target set memory aside for the pages (ReservePages): an abort gives it back.
+    reserved: bool,
     progress: Arc<Progress>,
     restore_ms: i64,
     target_status: Option<pb::ProcessStatus>,
@@ -351,10 +356,20 @@ impl Run {
         self.target_node = health.node.clone();
         let agent = self.agent.clone();
         let w = self.w.clone();
-        let (host, estimate) = tokio::task::spawn_blocking(move || {
+        let (host, estimate, images) = tokio::task::spawn_blocking(move || {
             let status = agent.status_of(&w);
             let work = if w.spec.cwd.is_none() { dir_size(&w.cwd) } else { 0 };
-            (crate::sys::host::facts(), status.rss_bytes + work + dir_size(w.log.path()))
+            // Each process's pages image: CRIU's image id and its anonymous memory.
+            let images: Vec<pb::PageReservation> = status
+                .tasks
+                .iter()
+                .filter(|t| t.ns_pid > 0)
+                .map(|t| pb::PageReservation {
+                    image_id: (t.ns_pid as u64) << 8 | 1,
+                    bytes: crate::sys::proc::anon_bytes(t.info.pid).unwrap_or(0),
+                })
+                .collect();
+            (crate::sys::host::facts(), status.rss_bytes + work + dir_size(w.log.path()), images)
         })
         .await
         .map_err(|e| fail(p, e.to_string()))?;
@@ -397,6 +412,31 @@ impl Run {
                     problems.join("; ")
                 ),
             ));
+        }
+        // Stop-and-copy with CRIU: the target sets memory aside for the pages before the freeze.
+        if !self.post_copy && self.w.spec.engine == Engine::Criu {
+            let req = pb::ReservePagesRequest { migration_id: self.mid.clone(), images };
+            match tokio::time::timeout(RESERVE_TIMEOUT, client.reserve_pages(req)).await {
+                Ok(Ok(r)) => {
+                    self.reserved = true;
+                    tracing::debug!(
+                        migration = self.mid,
+                        bytes = r.into_inner().bytes_reserved,
+                        "target set memory aside for the pages"
+                    )
+                }
+                Ok(Err(s)) => tracing::warn!(
+                    migration = self.mid,
+                    "target {} set no memory aside for the pages: {}",
+                    self.target_node,
+                    s.message()
+                ),
+                Err(_) => tracing::warn!(
+                    migration = self.mid,
+                    "target {} did not set memory aside for the pages within {RESERVE_TIMEOUT:?}",
+                    self.target_node
+                ),
+            }
         }
         self.client = Some(client);
         Ok(())
@@ -883,7 +923,7 @@ impl Run {
             let _ = crate::sys::signal::send(lazy.criu_pid, crate::sys::signal::Sig::SIGKILL);
             let _ = tokio::task::spawn_blocking(move || lazy.done.join()).await;
         }
-        if self.pushed {
+        if self.pushed || self.reserved {
             if let Some(mut client) = self.client.clone() {
                 let call =
                     client.abort_migration(pb::MigrationRef { migration_id: self.mid.clone() });

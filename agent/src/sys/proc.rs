@@ -67,6 +67,12 @@ pub fn ns_pid(pid: i32) -> Option<i32> {
     status.nspid.and_then(|v| v.last().copied())
 }
 
+/// The anonymous memory `pid` has resident (RssAnon), in bytes.
+pub fn anon_bytes(pid: i32) -> Option<u64> {
+    let status = procfs::process::Process::new(pid).ok()?.status().ok()?;
+    status.rssanon.map(|kb| kb * 1024)
+}
+
 /// When `pid` started (clock ticks after boot), if it is alive and not a zombie: with the pid,
 /// it names one process for good, since a pid may be reused but not at the same start time.
 pub fn start_ticks(pid: i32) -> Option<u64> {
