@@ -764,9 +764,10 @@ fn render(args: &BenchArgs, sizes: &[SizeRuns], qemu: bool) -> String {
                 out,
                 "- Post-copy downtime at 4 GiB ≤ 1.5 × the 1 GiB figure: {d4:.0} ms = {ratio:.2} × — {}. \
                  The growth is CRIU's lazy dump (its dump phase: {:.0} ms at 1 GiB, {:.0} ms at 4 GiB), \
-                 in which the kernel walks the page tables of the whole memory for smaps before CRIU \
-                 reports ready (with scripts/criu's patch CRIU no longer splices every page into pipes \
-                 too, docs/migration.md); the restore stays at {:.0} / {:.0} ms.",
+                 in which the kernel walks the page tables of the whole memory for smaps (about 11 ms \
+                 per GiB here) and CRIU writes a debug log line per page pipe buffer before it reports \
+                 ready (with scripts/criu's patch CRIU no longer splices every page into pipes too, \
+                 docs/migration.md); the restore stays at {:.0} / {:.0} ms.",
                 met(ratio <= 1.5),
                 med(&one.post, |s| s.dump_ms),
                 med(&four.post, |s| s.dump_ms),
@@ -798,8 +799,9 @@ fn render(args: &BenchArgs, sizes: &[SizeRuns], qemu: bool) -> String {
          memory the target fills in from the received images right after the resume, docs/migration.md). \
          For the hand pipeline, from `criu dump` until \
          `criu restore -d` returned.\n\
-         - Total: until the last byte of memory was on the target (stop-and-copy: when the target \
-         confirmed the resume, plus the time until its lazy-pages daemon had filled every page in from the \
+         - Total: from the migration request (for ferry's stop-and-copy this includes the target \
+         allocating the page images before the freeze) until the last byte of memory was on the \
+         target (stop-and-copy: when the target confirmed the resume, plus the time until its lazy-pages daemon had filled every page in from the \
          received images, as the benchmark saw it; post-copy: until the source's page \
          server had served every page; the workload runs meanwhile). MB moved: the snapshot plus, for \
          post-copy, the lazy pages (4 KiB each, counted by the target's lazy-pages daemon). MB/s: MB moved \
@@ -813,8 +815,9 @@ fn render(args: &BenchArgs, sizes: &[SizeRuns], qemu: bool) -> String {
          also reaps the migrated original, whose own CPU (its tasks' time just before the migration; it \
          is frozen from then on) is subtracted; \"< 0.01\" means what is left is below the resolution \
          of that accounting (10 ms ticks). Post-copy's CPU is mostly the relaying of pages through the \
-         agents' tunnel and, on the target, CRIU's lazy-pages daemon, which polls without sleeping \
-         while a page request is out. Hand pipeline: the benchmark's waited-for children \
+         agents' tunnel and, on the target, CRIU's lazy-pages daemon copying them in (scripts/criu's \
+         patch keeps four requests in flight and has it wait rather than poll while they are out). \
+         Hand pipeline: the benchmark's waited-for children \
          (getrusage RUSAGE_CHILDREN) around each step — `criu dump` and `tar | zstd | nc` on the \
          source, the receiving `nc | zstd -d | tar` and `criu restore -d` on the target. Both hosts \
          share this machine's two cores, so one side's CPU slows the other.\n\
