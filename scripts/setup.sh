@@ -2,7 +2,9 @@
 # One idempotent setup for a fresh Debian machine of the project's kind (and for CI):
 #   - apt packages the build, the tests and CRIU need;
 #   - a working CRIU >= 4.2 carrying ferry's patches (scripts/criu/*.patch: post-copy's lazy dump
-#     reads the frozen task's memory instead of splicing it all into pipes), built from Debian's
+#     reads the frozen task's memory instead of splicing it all into pipes; the kernel probes are
+#     cached outside a tmpfs, per boot; the lazy-pages daemon keeps several background requests
+#     in flight and sleeps while they are out), built from Debian's
 #     sid source package and installed to /usr/local/sbin/criu unless one is already there (its
 #     `criu --version` says "GitID: <version>+ferry.<id of the patches>"); a stock CRIU >= 4.2 that passes
 #     `criu check` is the fallback if the build fails (everything works, post-copy freezes longer);

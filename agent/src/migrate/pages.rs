@@ -355,6 +355,18 @@ fn reserved_name(id: u64) -> String {
 }
 
 impl Agent {
+    /// Pages are only of use to a CRIU restore here: refused where none can run.
+    fn can_take_pages(&self) -> Result<(), AgentError> {
+        if self.is_root() && self.criu().check_passed {
+            return Ok(());
+        }
+        Err(AgentError::Precondition(format!(
+            "node {} cannot take CRIU pages: {}",
+            self.config().node,
+            self.criu().check_error
+        )))
+    }
+
     /// Creates the pages directory of `mid`; an id in use is refused.
     fn make_pages_dir(&self, mid: &str, dir: &Path) -> Result<(), AgentError> {
         let made = std::fs::create_dir_all(dir.parent().expect("under pages")).and_then(|_| {
@@ -399,13 +411,7 @@ impl Agent {
                 "a page reservation beyond this node's snapshot limit of {limit} bytes"
             )));
         }
-        if !(self.is_root() && self.criu().check_passed) {
-            return Err(AgentError::Precondition(format!(
-                "node {} cannot take CRIU pages: {}",
-                self.config().node,
-                self.criu().check_error
-            )));
-        }
+        self.can_take_pages()?;
         let dir = dir(self, &mid);
         self.make_pages_dir(&mid, &dir)?;
         let images = req.images;
@@ -477,14 +483,7 @@ impl Agent {
                     .into(),
             ));
         }
-        // The pages are only of use to a CRIU restore here.
-        if !(self.is_root() && self.criu().check_passed) {
-            return Err(AgentError::Precondition(format!(
-                "node {} cannot take CRIU pages: {}",
-                self.config().node,
-                self.criu().check_error
-            )));
-        }
+        self.can_take_pages()?;
         let dir = dir(self, &mid);
         // ReservePages made the directory (and set memory aside in it), or it is made here.
         let reserved =
