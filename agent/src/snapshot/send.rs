@@ -3,10 +3,10 @@
 //! chunk-parallel, and the sender thread puts them, in order, on a bounded channel that the gRPC
 //! request stream drains ([`Parts`]).
 //!
-//! zstd or raw is decided from measurement ([`Policy`]): after a warm-up, windows of chunks go
-//! out compressed and raw in turn (two of each), each timed where the transport takes them (so
-//! the figure is what the whole path moves: encoders, network, the receiver); the codec whose
-//! best window was faster is kept until the next measurement, every [`REPROBE`] chunks. Raw wins when the link (and the
+//! zstd or raw is decided from measurement ([`Policy`]): after a warm-up, one window of chunks
+//! goes out compressed and the next raw, each timed where the transport takes them (so the
+//! figure is what the whole path moves: encoders, network, the receiver); the faster one is kept
+//! until the next pair of windows, every [`REPROBE`] chunks. Raw wins when the link (and the
 //! receiver) move raw bytes clearly faster ([`RAW_MARGIN`]) than the encoders compress them.
 
 use std::io::Read;
@@ -26,11 +26,8 @@ pub const WORKERS: usize = 2;
 pub const REPROBE: u64 = 1024;
 /// Chunks sent before the first measurement (HTTP/2 windows fill up meanwhile).
 const WARMUP: u64 = 16;
-/// Chunks per measurement window (two rounds of 16 send as many raw chunks as one of 32 did).
-const WINDOW: u64 = 16;
-/// Windows of each codec per measurement, alternating (zstd, raw, zstd, raw); each codec's rate
-/// is its best window's, since interference (a stall, the other side's work) only slows one down.
-const ROUNDS: u64 = 2;
+/// Chunks per measurement window, for each codec.
+const WINDOW: u64 = 32;
 /// Chunks at the start of a window not timed (the other codec's chunks still drain).
 const SKIP: u64 = 2;
 
@@ -78,24 +75,17 @@ pub enum Mode {
     Raw,
 }
 
-/// A probe window: its codec, its first chunk, and its place in the measurement (0 ..
-/// 2 * ROUNDS, zstd on even places).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Window {
-    mode: Mode,
-    start: u64,
-    index: u64,
-}
-
-/// The probe window chunk `seq` belongs to.
-fn probe(seq: u64) -> Option<Window> {
-    let p = seq.checked_sub(WARMUP)? % REPROBE;
-    let index = p / WINDOW;
-    if index >= 2 * ROUNDS {
+/// The probe window chunk `seq` belongs to: its codec and its first chunk.
+fn probe(seq: u64) -> Option<(Mode, u64)> {
+    if seq < WARMUP {
         return None;
     }
-    let mode = if index.is_multiple_of(2) { Mode::Zstd } else { Mode::Raw };
-    Some(Window { mode, start: seq - p % WINDOW, index })
+    let p = (seq - WARMUP) % REPROBE;
+    match p {
+        p if p < WINDOW => Some((Mode::Zstd, seq - p)),
+        p if p < 2 * WINDOW => Some((Mode::Raw, seq - p + WINDOW)),
+        _ => None,
+    }
 }
 
 /// One window being timed.
@@ -103,7 +93,7 @@ fn probe(seq: u64) -> Option<Window> {
 struct Timing {
     begin: Option<Instant>,
     bytes: u64,
-    /// Raw bytes per second of each codec's best window in this measurement, zstd then raw.
+    /// Raw bytes per second of the latest complete window, zstd then raw.
     rates: [Option<f64>; 2],
 }
 
@@ -147,7 +137,7 @@ impl Policy {
     /// The codec for chunk `seq`: its probe window's, else the one chosen last.
     pub fn mode_for(&self, seq: u64) -> Mode {
         match probe(seq) {
-            Some(w) => w.mode,
+            Some((m, _)) => m,
             None if self.chosen.load(Ordering::Relaxed) == 1 => Mode::Raw,
             None => Mode::Zstd,
         }
@@ -155,7 +145,7 @@ impl Policy {
 
     /// The transport took chunk `seq` of `raw` bytes at `now`.
     pub fn taken(&self, seq: u64, raw: u64, now: Instant) {
-        let Some(Window { mode, start, index }) = probe(seq) else { return };
+        let Some((mode, start)) = probe(seq) else { return };
         let mut t = self.timing.lock().expect("codec timing poisoned");
         let pos = seq - start;
         if pos == SKIP {
@@ -172,16 +162,8 @@ impl Policy {
         }
         let Some(begin) = t.begin.take() else { return };
         let secs = now.duration_since(begin).as_secs_f64().max(1e-6);
-        if index == 0 {
-            t.rates = [None, None];
-        }
-        let rate = t.bytes as f64 / secs;
-        let best = &mut t.rates[mode as usize];
-        *best = Some(best.map_or(rate, |b| b.max(rate)));
-        if index + 1 < 2 * ROUNDS {
-            return;
-        }
-        if let [Some(zstd), Some(raw)] = t.rates {
+        t.rates[mode as usize] = Some(t.bytes as f64 / secs);
+        if let (Mode::Raw, [Some(zstd), Some(raw)]) = (mode, t.rates) {
             let pick = if raw > zstd * RAW_MARGIN { Mode::Raw } else { Mode::Zstd };
             self.chosen.store(pick as u8, Ordering::Relaxed);
             let note = format!(
@@ -479,56 +461,33 @@ mod tests {
 
     #[test]
     fn probe_windows_alternate_after_the_warm_up() {
-        let w = |mode, start, index| Some(Window { mode, start, index });
         assert_eq!(probe(0), None);
-        assert_eq!(probe(WARMUP), w(Mode::Zstd, WARMUP, 0));
-        assert_eq!(probe(WARMUP + WINDOW - 1), w(Mode::Zstd, WARMUP, 0));
-        assert_eq!(probe(WARMUP + WINDOW), w(Mode::Raw, WARMUP + WINDOW, 1));
-        assert_eq!(probe(WARMUP + 2 * WINDOW + 3), w(Mode::Zstd, WARMUP + 2 * WINDOW, 2));
-        assert_eq!(probe(WARMUP + 3 * WINDOW), w(Mode::Raw, WARMUP + 3 * WINDOW, 3));
-        assert_eq!(probe(WARMUP + 4 * WINDOW), None);
-        assert_eq!(probe(WARMUP + REPROBE + 1), w(Mode::Zstd, WARMUP + REPROBE, 0));
-    }
-
-    /// Feeds the probe windows of one measurement, window `i` taking `ms_per_chunk[i]` ms per
-    /// 1 MiB chunk; returns the policy.
-    fn measured(ms_per_chunk: [u64; 4]) -> (Policy, Arc<Progress>) {
-        let progress = Arc::new(Progress::default());
-        let policy = Policy::new(progress.clone(), ZSTD_LEVEL);
-        let t0 = Instant::now();
-        let mut at = 0;
-        for (i, per) in ms_per_chunk.into_iter().enumerate() {
-            assert_eq!(policy.mode_for(WARMUP + 4 * WINDOW), Mode::Zstd, "not decided yet");
-            let first = WARMUP + i as u64 * WINDOW;
-            for seq in first..first + WINDOW {
-                at += per;
-                policy.taken(seq, 1 << 20, t0 + std::time::Duration::from_millis(at));
-            }
-        }
-        (policy, progress)
+        assert_eq!(probe(WARMUP), Some((Mode::Zstd, WARMUP)));
+        assert_eq!(probe(WARMUP + WINDOW - 1), Some((Mode::Zstd, WARMUP)));
+        assert_eq!(probe(WARMUP + WINDOW), Some((Mode::Raw, WARMUP + WINDOW)));
+        assert_eq!(probe(WARMUP + 2 * WINDOW), None);
+        assert_eq!(probe(WARMUP + REPROBE + 1), Some((Mode::Zstd, WARMUP + REPROBE)));
     }
 
     #[test]
     fn the_faster_codec_on_the_wire_wins() {
+        let progress = Arc::new(Progress::default());
+        let policy = Policy::new(progress.clone(), ZSTD_LEVEL);
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + std::time::Duration::from_millis(n);
         // zstd: 1 MiB every 2 ms; raw: 1 MiB every 1 ms.
-        let (policy, progress) = measured([2, 1, 2, 1]);
-        assert_eq!(policy.mode_for(WARMUP + 4 * WINDOW), Mode::Raw);
+        for seq in WARMUP..WARMUP + WINDOW {
+            policy.taken(seq, 1 << 20, ms(seq * 2));
+        }
+        assert_eq!(policy.mode_for(WARMUP + 3 * WINDOW), Mode::Zstd, "not decided yet");
+        let base = (WARMUP + WINDOW) * 2;
+        for seq in WARMUP + WINDOW..WARMUP + 2 * WINDOW {
+            policy.taken(seq, 1 << 20, ms(base + seq - WARMUP - WINDOW));
+        }
+        assert_eq!(policy.mode_for(WARMUP + 3 * WINDOW), Mode::Raw);
         assert_eq!(policy.mode_for(WARMUP + REPROBE), Mode::Zstd, "the next probe");
         let note = progress.codec.lock().unwrap().clone();
         assert!(note.starts_with("raw (") && note.contains("MB/s"), "{note}");
-    }
-
-    #[test]
-    fn a_stall_in_one_window_does_not_decide() {
-        // The first zstd window stalled (10 ms a chunk); its second ran at raw's speed.
-        let (policy, progress) = measured([10, 2, 2, 2]);
-        assert_eq!(policy.mode_for(WARMUP + 4 * WINDOW), Mode::Zstd);
-        // Raw 5% faster than zstd's best window, and stalled in its other one: a near tie goes
-        // to zstd.
-        let (policy, _) = measured([20, 19, 30, 40]);
-        assert_eq!(policy.mode_for(WARMUP + 4 * WINDOW), Mode::Zstd);
-        let note = progress.codec.lock().unwrap().clone();
-        assert!(note.starts_with("zstd ("), "{note}");
     }
 
     #[test]
