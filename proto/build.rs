@@ -10,6 +10,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    tonic_prost_build::configure()
+        // A chunk's payload is a slice of the received HTTP/2 buffer rather than a copy of it.
+        .bytes(".ferry.agent.v1.Chunk.payload")
+        .compile_fds(fds)?;
     Ok(())
 }

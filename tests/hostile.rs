@@ -54,7 +54,7 @@ fn raw_chunk(file_index: u32, offset: u64, raw: &[u8]) -> pb::Chunk {
         offset,
         raw_len: raw.len() as u32,
         codec: pb::Codec::Raw as i32,
-        payload: raw.to_vec(),
+        payload: raw.to_vec().into(),
         checksum: crc32c::crc32c(raw),
         zero_pages: Vec::new(),
     }
@@ -357,7 +357,9 @@ async fn hostile_snapshot_streams_are_refused_and_harm_nothing() {
             {
                 let s = Stream::new("m-crc").with(file("images/a", 3), b"abc");
                 let mut chunks = s.chunks();
-                chunks[0].payload[0] ^= 1;
+                let mut flipped = chunks[0].payload.to_vec();
+                flipped[0] ^= 1;
+                chunks[0].payload = flipped.into();
                 let t = s.trailer(&chunks);
                 s.parts_with(chunks, t)
             },
@@ -382,7 +384,7 @@ async fn hostile_snapshot_streams_are_refused_and_harm_nothing() {
             {
                 let s = Stream::new("m-wire").with(file("images/a", 16), &[0; 16]);
                 let mut c = raw_chunk(1, 0, &[0; 16]);
-                c.payload = vec![0; CHUNK + 64 * 1024 + 1];
+                c.payload = vec![0; CHUNK + 64 * 1024 + 1].into();
                 s.parts_with(vec![c], pb::Trailer::default())
             },
             inv,
@@ -399,7 +401,7 @@ async fn hostile_snapshot_streams_are_refused_and_harm_nothing() {
                     offset: 0,
                     raw_len: 4096,
                     codec: pb::Codec::Zstd as i32,
-                    payload: bomb,
+                    payload: bomb.into(),
                     checksum: crc32c::crc32c(&zeros[..4096]),
                     zero_pages: Vec::new(),
                 };

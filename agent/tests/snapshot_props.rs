@@ -136,7 +136,7 @@ fn honest(files: &[(String, Content)]) -> Vec<pb::SnapshotPart> {
                 offset: (k * CHUNK_SIZE) as u64,
                 raw_len: raw.len() as u32,
                 codec: e.codec as i32,
-                payload: e.payload,
+                payload: e.payload.into(),
                 checksum: crc32c::crc32c(raw),
                 zero_pages: e.zero_pages,
             })));
@@ -665,7 +665,9 @@ fn apply(parts: &mut Vec<pb::SnapshotPart>, m: &Mutation, sentinel: &Path) {
             if let Some(c) = chunk_of(parts, chunk) {
                 if !c.payload.is_empty() {
                     let n = c.payload.len();
-                    c.payload[at % n] ^= 0x41;
+                    let mut flipped = c.payload.to_vec();
+                    flipped[at % n] ^= 0x41;
+                    c.payload = flipped.into();
                 }
             }
         }
@@ -677,7 +679,7 @@ fn apply(parts: &mut Vec<pb::SnapshotPart>, m: &Mutation, sentinel: &Path) {
         }
         Mutation::GarbagePayload { chunk, bytes, zstd } => {
             if let Some(c) = chunk_of(parts, chunk) {
-                c.payload = bytes;
+                c.payload = bytes.into();
                 if zstd {
                     c.codec = pb::Codec::Zstd as i32;
                 }
@@ -685,13 +687,13 @@ fn apply(parts: &mut Vec<pb::SnapshotPart>, m: &Mutation, sentinel: &Path) {
         }
         Mutation::ZipBomb { chunk, declared } => {
             if let Some(c) = chunk_of(parts, chunk) {
-                c.payload = bomb(declared);
+                c.payload = bomb(declared).into();
                 c.codec = pb::Codec::Zstd as i32;
             }
         }
         Mutation::HugePayload { chunk } => {
             if let Some(c) = chunk_of(parts, chunk) {
-                c.payload = vec![0x5a; MAX_PAYLOAD + 1];
+                c.payload = vec![0x5a; MAX_PAYLOAD + 1].into();
             }
         }
         Mutation::Checksum { chunk, xor } => {
@@ -729,7 +731,7 @@ fn apply(parts: &mut Vec<pb::SnapshotPart>, m: &Mutation, sentinel: &Path) {
                         offset: chunk.offset,
                         raw_len: chunk.raw_len,
                         codec: chunk.codec,
-                        payload: chunk.payload,
+                        payload: chunk.payload.into(),
                         checksum: chunk.checksum,
                         zero_pages: Vec::new(),
                     })),

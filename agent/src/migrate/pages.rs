@@ -255,7 +255,7 @@ fn encode_jobs(
             offset: job.offset,
             raw_len: job.raw.len() as u32,
             codec: e.codec as i32,
-            payload: e.payload,
+            payload: e.payload.into(),
             checksum: crc32c::crc32c(&job.raw)
                 ^ u32::from(fault == SendFault::CorruptChunk(job.seq)),
             zero_pages: e.zero_pages,

@@ -44,8 +44,9 @@ pub enum ReceiveError {
 pub struct Decoded {
     pub file_index: u32,
     pub offset: u64,
-    /// The chunk's pages the bitmap does not mark as zeros, in order (the whole chunk without one).
-    pub data: Vec<u8>,
+    /// The chunk's pages the bitmap does not mark as zeros, in order (the whole chunk without one):
+    /// a raw chunk's payload as received (no copy), or what its zstd frame decompressed to.
+    pub data: prost::bytes::Bytes,
     /// The chunk's length, zero pages included.
     pub raw_len: usize,
     pub wire_len: usize,
@@ -193,6 +194,7 @@ pub fn decode(c: pb::Chunk) -> Result<Decoded, ReceiveError> {
                 None => zstd::bulk::decompress(&c.payload, data_len),
             })
             .map_err(|e| ReceiveError::Corrupt(format!("{at} does not decompress: {e}")))?
+            .into()
         }
         _ => return Err(ReceiveError::Invalid(format!("{at} has unknown codec {}", c.codec))),
     };
@@ -689,7 +691,7 @@ mod tests {
             offset,
             raw_len: raw.len() as u32,
             codec: pb::Codec::Raw as i32,
-            payload: raw.to_vec(),
+            payload: raw.to_vec().into(),
             checksum: crc32c::crc32c(raw),
             zero_pages: Vec::new(),
         }
@@ -734,7 +736,7 @@ mod tests {
         let c = pb::Chunk {
             raw_len: 1024,
             codec: pb::Codec::Zstd as i32,
-            payload: bomb,
+            payload: bomb.into(),
             checksum: crc32c::crc32c(&zeros[..1024]),
             ..Default::default()
         };
@@ -747,7 +749,7 @@ mod tests {
         let c = pb::Chunk {
             raw_len: 1024,
             codec: pb::Codec::Zstd as i32,
-            payload: bomb,
+            payload: bomb.into(),
             checksum: crc32c::crc32c(&zeros[..1024]),
             ..Default::default()
         };
@@ -759,7 +761,7 @@ mod tests {
             let c = pb::Chunk {
                 raw_len: 5000,
                 codec: pb::Codec::Zstd as i32,
-                payload,
+                payload: payload.into(),
                 ..Default::default()
             };
             assert!(matches!(decode(c), Err(ReceiveError::Corrupt(_))));

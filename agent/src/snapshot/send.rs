@@ -355,7 +355,7 @@ fn produce(
                 offset: job.offset,
                 raw_len: raw_len as u32,
                 codec: codec as i32,
-                payload,
+                payload: payload.into(),
                 checksum,
                 zero_pages,
             };
