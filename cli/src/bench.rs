@@ -211,6 +211,7 @@ pub fn migrate(args: BenchArgs) -> anyhow::Result<()> {
     for tool in ["criu", "nc", "zstd", "tar", "gcc", "unshare", "nsenter", "ip"] {
         need(tool)?;
     }
+    remove_stale_warm_ups();
     let work = PathBuf::from(format!("/dev/shm/ferry-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let result = bench(&args, &work);
@@ -347,6 +348,22 @@ fn bench(args: &BenchArgs, work: &Path) -> anyhow::Result<()> {
     println!("{report}");
     eprintln!("report written to {}", args.report.display());
     Ok(())
+}
+
+/// Removes the warm-up file of a benchmark that was killed while it ran (its pid is gone): up to
+/// 8 GiB of tmpfs that no one frees, which slowed every later run here until it was found.
+fn remove_stale_warm_ups() {
+    let Ok(dir) = std::fs::read_dir("/dev/shm") else { return };
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let pid = name.to_str().and_then(|n| n.strip_prefix("ferry-bench-"));
+        let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let warm_up = e.path().join("warm-up");
+        if !Path::new(&format!("/proc/{pid}")).exists() && warm_up.exists() {
+            eprintln!("removing {} (left by a benchmark that did not finish)", warm_up.display());
+            let _ = std::fs::remove_file(&warm_up);
+        }
+    }
 }
 
 /// Touches and frees eight times the process size (at most 8 GiB) in tmpfs first. On a VM the
@@ -765,8 +782,8 @@ fn render(args: &BenchArgs, sizes: &[SizeRuns], qemu: bool) -> String {
                 "- Post-copy downtime at 4 GiB ≤ 1.5 × the 1 GiB figure: {d4:.0} ms = {ratio:.2} × — {}. \
                  The growth is CRIU's lazy dump (its dump phase: {:.0} ms at 1 GiB, {:.0} ms at 4 GiB), \
                  in which the kernel walks the page tables of the whole memory for smaps (about 11 ms \
-                 per GiB here) and CRIU writes a debug log line per page pipe buffer before it reports \
-                 ready (with scripts/criu's patch CRIU no longer splices every page into pipes too, \
+                 per GiB here) before CRIU reports ready (with scripts/criu's patches CRIU no longer \
+                 splices every page into pipes too, nor logs every page pipe buffer, \
                  docs/migration.md); the restore stays at {:.0} / {:.0} ms.",
                 met(ratio <= 1.5),
                 med(&one.post, |s| s.dump_ms),
