@@ -165,8 +165,7 @@ impl AgentApi for Service {
         // connection) must not cancel it halfway, e.g. with the workload frozen. Its result stays
         // available through GetMigration.
         let agent = self.agent.clone();
-        let report = detached(async move { agent.migrate_out(req).await });
-        let report = report.await;
+        let report = detached(async move { agent.migrate_out(req).await }).await;
         release_memory();
         Ok(Response::new(convert::report_to_pb(report?)))
     }
@@ -329,13 +328,13 @@ impl AgentApi for Service {
     }
 }
 
-/// Runs `work` as a task of its own, so a caller that hangs up cannot cancel it halfway.
 /// Hands the memory a migration's buffers used back to the system (sys::mem): on the source
 /// once the migration is over, on the target once it was committed or aborted, never in a freeze.
 fn release_memory() {
     tokio::task::spawn_blocking(crate::sys::mem::release);
 }
 
+/// Runs `work` as a task of its own, so a caller that hangs up cannot cancel it halfway.
 async fn detached<T, E>(
     work: impl std::future::Future<Output = Result<T, E>> + Send + 'static,
 ) -> Result<T, Status>

@@ -414,8 +414,27 @@ impl Agent {
         self.can_take_pages()?;
         let dir = dir(self, &mid);
         self.make_pages_dir(&mid, &dir)?;
+        // Claimable at once: a PushPages that comes while a slow node still allocates (the source
+        // waits a minute at most) takes the directory as it is.
+        self.page_reservations.lock().expect("page reservations poisoned").insert(mid.clone());
+        // A source that never sends its pages leaves nothing behind for long.
+        let (agent, mid2) = (Arc::downgrade(self), mid.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(UNCLAIMED).await;
+            if let Some(agent) = agent.upgrade() {
+                let left = agent
+                    .page_reservations
+                    .lock()
+                    .expect("page reservations poisoned")
+                    .remove(&mid2);
+                if left {
+                    tracing::warn!(migration = mid2, "page reservation never used; removed");
+                    let _ = std::fs::remove_dir_all(self::dir(&agent, &mid2));
+                }
+            }
+        });
         let images = req.images;
-        let at = dir.clone();
+        let at = dir;
         let reserved = tokio::task::spawn_blocking(move || {
             let mut done = 0u64;
             for image in images.iter().filter(|i| i.bytes > 0) {
@@ -440,23 +459,6 @@ impl Agent {
         })
         .await
         .map_err(|e| AgentError::Internal(e.to_string()))?;
-        self.page_reservations.lock().expect("page reservations poisoned").insert(mid.clone());
-        // A source that never sends its pages leaves nothing behind for long.
-        let agent = Arc::downgrade(self);
-        tokio::spawn(async move {
-            tokio::time::sleep(UNCLAIMED).await;
-            if let Some(agent) = agent.upgrade() {
-                let left = agent
-                    .page_reservations
-                    .lock()
-                    .expect("page reservations poisoned")
-                    .remove(&mid);
-                if left {
-                    tracing::warn!(migration = mid, "page reservation never used; removed");
-                    let _ = std::fs::remove_dir_all(self::dir(&agent, &mid));
-                }
-            }
-        });
         Ok(pb::ReservePagesResult { bytes_reserved: reserved })
     }
 
