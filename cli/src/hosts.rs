@@ -40,14 +40,25 @@ impl Net {
             let _ = sh(&format!("ip link del {} 2>/dev/null", veth_name(bridge, i)));
         }
         let net = Net { bridge: bridge.into(), prefix: prefix.into(), hosts: hosts.to_vec() };
-        must(&format!(
-            "ip link add {bridge} type bridge && ip addr add {prefix}.1/24 dev {bridge} && ip link set {bridge} up"
-        ))?;
+        // The root namespace's new links get no IPv6 link-local address: the hosts speak IPv4,
+        // and such an address appears only after duplicate detection, 1.2-1.4 s after the link
+        // came up (`ip -ts monitor address`), a network change to every program watching this
+        // namespace's addresses (Chromium failed a request of the dashboard's end-to-end test
+        // with ERR_NETWORK_CHANGED). Best effort: a kernel without IPv6 has nothing to turn off.
+        let no_ipv6 = |link: &str| {
+            let _ = sh(&format!("ip link set {link} addrgenmode none 2>/dev/null"));
+        };
+        must(&format!("ip link add {bridge} type bridge"))?;
+        no_ipv6(bridge);
+        must(&format!("ip addr add {prefix}.1/24 dev {bridge} && ip link set {bridge} up"))?;
         for (i, h) in hosts.iter().enumerate() {
             let veth = veth_name(bridge, i);
             must(&format!(
-                "ip netns add {h} && ip link add {veth} type veth peer name eth0 netns {h} && \
-                 ip link set {veth} master {bridge} up && \
+                "ip netns add {h} && ip link add {veth} type veth peer name eth0 netns {h}"
+            ))?;
+            no_ipv6(&veth);
+            must(&format!(
+                "ip link set {veth} master {bridge} up && \
                  ip -n {h} addr add {ip}/24 dev eth0 && ip -n {h} link set eth0 up && \
                  ip -n {h} link set lo up",
                 ip = net.ip(i)
