@@ -6,9 +6,9 @@
 #     cached outside a tmpfs, per boot; the lazy-pages daemon keeps several background requests
 #     in flight and sleeps while they are out; per page pipe buffer log lines only at -v5),
 #     built from Debian's sid source package and installed to /usr/local/sbin/criu unless one is
-#     already there (its
-#     `criu --version` says "GitID: <version>+ferry.<id of the patches>"); a stock CRIU >= 4.2 that passes
-#     `criu check` is the fallback if the build fails (everything works, post-copy freezes longer);
+#     already there (its `criu --version` says "GitID: <version>+ferry.<id of the patches>"); a
+#     stock CRIU >= 4.2 that passes `criu check` is the fallback if the build fails (everything
+#     works, post-copy freezes longer);
 #   - kernel knobs the agent relies on;
 #   - the Rust workspace built (release) so `ferry` is ready.
 # A second run only verifies and takes seconds.

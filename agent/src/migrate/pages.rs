@@ -112,19 +112,7 @@ pub fn start(
     let (ours, criu_end) = UnixStream::pair()?;
     // Room for CRIU to run ahead of the reader by a few chunks (a socket's default is ~200 KiB,
     // so CRIU stopped whenever the reader was off the CPU).
-    for (sock, opt) in [(&criu_end, libc::SO_SNDBUFFORCE), (&ours, libc::SO_RCVBUFFORCE)] {
-        let size: libc::c_int = SOCKET_BUFFER as libc::c_int;
-        // SAFETY: a valid socket, an int option and its size.
-        unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(sock),
-                libc::SOL_SOCKET,
-                opt,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-    }
+    crate::sys::force_socket_buffers(&criu_end, &ours, SOCKET_BUFFER);
     let policy = Arc::new(Policy::new(progress.clone(), ZSTD_LEVEL));
     let (order_tx, order_rx) = sync_channel::<Next>(SEND_QUEUE);
     let (job_tx, job_rx) = sync_channel::<Job>(SEND_QUEUE);
@@ -349,9 +337,12 @@ pub fn dir(agent: &Agent, mid: &str) -> PathBuf {
 /// The most images one ReservePages may name.
 const MAX_RESERVED_IMAGES: usize = 4096;
 
+/// How the files set aside by ReservePages begin.
+const RESERVED: &str = "reserve-";
+
 /// The name of the file set aside for the pages image of CRIU's image `id`.
 fn reserved_name(id: u64) -> String {
-    format!("reserve-{id:x}")
+    format!("{RESERVED}{id:x}")
 }
 
 impl Agent {
@@ -365,6 +356,24 @@ impl Agent {
             self.config().node,
             self.criu().check_error
         )))
+    }
+
+    /// After [`UNCLAIMED`], removes the pages directory of `mid` if `take` still finds what was
+    /// left for a later call (a reservation, a received stream) and takes it.
+    fn remove_unclaimed(
+        self: &Arc<Self>,
+        mid: String,
+        why: &'static str,
+        take: fn(&Agent, &str) -> bool,
+    ) {
+        let agent = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(UNCLAIMED).await;
+            if let Some(agent) = agent.upgrade().filter(|a| take(a, &mid)) {
+                tracing::warn!(migration = mid, "{why}");
+                let _ = std::fs::remove_dir_all(self::dir(&agent, &mid));
+            }
+        });
     }
 
     /// Creates the pages directory of `mid`; an id in use is refused.
@@ -418,20 +427,8 @@ impl Agent {
         // waits a minute at most) takes the directory as it is.
         self.page_reservations.lock().expect("page reservations poisoned").insert(mid.clone());
         // A source that never sends its pages leaves nothing behind for long.
-        let (agent, mid2) = (Arc::downgrade(self), mid.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep(UNCLAIMED).await;
-            if let Some(agent) = agent.upgrade() {
-                let left = agent
-                    .page_reservations
-                    .lock()
-                    .expect("page reservations poisoned")
-                    .remove(&mid2);
-                if left {
-                    tracing::warn!(migration = mid2, "page reservation never used; removed");
-                    let _ = std::fs::remove_dir_all(self::dir(&agent, &mid2));
-                }
-            }
+        self.remove_unclaimed(mid.clone(), "page reservation never used; removed", |a, mid| {
+            a.page_reservations.lock().expect("page reservations poisoned").remove(mid)
         });
         let images = req.images;
         let at = dir;
@@ -499,17 +496,8 @@ impl Agent {
                 self.page_streams.lock().expect("page streams poisoned").insert(mid.clone(), end);
                 // Claimed by PushSnapshot within moments; a source that never sends it leaves
                 // nothing behind for long.
-                let (agent, mid2) = (Arc::downgrade(self), mid);
-                tokio::spawn(async move {
-                    tokio::time::sleep(UNCLAIMED).await;
-                    if let Some(agent) = agent.upgrade() {
-                        let left =
-                            agent.page_streams.lock().expect("page streams poisoned").remove(&mid2);
-                        if left.is_some() {
-                            tracing::warn!(migration = mid2, "page stream never claimed; removed");
-                            let _ = std::fs::remove_dir_all(self::dir(&agent, &mid2));
-                        }
-                    }
+                self.remove_unclaimed(mid, "page stream never claimed; removed", |a, mid| {
+                    a.page_streams.lock().expect("page streams poisoned").remove(mid).is_some()
                 });
                 Ok(result)
             }
@@ -790,7 +778,7 @@ fn write_pages(
     }
     // Memory set aside for images the stream did not have.
     for e in std::fs::read_dir(dir).map_err(io(dir.to_path_buf()))?.flatten() {
-        if e.file_name().to_string_lossy().starts_with("reserve-") {
+        if e.file_name().to_string_lossy().starts_with(RESERVED) {
             std::fs::remove_file(e.path()).map_err(io(e.path()))?;
         }
     }

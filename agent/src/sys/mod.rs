@@ -28,3 +28,28 @@ pub fn now_ms() -> i64 {
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
+
+/// Sets `send`'s send buffer and `recv`'s receive buffer to `bytes` (SO_SNDBUFFORCE,
+/// SO_RCVBUFFORCE: as root, past net.core.[rw]mem_max). Best effort: a socket that keeps its
+/// default buffer still works, only slower.
+pub fn force_socket_buffers(
+    send: &impl std::os::fd::AsRawFd,
+    recv: &impl std::os::fd::AsRawFd,
+    bytes: usize,
+) {
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    for (fd, opt) in
+        [(send.as_raw_fd(), libc::SO_SNDBUFFORCE), (recv.as_raw_fd(), libc::SO_RCVBUFFORCE)]
+    {
+        // SAFETY: a valid socket, an int option and its size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+}
