@@ -642,6 +642,47 @@ async fn post_copy_resumes_before_the_memory_arrives_and_loses_nothing() {
     assert!(err.message().contains("post-copy needs the CRIU engine"), "{}", err.message());
 }
 
+/// `writes=W` of a memhog verify line.
+fn writes(verdict: &str) -> u64 {
+    field(verdict, "writes=").parse().unwrap_or_else(|_| panic!("no writes= in {verdict:?}"))
+}
+
+/// memhog in `write` mode rewrites pages all over its memory about 64 000 times a second. Moved
+/// in post-copy with the page server held for a second after the resume, it runs on the target
+/// while most of its memory is still on the source and writes into pages as they arrive (it
+/// counts the rewrites of pages mincore says are not in memory), and afterwards every byte (each
+/// page as generated, with its latest generation on top) checks out.
+#[tokio::test]
+async fn post_copy_keeps_every_byte_of_a_program_writing_while_its_pages_arrive() {
+    if !require_root("post_copy_keeps_every_byte_of_a_program_writing_while_its_pages_arrive") {
+        return;
+    }
+    let mut p = pair(&["--enable-fault-injection"]).await;
+    let s = start(&mut p.ca, spec(&[&workload("memhog"), "256", "write"])).await;
+    let id = id_of(&s);
+    wait_log(&p.ca, &id, "memhog ticking", T, |l| numbers(l, "tick ").len() >= 3).await;
+    let before = ask(&mut p.ca, &id, "verify ").await;
+    assert!(before.starts_with("verify ok pages=65536"), "{before}");
+    assert!(writes(&before) > 0, "{before}");
+
+    let mid = format!("m-pc-w-{}", std::process::id());
+    let running =
+        post_copy_in_background(&p.ca, &id, &p.b.addr, &mid, pb::Fault::StallPageServer, 1000);
+    let live = in_post_copy_with_pages_missing(&p.ca, &mid).await;
+    assert!(live.post_copy_pages_remaining > 30_000, "most pages still on the source: {live:?}");
+    let r = running.await.unwrap().expect("MigrateOut answers");
+    assert_eq!(r.outcome, pb::Outcome::Completed as i32, "{r:?}");
+    assert_eq!((r.post_copy_pages_remaining, r.post_copy_bytes_remaining), (0, 0), "{r:?}");
+
+    let after = ask(&mut p.cb, &id, "verify ").await;
+    assert!(after.starts_with("verify ok pages=65536"), "{after}");
+    eprintln!("memhog write: before the migration {before}; after {after}");
+    // mincore said some pages it rewrote were not in memory yet: it wrote into pages arriving.
+    assert!(writes(&after) > writes(&before), "{before} / {after}");
+    let missing: u64 = field(&after, "missing=").parse().unwrap_or(0);
+    assert!(missing > 0, "no rewrite of a page still on the source: {after}");
+}
+
 /// A post-copy migration with `fault` (fault_arg ms) and a known id, run in a task of its own.
 fn post_copy_in_background(
     c: &Client,
