@@ -4,7 +4,8 @@
 #   - a working CRIU >= 4.2 carrying ferry's patches (scripts/criu/*.patch: post-copy's lazy dump
 #     reads the frozen task's memory instead of splicing it all into pipes; the kernel probes are
 #     cached outside a tmpfs, per boot; the lazy-pages daemon keeps several background requests
-#     in flight and sleeps while they are out; per page pipe buffer log lines only at -v5),
+#     in flight and sleeps while they are out; per page pipe buffer log lines only at -v5; smaps
+#     the agent read before the freeze are read from $CRIU_SMAPS_DIR),
 #     built from Debian's sid source package and installed to /usr/local/sbin/criu unless one is
 #     already there (its `criu --version` says "GitID: <version>+ferry.<id of the patches>"); a
 #     stock CRIU >= 4.2 that passes `criu check` is the fallback if the build fails (everything

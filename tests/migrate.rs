@@ -683,6 +683,82 @@ async fn post_copy_keeps_every_byte_of_a_program_writing_while_its_pages_arrive(
     assert!(missing > 0, "no rewrite of a page still on the source: {after}");
 }
 
+/// The `flags iter=N fails=F` lines of madviser: (N, F) of each.
+fn madviser_lines(lines: &[String]) -> Vec<(u64, u64)> {
+    lines
+        .iter()
+        .filter(|l| l.starts_with("flags iter="))
+        .map(|l| (field(l, "iter=").parse().unwrap_or(0), field(l, "fails=").parse().unwrap_or(0)))
+        .collect()
+}
+
+/// The source reads CRIU's smaps before the freeze (migrate::layout, CRIU patch 0005). A workload
+/// that leaves its mappings alone gets them used; one that keeps changing a mapping's flags gets
+/// them read again in the freeze, and the flags it had at the freeze are the ones it keeps.
+#[tokio::test]
+async fn smaps_read_before_the_freeze_are_used_only_if_no_mapping_changed() {
+    if !require_root("smaps_read_before_the_freeze_are_used_only_if_no_mapping_changed") {
+        return;
+    }
+    let net = Net::new(2);
+    let a = net.agent(0, &["--keep-scratch"]);
+    let b = net.agent(1, &["--keep-scratch"]);
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    let dump_log = |agent: &AgentProc, mid: &str| {
+        let log = agent.data_dir.join("migrations").join(mid).join("criu/dump.log");
+        std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{log:?}: {e}"))
+    };
+    const USED: &str = "read before the freeze:";
+
+    // memhog, between ticks, maps and madvises nothing: post-copy uses the smaps read before.
+    let (_, quiet) = ticking_memhog(&mut ca, "64").await;
+    let r = migrate_with(
+        &mut ca,
+        pb::MigrateOutRequest {
+            workload_id: quiet.clone(),
+            target_address: b.addr.clone(),
+            mode: pb::Mode::PostCopy as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    completed(&r);
+    let log = dump_log(&a, &r.migration_id);
+    assert!(log.contains(USED), "a quiet workload's smaps should come from before the freeze");
+    let verdict = ask(&mut cb, &quiet, "verify ").await;
+    assert!(verdict.starts_with("verify ok pages=16384"), "{verdict}");
+
+    // madviser flips MADV_DONTFORK on a mapping thousands of times a second and checks its
+    // smaps after each flip: the smaps read before the freeze are stale, so they must not be
+    // used, and after each move the flag must be the one last set. There and back, twice.
+    let s = start(&mut ca, spec(&[&workload("madviser")])).await;
+    let id = id_of(&s);
+    wait_log(&ca, &id, "madviser checking", T, |l| madviser_lines(l).len() >= 2).await;
+    let agents = [(&a, ca.clone()), (&b, cb.clone())];
+    for hop in 0..4 {
+        let (from, to) = (&agents[hop % 2], &agents[(hop + 1) % 2]);
+        let r = migrate(&mut from.1.clone(), &id, &to.0.addr).await;
+        completed(&r);
+        assert!(
+            !dump_log(from.0, &r.migration_id).contains(USED),
+            "hop {hop}: smaps read before the freeze were used for a workload changing its flags"
+        );
+        // The log came with the workload: progress past its last line shows it runs again.
+        let now = logs(&mut to.1.clone(), &id).await.into_iter().map(|l| l.text);
+        let n0 = madviser_lines(&now.collect::<Vec<_>>()).last().map_or(0, |l| l.0);
+        let lines = wait_log(&to.1, &id, "madviser checking on the target", T, |l| {
+            madviser_lines(l).last().is_some_and(|l| l.0 > n0 + 1000)
+        })
+        .await;
+        let fails: Vec<&String> = lines
+            .iter()
+            .filter(|l| !l.starts_with("flags iter") && !l.starts_with("madviser"))
+            .collect();
+        assert!(fails.is_empty(), "hop {hop}: the flags restored were not the last set: {fails:?}");
+        assert_eq!(madviser_lines(&lines).last().map(|l| l.1), Some(0), "hop {hop}");
+    }
+}
+
 /// A post-copy migration with `fault` (fault_arg ms) and a known id, run in a task of its own.
 fn post_copy_in_background(
     c: &Client,

@@ -67,14 +67,16 @@ impl Pending {
     }
 }
 
-/// Starts a fresh `criu swrk` and sends it `req`. `keep` are fds the criu child inherits.
+/// Starts a fresh `criu swrk` and sends it `req`. `keep` are fds the criu child inherits, `env`
+/// variables it gets.
 pub fn start(
     criu: &Path,
     reaper: &Reaper,
     keep: &[RawFd],
+    env: &[(&str, &Path)],
     req: rpc::CriuReq,
 ) -> Result<Pending, RpcError> {
-    let swrk = Swrk::start(criu, reaper, keep).map_err(RpcError::Spawn)?;
+    let swrk = Swrk::start(criu, reaper, keep, env).map_err(RpcError::Spawn)?;
     swrk.send(&req.encode_to_vec()).map_err(RpcError::Io)?;
     Ok(Pending { swrk })
 }
@@ -87,5 +89,5 @@ pub fn call(
     req: rpc::CriuReq,
     on_notify: impl FnMut(&str),
 ) -> Result<rpc::CriuResp, RpcError> {
-    start(criu, reaper, keep, req)?.wait(on_notify)
+    start(criu, reaper, keep, &[], req)?.wait(on_notify)
 }

@@ -61,7 +61,7 @@ pub fn start_lazy_dump(
     let req = request(rpc::CriuReqType::Dump, opts);
     let keep = [images.as_raw_fd(), work.as_raw_fd(), theirs.as_raw_fd()];
     let log = dirs.work.join("dump.log");
-    let pending = criu_rpc::start(&criu, agent.reaper(), &keep, req)
+    let pending = criu_rpc::start(&criu, agent.reaper(), &keep, &smaps_env(dirs), req)
         .map_err(|e| rpc_failure("dump", log.clone(), e.to_string()))?;
     // CRIU holds its end now; ours must be the only other one, so its closing reaches CRIU.
     drop(theirs);
@@ -108,11 +108,16 @@ pub fn dump_to_page_stream(
     let req = request(rpc::CriuReqType::Dump, opts);
     let keep = [images.as_raw_fd(), work.as_raw_fd(), pages.as_raw_fd()];
     let log = dirs.work.join("dump.log");
-    let pending = criu_rpc::start(&criu, agent.reaper(), &keep, req)
+    let pending = criu_rpc::start(&criu, agent.reaper(), &keep, &smaps_env(dirs), req)
         .map_err(|e| rpc_failure("dump", log.clone(), e.to_string()));
     // CRIU holds its end now; ours must go, so that CRIU's end closing reaches the agent.
     drop(pages);
     successful("dump", log, pending?.wait(|_| {})).map(|_| ())
+}
+
+/// The environment that points ferry's CRIU at smaps read before the freeze, if there are any.
+fn smaps_env<'a>(dirs: &CheckpointDirs<'a>) -> Vec<(&'static str, &'a std::path::Path)> {
+    dirs.smaps.map(|d| ("CRIU_SMAPS_DIR", d)).into_iter().collect()
 }
 
 fn base_opts(images: &impl AsRawFd, work: &impl AsRawFd, log: &str) -> rpc::CriuOpts {

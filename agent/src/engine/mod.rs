@@ -37,6 +37,9 @@ impl EngineError {
 pub struct CheckpointDirs<'a> {
     pub images: &'a Path,
     pub work: &'a Path,
+    /// smaps of the tree's processes read before the freeze and known to still hold
+    /// (migrate::layout): CRIU reads them there (`CRIU_SMAPS_DIR`) instead of in the freeze.
+    pub smaps: Option<&'a Path>,
 }
 
 /// What a target needs to bring a workload back.

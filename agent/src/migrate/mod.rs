@@ -32,6 +32,7 @@
 //! the workload is lost (docs/migration.md).
 
 mod finish;
+mod layout;
 mod out;
 pub mod pages;
 pub mod preflight;

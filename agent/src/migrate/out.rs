@@ -172,6 +172,7 @@ impl Agent {
             reserved: false,
             progress,
             live,
+            layout: None,
             restore_ms: 0,
             target_status: None,
             post_copy: req.post_copy,
@@ -285,6 +286,8 @@ struct Run {
     /// Stop-and-copy with CRIU: the memory pages on their way to the target while the dump runs.
     pages: Option<tokio::task::JoinHandle<std::result::Result<pb::PageStreamEnd, String>>>,
     live: Arc<super::Live>,
+    /// CRIU: the smaps read before the freeze and their watch, kept until the run ends.
+    layout: Option<super::layout::Before>,
 }
 
 impl Run {
@@ -301,13 +304,21 @@ impl Run {
     async fn forward(&mut self, endpoint: Endpoint) -> std::result::Result<(), Failure> {
         self.begin(Phase::Preflight);
         self.preflight(endpoint).await?;
-        self.tl.end();
         let engine = self.w.spec.engine;
         if engine::freezes_first(engine) {
+            // CRIU: its smaps are read now, and used if nothing changed until the freeze.
+            let before = self.read_layout().await;
+            self.tl.end();
             self.freeze().await?;
-            self.checkpoint().await?;
+            let smaps = match &before {
+                Some(b) => self.layout_holds(b),
+                None => None,
+            };
+            self.layout = before;
+            self.checkpoint(smaps).await?;
         } else {
-            self.checkpoint().await?;
+            self.tl.end();
+            self.checkpoint(None).await?;
             self.freeze().await?;
         }
         self.transfer().await?;
@@ -456,11 +467,26 @@ impl Run {
         Ok(())
     }
 
+    /// Reads the workload's smaps before the freeze (migrate::layout).
+    async fn read_layout(&self) -> Option<super::layout::Before> {
+        let (w, dir, mid) = (self.w.clone(), self.scratch().join("smaps"), self.mid.clone());
+        tokio::task::spawn_blocking(move || super::layout::read(&w, &dir, &mid)).await.ok()?
+    }
+
+    /// Once frozen: where CRIU finds smaps that still hold, if the ones read before do. A few
+    /// small /proc reads and counters, inside the freeze: not worth a thread hop.
+    fn layout_holds(&self, before: &super::layout::Before) -> Option<std::path::PathBuf> {
+        before.still_holds(&self.w, &self.mid)
+    }
+
     fn scratch(&self) -> std::path::PathBuf {
         self.agent.config().data_dir.join("migrations").join(&self.mid)
     }
 
-    async fn checkpoint(&mut self) -> std::result::Result<(), Failure> {
+    async fn checkpoint(
+        &mut self,
+        smaps: Option<std::path::PathBuf>,
+    ) -> std::result::Result<(), Failure> {
         self.begin(Phase::Checkpointing);
         let (agent, w, scratch) = (self.agent.clone(), self.w.clone(), self.scratch());
         let engine = w.spec.engine;
@@ -480,8 +506,11 @@ impl Run {
             None
         };
         let res = tokio::task::spawn_blocking(move || {
-            let dirs =
-                CheckpointDirs { images: &scratch.join("images"), work: &scratch.join("criu") };
+            let dirs = CheckpointDirs {
+                images: &scratch.join("images"),
+                work: &scratch.join("criu"),
+                smaps: smaps.as_deref(),
+            };
             match pages {
                 _ if post_copy => crate::engine::criu::start_lazy_dump(&agent, &w, &dirs).map(Some),
                 Some(pages) => {

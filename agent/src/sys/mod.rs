@@ -4,6 +4,7 @@
 pub mod command;
 pub mod fdstore;
 pub mod host;
+pub mod layout;
 pub mod mem;
 pub mod proc;
 pub mod reaper;

@@ -99,6 +99,31 @@ pub fn children_cpu_seconds() -> f64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// The thread ids of process `pid`.
+pub fn threads(pid: i32) -> std::io::Result<Vec<i32>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        if let Some(tid) = e?.file_name().to_str().and_then(|n| n.parse().ok()) {
+            out.push(tid);
+        }
+    }
+    Ok(out)
+}
+
+/// The kernel's one-letter state of thread `tid` of process `pid`.
+pub fn task_state(pid: i32, tid: i32) -> std::io::Result<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))?;
+    // "tid (comm) S ...": comm may hold spaces and parentheses, the state follows the last ')'.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
+        .ok_or_else(|| std::io::Error::other(format!("cannot parse /proc/{pid}/task/{tid}/stat")))
+}
+
+/// The contents of `/proc/PID/smaps` (the kernel walks every mapping's page tables for it).
+pub fn smaps(pid: i32) -> std::io::Result<Vec<u8>> {
+    std::fs::read(format!("/proc/{pid}/smaps"))
+}
+
 /// Clock ticks per second, for CPU percentages.
 pub fn ticks_per_second() -> u64 {
     procfs::ticks_per_second()

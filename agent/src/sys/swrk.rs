@@ -22,8 +22,14 @@ pub struct Swrk {
 }
 
 impl Swrk {
-    /// Starts `criu swrk` with `keep` fds inherited (same numbers in the child).
-    pub fn start(criu: &Path, reaper: &Reaper, keep: &[RawFd]) -> std::io::Result<Swrk> {
+    /// Starts `criu swrk` with `keep` fds inherited (same numbers in the child) and `env` added to
+    /// its environment.
+    pub fn start(
+        criu: &Path,
+        reaper: &Reaper,
+        keep: &[RawFd],
+        env: &[(&str, &Path)],
+    ) -> std::io::Result<Swrk> {
         let mut fds = [0; 2];
         // SAFETY: socketpair writes two fds into the array.
         let rc = unsafe {
@@ -44,7 +50,7 @@ impl Swrk {
         let mut inherit: Vec<RawFd> = keep.to_vec();
         inherit.push(child_fd);
         let mut cmd = Command::new(criu);
-        cmd.arg("swrk").arg(child_fd.to_string());
+        cmd.arg("swrk").arg(child_fd.to_string()).envs(env.iter().copied());
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         inherit_on_exec(&mut cmd, inherit);
         let child = cmd.spawn()?;
