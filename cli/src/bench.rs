@@ -780,11 +780,12 @@ fn render(args: &BenchArgs, sizes: &[SizeRuns], qemu: bool) -> String {
             let _ = writeln!(
                 out,
                 "- Post-copy downtime at 4 GiB ≤ 1.5 × the 1 GiB figure: {d4:.0} ms = {ratio:.2} × — {}. \
-                 The growth is CRIU's lazy dump (its dump phase: {:.0} ms at 1 GiB, {:.0} ms at 4 GiB), \
-                 in which the kernel walks the page tables of the whole memory for smaps (about 11 ms \
-                 per GiB here) before CRIU reports ready (with scripts/criu's patches CRIU no longer \
-                 splices every page into pipes too, nor logs every page pipe buffer, \
-                 docs/migration.md); the restore stays at {:.0} / {:.0} ms.",
+                 The dump phase takes {:.0} ms at 1 GiB and {:.0} ms at 4 GiB, the restore {:.0} / \
+                 {:.0} ms. With scripts/criu's patches CRIU's lazy dump no longer splices every page \
+                 into pipes, nor logs every page pipe buffer, and it reads the smaps the source agent \
+                 read before the freeze (the kernel's page table walk for them, about 11 ms per GiB \
+                 here, is out of the freeze) when no mapping can have changed since \
+                 (docs/migration.md).",
                 met(ratio <= 1.5),
                 med(&one.post, |s| s.dump_ms),
                 med(&four.post, |s| s.dump_ms),
