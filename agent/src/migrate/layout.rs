@@ -48,11 +48,19 @@ impl Before {
     /// After the tree stopped: the directory CRIU may read smaps from, or `None` (the copies
     /// removed, the reason logged) when the layout may have changed since they were read.
     /// Keep `self` until the workload runs again: dropping it closes the counters, which is slow
-    /// (sys::layout::Watch).
+    /// (sys::layout::Watch), and while they are open CRIU's hardware breakpoints are quick to set
+    /// (docs/migration.md, "Known limits").
     pub(super) fn still_holds(&self, w: &Workload, migration: &str) -> Option<PathBuf> {
         let changed = self.watch.changed(&pids(w)).unwrap_or_else(|e| Some(e.to_string()));
         match changed {
-            None => Some(self.dir.clone()),
+            None => {
+                tracing::info!(
+                    migration,
+                    id = w.id(),
+                    "CRIU reads the smaps read before the freeze"
+                );
+                Some(self.dir.clone())
+            }
             Some(why) => {
                 tracing::info!(
                     migration,

@@ -286,7 +286,8 @@ struct Run {
     /// Stop-and-copy with CRIU: the memory pages on their way to the target while the dump runs.
     pages: Option<tokio::task::JoinHandle<std::result::Result<pb::PageStreamEnd, String>>>,
     live: Arc<super::Live>,
-    /// CRIU: the smaps read before the freeze and their watch, kept until the run ends.
+    /// CRIU: the smaps read before the freeze and their watch, kept until the run ends (closing
+    /// its counters is slow, and while they are open CRIU sets its breakpoints quickly).
     layout: Option<super::layout::Before>,
 }
 
