@@ -9,9 +9,9 @@
 //! takes the task's `mmap_lock`, except some `madvise` calls that need only the mapping's own lock
 //! (they change pages, not flags, and are counted anyway). So a [`Watch`] counts, per thread, the
 //! `mmap_lock:mmap_lock_acquire_returned` and `syscalls:sys_enter_madvise` tracepoints (perf
-//! counters, no BPF); if none fired, the threads are the same and all of them are stopped, the
-//! layout read after [`start`] is the layout at the stop. Anything else, and the caller reads
-//! smaps again.
+//! counters, no BPF); if none fired, the threads are the same and all of them are stopped (or
+//! zombies), the layout read after [`start`] is the layout at the stop. Anything else, and the
+//! caller reads smaps again.
 
 use std::collections::BTreeSet;
 use std::io::{Error, ErrorKind, Result};
@@ -66,7 +66,12 @@ pub fn start(pids: &[i32]) -> Result<Watch> {
         )));
     }
     let mut counters = Vec::with_capacity(threads.len() * ids.len());
-    for &(_, tid) in &threads {
+    for &(pid, tid) in &threads {
+        // A zombie thread (an exited child not yet reaped, a thread-group leader that called
+        // pthread_exit) has let go of the address space: nothing to count, and no counter opens.
+        if dead(super::proc::task_state(pid, tid)?) {
+            continue;
+        }
         for &id in ids {
             counters.push(open_counter(id, tid)?);
         }
@@ -89,8 +94,8 @@ impl Drop for Watch {
 
 impl Watch {
     /// Why the layout of `pids` may differ from what it was when counting began, or `None` when
-    /// it cannot: the same processes and threads, every one of them stopped (so none can change
-    /// it any more), and no tracepoint fired.
+    /// it cannot: the same processes and threads, every one of them stopped or a zombie (so none
+    /// can change it any more), and no tracepoint fired.
     pub fn changed(&self, pids: &[i32]) -> Result<Option<String>> {
         let now = threads_of(pids)?;
         if now != self.threads {
@@ -100,7 +105,7 @@ impl Watch {
         }
         for &(pid, tid) in &now {
             let state = super::proc::task_state(pid, tid)?;
-            if !matches!(state, 'T' | 't') {
+            if !matches!(state, 'T' | 't') && !dead(state) {
                 return Ok(Some(format!("thread {tid} of pid {pid} is not stopped ({state})")));
             }
         }
@@ -116,6 +121,11 @@ impl Watch {
         }
         Ok((events > 0).then(|| format!("{events} mmap_lock acquisition(s) or madvise call(s)")))
     }
+}
+
+/// A zombie or dead task: it can no longer change any address space.
+fn dead(state: char) -> bool {
+    matches!(state, 'Z' | 'X')
 }
 
 fn threads_of(pids: &[i32]) -> Result<BTreeSet<(i32, i32)>> {
@@ -258,6 +268,40 @@ mod tests {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    #[test]
+    fn a_zombie_child_is_not_watched_and_does_not_stand_in_the_way() {
+        // The parent does not wait for its child, which exits at once: a zombie beside a stopped
+        // parent. SIGTERM has the parent reap it and go.
+        let mut c = Command::new("python3")
+            .args([
+                "-c",
+                "import os, signal, time\n\
+                   signal.signal(signal.SIGTERM, lambda *a: (os.wait(), os._exit(0)))\n\
+                   if os.fork() == 0: os._exit(0)\ntime.sleep(30)",
+            ])
+            .spawn()
+            .unwrap();
+        let parent = c.id() as i32;
+        let zombie = (0..200)
+            .find_map(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                let kids =
+                    std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+                        .unwrap_or_default();
+                let kid: i32 = kids.split_whitespace().next()?.parse().ok()?;
+                (crate::sys::proc::task_state(kid, kid).ok()? == 'Z').then_some(kid)
+            })
+            .expect("a zombie child");
+        let w = start(&[parent, zombie]).expect("watch (needs root: perf tracepoint counters)");
+        assert_eq!(w.counters.len(), 2, "the parent's two counters, none for the zombie");
+        stop(parent);
+        assert_eq!(w.changed(&[parent, zombie]).unwrap(), None);
+        for sig in [nix::sys::signal::SIGCONT, nix::sys::signal::SIGTERM] {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(parent), sig);
+        }
+        let _ = c.wait();
     }
 
     #[test]
