@@ -642,9 +642,9 @@ async fn post_copy_resumes_before_the_memory_arrives_and_loses_nothing() {
     assert!(err.message().contains("post-copy needs the CRIU engine"), "{}", err.message());
 }
 
-/// `writes=W` of a memhog verify line.
-fn writes(verdict: &str) -> u64 {
-    field(verdict, "writes=").parse().unwrap_or_else(|_| panic!("no writes= in {verdict:?}"))
+/// The number after `key` (e.g. "writes=") in a memhog verify line.
+fn count(verdict: &str, key: &str) -> u64 {
+    field(verdict, key).parse().unwrap_or_else(|_| panic!("no {key} in {verdict:?}"))
 }
 
 /// memhog in `write` mode rewrites pages all over its memory about 64 000 times a second. Moved
@@ -663,7 +663,7 @@ async fn post_copy_keeps_every_byte_of_a_program_writing_while_its_pages_arrive(
     wait_log(&p.ca, &id, "memhog ticking", T, |l| numbers(l, "tick ").len() >= 3).await;
     let before = ask(&mut p.ca, &id, "verify ").await;
     assert!(before.starts_with("verify ok pages=65536"), "{before}");
-    assert!(writes(&before) > 0, "{before}");
+    assert!(count(&before, "writes=") > 0, "{before}");
 
     let mid = format!("m-pc-w-{}", std::process::id());
     let running =
@@ -678,9 +678,8 @@ async fn post_copy_keeps_every_byte_of_a_program_writing_while_its_pages_arrive(
     assert!(after.starts_with("verify ok pages=65536"), "{after}");
     eprintln!("memhog write: before the migration {before}; after {after}");
     // mincore said some pages it rewrote were not in memory yet: it wrote into pages arriving.
-    assert!(writes(&after) > writes(&before), "{before} / {after}");
-    let missing: u64 = field(&after, "missing=").parse().unwrap_or(0);
-    assert!(missing > 0, "no rewrite of a page still on the source: {after}");
+    assert!(count(&after, "writes=") > count(&before, "writes="), "{before} / {after}");
+    assert!(count(&after, "missing=") > 0, "no rewrite of a page still on the source: {after}");
 }
 
 /// The `flags iter=N fails=F` lines of madviser: (N, F) of each.

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::sys::{layout, proc};
-use crate::workload::{tree_tasks, Workload};
+use crate::workload::Workload;
 
 /// smaps read before the freeze, not yet known to hold.
 pub(super) struct Before {
@@ -21,7 +21,7 @@ pub(super) struct Before {
 
 /// The pids of `w`'s tree, as the freeze and CRIU see it.
 fn pids(w: &Workload) -> Vec<i32> {
-    tree_tasks(w, &proc::scan()).into_iter().map(|t| t.info.pid).collect()
+    proc::tree(w.init_pid, &proc::scan()).into_iter().map(|p| p.pid).collect()
 }
 
 /// Starts watching `w`'s tree and reads its smaps into `dir`. `None` (with the reason logged)
@@ -46,7 +46,8 @@ pub(super) fn read(w: &Workload, dir: &Path, migration: &str) -> Option<Before> 
 
 impl Before {
     /// After the tree stopped: the directory CRIU may read smaps from, or `None` (the copies
-    /// removed, the reason logged) when the layout may have changed since they were read.
+    /// removed, the reason logged) when the layout may have changed since they were read. A few
+    /// small /proc reads and counters, run in the freeze without a thread hop.
     /// Keep `self` until the workload runs again: dropping it closes the counters, which is slow
     /// (sys::layout::Watch), and while they are open CRIU's hardware breakpoints are quick to set
     /// (docs/migration.md, "Known limits").

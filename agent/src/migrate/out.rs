@@ -311,10 +311,7 @@ impl Run {
             let before = self.read_layout().await;
             self.tl.end();
             self.freeze().await?;
-            let smaps = match &before {
-                Some(b) => self.layout_holds(b),
-                None => None,
-            };
+            let smaps = before.as_ref().and_then(|b| b.still_holds(&self.w, &self.mid));
             self.layout = before;
             self.checkpoint(smaps).await?;
         } else {
@@ -472,12 +469,6 @@ impl Run {
     async fn read_layout(&self) -> Option<super::layout::Before> {
         let (w, dir, mid) = (self.w.clone(), self.scratch().join("smaps"), self.mid.clone());
         tokio::task::spawn_blocking(move || super::layout::read(&w, &dir, &mid)).await.ok()?
-    }
-
-    /// Once frozen: where CRIU finds smaps that still hold, if the ones read before do. A few
-    /// small /proc reads and counters, inside the freeze: not worth a thread hop.
-    fn layout_holds(&self, before: &super::layout::Before) -> Option<std::path::PathBuf> {
-        before.still_holds(&self.w, &self.mid)
     }
 
     fn scratch(&self) -> std::path::PathBuf {

@@ -17,7 +17,6 @@ use tokio::sync::watch;
 pub use adopt::{Adopt, ExitWatch};
 pub(crate) use pause::{continue_tree, stop_tree};
 pub use spec::{valid_id, Engine, WorkloadSpec};
-pub(crate) use status::tree_tasks;
 pub use status::{State, Status, Task};
 
 use crate::logs::LogStore;
