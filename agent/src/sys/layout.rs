@@ -213,18 +213,42 @@ mod tests {
     use std::io::{BufRead, Write};
     use std::process::{Command, Stdio};
 
+    /// Debian's python, not whatever `python3` is first on PATH: a version manager's shim is a
+    /// shell script whose own children (zombies for a moment) and startup would be seen as well.
+    const PYTHON: &str = "/usr/bin/python3";
+    /// x86_64 and aarch64 numbers of the syscall a quiet child blocks in.
+    #[cfg(target_arch = "x86_64")]
+    const SYS_READ: u64 = 0;
+    #[cfg(target_arch = "aarch64")]
+    const SYS_READ: u64 = 63;
+
     /// A python child that runs `body` once per line it reads; stopped with SIGSTOP by the test.
     fn child(body: &str) -> std::process::Child {
         let prog = format!(
             "import mmap, sys\nm = mmap.mmap(-1, 1 << 20)\nprint('up', flush=True)\n\
              for line in sys.stdin:\n    {body}\n    print('done', flush=True)\n"
         );
-        Command::new("python3")
+        Command::new(PYTHON)
             .args(["-c", &prog])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .expect("python3")
+            .expect(PYTHON)
+    }
+
+    /// Waits until `pid` sits in a read(2): whatever it did before (printing its line, the
+    /// interpreter's own allocations) is over, and it stays quiet until it is written to.
+    fn blocked_in_read(pid: i32) {
+        for _ in 0..1000 {
+            let nr = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+            if nr.split_whitespace().next().and_then(|n| n.parse().ok()) == Some(SYS_READ)
+                && crate::sys::proc::task_state(pid, pid).ok() == Some('S')
+            {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        panic!("pid {pid} never blocked in read(2)");
     }
 
     fn step(c: &mut std::process::Child, out: &mut impl BufRead) {
@@ -258,9 +282,11 @@ mod tests {
             let mut out = std::io::BufReader::new(c.stdout.take().unwrap());
             let mut l = String::new();
             out.read_line(&mut l).unwrap();
+            blocked_in_read(pid);
             let w = start(&[pid]).expect("watch (needs root: perf tracepoint counters)");
             if body.is_some() {
                 step(&mut c, &mut out);
+                blocked_in_read(pid);
             }
             stop(pid);
             let verdict = w.changed(&[pid]).unwrap();
@@ -272,35 +298,36 @@ mod tests {
 
     #[test]
     fn a_zombie_child_is_not_watched_and_does_not_stand_in_the_way() {
-        // The parent does not wait for its child, which exits at once: a zombie beside a stopped
-        // parent. SIGTERM has the parent reap it and go.
-        let mut c = Command::new("python3")
+        // The parent waits for its child's exit without reaping it (WNOWAIT), says its pid and
+        // blocks reading stdin: a zombie beside a quiet parent. At end of input it reaps and goes.
+        let mut c = Command::new(PYTHON)
             .args([
                 "-c",
-                "import os, signal, time\n\
-                   signal.signal(signal.SIGTERM, lambda *a: (os.wait(), os._exit(0)))\n\
-                   if os.fork() == 0: os._exit(0)\ntime.sleep(30)",
+                "import os, sys\n\
+                 kid = os.fork()\n\
+                 if kid == 0: os._exit(0)\n\
+                 os.waitid(os.P_PID, kid, os.WEXITED | os.WNOWAIT)\n\
+                 print(kid, flush=True)\n\
+                 sys.stdin.read()\n\
+                 os.waitpid(kid, 0)",
             ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .spawn()
-            .unwrap();
+            .expect(PYTHON);
         let parent = c.id() as i32;
-        let zombie = (0..200)
-            .find_map(|_| {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-                let kids =
-                    std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
-                        .unwrap_or_default();
-                let kid: i32 = kids.split_whitespace().next()?.parse().ok()?;
-                (crate::sys::proc::task_state(kid, kid).ok()? == 'Z').then_some(kid)
-            })
-            .expect("a zombie child");
+        let mut line = String::new();
+        std::io::BufReader::new(c.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let zombie: i32 = line.trim().parse().expect("the child's pid");
+        assert_eq!(crate::sys::proc::task_state(zombie, zombie).unwrap(), 'Z');
+        blocked_in_read(parent);
         let w = start(&[parent, zombie]).expect("watch (needs root: perf tracepoint counters)");
         assert_eq!(w.counters.len(), 2, "the parent's two counters, none for the zombie");
         stop(parent);
         assert_eq!(w.changed(&[parent, zombie]).unwrap(), None);
-        for sig in [nix::sys::signal::SIGCONT, nix::sys::signal::SIGTERM] {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(parent), sig);
-        }
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(parent), nix::sys::signal::SIGCONT);
+        drop(c.stdin.take());
         let _ = c.wait();
     }
 

@@ -101,9 +101,11 @@ pub fn children_cpu_seconds() -> f64 {
 
 /// The thread ids of process `pid`.
 pub fn threads(pid: i32) -> std::io::Result<Vec<i32>> {
+    let dir = format!("/proc/{pid}/task");
+    let named = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{dir}: {e}"));
     let mut out = Vec::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        if let Some(tid) = e?.file_name().to_str().and_then(|n| n.parse().ok()) {
+    for e in std::fs::read_dir(&dir).map_err(named)? {
+        if let Some(tid) = e.map_err(named)?.file_name().to_str().and_then(|n| n.parse().ok()) {
             out.push(tid);
         }
     }
@@ -112,7 +114,9 @@ pub fn threads(pid: i32) -> std::io::Result<Vec<i32>> {
 
 /// The kernel's one-letter state of thread `tid` of process `pid`.
 pub fn task_state(pid: i32, tid: i32) -> std::io::Result<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))?;
+    let path = format!("/proc/{pid}/task/{tid}/stat");
+    let stat = std::fs::read_to_string(&path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{path}: {e}")))?;
     // "tid (comm) S ...": comm may hold spaces and parentheses, the state follows the last ')'.
     stat.rsplit_once(')')
         .and_then(|(_, rest)| rest.trim_start().chars().next())
