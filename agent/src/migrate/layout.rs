@@ -7,7 +7,10 @@
 //! acquisitions and madvise calls. Once the tree is stopped, the copies are handed to CRIU (ferry's
 //! CRIU patch 0005 reads `$CRIU_SMAPS_DIR/<pid>`) only if nothing could have changed a mapping or
 //! its flags meanwhile; otherwise they are removed and CRIU reads smaps in the freeze as before.
+//! Either way some task perf event stays open until the migration ends: the watch's counters, or
+//! a do-nothing one when the watch could not start, which keeps CRIU's hardware breakpoints quick.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use crate::sys::{layout, proc};
@@ -15,8 +18,10 @@ use crate::workload::Workload;
 
 /// smaps read before the freeze, not yet known to hold.
 pub(super) struct Before {
-    dir: PathBuf,
-    watch: layout::Watch,
+    /// The copies' directory and their watch, when they could be made.
+    read: Option<(PathBuf, layout::Watch)>,
+    /// Otherwise a perf event that counts nothing (`layout::keep_perf_switched_on`).
+    _perf: Option<OwnedFd>,
 }
 
 /// The pids of `w`'s tree, as the freeze and CRIU see it.
@@ -24,35 +29,48 @@ fn pids(w: &Workload) -> Vec<i32> {
     proc::tree(w.init_pid, &proc::scan()).into_iter().map(|p| p.pid).collect()
 }
 
-/// Starts watching `w`'s tree and reads its smaps into `dir`. `None` (with the reason logged)
-/// when it cannot: CRIU then reads smaps itself.
-pub(super) fn read(w: &Workload, dir: &Path, migration: &str) -> Option<Before> {
-    let attempt = || -> std::io::Result<Before> {
+/// Starts watching `w`'s tree and reads its smaps into `dir`. Without them (the reason logged),
+/// CRIU reads smaps itself.
+pub(super) fn read(w: &Workload, dir: &Path, migration: &str) -> Before {
+    let attempt = || -> std::io::Result<(PathBuf, layout::Watch)> {
         let pids = pids(w);
         let watch = layout::start(&pids)?;
         std::fs::create_dir_all(dir)?;
         for pid in pids {
             std::fs::write(dir.join(pid.to_string()), proc::smaps(pid)?)?;
         }
-        Ok(Before { dir: dir.to_path_buf(), watch })
+        Ok((dir.to_path_buf(), watch))
     };
-    attempt()
-        .inspect_err(|e| {
+    match attempt() {
+        Ok(read) => Before { read: Some(read), _perf: None },
+        Err(e) => {
             let _ = std::fs::remove_dir_all(dir);
             tracing::info!(migration, id = w.id(), "smaps are read in the freeze: {e}");
-        })
-        .ok()
+            let perf = layout::keep_perf_switched_on()
+                .inspect_err(|e| {
+                    tracing::info!(
+                        migration,
+                        id = w.id(),
+                        "no perf event held across the dump (CRIU's breakpoints may be slow \
+                         to set): {e}"
+                    )
+                })
+                .ok();
+            Before { read: None, _perf: perf }
+        }
+    }
 }
 
 impl Before {
     /// After the tree stopped: the directory CRIU may read smaps from, or `None` (the copies
-    /// removed, the reason logged) when the layout may have changed since they were read. A few
+    /// removed, the reason logged) when there are none or the layout may have changed since. A few
     /// small /proc reads and counters, run in the freeze without a thread hop.
     /// Keep `self` until the workload runs again: dropping it closes the counters, which is slow
     /// (sys::layout::Watch), and while they are open CRIU's hardware breakpoints are quick to set
     /// (docs/migration.md, "Known limits").
     pub(super) fn still_holds(&self, w: &Workload, migration: &str) -> Option<PathBuf> {
-        let changed = self.watch.changed(&pids(w)).unwrap_or_else(|e| Some(e.to_string()));
+        let (dir, watch) = self.read.as_ref()?;
+        let changed = watch.changed(&pids(w)).unwrap_or_else(|e| Some(e.to_string()));
         match changed {
             None => {
                 tracing::info!(
@@ -60,7 +78,7 @@ impl Before {
                     id = w.id(),
                     "CRIU reads the smaps read before the freeze"
                 );
-                Some(self.dir.clone())
+                Some(dir.clone())
             }
             Some(why) => {
                 tracing::info!(
@@ -68,7 +86,7 @@ impl Before {
                     id = w.id(),
                     "smaps read before the freeze are not used (read again in it): {why}"
                 );
-                let _ = std::fs::remove_dir_all(&self.dir);
+                let _ = std::fs::remove_dir_all(dir);
                 None
             }
         }

@@ -286,8 +286,9 @@ struct Run {
     /// Stop-and-copy with CRIU: the memory pages on their way to the target while the dump runs.
     pages: Option<tokio::task::JoinHandle<std::result::Result<pb::PageStreamEnd, String>>>,
     live: Arc<super::Live>,
-    /// CRIU: the smaps read before the freeze and their watch, kept until the run ends (closing
-    /// its counters is slow, and while they are open CRIU sets its breakpoints quickly).
+    /// CRIU: the smaps read before the freeze and their watch (or a do-nothing perf event), kept
+    /// until the run ends (closing the counters is slow, and while a task perf event is open CRIU
+    /// sets its breakpoints quickly).
     layout: Option<super::layout::Before>,
 }
 
@@ -468,7 +469,7 @@ impl Run {
     /// Reads the workload's smaps before the freeze (migrate::layout).
     async fn read_layout(&self) -> Option<super::layout::Before> {
         let (w, dir, mid) = (self.w.clone(), self.scratch().join("smaps"), self.mid.clone());
-        tokio::task::spawn_blocking(move || super::layout::read(&w, &dir, &mid)).await.ok()?
+        tokio::task::spawn_blocking(move || super::layout::read(&w, &dir, &mid)).await.ok()
     }
 
     fn scratch(&self) -> std::path::PathBuf {

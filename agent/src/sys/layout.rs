@@ -27,7 +27,7 @@ pub const MAX_THREADS: usize = 512;
 
 /// The first 64 bytes of `struct perf_event_attr` (PERF_ATTR_SIZE_VER0), all a counter needs.
 #[repr(C)]
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct PerfEventAttr {
     type_: u32,
     size: u32,
@@ -42,7 +42,9 @@ struct PerfEventAttr {
     config1: u64,
 }
 
+const PERF_TYPE_SOFTWARE: u32 = 1;
 const PERF_TYPE_TRACEPOINT: u32 = 2;
+const PERF_COUNT_SW_DUMMY: u64 = 9;
 /// `perf_event_attr.inherit` (bit 1 of the flags word).
 const ATTR_INHERIT: u64 = 1 << 1;
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
@@ -139,15 +141,40 @@ fn threads_of(pids: &[i32]) -> Result<BTreeSet<(i32, i32)>> {
 }
 
 fn open_counter(id: u64, tid: i32) -> Result<OwnedFd> {
+    open_event(
+        &PerfEventAttr {
+            type_: PERF_TYPE_TRACEPOINT,
+            config: id,
+            // Threads the thread starts are counted too, once they exit; live ones are new threads.
+            flags: ATTR_INHERIT,
+            ..Default::default()
+        },
+        tid,
+    )
+}
+
+/// A perf event that counts nothing (`PERF_COUNT_SW_DUMMY`), attached to this process. While any
+/// task-attached perf event is open, the kernel keeps its `perf_sched_events` key on, and CRIU's
+/// hardware breakpoints (task perf events themselves) are set in 0.1 ms instead of the 9-20 ms
+/// that switching the key on costs under this machine's hypervisor (docs/migration.md, "Known
+/// limits"). A [`Watch`]'s counters do that already; this is for a dump without one.
+pub fn keep_perf_switched_on() -> Result<OwnedFd> {
+    open_event(
+        &PerfEventAttr {
+            type_: PERF_TYPE_SOFTWARE,
+            config: PERF_COUNT_SW_DUMMY,
+            ..Default::default()
+        },
+        std::process::id() as i32,
+    )
+}
+
+/// perf_event_open for one thread, on any CPU, counting only (no sampling, no ring buffer).
+fn open_event(attr: &PerfEventAttr, tid: i32) -> Result<OwnedFd> {
     let attr = PerfEventAttr {
-        type_: PERF_TYPE_TRACEPOINT,
         size: std::mem::size_of::<PerfEventAttr>() as u32,
-        config: id,
-        // Counting only: no sampling, no ring buffer.
         sample_period: 0,
-        // Threads the thread starts are counted too, once they exit; live ones are new threads.
-        flags: ATTR_INHERIT,
-        ..Default::default()
+        ..*attr
     };
     // SAFETY: perf_event_open(attr, pid, cpu = -1 (any), group_fd = -1, flags) with an attr that
     // outlives the call; the result is a fresh descriptor or -1.
@@ -329,6 +356,16 @@ mod tests {
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(parent), nix::sys::signal::SIGCONT);
         drop(c.stdin.take());
         let _ = c.wait();
+    }
+
+    #[test]
+    fn the_do_nothing_event_opens_on_this_process_and_counts_nothing() {
+        let fd = keep_perf_switched_on().expect("perf_event_open (needs root or perf access)");
+        let mut buf = [0u8; 8];
+        // SAFETY: reading 8 bytes into a buffer we own from a perf event we own.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        assert_eq!(n, 8);
+        assert_eq!(u64::from_ne_bytes(buf), 0);
     }
 
     #[test]
