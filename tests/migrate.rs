@@ -758,6 +758,41 @@ async fn smaps_read_before_the_freeze_are_used_only_if_no_mapping_changed() {
     }
 }
 
+/// More threads than the smaps watch counts (sys::layout::MAX_THREADS): no watch, so CRIU reads
+/// smaps in the freeze (and the source holds a do-nothing perf event instead), and all 600 workers
+/// come through a post-copy move running.
+#[tokio::test]
+async fn a_program_with_more_threads_than_the_watch_counts_moves_with_all_of_them() {
+    if !require_root("a_program_with_more_threads_than_the_watch_counts_moves_with_all_of_them") {
+        return;
+    }
+    let net = Net::new(2);
+    let a = net.agent(0, &["--keep-scratch"]);
+    let b = net.agent(1, &[]);
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    let s = start(&mut ca, spec(&[&workload("threads"), "600"])).await;
+    let id = id_of(&s);
+    wait_log(&ca, &id, "a threads line", T, |l| l.iter().any(|x| x.starts_with("threads t0=")))
+        .await;
+    assert_eq!(status(&mut ca, &id).await.threads, 601, "main and 600 workers");
+    let r = migrate_with(
+        &mut ca,
+        pb::MigrateOutRequest {
+            workload_id: id.clone(),
+            target_address: b.addr.clone(),
+            mode: pb::Mode::PostCopy as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    completed(&r);
+    let log = a.data_dir.join("migrations").join(&r.migration_id).join("criu/dump.log");
+    let log = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{log:?}: {e}"));
+    assert!(!log.contains("read before the freeze:"), "601 threads are more than the watch counts");
+    assert_eq!(status(&mut cb, &id).await.threads, 601, "every thread restored");
+    assert_eq!(ask(&mut cb, &id, "threads alive=").await, "threads alive=600");
+}
+
 /// A post-copy migration with `fault` (fault_arg ms) and a known id, run in a task of its own.
 fn post_copy_in_background(
     c: &Client,

@@ -1,14 +1,16 @@
 /*
- * threads — a migration workload with 4 worker threads, to show every thread survives a restore.
+ * threads [N] — a migration workload with N worker threads (4 unless given, at most 1024), to
+ * show every thread survives a restore.
  *
- * Each worker adds 1 to its own counter every ~10 ms, forever; counters only ever increase.
- * The main thread prints all counters once a second. On SIGUSR1 it takes a snapshot, waits
- * 200 ms, and checks that every worker's counter moved (i.e. every thread is running now).
+ * Each worker adds 1 to its own counter every ~10 ms (~100 ms when N > 8), forever; counters
+ * only ever increase. The main thread prints the first four counters and the total once a
+ * second. On SIGUSR1 it takes a snapshot, waits 20 periods (200 ms or 2 s), and checks that
+ * every worker's counter moved (i.e. every thread is running now).
  *
  * Output, one line each, flushed:
  *   threads ready
- *   threads t0=A t1=B t2=C t3=D total=T     (every ~1 s; T = A+B+C+D)
- *   threads alive=4                          (after SIGUSR1: all 4 advanced within 200 ms)
+ *   threads t0=A t1=B t2=C t3=D total=T     (every ~1 s; T = the sum of all N)
+ *   threads alive=N                          (after SIGUSR1: all N advanced within 20 periods)
  *   threads stuck=I[,J...]                   (after SIGUSR1: indices of workers that did not)
  *
  * SIGUSR1 is blocked in the workers, so it is always handled by the main thread; the handler
@@ -21,12 +23,15 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#define NWORKERS 4
+#define MAXWORKERS 1024
 
-static unsigned long counters[NWORKERS]; /* accessed with __atomic builtins only */
+static int nworkers = 4;
+static long period_ms = 10;
+static unsigned long counters[MAXWORKERS]; /* accessed with __atomic builtins only */
 static volatile sig_atomic_t check_requested;
 
 static void on_usr1(int sig) {
@@ -50,30 +55,39 @@ static unsigned long get(int i) {
 static void *worker(void *arg) {
     int i = (int)(long)arg;
     for (;;) {
-        sleep_ms(10, 0);
+        sleep_ms(period_ms, 0);
         __atomic_fetch_add(&counters[i], 1, __ATOMIC_RELAXED);
     }
     return NULL;
 }
 
-/* SIGUSR1: did every worker advance during a 200 ms window (20 expected increments each)? */
+/* SIGUSR1: did every worker advance during a 20-period window (20 expected increments each)? */
 static void check_alive(void) {
-    unsigned long before[NWORKERS];
-    for (int i = 0; i < NWORKERS; i++)
+    static unsigned long before[MAXWORKERS];
+    for (int i = 0; i < nworkers; i++)
         before[i] = get(i);
-    sleep_ms(200, 0);
+    sleep_ms(20 * period_ms, 0);
     char stuck[64] = "";
-    for (int i = 0; i < NWORKERS; i++)
+    for (int i = 0; i < nworkers; i++)
         if (get(i) == before[i])
             snprintf(stuck + strlen(stuck), sizeof stuck - strlen(stuck), "%s%d", stuck[0] ? "," : "", i);
     if (stuck[0])
         printf("threads stuck=%s\n", stuck);
     else
-        printf("threads alive=%d\n", NWORKERS);
+        printf("threads alive=%d\n", nworkers);
     fflush(stdout);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    if (argc > 1) {
+        nworkers = atoi(argv[1]);
+        if (nworkers < 4 || nworkers > MAXWORKERS) {
+            fprintf(stderr, "threads: N must be 4..%d, not %s\n", MAXWORKERS, argv[1]);
+            return 2;
+        }
+    }
+    if (nworkers > 8)
+        period_ms = 100;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_usr1; /* no SA_RESTART: nanosleep returns EINTR */
@@ -85,9 +99,12 @@ int main(void) {
     sigemptyset(&usr1);
     sigaddset(&usr1, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &usr1, NULL);
-    for (long i = 0; i < NWORKERS; i++) {
+    pthread_attr_t small;
+    pthread_attr_init(&small);
+    pthread_attr_setstacksize(&small, 64 * 1024);
+    for (long i = 0; i < nworkers; i++) {
         pthread_t t;
-        int err = pthread_create(&t, NULL, worker, (void *)i);
+        int err = pthread_create(&t, &small, worker, (void *)i);
         if (err != 0) {
             fprintf(stderr, "pthread_create: %s\n", strerror(err));
             return 1;
@@ -105,8 +122,9 @@ int main(void) {
             check_alive();
             continue; /* the periodic line comes after the next full second */
         }
-        unsigned long c[NWORKERS], total = 0;
-        for (int i = 0; i < NWORKERS; i++)
+        static unsigned long c[MAXWORKERS];
+        unsigned long total = 0;
+        for (int i = 0; i < nworkers; i++)
             total += c[i] = get(i);
         printf("threads t0=%lu t1=%lu t2=%lu t3=%lu total=%lu\n", c[0], c[1], c[2], c[3], total);
         fflush(stdout);

@@ -93,17 +93,42 @@ pub fn explain(log: &str) -> Option<&'static str> {
     KNOWN.iter().find(|(pat, _)| haystack.contains(pat)).map(|(_, msg)| *msg)
 }
 
+/// CRIU's closing error lines, which say only that it failed: the line before them tells why.
+const TRAILERS: &[&str] = &["Restoring FAILED", "Dumping FAILED", "Killing processes because of"];
+
+/// The lazy-pages daemon's log, beside a restore's.
+const LAZY_LOG: &str = "lazy-pages.log";
+
 /// One sentence for a failed `what` ("dump", "restore"): the explanation when known, CRIU's own
-/// last error line, and where the full log is.
+/// last telling error line, where the full log is, and for a restore whose lazy-pages daemon
+/// (beside it in the same directory) logged an error, that daemon's first one.
 pub fn describe(what: &str, log_path: &Path, fallback: &str) -> String {
     let log = std::fs::read_to_string(log_path).unwrap_or_default();
-    let last = error_lines(&log, 1).pop().unwrap_or_else(|| fallback.to_string());
-    match explain(&log) {
+    let lines = error_lines(&log, 50);
+    let last = lines
+        .iter()
+        .rev()
+        .find(|l| !TRAILERS.iter().any(|t| l.contains(t)))
+        .or(lines.last())
+        .cloned()
+        .unwrap_or_else(|| fallback.to_string());
+    let mut out = match explain(&log) {
         Some(msg) => {
             format!("CRIU {what} failed: {msg} (CRIU said: {last}; log: {})", log_path.display())
         }
         None => format!("CRIU {what} failed: {last} (log: {})", log_path.display()),
+    };
+    let lazy = log_path.with_file_name(LAZY_LOG);
+    if lazy != log_path {
+        let first = std::fs::read_to_string(&lazy)
+            .ok()
+            .and_then(|l| error_lines(&l, usize::MAX).into_iter().next());
+        if let Some(first) = first {
+            out +=
+                &format!("; its lazy-pages daemon failed first: {first} (log: {})", lazy.display());
+        }
     }
+    out
 }
 
 #[cfg(test)]
@@ -126,6 +151,31 @@ mod tests {
                    Operation not permitted\n(00.50) page-pipe: something\n";
         assert_eq!(explain(log), None);
         assert!(error_lines(log, 5).is_empty());
+    }
+
+    #[test]
+    fn a_restore_names_its_cause_not_its_trailer_and_the_lazy_daemon_s_first_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let restore = dir.path().join("restore.log");
+        std::fs::write(
+            &restore,
+            "(00.12) Error (criu/uffd.c:1354): uffd: Failed sending restore finished indication\n\
+             (00.12) Error (criu/cr-restore.c:2304): Killing processes because of failure\n\
+             (00.13) Error (criu/cr-restore.c:2368): Restoring FAILED.\n",
+        )
+        .unwrap();
+        let said = describe("restore", &restore, "none");
+        assert!(said.contains("Failed sending restore finished indication"), "{said}");
+        assert!(!said.contains("lazy-pages daemon"), "{said}");
+        std::fs::write(
+            dir.path().join(LAZY_LOG),
+            "(00.06) Error (criu/page-xfer.c:151): page-xfer: Can't send PSI 7 to server\n\
+             (00.06) Error (criu/uffd.c:979): uffd: 2-9: failed reading pages\n",
+        )
+        .unwrap();
+        let said = describe("restore", &restore, "none");
+        assert!(said.contains("lazy-pages daemon failed first: (00.06) Error"), "{said}");
+        assert!(said.contains("Can't send PSI 7"), "{said}");
     }
 
     #[test]

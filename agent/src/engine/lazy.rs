@@ -23,6 +23,13 @@ const LOG: &str = "lazy-pages.log";
 const TUNNEL_WAIT: Duration = Duration::from_secs(60);
 /// How long the daemon may take to take over the restored tasks' userfaultfds.
 const HANDOVER: Duration = Duration::from_secs(2);
+/// The daemon's send buffer on the tunnel's socketpair. CRIU sends each page request with
+/// MSG_DONTWAIT and gives up the whole restore when the send would block; every thread faulting
+/// at once has a request out (plus 4 in the background per process), and each 32-byte request
+/// takes about 766 bytes of buffer: the default (208 KiB) holds 278 (measured), and a 600-thread
+/// program failed its post-copy restore. 32 MiB (64 as the kernel counts) holds 87 382; only
+/// what is queued uses memory.
+const REQUEST_BUFFER: usize = 32 << 20;
 
 /// Where a lazy restore's memory pages come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,6 +272,7 @@ pub(super) fn start(
     let tunnel = match s.pages {
         PageSource::Tunnel => {
             let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(other)?;
+            crate::sys::force_socket_buffers(&theirs, &ours, REQUEST_BUFFER);
             cmd.args(["--page-server", "--ps-socket"]).arg(theirs.as_raw_fd().to_string());
             crate::sys::swrk::inherit_on_exec(&mut cmd, vec![theirs.as_raw_fd()]);
             Some((ours, theirs))
