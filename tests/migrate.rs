@@ -69,6 +69,29 @@ async fn migrate(c: &mut Client, id: &str, target: &str) -> pb::MigrationResult 
     .await
 }
 
+/// A post-copy migration of `id` to `target`.
+async fn post_copy(c: &mut Client, id: &str, target: &str) -> pb::MigrationResult {
+    migrate_with(
+        c,
+        pb::MigrateOutRequest {
+            workload_id: id.into(),
+            target_address: target.into(),
+            mode: pb::Mode::PostCopy as i32,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// What CRIU's dump log says when it reads the smaps the agent read before the freeze.
+const SMAPS_READ_BEFORE: &str = "read before the freeze:";
+
+/// The source's CRIU dump log of migration `mid` (the agent runs with --keep-scratch).
+fn dump_log(agent: &AgentProc, mid: &str) -> String {
+    let log = agent.data_dir.join("migrations").join(mid).join("criu/dump.log");
+    std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{log:?}: {e}"))
+}
+
 /// Starts memhog of `mib` MiB on `c`'s agent and waits for its third tick: its start status and
 /// id.
 async fn ticking_memhog(c: &mut Client, mib: &str) -> (pb::ProcessStatus, String) {
@@ -594,16 +617,7 @@ async fn post_copy_resumes_before_the_memory_arrives_and_loses_nothing() {
     }
     let mut p = pair(&[]).await;
     let (_, id) = ticking_memhog(&mut p.ca, "256").await;
-    let r = migrate_with(
-        &mut p.ca,
-        pb::MigrateOutRequest {
-            workload_id: id.clone(),
-            target_address: p.b.addr.clone(),
-            mode: pb::Mode::PostCopy as i32,
-            ..Default::default()
-        },
-    )
-    .await;
+    let r = post_copy(&mut p.ca, &id, &p.b.addr).await;
     assert_eq!(r.outcome, pb::Outcome::Completed as i32, "{}", r.error);
     assert_eq!(r.mode, "post_copy");
     let phases: Vec<&str> = r.phases.iter().map(|x| x.phase.as_str()).collect();
@@ -703,27 +717,15 @@ async fn smaps_read_before_the_freeze_are_used_only_if_no_mapping_changed() {
     let a = net.agent(0, &["--keep-scratch"]);
     let b = net.agent(1, &["--keep-scratch"]);
     let (mut ca, mut cb) = (a.client().await, b.client().await);
-    let dump_log = |agent: &AgentProc, mid: &str| {
-        let log = agent.data_dir.join("migrations").join(mid).join("criu/dump.log");
-        std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{log:?}: {e}"))
-    };
-    const USED: &str = "read before the freeze:";
-
     // memhog, between ticks, maps and madvises nothing: post-copy uses the smaps read before.
     let (_, quiet) = ticking_memhog(&mut ca, "64").await;
-    let r = migrate_with(
-        &mut ca,
-        pb::MigrateOutRequest {
-            workload_id: quiet.clone(),
-            target_address: b.addr.clone(),
-            mode: pb::Mode::PostCopy as i32,
-            ..Default::default()
-        },
-    )
-    .await;
+    let r = post_copy(&mut ca, &quiet, &b.addr).await;
     completed(&r);
     let log = dump_log(&a, &r.migration_id);
-    assert!(log.contains(USED), "a quiet workload's smaps should come from before the freeze");
+    assert!(
+        log.contains(SMAPS_READ_BEFORE),
+        "a quiet workload's smaps should come from before the freeze"
+    );
     let verdict = ask(&mut cb, &quiet, "verify ").await;
     assert!(verdict.starts_with("verify ok pages=16384"), "{verdict}");
 
@@ -739,7 +741,7 @@ async fn smaps_read_before_the_freeze_are_used_only_if_no_mapping_changed() {
         let r = migrate(&mut from.1.clone(), &id, &to.0.addr).await;
         completed(&r);
         assert!(
-            !dump_log(from.0, &r.migration_id).contains(USED),
+            !dump_log(from.0, &r.migration_id).contains(SMAPS_READ_BEFORE),
             "hop {hop}: smaps read before the freeze were used for a workload changing its flags"
         );
         // The log came with the workload: progress past its last line shows it runs again.
@@ -775,20 +777,10 @@ async fn a_program_with_more_threads_than_the_watch_counts_moves_with_all_of_the
     wait_log(&ca, &id, "a threads line", T, |l| l.iter().any(|x| x.starts_with("threads t0=")))
         .await;
     assert_eq!(status(&mut ca, &id).await.threads, 601, "main and 600 workers");
-    let r = migrate_with(
-        &mut ca,
-        pb::MigrateOutRequest {
-            workload_id: id.clone(),
-            target_address: b.addr.clone(),
-            mode: pb::Mode::PostCopy as i32,
-            ..Default::default()
-        },
-    )
-    .await;
+    let r = post_copy(&mut ca, &id, &b.addr).await;
     completed(&r);
-    let log = a.data_dir.join("migrations").join(&r.migration_id).join("criu/dump.log");
-    let log = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{log:?}: {e}"));
-    assert!(!log.contains("read before the freeze:"), "601 threads are more than the watch counts");
+    let used = dump_log(&a, &r.migration_id).contains(SMAPS_READ_BEFORE);
+    assert!(!used, "601 threads are more than the watch counts");
     assert_eq!(status(&mut cb, &id).await.threads, 601, "every thread restored");
     assert_eq!(ask(&mut cb, &id, "threads alive=").await, "threads alive=600");
 }
