@@ -732,15 +732,16 @@ async fn smaps_read_before_the_freeze_are_used_only_if_no_mapping_changed() {
     // madviser flips MADV_DONTFORK on a mapping thousands of times a second and checks its
     // smaps after each flip: the smaps read before the freeze are stale as soon as it flips once
     // between that read and the stop, and after each move the flag must be the one last set.
-    // There and back, twice. A madviser that got no CPU in those few milliseconds (a loaded
-    // host: it happened in 1 of 4 moves with a CPU hog beside the suite) changed nothing, and
-    // the copies are rightly used; a blind watch would use them in every move.
+    // There and back, three times. A madviser that got no CPU in those few milliseconds (a
+    // loaded host: it happened in 1 of 4 moves with a CPU hog beside the suite) changed nothing,
+    // and the copies are rightly used; a blind watch would use them in every move.
     let s = start(&mut ca, spec(&[&workload("madviser")])).await;
     let id = id_of(&s);
     wait_log(&ca, &id, "madviser checking", T, |l| madviser_lines(l).len() >= 2).await;
     let agents = [(&a, ca.clone()), (&b, cb.clone())];
+    const HOPS: usize = 6;
     let mut used = 0;
-    for hop in 0..4 {
+    for hop in 0..HOPS {
         let (from, to) = (&agents[hop % 2], &agents[(hop + 1) % 2]);
         let r = migrate(&mut from.1.clone(), &id, &to.0.addr).await;
         completed(&r);
@@ -762,7 +763,7 @@ async fn smaps_read_before_the_freeze_are_used_only_if_no_mapping_changed() {
         assert!(fails.is_empty(), "hop {hop}: the flags restored were not the last set: {fails:?}");
         assert_eq!(madviser_lines(&lines).last().map(|l| l.1), Some(0), "hop {hop}");
     }
-    assert!(used < 4, "smaps read before the freeze were used in all 4 moves of madviser");
+    assert!(used < HOPS, "smaps read before the freeze were used in all {HOPS} moves of madviser");
 }
 
 /// More threads than the smaps watch counts (sys::layout::MAX_THREADS): no watch, so CRIU reads
