@@ -433,12 +433,12 @@ async fn round_trip_back_to_the_first_host() {
     assert!(ask(&mut p.ca, &id, "journal ").await.starts_with("journal ok"));
 }
 
-#[tokio::test]
-async fn target_killed_mid_transfer_leaves_the_workload_running_on_the_source() {
-    if !require_root("target_killed_mid_transfer_leaves_the_workload_running_on_the_source") {
-        return;
-    }
-    let mut p = pair(&["--enable-fault-injection"]).await;
+/// A 256 MiB memhog migrating from A to B slowly (20 ms before each chunk), in a task of its
+/// own; returns once data has arrived on B. With CRIU the memory pages go first, while the dump
+/// runs (into "pages/<migration>"), then the rest of the snapshot.
+async fn slow_migration_under_way(
+    p: &mut Pair,
+) -> (String, tokio::task::JoinHandle<pb::MigrationResult>) {
     let (_, id) = ticking_memhog(&mut p.ca, "256").await;
     let mut c = p.ca.clone();
     let (id2, target) = (id.clone(), p.b.addr.clone());
@@ -455,8 +455,6 @@ async fn target_killed_mid_transfer_leaves_the_workload_running_on_the_source() 
         )
         .await
     });
-    // Once data arrives on the target, kill its agent. With CRIU the memory pages go first,
-    // while the dump runs (into "pages/<migration>"), then the rest of the snapshot.
     let (incoming, pages) = (p.b.data_dir.join("migrations"), p.b.data_dir.join("pages"));
     wait_until("the transfer to begin", T, || async {
         let pages_came = std::fs::read_dir(&pages).is_ok_and(|mut d| d.next().is_some());
@@ -465,6 +463,16 @@ async fn target_killed_mid_transfer_leaves_the_workload_running_on_the_source() 
         (pages_came || snapshot_came).then_some(())
     })
     .await;
+    (id, running)
+}
+
+#[tokio::test]
+async fn target_killed_mid_transfer_leaves_the_workload_running_on_the_source() {
+    if !require_root("target_killed_mid_transfer_leaves_the_workload_running_on_the_source") {
+        return;
+    }
+    let mut p = pair(&["--enable-fault-injection"]).await;
+    let (id, running) = slow_migration_under_way(&mut p).await;
     // A second migration of the same workload is refused meanwhile.
     let err =
         p.ca.migrate_out(pb::MigrateOutRequest {
@@ -481,6 +489,30 @@ async fn target_killed_mid_transfer_leaves_the_workload_running_on_the_source() 
     // The pages were on their way during the dump: the checkpoint is what fails.
     rolled_back(&r, "checkpoint", "the page stream to node host1");
     runs_again_on_the_source(&mut p.ca, &id).await;
+}
+
+/// A target agent that stops answering mid-transfer (SIGSTOP: its kernel keeps the connection
+/// open and acknowledges what fits, so TCP alone would wait for ever) fails the migration once
+/// an HTTP/2 ping goes unanswered, and the workload runs on the source again. Woken up, the
+/// target does not run it.
+#[tokio::test]
+async fn target_that_stops_answering_mid_transfer_gives_the_workload_back() {
+    if !require_root("target_that_stops_answering_mid_transfer_gives_the_workload_back") {
+        return;
+    }
+    let mut p = pair(&["--enable-fault-injection"]).await;
+    let (id, running) = slow_migration_under_way(&mut p).await;
+    kill(p.b.pid(), libc::SIGSTOP);
+    let ended = tokio::time::timeout(Duration::from_secs(90), running).await;
+    kill(p.b.pid(), libc::SIGCONT);
+    let r = ended.expect("the migration ended within 90 s of the target stopping").unwrap();
+    rolled_back(&r, "checkpoint", "host1");
+    runs_again_on_the_source(&mut p.ca, &id).await;
+    let on_b = p.cb.list_processes(pb::ListProcessesRequest {}).await.unwrap().into_inner();
+    assert!(
+        on_b.processes.iter().all(|w| id_of(w) != id),
+        "the stopped target must not hold the workload once it runs again"
+    );
 }
 
 /// A memhog of 256 MiB back to work on the source after a rollback: not stopped, every page

@@ -100,8 +100,8 @@ const TRAILERS: &[&str] = &["Restoring FAILED", "Dumping FAILED", "Killing proce
 const LAZY_LOG: &str = "lazy-pages.log";
 
 /// One sentence for a failed `what` ("dump", "restore"): the explanation when known, CRIU's own
-/// last telling error line, where the full log is, and for a restore whose lazy-pages daemon
-/// (beside it in the same directory) logged an error, that daemon's first one.
+/// last telling error line, where the full log is, and for a restore that failed talking to its
+/// lazy-pages daemon (beside it in the same directory), that daemon's first error.
 pub fn describe(what: &str, log_path: &Path, fallback: &str) -> String {
     let log = std::fs::read_to_string(log_path).unwrap_or_default();
     let lines = error_lines(&log, 50);
@@ -118,8 +118,10 @@ pub fn describe(what: &str, log_path: &Path, fallback: &str) -> String {
         }
         None => format!("CRIU {what} failed: {last} (log: {})", log_path.display()),
     };
+    // The daemon's failure explains a restore that failed talking to it (CRIU's uffd code), not
+    // one that failed by itself (the daemon then fails too, for want of a restore).
     let lazy = log_path.with_file_name(LAZY_LOG);
-    if lazy != log_path {
+    if lazy != log_path && lines.iter().any(|l| l.contains("uffd")) {
         let first = std::fs::read_to_string(&lazy)
             .ok()
             .and_then(|l| error_lines(&l, usize::MAX).into_iter().next());
@@ -167,6 +169,17 @@ mod tests {
         let said = describe("restore", &restore, "none");
         assert!(said.contains("Failed sending restore finished indication"), "{said}");
         assert!(!said.contains("lazy-pages daemon"), "{said}");
+        // A restore that failed by itself: the daemon's error follows from it and is not named.
+        let own = dir.path().join("own").join("restore.log");
+        std::fs::create_dir_all(own.parent().unwrap()).unwrap();
+        std::fs::write(&own, "(00.01) 1: Error (criu/cr-restore.c:1265): 2 exited, status=1\n")
+            .unwrap();
+        std::fs::write(
+            own.with_file_name(LAZY_LOG),
+            "(00.02) Error (criu/uffd.c:755): short read\n",
+        )
+        .unwrap();
+        assert!(!describe("restore", &own, "none").contains("lazy-pages"));
         std::fs::write(
             dir.path().join(LAZY_LOG),
             "(00.06) Error (criu/page-xfer.c:151): page-xfer: Can't send PSI 7 to server\n\

@@ -205,6 +205,25 @@ impl Timeline {
     }
 }
 
+/// What a failed call to the target means, for the error a person reads: the target refused
+/// `what` (it answered with an error), stopped answering (an HTTP/2 ping went unanswered: host
+/// frozen, agent stopped, packets dropped), or the connection broke (with the causes).
+pub(crate) fn target_failed(node: &str, what: &str, s: &tonic::Status) -> String {
+    let Some(cause) = std::error::Error::source(s) else {
+        return format!("node {node} refused {what}: {}", s.message());
+    };
+    let chain = out::source_chain(cause);
+    if chain.contains("keep-alive timed out") {
+        format!(
+            "node {node} stopped answering while it was sent {what} (no answer to a ping within \
+             {} s: its host frozen, its agent stopped, or the network dropping packets)",
+            out::PING_TIMEOUT.as_secs()
+        )
+    } else {
+        format!("the connection to node {node} broke while it was sent {what}: {chain}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,13 @@ use crate::workload::{continue_tree, stop_tree, Engine, Workload};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the target may take to set memory aside for the pages (before the freeze).
 const RESERVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Until the commit, a target that stops answering (its host frozen, a partition that drops
+/// packets silently, its agent stopped) must fail the migration, so the original resumes; TCP
+/// alone would wait for ever (a stopped process's kernel keeps acknowledging) or about 15
+/// minutes. The migration's connection therefore sends HTTP/2 pings this often, and gives up
+/// when one is not answered within `PING_TIMEOUT`.
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+pub(super) const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Commit is retried this many times before the migration is reported failed.
 const COMMIT_TRIES: u32 = 3;
 
@@ -165,6 +172,7 @@ impl Agent {
             fault: req.fault,
             tl: Timeline::default(),
             client: None,
+            tunnel_client: None,
             target_node: String::new(),
             was_paused: w.is_paused(),
             frozen: false,
@@ -270,6 +278,10 @@ struct Run {
     fault: Fault,
     tl: Timeline,
     client: Option<AgentClient<Channel>>,
+    /// Post-copy: the page tunnel's own connection, without the pings. After the commit it
+    /// carries pages only the source has to a workload running on the target, so a target that
+    /// is slow to answer is waited for rather than given up on (which would lose the workload).
+    tunnel_client: Option<AgentClient<Channel>>,
     target_node: String,
     was_paused: bool,
     frozen: bool,
@@ -326,23 +338,39 @@ impl Run {
 
     async fn preflight(&mut self, endpoint: Endpoint) -> std::result::Result<(), Failure> {
         let p = Phase::Preflight;
-        let channel = endpoint
+        let endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_adaptive_window(true)
             .initial_stream_window_size(8 << 20)
-            .initial_connection_window_size(16 << 20)
-            .connect()
-            .await
-            .map_err(|e| {
-                fail(
-                    p,
-                    format!("target agent at {} is unreachable: {}", self.target, source_chain(&e)),
+            .initial_connection_window_size(16 << 20);
+        let target = self.target.clone();
+        let connect = |endpoint: Endpoint| {
+            let target = target.clone();
+            async move {
+                let channel = endpoint.connect().await.map_err(|e| {
+                    fail(
+                        p,
+                        format!("target agent at {target} is unreachable: {}", source_chain(&e)),
+                    )
+                })?;
+                Ok::<_, Failure>(
+                    AgentClient::new(channel)
+                        .max_decoding_message_size(snap::MAX_PAYLOAD * 2)
+                        .max_encoding_message_size(snap::MAX_PAYLOAD * 2),
                 )
-            })?;
-        let mut client = AgentClient::new(channel)
-            .max_decoding_message_size(snap::MAX_PAYLOAD * 2)
-            .max_encoding_message_size(snap::MAX_PAYLOAD * 2);
+            }
+        };
+        let pinged = endpoint
+            .clone()
+            .http2_keep_alive_interval(PING_INTERVAL)
+            .keep_alive_timeout(PING_TIMEOUT)
+            .keep_alive_while_idle(true);
+        let mut client = connect(pinged).await?;
+        if self.post_copy {
+            // Opened now, before the freeze: its handshake must not delay the restore.
+            self.tunnel_client = Some(connect(endpoint).await?);
+        }
         let health =
             tokio::time::timeout(CONNECT_TIMEOUT, client.health_check(pb::HealthCheckRequest {}))
                 .await
@@ -519,13 +547,13 @@ impl Run {
             Err(e) => {
                 let log = e.log().map(|l| l.to_path_buf());
                 let mut why = e.to_string();
-                // A dump cut short by the page stream: say what ended that stream.
+                // A dump cut short by the page stream: what ended that stream comes first.
                 if let Some(t) = self.pages.take() {
                     if let Ok(Ok(Err(stream))) =
                         tokio::time::timeout(Duration::from_secs(5), t).await
                     {
                         why = format!(
-                            "{why}; the page stream to node {}: {stream}",
+                            "the page stream to node {} ended: {stream}; so {why}",
                             self.target_node
                         );
                     }
@@ -644,10 +672,7 @@ impl Run {
                     } else {
                         Phase::Transferring
                     };
-                Err(fail(
-                    phase,
-                    format!("node {} refused the workload: {}", self.target_node, status.message()),
-                ))
+                Err(fail(phase, super::target_failed(&self.target_node, "the workload", &status)))
             }
         }
     }
@@ -659,7 +684,7 @@ impl Run {
     /// the target ends it.
     fn start_page_tunnel(&mut self) {
         let Some(sock) = self.lazy.as_mut().and_then(|l| l.tunnel.take()) else { return };
-        let mut client = self.client.clone().expect("connected in preflight");
+        let mut client = self.tunnel_client.clone().expect("connected in preflight");
         let (mid, node) = (self.mid.clone(), self.target_node.clone());
         self.tunnel = Some(tokio::spawn(async move {
             let (tx, out) = super::tunnel::outgoing();
@@ -1062,12 +1087,18 @@ fn dir_size(path: &std::path::Path) -> u64 {
 }
 
 /// An error and its causes, for transport errors whose top level says little.
-fn source_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn source_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
+    let mut last = s.clone();
     let mut cur = e.source();
     while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        // Layers that wrap an error often say the same words again.
+        let text = c.to_string();
+        if text != last {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        last = text;
         cur = c.source();
     }
     s

@@ -155,9 +155,7 @@ pub fn start(
         match (call, end) {
             (Ok(_), Some(end)) => Ok(end),
             (Ok(_), None) => Err("the page stream thread failed".into()),
-            (Err(s), _) => {
-                Err(format!("node {target_node} refused the memory pages: {}", s.message()))
-            }
+            (Err(s), _) => Err(super::target_failed(&target_node, "the memory pages", &s)),
         }
     });
     Ok(Outgoing { criu_end, done })
