@@ -23,9 +23,13 @@ struct Pair {
 }
 
 async fn pair(source_flags: &[&str]) -> Pair {
+    pair_with(source_flags, &[]).await
+}
+
+async fn pair_with(source_flags: &[&str], target_flags: &[&str]) -> Pair {
     let net = Net::new(2);
     let a = net.agent(0, source_flags);
-    let b = net.agent(1, &[]);
+    let b = net.agent(1, target_flags);
     let (ca, cb) = (a.client().await, b.client().await);
     Pair { net, a, b, ca, cb }
 }
@@ -63,6 +67,26 @@ async fn migrate(c: &mut Client, id: &str, target: &str) -> pb::MigrationResult 
         pb::MigrateOutRequest {
             workload_id: id.into(),
             target_address: target.into(),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// A stop-and-copy migration of `id` from A to B with the test-only `fault` (and its argument).
+async fn migrate_with_fault(
+    p: &mut Pair,
+    id: &str,
+    fault: pb::Fault,
+    arg: u32,
+) -> pb::MigrationResult {
+    migrate_with(
+        &mut p.ca,
+        pb::MigrateOutRequest {
+            workload_id: id.into(),
+            target_address: p.b.addr.clone(),
+            fault: fault as i32,
+            fault_arg: arg,
             ..Default::default()
         },
     )
@@ -515,6 +539,36 @@ async fn target_that_stops_answering_mid_transfer_gives_the_workload_back() {
     );
 }
 
+/// A target whose restore does not answer in time (CRIU's answer held back 8 s by a fault, the
+/// agent answering pings meanwhile) is given up on at the source's restore deadline (2 s here):
+/// rolled back, the workload runs on the source. The copy the target then takes on learns the
+/// migration was aborted and is discarded, so it never waits for a commit.
+#[tokio::test]
+async fn a_restore_that_does_not_answer_in_time_is_given_up_and_its_late_copy_discarded() {
+    if !require_root(
+        "a_restore_that_does_not_answer_in_time_is_given_up_and_its_late_copy_discarded",
+    ) {
+        return;
+    }
+    let fi = "--enable-fault-injection";
+    let mut p = pair_with(&[fi, "--restore-deadline-secs", "2"], &[fi]).await;
+    let (_, id) = ticking_memhog(&mut p.ca, "256").await;
+    let r = migrate_with_fault(&mut p, &id, pb::Fault::HoldRestore, 8000).await;
+    rolled_back(&r, "restore", "did not answer within 2 s of receiving the whole snapshot");
+    runs_again_on_the_source(&mut p.ca, &id).await;
+    // The copy's directory was installed before the restore; once the hold ends the target
+    // takes the copy on, finds the migration aborted, and discards the copy with its directory.
+    let dir = p.b.data_dir.join("workloads").join(&id);
+    assert!(dir.exists(), "the target is still holding the restore");
+    wait_until("the late copy discarded on the target", T, || async {
+        (!dir.exists()).then_some(())
+    })
+    .await;
+    let on_b = p.cb.list_processes(pb::ListProcessesRequest {}).await.unwrap().into_inner();
+    assert!(on_b.processes.iter().all(|w| id_of(w) != id), "no copy left on the target");
+    runs_again_on_the_source(&mut p.ca, &id).await;
+}
+
 /// A memhog of 256 MiB back to work on the source after a rollback: not stopped, every page
 /// verified, its ticks continuing without a gap.
 async fn runs_again_on_the_source(ca: &mut Client, id: &str) {
@@ -535,17 +589,7 @@ async fn corrupted_chunk_is_caught_and_rolled_back() {
     }
     let mut p = pair(&["--enable-fault-injection"]).await;
     let (_, id) = ticking_memhog(&mut p.ca, "64").await;
-    let r = migrate_with(
-        &mut p.ca,
-        pb::MigrateOutRequest {
-            workload_id: id.clone(),
-            target_address: p.b.addr.clone(),
-            fault: pb::Fault::CorruptChunk as i32,
-            fault_arg: 5,
-            ..Default::default()
-        },
-    )
-    .await;
+    let r = migrate_with_fault(&mut p, &id, pb::Fault::CorruptChunk, 5).await;
     // Chunk 5 is one of the memory pages, which travel while the dump runs.
     rolled_back(&r, "checkpoint", "checksum mismatch");
     let pages = p.b.data_dir.join("pages").join(&r.migration_id);

@@ -26,6 +26,9 @@ pub struct Agent {
     /// Migrations committed into this node: migration id → workload id, so that a repeated
     /// CommitMigration (its first answer lost) is answered again rather than refused.
     committed: std::sync::Mutex<HashMap<String, String>>,
+    /// Migrations their source aborted here, and when: a restore still running when the abort
+    /// came discards its copy once it is done (migrate::finish).
+    pub(crate) aborted: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     /// Migrations this node started (as source): None while running, then the report.
     migrations: std::sync::Mutex<HashMap<String, crate::migrate::MigrationState>>,
     /// Holds a copy of every workload's output pipes across agent restarts (`sys::fdstore`).
@@ -78,6 +81,7 @@ impl Agent {
             page_streams: Default::default(),
             page_reservations: Default::default(),
             committed: Default::default(),
+            aborted: Default::default(),
             migrations: Default::default(),
             fd_store,
             receiving: Default::default(),

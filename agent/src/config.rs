@@ -31,6 +31,9 @@ pub struct AgentConfig {
     /// Restore a stop-and-copy migration's memory eagerly (CRIU copies every page before the
     /// workload resumes) instead of lazily from the received images (docs/migration.md).
     pub eager_restore: bool,
+    /// As a source: how long to wait for the target's restore once the whole snapshot has left
+    /// before rolling back; `None`: 60 s plus 5 s per GiB of the snapshot and its pages.
+    pub restore_deadline: Option<Duration>,
     /// How gRPC is secured: mutual TLS, or plain TCP when asked for.
     pub wire: ferry_proto::tls::Wire,
 }

@@ -188,6 +188,10 @@ struct AgentArgs {
     /// filling it from the received images right after (which takes the copy out of the downtime)
     #[arg(long)]
     eager_restore: bool,
+    /// As a source: seconds to wait for the target's restore once the whole snapshot has left,
+    /// then roll back (default: 60 plus 5 per GiB of the snapshot and its memory pages)
+    #[arg(long)]
+    restore_deadline_secs: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -258,6 +262,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         fault_injection: args.enable_fault_injection,
         keep_scratch: args.keep_scratch,
         eager_restore: args.eager_restore,
+        restore_deadline: args.restore_deadline_secs.map(Duration::from_secs),
         wire,
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

@@ -297,6 +297,16 @@ impl CheckpointEngine for CriuEngine {
             }
         };
         let exit = agent.reaper().watch(pid);
+        if req.info.hold_restore_ms > 0 && agent.config().fault_injection {
+            // As if CRIU had taken that long: the tree is restored, not yet this agent's.
+            let ms = req.info.hold_restore_ms;
+            tracing::warn!(
+                migration = req.migration_id,
+                ms,
+                "fault injection: holding the restore"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(ms.into())).await;
+        }
         let post_copy = lazy.is_some();
         if let Some(lp) = lazy {
             lp.set_restored(pid);

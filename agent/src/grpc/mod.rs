@@ -153,6 +153,7 @@ impl AgentApi for Service {
             pb::Fault::HoldBeforeCommit => Fault::HoldBeforeCommit(ms),
             pb::Fault::StallPageServer => Fault::StallPageServer(ms),
             pb::Fault::LoseCommitAnswer => Fault::LoseCommitAnswer,
+            pb::Fault::HoldRestore => Fault::HoldRestore(ms),
         };
         let req = MigrateOut {
             workload_id: need_id(&r.workload_id)?.to_string(),

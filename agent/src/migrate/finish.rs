@@ -11,6 +11,8 @@ use crate::workload::{continue_tree, Status, Workload};
 
 /// How long a killed workload may take to be reaped.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+/// How long an aborted migration's id is remembered.
+const ABORTED_KEPT: Duration = Duration::from_secs(3600);
 
 impl Agent {
     /// Resumes the workload restored for `migration_id`: the source has killed its original.
@@ -60,6 +62,7 @@ impl Agent {
     /// Discards the workload restored for `migration_id`: the source has resumed its original.
     /// Idempotent: an unknown migration only has its scratch files removed.
     pub async fn abort_migration(&self, migration_id: &str) -> Result<()> {
+        self.note_aborted(migration_id);
         self.kill_lazy_daemon(migration_id);
         if let Ok(w) = self.pending(migration_id) {
             self.discard(&w).await?;
@@ -71,6 +74,21 @@ impl Agent {
         }
         self.remove_migration_dir(migration_id);
         Ok(())
+    }
+
+    /// Remembers (for an hour) that the source aborted `migration_id`: a PushSnapshot still
+    /// restoring it here discards its copy when done, rather than hold it stopped for a commit
+    /// that will never come (the source gave up waiting and resumed the original).
+    fn note_aborted(&self, migration_id: &str) {
+        let mut aborted = self.aborted.lock().expect("aborted migrations poisoned");
+        let now = std::time::Instant::now();
+        aborted.retain(|_, at| now.duration_since(*at) < ABORTED_KEPT);
+        aborted.insert(migration_id.to_string(), now);
+    }
+
+    /// Whether the source aborted `migration_id` (see `note_aborted`).
+    pub(crate) fn was_aborted(&self, migration_id: &str) -> bool {
+        self.aborted.lock().expect("aborted migrations poisoned").contains_key(migration_id)
     }
 
     fn pending(&self, migration_id: &str) -> Result<Arc<Workload>> {

@@ -613,9 +613,17 @@ impl Run {
                 paused: self.was_paused,
                 ships_workdir,
                 lazy_pages: self.lazy.is_some(),
+                hold_restore_ms: match self.fault {
+                    Fault::HoldRestore(d) => d.as_millis().min(u32::MAX.into()) as u32,
+                    _ => 0,
+                },
                 page_stream,
             }),
         };
+        let snapshot_bytes = entries.iter().map(|e| e.file.size).sum::<u64>()
+            + manifest.restore.as_ref().and_then(|r| r.page_stream.as_ref()).map_or(0, |p| p.bytes);
+        let deadline =
+            self.agent.config().restore_deadline.unwrap_or(restore_deadline(snapshot_bytes));
         let (rx, sender) = send::start(
             manifest,
             entries,
@@ -629,11 +637,24 @@ impl Run {
         // Marks the moment the trailer left, which ends the transfer and starts the restore.
         let stream = MarkEnd { rx, done: Some(done_tx) };
         self.start_page_tunnel();
-        let push = client.push_snapshot(stream).await;
+        let (push, trailer_at) =
+            answer_within(client.push_snapshot(stream), done_rx, deadline).await;
         let sent = tokio::task::spawn_blocking(move || sender.join())
             .await
             .map_err(|e| fail(p, e.to_string()))?;
-        let trailer_at = done_rx.await.ok();
+        let Some(push) = push else {
+            self.restoring_since(trailer_at);
+            return Err(fail(
+                Phase::Restoring,
+                format!(
+                    "node {} did not answer within {} s of receiving the whole snapshot: its \
+                     restore hangs or is too slow (its agent's log and criu/restore.log under its \
+                     data dir tell which); the copy there is aborted",
+                    self.target_node,
+                    deadline.as_secs()
+                ),
+            ));
+        };
         if let Some(note) = pages_codec {
             // The memory pages are what the codec was measured on, not the small rest.
             *self.progress.codec.lock().expect("codec note poisoned") = format!("pages: {note}");
@@ -654,12 +675,7 @@ impl Run {
         match push {
             Ok(resp) => {
                 let r = resp.into_inner();
-                let at = trailer_at.unwrap_or_else(crate::sys::now_ms);
-                if let Some(last) = self.tl.phases.last_mut() {
-                    last.2 = at;
-                }
-                self.tl.phases.push((Phase::Restoring, at, crate::sys::now_ms()));
-                self.note(Phase::Restoring, at);
+                self.restoring_since(trailer_at);
                 self.restore_ms = r.restore_ms;
                 self.target_status = r.status;
                 self.page_tunnel_opened().await
@@ -675,6 +691,17 @@ impl Run {
                 Err(fail(phase, super::target_failed(&self.target_node, "the workload", &status)))
             }
         }
+    }
+
+    /// The transfer ended when the trailer left (`at`, else now), and the target restored from
+    /// then until now: both on the timeline.
+    fn restoring_since(&mut self, at: Option<i64>) {
+        let at = at.unwrap_or_else(crate::sys::now_ms);
+        if let Some(last) = self.tl.phases.last_mut() {
+            last.2 = at;
+        }
+        self.tl.phases.push((Phase::Restoring, at, crate::sys::now_ms()));
+        self.note(Phase::Restoring, at);
     }
 
     /// Post-copy: connects the page server (CRIU's end of the socketpair) to the target's
@@ -1084,6 +1111,37 @@ fn dir_size(path: &std::path::Path) -> u64 {
         return 0;
     }
     std::fs::read_dir(path).map(|rd| rd.flatten().map(|e| dir_size(&e.path())).sum()).unwrap_or(0)
+}
+
+/// How long the target may take to answer once the whole snapshot has left (verifying the last
+/// files, restoring; an eager restore copies every page): 60 s, and 5 s more per GiB.
+fn restore_deadline(snapshot_bytes: u64) -> Duration {
+    Duration::from_secs(60 + 5 * snapshot_bytes.div_ceil(1 << 30))
+}
+
+/// Waits for the target's answer to a push; once the trailer has left (`trailer` says when), at
+/// most `deadline` more. Returns the answer (None once the deadline passed) and when the trailer
+/// left.
+async fn answer_within<F: std::future::Future>(
+    push: F,
+    mut trailer: tokio::sync::oneshot::Receiver<i64>,
+    deadline: Duration,
+) -> (Option<F::Output>, Option<i64>) {
+    tokio::pin!(push);
+    let mut left = None;
+    loop {
+        tokio::select! {
+            answer = &mut push => {
+                return (Some(answer), left.or_else(|| trailer.try_recv().ok()));
+            }
+            at = &mut trailer, if left.is_none() => match at {
+                Ok(at) => left = Some(at),
+                // The sender ended without the trailer: the push fails on its own.
+                Err(_) => return (Some(push.await), None),
+            },
+            _ = tokio::time::sleep(deadline), if left.is_some() => return (None, left),
+        }
+    }
 }
 
 /// An error and its causes, for transport errors whose top level says little.

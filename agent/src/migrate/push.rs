@@ -170,6 +170,23 @@ impl Agent {
             }
         };
         let restore_ms = restore_start.elapsed().as_millis() as i64;
+        if self.was_aborted(&mid) {
+            // The source gave up waiting (its restore deadline) and resumed the original: this
+            // copy would wait for a commit that never comes.
+            self.discard(&w).await?;
+            self.remove_migration_dir(&mid);
+            tracing::warn!(
+                migration = mid,
+                id = spec.id,
+                restore_ms,
+                "restored after the source aborted the migration; copy discarded"
+            );
+            return Err(AgentError::Precondition(format!(
+                "migration {mid} was aborted by its source while node {} restored it (after \
+                 {restore_ms} ms); the copy was discarded",
+                self.config().node
+            )));
+        }
         tracing::info!(
             migration = mid,
             id = spec.id,
