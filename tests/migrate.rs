@@ -539,8 +539,8 @@ async fn target_that_stops_answering_mid_transfer_gives_the_workload_back() {
     );
 }
 
-/// A target whose restore does not answer in time (CRIU's answer held back 8 s by a fault, the
-/// agent answering pings meanwhile) is given up on at the source's restore deadline (2 s here):
+/// A target whose restore does not answer in time (CRIU's answer held back 20 s by a fault, the
+/// agent answering pings meanwhile) is given up on at the source's restore deadline (3 s here):
 /// rolled back, the workload runs on the source. The copy the target then takes on learns the
 /// migration was aborted and is discarded, so it never waits for a commit.
 #[tokio::test]
@@ -551,15 +551,16 @@ async fn a_restore_that_does_not_answer_in_time_is_given_up_and_its_late_copy_di
         return;
     }
     let fi = "--enable-fault-injection";
-    let mut p = pair_with(&[fi, "--restore-deadline-secs", "2"], &[fi]).await;
+    let mut p = pair_with(&[fi, "--restore-deadline-secs", "3"], &[fi]).await;
     let (_, id) = ticking_memhog(&mut p.ca, "256").await;
-    let r = migrate_with_fault(&mut p, &id, pb::Fault::HoldRestore, 8000).await;
-    rolled_back(&r, "restore", "did not answer within 2 s of receiving the whole snapshot");
-    runs_again_on_the_source(&mut p.ca, &id).await;
-    // The copy's directory was installed before the restore; once the hold ends the target
-    // takes the copy on, finds the migration aborted, and discards the copy with its directory.
+    let r = migrate_with_fault(&mut p, &id, pb::Fault::HoldRestore, 20_000).await;
+    rolled_back(&r, "restore", "did not answer within 3 s of receiving the whole snapshot");
+    // The copy's directory was installed before the restore, and the hold has most of its 20 s
+    // to go; once it ends the target takes the copy on, finds the migration aborted, and
+    // discards the copy with its directory.
     let dir = p.b.data_dir.join("workloads").join(&id);
     assert!(dir.exists(), "the target is still holding the restore");
+    runs_again_on_the_source(&mut p.ca, &id).await;
     wait_until("the late copy discarded on the target", T, || async {
         (!dir.exists()).then_some(())
     })
