@@ -17,11 +17,12 @@ use crate::sys::{layout, proc};
 use crate::workload::Workload;
 
 /// smaps read before the freeze, not yet known to hold.
-pub(super) struct Before {
-    /// The copies' directory and their watch, when they could be made.
-    read: Option<(PathBuf, layout::Watch)>,
-    /// Otherwise a perf event that counts nothing (`layout::keep_perf_switched_on`).
-    _perf: Option<OwnedFd>,
+pub(super) enum Before {
+    /// The copies' directory and their watch.
+    Read { dir: PathBuf, watch: layout::Watch },
+    /// None could be made: a perf event that counts nothing instead, when it opened
+    /// (`layout::keep_perf_switched_on`).
+    Unread { _perf: Option<OwnedFd> },
 }
 
 /// The pids of `w`'s tree, as the freeze and CRIU see it.
@@ -32,33 +33,30 @@ fn pids(w: &Workload) -> Vec<i32> {
 /// Starts watching `w`'s tree and reads its smaps into `dir`. Without them (the reason logged),
 /// CRIU reads smaps itself.
 pub(super) fn read(w: &Workload, dir: &Path, migration: &str) -> Before {
-    let attempt = || -> std::io::Result<(PathBuf, layout::Watch)> {
+    let attempt = || -> std::io::Result<Before> {
         let pids = pids(w);
         let watch = layout::start(&pids)?;
         std::fs::create_dir_all(dir)?;
         for pid in pids {
             std::fs::write(dir.join(pid.to_string()), proc::smaps(pid)?)?;
         }
-        Ok((dir.to_path_buf(), watch))
+        Ok(Before::Read { dir: dir.to_path_buf(), watch })
     };
-    match attempt() {
-        Ok(read) => Before { read: Some(read), _perf: None },
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(dir);
-            tracing::info!(migration, id = w.id(), "smaps are read in the freeze: {e}");
-            let perf = layout::keep_perf_switched_on()
-                .inspect_err(|e| {
-                    tracing::info!(
-                        migration,
-                        id = w.id(),
-                        "no perf event held across the dump (CRIU's breakpoints may be slow \
-                         to set): {e}"
-                    )
-                })
-                .ok();
-            Before { read: None, _perf: perf }
-        }
-    }
+    attempt().unwrap_or_else(|e| {
+        let _ = std::fs::remove_dir_all(dir);
+        tracing::info!(migration, id = w.id(), "smaps are read in the freeze: {e}");
+        let perf = layout::keep_perf_switched_on()
+            .inspect_err(|e| {
+                tracing::info!(
+                    migration,
+                    id = w.id(),
+                    "no perf event held across the dump (CRIU's breakpoints may be slow to \
+                     set): {e}"
+                )
+            })
+            .ok();
+        Before::Unread { _perf: perf }
+    })
 }
 
 impl Before {
@@ -69,7 +67,7 @@ impl Before {
     /// (sys::layout::Watch), and while they are open CRIU's hardware breakpoints are quick to set
     /// (docs/migration.md, "Known limits").
     pub(super) fn still_holds(&self, w: &Workload, migration: &str) -> Option<PathBuf> {
-        let (dir, watch) = self.read.as_ref()?;
+        let Before::Read { dir, watch } = self else { return None };
         let changed = watch.changed(&pids(w)).unwrap_or_else(|e| Some(e.to_string()));
         match changed {
             None => {

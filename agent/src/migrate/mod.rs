@@ -57,7 +57,8 @@ pub enum Fault {
     StallPageServer(std::time::Duration),
     /// Send CommitMigration once and drop the answer (the commit may have been delivered).
     LoseCommitAnswer,
-    /// Ask the target to wait this long before it restores (as a hung restore would).
+    /// Ask the target to wait this long once CRIU restored the tree, before it takes the copy on
+    /// (as a slow or hung restore would).
     HoldRestore(std::time::Duration),
 }
 

@@ -344,32 +344,15 @@ impl Run {
             .http2_adaptive_window(true)
             .initial_stream_window_size(8 << 20)
             .initial_connection_window_size(16 << 20);
-        let target = self.target.clone();
-        let connect = |endpoint: Endpoint| {
-            let target = target.clone();
-            async move {
-                let channel = endpoint.connect().await.map_err(|e| {
-                    fail(
-                        p,
-                        format!("target agent at {target} is unreachable: {}", source_chain(&e)),
-                    )
-                })?;
-                Ok::<_, Failure>(
-                    AgentClient::new(channel)
-                        .max_decoding_message_size(snap::MAX_PAYLOAD * 2)
-                        .max_encoding_message_size(snap::MAX_PAYLOAD * 2),
-                )
-            }
-        };
         let pinged = endpoint
             .clone()
             .http2_keep_alive_interval(PING_INTERVAL)
             .keep_alive_timeout(PING_TIMEOUT)
             .keep_alive_while_idle(true);
-        let mut client = connect(pinged).await?;
+        let mut client = self.connect(pinged).await?;
         if self.post_copy {
             // Opened now, before the freeze: its handshake must not delay the restore.
-            self.tunnel_client = Some(connect(endpoint).await?);
+            self.tunnel_client = Some(self.connect(endpoint).await?);
         }
         let health =
             tokio::time::timeout(CONNECT_TIMEOUT, client.health_check(pb::HealthCheckRequest {}))
@@ -492,6 +475,22 @@ impl Run {
             })?;
         self.tl.end();
         Ok(())
+    }
+
+    /// A client of the target agent over a connection of its own made from `endpoint`.
+    async fn connect(
+        &self,
+        endpoint: Endpoint,
+    ) -> std::result::Result<AgentClient<Channel>, Failure> {
+        let channel = endpoint.connect().await.map_err(|e| {
+            fail(
+                Phase::Preflight,
+                format!("target agent at {} is unreachable: {}", self.target, source_chain(&e)),
+            )
+        })?;
+        Ok(AgentClient::new(channel)
+            .max_decoding_message_size(snap::MAX_PAYLOAD * 2)
+            .max_encoding_message_size(snap::MAX_PAYLOAD * 2))
     }
 
     /// Reads the workload's smaps before the freeze (migrate::layout).

@@ -243,11 +243,6 @@ mod tests {
     /// Debian's python, not whatever `python3` is first on PATH: a version manager's shim is a
     /// shell script whose own children (zombies for a moment) and startup would be seen as well.
     const PYTHON: &str = "/usr/bin/python3";
-    /// x86_64 and aarch64 numbers of the syscall a quiet child blocks in.
-    #[cfg(target_arch = "x86_64")]
-    const SYS_READ: u64 = 0;
-    #[cfg(target_arch = "aarch64")]
-    const SYS_READ: u64 = 63;
 
     /// A python child that runs `body` once per line it reads; stopped with SIGSTOP by the test.
     fn child(body: &str) -> std::process::Child {
@@ -268,7 +263,7 @@ mod tests {
     fn blocked_in_read(pid: i32) {
         for _ in 0..1000 {
             let nr = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
-            if nr.split_whitespace().next().and_then(|n| n.parse().ok()) == Some(SYS_READ)
+            if nr.split_whitespace().next().and_then(|n| n.parse().ok()) == Some(libc::SYS_read)
                 && crate::sys::proc::task_state(pid, pid).ok() == Some('S')
             {
                 return;

@@ -3,8 +3,9 @@
 //! A migration moves its pages through buffers of a chunk each (up to a few MiB: the raw chunk,
 //! its encoding, the received message), allocated and freed by the thousand. With glibc's
 //! defaults each of them is a fresh mmap or a freshly grown heap that is trimmed back as soon as
-//! it is freed, so every chunk's memory is faulted in and zeroed by the kernel again: 140 000 page faults on the target of a 1 GiB stop-and-copy, inside the
-//! freeze, and about a tenth of its downtime. The agent keeps what it frees instead and hands
+//! it is freed, so every chunk's memory is faulted in and zeroed by the kernel again: 140 000
+//! page faults on the target of a 1 GiB stop-and-copy, inside the freeze, and about a tenth of
+//! its downtime. The agent keeps what it frees instead and hands
 //! it back once a migration is over.
 
 /// Large allocations come from the heap, and freed memory stays with the process until

@@ -120,7 +120,7 @@ pub fn task_state(pid: i32, tid: i32) -> std::io::Result<char> {
     // "tid (comm) S ...": comm may hold spaces and parentheses, the state follows the last ')'.
     stat.rsplit_once(')')
         .and_then(|(_, rest)| rest.trim_start().chars().next())
-        .ok_or_else(|| std::io::Error::other(format!("cannot parse /proc/{pid}/task/{tid}/stat")))
+        .ok_or_else(|| std::io::Error::other(format!("cannot parse {path}")))
 }
 
 /// The contents of `/proc/PID/smaps` (the kernel walks every mapping's page tables for it).
