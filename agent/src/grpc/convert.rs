@@ -84,6 +84,7 @@ pub fn status_to_pb(s: Status) -> pb::ProcessStatus {
         started_at_ms: s.started_at_ms,
         node: s.node,
         lost_reason: s.lost.unwrap_or_default(),
+        held_for_migration: s.held_for.unwrap_or_default(),
     }
 }
 

@@ -51,6 +51,8 @@ pub struct Status {
     pub node: String,
     /// Why the agent killed it, when it could not run correctly.
     pub lost: Option<String>,
+    /// On a migration target: the migration whose commit this stopped copy waits for.
+    pub held_for: Option<String>,
 }
 
 /// A task state that runs no user code while its tree is paused: stopped (T, t), dead (Z, X), or
@@ -124,6 +126,7 @@ impl Agent {
             started_at_ms: w.started_at_ms,
             node: self.config().node.clone(),
             lost: w.lost(),
+            held_for: w.pending_migration(),
         }
     }
 
