@@ -507,7 +507,7 @@ async fn target_killed_mid_transfer_leaves_the_workload_running_on_the_source() 
         .await
         .expect_err("one migration at a time");
     assert_eq!(err.code(), Code::FailedPrecondition);
-    assert!(err.message().contains("already migrating"), "{}", err.message());
+    assert!(err.message().contains("is migrating (migration "), "{}", err.message());
     kill(p.b.pid(), libc::SIGKILL);
     let r = running.await.unwrap();
     // The pages were on their way during the dump: the checkpoint is what fails.
@@ -1160,9 +1160,14 @@ async fn a_page_stream_nobody_claimed_is_removed_when_its_agent_restarts() {
     assert!(!dir.exists(), "a restarted agent removed the unclaimed stream");
 }
 
+/// The target resumes the workload but the source never hears so: the source keeps the original
+/// frozen (never resumed on its own), asks the target, learns it runs the workload with all its
+/// memory, and only then kills the original.
 #[tokio::test]
-async fn post_copy_commit_without_an_answer_keeps_the_original_frozen_and_says_so() {
-    if !require_root("post_copy_commit_without_an_answer_keeps_the_original_frozen_and_says_so") {
+async fn post_copy_commit_without_an_answer_keeps_the_original_frozen_until_the_target_says() {
+    if !require_root(
+        "post_copy_commit_without_an_answer_keeps_the_original_frozen_until_the_target_says",
+    ) {
         return;
     }
     let mut p = pair(&["--enable-fault-injection"]).await;
@@ -1183,20 +1188,365 @@ async fn post_copy_commit_without_an_answer_keeps_the_original_frozen_and_says_s
     .await;
     assert_eq!(r.outcome, pb::Outcome::Failed as i32, "{r:?}");
     assert_eq!(r.failed_phase, "commit", "{r:?}");
-    for needle in ["did not confirm resuming", "every page was served", "not resumed automatically"]
-    {
+    for needle in ["did not confirm resuming", "every page was served", "keeps asking"] {
         assert!(r.error.contains(needle), "{needle:?} not in {:?}", r.error);
     }
-    // The source kept the original, frozen and marked paused: never resumed on its own.
-    let src = status(&mut p.ca, &id).await;
-    assert_eq!(src.state, pb::ProcessState::Stopped as i32, "{src:?}");
-    assert!(alive(original), "the original is kept, stopped");
-    // The target does run it, with all its memory: a person stops the original.
+    // The source asks the target, which says it resumed the copy and has every page: the
+    // original, kept frozen until then, is killed, and the migration is recorded completed.
+    let end = resolved(&p.ca, &r.migration_id).await;
+    assert_eq!(end.outcome, pb::Outcome::Completed as i32, "{end:?}");
+    wait_until("the original to be gone", T, || async { (!alive(original)).then_some(()) }).await;
+    gone_from(&mut p.ca, &id, "the original to be forgotten").await;
     let dst = status(&mut p.cb, &id).await;
     assert_ne!(dst.state, pb::ProcessState::Stopped as i32, "{dst:?}");
     assert!(ask(&mut p.cb, &id, "verify ").await.starts_with("verify ok pages=16384"));
-    p.ca.stop_process(pb::StopProcessRequest { id: id.clone(), ..Default::default() })
-        .await
-        .expect("the original can be stopped");
-    wait_until("the original to be gone", T, || async { (!alive(original)).then_some(()) }).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exactly one copy, whatever fails: operations during a migration, and the source agent killed
+// at each step of it and restarted (docs/reliability.md).
+
+const FI: &str = "--enable-fault-injection";
+
+/// Asserts that `err` is a refusal of an operation because of a migration, naming it.
+fn refused_for_migration(err: &tonic::Status, op: &str, needle: &str) {
+    assert_eq!(err.code(), Code::FailedPrecondition, "{op}: {err:?}");
+    assert!(err.message().contains(needle), "{op}: {needle:?} not in {:?}", err.message());
+}
+
+/// Pause, resume and stop on every side of a migration in flight: each refused, and the
+/// migration goes on to completion with every byte (a resume during the migration once made it
+/// roll back and the workload die).
+#[tokio::test]
+async fn pause_resume_and_stop_are_refused_while_a_workload_migrates() {
+    if !require_root("pause_resume_and_stop_are_refused_while_a_workload_migrates") {
+        return;
+    }
+    let mut p = pair(&[FI]).await;
+    let (id, running) = slow_migration_under_way(&mut p).await;
+    let r = |id: &str| pb::WorkloadRef { id: id.to_string() };
+    let err = p.ca.pause_process(r(&id)).await.expect_err("pause refused");
+    refused_for_migration(&err, "pause", "is migrating (migration ");
+    let err = p.ca.resume_process(r(&id)).await.expect_err("resume refused");
+    refused_for_migration(&err, "resume", "cannot resume it");
+    let stop = pb::StopProcessRequest { id: id.clone(), ..Default::default() };
+    let err = p.ca.stop_process(stop).await.expect_err("stop refused");
+    refused_for_migration(&err, "stop", "wait for the migration to end");
+    let r = running.await.unwrap();
+    completed(&r);
+    runs_again_on_the_source(&mut p.cb, &id).await;
+    assert!(!holds(&mut p.ca, &id).await, "the source keeps nothing");
+}
+
+/// The target's restored copy, held stopped for the commit, never runs but by the commit: a
+/// resume, pause or stop of it on the target is refused, and the heartbeat says it is held.
+#[tokio::test]
+async fn a_copy_held_for_its_commit_cannot_be_resumed_or_stopped() {
+    if !require_root("a_copy_held_for_its_commit_cannot_be_resumed_or_stopped") {
+        return;
+    }
+    let mut p = pair(&[FI]).await;
+    let (_, id) = ticking_memhog(&mut p.ca, "64").await;
+    let mid = format!("m-held-{}", std::process::id());
+    let running = migrate_in_background(
+        &p,
+        &id,
+        &mid,
+        pb::Mode::StopAndCopy,
+        pb::Fault::HoldBeforeCommit,
+        6000,
+    );
+    let held = wait_until("the target to hold its copy", T, || {
+        let (mut cb, id) = (p.cb.clone(), id.clone());
+        async move {
+            let s = cb.get_status(pb::WorkloadRef { id }).await.ok()?.into_inner();
+            (!s.held_for_migration.is_empty()).then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(held.held_for_migration, mid);
+    assert_eq!(held.state, pb::ProcessState::Stopped as i32, "{held:?}");
+    let r = |id: &str| pb::WorkloadRef { id: id.to_string() };
+    let err = p.cb.resume_process(r(&id)).await.expect_err("resume of a held copy");
+    refused_for_migration(&err, "resume", "held stopped for migration");
+    let err = p.cb.pause_process(r(&id)).await.expect_err("pause of a held copy");
+    refused_for_migration(&err, "pause", "only that migration's commit resumes it");
+    let stop = pb::StopProcessRequest { id: id.clone(), ..Default::default() };
+    let err = p.cb.stop_process(stop).await.expect_err("stop of a held copy");
+    refused_for_migration(&err, "stop", "held stopped");
+    completed(&running.await.unwrap().expect("the migration answered"));
+    let s = status(&mut p.cb, &id).await;
+    assert!(s.held_for_migration.is_empty(), "committed: {s:?}");
+    assert!(ask(&mut p.cb, &id, "verify ").await.starts_with("verify ok pages=16384"));
+}
+
+/// A migration of `id` from A to B in a task of its own, with a test-only fault.
+fn migrate_in_background(
+    p: &Pair,
+    id: &str,
+    mid: &str,
+    mode: pb::Mode,
+    fault: pb::Fault,
+    arg: u32,
+) -> tokio::task::JoinHandle<Result<pb::MigrationResult, tonic::Status>> {
+    let mut c = p.ca.clone();
+    let req = pb::MigrateOutRequest {
+        workload_id: id.into(),
+        target_address: p.b.addr.clone(),
+        migration_id: mid.into(),
+        mode: mode as i32,
+        fault: fault as i32,
+        fault_arg: arg,
+    };
+    tokio::spawn(async move { c.migrate_out(req).await.map(|r| r.into_inner()) })
+}
+
+/// Waits until the (restarted) source has resolved migration `mid`, and returns its report.
+async fn resolved(c: &Client, mid: &str) -> pb::MigrationResult {
+    wait_until("the restarted source to resolve the migration", T, || {
+        let (mut c, mid) = (c.clone(), mid.to_string());
+        async move {
+            let r = c.get_migration(pb::MigrationRef { migration_id: mid }).await.ok()?;
+            let r = r.into_inner();
+            (r.outcome != pb::Outcome::Unspecified as i32).then_some(r)
+        }
+    })
+    .await
+}
+
+/// Waits until `c`'s agent lists no workload `id` any more.
+async fn gone_from(c: &mut Client, id: &str, what: &str) {
+    wait_until(what, T, || {
+        let (mut c, id) = (c.clone(), id.to_string());
+        async move { (!holds(&mut c, &id).await).then_some(()) }
+    })
+    .await;
+}
+
+/// Neither agent keeps a scratch directory or page images of migration `mid`.
+fn no_scratch(p_dirs: [&std::path::Path; 2], mid: &str) {
+    for d in p_dirs {
+        for sub in ["migrations", "pages"] {
+            let left = d.join(sub).join(mid);
+            assert!(!left.exists(), "{left:?} is left behind");
+        }
+    }
+}
+
+/// The source agent SIGKILLed at step `at` of a migration (FAULT_CRASH_AT) and restarted on the
+/// same data dir: afterwards exactly one copy runs, on the target when the commit had reached it
+/// (`on_target`), else on the source, with every byte and its ticks continuing; the other side
+/// keeps nothing, and the restarted source reports how the migration ended.
+async fn source_crash(at: u32, mode: pb::Mode, on_target: bool) {
+    let Pair { net, a, b, mut ca, cb } = pair(&[FI]).await;
+    let (_, id) = ticking_memhog(&mut ca, "256").await;
+    let mid = format!("m-crash{at}-{}-{}", mode as i32, std::process::id());
+    let p = Pair { net, a, b, ca, cb };
+    let r = migrate_in_background(&p, &id, &mid, mode, pb::Fault::CrashAt, at).await.unwrap();
+    assert!(r.is_err(), "the source agent died mid-migration, yet answered: {r:?}");
+    let Pair { net, a, b, ca: _, mut cb } = p;
+    let a = net.restart_agent(0, a, &[FI]);
+    let mut ca = a.client().await;
+    let r = resolved(&ca, &mid).await;
+    eprintln!("resolved after the crash at {at}: outcome={} error={:?}", r.outcome, r.error);
+    if on_target {
+        assert_eq!(r.outcome, pb::Outcome::Completed as i32, "{r:?}");
+        gone_from(&mut ca, &id, "the original to be gone from the source").await;
+        runs_again_on_the_source(&mut cb, &id).await;
+    } else {
+        assert_eq!(r.outcome, pb::Outcome::RolledBack as i32, "{r:?}");
+        assert!(r.error.contains("resumed on node host0"), "{:?}", r.error);
+        runs_again_on_the_source(&mut ca, &id).await;
+        gone_from(&mut cb, &id, "the target's copy to be discarded").await;
+    }
+    let dirs = [a.data_dir.as_path(), b.data_dir.as_path()];
+    wait_until("the scratch directories to go", T, || async {
+        dirs.iter()
+            .all(|d| {
+                !d.join("migrations").join(&mid).exists() && !d.join("pages").join(&mid).exists()
+            })
+            .then_some(())
+    })
+    .await;
+    no_scratch(dirs, &mid);
+    // Once resolved the workload is no longer held: it can be paused and resumed again.
+    let c = if on_target { &mut cb } else { &mut ca };
+    c.pause_process(pb::WorkloadRef { id: id.clone() }).await.expect("pause after recovery");
+    c.resume_process(pb::WorkloadRef { id: id.clone() }).await.expect("resume after recovery");
+}
+
+#[tokio::test]
+async fn source_agent_killed_right_after_the_freeze_resumes_the_original() {
+    if require_root("source_agent_killed_right_after_the_freeze_resumes_the_original") {
+        source_crash(1, pb::Mode::StopAndCopy, false).await;
+    }
+}
+
+#[tokio::test]
+async fn source_agent_killed_while_the_target_holds_its_copy_resumes_the_original() {
+    if require_root("source_agent_killed_while_the_target_holds_its_copy_resumes_the_original") {
+        source_crash(2, pb::Mode::StopAndCopy, false).await;
+    }
+}
+
+#[tokio::test]
+async fn source_agent_killed_before_sending_the_commit_asks_the_target_and_resumes() {
+    if require_root("source_agent_killed_before_sending_the_commit_asks_the_target_and_resumes") {
+        source_crash(3, pb::Mode::StopAndCopy, false).await;
+    }
+}
+
+#[tokio::test]
+async fn source_agent_killed_after_the_commit_leaves_the_workload_on_the_target_only() {
+    if require_root("source_agent_killed_after_the_commit_leaves_the_workload_on_the_target_only") {
+        source_crash(4, pb::Mode::StopAndCopy, true).await;
+    }
+}
+
+#[tokio::test]
+async fn post_copy_source_agent_killed_right_after_the_freeze_resumes_the_original() {
+    if require_root("post_copy_source_agent_killed_right_after_the_freeze_resumes_the_original") {
+        source_crash(1, pb::Mode::PostCopy, false).await;
+    }
+}
+
+#[tokio::test]
+async fn post_copy_source_agent_killed_before_sending_the_commit_resumes_the_original() {
+    if require_root("post_copy_source_agent_killed_before_sending_the_commit_resumes_the_original")
+    {
+        source_crash(3, pb::Mode::PostCopy, false).await;
+    }
+}
+
+/// The source agent SIGKILLed mid-checkpoint, while the memory pages stream to the target (CRIU
+/// dumping, its page stream cut with the agent): restarted, it resumes the original, intact.
+#[tokio::test]
+async fn source_agent_killed_mid_checkpoint_resumes_the_original_intact() {
+    if !require_root("source_agent_killed_mid_checkpoint_resumes_the_original_intact") {
+        return;
+    }
+    let p = pair(&[FI]).await;
+    let mut ca = p.ca.clone();
+    let (_, id) = ticking_memhog(&mut ca, "256").await;
+    let mid = format!("m-mid-dump-{}", std::process::id());
+    let running =
+        migrate_in_background(&p, &id, &mid, pb::Mode::StopAndCopy, pb::Fault::SlowTransfer, 20);
+    wait_until("the dump to stream pages", T, || {
+        let (mut c, mid) = (p.ca.clone(), mid.clone());
+        async move {
+            let r = c.get_migration(pb::MigrationRef { migration_id: mid }).await.ok()?;
+            let r = r.into_inner();
+            (r.current_phase == "checkpoint" && r.bytes_raw > 16 << 20).then_some(())
+        }
+    })
+    .await;
+    let Pair { net, a, b: _b, ca: _, mut cb } = p;
+    let a = net.restart_agent(0, a, &[FI]);
+    assert!(running.await.unwrap().is_err(), "the killed agent never answered");
+    let mut ca = a.client().await;
+    let r = resolved(&ca, &mid).await;
+    assert_eq!(r.outcome, pb::Outcome::RolledBack as i32, "{r:?}");
+    runs_again_on_the_source(&mut ca, &id).await;
+    gone_from(&mut cb, &id, "no copy on the target").await;
+}
+
+/// The target agent SIGKILLed while it holds its restored copy for the commit, and restarted:
+/// it discards the copy (its memory was filled by the dead agent's daemon), tells the source so
+/// when the commit comes, and the workload resumes on the source.
+#[tokio::test]
+async fn target_agent_restarted_while_holding_its_copy_gives_the_workload_back() {
+    if !require_root("target_agent_restarted_while_holding_its_copy_gives_the_workload_back") {
+        return;
+    }
+    let Pair { net, a: _a, b, mut ca, cb } = pair(&[FI]).await;
+    let (_, id) = ticking_memhog(&mut ca, "256").await;
+    let mid = format!("m-tgt-held-{}", std::process::id());
+    let mut c = ca.clone();
+    let (id2, target, mid2) = (id.clone(), b.addr.clone(), mid.clone());
+    let running = tokio::spawn(async move {
+        let req = pb::MigrateOutRequest {
+            workload_id: id2,
+            target_address: target,
+            migration_id: mid2,
+            fault: pb::Fault::HoldBeforeCommit as i32,
+            fault_arg: 8000,
+            ..Default::default()
+        };
+        c.migrate_out(req).await.map(|r| r.into_inner())
+    });
+    wait_until("the target to hold its copy", T, || {
+        let (mut cb, id) = (cb.clone(), id.clone());
+        async move {
+            let s = cb.get_status(pb::WorkloadRef { id }).await.ok()?.into_inner();
+            (!s.held_for_migration.is_empty()).then_some(())
+        }
+    })
+    .await;
+    let b = net.restart_agent(1, b, &[]);
+    let mut cb = b.client().await;
+    assert!(!holds(&mut cb, &id).await, "the restarted target discarded the held copy");
+    let r = running.await.unwrap().expect("the source answered");
+    rolled_back(&r, "commit", "did not resume workload");
+    runs_again_on_the_source(&mut ca, &id).await;
+    assert!(!holds(&mut cb, &id).await, "no copy on the target");
+}
+
+/// A workload re-adopted by a restarted agent (which lives in a new mount namespace) migrates
+/// like any other: CRIU dumps it from the mount namespace it lives in.
+#[tokio::test]
+async fn a_workload_re_adopted_after_an_agent_restart_migrates() {
+    if !require_root("a_workload_re_adopted_after_an_agent_restart_migrates") {
+        return;
+    }
+    let Pair { net, a, b, mut ca, mut cb } = pair(&[]).await;
+    let (s, id) = ticking_memhog(&mut ca, "64").await;
+    let a = net.restart_agent(0, a, &[]);
+    let mut ca = a.client().await;
+    assert_eq!(status(&mut ca, &id).await.pid, s.pid, "re-adopted");
+    let r = migrate(&mut ca, &id, &b.addr).await;
+    completed(&r);
+    assert!(ask(&mut cb, &id, "verify ").await.starts_with("verify ok pages=16384"));
+    let _ = a;
+}
+
+/// A task the workload stopped itself stays stopped across a pause and resume and across a
+/// migration (the commit used to SIGCONT every task), while the rest runs on.
+#[tokio::test]
+async fn a_task_the_workload_stopped_itself_stays_stopped() {
+    if !require_root("a_task_the_workload_stopped_itself_stays_stopped") {
+        return;
+    }
+    let mut p = pair(&[]).await;
+    let script =
+        "sleep 600 & kill -STOP $!; i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.1; done";
+    let s = start(&mut p.ca, spec(&["/bin/sh", "-c", script])).await;
+    let id = id_of(&s);
+    wait_log(&p.ca, &id, "ticking", T, |l| numbers(l, "tick ").len() >= 3).await;
+    let stopped_sleep = |s: &pb::ProcessStatus| {
+        let long: Vec<&pb::TaskInfo> =
+            s.tasks.iter().filter(|t| t.comm == "sleep" && t.ns_pid == 3).collect();
+        assert_eq!(long.len(), 1, "the long sleep is ns pid 3: {:?}", s.tasks);
+        long[0].state == "T"
+    };
+    assert!(stopped_sleep(&status(&mut p.ca, &id).await));
+    let r = pb::WorkloadRef { id: id.clone() };
+    p.ca.pause_process(r.clone()).await.expect("pause");
+    p.ca.resume_process(r).await.expect("resume");
+    let s = status(&mut p.ca, &id).await;
+    assert!(stopped_sleep(&s), "still stopped after pause and resume: {:?}", s.tasks);
+    let before = numbers(
+        &logs(&mut p.ca, &id).await.into_iter().map(|l| l.text).collect::<Vec<_>>(),
+        "tick ",
+    )
+    .len();
+    wait_log(&p.ca, &id, "ticking after resume", T, |l| numbers(l, "tick ").len() > before + 2)
+        .await;
+    completed(&migrate(&mut p.ca, &id, &p.b.addr).await);
+    let lines = wait_log(&p.cb, &id, "ticking on the target", T, |l| {
+        numbers(l, "tick ").len() > before + 5
+    })
+    .await;
+    assert_consecutive(&numbers(&lines, "tick "), "tick");
+    let s = status(&mut p.cb, &id).await;
+    assert!(stopped_sleep(&s), "still stopped after the migration: {:?}", s.tasks);
 }

@@ -87,6 +87,10 @@ impl Agent {
             receiving: Default::default(),
         });
         agent.recover(pipes);
+        // Migrations this node was in the middle of when an earlier agent stopped: finished or
+        // undone, asking their target (migrate::recovery).
+        crate::migrate::recovery::start(&agent);
+        crate::migrate::ledger::prune_in(&agent.config.data_dir);
         // Page streams live in memory until their PushSnapshot claims them: none survives a
         // restart, so what an earlier agent received goes (it may be a workload's memory).
         crate::migrate::pages::remove_stale(&agent);
@@ -136,7 +140,15 @@ impl Agent {
 
     /// A migration this node started (None: never started here, or before this agent's start).
     pub fn migration(&self, id: &str) -> Option<crate::migrate::MigrationState> {
-        self.migrations.lock().expect("migrations poisoned").get(id).cloned()
+        if let Some(m) = self.migrations.lock().expect("migrations poisoned").get(id).cloned() {
+            return Some(m);
+        }
+        // Ended before this agent started: its ledger record says how (kept an hour).
+        let rec = crate::migrate::ledger::read_out(&self.config.data_dir, id)
+            .filter(|r| r.step == crate::migrate::ledger::OutStep::Ended)?;
+        let engine = self.get(&rec.workload_id).map(|w| w.spec.engine).unwrap_or_default();
+        let report = crate::migrate::recovery::report_of(&rec, &self.config.node, engine);
+        Some(crate::migrate::MigrationState::Done(Box::new(report)))
     }
 
     pub(crate) fn record_migration(&self, id: &str, state: crate::migrate::MigrationState) {

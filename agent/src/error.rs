@@ -41,6 +41,8 @@ pub enum AgentError {
     MigrationExists { id: String },
     #[error("workload {id} of post-copy migration {migration} cannot run: {reason}")]
     PostCopyLost { id: String, migration: String, reason: String },
+    #[error("migration {migration} was already committed on node {node}; its workload {id} has ended or moved on since")]
+    AlreadyCommitted { migration: String, id: String, node: String },
     #[error("no pending migration {id} on this node")]
     NoSuchMigration { id: String },
     #[error("{0}")]

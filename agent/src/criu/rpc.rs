@@ -74,9 +74,10 @@ pub fn start(
     reaper: &Reaper,
     keep: &[RawFd],
     env: &[(&str, &Path)],
+    mnt_ns: Option<&std::os::fd::OwnedFd>,
     req: rpc::CriuReq,
 ) -> Result<Pending, RpcError> {
-    let swrk = Swrk::start(criu, reaper, keep, env).map_err(RpcError::Spawn)?;
+    let swrk = Swrk::start(criu, reaper, keep, env, mnt_ns).map_err(RpcError::Spawn)?;
     swrk.send(&req.encode_to_vec()).map_err(RpcError::Io)?;
     Ok(Pending { swrk })
 }
@@ -86,8 +87,9 @@ pub fn call(
     criu: &Path,
     reaper: &Reaper,
     keep: &[RawFd],
+    mnt_ns: Option<&std::os::fd::OwnedFd>,
     req: rpc::CriuReq,
     on_notify: impl FnMut(&str),
 ) -> Result<rpc::CriuResp, RpcError> {
-    start(criu, reaper, keep, &[], req)?.wait(on_notify)
+    start(criu, reaper, keep, &[], mnt_ns, req)?.wait(on_notify)
 }

@@ -248,6 +248,7 @@ impl CheckpointEngine for CoopEngine {
             }));
         }
         w.set_paused(req.info.paused);
+        w.set_self_stopped(req.info.stopped_ns_pids.clone());
         tracing::info!(
             id = w.id(),
             migration = req.migration_id,

@@ -61,7 +61,8 @@ pub fn start_lazy_dump(
     let req = request(rpc::CriuReqType::Dump, opts);
     let keep = [images.as_raw_fd(), work.as_raw_fd(), theirs.as_raw_fd()];
     let log = dirs.work.join("dump.log");
-    let pending = criu_rpc::start(&criu, agent.reaper(), &keep, &smaps_env(dirs), req)
+    let ns = dump_mount_ns(w, &log)?;
+    let pending = criu_rpc::start(&criu, agent.reaper(), &keep, &smaps_env(dirs), ns.as_ref(), req)
         .map_err(|e| rpc_failure("dump", log.clone(), e.to_string()))?;
     // CRIU holds its end now; ours must be the only other one, so its closing reaches CRIU.
     drop(theirs);
@@ -108,11 +109,34 @@ pub fn dump_to_page_stream(
     let req = request(rpc::CriuReqType::Dump, opts);
     let keep = [images.as_raw_fd(), work.as_raw_fd(), pages.as_raw_fd()];
     let log = dirs.work.join("dump.log");
-    let pending = criu_rpc::start(&criu, agent.reaper(), &keep, &smaps_env(dirs), req)
+    let ns = dump_mount_ns(w, &log)?;
+    let pending = criu_rpc::start(&criu, agent.reaper(), &keep, &smaps_env(dirs), ns.as_ref(), req)
         .map_err(|e| rpc_failure("dump", log.clone(), e.to_string()));
     // CRIU holds its end now; ours must go, so that CRIU's end closing reaches the agent.
     drop(pages);
     successful("dump", log, pending?.wait(|_| {})).map(|_| ())
+}
+
+/// The mount namespace CRIU must dump `w` from, when it is not the agent's (sys::swrk).
+fn dump_mount_ns(
+    w: &Workload,
+    log: &std::path::Path,
+) -> Result<Option<std::os::fd::OwnedFd>, EngineError> {
+    let ns = crate::sys::swrk::foreign_mount_ns(w.init_pid).map_err(|e| {
+        rpc_failure(
+            "dump",
+            log.to_path_buf(),
+            format!(
+                "cannot open the mount namespace of workload {} (pid {}): {e}",
+                w.id(),
+                w.init_pid
+            ),
+        )
+    })?;
+    if ns.is_some() {
+        tracing::info!(id = w.id(), pid = w.init_pid, "the workload lives in another mount namespace than this agent (started by an earlier agent); CRIU dumps it from there");
+    }
+    Ok(ns)
 }
 
 /// The environment that points ferry's CRIU at smaps read before the freeze, if there are any.
@@ -204,8 +228,9 @@ impl CheckpointEngine for CriuEngine {
         let req = request(rpc::CriuReqType::Dump, dump_opts(&images, &work, w));
         let keep = [images.as_raw_fd(), work.as_raw_fd()];
         let log = dirs.work.join("dump.log");
-        successful("dump", log, criu_rpc::call(&criu, agent.reaper(), &keep, req, |_| {}))
-            .map(|_| ())
+        let ns = dump_mount_ns(w, &log)?;
+        let answer = criu_rpc::call(&criu, agent.reaper(), &keep, ns.as_ref(), req, |_| {});
+        successful("dump", log, answer).map(|_| ())
     }
 
     async fn restore(
@@ -276,7 +301,7 @@ impl CheckpointEngine for CriuEngine {
         let restored = {
             let (criu, log_path) = (criu.clone(), log_path.clone());
             tokio::task::spawn_blocking(move || {
-                let r = criu_rpc::call(&criu, &reaper, &keep, creq, |_| {});
+                let r = criu_rpc::call(&criu, &reaper, &keep, None, creq, |_| {});
                 // Our copies of the write ends go now: the restored tree holds its own.
                 drop((out_w, err_w, images, work));
                 let resp = successful("restore", log_path.clone(), r)?;
@@ -334,6 +359,7 @@ impl CheckpointEngine for CriuEngine {
             exit: crate::workload::ExitWatch::Reaper(exit),
             paused: req.info.paused,
             pending_migration: Some(req.migration_id.to_string()),
+            self_stopped: req.info.stopped_ns_pids.clone(),
         });
         if post_copy {
             w.set_post_copy(true);

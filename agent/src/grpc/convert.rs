@@ -169,6 +169,7 @@ pub fn report_to_pb(r: MigrationReport) -> pb::MigrationResult {
         post_copy_pages_total: pages.post_copy_pages_total,
         transfer_codec: r.transfer_codec.clone(),
         bytes_zero: r.bytes_zero,
+        incoming_state: String::new(),
         engine: match r.engine {
             Engine::Criu => "criu",
             Engine::Cooperative => "cooperative",

@@ -154,6 +154,15 @@ impl AgentApi for Service {
             pb::Fault::StallPageServer => Fault::StallPageServer(ms),
             pb::Fault::LoseCommitAnswer => Fault::LoseCommitAnswer,
             pb::Fault::HoldRestore => Fault::HoldRestore(ms),
+            pb::Fault::CrashAt => match crate::migrate::CrashPoint::from_arg(r.fault_arg) {
+                Some(at) => Fault::CrashAt(at),
+                None => {
+                    return Err(Status::invalid_argument(format!(
+                        "FAULT_CRASH_AT takes fault_arg 1 to 4, not {}",
+                        r.fault_arg
+                    )))
+                }
+            },
         };
         let req = MigrateOut {
             workload_id: need_id(&r.workload_id)?.to_string(),
@@ -194,15 +203,25 @@ impl AgentApi for Service {
         req: Request<pb::MigrationRef>,
     ) -> Result<Response<pb::MigrationResult>, Status> {
         let mid = &req.get_ref().migration_id;
+        // As a target: what became of the copy it received (a source recovering asks).
+        let incoming =
+            self.agent.incoming_state(mid).map(|s| s.as_str().to_string()).unwrap_or_default();
         match self.agent.migration(mid) {
             None => match self.agent.lazy_daemon(mid) {
-                Some(lp) => Ok(Response::new(convert::incoming_post_copy_to_pb(
-                    &lp,
-                    &self.agent.config().node,
+                Some(lp) => Ok(Response::new(pb::MigrationResult {
+                    incoming_state: incoming,
+                    ..convert::incoming_post_copy_to_pb(&lp, &self.agent.config().node)
+                })),
+                None if !incoming.is_empty() => Ok(Response::new(pb::MigrationResult {
+                    migration_id: mid.clone(),
+                    target_node: self.agent.config().node.clone(),
+                    incoming_state: incoming,
+                    ..Default::default()
+                })),
+                None => Err(Status::not_found(format!(
+                    "node {} has no record of migration {mid:?}",
+                    self.agent.config().node
                 ))),
-                None => {
-                    Err(Status::not_found(format!("no migration {mid:?} started on this node")))
-                }
             },
             Some(crate::migrate::MigrationState::Running(live)) => {
                 use std::sync::atomic::Ordering;

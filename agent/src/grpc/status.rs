@@ -27,9 +27,9 @@ impl From<AgentError> for Status {
             AgentError::Restore { .. } => Code::FailedPrecondition,
             AgentError::StreamBroken(_) => Code::Aborted,
             AgentError::NotFound { .. } | AgentError::NoSuchMigration { .. } => Code::NotFound,
-            AgentError::AlreadyExists { .. } | AgentError::MigrationExists { .. } => {
-                Code::AlreadyExists
-            }
+            AgentError::AlreadyExists { .. }
+            | AgentError::MigrationExists { .. }
+            | AgentError::AlreadyCommitted { .. } => Code::AlreadyExists,
             AgentError::BadState { .. }
             | AgentError::PostCopyLost { .. }
             | AgentError::Precondition(_) => Code::FailedPrecondition,

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::ledger::{self, InStep, Incoming};
 use crate::agent::Agent;
 use crate::error::{AgentError, Result};
 use crate::sys::signal::Sig;
@@ -20,11 +21,24 @@ impl Agent {
         let w = match self.pending(migration_id) {
             Ok(w) => w,
             // Committed already (the source did not get the first answer): the same answer.
-            Err(e) => match self.committed_workload(migration_id).and_then(|id| self.get(&id).ok())
-            {
-                Some(w) if w.exit_info().is_none() => return Ok(self.status_of(&w)),
-                _ => return Err(e),
-            },
+            Err(e) => {
+                let id = self.committed_workload(migration_id).or_else(|| {
+                    ledger::read_in(&self.config().data_dir, migration_id)
+                        .filter(|r| r.step == InStep::Committed)
+                        .map(|r| r.workload_id)
+                });
+                return match id {
+                    Some(id) => match self.get(&id) {
+                        Ok(w) if w.exit_info().is_none() => Ok(self.status_of(&w)),
+                        _ => Err(AgentError::AlreadyCommitted {
+                            migration: migration_id.to_string(),
+                            id,
+                            node: self.config().node.clone(),
+                        }),
+                    },
+                    None => Err(e),
+                };
+            }
         };
         let lazy = self.lazy_daemon(migration_id);
         if let Some(lp) = &lazy {
@@ -38,9 +52,24 @@ impl Agent {
             }
             lp.mark_committed();
         }
+        // On disk before the copy runs: from here on this node answers "committed" for this
+        // migration, even after a restart, and a source that restarted never resumes its original.
+        let record = Incoming {
+            migration_id: migration_id.to_string(),
+            workload_id: w.id().to_string(),
+            step: InStep::Committed,
+            at_ms: crate::sys::now_ms(),
+        };
+        ledger::write_in(&self.config().data_dir, &record).map_err(|e| {
+            AgentError::Internal(format!(
+                "cannot record the commit of migration {migration_id} on node {} (its copy stays \
+                 stopped): {e}",
+                self.config().node
+            ))
+        })?;
         if !w.is_paused() {
-            let w2 = w.clone();
-            tokio::task::spawn_blocking(move || continue_tree(&w2))
+            let (w2, keep) = (w.clone(), w.self_stopped());
+            tokio::task::spawn_blocking(move || continue_tree(&w2, &keep))
                 .await
                 .map_err(|e| AgentError::Internal(e.to_string()))??;
         }
@@ -62,6 +91,27 @@ impl Agent {
     /// Discards the workload restored for `migration_id`: the source has resumed its original.
     /// Idempotent: an unknown migration only has its scratch files removed.
     pub async fn abort_migration(&self, migration_id: &str) -> Result<()> {
+        if self.incoming_state(migration_id) == Some(InStep::Committed.into()) {
+            return Err(AgentError::Precondition(format!(
+                "migration {migration_id} was committed on node {}: its workload runs here, and \
+                 an abort cannot undo that",
+                self.config().node
+            )));
+        }
+        if crate::workload::valid_id(migration_id) {
+            let record = Incoming {
+                migration_id: migration_id.to_string(),
+                workload_id: self
+                    .pending(migration_id)
+                    .map(|w| w.id().to_string())
+                    .unwrap_or_default(),
+                step: InStep::Discarded,
+                at_ms: crate::sys::now_ms(),
+            };
+            if let Err(e) = ledger::write_in(&self.config().data_dir, &record) {
+                tracing::warn!(migration = migration_id, %e, "cannot record the abort");
+            }
+        }
         self.note_aborted(migration_id);
         self.kill_lazy_daemon(migration_id);
         if let Ok(w) = self.pending(migration_id) {
@@ -89,6 +139,22 @@ impl Agent {
     /// Whether the source aborted `migration_id` (see `note_aborted`).
     pub(crate) fn was_aborted(&self, migration_id: &str) -> bool {
         self.aborted.lock().expect("aborted migrations poisoned").contains_key(migration_id)
+    }
+
+    /// What this node did with the copy of `migration_id` it received, as a source recovering
+    /// that migration asks (GetMigration's `incoming_state`): None when it has no record.
+    pub fn incoming_state(&self, migration_id: &str) -> Option<IncomingState> {
+        if self.pending(migration_id).is_ok() {
+            return Some(IncomingState::Held);
+        }
+        if self.committed_workload(migration_id).is_some() {
+            return Some(IncomingState::Committed);
+        }
+        match ledger::read_in(&self.config().data_dir, migration_id).map(|r| r.step) {
+            Some(step) => Some(step.into()),
+            None if self.was_aborted(migration_id) => Some(IncomingState::Discarded),
+            None => None,
+        }
     }
 
     fn pending(&self, migration_id: &str) -> Result<Arc<Workload>> {
@@ -135,5 +201,44 @@ impl Agent {
         self.remove(w.id());
         let _ = std::fs::remove_dir_all(&w.dir);
         Ok(())
+    }
+}
+
+/// What a target did with a migration's copy (see `Agent::incoming_state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncomingState {
+    /// Restored, stopped, waiting for the commit: it has never run.
+    Held,
+    /// Resumed on the commit: the workload runs (or ran) here.
+    Committed,
+    /// Killed before it ever ran.
+    Discarded,
+}
+
+impl IncomingState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncomingState::Held => "held",
+            IncomingState::Committed => "committed",
+            IncomingState::Discarded => "discarded",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<IncomingState> {
+        match s {
+            "held" => Some(IncomingState::Held),
+            "committed" => Some(IncomingState::Committed),
+            "discarded" => Some(IncomingState::Discarded),
+            _ => None,
+        }
+    }
+}
+
+impl From<InStep> for IncomingState {
+    fn from(s: InStep) -> IncomingState {
+        match s {
+            InStep::Committed => IncomingState::Committed,
+            InStep::Discarded => IncomingState::Discarded,
+        }
     }
 }

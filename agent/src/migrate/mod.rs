@@ -33,10 +33,12 @@
 
 mod finish;
 mod layout;
+pub(crate) mod ledger;
 mod out;
 pub mod pages;
 pub mod preflight;
 mod push;
+pub(crate) mod recovery;
 pub mod tunnel;
 
 pub use out::{MigrateOut, MigrationReport};
@@ -60,9 +62,49 @@ pub enum Fault {
     /// Ask the target to wait this long once CRIU restored the tree, before it takes the copy on
     /// (as a slow or hung restore would).
     HoldRestore(std::time::Duration),
+    /// The source agent kills itself at this step (see `CrashPoint`).
+    CrashAt(CrashPoint),
+}
+
+/// Where a test-only crash of the source agent happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// Right after the freeze.
+    Frozen,
+    /// The target holds its restored copy; the commit is not yet recorded.
+    Restored,
+    /// The commit is recorded and not yet sent.
+    CommitRecorded,
+    /// The target confirmed the commit; the original is not yet killed (nor, in post-copy, the
+    /// resume recorded).
+    CommitConfirmed,
+}
+
+impl CrashPoint {
+    pub fn from_arg(arg: u32) -> Option<CrashPoint> {
+        Some(match arg {
+            1 => CrashPoint::Frozen,
+            2 => CrashPoint::Restored,
+            3 => CrashPoint::CommitRecorded,
+            4 => CrashPoint::CommitConfirmed,
+            _ => return None,
+        })
+    }
 }
 
 impl Fault {
+    /// Test-only: the agent dies here, as a crash would, if the fault says so.
+    pub(crate) fn crash_at(self, at: CrashPoint, migration: &str) {
+        if self == Fault::CrashAt(at) {
+            tracing::warn!(migration, ?at, "fault injection: the source agent kills itself");
+            let _ = crate::sys::signal::send(
+                std::process::id() as i32,
+                crate::sys::signal::Sig::SIGKILL,
+            );
+            std::thread::sleep(std::time::Duration::from_secs(60));
+        }
+    }
+
     pub fn send(self) -> SendFault {
         match self {
             Fault::Send(f) => f,
@@ -105,6 +147,9 @@ pub enum Phase {
     RollingBack,
     RolledBack,
     Failed,
+    /// A restarted source agent (or one whose commit went unanswered) resolving the migration
+    /// from its ledger record (`recovery`).
+    Recovering,
 }
 
 impl Phase {
@@ -122,6 +167,7 @@ impl Phase {
             Phase::RollingBack => "rollback",
             Phase::RolledBack => "rolled_back",
             Phase::Failed => "failed",
+            Phase::Recovering => "recovering",
         }
     }
 

@@ -8,8 +8,9 @@ use ferry_proto::agent as pb;
 use ferry_proto::agent::agent_client::AgentClient;
 use tonic::transport::{Channel, Endpoint};
 
+use super::ledger::{self, OutStep};
 use super::preflight::{self, SourceFacts};
-use super::{Fault, Phase, Timeline};
+use super::{CrashPoint, Fault, Phase, Timeline};
 use crate::agent::Agent;
 use crate::engine::lazy::PageCount;
 use crate::engine::{self, CheckpointDirs};
@@ -78,7 +79,7 @@ struct Busy(Arc<Workload>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.migrating.store(false, Ordering::SeqCst);
+        self.0.end_migration();
     }
 }
 
@@ -139,15 +140,6 @@ impl Agent {
                 hint: "; wait for its migration to finish",
             });
         }
-        if w.migrating.swap(true, Ordering::SeqCst) {
-            return Err(AgentError::BadState {
-                id: w.id().to_string(),
-                state: "already migrating".into(),
-                op: "migrate",
-                hint: "; one migration per workload at a time",
-            });
-        }
-        let _busy = Busy(w.clone());
         let mid =
             req.migration_id.clone().unwrap_or_else(|| crate::workload::start::new_id_with("m"));
         if !crate::workload::valid_id(&mid) {
@@ -155,6 +147,15 @@ impl Agent {
                 "migration id {mid:?} must be 1-64 characters of letters, digits, '.', '_' or '-'"
             )));
         }
+        if !w.begin_migration(&mid, &req.target) {
+            return Err(w.require_not_migrating("migrate").err().unwrap_or(AgentError::BadState {
+                id: w.id().to_string(),
+                state: "already migrating".into(),
+                op: "migrate",
+                hint: "; one migration per workload at a time",
+            }));
+        }
+        let _busy = Busy(w.clone());
         let progress = Arc::new(Progress::default());
         let live = Arc::new(super::Live {
             workload_id: w.id().to_string(),
@@ -175,6 +176,8 @@ impl Agent {
             tunnel_client: None,
             target_node: String::new(),
             was_paused: w.is_paused(),
+            self_stopped: Vec::new(),
+            journaled: false,
             frozen: false,
             pushed: false,
             reserved: false,
@@ -264,7 +267,12 @@ impl Agent {
             .unwrap_or(started);
         report.downtime_ms = freeze_start.map(|f| running_again - f).unwrap_or(0);
         report.total_ms = crate::sys::now_ms() - started;
-        self.record_migration(&mid, super::MigrationState::Done(Box::new(report.clone())));
+        // A commit nobody answered is resolved in the background (migrate::recovery), which
+        // records the migration's end for GetMigration once it knows it.
+        let handed_over = run.journaled && run.journal_end(&report);
+        if !handed_over {
+            self.record_migration(&mid, super::MigrationState::Done(Box::new(report.clone())));
+        }
         Ok(report)
     }
 }
@@ -284,6 +292,11 @@ struct Run {
     tunnel_client: Option<AgentClient<Channel>>,
     target_node: String,
     was_paused: bool,
+    /// Pids (in its PID namespace) of the tasks the workload had stopped itself before the
+    /// freeze: they stay stopped on either side.
+    self_stopped: Vec<i32>,
+    /// A ledger record of this migration was written (migrate::ledger).
+    journaled: bool,
     frozen: bool,
     pushed: bool,
     /// The target set memory aside for the pages (ReservePages): an abort gives it back.
@@ -305,6 +318,53 @@ struct Run {
 }
 
 impl Run {
+    /// This migration's ledger record at `step`.
+    fn record(&self, step: OutStep) -> ledger::Outgoing {
+        ledger::Outgoing {
+            migration_id: self.mid.clone(),
+            workload_id: self.w.id().to_string(),
+            target: self.target.clone(),
+            target_node: self.target_node.clone(),
+            post_copy: self.post_copy,
+            was_paused: self.was_paused,
+            self_stopped: self.self_stopped.clone(),
+            step,
+            outcome: None,
+            error: None,
+            at_ms: crate::sys::now_ms(),
+        }
+    }
+
+    /// Writes this migration's ledger record at `step` (migrate::ledger).
+    fn journal(&mut self, step: OutStep) -> std::io::Result<()> {
+        ledger::write_out(&self.agent.config().data_dir, &self.record(step))?;
+        self.journaled = true;
+        Ok(())
+    }
+
+    /// The migration is over: its record says how, for an hour (GetMigration after a restart).
+    /// A commit whose answer never came stays `Committing`: the recovery asks the target again
+    /// until it answers (migrate::recovery).
+    fn journal_end(&mut self, report: &MigrationReport) -> bool {
+        // The original is still frozen here and the target has not said what it did.
+        let unresolved = report.outcome == Phase::Failed
+            && report.failed_phase == Some(Phase::Committing)
+            && self.w.exit_info().is_none();
+        if unresolved {
+            super::recovery::spawn(self.agent.clone(), self.record(OutStep::Committing));
+            return true;
+        }
+        let r = ledger::Outgoing {
+            outcome: Some(report.outcome.as_str().to_string()),
+            error: report.error.clone(),
+            ..self.record(OutStep::Ended)
+        };
+        if let Err(e) = ledger::write_out(&self.agent.config().data_dir, &r) {
+            tracing::warn!(migration = self.mid, %e, "cannot record the end of the migration");
+        }
+        false
+    }
+
     /// Enters phase `p`: on the timeline and for anyone watching (GetMigration).
     fn begin(&mut self, p: Phase) {
         self.tl.begin(p);
@@ -466,6 +526,22 @@ impl Run {
     async fn freeze(&mut self) -> std::result::Result<(), Failure> {
         self.begin(Phase::Freezing);
         let w = self.w.clone();
+        self.self_stopped = if self.was_paused {
+            w.self_stopped()
+        } else {
+            let w = w.clone();
+            tokio::task::spawn_blocking(move || crate::workload::stopped_tasks(&w))
+                .await
+                .map_err(|e| fail(Phase::Freezing, e.to_string()))?
+        };
+        // On disk before the first task stops: an agent restarted from here on resumes the
+        // original (no commit was sent) and aborts the target's copy (migrate::recovery).
+        self.journal(OutStep::Frozen).map_err(|e| {
+            fail(
+                Phase::Freezing,
+                format!("cannot record migration {} before the freeze: {e}", self.mid),
+            )
+        })?;
         self.frozen = true;
         tokio::task::spawn_blocking(move || stop_tree(&w))
             .await
@@ -473,6 +549,7 @@ impl Run {
             .map_err(|e| {
                 fail(Phase::Freezing, format!("cannot freeze workload {}: {e}", self.w.id()))
             })?;
+        self.fault.crash_at(CrashPoint::Frozen, &self.mid);
         self.tl.end();
         Ok(())
     }
@@ -610,6 +687,7 @@ impl Run {
                 own_pid_namespace: w.own_pid_namespace,
                 started_at_ms: w.started_at_ms,
                 paused: self.was_paused,
+                stopped_ns_pids: self.self_stopped.clone(),
                 ships_workdir,
                 lazy_pages: self.lazy.is_some(),
                 hold_restore_ms: match self.fault {
@@ -747,29 +825,61 @@ impl Run {
             tracing::warn!(migration = self.mid, ?d, "fault injection: holding before the commit");
             tokio::time::sleep(d).await;
         }
+        self.fault.crash_at(CrashPoint::Restored, &self.mid);
+        // On disk before the commit can reach the target: an agent restarted from here on never
+        // resumes the original on its own, it asks the target (migrate::recovery).
+        self.journal(OutStep::Committing).map_err(|e| {
+            fail(
+                Phase::Restoring,
+                format!("cannot record migration {} before the commit: {e}", self.mid),
+            )
+        })?;
+        self.fault.crash_at(CrashPoint::CommitRecorded, &self.mid);
         if self.lazy.is_some() {
             return self.commit_post_copy().await;
         }
-        // The target holds a verified, restored copy: the original goes first, so two never run.
-        // A SIGKILLed task never runs again, so the commit need not wait for it to be reaped.
-        self.agent.kill_workload(&self.w).map_err(|e| {
-            fail(Phase::Restoring, format!("cannot kill the original on the source: {e}"))
-        })?;
+        // The target holds a verified, restored copy and the original is frozen: it runs again
+        // only if the target surely never resumed its copy, and is killed once the target did.
+        match self.confirm_commit().await {
+            Commit::Confirmed => {}
+            Commit::NotResumed(why) => {
+                return Err(Failure {
+                    roll_back: true,
+                    ..fail(
+                        Phase::Committing,
+                        format!(
+                            "node {} did not resume workload {} ({why}); its copy there never runs",
+                            self.target_node,
+                            self.w.id()
+                        ),
+                    )
+                })
+            }
+            Commit::Unknown(why) => {
+                return Err(fail(
+                    Phase::Committing,
+                    format!(
+                        "node {} did not confirm resuming workload {} ({why}), so it may run \
+                         there; the original stays frozen on node {} and this agent keeps asking \
+                         node {} about migration {}: the original is killed once the target \
+                         says it resumed its copy, and resumed if it says it never did",
+                        self.target_node,
+                        self.w.id(),
+                        self.agent.config().node,
+                        self.target_node,
+                        self.mid
+                    ),
+                ))
+            }
+        }
+        self.fault.crash_at(CrashPoint::CommitConfirmed, &self.mid);
+        // A SIGKILLed task never runs again; it is reaped and forgotten below.
+        if let Err(e) = self.agent.kill_workload(&self.w) {
+            tracing::warn!(migration = self.mid, id = self.w.id(), %e, "cannot kill the original after the commit");
+        }
         self.frozen = false;
-        let confirmed = match self.confirm_commit().await {
-            Commit::Confirmed => Ok(()),
-            Commit::NotResumed(why) | Commit::Unknown(why) => Err(fail(
-                Phase::Committing,
-                format!(
-                    "the original can no longer run and node {} holds the restored workload \
-                     stopped, but did not confirm resuming it ({why}); resume it there with \
-                     CommitMigration {}",
-                    self.target_node, self.mid
-                ),
-            )),
-        };
         self.forget_original().await;
-        confirmed
+        Ok(())
     }
 
     /// Post-copy: the original stays frozen under CRIU, which serves its pages to the target, so
@@ -794,9 +904,13 @@ impl Run {
             }
             Commit::Unknown(why) => return self.unconfirmed_post_copy(why).await,
         }
+        self.fault.crash_at(CrashPoint::CommitConfirmed, &self.mid);
         // The workload runs on the target: the original never runs again, even if this agent
         // restarts before it is killed.
         self.w.set_moved_out(self.mid.clone());
+        if let Err(e) = self.journal(OutStep::Resumed) {
+            tracing::warn!(migration = self.mid, %e, "cannot record the target's resume (the workload's own record says it moved out)");
+        }
         self.begin(Phase::PostCopy);
         let lazy = self.lazy.take().expect("post-copy dump running");
         let criu_pid = lazy.criu_pid;
@@ -879,14 +993,13 @@ impl Run {
             _ => "the page server thread failed".to_string(),
         };
         self.frozen = false;
-        self.w.set_paused(true);
         Err(fail(
             Phase::Committing,
             format!(
                 "node {} did not confirm resuming workload {} ({why}), so it may run there; \
-                 {served}; the original stays frozen (paused) on node {} and is not resumed \
-                 automatically: check node {} for migration {}, and resume the original only if \
-                 the workload does not run there",
+                 {served}; the original stays frozen on node {} and this agent keeps asking node \
+                 {} about migration {}: the original is killed if the target resumed its copy, \
+                 and resumed if it never did",
                 self.target_node,
                 self.w.id(),
                 self.agent.config().node,
@@ -938,6 +1051,11 @@ impl Run {
             match tokio::time::timeout(CONNECT_TIMEOUT, call).await {
                 Ok(Ok(resp)) => {
                     self.target_status = Some(resp.into_inner());
+                    self.tl.end();
+                    return Commit::Confirmed;
+                }
+                // Committed by an earlier attempt, and the workload has moved on since.
+                Ok(Err(s)) if s.code() == tonic::Code::AlreadyExists => {
                     self.tl.end();
                     return Commit::Confirmed;
                 }
@@ -1003,17 +1121,24 @@ impl Run {
                 match tokio::time::timeout(CONNECT_TIMEOUT, call).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(s)) if s.code() == tonic::Code::NotFound => {}
-                    other => tracing::warn!(
-                        migration = self.mid,
-                        ?other,
-                        "could not tell the target to discard its copy; it stays stopped there and never runs"
-                    ),
+                    other => {
+                        tracing::warn!(
+                            migration = self.mid,
+                            ?other,
+                            "could not tell the target to discard its copy; it stays stopped there and never runs; retrying in the background"
+                        );
+                        super::recovery::abort_later(
+                            self.agent.clone(),
+                            self.target.clone(),
+                            self.mid.clone(),
+                        );
+                    }
                 }
             }
         }
         if self.frozen && !self.was_paused {
-            let w = self.w.clone();
-            tokio::task::spawn_blocking(move || continue_tree(&w))
+            let (w, keep) = (self.w.clone(), self.self_stopped.clone());
+            tokio::task::spawn_blocking(move || continue_tree(&w, &keep))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| {

@@ -67,6 +67,11 @@ pub fn ns_pid(pid: i32) -> Option<i32> {
     status.nspid.and_then(|v| v.last().copied())
 }
 
+/// The pid of the process tracing `pid` (ptrace), 0 when none; None when `pid` is gone.
+pub fn tracer(pid: i32) -> Option<i32> {
+    Some(procfs::process::Process::new(pid).ok()?.status().ok()?.tracerpid)
+}
+
 /// The anonymous memory `pid` has resident (RssAnon), in bytes.
 pub fn anon_bytes(pid: i32) -> Option<u64> {
     let status = procfs::process::Process::new(pid).ok()?.status().ok()?;

@@ -23,12 +23,13 @@ pub struct Swrk {
 
 impl Swrk {
     /// Starts `criu swrk` with `keep` fds inherited (same numbers in the child) and `env` added to
-    /// its environment.
+    /// its environment; in the mount namespace `mnt_ns` when given (see [`foreign_mount_ns`]).
     pub fn start(
         criu: &Path,
         reaper: &Reaper,
         keep: &[RawFd],
         env: &[(&str, &Path)],
+        mnt_ns: Option<&OwnedFd>,
     ) -> std::io::Result<Swrk> {
         let mut fds = [0; 2];
         // SAFETY: socketpair writes two fds into the array.
@@ -53,6 +54,19 @@ impl Swrk {
         cmd.arg("swrk").arg(child_fd.to_string()).envs(env.iter().copied());
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         inherit_on_exec(&mut cmd, inherit);
+        if let Some(ns) = mnt_ns {
+            let fd = ns.as_raw_fd();
+            // SAFETY: setns is a raw syscall on an fd opened before the fork; nothing else runs
+            // between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNS) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let child = cmd.spawn()?;
         let pid = child.id() as i32;
         let exit = reaper.watch(pid);
@@ -133,6 +147,24 @@ pub fn inherit_on_exec(cmd: &mut Command, fds: Vec<RawFd>) {
 }
 
 /// Opens a directory as an fd to hand to criu (closed on exec elsewhere).
+/// The mount namespace of `pid`, opened to be joined, when it is not this process's own: a
+/// workload re-adopted by a restarted agent lives in the mount namespace of the agent that started
+/// it, and CRIU must dump it from there (from any other, it takes the workload for one with a
+/// mount namespace of its own and fails: "doesn't have a proper root mount").
+pub fn foreign_mount_ns(pid: i32) -> std::io::Result<Option<OwnedFd>> {
+    use std::os::unix::fs::MetadataExt;
+    let theirs_path = format!("/proc/{pid}/ns/mnt");
+    let ours = std::fs::metadata("/proc/self/ns/mnt")?;
+    let theirs = std::fs::metadata(&theirs_path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{theirs_path}: {e}")))?;
+    if (ours.dev(), ours.ino()) == (theirs.dev(), theirs.ino()) {
+        return Ok(None);
+    }
+    let f = std::fs::File::open(&theirs_path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{theirs_path}: {e}")))?;
+    Ok(Some(f.into()))
+}
+
 pub fn open_dir(path: &Path) -> std::io::Result<OwnedFd> {
     let f = std::fs::File::open(path)?;
     if !f.metadata()?.is_dir() {

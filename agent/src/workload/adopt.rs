@@ -29,6 +29,8 @@ pub struct Adopt {
     pub exit: ExitWatch,
     pub paused: bool,
     pub pending_migration: Option<String>,
+    /// Tasks (PID namespace pids) the workload stopped itself: resumes leave them stopped.
+    pub self_stopped: Vec<i32>,
 }
 
 /// How the agent learns that a workload ended.
@@ -69,10 +71,10 @@ impl Agent {
             log: a.log,
             stdio_keys: a.stdio_keys,
             coop: a.coop,
-            migrating: Default::default(),
             state: Mutex::new(Mutable {
                 paused: a.paused,
                 pending_migration: a.pending_migration,
+                self_stopped: a.self_stopped,
                 ..Default::default()
             }),
             exit,

@@ -15,7 +15,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 pub use adopt::{Adopt, ExitWatch};
-pub(crate) use pause::{continue_tree, stop_tree};
+pub(crate) use pause::{all_stopped, continue_tree, stop_tree, stopped_tasks, task_pids};
 pub use spec::{valid_id, Engine, WorkloadSpec};
 pub use status::{State, Status, Task};
 
@@ -68,6 +68,14 @@ struct Mutable {
     /// On a post-copy source: the target resumed this workload (migration id); the original only
     /// serves its memory from now on and never runs here again.
     moved_out: Option<String>,
+    /// On a migration's source, while it runs: the migration id and its target.
+    migration_out: Option<(String, String)>,
+    /// How many hold the workload for a migration: the migration itself, then a recovery that
+    /// resolves it (migrate::recovery). Every operation is refused while any does.
+    migration_holds: u32,
+    /// Pids (in its PID namespace) of tasks the workload had stopped itself when ferry stopped
+    /// it (pause, freeze): resuming it leaves them stopped.
+    self_stopped: Vec<i32>,
 }
 
 /// A workload supervised by this agent.
@@ -89,8 +97,6 @@ pub struct Workload {
     pub stdio_keys: [String; 2],
     /// The cooperative engine's control socket, for workloads using it.
     pub coop: Option<std::sync::Arc<crate::engine::coop::Control>>,
-    /// Set while a migration of this workload runs (one at a time).
-    pub migrating: std::sync::atomic::AtomicBool,
     state: Mutex<Mutable>,
     exit: watch::Receiver<Option<ExitInfo>>,
 }
@@ -147,6 +153,69 @@ impl Workload {
     pub(crate) fn set_moved_out(&self, migration_id: String) {
         self.state.lock().expect("workload state poisoned").moved_out = Some(migration_id);
         self.persist();
+    }
+
+    /// Marks the workload as migrating out (`migration_id` to `target`); false if a migration of
+    /// it is already running. Every operation but status reads is refused until
+    /// [`Workload::end_migration`].
+    pub(crate) fn begin_migration(&self, migration_id: &str, target: &str) -> bool {
+        let mut st = self.state.lock().expect("workload state poisoned");
+        if st.migration_holds > 0 {
+            return false;
+        }
+        st.migration_holds = 1;
+        st.migration_out = Some((migration_id.to_string(), target.to_string()));
+        true
+    }
+
+    /// One more hold on a workload a migration holds already (its recovery takes over).
+    pub(crate) fn hold_migration(&self, migration_id: &str, target: &str) {
+        let mut st = self.state.lock().expect("workload state poisoned");
+        st.migration_holds += 1;
+        st.migration_out = Some((migration_id.to_string(), target.to_string()));
+    }
+
+    pub(crate) fn end_migration(&self) {
+        let mut st = self.state.lock().expect("workload state poisoned");
+        st.migration_holds = st.migration_holds.saturating_sub(1);
+        if st.migration_holds == 0 {
+            st.migration_out = None;
+        }
+    }
+
+    pub fn self_stopped(&self) -> Vec<i32> {
+        self.state.lock().expect("workload state poisoned").self_stopped.clone()
+    }
+
+    pub(crate) fn set_self_stopped(&self, ns_pids: Vec<i32>) {
+        self.state.lock().expect("workload state poisoned").self_stopped = ns_pids;
+        self.persist();
+    }
+
+    /// Refuses `op` while a migration holds the workload: on the source while it migrates out, on
+    /// a target while the restored copy waits for its commit. Only the migration decides what
+    /// becomes of either (a resume of the frozen original, or of a copy not committed, would be
+    /// a second running copy; a stop would lose it).
+    pub(crate) fn require_not_migrating(&self, op: &'static str) -> crate::error::Result<()> {
+        let st = self.state.lock().expect("workload state poisoned");
+        let (state, hint) = if let Some((mid, target)) = &st.migration_out {
+            (
+                format!("migrating (migration {mid} to {target})"),
+                "; wait for the migration to end: it runs on the target then, or here again if \
+                 the migration rolls back",
+            )
+        } else if st.migration_holds > 0 {
+            ("migrating".to_string(), "; wait for the migration to end")
+        } else if let Some(mid) = &st.pending_migration {
+            (
+                format!("a copy held stopped for migration {mid}, waiting for its source's commit"),
+                "; only that migration's commit resumes it and its abort discards it (the \
+                 workload itself runs on the source until then)",
+            )
+        } else {
+            return Ok(());
+        };
+        Err(crate::error::AgentError::BadState { id: self.id().to_string(), state, op, hint })
     }
 
     /// Waits until the workload has exited, at most `timeout`. True if it has.

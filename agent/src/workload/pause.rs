@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::status::tree_tasks;
-use super::{signal_task, signal_tree, Status, Workload};
+use super::{signal_task, Status, Workload};
 use crate::agent::Agent;
 use crate::error::{AgentError, Result};
 use crate::sys::proc;
@@ -19,11 +19,16 @@ impl Agent {
     pub async fn pause(&self, id: &str) -> Result<Status> {
         let w = self.get(id)?;
         self.require_alive(&w, "pause")?;
+        w.require_not_migrating("pause")?;
         if !w.is_paused() {
             let w2 = w.clone();
-            tokio::task::spawn_blocking(move || stop_tree(&w2))
-                .await
-                .map_err(|e| AgentError::Internal(e.to_string()))??;
+            let self_stopped = tokio::task::spawn_blocking(move || {
+                let already = stopped_tasks(&w2);
+                stop_tree(&w2).map(|()| already)
+            })
+            .await
+            .map_err(|e| AgentError::Internal(e.to_string()))??;
+            w.set_self_stopped(self_stopped);
             w.set_paused(true);
             tracing::info!(id, "workload paused");
         }
@@ -33,8 +38,9 @@ impl Agent {
     pub async fn resume(&self, id: &str) -> Result<Status> {
         let w = self.get(id)?;
         self.require_alive(&w, "resume")?;
-        let w2 = w.clone();
-        tokio::task::spawn_blocking(move || continue_tree(&w2))
+        w.require_not_migrating("resume")?;
+        let (w2, keep) = (w.clone(), w.self_stopped());
+        tokio::task::spawn_blocking(move || continue_tree(&w2, &keep))
             .await
             .map_err(|e| AgentError::Internal(e.to_string()))??;
         w.set_paused(false);
@@ -71,28 +77,56 @@ pub(crate) fn stop_tree(w: &Workload) -> Result<()> {
             sent.insert(pid);
         }
     }
-    settle(w, super::status::holds_still);
+    settle(w, |t| super::status::holds_still(t.info.state));
     Ok(())
 }
 
-/// SIGCONT to every task of the tree.
-pub(crate) fn continue_tree(w: &Workload) -> Result<()> {
-    signal_tree(w, Sig::SIGCONT)?;
-    settle(w, |state| state != 'T');
+/// SIGCONT to every task of the tree but those in `keep_stopped` (pids in the workload's PID
+/// namespace: tasks it had stopped itself, which stay stopped).
+pub(crate) fn continue_tree(w: &Workload, keep_stopped: &[i32]) -> Result<()> {
+    let kept = |t: &super::Task| !t.init && keep_stopped.contains(&t.ns_pid);
+    for t in tree_tasks(w, &proc::scan()) {
+        if !kept(&t) {
+            signal_task(w, t.info.pid, Sig::SIGCONT)?;
+        }
+    }
+    settle(w, |t| kept(t) || t.info.state != 'T');
     Ok(())
 }
 
-fn settle(w: &Workload, done: impl Fn(char) -> bool) {
+/// The tasks of the tree that are stopped now (pids in its PID namespace), ferry-init aside: before
+/// ferry stops a tree, those the workload stopped itself.
+pub(crate) fn stopped_tasks(w: &Workload) -> Vec<i32> {
+    tree_tasks(w, &proc::scan())
+        .iter()
+        .filter(|t| !t.init && t.info.state == 'T')
+        .map(|t| t.ns_pid)
+        .collect()
+}
+
+/// Whether every task of the tree is stopped, ferry-init included (which never stops itself: only
+/// ferry stops it). False for a tree with no task.
+pub(crate) fn all_stopped(w: &Workload) -> bool {
+    let tasks = tree_tasks(w, &proc::scan());
+    !tasks.is_empty() && tasks.iter().all(|t| t.info.state == 'T')
+}
+
+/// Host pids of every task of the tree, ferry-init included.
+pub(crate) fn task_pids(w: &Workload) -> Vec<i32> {
+    tree_tasks(w, &proc::scan()).iter().map(|t| t.info.pid).collect()
+}
+
+fn settle(w: &Workload, done: impl Fn(&super::Task) -> bool) {
     let deadline = std::time::Instant::now() + SETTLE;
     while std::time::Instant::now() < deadline {
-        if tree_tasks(w, &proc::scan()).iter().all(|t| done(t.info.state)) {
+        if tree_tasks(w, &proc::scan()).iter().all(&done) {
             return;
         }
         std::thread::sleep(Duration::from_millis(5));
     }
     let late: Vec<String> = tree_tasks(w, &proc::scan())
         .iter()
-        .filter(|t| !done(t.info.state))
+        .filter(|t| !done(t))
         .map(|t| format!("{} ({}, {})", t.info.pid, t.info.comm, t.info.state))
         .collect();
     tracing::warn!(id = w.id(), tasks = ?late, "tree did not settle in {SETTLE:?}");

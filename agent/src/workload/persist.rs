@@ -47,6 +47,8 @@ struct Record {
     lost: Option<String>,
     #[serde(default)]
     moved_out: Option<String>,
+    #[serde(default)]
+    self_stopped: Vec<i32>,
 }
 
 fn engine_name(e: Engine) -> &'static str {
@@ -88,6 +90,7 @@ impl Workload {
             post_copy: state.post_copy,
             lost: state.lost.clone(),
             moved_out: state.moved_out.clone(),
+            self_stopped: state.self_stopped.clone(),
         };
         drop(state);
         let (path, tmp) = (self.dir.join(STATE_FILE), self.dir.join("state.json.tmp"));
@@ -139,6 +142,33 @@ impl Agent {
                 let _ = std::fs::remove_dir_all(&dir);
                 continue;
             }
+            if let Some(mid) = r.pending_migration.as_ref().filter(|_| r.post_copy || !alive) {
+                // A copy restored for a migration that was never committed, whose memory an
+                // earlier agent's lazy-pages daemon was filling (or that is gone): it never ran,
+                // and without that daemon it never can. It is discarded, not kept as a workload
+                // of this node: the workload itself is the source's until its migration says
+                // otherwise, and the source learns from "no copy here" (migrate::recovery).
+                tracing::warn!(
+                    id = r.id,
+                    pid = r.init_pid,
+                    migration = mid,
+                    "discarding the copy of a migration that was not committed when the earlier agent stopped"
+                );
+                if alive {
+                    let _ = crate::sys::signal::send(r.init_pid, crate::sys::signal::Sig::SIGKILL);
+                }
+                let record = crate::migrate::ledger::Incoming {
+                    migration_id: mid.clone(),
+                    workload_id: r.id.clone(),
+                    step: crate::migrate::ledger::InStep::Discarded,
+                    at_ms: crate::sys::now_ms(),
+                };
+                if let Err(e) = crate::migrate::ledger::write_in(&self.config().data_dir, &record) {
+                    tracing::warn!(migration = mid, %e, "cannot record the discarded copy");
+                }
+                let _ = std::fs::remove_dir_all(&dir);
+                continue;
+            }
             let exit = match r.exit {
                 Some((code, signal, at_ms)) => ExitWatch::Ended(ExitInfo { code, signal, at_ms }),
                 None if alive => ExitWatch::Poll { start_ticks: r.init_start_ticks },
@@ -180,10 +210,6 @@ impl Agent {
                 "workload recovered from an earlier agent"
             );
             let (post_copy, lost) = (r.post_copy, r.lost);
-            // A copy restored for a post-copy migration that was never committed: the daemon
-            // that filled its memory belonged to the earlier agent, so its memory may be
-            // incomplete and nobody would notice. It never runs.
-            let orphaned = alive && post_copy && r.pending_migration.is_some();
             let w = self.adopt(Adopt {
                 spec: WorkloadSpec {
                     id: r.id,
@@ -209,19 +235,13 @@ impl Agent {
                 coop,
                 exit,
                 paused: alive && r.paused,
-                pending_migration: r.pending_migration.filter(|_| alive && !orphaned),
+                pending_migration: r.pending_migration,
+                self_stopped: r.self_stopped,
             });
             if let Some(why) = lost {
                 w.set_lost(why);
             }
-            if orphaned {
-                let why = "restored by a post-copy migration that was not committed when its \
-                           agent restarted; its memory may be incomplete, so it was killed"
-                    .to_string();
-                tracing::warn!(id = w.id(), pid = w.init_pid, "{why}");
-                let _ = crate::sys::signal::send(w.init_pid, crate::sys::signal::Sig::SIGKILL);
-                w.set_lost(why);
-            } else if post_copy {
+            if post_copy {
                 w.set_post_copy(true);
             }
         }

@@ -170,6 +170,7 @@ impl Agent {
             exit: crate::workload::ExitWatch::Reaper(exit),
             paused: false,
             pending_migration: restoring.map(|r| r.migration_id),
+            self_stopped: Vec::new(),
         }))
     }
 
