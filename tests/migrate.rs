@@ -1550,3 +1550,100 @@ async fn a_task_the_workload_stopped_itself_stays_stopped() {
     let s = status(&mut p.cb, &id).await;
     assert!(stopped_sleep(&s), "still stopped after the migration: {:?}", s.tasks);
 }
+
+/// Post-copy, the source agent SIGKILLed once the target confirmed its resume: the target runs
+/// the workload, but the pages still on the source went with the agent's page server. Restarted,
+/// the source never resumes the original; the workload is lost, said so on both sides, and runs
+/// nowhere (or, had every page already arrived, runs on the target alone).
+#[tokio::test]
+async fn post_copy_source_agent_killed_after_the_resume_loses_the_workload_and_says_so() {
+    if !require_root(
+        "post_copy_source_agent_killed_after_the_resume_loses_the_workload_and_says_so",
+    ) {
+        return;
+    }
+    let Pair { net, a, b, mut ca, cb } = pair(&[FI]).await;
+    let (s, id) = ticking_memhog(&mut ca, "256").await;
+    let original = s.pid;
+    let mid = format!("m-pc-crash4-{}", std::process::id());
+    let p = Pair { net, a, b, ca, cb };
+    let r = migrate_in_background(&p, &id, &mid, pb::Mode::PostCopy, pb::Fault::CrashAt, 4);
+    assert!(r.await.unwrap().is_err(), "the source agent died mid-migration");
+    let Pair { net, a, b: _b, ca: _, mut cb } = p;
+    let a = net.restart_agent(0, a, &[FI]);
+    let ca = a.client().await;
+    let r = resolved(&ca, &mid).await;
+    eprintln!("post-copy crash after the resume: outcome={} error={:?}", r.outcome, r.error);
+    wait_until("the original to be gone", T, || async { (!alive(original)).then_some(()) }).await;
+    if r.outcome == pb::Outcome::Completed as i32 {
+        runs_again_on_the_source(&mut cb, &id).await;
+        return;
+    }
+    assert_eq!(r.outcome, pb::Outcome::Failed as i32, "{r:?}");
+    assert!(r.error.contains("is lost") && r.error.contains("never resumed"), "{:?}", r.error);
+    let lost = wait_until("the target to mark the workload lost", T, || {
+        let (mut cb, id) = (cb.clone(), id.clone());
+        async move {
+            let s = cb.get_status(pb::WorkloadRef { id }).await.ok()?.into_inner();
+            (s.state == pb::ProcessState::Exited as i32).then_some(s)
+        }
+    })
+    .await;
+    assert!(!lost.lost_reason.is_empty(), "{lost:?}");
+}
+
+/// Every operation on the source is refused at each phase of a migration the target holds
+/// for its commit, and on a post-copy source while the memory still flows.
+#[tokio::test]
+async fn operations_on_the_source_are_refused_until_the_commit_and_during_post_copy() {
+    if !require_root("operations_on_the_source_are_refused_until_the_commit_and_during_post_copy") {
+        return;
+    }
+    let mut p = pair_with(&[FI], &[FI]).await;
+    let (_, id) = ticking_memhog(&mut p.ca, "256").await;
+    let refuse_all = |c: Client, id: String, phase: &'static str| async move {
+        let mut c = c;
+        let r = pb::WorkloadRef { id: id.clone() };
+        for (op, res) in [
+            ("pause", c.pause_process(r.clone()).await.map(|_| ())),
+            ("resume", c.resume_process(r.clone()).await.map(|_| ())),
+            (
+                "stop",
+                c.stop_process(pb::StopProcessRequest { id: id.clone(), ..Default::default() })
+                    .await
+                    .map(|_| ()),
+            ),
+        ] {
+            let err = res.expect_err(&format!("{op} during {phase}"));
+            refused_for_migration(&err, op, "migrating");
+        }
+    };
+    let mid = format!("m-ops-held-{}", std::process::id());
+    let running = migrate_in_background(
+        &p,
+        &id,
+        &mid,
+        pb::Mode::StopAndCopy,
+        pb::Fault::HoldBeforeCommit,
+        4000,
+    );
+    wait_until("the target to hold its copy", T, || {
+        let (mut cb, id) = (p.cb.clone(), id.clone());
+        async move {
+            let s = cb.get_status(pb::WorkloadRef { id }).await.ok()?.into_inner();
+            (!s.held_for_migration.is_empty()).then_some(())
+        }
+    })
+    .await;
+    refuse_all(p.ca.clone(), id.clone(), "the held commit").await;
+    completed(&running.await.unwrap().expect("answered"));
+    // Back to A in post-copy, the page server stalled: the source serves pages, refuses the rest.
+    let mid = format!("m-ops-pc-{}", std::process::id());
+    let back =
+        post_copy_in_background(&p.cb, &id, &p.a.addr, &mid, pb::Fault::StallPageServer, 3000);
+    in_post_copy_with_pages_missing(&p.cb, &mid).await;
+    refuse_all(p.cb.clone(), id.clone(), "post-copy").await;
+    let r = back.await.unwrap().expect("answered");
+    assert_eq!(r.outcome, pb::Outcome::Completed as i32, "{r:?}");
+    runs_again_on_the_source(&mut p.ca, &id).await;
+}
