@@ -805,6 +805,7 @@ async fn rest_api_runs_controls_and_migrates_a_process_between_hosts() {
         "/api/processes/{id}",
         "/api/processes/{id}/pause",
         "/api/processes/{id}/resume",
+        "/api/processes/{id}/stop",
         "/api/processes/{id}/logs",
         "/api/migrations",
         "/api/migrations/{id}",

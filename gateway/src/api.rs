@@ -248,7 +248,6 @@ fn process_json(node: String, s: ProcessStatus) -> Process {
 }
 
 #[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ListQuery {
     /// Also list ended processes (exited, failed), kept for a while after they ended.
     #[serde(default)]
