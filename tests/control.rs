@@ -1313,7 +1313,7 @@ async fn ended_processes_are_hidden_unless_asked_for_then_forgotten() {
         v.as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_string()).collect()
     };
     let (_, list) = call(&gw, "GET", "/api/processes", None).await;
-    assert_eq!(listed(&list), [sleeper.clone()], "ended ones hidden by default: {list}");
+    assert_eq!(listed(&list), vec![sleeper.clone()], "ended ones hidden by default: {list}");
     let (_, all) = call(&gw, "GET", "/api/processes?all=true", None).await;
     let mut want = vec![quitter.clone(), sleeper.clone()];
     want.sort();
@@ -1342,7 +1342,7 @@ async fn ended_processes_are_hidden_unless_asked_for_then_forgotten() {
     .await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let (_, all) = call(&gw, "GET", "/api/processes?all=true", None).await;
-    assert_eq!(listed(&all), [sleeper.clone()], "{all}");
+    assert_eq!(listed(&all), vec![sleeper.clone()], "{all}");
     let mut ca = a.client().await;
     status(&mut ca, &quitter).await;
     let (code, p) = call(&gw, "DELETE", &format!("/api/processes/{sleeper}"), None).await;

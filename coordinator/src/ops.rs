@@ -284,7 +284,6 @@ impl Coordinator {
                 mode: if post_copy { apb::Mode::PostCopy } else { apb::Mode::StopAndCopy } as i32,
                 fault: self.config.migration_fault.map(|f| f.0 as i32).unwrap_or_default(),
                 fault_arg: self.config.migration_fault.map(|f| f.1).unwrap_or_default(),
-                ..Default::default()
             },
         );
         let source_addr = src.address;
