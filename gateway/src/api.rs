@@ -638,3 +638,78 @@ fn migration_stats(c: &Coordinator) -> Result<(usize, Option<f64>, Option<f64>),
         (!downtimes.is_empty()).then(|| downtimes.iter().sum::<f64>() / downtimes.len() as f64);
     Ok((active, rate, avg))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_coordinator::CoordError;
+
+    fn mapped(e: CoordError) -> (StatusCode, &'static str, String) {
+        let a = ApiError::from(e);
+        (a.status, a.code, a.message)
+    }
+
+    #[test]
+    fn refusals_of_a_migrating_process_are_409_migrating() {
+        let (status, code, msg) = mapped(CoordError::Migrating("process w-1 is migrating".into()));
+        assert_eq!(
+            (status, code, msg.as_str()),
+            (StatusCode::CONFLICT, "migrating", "process w-1 is migrating")
+        );
+        // An agent's own refusal, for a migration that began after the coordinator's check.
+        let agent = |m: &str| CoordError::Agent {
+            node: "host0".into(),
+            status: tonic::Status::failed_precondition(m),
+        };
+        let (status, code, msg) = mapped(agent("workload w-1 is migrating (m-1); try again later"));
+        assert_eq!((status, code), (StatusCode::CONFLICT, "migrating"));
+        assert!(msg.contains("host0") && msg.contains("m-1"), "{msg}");
+        // Other wrong states stay conflicts.
+        assert_eq!(mapped(agent("workload w-1 has exited")).1, "conflict");
+    }
+
+    #[test]
+    fn a_process_shows_unknown_on_an_offline_node_and_held_copies_say_so() {
+        let status = |state: ProcessState, held: &str| ProcessStatus {
+            spec: Some(ferry_proto::agent::WorkloadSpec { id: "w-1".into(), ..Default::default() }),
+            state: state as i32,
+            held_for_migration: held.into(),
+            exit: (state == ProcessState::Exited).then_some(ferry_proto::agent::ExitInfo {
+                code: Some(0),
+                signal: None,
+                exited_at_ms: 1,
+            }),
+            ..Default::default()
+        };
+        let ctx = |online: bool, moving: bool| Context {
+            moving: if moving { ["w-1".to_string()].into() } else { Default::default() },
+            nodes: [("n".to_string(), (online, 1_764_000_000_000))].into(),
+        };
+        let p = ctx(false, false).process("n".into(), status(ProcessState::Running, ""));
+        assert_eq!(
+            (p.status, p.last_seen.as_deref()),
+            ("unknown", Some("2025-11-24T16:00:00.000Z"))
+        );
+        assert_eq!(
+            ctx(false, true).process("n".into(), status(ProcessState::Running, "")).status,
+            "unknown"
+        );
+        assert_eq!(
+            ctx(false, false).process("n".into(), status(ProcessState::Exited, "")).status,
+            "exited"
+        );
+        assert_eq!(
+            ctx(true, false).process("n".into(), status(ProcessState::Running, "")).status,
+            "running"
+        );
+        let held = ctx(true, false).process("n".into(), status(ProcessState::Stopped, "m-1"));
+        assert_eq!((held.status, held.held_for_migration.as_deref()), ("held", Some("m-1")));
+        assert_eq!(
+            ctx(true, true).process("n".into(), status(ProcessState::Stopped, "m-1")).status,
+            "migrating"
+        );
+        let gone = Context { moving: Default::default(), nodes: Default::default() };
+        let p = gone.process("n".into(), status(ProcessState::Running, ""));
+        assert_eq!((p.status, p.last_seen), ("unknown", None));
+    }
+}
