@@ -1016,6 +1016,15 @@ async fn a_coordinator_restarted_mid_migration_resolves_it() {
         ca.get_status(ferry_proto::agent::WorkloadRef { id }).await.expect_err("gone from host0");
 }
 
+/// Fails the test, saying why, when it does not run as root (workloads get their own PID
+/// namespace; hosts are network namespaces): a test that cannot run must not pass.
+fn must_be_root() {
+    assert!(
+        is_root(),
+        "this test needs root (PID and network namespaces, CRIU): run it as root; it cannot pass without"
+    );
+}
+
 /// The appender's "count N" lines so far, through the gateway.
 async fn counts(gw: &str, id: &str) -> Vec<u64> {
     let (_, l) = call(gw, "GET", &format!("/api/processes/{id}/logs?limit=10000"), None).await;
@@ -1046,17 +1055,13 @@ fn ferry_cli(gw: &str, args: &[&str]) -> (i32, String, String) {
 /// ended are refused with 409 `migrating` and a message that names the migration, its target
 /// and phase and says what to do; the migration then completes and the workload runs once, on
 /// the target, its count going on without a gap. Meanwhile the target's held copy (the commit
-/// held back 4 s by a fault) is never taken for the workload: it stays on the source in the API.
+/// held back 6 s by a fault) is never taken for the workload: it stays on the source in the API.
 #[tokio::test]
 async fn operations_on_a_migrating_process_are_refused_and_the_held_copy_is_not_the_workload() {
-    if !require_root(
-        "operations_on_a_migrating_process_are_refused_and_the_held_copy_is_not_the_workload",
-    ) {
-        return;
-    }
+    must_be_root();
     let c = on_two_hosts_with(
         "ferry-test-refuse",
-        &["--test-migration-fault", "hold-before-commit:4000"],
+        &["--test-migration-fault", "hold-before-commit:6000"],
         &["--enable-fault-injection"],
     )
     .await;
@@ -1213,6 +1218,7 @@ async fn operations_on_a_migrating_process_are_refused_and_the_held_copy_is_not_
 /// not as the running they were last reported; back online, they are running again.
 #[tokio::test]
 async fn processes_of_an_offline_node_are_unknown_with_their_last_report() {
+    must_be_root();
     let (port, http_port) = (free_port(), free_port());
     let data = TempDir::new("ferry-test-unknown");
     let coord = coordinator_with_http(port, http_port, &data.path().join("coordinator"));
@@ -1275,6 +1281,7 @@ async fn processes_of_an_offline_node_are_unknown_with_their_last_report() {
 /// still reports them.
 #[tokio::test]
 async fn ended_processes_are_hidden_unless_asked_for_then_forgotten() {
+    must_be_root();
     let (port, http_port) = (free_port(), free_port());
     let data = TempDir::new("ferry-test-ended");
     let coord = coordinator_with(
