@@ -20,8 +20,20 @@ const READ_ONLY: &str = "test-read-only-token-0123456789";
 /// A `ferry coordinator` on a fixed port of `ip` (so it can be restarted at the same address),
 /// with its REST gateway on port `http`.
 fn coordinator_at(ip: &str, port: u16, http: u16, data: &std::path::Path) -> AgentProc {
+    coordinator_with(ip, port, http, data, &[])
+}
+
+/// [`coordinator_at`] with extra flags.
+fn coordinator_with(
+    ip: &str,
+    port: u16,
+    http: u16,
+    data: &std::path::Path,
+    extra: &[&str],
+) -> AgentProc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
     cmd.args(["coordinator", "--listen", &format!("{ip}:{port}"), "--heartbeat-ms", "200"])
+        .args(extra)
         .arg("--tls-dir")
         .arg(tls_dir())
         .args(["--http", &format!("{ip}:{http}")])
@@ -519,7 +531,7 @@ struct OnTwoHosts {
     // Dropped in this order: the coordinator, the agents (with their workloads), the hosts.
     coord: Option<AgentProc>,
     a: AgentProc,
-    _b: AgentProc,
+    b: AgentProc,
     _net: harness::net::Net,
     data: TempDir,
     ip: String,
@@ -537,20 +549,26 @@ impl OnTwoHosts {
 }
 
 async fn on_two_hosts(tag: &str) -> OnTwoHosts {
+    on_two_hosts_with(tag, &[], &[]).await
+}
+
+/// [`on_two_hosts`] with extra flags for the coordinator and for both agents.
+async fn on_two_hosts_with(tag: &str, coord_extra: &[&str], agent_extra: &[&str]) -> OnTwoHosts {
     let net = harness::net::Net::new(2);
     let (port, http_port) = (free_port(), free_port());
     let data = TempDir::new(tag);
     let ip = net.bridge_ip();
-    let coord = coordinator_at(&ip, port, http_port, data.path());
+    let coord = coordinator_with(&ip, port, http_port, data.path(), coord_extra);
     let url = format!("https://{ip}:{port}");
-    let a = net.agent(0, &["--coordinator", &url]);
-    let b = net.agent(1, &["--coordinator", &url]);
+    let agent_args = [&["--coordinator", url.as_str()][..], agent_extra].concat();
+    let a = net.agent(0, &agent_args);
+    let b = net.agent(1, &agent_args);
     wait_nodes(&coord.addr, "both hosts online", |n| {
         online(n, "host0") == Some(true) && online(n, "host1") == Some(true)
     })
     .await;
     let gw = format!("{ip}:{http_port}");
-    OnTwoHosts { coord: Some(coord), a, _b: b, _net: net, data, ip, port, http_port, gw }
+    OnTwoHosts { coord: Some(coord), a, b, _net: net, data, ip, port, http_port, gw }
 }
 
 /// Waits until migration `mid` has ended and returns it.
@@ -787,6 +805,7 @@ async fn rest_api_runs_controls_and_migrates_a_process_between_hosts() {
         "/api/processes/{id}",
         "/api/processes/{id}/pause",
         "/api/processes/{id}/resume",
+        "/api/processes/{id}/stop",
         "/api/processes/{id}/logs",
         "/api/migrations",
         "/api/migrations/{id}",
@@ -995,4 +1014,371 @@ async fn a_coordinator_restarted_mid_migration_resolves_it() {
     let mut ca = ca;
     let _ =
         ca.get_status(ferry_proto::agent::WorkloadRef { id }).await.expect_err("gone from host0");
+}
+
+/// Fails the test, saying why, when it does not run as root (workloads get their own PID
+/// namespace; hosts are network namespaces): a test that cannot run must not pass.
+fn must_be_root() {
+    assert!(
+        is_root(),
+        "this test needs root (PID and network namespaces, CRIU): run it as root; it cannot pass without"
+    );
+}
+
+/// The appender's "count N" lines so far, through the gateway.
+async fn counts(gw: &str, id: &str) -> Vec<u64> {
+    let (_, l) = call(gw, "GET", &format!("/api/processes/{id}/logs?limit=10000"), None).await;
+    l["lines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x["text"].as_str()?.strip_prefix("count ")?.parse().ok())
+        .collect()
+}
+
+/// `ferry VERB...` against the gateway at `gw` with the operator token: (exit code, stdout,
+/// stderr).
+fn ferry_cli(gw: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["--api", &format!("http://{gw}"), "--token", OPERATOR])
+        .args(args)
+        .output()
+        .expect("run ferry");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Pause, resume, stop, delete and a second migration of a process whose migration has not
+/// ended are refused with 409 `migrating` and a message that names the migration, its target
+/// and phase and says what to do; the migration then completes and the workload runs once, on
+/// the target, its count going on without a gap. Meanwhile the target's held copy (the commit
+/// held back 6 s by a fault) is never taken for the workload: it stays on the source in the API.
+#[tokio::test]
+async fn operations_on_a_migrating_process_are_refused_and_the_held_copy_is_not_the_workload() {
+    must_be_root();
+    let c = on_two_hosts_with(
+        "ferry-test-refuse",
+        &["--test-migration-fault", "hold-before-commit:6000"],
+        &["--enable-fault-injection"],
+    )
+    .await;
+    let gw = c.gw.clone();
+    let (code, p) = call(
+        &gw,
+        "POST",
+        "/api/processes",
+        Some(serde_json::json!({"name": "journal", "command": [workload("appender.py")], "serverId": "host0"})),
+    )
+    .await;
+    assert_eq!(code, 201, "{p}");
+    let id = p["id"].as_str().unwrap().to_string();
+    wait_until("the appender counting", T, || {
+        let (gw, id) = (gw.clone(), id.clone());
+        async move { (counts(&gw, &id).await.len() >= 3).then_some(()) }
+    })
+    .await;
+    let (code, m) = call(
+        &gw,
+        "POST",
+        "/api/migrations",
+        Some(serde_json::json!({"processId": id, "targetServerId": "host1"})),
+    )
+    .await;
+    assert_eq!(code, 202, "{m}");
+    let mid = m["id"].as_str().unwrap().to_string();
+    let refused = |what: &str, code: u16, err: &serde_json::Value| {
+        assert_eq!(
+            (code, err["error"]["code"].as_str()),
+            (409, Some("migrating")),
+            "{what}: {err}"
+        );
+        let msg = err["error"]["message"].as_str().unwrap();
+        for fact in [id.as_str(), mid.as_str(), "host1", &format!("GET /api/migrations/{mid}")] {
+            assert!(msg.contains(fact), "{what}: {fact:?} missing from {msg:?}");
+        }
+        assert!(msg.contains("phase ") || msg.contains("not started yet"), "{what}: {msg}");
+    };
+    // At once (a resume 0.3 s into a migration used to roll it back and kill the workload).
+    let (code, err) = call(&gw, "POST", &format!("/api/processes/{id}/resume"), None).await;
+    refused("resume at once", code, &err);
+    let (code, err) = call(&gw, "POST", &format!("/api/processes/{id}/pause"), None).await;
+    refused("pause at once", code, &err);
+
+    // The target holds its restored copy, stopped, until the commit.
+    let mut cb = c.b.client().await;
+    wait_until("the target holding its copy", T, || {
+        let (mut cb, id, mid) = (cb.clone(), id.clone(), mid.clone());
+        async move {
+            let all = cb.list_processes(ferry_proto::agent::ListProcessesRequest {}).await.ok()?;
+            all.into_inner()
+                .processes
+                .iter()
+                .any(|w| id_of(w) == id && w.held_for_migration == mid)
+                .then_some(())
+        }
+    })
+    .await;
+    // While it holds (several heartbeats of both nodes), the workload is the source's.
+    let held_since = std::time::Instant::now();
+    while held_since.elapsed() < Duration::from_millis(1500) {
+        let (_, p) = call(&gw, "GET", &format!("/api/processes/{id}"), None).await;
+        assert_eq!(
+            (p["serverId"].as_str(), p["status"].as_str()),
+            (Some("host0"), Some("migrating")),
+            "{p}"
+        );
+        assert!(p["heldForMigration"].is_null(), "{p}");
+        let (_, list) = call(&gw, "GET", "/api/processes", None).await;
+        let rows: Vec<&serde_json::Value> =
+            list.as_array().unwrap().iter().filter(|x| x["id"] == id.as_str()).collect();
+        assert_eq!(rows.len(), 1, "{list}");
+        assert_eq!(rows[0]["serverId"], "host0", "{list}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let still_held = cb
+        .list_processes(ferry_proto::agent::ListProcessesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .processes
+        .iter()
+        .any(|w| id_of(w) == id && w.held_for_migration == mid);
+    for (what, method, path, body) in [
+        ("pause", "POST", format!("/api/processes/{id}/pause"), None),
+        ("resume", "POST", format!("/api/processes/{id}/resume"), None),
+        ("stop", "POST", format!("/api/processes/{id}/stop"), None),
+        ("delete", "DELETE", format!("/api/processes/{id}"), None),
+        (
+            "a second migration",
+            "POST",
+            "/api/migrations".to_string(),
+            Some(serde_json::json!({"processId": id, "targetServerId": "host1"})),
+        ),
+    ] {
+        let (code, err) = call(&gw, method, &path, body).await;
+        refused(what, code, &err);
+    }
+    // The CLI prints the refusal and exits 1.
+    let (gw2, id2) = (gw.clone(), id.clone());
+    let (status, _, stderr) =
+        tokio::task::spawn_blocking(move || ferry_cli(&gw2, &["stop", &id2])).await.unwrap();
+    assert_eq!(status, 1, "{stderr}");
+    assert!(stderr.contains("is migrating") && stderr.contains(&mid), "{stderr}");
+    assert!(still_held, "the checks above ran while the target held its copy");
+
+    let m = migration_end(&gw, &mid, "the migration to end").await;
+    assert_eq!(m["status"], "completed", "{m}");
+    // Exactly one copy: on the target, running; the source has none.
+    let mut ca = c.a.client().await;
+    ca.get_status(ferry_proto::agent::WorkloadRef { id: id.clone() })
+        .await
+        .expect_err("no copy left on host0");
+    let on_b: Vec<_> = cb
+        .list_processes(ferry_proto::agent::ListProcessesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .processes
+        .into_iter()
+        .filter(|w| id_of(w) == id)
+        .collect();
+    assert_eq!(on_b.len(), 1);
+    assert!(on_b[0].held_for_migration.is_empty() && !is_exited(&on_b[0]), "{:?}", on_b[0]);
+    wait_until("the process running on host1", T, || {
+        let (gw, id) = (gw.clone(), id.clone());
+        async move {
+            let (_, p) = call(&gw, "GET", &format!("/api/processes/{id}"), None).await;
+            (p["serverId"] == "host1" && p["status"] == "running").then_some(())
+        }
+    })
+    .await;
+    // Its state came along: the count goes on where it was on host0, without a gap.
+    let before = counts(&gw, &id).await.len();
+    let n = wait_until("counting on host1", T, || {
+        let (gw, id) = (gw.clone(), id.clone());
+        async move {
+            let n = counts(&gw, &id).await;
+            (n.len() >= before + 3).then_some(n)
+        }
+    })
+    .await;
+    for w in n.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "the count continued across the migration: {n:?}");
+    }
+    // Once it has ended, the process is controllable again.
+    let (code, p) = call(&gw, "POST", &format!("/api/processes/{id}/stop"), None).await;
+    assert_eq!(code, 200, "{p}");
+    assert!(p["status"] == "exited" || p["status"] == "failed", "{p}");
+}
+
+/// A node whose agent died shows its processes as `unknown`, with when the node last reported,
+/// not as the running they were last reported; back online, they are running again.
+#[tokio::test]
+async fn processes_of_an_offline_node_are_unknown_with_their_last_report() {
+    must_be_root();
+    let (port, http_port) = (free_port(), free_port());
+    let data = TempDir::new("ferry-test-unknown");
+    let coord = coordinator_with_http(port, http_port, &data.path().join("coordinator"));
+    let url = format!("https://127.0.0.1:{port}");
+    let gw = format!("127.0.0.1:{http_port}");
+    let agent_data = data.path().join("agent");
+    let a = agent_on("node-u", &agent_data, &url);
+    wait_nodes(&coord.addr, "node-u online", |n| online(n, "node-u") == Some(true)).await;
+    let (code, p) = call(
+        &gw,
+        "POST",
+        "/api/processes",
+        Some(serde_json::json!({"name": "sleeper", "command": ["sleep", "600"], "serverId": "node-u"})),
+    )
+    .await;
+    assert_eq!(code, 201, "{p}");
+    let id = p["id"].as_str().unwrap().to_string();
+    assert_eq!(p["status"], "running", "{p}");
+    assert!(p["lastSeen"].as_str().is_some_and(|t| t.ends_with('Z')), "{p}");
+
+    kill(a.pid(), libc::SIGKILL);
+    wait_nodes(&coord.addr, "node-u offline", |n| online(n, "node-u") == Some(false)).await;
+    let (_, servers) = call(&gw, "GET", "/api/servers", None).await;
+    let last_seen = servers[0]["lastSeenAt"].clone();
+    assert!(last_seen.is_string(), "{servers}");
+    let (code, p) = call(&gw, "GET", &format!("/api/processes/{id}"), None).await;
+    assert_eq!(code, 200, "{p}");
+    assert_eq!(p["status"], "unknown", "{p}");
+    assert_eq!(p["lastSeen"], last_seen, "the node's last heartbeat: {p}");
+    let (_, list) = call(&gw, "GET", "/api/processes", None).await;
+    assert_eq!(list[0]["status"], "unknown", "{list}");
+    let (_, ov) = call(&gw, "GET", "/api/overview", None).await;
+    assert_eq!(
+        (ov["totalProcesses"].as_u64(), ov["runningProcesses"].as_u64()),
+        (Some(1), Some(0)),
+        "{ov}"
+    );
+    let (gw2, id2) = (gw.clone(), id.clone());
+    let (_, out, _) = tokio::task::spawn_blocking(move || ferry_cli(&gw2, &["ps"])).await.unwrap();
+    let row = out.lines().find(|l| l.starts_with(&id2)).unwrap_or_default().to_string();
+    assert!(row.contains("unknown (node last seen 20"), "{out}");
+    drop(a);
+
+    let b = agent_on("node-u", &agent_data, &url);
+    wait_until("the process running again", T, || {
+        let (gw, id) = (gw.clone(), id.clone());
+        async move {
+            let (_, p) = call(&gw, "GET", &format!("/api/processes/{id}"), None).await;
+            (p["status"] == "running").then_some(())
+        }
+    })
+    .await;
+    let (code, p) = call(&gw, "DELETE", &format!("/api/processes/{id}"), None).await;
+    assert_eq!(code, 200, "{p}");
+    drop(b);
+}
+
+/// Ended processes are kept for --keep-ended-secs after they ended: hidden from the list unless
+/// `?all=true` (`ferry ps -a`), still answered by id; then forgotten, even though their agent
+/// still reports them.
+#[tokio::test]
+async fn ended_processes_are_hidden_unless_asked_for_then_forgotten() {
+    must_be_root();
+    let (port, http_port) = (free_port(), free_port());
+    let data = TempDir::new("ferry-test-ended");
+    let coord = coordinator_with(
+        "127.0.0.1",
+        port,
+        http_port,
+        &data.path().join("coordinator"),
+        &["--keep-ended-secs", "8"],
+    );
+    let gw = format!("127.0.0.1:{http_port}");
+    let a = agent_on("node-e", &data.path().join("agent"), &format!("https://127.0.0.1:{port}"));
+    wait_nodes(&coord.addr, "node-e online", |n| online(n, "node-e") == Some(true)).await;
+    let mut ids = Vec::new();
+    for (name, argv) in [("quitter", vec!["sh", "-c", "exit 0"]), ("sleeper", vec!["sleep", "600"])]
+    {
+        let (code, p) = call(
+            &gw,
+            "POST",
+            "/api/processes",
+            Some(serde_json::json!({"name": name, "command": argv, "serverId": "node-e"})),
+        )
+        .await;
+        assert_eq!(code, 201, "{p}");
+        ids.push(p["id"].as_str().unwrap().to_string());
+    }
+    let (quitter, sleeper) = (ids[0].clone(), ids[1].clone());
+    wait_until("the quitter reported exited", T, || {
+        let (gw, id) = (gw.clone(), quitter.clone());
+        async move {
+            let (_, p) = call(&gw, "GET", &format!("/api/processes/{id}"), None).await;
+            (p["status"] == "exited").then_some(())
+        }
+    })
+    .await;
+    let listed = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_string()).collect()
+    };
+    let (_, list) = call(&gw, "GET", "/api/processes", None).await;
+    assert_eq!(listed(&list), vec![sleeper.clone()], "ended ones hidden by default: {list}");
+    let (_, all) = call(&gw, "GET", "/api/processes?all=true", None).await;
+    let mut want = vec![quitter.clone(), sleeper.clone()];
+    want.sort();
+    assert_eq!(listed(&all), want, "{all}");
+    let (code, err) = call(&gw, "GET", "/api/processes?all=maybe", None).await;
+    assert_eq!((code, err["error"]["code"].as_str()), (400, Some("bad_request")), "{err}");
+    let (_, ov) = call(&gw, "GET", "/api/overview", None).await;
+    assert_eq!(ov["totalProcesses"], 1, "{ov}");
+    let g = gw.clone();
+    let (ps, ps_all) = tokio::task::spawn_blocking(move || {
+        (ferry_cli(&g, &["ps"]).1, ferry_cli(&g, &["ps", "-a"]).1)
+    })
+    .await
+    .unwrap();
+    assert!(ps.contains(&sleeper) && !ps.contains(&quitter), "{ps}");
+    assert!(ps_all.contains(&sleeper) && ps_all.contains(&quitter), "{ps_all}");
+
+    // Forgotten once kept long enough, and not brought back by the agent's reports.
+    wait_until("the quitter forgotten", Duration::from_secs(30), || {
+        let (gw, id) = (gw.clone(), quitter.clone());
+        async move {
+            let (code, _) = call(&gw, "GET", &format!("/api/processes/{id}"), None).await;
+            (code == 404).then_some(())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (_, all) = call(&gw, "GET", "/api/processes?all=true", None).await;
+    assert_eq!(listed(&all), vec![sleeper.clone()], "{all}");
+    let mut ca = a.client().await;
+    status(&mut ca, &quitter).await;
+    let (code, p) = call(&gw, "DELETE", &format!("/api/processes/{sleeper}"), None).await;
+    assert_eq!(code, 200, "{p}");
+}
+
+/// A coordinator started with --forget-nodes (as `ferry up` starts it) on the data dir of an
+/// earlier cluster lists only the nodes of this one: no ghosts of the earlier run.
+#[tokio::test]
+async fn forget_nodes_leaves_no_ghosts_of_an_earlier_cluster() {
+    let port = free_port();
+    let data = TempDir::new("ferry-test-ghosts");
+    let url = format!("https://127.0.0.1:{port}");
+    {
+        let coord = coordinator(port, data.path());
+        let _a = AgentProc::start_with("ghost-a", &["--coordinator", &url]);
+        let _b = AgentProc::start_with("ghost-b", &["--coordinator", &url]);
+        wait_nodes(&coord.addr, "the first cluster online", |n| {
+            online(n, "ghost-a") == Some(true) && online(n, "ghost-b") == Some(true)
+        })
+        .await;
+    }
+    let http_port = free_port();
+    let coord = coordinator_with("127.0.0.1", port, http_port, data.path(), &["--forget-nodes"]);
+    let _a = AgentProc::start_with("ghost-a", &["--coordinator", &url]);
+    wait_nodes(&coord.addr, "ghost-a registered again", |n| online(n, "ghost-a") == Some(true))
+        .await;
+    let names: Vec<String> = nodes(&coord.addr).await.into_iter().map(|n| n.node).collect();
+    assert_eq!(names, ["ghost-a"], "the earlier run's ghost-b is not listed");
+    let (_, servers) = call(&format!("127.0.0.1:{http_port}"), "GET", "/api/servers", None).await;
+    assert_eq!(servers.as_array().unwrap().len(), 1, "{servers}");
 }

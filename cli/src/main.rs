@@ -77,6 +77,37 @@ struct CoordinatorArgs {
     /// Without it, gRPC needs --tls-dir and --http needs tokens.
     #[arg(long)]
     insecure: bool,
+    /// Seconds an ended workload (exited, failed, lost) stays listed (`ferry ps -a`) after it
+    /// ended; then the coordinator forgets it.
+    #[arg(long, env = "FERRY_KEEP_ENDED_SECS", default_value_t = 86_400)]
+    keep_ended_secs: u64,
+    /// Forget the nodes of an earlier run (and what they ran) at start; live agents register
+    /// again. For a new cluster on an old data dir, as `ferry up` starts one.
+    #[arg(long)]
+    forget_nodes: bool,
+    /// Test only: ask every migration's source for a fault, KIND:ARG with KIND slow-transfer
+    /// (ms per chunk) or hold-before-commit (ms); agents honour it only with
+    /// --enable-fault-injection.
+    #[arg(long, hide = true)]
+    test_migration_fault: Option<String>,
+}
+
+/// `--test-migration-fault KIND:ARG`.
+fn migration_fault(s: &str) -> anyhow::Result<(ferry_proto::agent::Fault, u32)> {
+    use ferry_proto::agent::Fault;
+    let (kind, arg) = s.split_once(':').unwrap_or((s, "0"));
+    let fault = match kind {
+        "slow-transfer" => Fault::SlowTransfer,
+        "hold-before-commit" => Fault::HoldBeforeCommit,
+        other => anyhow::bail!(
+            "--test-migration-fault {other:?}: not slow-transfer or hold-before-commit"
+        ),
+    };
+    Ok((
+        fault,
+        arg.parse()
+            .with_context(|| format!("--test-migration-fault {s:?}: ARG is milliseconds"))?,
+    ))
 }
 
 /// Mutual TLS for gRPC: a directory with ca.pem, NAME.pem and NAME-key.pem (`ferry certs`).
@@ -299,9 +330,11 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
 fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let wire = args.wire.wire("coordinator", args.insecure)?;
     let config = ferry_coordinator::CoordinatorConfig {
-        wire,
-        data_dir: args.data_dir.clone(),
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(100)),
+        keep_ended: Duration::from_secs(args.keep_ended_secs),
+        forget_nodes: args.forget_nodes,
+        migration_fault: args.test_migration_fault.as_deref().map(migration_fault).transpose()?,
+        ..ferry_coordinator::CoordinatorConfig::new(args.data_dir.clone(), wire)
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {

@@ -175,7 +175,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         .arg("--tls-dir")
         .arg(&tls)
         .arg("--data-dir")
-        .arg(args.data_dir.join("coordinator"));
+        .arg(args.data_dir.join("coordinator"))
+        // The earlier run's nodes (and workloads) died with it: no ghosts.
+        .arg("--forget-nodes");
     cluster.children.push(spawn("coordinator", cmd, &logs.join("coordinator.log"))?);
 
     for (i, name) in names.iter().enumerate() {

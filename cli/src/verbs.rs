@@ -26,8 +26,12 @@ pub struct Api {
 pub enum Verb {
     /// List the nodes.
     Nodes,
-    /// List the processes.
-    Ps,
+    /// List the processes (ended ones only with --all).
+    Ps {
+        /// Also list processes that ended (exited, failed), kept for a while after they ended.
+        #[arg(short, long)]
+        all: bool,
+    },
     /// Start a process on a node: ferry run --node node0 -- sleep 60
     Run {
         #[arg(long)]
@@ -57,6 +61,8 @@ pub enum Verb {
     Resume { id: String },
     /// Stop a process (SIGTERM, SIGKILL after the grace period).
     Stop { id: String },
+    /// Stop a process, as `stop` does, by DELETE /api/processes/ID.
+    Rm { id: String },
     /// Migrate a process and follow it to the end.
     Migrate {
         id: String,
@@ -122,8 +128,12 @@ pub fn run(api: Api, verb: Verb) -> anyhow::Result<u8> {
                 );
             }
         }
-        Verb::Ps => {
-            let v = c.call("GET", "/api/processes", None)?;
+        Verb::Ps { all } => {
+            let v = c.call(
+                "GET",
+                if all { "/api/processes?all=true" } else { "/api/processes" },
+                None,
+            )?;
             if api.json {
                 println!("{v}");
             } else {
@@ -136,7 +146,7 @@ pub fn run(api: Api, verb: Verb) -> anyhow::Result<u8> {
                                 s(&p["id"]),
                                 s(&p["name"]),
                                 s(&p["serverId"]),
-                                s(&p["status"]),
+                                status_of(p),
                                 s(&p["pid"]),
                                 format!("{:.1}", p["cpuPercent"].as_f64().unwrap_or(0.0)),
                                 mib(&p["memoryBytes"]),
@@ -183,6 +193,11 @@ pub fn run(api: Api, verb: Verb) -> anyhow::Result<u8> {
             "resumed",
         ),
         Verb::Stop { id } => print_process(
+            &c.call("POST", &format!("/api/processes/{id}/stop"), None)?,
+            api.json,
+            "stopped",
+        ),
+        Verb::Rm { id } => print_process(
             &c.call("DELETE", &format!("/api/processes/{id}"), None)?,
             api.json,
             "stopped",
@@ -312,6 +327,16 @@ fn migrate(c: &Client, id: &str, to: &str, mode: &str, json: bool) -> anyhow::Re
         "rolled_back" => 2,
         _ => 1,
     })
+}
+
+/// A process's status for people: an unknown one with when its node last reported, a held copy
+/// with its migration.
+fn status_of(p: &Value) -> String {
+    match (s(&p["status"]).as_str(), &p["lastSeen"], &p["heldForMigration"]) {
+        ("unknown", Value::String(at), _) => format!("unknown (node last seen {at})"),
+        (st, _, Value::String(m)) => format!("{st} (held for {m})"),
+        (st, _, _) => st.to_string(),
+    }
 }
 
 fn print_process(p: &Value, json: bool, what: &str) {

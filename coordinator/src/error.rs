@@ -10,6 +10,9 @@ pub enum CoordError {
     Conflict(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The process has a migration that has not ended: the operation is refused (not queued).
+    #[error("{0}")]
+    Migrating(String),
     #[error("node {node}: {}", status.message())]
     Agent { node: String, status: tonic::Status },
     #[error(transparent)]

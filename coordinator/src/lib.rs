@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 
 pub use error::CoordError;
 pub use ops::{MigrationMode, AUTO_POST_COPY_BYTES};
-pub use store::{Event, MigrationRow, Store, StoreError};
+pub use store::{Event, MigrationRow, Reported, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -31,7 +31,33 @@ pub struct CoordinatorConfig {
     pub heartbeat_interval: Duration,
     /// How gRPC is secured (the agents' API and this coordinator's): mutual TLS, or plain TCP.
     pub wire: ferry_proto::tls::Wire,
+    /// How long an ended workload (exited, failed, lost) is kept after it ended; then it is
+    /// pruned from the store and no longer recorded when its agent reports it again.
+    pub keep_ended: Duration,
+    /// Forget the nodes (and their workloads) of an earlier run at start: every live agent
+    /// registers again. `ferry up` uses it: its earlier cluster died with it.
+    pub forget_nodes: bool,
+    /// Test only: a fault to ask of every migration's source agent (honoured only by agents
+    /// started with --enable-fault-injection), as (Fault, fault_arg).
+    pub migration_fault: Option<(ferry_proto::agent::Fault, u32)>,
 }
+
+impl CoordinatorConfig {
+    /// A configuration with the defaults: heartbeats every second, ended workloads kept 24 h.
+    pub fn new(data_dir: PathBuf, wire: ferry_proto::tls::Wire) -> CoordinatorConfig {
+        CoordinatorConfig {
+            data_dir,
+            heartbeat_interval: Duration::from_secs(1),
+            wire,
+            keep_ended: DEFAULT_KEEP_ENDED,
+            forget_nodes: false,
+            migration_fault: None,
+        }
+    }
+}
+
+/// How long ended workloads are kept by default.
+pub const DEFAULT_KEEP_ENDED: Duration = Duration::from_secs(24 * 3600);
 
 pub struct Coordinator {
     config: CoordinatorConfig,
@@ -59,6 +85,15 @@ impl Coordinator {
             source: rusqlite::Error::InvalidPath(format!("cannot create it: {e}").into()),
         })?;
         let store = Store::open(&config.data_dir.join("ferry.db"))?;
+        if config.forget_nodes {
+            let why =
+                "the coordinator was started with --forget-nodes (a new cluster on this data \
+                       dir); this migration's outcome was not recorded";
+            let gone = store.forget_nodes(why, now_ms())?;
+            if !gone.is_empty() {
+                tracing::info!(nodes = ?gone, "forgot the nodes of an earlier run (--forget-nodes)");
+            }
+        }
         // Start from what the database says, so a restart does not re-announce every node.
         let interval = config.heartbeat_interval.as_millis() as i64;
         let now = now_ms();
@@ -101,8 +136,23 @@ impl Coordinator {
             .collect())
     }
 
-    /// Records nodes that went offline or came back since the last sweep.
+    /// The earliest end an ended workload may have and still be kept.
+    pub(crate) fn keep_ended_since(&self, now_ms: i64) -> i64 {
+        now_ms.saturating_sub(self.config.keep_ended.as_millis().min(i64::MAX as u128) as i64)
+    }
+
+    /// How long ended workloads are kept.
+    pub fn keep_ended(&self) -> Duration {
+        self.config.keep_ended
+    }
+
+    /// Records nodes that went offline or came back since the last sweep, and prunes ended
+    /// workloads kept long enough.
     pub fn sweep(&self) -> Result<(), StoreError> {
+        let pruned = self.store.prune_ended(self.keep_ended_since(now_ms()))?;
+        if pruned > 0 {
+            tracing::info!(pruned, "forgot workloads that ended long enough ago");
+        }
         let now: Vec<(String, bool)> =
             self.nodes()?.into_iter().map(|n| (n.node, n.online)).collect();
         let mut last = self.last_sweep.lock().expect("sweep state poisoned");
@@ -203,6 +253,21 @@ impl Coordinator {
     }
 }
 
+/// A workload's report as the store keeps it (`None` without a spec, hence without an id).
+pub(crate) fn reported(
+    s: &ferry_proto::agent::ProcessStatus,
+    now_ms: i64,
+) -> Option<store::Reported> {
+    let ended = s.exit.is_some() || s.state == ferry_proto::agent::ProcessState::Exited as i32;
+    Some(store::Reported {
+        id: s.spec.as_ref()?.id.clone(),
+        status: s.encode_to_vec(),
+        held_for: s.held_for_migration.clone(),
+        ended_at_ms: ended
+            .then(|| s.exit.map(|e| e.exited_at_ms).filter(|t| *t > 0).unwrap_or(now_ms)),
+    })
+}
+
 fn internal(e: StoreError) -> Status {
     tracing::error!(%e, "store failure");
     Status::internal(e.to_string())
@@ -277,12 +342,13 @@ impl CoordinatorApi for Service {
                     .map(|(id, _)| id)
                     .collect()
             };
-            let workloads: Vec<(String, Vec<u8>)> = r
-                .workloads
-                .iter()
-                .filter_map(|w| Some((w.spec.as_ref()?.id.clone(), w.encode_to_vec())))
-                .collect();
-            self.0.store.set_workloads(&r.node, &workloads, now_ms()).map_err(internal)?;
+            let now = now_ms();
+            let workloads: Vec<store::Reported> =
+                r.workloads.iter().filter_map(|w| reported(w, now)).collect();
+            self.0
+                .store
+                .set_workloads(&r.node, &workloads, self.0.keep_ended_since(now), now)
+                .map_err(internal)?;
             for w in &r.workloads {
                 let (Some(spec), Some(exit)) = (&w.spec, &w.exit) else { continue };
                 if was_running.contains(&spec.id) {
@@ -352,4 +418,124 @@ pub async fn serve(
         .await;
     sweeper.abort();
     Ok(result?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_proto::agent as apb;
+
+    fn status(id: &str, held_for: &str, exited_at_ms: Option<i64>) -> apb::ProcessStatus {
+        apb::ProcessStatus {
+            spec: Some(apb::WorkloadSpec { id: id.into(), ..Default::default() }),
+            state: if exited_at_ms.is_some() {
+                apb::ProcessState::Exited
+            } else {
+                apb::ProcessState::Stopped
+            } as i32,
+            exit: exited_at_ms.map(|t| apb::ExitInfo {
+                code: Some(0),
+                signal: None,
+                exited_at_ms: t,
+            }),
+            held_for_migration: held_for.into(),
+            ..Default::default()
+        }
+    }
+
+    async fn beat(s: &Service, node: &str, workloads: Vec<apb::ProcessStatus>) {
+        let r = s
+            .heartbeat(Request::new(pb::HeartbeatRequest {
+                node: node.into(),
+                workloads,
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+        assert!(r.into_inner().known);
+    }
+
+    async fn registered(keep_ended: Duration) -> (tempfile::TempDir, Service) {
+        let d = tempfile::tempdir().unwrap();
+        let config = CoordinatorConfig {
+            keep_ended,
+            ..CoordinatorConfig::new(d.path().to_path_buf(), ferry_proto::tls::Wire::Insecure)
+        };
+        let s = Service(Coordinator::open(config).unwrap());
+        for node in ["src", "dst"] {
+            s.register_node(Request::new(pb::RegisterNodeRequest {
+                node: node.into(),
+                address: format!("http://{node}:1"),
+                health: None,
+            }))
+            .await
+            .unwrap();
+        }
+        (d, s)
+    }
+
+    /// Both agents of a stop-and-copy report the workload while the target holds its copy:
+    /// the coordinator's record stays with the source on every heartbeat, in any order.
+    #[tokio::test]
+    async fn heartbeats_of_a_held_copy_never_move_the_workload() {
+        let (_d, s) = registered(DEFAULT_KEEP_ENDED).await;
+        for _ in 0..3 {
+            beat(&s, "src", vec![status("w-1", "", None)]).await;
+            assert_eq!(s.0.workload_node("w-1").unwrap().0, "src");
+            beat(&s, "dst", vec![status("w-1", "m-1", None)]).await;
+            let (node, st) = s.0.workload_node("w-1").unwrap();
+            assert_eq!((node.as_str(), st.held_for_migration.as_str()), ("src", ""));
+        }
+        // The source killed its original (the commit follows): the held copy is all there is,
+        // and says so.
+        beat(&s, "src", vec![]).await;
+        beat(&s, "dst", vec![status("w-1", "m-1", None)]).await;
+        let (node, st) = s.0.workload_node("w-1").unwrap();
+        assert_eq!((node.as_str(), st.held_for_migration.as_str()), ("dst", "m-1"));
+        // Committed: the target's plain report.
+        beat(&s, "dst", vec![status("w-1", "", None)]).await;
+        assert_eq!(s.0.workload_node("w-1").unwrap().1.held_for_migration, "");
+    }
+
+    /// An ended workload is kept while younger than --keep-ended-secs, then pruned by the sweep
+    /// and not recorded again from its agent's next reports.
+    #[tokio::test]
+    async fn ended_workloads_are_pruned_after_the_bound() {
+        let (_d, s) = registered(Duration::from_secs(60)).await;
+        let now = now_ms();
+        beat(
+            &s,
+            "src",
+            vec![status("w-new", "", Some(now - 1_000)), status("w-old", "", Some(now - 61_000))],
+        )
+        .await;
+        assert!(s.0.workload_node("w-new").is_ok());
+        assert!(s.0.workload_node("w-old").is_err(), "ended before the bound: not recorded");
+        let (_d2, s2) = registered(Duration::from_millis(200)).await;
+        beat(&s2, "src", vec![status("w-1", "", Some(now_ms()))]).await;
+        assert!(s2.0.workload_node("w-1").is_ok());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s2.0.sweep().unwrap();
+        assert!(s2.0.workload_node("w-1").is_err(), "pruned by the sweep");
+        beat(&s2, "src", vec![status("w-1", "", Some(now_ms() - 300))]).await;
+        assert!(s2.0.workload_node("w-1").is_err(), "and not recorded again");
+    }
+
+    #[tokio::test]
+    async fn forget_nodes_starts_without_an_earlier_runs_nodes() {
+        let (d, s) = registered(DEFAULT_KEEP_ENDED).await;
+        beat(&s, "src", vec![status("w-1", "", None)]).await;
+        drop(s);
+        let again = |forget_nodes| {
+            let config = CoordinatorConfig {
+                forget_nodes,
+                ..CoordinatorConfig::new(d.path().to_path_buf(), ferry_proto::tls::Wire::Insecure)
+            };
+            Coordinator::open(config).unwrap()
+        };
+        assert_eq!(again(false).nodes().unwrap().len(), 2, "kept without the flag");
+        let c = again(true);
+        assert!(c.nodes().unwrap().is_empty());
+        assert!(c.workloads().unwrap().is_empty());
+    }
 }

@@ -43,9 +43,49 @@ impl Coordinator {
     }
 
     fn remember(&self, node: &str, s: &apb::ProcessStatus) -> Result<(), CoordError> {
-        let id = s.spec.as_ref().map(|x| x.id.clone()).unwrap_or_default();
-        self.store.put_workload(node, &id, &s.encode_to_vec(), now_ms())?;
+        let now = now_ms();
+        if let Some(w) = crate::reported(s, now) {
+            self.store.put_workload(node, &w, now)?;
+        }
         Ok(())
+    }
+
+    /// The migration of `process` that has not ended yet, if any.
+    pub fn migration_in_flight(&self, process: &str) -> Result<Option<MigrationRow>, CoordError> {
+        Ok(self.store.migrations()?.into_iter().find(|m| m.process_id == process && !m.is_final()))
+    }
+
+    /// Refuses `what` on `process` while migration `m` runs, with what to do instead.
+    fn refuse_migrating(process: &str, m: &MigrationRow, what: &str) -> CoordError {
+        CoordError::Migrating(format!(
+            "process {process} is migrating from {} to {} (migration {}, {}); {what} is refused \
+             until the migration ends: wait for it (GET /api/migrations/{}), then try again",
+            m.source,
+            m.target,
+            m.id,
+            if m.status == "pending" {
+                "not started yet".to_string()
+            } else {
+                format!("phase {}", m.status)
+            },
+            m.id
+        ))
+    }
+
+    /// An agent's refusal; one saying the workload is migrating becomes [`CoordError::Migrating`]
+    /// with the coordinator's record of that migration when it has one.
+    fn agent_refusal(&self, node: &str, process: &str, what: &str, s: tonic::Status) -> CoordError {
+        if s.code() == tonic::Code::FailedPrecondition && s.message().contains("migrating") {
+            if let Ok(Some(m)) = self.migration_in_flight(process) {
+                return Self::refuse_migrating(process, &m, what);
+            }
+            return CoordError::Migrating(format!(
+                "node {node}: {}; {what} is refused until the migration ends: wait for it \
+                 (GET /api/migrations), then try again",
+                s.message()
+            ));
+        }
+        CoordError::Agent { node: node.to_string(), status: s }
     }
 
     pub async fn start_process(
@@ -79,6 +119,17 @@ impl Coordinator {
         op: &str,
     ) -> Result<(String, apb::ProcessStatus), CoordError> {
         let (node, _) = self.workload_node(id)?;
+        let what = match op {
+            "pause" => "pause",
+            "resume" => "resume",
+            _ => "stop",
+        };
+        // Refused, not queued: acting on either copy mid-transaction would fight the migration
+        // (a resume during the freeze rolls it back). The agents refuse too, for a migration
+        // that starts between this check and the call.
+        if let Some(m) = self.migration_in_flight(id)? {
+            return Err(Self::refuse_migrating(id, &m, what));
+        }
         let info = self.online_node(&node)?;
         let mut c = self.agents.client(&info.address)?;
         let r = apb::WorkloadRef { id: id.to_string() };
@@ -87,7 +138,7 @@ impl Coordinator {
             "resume" => c.resume_process(r).await,
             _ => c.stop_process(apb::StopProcessRequest { id: id.to_string(), grace_ms: 0 }).await,
         }
-        .map_err(agent_err(&node))?
+        .map_err(|s| self.agent_refusal(&node, id, what, s))?
         .into_inner();
         self.remember(&node, &s)?;
         let done = match op {
@@ -201,8 +252,8 @@ impl Coordinator {
         let tgt = self.online_node(target)?;
         let src = self.online_node(&node)?;
         let _guard = self.migrating.lock().expect("migration lock poisoned");
-        if self.store.migrations()?.iter().any(|m| m.process_id == process && !m.is_final()) {
-            return Err(CoordError::Conflict(format!("process {process} is already migrating")));
+        if let Some(m) = self.migration_in_flight(process)? {
+            return Err(Self::refuse_migrating(process, &m, "another migration"));
         }
         let (post_copy, why) = mode.resolve(&status);
         let row = MigrationRow {
@@ -231,7 +282,8 @@ impl Coordinator {
                 target_address: tgt.address,
                 migration_id: row.id.clone(),
                 mode: if post_copy { apb::Mode::PostCopy } else { apb::Mode::StopAndCopy } as i32,
-                ..Default::default()
+                fault: self.config.migration_fault.map(|f| f.0 as i32).unwrap_or_default(),
+                fault_arg: self.config.migration_fault.map(|f| f.1).unwrap_or_default(),
             },
         );
         let source_addr = src.address;
@@ -281,7 +333,9 @@ impl Coordinator {
         }
         // The workload table follows at once, not at the next heartbeat.
         if let (true, Some(s)) = (status == "completed", r.target_status.as_ref()) {
-            if let Err(e) = self.remember(&r.target_node, s) {
+            // Committed: the target's copy is the workload now, whatever it said before.
+            let s = apb::ProcessStatus { held_for_migration: String::new(), ..s.clone() };
+            if let Err(e) = self.remember(&r.target_node, &s) {
                 tracing::warn!(migration = id, %e, "cannot record where the workload moved");
             }
         }

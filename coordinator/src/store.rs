@@ -26,6 +26,34 @@ pub struct NodeRow {
     pub workload_count: u32,
 }
 
+/// One workload as an agent reported it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Reported {
+    pub id: String,
+    /// ProcessStatus, protobuf-encoded.
+    pub status: Vec<u8>,
+    /// The migration whose commit this (target's, stopped) copy waits for; empty for the
+    /// workload itself.
+    pub held_for: String,
+    /// When it ended (exited, failed, lost); `None` while it lives.
+    pub ended_at_ms: Option<i64>,
+}
+
+/// Inserts or refreshes one reported workload. A held copy replaces only a held copy; any other
+/// report replaces whatever was recorded. An ended workload keeps the first end time recorded.
+fn upsert(c: &Connection, node: &str, w: &Reported, now_ms: i64) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO workloads (id, node, status, updated_at_ms, held_for, ended_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(id) DO UPDATE SET node = ?2, status = ?3, updated_at_ms = ?4, held_for = ?5,
+             ended_at_ms = CASE WHEN ?6 IS NULL THEN NULL
+                                ELSE COALESCE(workloads.ended_at_ms, ?6) END
+         WHERE ?5 = '' OR workloads.held_for <> ''",
+        params![w.id, node, w.status, now_ms, w.held_for, w.ended_at_ms],
+    )?;
+    Ok(())
+}
+
 /// A migration as stored; `result` is the source agent's MigrationResult, protobuf-encoded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MigrationRow {
@@ -66,7 +94,9 @@ CREATE TABLE IF NOT EXISTS workloads (
     id TEXT PRIMARY KEY,
     node TEXT NOT NULL,
     status BLOB NOT NULL,
-    updated_at_ms INTEGER NOT NULL
+    updated_at_ms INTEGER NOT NULL,
+    held_for TEXT NOT NULL DEFAULT '',
+    ended_at_ms INTEGER
 );
 CREATE TABLE IF NOT EXISTS migrations (
     id TEXT PRIMARY KEY,
@@ -99,6 +129,22 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(open)?;
         conn.execute_batch(SCHEMA).map_err(open)?;
+        // Databases written before held copies and ended workloads were tracked.
+        for (column, decl) in [("held_for", "TEXT NOT NULL DEFAULT ''"), ("ended_at_ms", "INTEGER")]
+        {
+            let has: bool = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM pragma_table_info('workloads') WHERE name = ?1",
+                    [column],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(open)?
+                > 0;
+            if !has {
+                conn.execute_batch(&format!("ALTER TABLE workloads ADD COLUMN {column} {decl}"))
+                    .map_err(open)?;
+            }
+        }
         Ok(Store { conn: Mutex::new(conn) })
     }
 
@@ -141,23 +187,34 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Replaces what `node` runs with `workloads` (id, ProcessStatus protobuf-encoded), as its
-    /// latest heartbeat reported.
+    /// Replaces what `node` runs with `workloads`, as its latest heartbeat reported. A held copy
+    /// (a migration's target holding a restored, stopped copy until the commit) never takes the
+    /// place of another node's record of the workload: it is recorded only while no other report
+    /// of that id exists. An ended workload whose end is before `keep_ended_since_ms` is not
+    /// recorded again (it was pruned).
     pub fn set_workloads(
         &self,
         node: &str,
-        workloads: &[(String, Vec<u8>)],
+        workloads: &[Reported],
+        keep_ended_since_ms: i64,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let mut c = self.conn();
         let tx = c.transaction()?;
-        tx.execute("DELETE FROM workloads WHERE node = ?1", [node])?;
-        for (id, status) in workloads {
-            tx.execute(
-                "INSERT INTO workloads (id, node, status, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(id) DO UPDATE SET node = ?2, status = ?3, updated_at_ms = ?4",
-                params![id, node, status, now_ms],
-            )?;
+        let kept: Vec<&Reported> = workloads
+            .iter()
+            .filter(|w| w.ended_at_ms.is_none_or(|t| t >= keep_ended_since_ms))
+            .collect();
+        let before: Vec<String> = {
+            let mut stmt = tx.prepare("SELECT id FROM workloads WHERE node = ?1")?;
+            let ids = stmt.query_map([node], |r| r.get(0))?;
+            ids.collect::<Result<_, _>>()?
+        };
+        for id in before.iter().filter(|id| !kept.iter().any(|w| &w.id == *id)) {
+            tx.execute("DELETE FROM workloads WHERE id = ?1 AND node = ?2", params![id, node])?;
+        }
+        for w in kept {
+            upsert(&tx, node, w, now_ms)?;
         }
         tx.commit()?;
         Ok(())
@@ -179,20 +236,39 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Records what one agent call reported about a workload, between heartbeats.
-    pub fn put_workload(
-        &self,
-        node: &str,
-        id: &str,
-        status: &[u8],
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO workloads (id, node, status, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(id) DO UPDATE SET node = ?2, status = ?3, updated_at_ms = ?4",
-            params![id, node, status, now_ms],
+    /// Records what one agent call reported about a workload, between heartbeats (a held copy
+    /// only where no other report of it exists, as in [`Store::set_workloads`]).
+    pub fn put_workload(&self, node: &str, w: &Reported, now_ms: i64) -> Result<(), StoreError> {
+        upsert(&self.conn(), node, w, now_ms)
+    }
+
+    /// Forgets ended workloads whose end is before `before_ms`; returns how many.
+    pub fn prune_ended(&self, before_ms: i64) -> Result<usize, StoreError> {
+        Ok(self.conn().execute(
+            "DELETE FROM workloads WHERE ended_at_ms IS NOT NULL AND ended_at_ms < ?1",
+            [before_ms],
+        )?)
+    }
+
+    /// Forgets every node and what they ran (they register again); migrations that had not
+    /// ended are recorded as failed with `why`. Returns the nodes forgotten.
+    pub fn forget_nodes(&self, why: &str, now_ms: i64) -> Result<Vec<String>, StoreError> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        let nodes: Vec<String> = {
+            let mut stmt = tx.prepare("SELECT node FROM nodes ORDER BY node")?;
+            let n = stmt.query_map([], |r| r.get(0))?;
+            n.collect::<Result<_, _>>()?
+        };
+        tx.execute("DELETE FROM workloads", [])?;
+        tx.execute("DELETE FROM nodes", [])?;
+        tx.execute(
+            "UPDATE migrations SET status = 'failed', error = ?1, finished_at_ms = ?2
+             WHERE status NOT IN ('completed', 'rolled_back', 'failed')",
+            params![why, now_ms],
         )?;
-        Ok(())
+        tx.commit()?;
+        Ok(nodes)
     }
 
     pub fn insert_migration(&self, m: &MigrationRow) -> Result<(), StoreError> {
@@ -369,5 +445,124 @@ mod tests {
         );
         assert_eq!(s.events("", "", 10).unwrap()[0].kind, "node_online");
         assert!(s.events("", "error", 10).unwrap().is_empty());
+    }
+
+    fn report(id: &str, status: &[u8], held_for: &str, ended_at_ms: Option<i64>) -> Reported {
+        Reported { id: id.into(), status: status.to_vec(), held_for: held_for.into(), ended_at_ms }
+    }
+
+    fn where_is(s: &Store, id: &str) -> Option<(String, Vec<u8>)> {
+        s.workloads().unwrap().into_iter().find(|w| w.0 == id).map(|w| (w.1, w.2))
+    }
+
+    #[test]
+    fn a_held_copy_never_replaces_the_workload() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("ferry.db")).unwrap();
+        // Source and target report the same id, in either order, many times: the source wins.
+        for round in 0..3 {
+            s.set_workloads("a", &[report("w", b"frozen", "", None)], 0, round).unwrap();
+            s.set_workloads("b", &[report("w", b"copy", "m-1", None)], 0, round).unwrap();
+            assert_eq!(where_is(&s, "w"), Some(("a".into(), b"frozen".to_vec())), "round {round}");
+        }
+        // A held copy answered by one call between heartbeats does not win either.
+        s.put_workload("b", &report("w", b"copy", "m-1", None), 5).unwrap();
+        assert_eq!(where_is(&s, "w").unwrap().0, "a");
+        // The source stops reporting it (killed before the commit): the held copy alone shows.
+        s.set_workloads("a", &[], 0, 10).unwrap();
+        s.set_workloads("b", &[report("w", b"copy", "m-1", None)], 0, 10).unwrap();
+        assert_eq!(where_is(&s, "w"), Some(("b".into(), b"copy".to_vec())));
+        // ...and the target's ordinary report after the commit replaces it.
+        s.set_workloads("b", &[report("w", b"running", "", None)], 0, 11).unwrap();
+        assert_eq!(where_is(&s, "w"), Some(("b".into(), b"running".to_vec())));
+        // A held copy elsewhere later (a migration back) does not move it.
+        s.set_workloads("a", &[report("w", b"copy", "m-2", None)], 0, 12).unwrap();
+        assert_eq!(where_is(&s, "w").unwrap().0, "b");
+        // The source reporting it held-free wins over a held copy recorded alone.
+        s.set_workloads("b", &[], 0, 13).unwrap();
+        s.set_workloads("a", &[report("w", b"copy", "m-2", None)], 0, 13).unwrap();
+        s.set_workloads("b", &[report("w", b"frozen", "", None)], 0, 14).unwrap();
+        assert_eq!(where_is(&s, "w"), Some(("b".into(), b"frozen".to_vec())));
+        // A node's report drops only its own rows.
+        s.set_workloads("a", &[], 0, 15).unwrap();
+        assert_eq!(where_is(&s, "w").unwrap().0, "b");
+    }
+
+    #[test]
+    fn ended_workloads_are_kept_for_a_while_then_forgotten() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("ferry.db")).unwrap();
+        let keep_since = 1_000;
+        s.set_workloads(
+            "a",
+            &[
+                report("live", b"", "", None),
+                report("recent", b"", "", Some(1_500)),
+                report("old", b"", "", Some(500)),
+            ],
+            keep_since,
+            2_000,
+        )
+        .unwrap();
+        let ids: Vec<String> = s.workloads().unwrap().into_iter().map(|w| w.0).collect();
+        assert_eq!(ids, ["live", "recent"], "an end before the bound is not recorded again");
+        // The first end recorded is kept even if a later report says otherwise.
+        s.set_workloads("a", &[report("recent", b"", "", Some(1_900))], keep_since, 2_100).unwrap();
+        assert_eq!(s.prune_ended(1_600).unwrap(), 1);
+        assert!(where_is(&s, "recent").is_none());
+        assert_eq!(s.prune_ended(i64::MAX).unwrap(), 0, "nothing ended is left");
+    }
+
+    #[test]
+    fn forgetting_nodes_fails_their_unfinished_migrations() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("ferry.db")).unwrap();
+        s.register("a", "http://a:1", b"", 1).unwrap();
+        s.register("b", "http://b:1", b"", 1).unwrap();
+        s.set_workloads("a", &[report("w", b"", "", None)], 0, 1).unwrap();
+        let m = MigrationRow {
+            id: "m-1".into(),
+            process_id: "w".into(),
+            source: "a".into(),
+            target: "b".into(),
+            mode: "stop-and-copy".into(),
+            status: "transfer".into(),
+            error: String::new(),
+            result: None,
+            started_at_ms: 1,
+            finished_at_ms: None,
+        };
+        s.insert_migration(&m).unwrap();
+        s.insert_migration(&MigrationRow { id: "m-0".into(), ..m.clone() }).unwrap();
+        s.finish_migration("m-0", "completed", "", None, 2).unwrap();
+        assert_eq!(s.forget_nodes("new cluster", 3).unwrap(), ["a", "b"]);
+        assert!(s.nodes().unwrap().is_empty() && s.workloads().unwrap().is_empty());
+        let ms = s.migrations().unwrap();
+        let one = |id: &str| ms.iter().find(|m| m.id == id).unwrap().clone();
+        assert_eq!(
+            (one("m-1").status.as_str(), one("m-1").error.as_str()),
+            ("failed", "new cluster")
+        );
+        assert_eq!(one("m-0").status, "completed", "an ended migration stays as it ended");
+    }
+
+    #[test]
+    fn a_database_from_before_held_copies_is_upgraded() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("ferry.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE workloads (id TEXT PRIMARY KEY, node TEXT NOT NULL,
+                 status BLOB NOT NULL, updated_at_ms INTEGER NOT NULL);
+                 INSERT INTO workloads VALUES ('w', 'a', x'', 1);",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        s.set_workloads("b", &[report("w", b"copy", "m-1", None)], 0, 2).unwrap();
+        assert_eq!(where_is(&s, "w").unwrap().0, "a");
+        drop(s);
+        Store::open(&path).expect("opened again once upgraded");
     }
 }

@@ -148,6 +148,9 @@ struct Process {
     id: String,
     name: String,
     server_id: String,
+    /// running, paused, migrating, exited, failed; `unknown` while its node is offline (the
+    /// last report may no longer be true); `held` for a migration target's stopped copy that
+    /// is the only report of the workload.
     status: &'static str,
     pid: i32,
     cpu_percent: f64,
@@ -157,29 +160,65 @@ struct Process {
     started_at: String,
     exit_code: Option<i32>,
     exit_signal: Option<i32>,
+    /// When its node last reported (its last heartbeat); null if the node is no longer known.
+    last_seen: Option<String>,
+    /// The migration whose commit this copy waits for, when `held`.
+    held_for_migration: Option<String>,
 }
 
-/// Processes with a migration in flight.
-fn migrating(c: &Coordinator) -> Result<std::collections::HashSet<String>, ApiError> {
-    Ok(c.migrations()?.into_iter().filter(|m| !m.is_final()).map(|m| m.process_id).collect())
+/// What the gateway knows beside a workload's report: migrations in flight, nodes' liveness.
+struct Context {
+    moving: std::collections::HashSet<String>,
+    /// node → (online, last seen).
+    nodes: std::collections::HashMap<String, (bool, i64)>,
 }
 
-fn mark_migrating(mut p: Process, moving: &std::collections::HashSet<String>) -> Process {
-    if moving.contains(&p.id) && p.status != "exited" && p.status != "failed" {
-        p.status = "migrating";
+impl Context {
+    fn read(c: &Coordinator) -> Result<Context, ApiError> {
+        Ok(Context {
+            moving: c
+                .migrations()?
+                .into_iter()
+                .filter(|m| !m.is_final())
+                .map(|m| m.process_id)
+                .collect(),
+            nodes: c.nodes()?.into_iter().map(|n| (n.node, (n.online, n.last_seen_ms))).collect(),
+        })
     }
-    p
+
+    /// The process as the API shows it: `unknown` on an offline node (a report is only as good
+    /// as its node's liveness), `migrating` while a migration of it runs.
+    fn process(&self, node: String, s: ProcessStatus) -> Process {
+        let seen = self.nodes.get(&node).copied();
+        let mut p = process_json(node, s);
+        p.last_seen = seen.map(|(_, at)| rfc3339(at));
+        if ended(p.status) {
+            return p;
+        }
+        if !seen.is_some_and(|(online, _)| online) {
+            p.status = "unknown";
+        } else if self.moving.contains(&p.id) {
+            p.status = "migrating";
+        }
+        p
+    }
+}
+
+/// Statuses of a workload that has ended (kept for a while, hidden from the list by default).
+fn ended(status: &str) -> bool {
+    matches!(status, "exited" | "failed")
 }
 
 fn process_json(node: String, s: ProcessStatus) -> Process {
     let spec = s.spec.unwrap_or_default();
     let exit = s.exit;
     let status = match ProcessState::try_from(s.state).unwrap_or(ProcessState::Unspecified) {
-        ProcessState::Stopped => "paused",
         ProcessState::Exited => match exit {
             Some(e) if e.code == Some(0) => "exited",
             _ => "failed",
         },
+        _ if !s.held_for_migration.is_empty() => "held",
+        ProcessState::Stopped => "paused",
         _ => "running",
     };
     Process {
@@ -203,15 +242,30 @@ fn process_json(node: String, s: ProcessStatus) -> Process {
         started_at: rfc3339(s.started_at_ms),
         exit_code: exit.and_then(|e| e.code),
         exit_signal: exit.and_then(|e| e.signal),
+        last_seen: None,
+        held_for_migration: (!s.held_for_migration.is_empty()).then_some(s.held_for_migration),
     }
 }
 
-async fn processes(State(c): State<Arc<Coordinator>>) -> Api<Vec<Process>> {
-    let moving = migrating(&c)?;
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    /// Also list ended processes (exited, failed), kept for a while after they ended.
+    #[serde(default)]
+    all: bool,
+}
+
+async fn processes(
+    State(c): State<Arc<Coordinator>>,
+    query: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Api<Vec<Process>> {
+    let axum::extract::Query(q) =
+        query.map_err(|e| ApiError::bad_request(format!("{}; use ?all=true", e.body_text())))?;
+    let ctx = Context::read(&c)?;
     Ok(Json(
         c.workloads()?
             .into_iter()
-            .map(|(node, s)| mark_migrating(process_json(node, s), &moving))
+            .map(|(node, s)| ctx.process(node, s))
+            .filter(|p| q.all || !ended(p.status))
             .collect(),
     ))
 }
@@ -222,7 +276,7 @@ async fn process(State(c): State<Arc<Coordinator>>, Path(id): Path<String>) -> A
         .into_iter()
         .find(|(_, s)| s.spec.as_ref().map(|x| x.id == id).unwrap_or(false))
         .ok_or_else(|| ApiError::not_found(format!("no process with id {id:?}")))?;
-    Ok(Json(mark_migrating(process_json(node, s), &migrating(&c)?)))
+    Ok(Json(Context::read(&c)?.process(node, s)))
 }
 
 #[derive(Serialize)]
@@ -240,18 +294,20 @@ struct Overview {
 
 async fn overview(State(c): State<Arc<Coordinator>>) -> Api<Overview> {
     let nodes = c.nodes()?;
-    let workloads = c.workloads()?;
+    let ctx = Context::read(&c)?;
+    // As GET /api/processes lists them: ended ones left out, those of offline nodes unknown.
+    let listed: Vec<Process> = c
+        .workloads()?
+        .into_iter()
+        .map(|(node, s)| ctx.process(node, s))
+        .filter(|p| !ended(p.status))
+        .collect();
     let (active_migrations, success_rate, average_downtime_ms) = migration_stats(&c)?;
     Ok(Json(Overview {
-        total_processes: workloads.len(),
-        running_processes: workloads
+        total_processes: listed.len(),
+        running_processes: listed
             .iter()
-            .filter(|(_, s)| {
-                matches!(
-                    ProcessState::try_from(s.state),
-                    Ok(ProcessState::Running | ProcessState::Sleeping)
-                )
-            })
+            .filter(|p| matches!(p.status, "running" | "migrating"))
             .count(),
         active_migrations,
         server_nodes: nodes.len(),
@@ -304,9 +360,14 @@ impl From<ferry_coordinator::CoordError> for ApiError {
             E::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             E::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            E::Migrating(_) => (StatusCode::CONFLICT, "migrating"),
             // An offline node is the request's problem, not the gateway's: a 4xx.
             E::Unavailable(_) => (StatusCode::CONFLICT, "offline"),
             E::Agent { status, .. } => match status.code() {
+                // The agent's own refusal of an operation on a migrating workload.
+                tonic::Code::FailedPrecondition if status.message().contains("migrating") => {
+                    (StatusCode::CONFLICT, "migrating")
+                }
                 tonic::Code::InvalidArgument => (StatusCode::BAD_REQUEST, "bad_request"),
                 tonic::Code::NotFound => (StatusCode::NOT_FOUND, "not_found"),
                 tonic::Code::FailedPrecondition | tonic::Code::AlreadyExists => {
@@ -356,6 +417,7 @@ fn mutations() -> Router<Arc<Coordinator>> {
         .route("/api/processes", post(create_process))
         .route("/api/processes/{id}/pause", post(|s, p| control(s, p, "pause")))
         .route("/api/processes/{id}/resume", post(|s, p| control(s, p, "resume")))
+        .route("/api/processes/{id}/stop", post(|s, p| control(s, p, "stop")))
         .route("/api/processes/{id}/logs", get(logs))
         .route("/api/migrations", post(create_migration).get(list_migrations))
         .route("/api/migrations/{id}", get(one_migration))
@@ -392,7 +454,7 @@ async fn create_process(
         ..Default::default()
     };
     let (node, s) = c.start_process(&p.server_id, spec).await?;
-    Ok((StatusCode::CREATED, Json(process_json(node, s))))
+    Ok((StatusCode::CREATED, Json(Context::read(&c)?.process(node, s))))
 }
 
 async fn control(
@@ -401,7 +463,7 @@ async fn control(
     op: &'static str,
 ) -> Api<Process> {
     let (node, s) = c.control(&id, op).await?;
-    Ok(Json(process_json(node, s)))
+    Ok(Json(Context::read(&c)?.process(node, s)))
 }
 
 async fn delete_process(State(c): State<Arc<Coordinator>>, Path(id): Path<String>) -> Api<Process> {
@@ -575,4 +637,79 @@ fn migration_stats(c: &Coordinator) -> Result<(usize, Option<f64>, Option<f64>),
     let avg =
         (!downtimes.is_empty()).then(|| downtimes.iter().sum::<f64>() / downtimes.len() as f64);
     Ok((active, rate, avg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_coordinator::CoordError;
+
+    fn mapped(e: CoordError) -> (StatusCode, &'static str, String) {
+        let a = ApiError::from(e);
+        (a.status, a.code, a.message)
+    }
+
+    #[test]
+    fn refusals_of_a_migrating_process_are_409_migrating() {
+        let (status, code, msg) = mapped(CoordError::Migrating("process w-1 is migrating".into()));
+        assert_eq!(
+            (status, code, msg.as_str()),
+            (StatusCode::CONFLICT, "migrating", "process w-1 is migrating")
+        );
+        // An agent's own refusal, for a migration that began after the coordinator's check.
+        let agent = |m: &str| CoordError::Agent {
+            node: "host0".into(),
+            status: tonic::Status::failed_precondition(m),
+        };
+        let (status, code, msg) = mapped(agent("workload w-1 is migrating (m-1); try again later"));
+        assert_eq!((status, code), (StatusCode::CONFLICT, "migrating"));
+        assert!(msg.contains("host0") && msg.contains("m-1"), "{msg}");
+        // Other wrong states stay conflicts.
+        assert_eq!(mapped(agent("workload w-1 has exited")).1, "conflict");
+    }
+
+    #[test]
+    fn a_process_shows_unknown_on_an_offline_node_and_held_copies_say_so() {
+        let status = |state: ProcessState, held: &str| ProcessStatus {
+            spec: Some(ferry_proto::agent::WorkloadSpec { id: "w-1".into(), ..Default::default() }),
+            state: state as i32,
+            held_for_migration: held.into(),
+            exit: (state == ProcessState::Exited).then_some(ferry_proto::agent::ExitInfo {
+                code: Some(0),
+                signal: None,
+                exited_at_ms: 1,
+            }),
+            ..Default::default()
+        };
+        let ctx = |online: bool, moving: bool| Context {
+            moving: if moving { ["w-1".to_string()].into() } else { Default::default() },
+            nodes: [("n".to_string(), (online, 1_764_000_000_000))].into(),
+        };
+        let p = ctx(false, false).process("n".into(), status(ProcessState::Running, ""));
+        assert_eq!(
+            (p.status, p.last_seen.as_deref()),
+            ("unknown", Some("2025-11-24T16:00:00.000Z"))
+        );
+        assert_eq!(
+            ctx(false, true).process("n".into(), status(ProcessState::Running, "")).status,
+            "unknown"
+        );
+        assert_eq!(
+            ctx(false, false).process("n".into(), status(ProcessState::Exited, "")).status,
+            "exited"
+        );
+        assert_eq!(
+            ctx(true, false).process("n".into(), status(ProcessState::Running, "")).status,
+            "running"
+        );
+        let held = ctx(true, false).process("n".into(), status(ProcessState::Stopped, "m-1"));
+        assert_eq!((held.status, held.held_for_migration.as_deref()), ("held", Some("m-1")));
+        assert_eq!(
+            ctx(true, true).process("n".into(), status(ProcessState::Stopped, "m-1")).status,
+            "migrating"
+        );
+        let gone = Context { moving: Default::default(), nodes: Default::default() };
+        let p = gone.process("n".into(), status(ProcessState::Running, ""));
+        assert_eq!((p.status, p.last_seen), ("unknown", None));
+    }
 }

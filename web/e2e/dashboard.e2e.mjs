@@ -200,11 +200,14 @@ try {
     await page.getByTestId('theme-toggle').click();
   });
 
-  await step('stop the counter with the Stop button', async () => {
+  await step('stop the counter with the Stop button; ended, it is listed only with Show ended', async () => {
     const stop = row().locator('[data-action="stop"]');
     await stop.click();
     await stop.click();
+    await row().waitFor({ state: 'detached' });
+    await page.getByTestId('toggle-ended').click();
     await page.locator(`tr[data-process-name="${name}"]:is([data-status="exited"], [data-status="failed"])`).waitFor();
+    await page.getByTestId('toggle-ended').click();
   });
 
   checkProblems();

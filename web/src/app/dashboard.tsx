@@ -25,7 +25,8 @@ function latest(migrations: Migration[]): Migration | undefined {
 export function Dashboard() {
   const conn = useConnection();
   const servers = useServers();
-  const processes = useProcesses();
+  const [showEnded, setShowEnded] = useState(false);
+  const processes = useProcesses(showEnded);
   const migrations = useMigrations();
   const [newOpen, setNewOpen] = useState(false);
   const [migrateProcessId, setMigrateProcessId] = useState('');
@@ -62,6 +63,8 @@ export function Dashboard() {
             onMigrate={onMigrate}
             onShowLogs={(p) => setOutputId(p.id)}
             selectedId={migrateProcessId}
+            showEnded={showEnded}
+            onToggleEnded={setShowEnded}
           />
           {outputProcess ? <ProcessOutput key={outputProcess.id} process={outputProcess} onClose={() => setOutputId(null)} /> : null}
         </div>

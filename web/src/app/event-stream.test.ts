@@ -27,11 +27,17 @@ describe('applyEvent', () => {
   it('invalidates what the event changed, and nothing else', () => {
     const qc = client();
     for (const k of [queryKeys.overview, queryKeys.servers, queryKeys.processes, queryKeys.migrations]) qc.setQueryData(k, []);
-    applyEvent(qc, event({ kind: 'node_offline' }));
+    applyEvent(qc, event({ kind: 'node_registered' }));
     const stale = (k: readonly unknown[]) => qc.getQueryState(k)?.isInvalidated;
     expect(stale(queryKeys.servers)).toBe(true);
     expect(stale(queryKeys.overview)).toBe(true);
     expect(stale(queryKeys.processes)).toBe(false);
+    expect(stale(queryKeys.migrations)).toBe(false);
+    // An offline node's processes become unknown: both process lists are refetched.
+    qc.setQueryData(queryKeys.processList(true), []);
+    applyEvent(qc, event({ kind: 'node_offline' }));
+    expect(stale(queryKeys.processes)).toBe(true);
+    expect(stale(queryKeys.processList(true))).toBe(true);
     expect(stale(queryKeys.migrations)).toBe(false);
   });
 

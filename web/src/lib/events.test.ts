@@ -4,9 +4,10 @@ import { EVENT_KINDS, isPhaseData, parseEvent, queryKeysFor } from './events';
 const keys = (kind: string) => queryKeysFor({ kind, processId: 'w-1' }).map((k) => k.join('/'));
 
 describe('queryKeysFor', () => {
-  it('refreshes nodes and figures on node events', () => {
-    for (const kind of ['node_online', 'node_offline', 'node_registered']) {
-      expect(keys(kind)).toEqual(['servers', 'overview']);
+  it('refreshes nodes and figures on node events, and processes when a node goes offline or comes back', () => {
+    expect(keys('node_registered')).toEqual(['servers', 'overview']);
+    for (const kind of ['node_online', 'node_offline']) {
+      expect(keys(kind)).toEqual(['servers', 'overview', 'processes']);
     }
   });
 

@@ -28,6 +28,10 @@ export function queryKeysFor(e: Pick<FerryEvent, 'kind' | 'processId'>): QueryKe
     // A node's fresh figures: its load and its workloads' CPU and memory.
     return [queryKeys.servers, queryKeys.overview, queryKeys.processes];
   }
+  if (kind === 'node_online' || kind === 'node_offline') {
+    // A node's liveness is its processes' too: an offline node's are shown `unknown`.
+    return [queryKeys.servers, queryKeys.overview, queryKeys.processes];
+  }
   if (kind.startsWith('node_')) {
     return [queryKeys.servers, queryKeys.overview];
   }

@@ -7,6 +7,8 @@ export const queryKeys = {
   servers: ['servers'] as const,
   processes: ['processes'] as const,
   process: (id: string) => ['processes', id] as const,
+  /** The process list, with ended ones (`all`) or without. */
+  processList: (all: boolean) => ['processes', 'list', { all }] as const,
   processLogs: (id: string) => ['process-logs', id] as const,
   migrations: ['migrations'] as const,
   migration: (id: string) => ['migrations', id] as const,

@@ -31,6 +31,8 @@ export function proc(over: Partial<Process> = {}): Process {
     startedAt: '2026-11-27T12:00:00.000Z',
     exitCode: null,
     exitSignal: null,
+    lastSeen: '2026-11-27T12:00:00.000Z',
+    heldForMigration: null,
     ...over,
   };
 }

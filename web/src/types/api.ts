@@ -25,7 +25,16 @@ export type Server = {
   lastSeenAt: string;
 };
 
-export type ProcessStatus = 'running' | 'paused' | 'migrating' | 'exited' | 'failed';
+/**
+ * running, paused; migrating (a migration of it has not ended); unknown (its node is offline:
+ * the last report, at lastSeen, may no longer be true); held (the only report is a migration
+ * target's stopped copy waiting for the commit); exited, failed (ended: listed only with
+ * ?all=true, kept for a while after they ended).
+ */
+export type ProcessStatus = 'running' | 'paused' | 'migrating' | 'held' | 'unknown' | 'exited' | 'failed';
+
+/** Whether a process has ended (hidden from the list unless asked for). */
+export const isEnded = (s: ProcessStatus) => s === 'exited' || s === 'failed';
 export type Engine = 'criu' | 'cooperative' | 'auto';
 
 export type Process = {
@@ -41,6 +50,10 @@ export type Process = {
   startedAt: string;
   exitCode: number | null;
   exitSignal: number | null;
+  /** When its node last reported (its last heartbeat); null if the node is no longer known. */
+  lastSeen: string | null;
+  /** For a held copy: the migration whose commit it waits for. */
+  heldForMigration: string | null;
 };
 
 export type NewProcess = {

@@ -3,8 +3,9 @@ import { api } from '@/lib/api-client';
 import { queryKeys } from '@/lib/query-keys';
 import type { Process } from '@/types/api';
 
-export const getProcesses = () => api.get<Process[]>('/api/processes');
+/** GET /api/processes: live processes; with `all`, ended ones too (kept for a while). */
+export const getProcesses = (all = false) => api.get<Process[]>(all ? '/api/processes?all=true' : '/api/processes');
 
-export const processesQuery = () => queryOptions({ queryKey: queryKeys.processes, queryFn: getProcesses });
+export const processesQuery = (all = false) => queryOptions({ queryKey: queryKeys.processList(all), queryFn: () => getProcesses(all) });
 
-export const useProcesses = () => useQuery(processesQuery());
+export const useProcesses = (all = false) => useQuery(processesQuery(all));

@@ -1,3 +1,4 @@
+import { useState } from 'react';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { screen, waitFor } from '@testing-library/react';
 import userEvent from '@testing-library/user-event';
@@ -55,5 +56,73 @@ describe('ProcessList', () => {
     await waitFor(() => expect(f.calls).toHaveLength(1));
     expect(f.calls[0].method).toBe('DELETE');
     expect(await screen.findByText(/Stop counter: server node0 is offline/)).toBeInTheDocument();
+  });
+});
+
+describe('ProcessList: what the coordinator cannot vouch for', () => {
+  it('shows a process of an offline node as unknown with when it was last seen, and offers no action on it', () => {
+    renderWithClient(
+      <ProcessList
+        processes={[proc({ status: 'unknown', lastSeen: '2026-11-27T12:34:56.000Z' })]}
+        loading={false}
+        error={null}
+        onNew={noop}
+        onMigrate={noop}
+        onShowLogs={noop}
+      />,
+    );
+    const row = screen.getByTestId('process-row');
+    expect(row.dataset.status).toBe('unknown');
+    expect(screen.getByTestId('process-status')).toHaveTextContent('unknown');
+    const detail = screen.getByTestId('process-status-detail');
+    expect(detail).toHaveTextContent(/node offline · last seen \d\d:\d\d:\d\d/);
+    expect(detail.title).toBe('last report 2026-11-27T12:34:56.000Z');
+    for (const action of ['pause', 'stop', 'migrate']) expect(row.querySelector(`[data-action="${action}"]`)).toBeDisabled();
+  });
+
+  it('shows a held copy with the migration it waits for, and offers no action on it', () => {
+    renderWithClient(
+      <ProcessList
+        processes={[proc({ status: 'held', serverId: 'node1', heldForMigration: 'm-0a1b2c' })]}
+        loading={false}
+        error={null}
+        onNew={noop}
+        onMigrate={noop}
+        onShowLogs={noop}
+      />,
+    );
+    expect(screen.getByTestId('process-status-detail')).toHaveTextContent('held copy · m-0a1b2c');
+    const row = screen.getByTestId('process-row');
+    for (const action of ['pause', 'stop', 'migrate']) expect(row.querySelector(`[data-action="${action}"]`)).toBeDisabled();
+  });
+
+  it('toggles ended processes', async () => {
+    const onToggleEnded = vi.fn();
+    function Toggling() {
+      const [all, setAll] = useState(false);
+      return (
+        <ProcessList
+          processes={[proc()]}
+          loading={false}
+          error={null}
+          onNew={noop}
+          onMigrate={noop}
+          onShowLogs={noop}
+          showEnded={all}
+          onToggleEnded={(v) => {
+            onToggleEnded(v);
+            setAll(v);
+          }}
+        />
+      );
+    }
+    renderWithClient(<Toggling />);
+    const toggle = screen.getByTestId('toggle-ended');
+    expect(toggle).toHaveTextContent('Show ended');
+    expect(toggle).toHaveAttribute('aria-pressed', 'false');
+    await userEvent.click(toggle);
+    expect(onToggleEnded).toHaveBeenCalledWith(true);
+    expect(screen.getByTestId('toggle-ended')).toHaveTextContent('Hide ended');
+    expect(screen.getByTestId('toggle-ended')).toHaveAttribute('aria-pressed', 'true');
   });
 });

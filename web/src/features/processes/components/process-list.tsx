@@ -5,7 +5,7 @@ import { Button } from '@/components/ui/button';
 import { Alert } from '@/components/ui/alert';
 import { QueryError } from '@/components/query-error';
 import { errorMessage } from '@/lib/api-client';
-import { formatBytes, formatPercent } from '@/lib/format';
+import { formatBytes, formatPercent, formatTime } from '@/lib/format';
 import { cn } from '@/lib/utils';
 import type { Process } from '@/types/api';
 import { ProcessStatusBadge } from './status-badge';
@@ -23,7 +23,18 @@ type Props = {
   onMigrate: (p: Process) => void;
   onShowLogs: (p: Process) => void;
   selectedId?: string | null;
+  /** Whether ended processes (exited, failed) are listed too. */
+  showEnded?: boolean;
+  onToggleEnded?: (show: boolean) => void;
 };
+
+/** The line under a status badge: how it ended, when an offline node last reported, which migration a copy waits for. */
+function statusDetail(p: Process): string | null {
+  if (p.status === 'failed' || p.status === 'exited') return p.exitSignal != null ? `signal ${p.exitSignal}` : p.exitCode != null ? `exit ${p.exitCode}` : null;
+  if (p.status === 'unknown') return `node offline · last seen ${formatTime(p.lastSeen)}`;
+  if (p.heldForMigration) return `held copy · ${p.heldForMigration}`;
+  return null;
+}
 
 export function EmptyProcesses({ onNew }: { onNew: () => void }) {
   return (
@@ -73,7 +84,7 @@ function StopButton({ onStop, disabled }: { onStop: () => void; disabled: boolea
   );
 }
 
-export function ProcessList({ processes, loading, error, onNew, onMigrate, onShowLogs, selectedId }: Props) {
+export function ProcessList({ processes, loading, error, onNew, onMigrate, onShowLogs, selectedId, showEnded = false, onToggleEnded }: Props) {
   const pause = usePauseProcess();
   const resume = useResumeProcess();
   const stop = useStopProcess();
@@ -88,11 +99,27 @@ export function ProcessList({ processes, loading, error, onNew, onMigrate, onSho
       <CardHeader>
         <div>
           <CardTitle>Processes</CardTitle>
-          <CardDescription>Every workload, as its node last reported it.</CardDescription>
+          <CardDescription>
+            {showEnded ? 'Every workload, ended ones too, as its node last reported it.' : 'Live workloads, as their nodes last reported them.'}
+          </CardDescription>
         </div>
-        <Button onClick={onNew} data-testid="new-process">
-          <Plus className="h-4 w-4" /> New process
-        </Button>
+        <div className="flex items-center gap-2">
+          {onToggleEnded ? (
+            <Button
+              variant="outline"
+              size="sm"
+              aria-pressed={showEnded}
+              onClick={() => onToggleEnded(!showEnded)}
+              data-testid="toggle-ended"
+              title="Exited and failed processes are kept for a while after they ended"
+            >
+              {showEnded ? 'Hide ended' : 'Show ended'}
+            </Button>
+          ) : null}
+          <Button onClick={onNew} data-testid="new-process">
+            <Plus className="h-4 w-4" /> New process
+          </Button>
+        </div>
       </CardHeader>
       {actionError ? (
         <div className="px-4 pt-3">
@@ -151,9 +178,9 @@ export function ProcessList({ processes, loading, error, onNew, onMigrate, onSho
                       </td>
                       <td className="px-2 py-2">
                         <ProcessStatusBadge status={p.status} />
-                        {p.status === 'failed' || p.status === 'exited' ? (
-                          <div className="mt-0.5 text-[11px] text-slate-500">
-                            {p.exitSignal != null ? `signal ${p.exitSignal}` : p.exitCode != null ? `exit ${p.exitCode}` : ''}
+                        {statusDetail(p) ? (
+                          <div className="mt-0.5 text-[11px] text-slate-500" data-testid="process-status-detail" title={p.status === 'unknown' ? `last report ${p.lastSeen ?? 'never'}` : undefined}>
+                            {statusDetail(p)}
                           </div>
                         ) : null}
                       </td>

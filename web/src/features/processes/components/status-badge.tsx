@@ -5,6 +5,8 @@ const tones: Record<ProcessStatus, BadgeTone> = {
   running: 'green',
   paused: 'amber',
   migrating: 'blue',
+  held: 'blue',
+  unknown: 'amber',
   exited: 'neutral',
   failed: 'red',
 };

@@ -17,6 +17,8 @@ const statusFill: Record<string, string> = {
   running: 'fill-emerald-500',
   paused: 'fill-amber-500',
   migrating: 'fill-sky-500',
+  held: 'fill-sky-300',
+  unknown: 'fill-amber-300',
   exited: 'fill-slate-400',
   failed: 'fill-red-500',
 };
