@@ -1,4 +1,4 @@
-//! The REST routes and their JSON shapes (see DESIGN.md section 6).
+//! The REST routes and their JSON shapes (gateway/openapi.json, docs/control-plane.md).
 
 use std::sync::Arc;
 

@@ -62,15 +62,14 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Returns false (and says so loudly) when the test cannot run here for lack of root.
+/// Fails the test loudly when it cannot run here for lack of root: a test that needs root never
+/// passes without running. Returns true (the callers' `if !require_root(..) { return; }` stays).
 pub fn require_root(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    eprintln!(
-        "\n*** SKIPPED {test}: needs root (PID namespaces, CRIU); run the suite as root ***\n"
+    assert!(
+        is_root(),
+        "{test} needs root (PID namespaces, CRIU, network namespaces): run the suite as root"
     );
-    false
+    true
 }
 
 /// Polls `f` every 20 ms until it returns Some, or panics with `what` after `timeout`.

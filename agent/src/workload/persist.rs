@@ -123,7 +123,7 @@ impl Agent {
         let Ok(dirs) = std::fs::read_dir(&root) else { return };
         for d in dirs.flatten() {
             let dir = d.path();
-            let Some(r) = load(&dir.join(STATE_FILE)) else { continue };
+            let Some(mut r) = load(&dir.join(STATE_FILE)) else { continue };
             if self.get(&r.id).is_ok() || dir.file_name().and_then(|n| n.to_str()) != Some(&r.id) {
                 continue;
             }
@@ -141,6 +141,15 @@ impl Agent {
                 let _ = crate::sys::signal::send(r.init_pid, crate::sys::signal::Sig::SIGKILL);
                 let _ = std::fs::remove_dir_all(&dir);
                 continue;
+            }
+            // A copy whose commit was recorded (migrate::ledger) runs, even if the agent died
+            // before it could clear `pending_migration`: it is the workload now.
+            let committed = r.pending_migration.as_ref().is_some_and(|mid| {
+                crate::migrate::ledger::read_in(&self.config().data_dir, mid)
+                    .is_some_and(|i| i.step == crate::migrate::ledger::InStep::Committed)
+            });
+            if committed {
+                r.pending_migration = None;
             }
             if let Some(mid) = r.pending_migration.as_ref().filter(|_| r.post_copy || !alive) {
                 // A copy restored for a migration that was never committed, whose memory an
