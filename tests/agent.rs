@@ -91,6 +91,12 @@ async fn a_vfork_parent_waiting_for_its_stopped_child_pauses_and_resumes() {
     let resumed =
         c.resume_process(pb::WorkloadRef { id: id.clone() }).await.expect("resume").into_inner();
     assert_ne!(resumed.state, pb::ProcessState::Stopped as i32, "{resumed:?}");
+    // The child had stopped itself before the pause: the resume leaves it stopped (and its
+    // parent waiting); it goes on when continued as it would have been without the pause.
+    let child = resumed.tasks.iter().find(|t| !t.init && t.state == "T").unwrap_or_else(|| {
+        panic!("the child stopped itself and stays stopped after the resume: {resumed:?}")
+    });
+    kill(child.pid, libc::SIGCONT);
     wait_log(&c, &id, "the child's exec and the parent going on", T, |l| {
         l.iter().any(|x| x == "child done 0")
     })

@@ -300,6 +300,17 @@ impl Coordinator {
             };
             watch.abort();
             match answer {
+                // A commit whose answer the source did not get: it keeps the original frozen and
+                // asks the target until it knows (docs/reliability.md); its GetMigration says the
+                // outcome then.
+                Ok(result)
+                    if result.outcome == apb::Outcome::Failed as i32
+                        && result.failed_phase == "commit" =>
+                {
+                    c.announce_phases(&id, &result, &result.phases, &seen);
+                    let _ = c.store.set_migration_phase(&id, "recovering");
+                    c.resolve(&id, &source_addr).await
+                }
                 Ok(result) => {
                     // Phases the watcher had not seen yet (fast ones), in order, then the end.
                     c.announce_phases(&id, &result, &result.phases, &seen);
