@@ -178,13 +178,25 @@ pub fn write_fresh(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
         .and_then(|mut f| f.write_all(text.as_bytes()))
 }
 
+/// Makes `dir` (and missing parents) a directory of mode 0700 — created so, or an existing one
+/// set to it. For what holds keys, tokens and databases.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    if std::fs::metadata(dir)?.permissions().mode() & 0o7777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 fn rcgen_err(e: rcgen::Error) -> String {
     format!("certificate generation failed: {e}")
 }
 
 /// Creates `ca.pem`/`ca-key.pem` in `dir` if they are not there, then issues `NAME.pem` and
 /// `NAME-key.pem` signed by that CA, valid for `days`, naming `name`, [`CLUSTER_NAME`] and the
-/// given addresses. Keys are written mode 0600. Returns the files written.
+/// given addresses. Keys are written mode 0600, in a directory made (or set to) mode 0700.
+/// Returns the files written.
 pub fn issue_into(
     dir: &Path,
     name: &str,
@@ -205,7 +217,7 @@ pub fn issue_into(
             "certificate name {name:?} must be 1-64 letters, digits, '-', '_' or '.', and not \"ca\""
         ));
     }
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    private_dir(dir).map_err(|e| format!("cannot create {} (mode 0700): {e}", dir.display()))?;
     let write = |file: &str, text: &str, private: bool| -> Result<PathBuf, String> {
         let path = dir.join(file);
         write_fresh(&path, text, if private { 0o600 } else { 0o644 })

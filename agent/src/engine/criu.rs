@@ -156,8 +156,10 @@ fn criu_path(agent: &Agent) -> Result<std::path::PathBuf, EngineError> {
     })
 }
 
+/// Opens a directory of the migration's scratch (creating it, and missing parents, mode 0700:
+/// images hold the workload's memory).
 fn open(path: &std::path::Path) -> Result<std::os::fd::OwnedFd, EngineError> {
-    std::fs::create_dir_all(path)
+    crate::sys::fsmode::dir(path, crate::sys::fsmode::DIR)
         .and_then(|_| swrk::open_dir(path))
         .map_err(|e| EngineError::Other(format!("cannot open {path:?}: {e}")))
 }
