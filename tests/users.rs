@@ -84,6 +84,19 @@ async fn workload_runs_as_nobody_and_owns_its_working_directory() {
         let m = std::fs::metadata(&p).expect("work dir entry");
         assert_eq!((m.uid(), m.gid()), (NOBODY, NOBODY), "{p:?}");
     }
+    // Its own directory, closed to others; the way to it traversable, never listable.
+    let dir = work.parent().unwrap();
+    for (p, mode, uid) in [
+        (work.clone(), 0o700, NOBODY),
+        (dir.to_path_buf(), 0o711, 0),
+        (dir.join("state.json"), 0o600, 0),
+        (dir.join("output.log"), 0o600, 0),
+        (agent.data_dir.join("workloads"), 0o711, 0),
+        (agent.data_dir.clone(), 0o711, 0),
+    ] {
+        let m = std::fs::metadata(&p).expect("a workload's path");
+        assert_eq!((m.mode() & 0o7777, m.uid()), (mode, uid), "mode and owner of {p:?}");
+    }
 
     // Numbers work too; a uid without a passwd entry with a given group.
     let s = start(&mut c, as_user(&["sh", "-c", "id -u; id -g"], "4000000", "4000001")).await;
@@ -199,6 +212,7 @@ async fn non_root_workload_migrates_with_criu_and_keeps_its_ids() {
         let m = std::fs::metadata(&p).expect("work dir entry on the target");
         assert_eq!((m.uid(), m.gid()), (NOBODY, NOBODY), "{p:?}");
     }
+    assert_eq!(std::fs::metadata(&work).unwrap().mode() & 0o7777, 0o700, "{work:?}");
     // As nobody it re-reads its journal from the target's disk: intact.
     let main = status(&mut cb, &id).await.main_pid;
     assert!(main > 0);
@@ -243,7 +257,9 @@ async fn non_root_cooperative_workload_migrates_and_keeps_its_user() {
     }
     let work = b.data_dir.join("workloads").join(&id).join("work");
     let m = std::fs::metadata(&work).expect("work dir on the target");
-    assert_eq!((m.uid(), m.gid()), (NOBODY, NOBODY));
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (NOBODY, NOBODY, 0o700));
+    let log = work.parent().unwrap().join("output.log");
+    assert_eq!(std::fs::metadata(&log).expect("its log").mode() & 0o7777, 0o600, "{log:?}");
 }
 
 /// MigrateOut of `id` to the agent at `target`; its result.
@@ -367,7 +383,8 @@ async fn a_workload_as_nobody_reaches_nothing_of_others_or_of_ferry() {
     }
     let streams = vec![p(victims[0].0.join("control.sock"))];
     let seqpackets = vec![p(agent.data_dir.join("fdstore.sock"))];
-    for path in files.iter().chain(&dirs).chain(&streams).chain(&seqpackets) {
+    // Each is there to be denied (a path that is not could not be read either way).
+    for path in files.iter().chain(&streams).chain(&seqpackets) {
         assert!(
             path.starts_with("/proc/") || std::path::Path::new(path).exists(),
             "{path} is there"
