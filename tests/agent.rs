@@ -382,15 +382,20 @@ async fn health_reports_host_and_a_working_criu() {
     assert_eq!(id_of(&listed[0]), id_of(&s));
 }
 
-/// Starts `n` `/bin/true` workloads, `batch` at a time, and waits until each has exited.
+/// Starts `n` `/bin/true` workloads, `batch` at a time, and waits until each has exited. Every
+/// other one uses the cooperative engine (a control socket and its listening thread).
 async fn run_short_workloads(c: &Client, n: usize, batch: usize) {
     for chunk in (0..n).collect::<Vec<_>>().chunks(batch) {
         let tasks: Vec<_> = chunk
             .iter()
-            .map(|_| {
+            .map(|i| {
                 let mut c = c.clone();
+                let mut sp = spec(&["/bin/true"]);
+                if i % 2 == 0 {
+                    sp.engine = pb::Engine::Cooperative as i32;
+                }
                 tokio::spawn(async move {
-                    let id = id_of(&start(&mut c, spec(&["/bin/true"])).await);
+                    let id = id_of(&start(&mut c, sp).await);
                     wait_exited(&mut c, &id, Duration::from_secs(60)).await;
                 })
             })
@@ -412,9 +417,21 @@ async fn settled_fds(pid: i32) -> usize {
     least
 }
 
-/// Every per-workload descriptor (output log, capture pipes, control socket) goes when its
-/// workload ends: 500 short workloads leave the agent's descriptors and memory where 50 did, and
-/// a log stays readable after its workload ended.
+/// The agent's fd store process (`ferry fd-store`, a child of the agent).
+fn fd_store_of(agent: i32) -> i32 {
+    descendants(agent)
+        .into_iter()
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"fd-store"))
+        })
+        .expect("the agent's fd store")
+}
+
+/// Every per-workload descriptor (output log, capture pipes, control socket, fd store entries)
+/// goes when its workload ends: 500 short workloads leave the agent's and its fd store's
+/// descriptors, and the agent's memory, where 50 did, and a log stays readable after its
+/// workload ended.
 #[tokio::test]
 async fn descriptors_and_memory_stay_flat_over_500_workloads() {
     assert_root("descriptors_and_memory_stay_flat_over_500_workloads");
@@ -422,9 +439,16 @@ async fn descriptors_and_memory_stay_flat_over_500_workloads() {
     let c = agent.client().await;
     let pid = agent.pid();
     run_short_workloads(&c, 50, 10).await;
-    let (fds_50, rss_50) = (settled_fds(pid).await, rss_bytes(pid));
+    let store = fd_store_of(pid);
+    let (fds_50, rss_50, store_50) =
+        (settled_fds(pid).await, rss_bytes(pid), settled_fds(store).await);
     run_short_workloads(&c, 450, 10).await;
-    let (fds_500, rss_500) = (settled_fds(pid).await, rss_bytes(pid));
+    let (fds_500, rss_500, store_500) =
+        (settled_fds(pid).await, rss_bytes(pid), settled_fds(store).await);
+    assert!(
+        store_500 <= store_50 + 2,
+        "the fd store holds {store_500} descriptors after 500 workloads, {store_50} after 50"
+    );
     let held: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .flatten()
@@ -432,7 +456,8 @@ async fn descriptors_and_memory_stay_flat_over_500_workloads() {
         .map(|p| p.to_string_lossy().into_owned())
         .collect();
     eprintln!(
-        "fds after 50: {fds_50}, after 500: {fds_500}; RSS after 50: {} KiB, after 500: {} KiB",
+        "fds after 50: {fds_50}, after 500: {fds_500} (fd store: {store_50}, {store_500}); RSS \
+         after 50: {} KiB, after 500: {} KiB",
         rss_50 / 1024,
         rss_500 / 1024
     );

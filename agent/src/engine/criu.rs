@@ -52,7 +52,8 @@ pub fn start_lazy_dump(
     // RPC takes `ps.fd` only without lazy pages; a config file sets CRIU's `--ps-socket` for the
     // lazy page server, which then serves this already-connected socket instead of listening.
     let conf = dirs.work.join("lazy-dump.conf");
-    std::fs::write(&conf, format!("ps-socket {}\n", theirs.as_raw_fd())).map_err(other)?;
+    crate::sys::fsmode::write(&conf, format!("ps-socket {}\n", theirs.as_raw_fd()).as_bytes())
+        .map_err(other)?;
     let mut opts = dump_opts(&images, &work, w);
     opts.lazy_pages = Some(true);
     opts.config_file = Some(conf.to_string_lossy().into_owned());
