@@ -101,7 +101,9 @@ pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Binds a Unix socket at `path` with `bind` so that it is mode 0600 from its first moment on
 /// that path: bound in a fresh 0700 directory beside it, given its mode there, then renamed
 /// into place (a socket's mode cannot be set before it exists, and its first one comes from the
-/// umask). Whatever was at `path` before is replaced.
+/// umask). Whatever was at `path` before is replaced. A path too long for a socket address once
+/// the few bytes of that directory are added is bound in place and given its mode at once (then
+/// the umask decides its mode for that moment).
 pub fn bind_private<T>(
     path: &Path,
     bind: impl FnOnce(&Path) -> std::io::Result<T>,
@@ -112,7 +114,13 @@ pub fn bind_private<T>(
     };
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = parent.join(format!(".bind-{}-{n}", std::process::id()));
+    // Short: a socket's path is at most 107 bytes.
+    let tmp = parent.join(format!(".b{n:x}"));
+    if tmp.join(name).as_os_str().len() > 107 {
+        let s = bind(path)?;
+        std::fs::set_permissions(path, Permissions::from_mode(FILE))?;
+        return Ok(s);
+    }
     let _ = std::fs::remove_dir_all(&tmp);
     new_dir(&tmp, DIR)?;
     let at = tmp.join(name);
