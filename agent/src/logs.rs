@@ -265,6 +265,30 @@ mod tests {
     }
 
     #[test]
+    fn the_log_is_private_and_open_only_while_written() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("output.log");
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let log = LogStore::open(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "an older, wider log is tightened");
+        let held = || log.inner.lock().unwrap().file.is_some();
+        assert!(!held(), "no descriptor without a writer");
+        let (a, b) = (log.writer().unwrap(), log.writer().unwrap());
+        a.append(&LogLine { at_ms: 1, stream: Stream::Stdout, text: "one".into() }).unwrap();
+        drop(a);
+        assert!(held(), "open while a writer remains");
+        b.append(&LogLine { at_ms: 2, stream: Stream::Stderr, text: "two".into() }).unwrap();
+        drop(b);
+        assert!(!held(), "closed after the last writer");
+        let (lines, next) = log.read(0, 10).unwrap();
+        assert_eq!((lines.len(), next), (2, 2));
+        assert!(!held(), "a read opens a descriptor of its own");
+    }
+
+    #[test]
     fn store_reads_from_a_line_and_reopens() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("output.log");

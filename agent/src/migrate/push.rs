@@ -379,7 +379,6 @@ async fn forward(
     Ok(true)
 }
 
-/// Moves the received working directory and log into the workload's directory.
 /// Moves the received working directory and log into the workload's directory `dir` (made with
 /// `dir_mode`; the working directory mode 0700, as on the source, whatever the snapshot said).
 fn install(
