@@ -9,8 +9,9 @@
 //!       control.sock              0600  the workload's user (cooperative engine)
 //!       work/                     0700  the workload's user and group (default working dir)
 //!   migrations/                   0711  root
-//!     <migration id>/             0711 on a target (a cooperative program reads its state
-//!                                 below it), else 0700; images, CRIU files: 0700 / 0600
+//!     <migration id>/             0700; 0711 for a cooperative workload with a user (its
+//!                                 program writes or reads its state below it); images and
+//!                                 CRIU files 0700 / 0600
 //!   pages/<migration id>/         0700  root   (a stop-and-copy's page stream)
 //! ```
 //!

@@ -78,9 +78,14 @@ impl Agent {
         };
         crate::sys::fsmode::dir(&migrations, crate::sys::fsmode::TRAVERSE)
             .map_err(io(&migrations))?;
-        // Others may pass through (a cooperative workload's own user reads its state below it)
-        // but not list it.
-        match crate::sys::fsmode::new_dir(&scratch, crate::sys::fsmode::TRAVERSE) {
+        // Root's alone, but for a cooperative workload with a user, which reads its state below
+        // it: then others may pass through, never list it.
+        let scratch_mode = if spec.engine == Engine::Cooperative {
+            crate::workload::start::dir_mode(creds.as_ref())
+        } else {
+            crate::sys::fsmode::DIR
+        };
+        match crate::sys::fsmode::new_dir(&scratch, scratch_mode) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(AgentError::MigrationExists { id: mid });
