@@ -387,3 +387,105 @@ async fn health_reports_host_and_a_working_criu() {
     assert_eq!(listed.len(), 1);
     assert_eq!(id_of(&listed[0]), id_of(&s));
 }
+
+/// Starts `n` `/bin/true` workloads, `batch` at a time, and waits until each has exited. Every
+/// other one uses the cooperative engine (a control socket and its listening thread).
+async fn run_short_workloads(c: &Client, n: usize, batch: usize) {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(batch) {
+        let tasks: Vec<_> = chunk
+            .iter()
+            .map(|i| {
+                let mut c = c.clone();
+                let mut sp = spec(&["/bin/true"]);
+                if i % 2 == 0 {
+                    sp.engine = pb::Engine::Cooperative as i32;
+                }
+                tokio::spawn(async move {
+                    let id = id_of(&start(&mut c, sp).await);
+                    wait_exited(&mut c, &id, Duration::from_secs(60)).await;
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("a short workload");
+        }
+    }
+}
+
+/// The agent's open descriptors once they settle (a workload's output is drained, its helpers
+/// end, moments after its exit is recorded): the least seen over a second.
+async fn settled_fds(pid: i32) -> usize {
+    let mut least = usize::MAX;
+    for _ in 0..10 {
+        least = least.min(open_fds(pid));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    least
+}
+
+/// The agent's fd store process (`ferry fd-store`, a child of the agent).
+fn fd_store_of(agent: i32) -> i32 {
+    descendants(agent)
+        .into_iter()
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"fd-store"))
+        })
+        .expect("the agent's fd store")
+}
+
+/// Every per-workload descriptor (output log, capture pipes, control socket, fd store entries)
+/// goes when its workload ends: 500 short workloads leave the agent's and its fd store's
+/// descriptors, and the agent's memory, where 50 did, and a log stays readable after its
+/// workload ended.
+#[tokio::test]
+async fn descriptors_and_memory_stay_flat_over_500_workloads() {
+    assert_root("descriptors_and_memory_stay_flat_over_500_workloads");
+    let agent = AgentProc::start("fdleak");
+    let c = agent.client().await;
+    let pid = agent.pid();
+    run_short_workloads(&c, 50, 10).await;
+    let store = fd_store_of(pid);
+    let (fds_50, rss_50, store_50) =
+        (settled_fds(pid).await, rss_bytes(pid), settled_fds(store).await);
+    run_short_workloads(&c, 450, 10).await;
+    let (fds_500, rss_500, store_500) =
+        (settled_fds(pid).await, rss_bytes(pid), settled_fds(store).await);
+    assert!(
+        store_500 <= store_50 + 2,
+        "the fd store holds {store_500} descriptors after 500 workloads, {store_50} after 50"
+    );
+    let held: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    eprintln!(
+        "fds after 50: {fds_50}, after 500: {fds_500} (fd store: {store_50}, {store_500}); RSS \
+         after 50: {} KiB, after 500: {} KiB",
+        rss_50 / 1024,
+        rss_500 / 1024
+    );
+    assert!(
+        fds_500 <= fds_50 + 5,
+        "the agent holds {fds_500} descriptors after 500 workloads, {fds_50} after 50: {held:?}"
+    );
+    assert!(
+        rss_500 < rss_50 + (16 << 20),
+        "the agent's RSS grew from {} KiB to {} KiB over 450 workloads",
+        rss_50 / 1024,
+        rss_500 / 1024
+    );
+
+    // Output of ended workloads is still there: their logs are reopened for reads.
+    let mut c = c.clone();
+    let s = start(&mut c, spec(&["sh", "-c", "echo one; echo two >&2"])).await;
+    let id = id_of(&s);
+    wait_exited(&mut c, &id, T).await;
+    let mut lines = wait_log(&c, &id, "both lines", T, |l| l.len() >= 2).await;
+    lines.sort(); // two pipes: either may be read first
+    assert_eq!(lines, ["one", "two"]);
+    let fds = settled_fds(pid).await;
+    assert!(fds <= fds_500 + 1, "reading an ended workload's log left descriptors: {fds}");
+}

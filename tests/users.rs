@@ -84,6 +84,19 @@ async fn workload_runs_as_nobody_and_owns_its_working_directory() {
         let m = std::fs::metadata(&p).expect("work dir entry");
         assert_eq!((m.uid(), m.gid()), (NOBODY, NOBODY), "{p:?}");
     }
+    // Its own directory, closed to others; the way to it traversable, never listable.
+    let dir = work.parent().unwrap();
+    for (p, mode, uid) in [
+        (work.clone(), 0o700, NOBODY),
+        (dir.to_path_buf(), 0o711, 0),
+        (dir.join("state.json"), 0o600, 0),
+        (dir.join("output.log"), 0o600, 0),
+        (agent.data_dir.join("workloads"), 0o711, 0),
+        (agent.data_dir.clone(), 0o711, 0),
+    ] {
+        let m = std::fs::metadata(&p).expect("a workload's path");
+        assert_eq!((m.mode() & 0o7777, m.uid()), (mode, uid), "mode and owner of {p:?}");
+    }
 
     // Numbers work too; a uid without a passwd entry with a given group.
     let s = start(&mut c, as_user(&["sh", "-c", "id -u; id -g"], "4000000", "4000001")).await;
@@ -199,6 +212,7 @@ async fn non_root_workload_migrates_with_criu_and_keeps_its_ids() {
         let m = std::fs::metadata(&p).expect("work dir entry on the target");
         assert_eq!((m.uid(), m.gid()), (NOBODY, NOBODY), "{p:?}");
     }
+    assert_eq!(std::fs::metadata(&work).unwrap().mode() & 0o7777, 0o700, "{work:?}");
     // As nobody it re-reads its journal from the target's disk: intact.
     let main = status(&mut cb, &id).await.main_pid;
     assert!(main > 0);
@@ -243,7 +257,9 @@ async fn non_root_cooperative_workload_migrates_and_keeps_its_user() {
     }
     let work = b.data_dir.join("workloads").join(&id).join("work");
     let m = std::fs::metadata(&work).expect("work dir on the target");
-    assert_eq!((m.uid(), m.gid()), (NOBODY, NOBODY));
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (NOBODY, NOBODY, 0o700));
+    let log = work.parent().unwrap().join("output.log");
+    assert_eq!(std::fs::metadata(&log).expect("its log").mode() & 0o7777, 0o600, "{log:?}");
 }
 
 /// MigrateOut of `id` to the agent at `target`; its result.
@@ -256,4 +272,151 @@ async fn migrate_to(c: &mut Client, id: &str, target: &str) -> pb::MigrationResu
     .await
     .expect("MigrateOut")
     .into_inner()
+}
+
+/// What a workload running as nobody tries on each path: read a file, list a directory or
+/// connect to a socket. Prints `OK PATH` when it could, `DENIED PATH` when not, then `checked N`;
+/// then the same tries on its own file, directory and sockets (which must be OK), then `end`.
+const PROBE: &str = r#"
+n=0
+try() { if "$@" >/dev/null 2>&1; then echo "OK $2"; else echo "DENIED $2"; fi; n=$((n+1)); }
+connect() { python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX,getattr(socket,sys.argv[2])); s.connect(sys.argv[1])' "$@"; }
+for p in $FILES; do try cat "$p"; done
+for p in $DIRS; do try ls "$p"; done
+for p in $STREAMS; do try connect "$p" SOCK_STREAM; done
+for p in $SEQPACKETS; do try connect "$p" SOCK_SEQPACKET; done
+echo "checked $n"
+# Controls: the same tools on its own file, directory and sockets must succeed.
+listen() { python3 -c 'import socket,sys,time; s=socket.socket(socket.AF_UNIX,getattr(socket,sys.argv[2])); s.bind(sys.argv[1]); s.listen(1); time.sleep(5)' "$@"; }
+echo mine > own.txt && echo "own work dir ok"
+listen own-stream.sock SOCK_STREAM & listen own-seq.sock SOCK_SEQPACKET &
+i=0; while [ $i -lt 100 ] && ! { [ -S own-stream.sock ] && [ -S own-seq.sock ]; }; do sleep 0.1; i=$((i+1)); done
+try cat own.txt; try ls .; try connect own-stream.sock SOCK_STREAM; try connect own-seq.sock SOCK_SEQPACKET
+echo end
+"#;
+
+/// A workload running as nobody can read nothing of the agent's, of other workloads (their
+/// records with their environment, logs, working directories, control sockets, /proc
+/// environment), of the coordinator (ferry.db and its WAL) or of any TLS private key; it still
+/// works in its own working directory.
+#[tokio::test]
+async fn a_workload_as_nobody_reaches_nothing_of_others_or_of_ferry() {
+    assert_root("a_workload_as_nobody_reaches_nothing_of_others_or_of_ferry");
+    assert!(have_nobody(), "this test needs user nobody and group nogroup");
+    // A coordinator with its keys from `ferry certs`, and its database.
+    let tmp = TempDir::new("ferry-isolation");
+    let certs = tmp.path().join("certs");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["certs", "--dir", &certs.to_string_lossy(), "--name", "coordinator"])
+        .output()
+        .expect("run ferry certs");
+    assert!(out.status.success(), "ferry certs: {}", String::from_utf8_lossy(&out.stderr));
+    let coord_data = tmp.path().join("coordinator");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(["coordinator", "--listen", "127.0.0.1:0", "--tls-dir"])
+        .arg(&certs)
+        .arg("--data-dir")
+        .arg(&coord_data);
+    let _coordinator = AgentProc::spawn(
+        "coordinator",
+        cmd,
+        TempDir::new("ferry-isolation-unused"),
+        coord_data.clone(),
+    );
+    let db = coord_data.join("ferry.db");
+    wait_until("ferry.db and its WAL", T, || async {
+        (db.exists() && coord_data.join("ferry.db-wal").exists()).then_some(())
+    })
+    .await;
+
+    let agent = AgentProc::start("isolation");
+    let mut c = agent.client().await;
+    let secret = "s3cret-ferry-isolation";
+    let victim = |user: &str, group: &str, coop: bool| {
+        let mut s = as_user(
+            &["sh", "-c", "echo \"$SECRET\" > secret.txt; echo \"started $SECRET\"; sleep 600"],
+            user,
+            group,
+        );
+        s.env.insert("SECRET".into(), secret.into());
+        if coop {
+            s.engine = pb::Engine::Cooperative as i32;
+        }
+        s
+    };
+    // One as root (cooperative: it has a control socket), one as another unprivileged user.
+    let mut victims = Vec::new();
+    for (user, group, coop) in [("", "", true), ("4000000", "4000001", false)] {
+        let id = id_of(&start(&mut c, victim(user, group, coop)).await);
+        wait_log(&c, &id, "the victim's start", T, |l| l.iter().any(|x| x.starts_with("started")))
+            .await;
+        let main = status(&mut c, &id).await.main_pid;
+        assert!(main > 0, "{id} has a main process");
+        victims.push((agent.data_dir.join("workloads").join(&id), main));
+    }
+    let tls = agent.data_dir.parent().unwrap().join("tls");
+    let p = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
+    let mut files = vec![
+        p(db.clone()),
+        p(coord_data.join("ferry.db-wal")),
+        p(coord_data.join("ferry.db-shm")),
+        p(certs.join("ca-key.pem")),
+        p(certs.join("coordinator-key.pem")),
+        p(tls.join("isolation-key.pem")),
+        p(tls.join("ca-key.pem")),
+    ];
+    let mut dirs = vec![
+        p(agent.data_dir.clone()),
+        p(agent.data_dir.join("workloads")),
+        p(agent.data_dir.join("migrations")),
+        p(coord_data.clone()),
+        p(certs.clone()),
+    ];
+    for (dir, main) in &victims {
+        files.extend([
+            p(dir.join("state.json")),
+            p(dir.join("output.log")),
+            p(dir.join("work/secret.txt")),
+            format!("/proc/{main}/environ"),
+        ]);
+        dirs.extend([p(dir.clone()), p(dir.join("work"))]);
+    }
+    let streams = vec![p(victims[0].0.join("control.sock"))];
+    let seqpackets = vec![p(agent.data_dir.join("fdstore.sock"))];
+    // Each is there to be denied (a path that is not could not be read either way).
+    for path in files.iter().chain(&streams).chain(&seqpackets) {
+        assert!(
+            path.starts_with("/proc/") || std::path::Path::new(path).exists(),
+            "{path} is there"
+        );
+    }
+    let total = files.len() + dirs.len() + streams.len() + seqpackets.len();
+
+    let mut s = as_user(&["sh", "-c", PROBE], "nobody", "nogroup");
+    for (k, v) in
+        [("FILES", &files), ("DIRS", &dirs), ("STREAMS", &streams), ("SEQPACKETS", &seqpackets)]
+    {
+        s.env.insert(k.into(), v.join(" "));
+    }
+    let id = id_of(&start(&mut c, s).await);
+    wait_exited(&mut c, &id, T).await;
+    let lines =
+        wait_log(&c, &id, "the probe's last line", T, |l| l.iter().any(|x| x == "end")).await;
+    eprintln!("the probe's output: {lines:#?}");
+    assert!(lines.contains(&format!("checked {total}")), "the probe ran every check: {lines:?}");
+    assert!(
+        lines.iter().any(|l| l == "own work dir ok"),
+        "nobody still works in its own working directory: {lines:?}"
+    );
+    for own in ["own.txt", ".", "own-stream.sock", "own-seq.sock"] {
+        assert!(lines.contains(&format!("OK {own}")), "the probe's tools work on {own}: {lines:?}");
+    }
+    let reached: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("OK ") && !l.starts_with("OK own") && *l != "OK .")
+        .collect();
+    assert!(reached.is_empty(), "a workload running as nobody reached {reached:#?}");
+    for path in files.iter().chain(&dirs).chain(&streams).chain(&seqpackets) {
+        assert!(lines.contains(&format!("DENIED {path}")), "no verdict for {path}: {lines:?}");
+    }
 }

@@ -44,8 +44,7 @@ impl Agent {
     pub async fn new(config: AgentConfig) -> Result<Arc<Agent>> {
         let reaper = Reaper::start()
             .map_err(|e| AgentError::Internal(format!("cannot become a child subreaper: {e}")))?;
-        std::fs::create_dir_all(config.data_dir.join("workloads"))
-            .map_err(|source| AgentError::Io { path: config.data_dir.join("workloads"), source })?;
+        crate::datadir::prepare(&config.data_dir)?;
         if !config.init_path.is_file() {
             return Err(AgentError::Internal(format!(
                 "ferry-init not found at {:?}; build it (cargo build) or pass --init-path",

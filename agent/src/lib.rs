@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod config;
 pub mod criu;
+pub mod datadir;
 pub mod engine;
 pub mod error;
 pub mod grpc;

@@ -33,7 +33,10 @@ pub struct LogLine {
 }
 
 struct Inner {
-    file: File,
+    /// Open for appends only while a capture writes to it (see [`LogStore::writer`]): a workload
+    /// that ended holds no descriptor, however many of them the agent remembers.
+    file: Option<File>,
+    writers: usize,
     /// Byte offset of every line in the file, for reads from a given line.
     offsets: Vec<u64>,
     len: u64,
@@ -46,19 +49,29 @@ pub struct LogStore {
     inner: Arc<Mutex<Inner>>,
 }
 
+/// Opens `path` (creating it mode 0600: a log holds whatever the workload printed) for reads
+/// and appends; a symlink there is refused, never followed.
+fn open_file(path: &Path) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .mode(crate::sys::fsmode::FILE)
+        .custom_flags(crate::sys::O_NOFOLLOW)
+        .open(path)?;
+    crate::sys::fsmode::tighten_file(&file)?;
+    Ok(file)
+}
+
 impl LogStore {
     /// Opens (or creates) the log at `path`, indexing what it already holds. A symlink there is
-    /// refused, never followed (a received log could be one).
+    /// refused, never followed (a received log could be one). No descriptor is kept: writers
+    /// open it ([`LogStore::writer`]), each read opens it anew.
     pub fn open(path: &Path) -> std::io::Result<LogStore> {
-        let file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .custom_flags(crate::sys::O_NOFOLLOW)
-            .open(path)?;
+        let file = open_file(path)?;
         let mut offsets = Vec::new();
         let mut len = 0u64;
-        let mut reader = BufReader::new(file.try_clone()?);
+        let mut reader = BufReader::new(file);
         let mut buf = Vec::new();
         loop {
             buf.clear();
@@ -71,7 +84,7 @@ impl LogStore {
         }
         Ok(LogStore {
             path: path.to_path_buf(),
-            inner: Arc::new(Mutex::new(Inner { file, offsets, len })),
+            inner: Arc::new(Mutex::new(Inner { file: None, writers: 0, offsets, len })),
         })
     }
 
@@ -79,11 +92,25 @@ impl LogStore {
         &self.path
     }
 
+    /// Keeps the log open for appends until every writer taken is dropped.
+    pub fn writer(&self) -> std::io::Result<LogWriter> {
+        let mut inner = self.inner.lock().expect("log poisoned");
+        if inner.file.is_none() {
+            inner.file = Some(open_file(&self.path)?);
+        }
+        inner.writers += 1;
+        Ok(LogWriter { log: self.clone() })
+    }
+
+    /// Appends one line (opening the log for this line alone when no writer holds it open).
     pub fn append(&self, line: &LogLine) -> std::io::Result<()> {
         let mut json = serde_json::to_vec(line).map_err(std::io::Error::other)?;
         json.push(b'\n');
         let mut inner = self.inner.lock().expect("log poisoned");
-        inner.file.write_all(&json)?;
+        match inner.file.as_mut() {
+            Some(f) => f.write_all(&json)?,
+            None => open_file(&self.path)?.write_all(&json)?,
+        }
         let at = inner.len;
         inner.offsets.push(at);
         inner.len += json.len() as u64;
@@ -101,10 +128,13 @@ impl LogStore {
         if from >= total {
             return Ok((Vec::new(), total));
         }
-        let mut file = inner.file.try_clone()?;
-        file.seek(SeekFrom::Start(inner.offsets[from as usize]))?;
+        let start = inner.offsets[from as usize];
         let end = (from + max as u64).min(total);
         drop(inner);
+        // A descriptor of its own, closed when this read ends.
+        let mut file =
+            OpenOptions::new().read(true).custom_flags(crate::sys::O_NOFOLLOW).open(&self.path)?;
+        file.seek(SeekFrom::Start(start))?;
         let mut out = Vec::with_capacity((end - from) as usize);
         let mut reader = BufReader::new(file);
         let mut buf = String::new();
@@ -119,6 +149,31 @@ impl LogStore {
         }
         let next = from + out.len() as u64;
         Ok((out, next))
+    }
+}
+
+/// Holds a [`LogStore`] open for appends; the last one dropped closes it.
+pub struct LogWriter {
+    log: LogStore,
+}
+
+impl LogWriter {
+    pub fn append(&self, line: &LogLine) -> std::io::Result<()> {
+        self.log.append(line)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.log.path()
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        let mut inner = self.log.inner.lock().expect("log poisoned");
+        inner.writers -= 1;
+        if inner.writers == 0 {
+            inner.file = None;
+        }
     }
 }
 
@@ -161,7 +216,8 @@ impl LineSplitter {
 }
 
 /// Copies everything read from `pipe` (a read end) into `log` until the writers close it.
-pub fn capture(pipe: OwnedFd, stream: Stream, log: LogStore) -> tokio::task::JoinHandle<()> {
+/// The log is held open for appends (`log`) until then.
+pub fn capture(pipe: OwnedFd, stream: Stream, log: LogWriter) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(pipe) {
             Ok(rx) => rx,
@@ -206,6 +262,30 @@ mod tests {
         assert_eq!(out[0].len(), MAX_LINE);
         assert_eq!(s.finish().unwrap().len(), 10);
         assert_eq!(s.finish(), None);
+    }
+
+    #[test]
+    fn the_log_is_private_and_open_only_while_written() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("output.log");
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let log = LogStore::open(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "an older, wider log is tightened");
+        let held = || log.inner.lock().unwrap().file.is_some();
+        assert!(!held(), "no descriptor without a writer");
+        let (a, b) = (log.writer().unwrap(), log.writer().unwrap());
+        a.append(&LogLine { at_ms: 1, stream: Stream::Stdout, text: "one".into() }).unwrap();
+        drop(a);
+        assert!(held(), "open while a writer remains");
+        b.append(&LogLine { at_ms: 2, stream: Stream::Stderr, text: "two".into() }).unwrap();
+        drop(b);
+        assert!(!held(), "closed after the last writer");
+        let (lines, next) = log.read(0, 10).unwrap();
+        assert_eq!((lines.len(), next), (2, 2));
+        assert!(!held(), "a read opens a descriptor of its own");
     }
 
     #[test]

@@ -126,8 +126,11 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         bail!("--subnet must be three octets such as 10.231.254, not {:?}", args.subnet);
     }
     let bridge = format!("{}br0", args.net_name);
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create {:?}", args.data_dir))?;
+    // Root's alone (0700): tokens, keys, the database and every node's workloads are below it.
+    // Root-mode agents see their node's directory through a bind mount, so their workloads
+    // never pass through this one.
+    ferry_proto::tls::private_dir(&args.data_dir)
+        .with_context(|| format!("cannot create {:?} mode 0700", args.data_dir))?;
     let pid_file = args.data_dir.join("up.pid");
     if let Some(pid) = running(&pid_file) {
         bail!(
@@ -140,7 +143,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     let root = unsafe { libc::geteuid() } == 0;
     let exe = std::env::current_exe()?;
     let logs = args.data_dir.join("logs");
-    std::fs::create_dir_all(&logs)?;
+    ferry_proto::tls::private_dir(&logs).with_context(|| format!("cannot create {logs:?}"))?;
     let mut cluster = Cluster { children: Vec::new(), net: None, pid_file: pid_file.clone() };
 
     let names: Vec<String> = (0..args.nodes).map(|i| format!("node{i}")).collect();

@@ -80,9 +80,11 @@ pub(crate) fn now_ms() -> i64 {
 
 impl Coordinator {
     pub fn open(config: CoordinatorConfig) -> Result<Arc<Coordinator>, StoreError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| StoreError::Open {
+        // Root's alone (mode 0700): the database holds every workload's command line and
+        // environment. An existing directory is tightened.
+        ferry_proto::tls::private_dir(&config.data_dir).map_err(|e| StoreError::Open {
             path: config.data_dir.display().to_string(),
-            source: rusqlite::Error::InvalidPath(format!("cannot create it: {e}").into()),
+            source: rusqlite::Error::InvalidPath(format!("cannot create it mode 0700: {e}").into()),
         })?;
         let store = Store::open(&config.data_dir.join("ferry.db"))?;
         if config.forget_nodes {

@@ -122,9 +122,39 @@ CREATE TABLE IF NOT EXISTS events (
 );
 ";
 
+/// Creates the database file mode 0600 before SQLite does (SQLite would make it 0644, and gives
+/// its -wal and -shm files the database's mode), and sets an existing one, -wal and -shm
+/// included, to 0600.
+fn private_files(db: &Path) -> Result<(), (std::path::PathBuf, std::io::Error)> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let private = std::fs::Permissions::from_mode(0o600);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(db)
+        .and_then(|f| f.set_permissions(private.clone()))
+        .map_err(|e| (db.to_path_buf(), e))?;
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        let p = std::path::PathBuf::from(p);
+        match std::fs::set_permissions(&p, private.clone()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err((p, e)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let open = |e| StoreError::Open { path: path.display().to_string(), source: e };
+        private_files(path).map_err(|(p, e)| StoreError::Open {
+            path: p.display().to_string(),
+            source: rusqlite::Error::InvalidPath(format!("cannot make it mode 0600: {e}").into()),
+        })?;
         let conn = Connection::open(path).map_err(open)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(open)?;
@@ -410,6 +440,32 @@ pub struct Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_database_and_its_wal_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("ferry.db");
+        let mode = |suffix: &str| {
+            let p = format!("{}{suffix}", path.display());
+            std::fs::metadata(&p).unwrap_or_else(|e| panic!("{p}: {e}")).permissions().mode()
+                & 0o777
+        };
+        {
+            let s = Store::open(&path).unwrap();
+            s.register("n1", "http://a", b"", 1).unwrap();
+            for suffix in ["", "-wal", "-shm"] {
+                assert_eq!(mode(suffix), 0o600, "ferry.db{suffix}");
+            }
+        }
+        // A database an older version left open to everyone is tightened when opened.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let s = Store::open(&path).unwrap();
+        s.register("n2", "http://b", b"", 2).unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            assert_eq!(mode(suffix), 0o600, "ferry.db{suffix} reopened");
+        }
+    }
 
     #[test]
     fn nodes_survive_reopening() {

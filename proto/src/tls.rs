@@ -43,6 +43,22 @@ pub enum Wire {
     Insecure,
 }
 
+/// Sets a key file to mode 0600 when group or others have any access to it.
+fn private_key(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else { return Ok(()) }; // read() says why
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+            format!(
+                "{} has mode {mode:o} (others may read it) and cannot be set to 0600: {e}",
+                path.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| {
         format!(
@@ -54,8 +70,13 @@ fn read(path: &Path) -> Result<Vec<u8>, String> {
 }
 
 impl Tls {
-    /// Loads `ca.pem`, `NAME.pem` and `NAME-key.pem` from `dir`.
+    /// Loads `ca.pem`, `NAME.pem` and `NAME-key.pem` from `dir`. A key others may read (an
+    /// older `ferry certs`, a careless copy) is set to mode 0600 first, or refused when that
+    /// fails; the directory is set to 0700 when it can be.
     pub fn load(dir: &Path, name: &str) -> Result<Tls, String> {
+        let key = dir.join(format!("{name}-key.pem"));
+        private_key(&key)?;
+        let _ = private_dir(dir);
         let tls = Tls {
             name: name.to_string(),
             dir: dir.to_path_buf(),
@@ -178,13 +199,25 @@ pub fn write_fresh(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
         .and_then(|mut f| f.write_all(text.as_bytes()))
 }
 
+/// Makes `dir` (and missing parents) a directory of mode 0700 — created so, or an existing one
+/// set to it. For what holds keys, tokens and databases.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    if std::fs::metadata(dir)?.permissions().mode() & 0o7777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 fn rcgen_err(e: rcgen::Error) -> String {
     format!("certificate generation failed: {e}")
 }
 
 /// Creates `ca.pem`/`ca-key.pem` in `dir` if they are not there, then issues `NAME.pem` and
 /// `NAME-key.pem` signed by that CA, valid for `days`, naming `name`, [`CLUSTER_NAME`] and the
-/// given addresses. Keys are written mode 0600. Returns the files written.
+/// given addresses. Keys are written mode 0600, in a directory made (or set to) mode 0700.
+/// Returns the files written.
 pub fn issue_into(
     dir: &Path,
     name: &str,
@@ -205,7 +238,7 @@ pub fn issue_into(
             "certificate name {name:?} must be 1-64 letters, digits, '-', '_' or '.', and not \"ca\""
         ));
     }
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    private_dir(dir).map_err(|e| format!("cannot create {} (mode 0700): {e}", dir.display()))?;
     let write = |file: &str, text: &str, private: bool| -> Result<PathBuf, String> {
         let path = dir.join(file);
         write_fresh(&path, text, if private { 0o600 } else { 0o644 })
@@ -314,6 +347,29 @@ mod tests {
         assert_eq!(peer_names(&der), vec!["node7".to_string()]);
         assert!(issue_into(&dir, "../x", &[], 1).is_err());
         assert!(issue_into(&dir, "ca", &[], 1).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn keys_and_their_directory_are_private_and_older_ones_are_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("ferry-tls-modes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        issue_into(&dir, "node1", &[], 1).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&dir), 0o700);
+        for key in ["ca-key.pem", "node1-key.pem"] {
+            assert_eq!(mode(&dir.join(key)), 0o600, "{key}");
+        }
+        // As an older version left them: a 0755 directory, a key others may read.
+        let set = |p: &Path, m: u32| std::fs::set_permissions(p, PermissionsExt::from_mode(m));
+        set(&dir, 0o755).unwrap();
+        set(&dir.join("node1-key.pem"), 0o644).unwrap();
+        Tls::load(&dir, "node1").unwrap();
+        assert_eq!((mode(&dir), mode(&dir.join("node1-key.pem"))), (0o700, 0o600));
+        set(&dir, 0o755).unwrap();
+        issue_into(&dir, "node2", &[], 1).unwrap();
+        assert_eq!(mode(&dir), 0o700, "issuing tightens the directory");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -72,6 +72,33 @@ pub fn require_root(test: &str) -> bool {
     true
 }
 
+/// Panics when not running as root: for tests whose point is lost without it (isolation
+/// between users, descriptors of real PID-namespace workloads), which must fail rather than pass
+/// by skipping.
+pub fn assert_root(test: &str) {
+    assert!(
+        is_root(),
+        "{test} needs root (workloads as other users, PID namespaces); run it as root"
+    );
+}
+
+/// Open descriptors of process `pid` (the entries of /proc/PID/fd).
+pub fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Resident set size of process `pid` in bytes (VmRSS of /proc/PID/status).
+pub fn rss_bytes(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let kb = s.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+            kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
 /// Polls `f` every 20 ms until it returns Some, or panics with `what` after `timeout`.
 pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where

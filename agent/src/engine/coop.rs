@@ -54,10 +54,11 @@ pub struct Control {
 }
 
 impl Control {
-    /// Listens on `path` and accepts the program's connections in a thread of its own.
+    /// Listens on `path` (a socket of mode 0600: the agent's, or its workload's user's once
+    /// given to it) and accepts the program's connections in a thread of its own.
     pub fn listen(path: &Path) -> std::io::Result<Arc<Control>> {
         let _ = std::fs::remove_file(path);
-        let listener = UnixListener::bind(path)?;
+        let listener = crate::sys::fsmode::bind_private(path, |p| UnixListener::bind(p))?;
         listener.set_nonblocking(true)?;
         let c = Arc::new(Control {
             path: path.to_path_buf(),
@@ -90,6 +91,8 @@ impl Control {
             }
         }
         let _ = std::fs::remove_file(&self.path);
+        // The workload ended: its connection goes with the listener.
+        self.state.lock().expect("control state poisoned").conn = None;
     }
 
     fn greet(&self, stream: UnixStream) -> std::io::Result<()> {
@@ -172,9 +175,10 @@ impl Control {
         }
     }
 
-    /// Stops accepting; called when the workload ends.
+    /// Stops accepting and drops the program's connection; called when the workload ends.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
+        self.state.lock().expect("control state poisoned").conn = None;
     }
 }
 
@@ -201,10 +205,17 @@ impl CheckpointEngine for CoopEngine {
                 w.id()
             ))
         })?;
-        std::fs::create_dir_all(dirs.images)
-            .map_err(|e| EngineError::Other(format!("cannot create {:?}: {e}", dirs.images)))?;
-        // A program running as another user writes its state there itself.
+        // A program running as another user writes its state there itself: it passes through
+        // the migration's scratch directory to its own.
         let creds = agent.credentials(&w.spec).map_err(|e| EngineError::Other(e.to_string()))?;
+        let made = |path: &Path, mode| {
+            crate::sys::fsmode::dir(path, mode)
+                .map_err(|e| EngineError::Other(format!("cannot create {path:?}: {e}")))
+        };
+        if let Some(scratch) = dirs.images.parent() {
+            made(scratch, crate::workload::start::dir_mode(creds.as_ref()))?;
+        }
+        made(dirs.images, crate::sys::fsmode::DIR)?;
         if let Some(c) = creds {
             crate::workload::start::chown(dirs.images, &c)
                 .map_err(|e| EngineError::Other(e.to_string()))?;

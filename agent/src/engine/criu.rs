@@ -52,7 +52,8 @@ pub fn start_lazy_dump(
     // RPC takes `ps.fd` only without lazy pages; a config file sets CRIU's `--ps-socket` for the
     // lazy page server, which then serves this already-connected socket instead of listening.
     let conf = dirs.work.join("lazy-dump.conf");
-    std::fs::write(&conf, format!("ps-socket {}\n", theirs.as_raw_fd())).map_err(other)?;
+    crate::sys::fsmode::write(&conf, format!("ps-socket {}\n", theirs.as_raw_fd()).as_bytes())
+        .map_err(other)?;
     let mut opts = dump_opts(&images, &work, w);
     opts.lazy_pages = Some(true);
     opts.config_file = Some(conf.to_string_lossy().into_owned());
@@ -180,8 +181,10 @@ fn criu_path(agent: &Agent) -> Result<std::path::PathBuf, EngineError> {
     })
 }
 
+/// Opens a directory of the migration's scratch (creating it, and missing parents, mode 0700:
+/// images hold the workload's memory).
 fn open(path: &std::path::Path) -> Result<std::os::fd::OwnedFd, EngineError> {
-    std::fs::create_dir_all(path)
+    crate::sys::fsmode::dir(path, crate::sys::fsmode::DIR)
         .and_then(|_| swrk::open_dir(path))
         .map_err(|e| EngineError::Other(format!("cannot open {path:?}: {e}")))
 }

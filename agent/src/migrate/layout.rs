@@ -36,9 +36,9 @@ pub(super) fn read(w: &Workload, dir: &Path, migration: &str) -> Before {
     let attempt = || -> std::io::Result<Before> {
         let pids = pids(w);
         let watch = layout::start(&pids)?;
-        std::fs::create_dir_all(dir)?;
+        crate::sys::fsmode::dir(dir, crate::sys::fsmode::DIR)?;
         for pid in pids {
-            std::fs::write(dir.join(pid.to_string()), proc::smaps(pid)?)?;
+            crate::sys::fsmode::write(&dir.join(pid.to_string()), &proc::smaps(pid)?)?;
         }
         Ok(Before::Read { dir: dir.to_path_buf(), watch })
     };

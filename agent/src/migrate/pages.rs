@@ -13,6 +13,7 @@
 //! ```
 
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -376,10 +377,9 @@ impl Agent {
 
     /// Creates the pages directory of `mid`; an id in use is refused.
     fn make_pages_dir(&self, mid: &str, dir: &Path) -> Result<(), AgentError> {
-        let made = std::fs::create_dir_all(dir.parent().expect("under pages")).and_then(|_| {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new().mode(0o700).create(dir)
-        });
+        let parent = dir.parent().expect("under pages");
+        let made = crate::sys::fsmode::dir(parent, crate::sys::fsmode::DIR)
+            .and_then(|_| crate::sys::fsmode::new_dir(dir, crate::sys::fsmode::DIR));
         match made {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -437,6 +437,7 @@ impl Agent {
                 let made = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
+                    .mode(crate::sys::fsmode::FILE)
                     .open(&path)
                     .and_then(|f| crate::sys::mem::preallocate(&f, image.bytes));
                 if let Err(e) = made {
@@ -707,6 +708,7 @@ fn write_pages(
                         std::fs::OpenOptions::new()
                             .write(true)
                             .create_new(true)
+                            .mode(crate::sys::fsmode::FILE)
                             .open(&path)
                             .map_err(io(path))
                     };

@@ -1,7 +1,6 @@
 //! The target's side of a migration: receive a snapshot, verify all of it, install the working
 //! directory and log, restore the workload stopped, and hold it until the source commits.
 
-use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -77,10 +76,16 @@ impl Agent {
             let path = path.to_path_buf();
             move |source| AgentError::Io { path, source }
         };
-        std::fs::create_dir_all(&migrations).map_err(io(&migrations))?;
-        // Others may pass through (a cooperative workload's own user reads its state below it)
-        // but not list it.
-        match std::fs::DirBuilder::new().mode(0o711).create(&scratch) {
+        crate::sys::fsmode::dir(&migrations, crate::sys::fsmode::TRAVERSE)
+            .map_err(io(&migrations))?;
+        // Root's alone, but for a cooperative workload with a user, which reads its state below
+        // it: then others may pass through, never list it.
+        let scratch_mode = if spec.engine == Engine::Cooperative {
+            crate::workload::start::dir_mode(creds.as_ref())
+        } else {
+            crate::sys::fsmode::DIR
+        };
+        match crate::sys::fsmode::new_dir(&scratch, scratch_mode) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(AgentError::MigrationExists { id: mid });
@@ -105,14 +110,17 @@ impl Agent {
 
         let restore_start = Instant::now();
         let dir = self.workload_dir(&spec.id);
+        let dir_mode = crate::workload::start::dir_mode(creds.as_ref());
         let installed =
-            install(&recv_dir, &dir, &info, spec.cwd.as_deref()).and_then(|()| match &creds {
-                // Received files are root's: the shipped working directory goes back to the
-                // workload's user (CRIU restores the processes' own credentials).
-                Some(c) if info.ships_workdir => {
-                    crate::workload::start::chown(&dir.join("work"), c)
+            install(&recv_dir, &dir, dir_mode, &info, spec.cwd.as_deref()).and_then(|()| {
+                match &creds {
+                    // Received files are root's: the shipped working directory goes back to the
+                    // workload's user (CRIU restores the processes' own credentials).
+                    Some(c) if info.ships_workdir => {
+                        crate::workload::start::chown(&dir.join("work"), c)
+                    }
+                    _ => Ok(()),
                 }
-                _ => Ok(()),
             });
         if let Err(e) = installed {
             let _ = std::fs::remove_dir_all(&scratch);
@@ -376,8 +384,15 @@ async fn forward(
     Ok(true)
 }
 
-/// Moves the received working directory and log into the workload's directory.
-fn install(recv: &Path, dir: &Path, info: &pb::RestoreInfo, cwd: Option<&Path>) -> Result<()> {
+/// Moves the received working directory and log into the workload's directory `dir` (made with
+/// `dir_mode`; the working directory mode 0700, as on the source, whatever the snapshot said).
+fn install(
+    recv: &Path,
+    dir: &Path,
+    dir_mode: u32,
+    info: &pb::RestoreInfo,
+    cwd: Option<&Path>,
+) -> Result<()> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| AgentError::Io { path, source }
@@ -403,7 +418,7 @@ fn install(recv: &Path, dir: &Path, info: &pb::RestoreInfo, cwd: Option<&Path>) 
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(io(dir))?;
     }
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    crate::sys::fsmode::dir(dir, dir_mode).map_err(io(dir))?;
     if info.ships_workdir {
         let work = recv.join("work");
         if kind("work").is_none() {
@@ -411,6 +426,8 @@ fn install(recv: &Path, dir: &Path, info: &pb::RestoreInfo, cwd: Option<&Path>) 
                 "the snapshot announces a working directory but has none".into(),
             ));
         }
+        // Closed before it is moved in (the receiver created it with the sender's mode).
+        crate::sys::fsmode::set(&work, crate::sys::fsmode::DIR).map_err(io(&work))?;
         std::fs::rename(&work, dir.join("work")).map_err(io(&work))?;
     } else if let Some(cwd) = cwd {
         if !cwd.is_dir() {
@@ -419,6 +436,7 @@ fn install(recv: &Path, dir: &Path, info: &pb::RestoreInfo, cwd: Option<&Path>) 
     }
     let log = recv.join("log/output.log");
     if kind("log/output.log").is_some() {
+        crate::sys::fsmode::tighten(&log, crate::sys::fsmode::FILE).map_err(io(&log))?;
         std::fs::rename(&log, dir.join("output.log")).map_err(io(&log))?;
     }
     Ok(())

@@ -95,7 +95,7 @@ pub fn collect(src: &Sources<'_>) -> std::io::Result<Vec<Entry>> {
         if log.exists() {
             let dir = log.parent().unwrap_or(Path::new("/"));
             let mut d = entry(dir, "log".into())?;
-            d.file.mode = 0o755;
+            d.file.mode = 0o700;
             out.push(d);
             out.push(entry(log, "log/output.log".into())?);
         }

@@ -284,7 +284,7 @@ impl Receiver {
         std::fs::create_dir_all(root.parent().unwrap_or(root)).map_err(io(root))?;
         // Not listable by others; files keep the modes the manifest gives them (a cooperative
         // workload running as another user reads its own state files here).
-        std::fs::DirBuilder::new().mode(0o711).create(root).map_err(io(root))?;
+        crate::sys::fsmode::new_dir(root, crate::sys::fsmode::TRAVERSE).map_err(io(root))?;
         let exists = |name: &str, path: &Path| {
             let (name, path) = (name.to_string(), path.to_path_buf());
             move |source: std::io::Error| {
@@ -322,7 +322,11 @@ impl Receiver {
                             f.name
                         )));
                     }
-                    std::fs::create_dir(&path).map_err(exists(&f.name, &path))?;
+                    // Created closed, then given the sender's mode.
+                    std::fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(&path)
+                        .map_err(exists(&f.name, &path))?;
                     let _ = std::fs::set_permissions(
                         &path,
                         std::fs::Permissions::from_mode(mode | 0o700),

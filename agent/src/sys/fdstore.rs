@@ -75,7 +75,8 @@ struct Entry {
 pub fn serve(path: &Path) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = seqpacket()?;
-    bind(listener.as_raw_fd(), &UnixAddr::new(path)?)?;
+    // Mode 0600 from its first moment: whoever connects may take every workload's output.
+    super::fsmode::bind_private(path, |at| Ok(bind(listener.as_raw_fd(), &UnixAddr::new(at)?)?))?;
     listen(&listener, Backlog::new(4)?)?;
     let mut entries: Vec<Entry> = Vec::new();
     let mut client: Option<OwnedFd> = None;

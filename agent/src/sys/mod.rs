@@ -3,6 +3,7 @@
 
 pub mod command;
 pub mod fdstore;
+pub mod fsmode;
 pub mod host;
 pub mod layout;
 pub mod mem;

@@ -55,7 +55,15 @@ impl Agent {
                     tracing::warn!(id = a.spec.id, %e, "cannot hand the output pipe to the fd store");
                 }
             }
-            logs::capture(fd, stream, a.log.clone());
+            // The log stays open for appends while a capture runs, and closes after the last.
+            match a.log.writer() {
+                Ok(writer) => {
+                    logs::capture(fd, stream, writer);
+                }
+                Err(e) => {
+                    tracing::warn!(id = a.spec.id, path = ?a.log.path(), %e, "cannot open the workload's log; its output is lost");
+                }
+            }
         }
         let init_start_ticks = crate::sys::proc::start_ticks(a.init_pid).unwrap_or(0);
         let (exit_tx, exit) = watch::channel(None);

@@ -96,7 +96,7 @@ impl Workload {
         let (path, tmp) = (self.dir.join(STATE_FILE), self.dir.join("state.json.tmp"));
         let written = serde_json::to_vec_pretty(&r)
             .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|b| crate::sys::fsmode::write(&tmp, &b))
             .and_then(|()| std::fs::rename(&tmp, &path));
         if let Err(e) = written {
             tracing::warn!(id = self.spec.id, path = %path.display(), %e, "cannot write the workload record");

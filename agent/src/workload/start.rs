@@ -10,6 +10,7 @@ use crate::agent::Agent;
 use crate::engine::coop::Control;
 use crate::error::{AgentError, Result};
 use crate::logs::LogStore;
+use crate::sys::fsmode;
 use crate::sys::spawn::{self, SpawnRequest};
 use crate::sys::user::Credentials;
 
@@ -65,10 +66,14 @@ impl Agent {
         let creds = self.credentials(&spec)?;
         let dir = self.workload_dir(&spec.id);
         let cwd = spec.cwd.clone().unwrap_or_else(|| dir.join("work"));
+        // Its directory only the agent lists; a workload running as another user passes
+        // through it to its working directory and control socket (docs/security.md).
+        let dir_mode = dir_mode(creds.as_ref());
         if spec.cwd.is_none() {
-            create_dir(&cwd)?;
+            create_dir(&dir, dir_mode)?;
+            create_dir(&cwd, fsmode::DIR)?;
             // The default working directory belongs to the workload's user (a given one is
-            // the caller's to prepare).
+            // the caller's to prepare), and to nobody else.
             if let Some(c) = &creds {
                 chown(&cwd, c)?;
             }
@@ -85,7 +90,7 @@ impl Agent {
                 return Err(err);
             }
         };
-        create_dir(&dir)?;
+        create_dir(&dir, dir_mode)?;
         let coop = if spec.engine == Engine::Cooperative {
             let sock = dir.join("control.sock");
             let c = Control::listen(&sock)
@@ -208,8 +213,19 @@ pub(crate) fn pipe_key(fd: &impl AsRawFd) -> std::io::Result<String> {
     Ok(format!("pipe:[{}]", crate::sys::swrk::inode(fd.as_raw_fd())?))
 }
 
-pub(crate) fn create_dir(path: &Path) -> Result<()> {
-    std::fs::create_dir_all(path).map_err(|source| AgentError::Io { path: path.into(), source })
+/// Makes `path` a directory of exactly `mode` (creating it and missing parents, or tightening).
+pub(crate) fn create_dir(path: &Path, mode: u32) -> Result<()> {
+    fsmode::dir(path, mode).map_err(|source| AgentError::Io { path: path.into(), source })
+}
+
+/// The mode of a workload's directory: traversable when it runs as another user (its working
+/// directory and control socket are below it), else the agent's alone.
+pub(crate) fn dir_mode(creds: Option<&Credentials>) -> u32 {
+    if creds.is_some() {
+        fsmode::TRAVERSE
+    } else {
+        fsmode::DIR
+    }
 }
 
 /// A fresh id: `prefix-` and 12 hex digits from the kernel's random source.
