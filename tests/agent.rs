@@ -440,7 +440,7 @@ fn fd_store_of(agent: i32) -> i32 {
 /// workload ended.
 #[tokio::test]
 async fn descriptors_and_memory_stay_flat_over_500_workloads() {
-    assert_root("descriptors_and_memory_stay_flat_over_500_workloads");
+    require_root("descriptors_and_memory_stay_flat_over_500_workloads");
     let agent = AgentProc::start("fdleak");
     let c = agent.client().await;
     let pid = agent.pid();

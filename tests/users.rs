@@ -301,7 +301,7 @@ echo end
 /// works in its own working directory.
 #[tokio::test]
 async fn a_workload_as_nobody_reaches_nothing_of_others_or_of_ferry() {
-    assert_root("a_workload_as_nobody_reaches_nothing_of_others_or_of_ferry");
+    require_root("a_workload_as_nobody_reaches_nothing_of_others_or_of_ferry");
     assert!(have_nobody(), "this test needs user nobody and group nogroup");
     // A coordinator with its keys from `ferry certs`, and its database.
     let tmp = TempDir::new("ferry-isolation");

@@ -72,16 +72,6 @@ pub fn require_root(test: &str) -> bool {
     true
 }
 
-/// Panics when not running as root: for tests whose point is lost without it (isolation
-/// between users, descriptors of real PID-namespace workloads), which must fail rather than pass
-/// by skipping.
-pub fn assert_root(test: &str) {
-    assert!(
-        is_root(),
-        "{test} needs root (workloads as other users, PID namespaces); run it as root"
-    );
-}
-
 /// Open descriptors of process `pid` (the entries of /proc/PID/fd).
 pub fn open_fds(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
