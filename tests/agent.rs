@@ -489,3 +489,31 @@ async fn descriptors_and_memory_stay_flat_over_500_workloads() {
     let fds = settled_fds(pid).await;
     assert!(fds <= fds_500 + 1, "reading an ended workload's log left descriptors: {fds}");
 }
+
+/// An ended workload is kept (status, log, directory) for `--keep-ended-secs`, then forgotten
+/// with its directory; a running one is never forgotten.
+#[tokio::test]
+async fn ended_workloads_are_forgotten_once_kept_long_enough() {
+    require_root("ended_workloads_are_forgotten_once_kept_long_enough");
+    let agent = AgentProc::start_with("forget", &["--keep-ended-secs", "2"]);
+    let mut c = agent.client().await;
+    let runs = id_of(&start(&mut c, spec(&["sleep", "600"])).await);
+    let ended = id_of(&start(&mut c, spec(&["/bin/true"])).await);
+    wait_exited(&mut c, &ended, T).await;
+    let dir = agent.data_dir.join("workloads").join(&ended);
+    assert!(dir.is_dir(), "kept for now: {dir:?}");
+    assert!(dir.join("output.log").exists(), "its log is kept for now");
+    wait_until("the ended workload to be forgotten", T, || {
+        let (mut c, id, dir) = (c.clone(), ended.clone(), dir.clone());
+        async move {
+            let gone = c
+                .get_status(pb::WorkloadRef { id })
+                .await
+                .is_err_and(|s| s.code() == Code::NotFound);
+            (gone && !dir.exists()).then_some(())
+        }
+    })
+    .await;
+    let s = status(&mut c, &runs).await;
+    assert!(!is_exited(&s), "the running one is kept: {s:?}");
+}

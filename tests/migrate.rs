@@ -266,9 +266,12 @@ async fn an_eagerly_restoring_target_also_keeps_every_byte() {
     completed(&r);
     let verdict = ask(&mut cb, &id, "verify ").await;
     assert!(verdict.starts_with("verify ok pages=16384"), "{verdict}");
-    // Nothing was left to fill in: the target has no post-copy record of this migration.
+    // Nothing was left to fill in: the target has no post-copy record of this migration, only
+    // the commit it recorded.
     let m = cb.get_migration(pb::MigrationRef { migration_id: r.migration_id.clone() }).await;
-    assert_eq!(m.expect_err("no lazy restore").code(), Code::NotFound);
+    let m = m.expect("the target answers for a migration it committed").into_inner();
+    assert_eq!(m.incoming_state, "committed", "{m:?}");
+    assert!(m.mode.is_empty() && m.post_copy_pages_total == 0, "no lazy restore: {m:?}");
 }
 
 #[tokio::test]
@@ -967,19 +970,13 @@ async fn post_copy_target_agent_killed_before_the_resume_rolls_back_to_the_sourc
     // The workload runs on the source, exactly once: its memory intact, its ticks continuing.
     runs_again_on_the_source(&mut p.ca, &id).await;
     // The target agent comes back: it finds the copy uncommitted, with memory its lazy-pages
-    // daemon (gone with the source's page server) never completed, and kills it.
+    // daemon (gone with the source's page server) never completed, and discards it: it never
+    // ran, and the workload is the source's.
     let b = p.net.restart_agent(1, p.b, &[]);
     let mut cb = b.client().await;
-    let left = wait_until("the copy on the target to be killed", T, || {
-        let (mut cb, id) = (cb.clone(), id.clone());
-        async move {
-            let s = cb.get_status(pb::WorkloadRef { id }).await.ok()?.into_inner();
-            (s.state == pb::ProcessState::Exited as i32).then_some(s)
-        }
-    })
-    .await;
-    assert!(!alive(copy.pid), "no process of it is left on the target");
-    assert!(left.lost_reason.contains("post-copy"), "{left:?}");
+    gone_from(&mut cb, &id, "the copy on the target to be discarded").await;
+    wait_until("the copy's processes to be gone", T, || async { (!alive(copy.pid)).then_some(()) })
+        .await;
     // A commit arriving now is refused: that copy never runs.
     let err = cb
         .commit_migration(pb::MigrationRef { migration_id: mid.clone() })
@@ -1482,6 +1479,15 @@ async fn target_agent_restarted_while_holding_its_copy_gives_the_workload_back()
         }
     })
     .await;
+    // The source has the target's answer (restored, held) and waits before its commit.
+    wait_until("the source to reach its commit", T, || {
+        let (mut c, mid) = (ca.clone(), mid.clone());
+        async move {
+            let r = c.get_migration(pb::MigrationRef { migration_id: mid }).await.ok()?;
+            (r.into_inner().current_phase == "commit").then_some(())
+        }
+    })
+    .await;
     let b = net.restart_agent(1, b, &[]);
     let mut cb = b.client().await;
     assert!(!holds(&mut cb, &id).await, "the restarted target discarded the held copy");
@@ -1522,10 +1528,11 @@ async fn a_task_the_workload_stopped_itself_stays_stopped() {
     let s = start(&mut p.ca, spec(&["/bin/sh", "-c", script])).await;
     let id = id_of(&s);
     wait_log(&p.ca, &id, "ticking", T, |l| numbers(l, "tick ").len() >= 3).await;
+    // The shell's first child (pid 3 in the workload's namespace), stopped by the shell before or
+    // after it became `sleep 600`.
     let stopped_sleep = |s: &pb::ProcessStatus| {
-        let long: Vec<&pb::TaskInfo> =
-            s.tasks.iter().filter(|t| t.comm == "sleep" && t.ns_pid == 3).collect();
-        assert_eq!(long.len(), 1, "the long sleep is ns pid 3: {:?}", s.tasks);
+        let long: Vec<&pb::TaskInfo> = s.tasks.iter().filter(|t| t.ns_pid == 3).collect();
+        assert_eq!(long.len(), 1, "the shell's first child is ns pid 3: {:?}", s.tasks);
         long[0].state == "T"
     };
     assert!(stopped_sleep(&status(&mut p.ca, &id).await));

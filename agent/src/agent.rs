@@ -90,6 +90,21 @@ impl Agent {
         // undone, asking their target (migrate::recovery).
         crate::migrate::recovery::start(&agent);
         crate::migrate::ledger::prune_in(&agent.config.data_dir);
+        // Ended workloads go once they have been kept `keep_ended`: the table, the agent's
+        // memory and the data dir stay bounded however many workloads come and go.
+        let sweeper = Arc::downgrade(&agent);
+        tokio::spawn(async move {
+            loop {
+                let Some(agent) = sweeper.upgrade() else { return };
+                agent.forget_ended();
+                let every = agent
+                    .config
+                    .keep_ended
+                    .clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(60));
+                drop(agent);
+                tokio::time::sleep(every).await;
+            }
+        });
         // Page streams live in memory until their PushSnapshot claims them: none survives a
         // restart, so what an earlier agent received goes (it may be a workload's memory).
         crate::migrate::pages::remove_stale(&agent);
@@ -212,6 +227,20 @@ impl Agent {
             self.lazy_daemons.lock().expect("lazy daemons poisoned").remove(migration_id)
         {
             lp.abandon();
+        }
+    }
+
+    /// Forgets the workloads that ended more than `keep_ended` ago, with their directories.
+    fn forget_ended(&self) {
+        let keep = self.config.keep_ended.as_millis() as i64;
+        let now = crate::sys::now_ms();
+        for w in self.workloads() {
+            let old = w.exit_info().is_some_and(|e| now - e.at_ms > keep);
+            if old && w.pending_migration().is_none() {
+                tracing::info!(id = w.id(), "forgetting a workload that ended over {keep} ms ago");
+                self.remove(w.id());
+                let _ = std::fs::remove_dir_all(&w.dir);
+            }
         }
     }
 

@@ -36,6 +36,8 @@ pub struct AgentConfig {
     pub restore_deadline: Option<Duration>,
     /// How gRPC is secured: mutual TLS, or plain TCP when asked for.
     pub wire: ferry_proto::tls::Wire,
+    /// How long an ended workload (its status, log and directory) is kept after it ended.
+    pub keep_ended: Duration,
 }
 
 impl AgentConfig {

@@ -223,6 +223,9 @@ struct AgentArgs {
     /// then roll back (default: 60 plus 5 per GiB of the snapshot and its memory pages)
     #[arg(long)]
     restore_deadline_secs: Option<u64>,
+    /// Seconds an ended workload (its status, log and directory) is kept after it ended
+    #[arg(long, default_value_t = 86_400)]
+    keep_ended_secs: u64,
 }
 
 fn main() -> ExitCode {
@@ -294,6 +297,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         keep_scratch: args.keep_scratch,
         eager_restore: args.eager_restore,
         restore_deadline: args.restore_deadline_secs.map(Duration::from_secs),
+        keep_ended: Duration::from_secs(args.keep_ended_secs),
         wire,
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
