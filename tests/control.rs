@@ -1382,3 +1382,83 @@ async fn forget_nodes_leaves_no_ghosts_of_an_earlier_cluster() {
     let (_, servers) = call(&format!("127.0.0.1:{http_port}"), "GET", "/api/servers", None).await;
     assert_eq!(servers.as_array().unwrap().len(), 1, "{servers}");
 }
+
+/// The source agent dies while the target holds its copy (a test-only crash), and comes back:
+/// through the REST API the migration ends `rolled_back` with the reason (not "failed: the source
+/// agent has no record"), the process runs on the source, once, its count going on, and the
+/// target keeps no copy.
+#[tokio::test]
+async fn a_source_agent_killed_mid_migration_is_resolved_to_one_copy_through_the_api() {
+    must_be_root();
+    let c = on_two_hosts_with(
+        "ferry-test-crash",
+        &["--test-migration-fault", "crash-at:2"],
+        &["--enable-fault-injection"],
+    )
+    .await;
+    let gw = c.gw.clone();
+    let (code, p) = call(
+        &gw,
+        "POST",
+        "/api/processes",
+        Some(serde_json::json!({"name": "journal", "command": [workload("appender.py")], "serverId": "host0"})),
+    )
+    .await;
+    assert_eq!(code, 201, "{p}");
+    let id = p["id"].as_str().unwrap().to_string();
+    wait_until("the appender counting", T, || {
+        let (gw, id) = (gw.clone(), id.clone());
+        async move { (counts(&gw, &id).await.len() >= 3).then_some(()) }
+    })
+    .await;
+    let (code, m) = call(
+        &gw,
+        "POST",
+        "/api/migrations",
+        Some(serde_json::json!({"processId": id, "targetServerId": "host1"})),
+    )
+    .await;
+    assert_eq!(code, 202, "{m}");
+    let mid = m["id"].as_str().unwrap().to_string();
+    let OnTwoHosts { coord, mut a, b, _net: net, data, ip, port, http_port: _, gw: _ } = c;
+    wait_until("the source agent to die", T, || {
+        let died = a.child.try_wait().ok().flatten().is_some();
+        async move { died.then_some(()) }
+    })
+    .await;
+    let url = format!("https://{ip}:{port}");
+    let a = net.restart_agent(0, a, &["--coordinator", &url, "--enable-fault-injection"]);
+    let m = migration_end(&gw, &mid, "the migration to be resolved").await;
+    assert_eq!(m["status"], "rolled_back", "{m}");
+    let error = m["error"].as_str().unwrap_or_default();
+    assert!(error.contains("resumed on node host0"), "{m}");
+    let before = counts(&gw, &id).await.len();
+    let all = wait_until("the count to go on on the source", T, || {
+        let (gw, id) = (gw.clone(), id.clone());
+        async move {
+            let all = counts(&gw, &id).await;
+            (all.len() > before + 3).then_some(all)
+        }
+    })
+    .await;
+    for w in all.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "the count goes on without a gap or a repeat: {all:?}");
+    }
+    let (_, p) = call(&gw, "GET", &format!("/api/processes/{id}"), None).await;
+    assert_eq!(
+        (p["serverId"].as_str(), p["status"].as_str()),
+        (Some("host0"), Some("running")),
+        "{p}"
+    );
+    let cb = b.client().await;
+    wait_until("no copy on host1", T, || {
+        let (mut cb, id) = (cb.clone(), id.clone());
+        async move {
+            let all = cb.list_processes(ferry_proto::agent::ListProcessesRequest {}).await.ok()?;
+            (!all.into_inner().processes.iter().any(|w| id_of(w) == id)).then_some(())
+        }
+    })
+    .await;
+    // Dropped in the order the cluster's parts must go.
+    drop((coord, a, b, net, data));
+}

@@ -99,14 +99,16 @@ fn migration_fault(s: &str) -> anyhow::Result<(ferry_proto::agent::Fault, u32)> 
     let fault = match kind {
         "slow-transfer" => Fault::SlowTransfer,
         "hold-before-commit" => Fault::HoldBeforeCommit,
+        "crash-at" => Fault::CrashAt,
         other => anyhow::bail!(
-            "--test-migration-fault {other:?}: not slow-transfer or hold-before-commit"
+            "--test-migration-fault {other:?}: not slow-transfer, hold-before-commit or crash-at"
         ),
     };
     Ok((
         fault,
-        arg.parse()
-            .with_context(|| format!("--test-migration-fault {s:?}: ARG is milliseconds"))?,
+        arg.parse().with_context(|| {
+            format!("--test-migration-fault {s:?}: ARG is milliseconds (crash-at: the step)")
+        })?,
     ))
 }
 
