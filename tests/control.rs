@@ -1066,29 +1066,7 @@ async fn operations_on_a_migrating_process_are_refused_and_the_held_copy_is_not_
     )
     .await;
     let gw = c.gw.clone();
-    let (code, p) = call(
-        &gw,
-        "POST",
-        "/api/processes",
-        Some(serde_json::json!({"name": "journal", "command": [workload("appender.py")], "serverId": "host0"})),
-    )
-    .await;
-    assert_eq!(code, 201, "{p}");
-    let id = p["id"].as_str().unwrap().to_string();
-    wait_until("the appender counting", T, || {
-        let (gw, id) = (gw.clone(), id.clone());
-        async move { (counts(&gw, &id).await.len() >= 3).then_some(()) }
-    })
-    .await;
-    let (code, m) = call(
-        &gw,
-        "POST",
-        "/api/migrations",
-        Some(serde_json::json!({"processId": id, "targetServerId": "host1"})),
-    )
-    .await;
-    assert_eq!(code, 202, "{m}");
-    let mid = m["id"].as_str().unwrap().to_string();
+    let (id, mid) = appender_migrating_to_host1(&gw).await;
     let refused = |what: &str, code: u16, err: &serde_json::Value| {
         assert_eq!(
             (code, err["error"]["code"].as_str()),
@@ -1383,6 +1361,34 @@ async fn forget_nodes_leaves_no_ghosts_of_an_earlier_cluster() {
     assert_eq!(servers.as_array().unwrap().len(), 1, "{servers}");
 }
 
+/// Starts the appender on host0 through the API, waits for its count, and asks for its migration
+/// to host1 (202): the process id and the migration id.
+async fn appender_migrating_to_host1(gw: &str) -> (String, String) {
+    let (code, p) = call(
+        gw,
+        "POST",
+        "/api/processes",
+        Some(serde_json::json!({"name": "journal", "command": [workload("appender.py")], "serverId": "host0"})),
+    )
+    .await;
+    assert_eq!(code, 201, "{p}");
+    let id = p["id"].as_str().unwrap().to_string();
+    wait_until("the appender counting", T, || {
+        let id = id.clone();
+        async move { (counts(gw, &id).await.len() >= 3).then_some(()) }
+    })
+    .await;
+    let (code, m) = call(
+        gw,
+        "POST",
+        "/api/migrations",
+        Some(serde_json::json!({"processId": id, "targetServerId": "host1"})),
+    )
+    .await;
+    assert_eq!(code, 202, "{m}");
+    (id, m["id"].as_str().unwrap().to_string())
+}
+
 /// The source agent dies while the target holds its copy (a test-only crash), and comes back:
 /// through the REST API the migration ends `rolled_back` with the reason (not "failed: the source
 /// agent has no record"), the process runs on the source, once, its count going on, and the
@@ -1397,29 +1403,7 @@ async fn a_source_agent_killed_mid_migration_is_resolved_to_one_copy_through_the
     )
     .await;
     let gw = c.gw.clone();
-    let (code, p) = call(
-        &gw,
-        "POST",
-        "/api/processes",
-        Some(serde_json::json!({"name": "journal", "command": [workload("appender.py")], "serverId": "host0"})),
-    )
-    .await;
-    assert_eq!(code, 201, "{p}");
-    let id = p["id"].as_str().unwrap().to_string();
-    wait_until("the appender counting", T, || {
-        let (gw, id) = (gw.clone(), id.clone());
-        async move { (counts(&gw, &id).await.len() >= 3).then_some(()) }
-    })
-    .await;
-    let (code, m) = call(
-        &gw,
-        "POST",
-        "/api/migrations",
-        Some(serde_json::json!({"processId": id, "targetServerId": "host1"})),
-    )
-    .await;
-    assert_eq!(code, 202, "{m}");
-    let mid = m["id"].as_str().unwrap().to_string();
+    let (id, mid) = appender_migrating_to_host1(&gw).await;
     let OnTwoHosts { coord, mut a, b, _net: net, data, ip, port, http_port: _, gw: _ } = c;
     wait_until("the source agent to die", T, || {
         let died = a.child.try_wait().ok().flatten().is_some();

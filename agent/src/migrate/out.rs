@@ -842,19 +842,7 @@ impl Run {
         // only if the target surely never resumed its copy, and is killed once the target did.
         match self.confirm_commit().await {
             Commit::Confirmed => {}
-            Commit::NotResumed(why) => {
-                return Err(Failure {
-                    roll_back: true,
-                    ..fail(
-                        Phase::Committing,
-                        format!(
-                            "node {} did not resume workload {} ({why}); its copy there never runs",
-                            self.target_node,
-                            self.w.id()
-                        ),
-                    )
-                })
-            }
+            Commit::NotResumed(why) => return Err(self.not_resumed(&why)),
             Commit::Unknown(why) => {
                 return Err(fail(
                     Phase::Committing,
@@ -882,6 +870,21 @@ impl Run {
         Ok(())
     }
 
+    /// The target surely did not resume its copy: the migration rolls back.
+    fn not_resumed(&self, why: &str) -> Failure {
+        Failure {
+            roll_back: true,
+            ..fail(
+                Phase::Committing,
+                format!(
+                    "node {} did not resume workload {} ({why}); its copy there never runs",
+                    self.target_node,
+                    self.w.id()
+                ),
+            )
+        }
+    }
+
     /// Post-copy: the original stays frozen under CRIU, which serves its pages to the target, so
     /// it cannot run and the target resumes first. The original is killed once every page was
     /// served. Until the target confirmed the resume, the original can still come back: if the
@@ -889,19 +892,7 @@ impl Run {
     async fn commit_post_copy(&mut self) -> std::result::Result<(), Failure> {
         match self.confirm_commit().await {
             Commit::Confirmed => {}
-            Commit::NotResumed(why) => {
-                return Err(Failure {
-                    roll_back: true,
-                    ..fail(
-                        Phase::Committing,
-                        format!(
-                            "node {} did not resume workload {} ({why}); its copy there never runs",
-                            self.target_node,
-                            self.w.id()
-                        ),
-                    )
-                })
-            }
+            Commit::NotResumed(why) => return Err(self.not_resumed(&why)),
             Commit::Unknown(why) => return self.unconfirmed_post_copy(why).await,
         }
         self.fault.crash_at(CrashPoint::CommitConfirmed, &self.mid);
