@@ -90,17 +90,30 @@ impl Net {
         program: &Path,
         args: &[String],
     ) -> Command {
-        let script = format!(
-            "mount --bind '{}' '{}' && exec nsenter --net='{}' \"$0\" \"$@\"",
-            data.display(),
-            mount_point.display(),
-            self.netns(i).display()
-        );
-        let mut cmd = Command::new("unshare");
-        cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
-        cmd.arg(program).args(args);
-        cmd
+        command_in(&self.netns(i), data, mount_point, program, args)
     }
+}
+
+/// A command that runs `program args` in network namespace `netns` (a path such as
+/// `/run/netns/NAME`), in a mount namespace of its own where `data` is bind-mounted at
+/// `mount_point`. The command's process becomes `program` (every step execs).
+pub fn command_in(
+    netns: &Path,
+    data: &Path,
+    mount_point: &Path,
+    program: &Path,
+    args: &[String],
+) -> Command {
+    let script = format!(
+        "mount --bind '{}' '{}' && exec nsenter --net='{}' \"$0\" \"$@\"",
+        data.display(),
+        mount_point.display(),
+        netns.display()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    cmd.arg(program).args(args);
+    cmd
 }
 
 /// The root-namespace end of host `i`'s veth pair (at most 15 characters).

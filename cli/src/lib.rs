@@ -3,5 +3,6 @@
 pub mod bench;
 pub mod bench_api;
 pub mod hosts;
+pub mod supervise;
 pub mod up;
 pub mod verbs;

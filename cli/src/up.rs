@@ -2,16 +2,19 @@
 //! N agents. With root each agent is its own host: a network namespace on a bridge and a mount
 //! namespace with a private data directory (see `hosts.rs`), so migrations cross a real network
 //! boundary. Without root the agents share the loopback (ports 50051 and up; cooperative engine).
-//! Ctrl-C or SIGTERM tears everything down: workloads, agents, namespaces, bridge.
+//! `ferry up` supervises its parts (`supervise.rs`): one that dies is started again, and a
+//! restarted agent takes its running workloads back. Ctrl-C, SIGTERM or SIGHUP tears everything
+//! down: workloads (a dead agent's too), agents, coordinator, namespaces, bridge.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
 use crate::hosts::Net;
+use crate::supervise::Supervisor;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct UpArgs {
@@ -57,49 +60,25 @@ fn write_tokens(dir: &Path) -> anyhow::Result<(PathBuf, String)> {
 const NODE_MOUNT: &str = "/run/ferry-node";
 
 struct Cluster {
-    children: Vec<(String, Child)>,
+    parts: Supervisor,
+    /// Each node's data directory as this process sees it.
+    node_dirs: Vec<PathBuf>,
     net: Option<Net>,
     pid_file: PathBuf,
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        // Agents' workloads first (they outlive their agent by design), then the agents and the
+        // Agents' workloads first (they outlive their agent by design: those of a running agent
+        // are its descendants, those of any agent are in its records), then the agents and the
         // coordinator, then the hosts.
-        for (_, c) in self.children.iter_mut().rev() {
-            let pid = c.id() as i32;
-            for d in crate::bench::descendants(pid) {
-                // SAFETY: kill has no memory preconditions.
-                unsafe { libc::kill(d, libc::SIGKILL) };
-            }
-            // SAFETY: as above.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        for (_, c) in self.children.iter_mut() {
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        let dirs = self.node_dirs.clone();
+        self.parts.teardown(|| {
+            dirs.iter().flat_map(|d| ferry_agent::workload::recorded_live_pids(d)).collect()
+        });
         self.net.take();
         let _ = std::fs::remove_file(&self.pid_file);
     }
-}
-
-fn spawn(name: &str, mut cmd: Command, log: &Path) -> anyhow::Result<(String, Child)> {
-    let out = std::fs::File::create(log).with_context(|| format!("cannot create {log:?}"))?;
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .spawn()
-        .with_context(|| format!("cannot start {name}"))?;
-    Ok((name.to_string(), child))
 }
 
 /// An earlier `ferry up` still running with this data dir, if any.
@@ -138,13 +117,15 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             args.data_dir.display()
         );
     }
+    // Before any child: signals are taken synchronously from here on, and orphans come here.
+    let supervisor = Supervisor::new()?;
     std::fs::write(&pid_file, std::process::id().to_string())?;
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let exe = std::env::current_exe()?;
     let logs = args.data_dir.join("logs");
     ferry_proto::tls::private_dir(&logs).with_context(|| format!("cannot create {logs:?}"))?;
-    let mut cluster = Cluster { children: Vec::new(), net: None, pid_file: pid_file.clone() };
+    let mut cluster = Cluster { parts: supervisor, node_dirs: Vec::new(), net: None, pid_file };
 
     let names: Vec<String> = (0..args.nodes).map(|i| format!("node{i}")).collect();
     let coordinator_ip = if root {
@@ -170,29 +151,44 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         ferry_proto::tls::issue_into(&tls, name, &[ip(&node_ip)?], 30)
             .map_err(|e| anyhow::anyhow!(e))?;
     }
-    let mut cmd = Command::new(&exe);
-    cmd.args(["coordinator", "--listen", &format!("{coordinator_ip}:50050")])
-        .args(["--http", &args.http.to_string()])
-        .arg("--tokens")
-        .arg(&tokens)
-        .arg("--tls-dir")
-        .arg(&tls)
-        .arg("--data-dir")
-        .arg(args.data_dir.join("coordinator"))
-        // The earlier run's nodes (and workloads) died with it: no ghosts.
-        .arg("--forget-nodes");
-    cluster.children.push(spawn("coordinator", cmd, &logs.join("coordinator.log"))?);
+    let coordinator = {
+        let (exe, http, tls) = (exe.clone(), args.http.to_string(), tls.clone());
+        let listen = format!("{coordinator_ip}:50050");
+        let data = args.data_dir.join("coordinator");
+        move |restart: bool| {
+            let mut cmd = Command::new(&exe);
+            cmd.args(["coordinator", "--listen", &listen])
+                .args(["--http", &http])
+                .arg("--tokens")
+                .arg(&tokens)
+                .arg("--tls-dir")
+                .arg(&tls)
+                .arg("--data-dir")
+                .arg(&data);
+            if !restart {
+                // The earlier run's nodes (and workloads) died with it: no ghosts. A restart
+                // keeps what this run's coordinator knew: those nodes and workloads are alive.
+                cmd.arg("--forget-nodes");
+            }
+            cmd
+        }
+    };
+    cluster.parts.start("coordinator", logs.join("coordinator.log"), Box::new(coordinator))?;
 
     for (i, name) in names.iter().enumerate() {
         let data = args.data_dir.join("nodes").join(name);
         std::fs::create_dir_all(&data)?;
+        cluster.node_dirs.push(data.clone());
         let mut agent_args: Vec<String> =
             ["agent", "--node", name, "--coordinator", &coordinator_url]
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
         agent_args.extend(["--tls-dir".into(), tls.to_string_lossy().into_owned()]);
-        let cmd = match &cluster.net {
+        let exe = exe.clone();
+        // The same command at every start: a restarted agent re-adopts the workloads its data
+        // directory records.
+        let make: crate::supervise::MakeCommand = match &cluster.net {
             Some(net) => {
                 std::fs::create_dir_all(NODE_MOUNT)?;
                 agent_args.extend([
@@ -201,28 +197,41 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
                     "--data-dir".into(),
                     NODE_MOUNT.into(),
                 ]);
-                net.command_on(i, &data, Path::new(NODE_MOUNT), &exe, &agent_args)
+                let netns = net.netns(i);
+                Box::new(move |_| {
+                    crate::hosts::command_in(
+                        &netns,
+                        &data,
+                        Path::new(NODE_MOUNT),
+                        &exe,
+                        &agent_args,
+                    )
+                })
             }
             None => {
                 agent_args.extend(["--listen".into(), format!("127.0.0.1:{}", 50051 + i)]);
                 agent_args.push("--data-dir".into());
                 agent_args.push(data.to_string_lossy().into_owned());
-                let mut c = Command::new(&exe);
-                c.args(&agent_args);
-                c
+                Box::new(move |_| {
+                    let mut c = Command::new(&exe);
+                    c.args(&agent_args);
+                    c
+                })
             }
         };
-        cluster.children.push(spawn(name, cmd, &logs.join(format!("{name}.log")))?);
+        cluster.parts.start(name, logs.join(format!("{name}.log")), make)?;
     }
 
-    // Ready when every node is online in the gateway.
+    // Ready when every node is online in the gateway. A part that exits before is a failed
+    // start (a wrong flag, a port in use), not something a restart mends.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some((name, status)) =
-            cluster.children.iter_mut().find_map(|(n, c)| Some((n.clone(), c.try_wait().ok()??)))
-        {
+        if let Some(&(i, _, status)) = cluster.parts.reap().first() {
+            use std::os::unix::process::ExitStatusExt;
+            let name = &cluster.parts.parts()[i].name;
             bail!(
-                "{name} exited ({status}) during start-up; see {}",
+                "{name} exited ({}) during start-up; see {}",
+                std::process::ExitStatus::from_raw(status),
                 logs.join(format!("{name}.log")).display()
             );
         }
@@ -232,7 +241,10 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         if Instant::now() > deadline {
             bail!("the nodes did not come online within 30 s; see the logs in {}", logs.display());
         }
-        std::thread::sleep(Duration::from_millis(100));
+        if let Some(sig) = cluster.parts.wait_signal(Duration::from_millis(100)) {
+            println!("stopping the cluster ({})", crate::supervise::signal_name(sig));
+            return Ok(());
+        }
     }
     let url = format!("http://{}", args.http);
     println!(
@@ -253,31 +265,11 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("  export FERRY_TOKEN={operator_token}");
     println!("  ferry run --node node0 --name counter -- sh -c 'i=0; while :; do i=$((i+1)); echo $i; sleep 1; done'");
     println!("  ferry migrate <id from above> --to node1");
-    println!("Ctrl-C stops the cluster and everything it runs.");
+    println!("A part that dies is started again (see stderr). Ctrl-C stops the cluster and everything it runs.");
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let why = rt.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tokio::select! {
-                _ = term.recv() => return Ok::<_, anyhow::Error>(None),
-                _ = int.recv() => return Ok(None),
-                _ = tick.tick() => {
-                    if let Some(name) = cluster.children.iter_mut().find_map(|(n, c)| c.try_wait().ok()?.map(|_| n.clone())) {
-                        return Ok(Some(name));
-                    }
-                }
-            }
-        }
-    })?;
-    println!("stopping the cluster");
+    let sig = cluster.parts.supervise();
+    println!("stopping the cluster ({})", crate::supervise::signal_name(sig));
     drop(cluster);
-    if let Some(name) = why {
-        bail!("{name} exited unexpectedly; see {}", logs.join(format!("{name}.log")).display());
-    }
     Ok(())
 }
 

@@ -89,9 +89,12 @@ pub fn serve(path: &Path) -> std::io::Result<()> {
             None => listener.as_raw_fd(),
         };
         polls.push(libc::pollfd { fd: head, events: libc::POLLIN, revents: 0 });
-        // events 0: only POLLHUP/POLLERR are reported; the store never reads the pipes.
+        // events 0: only POLLHUP/POLLERR are reported; the store never reads the pipes. A pipe
+        // already seen hung up is left out (fd -1: poll skips it): POLLHUP is a state, not an
+        // event, and polling it again would return at once, every time — a loop at 100% CPU
+        // for the [`KEEP_AFTER_HUP`] a pipe is kept while no agent is connected.
         polls.extend(entries.iter().map(|e| libc::pollfd {
-            fd: e.fd.as_raw_fd(),
+            fd: if e.hup_since.is_some() { -1 } else { e.fd.as_raw_fd() },
             events: 0,
             revents: 0,
         }));
@@ -134,10 +137,14 @@ pub fn serve(path: &Path) -> std::io::Result<()> {
                                 entries.push(Entry { name: name.to_string(), fd, hup_since: None });
                             }
                         } else if text == "LIST" {
-                            for e in &entries {
-                                send(c.as_fd(), &format!("FD {}", e.name), Some(e.fd.as_fd()))?;
+                            // An agent that dies mid-answer loses its connection, not the store
+                            // every pipe.
+                            let answered = entries.iter().try_for_each(|e| {
+                                send(c.as_fd(), &format!("FD {}", e.name), Some(e.fd.as_fd()))
+                            });
+                            if answered.and_then(|()| send(c.as_fd(), "END", None)).is_err() {
+                                client = None;
                             }
-                            send(c.as_fd(), "END", None)?;
                         }
                     }
                 },
@@ -253,6 +260,57 @@ mod tests {
         drop(store);
         server.join().unwrap().unwrap();
         assert!(!path.exists(), "an idle store exits and removes its socket");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// CPU ticks (user + system) of thread `tid` of this process.
+    fn thread_cpu_ticks(tid: i32) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+        let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+        rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap()
+    }
+
+    #[test]
+    fn a_hung_up_pipe_kept_while_no_agent_is_connected_costs_no_cpu() {
+        let dir = std::env::temp_dir().join(format!("ferry-fdstore-hup-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("fdstore.sock");
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let server = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                // SAFETY: gettid has no preconditions.
+                tid_tx.send(unsafe { libc::gettid() }).unwrap();
+                serve(&path)
+            })
+        };
+        let tid = tid_rx.recv().unwrap();
+        let store = loop {
+            if let Ok(s) = FdStore::connect(&path) {
+                break s;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let (r, w) = crate::sys::spawn::pipe().unwrap();
+        store.put("w-1:out", r.as_fd()).unwrap();
+        drop(r);
+        // The agent goes, then the workload ends: the store keeps the pipe for KEEP_AFTER_HUP.
+        drop(store);
+        std::thread::sleep(Duration::from_millis(100));
+        drop(w);
+        std::thread::sleep(Duration::from_millis(300));
+        let before = thread_cpu_ticks(tid);
+        std::thread::sleep(Duration::from_millis(1500));
+        let spent = thread_cpu_ticks(tid) - before;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        assert!(spent * 10 < hz, "the idle store used {spent} ticks of CPU in 1.5 s (hz {hz})");
+        // An agent connecting lets the hung-up pipe go; the store, idle, exits.
+        let store = FdStore::connect(&path).unwrap();
+        assert!(store.list().unwrap().is_empty(), "a hung-up pipe goes once an agent is back");
+        drop(store);
+        server.join().unwrap().unwrap();
+        assert!(!path.exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 pub use adopt::{Adopt, ExitWatch};
 pub(crate) use pause::{all_stopped, continue_tree, stop_tree, stopped_tasks, task_pids};
+pub use persist::recorded_live_pids;
 pub use spec::{valid_id, Engine, WorkloadSpec};
 pub use status::{State, Status, Task};
 

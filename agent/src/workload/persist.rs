@@ -256,3 +256,19 @@ impl Agent {
         }
     }
 }
+
+/// The processes the workload records under `data_dir` (an agent's data directory) say are
+/// running: each record's init pid, when a process with that pid *and* the recorded start time
+/// is alive (a reused pid is never named). For a supervisor tearing down the workloads of an
+/// agent that may be dead.
+pub fn recorded_live_pids(data_dir: &Path) -> Vec<i32> {
+    let Ok(dirs) = std::fs::read_dir(data_dir.join("workloads")) else { return Vec::new() };
+    dirs.flatten()
+        .filter_map(|d| load(&d.path().join(STATE_FILE)))
+        .filter(|r| {
+            r.exit.is_none()
+                && crate::sys::proc::start_ticks(r.init_pid) == Some(r.init_start_ticks)
+        })
+        .map(|r| r.init_pid)
+        .collect()
+}
