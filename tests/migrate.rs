@@ -1330,6 +1330,22 @@ fn no_scratch(p_dirs: [&std::path::Path; 2], mid: &str) {
     }
 }
 
+/// Waits (up to T) until neither agent keeps a scratch directory or page images of migration
+/// `mid`, then asserts it, naming what is left.
+async fn scratch_gone(dirs: [&std::path::Path; 2], mid: &str) {
+    let deadline = std::time::Instant::now() + T;
+    while std::time::Instant::now() < deadline {
+        let left = dirs
+            .iter()
+            .any(|d| d.join("migrations").join(mid).exists() || d.join("pages").join(mid).exists());
+        if !left {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    no_scratch(dirs, mid);
+}
+
 /// The source agent SIGKILLed at step `at` of a migration (FAULT_CRASH_AT) and restarted on the
 /// same data dir: afterwards exactly one copy runs, on the target when the commit had reached it
 /// (`on_target`), else on the source, with every byte and its ticks continuing; the other side
@@ -1357,15 +1373,7 @@ async fn source_crash(at: u32, mode: pb::Mode, on_target: bool) {
         gone_from(&mut cb, &id, "the target's copy to be discarded").await;
     }
     let dirs = [a.data_dir.as_path(), b.data_dir.as_path()];
-    wait_until("the scratch directories to go", T, || async {
-        dirs.iter()
-            .all(|d| {
-                !d.join("migrations").join(&mid).exists() && !d.join("pages").join(&mid).exists()
-            })
-            .then_some(())
-    })
-    .await;
-    no_scratch(dirs, &mid);
+    scratch_gone(dirs, &mid).await;
     // Once resolved the workload is no longer held: it can be paused and resumed again.
     let c = if on_target { &mut cb } else { &mut ca };
     c.pause_process(pb::WorkloadRef { id: id.clone() }).await.expect("pause after recovery");
@@ -1412,6 +1420,59 @@ async fn post_copy_source_agent_killed_before_sending_the_commit_resumes_the_ori
     if require_root("post_copy_source_agent_killed_before_sending_the_commit_resumes_the_original")
     {
         source_crash(3, pb::Mode::PostCopy, false).await;
+    }
+}
+
+/// The target agent SIGKILLed while it commits (test-only `--test-crash-at-commit`): once the
+/// commit is recorded and the copy still stopped (`recorded`), or once the copy runs and before
+/// the source has its answer (`resumed`). The source, without an answer, keeps its original
+/// frozen and keeps asking; the target, restarted, runs its copy (a recorded commit makes it the
+/// workload), and the source then kills its original: one copy, on the target, every byte, its
+/// ticks going on, nothing left of the migration on either side.
+async fn target_crash_at_commit(at: &str) {
+    let p = pair_with(&[FI], &[FI, "--test-crash-at-commit", at]).await;
+    let mut ca = p.ca.clone();
+    let (s, id) = ticking_memhog(&mut ca, "256").await;
+    let original = s.pid;
+    let mid = format!("m-target-{at}-{}", std::process::id());
+    let r = migrate_in_background(&p, &id, &mid, pb::Mode::StopAndCopy, pb::Fault::None, 0);
+    let r = r.await.unwrap().expect("the source answers");
+    eprintln!(
+        "source's answer: outcome={} phase={:?} error={:?}",
+        r.outcome, r.failed_phase, r.error
+    );
+    assert_eq!(
+        (r.outcome, r.failed_phase.as_str()),
+        (pb::Outcome::Failed as i32, "commit"),
+        "{r:?}"
+    );
+    assert!(alive(original), "the original is kept (frozen) while the answer is unknown");
+    let Pair { net, a, b, ca, cb: _ } = p;
+    let b = net.restart_agent(1, b, &[FI]);
+    let mut cb = b.client().await;
+    let end = resolved(&ca, &mid).await;
+    assert_eq!(end.outcome, pb::Outcome::Completed as i32, "{end:?}");
+    wait_until("the original to be gone", T, || async { (!alive(original)).then_some(()) }).await;
+    let mut ca = ca;
+    gone_from(&mut ca, &id, "the original to be forgotten").await;
+    runs_again_on_the_source(&mut cb, &id).await;
+    let dirs = [a.data_dir.as_path(), b.data_dir.as_path()];
+    scratch_gone(dirs, &mid).await;
+    cb.pause_process(pb::WorkloadRef { id: id.clone() }).await.expect("pause after recovery");
+    cb.resume_process(pb::WorkloadRef { id: id.clone() }).await.expect("resume after recovery");
+}
+
+#[tokio::test]
+async fn target_agent_killed_after_recording_the_commit_runs_the_copy_once_restarted() {
+    if require_root("target_agent_killed_after_recording_the_commit_runs_the_copy_once_restarted") {
+        target_crash_at_commit("recorded").await;
+    }
+}
+
+#[tokio::test]
+async fn target_agent_killed_after_resuming_before_answering_keeps_the_copy_alone() {
+    if require_root("target_agent_killed_after_resuming_before_answering_keeps_the_copy_alone") {
+        target_crash_at_commit("resumed").await;
     }
 }
 

@@ -38,6 +38,18 @@ pub struct AgentConfig {
     pub wire: ferry_proto::tls::Wire,
     /// How long an ended workload (its status, log and directory) is kept after it ended.
     pub keep_ended: Duration,
+    /// Test-only, with `fault_injection`: as a target, kill this agent (SIGKILL) at this step of
+    /// every commit it is asked for.
+    pub test_crash_at_commit: Option<CommitCrash>,
+}
+
+/// Where a target agent kills itself while it commits a migration (test-only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitCrash {
+    /// The commit is recorded in the ledger; the copy is still stopped.
+    Recorded,
+    /// The copy runs; the source has no answer yet.
+    Resumed,
 }
 
 impl AgentConfig {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use ferry_agent::config::CommitCrash;
 use ferry_agent::AgentConfig;
 
 #[derive(Parser)]
@@ -228,6 +229,10 @@ struct AgentArgs {
     /// Seconds an ended workload (its status, log and directory) is kept after it ended
     #[arg(long, default_value_t = 86_400)]
     keep_ended_secs: u64,
+    /// Test-only, with --enable-fault-injection: as a target, SIGKILL this agent once a commit
+    /// is recorded (`recorded`) or once the copy runs, before answering (`resumed`).
+    #[arg(long, hide = true, value_parser = ["recorded", "resumed"])]
+    test_crash_at_commit: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -300,6 +305,14 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         eager_restore: args.eager_restore,
         restore_deadline: args.restore_deadline_secs.map(Duration::from_secs),
         keep_ended: Duration::from_secs(args.keep_ended_secs),
+        test_crash_at_commit: match args.test_crash_at_commit.as_deref() {
+            None => None,
+            Some(_) if !args.enable_fault_injection => {
+                anyhow::bail!("--test-crash-at-commit needs --enable-fault-injection")
+            }
+            Some("recorded") => Some(CommitCrash::Recorded),
+            Some(_) => Some(CommitCrash::Resumed),
+        },
         wire,
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::ledger::{self, InStep, Incoming};
 use crate::agent::Agent;
+use crate::config::CommitCrash;
 use crate::error::{AgentError, Result};
 use crate::sys::signal::Sig;
 use crate::workload::{continue_tree, Status, Workload};
@@ -67,6 +68,7 @@ impl Agent {
                 self.config().node
             ))
         })?;
+        self.test_crash_at_commit(CommitCrash::Recorded, migration_id);
         if !w.is_paused() {
             let (w2, keep) = (w.clone(), w.self_stopped());
             tokio::task::spawn_blocking(move || continue_tree(&w2, &keep))
@@ -85,7 +87,16 @@ impl Agent {
             migration = migration_id,
             "migration committed; workload runs here"
         );
+        self.test_crash_at_commit(CommitCrash::Resumed, migration_id);
         Ok(self.status_of(&w))
+    }
+
+    /// Test-only (`--test-crash-at-commit`, with fault injection): this agent dies at `at`.
+    fn test_crash_at_commit(&self, at: CommitCrash, migration_id: &str) {
+        let c = self.config();
+        if c.fault_injection && c.test_crash_at_commit == Some(at) {
+            super::die_here(&format!("commit {at:?}"), migration_id);
+        }
     }
 
     /// Discards the workload restored for `migration_id`: the source has resumed its original.

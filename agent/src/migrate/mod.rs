@@ -92,16 +92,18 @@ impl CrashPoint {
     }
 }
 
+/// Test-only: this agent SIGKILLs itself, as a crash would, at step `at` of `migration`.
+pub(crate) fn die_here(at: &str, migration: &str) {
+    tracing::warn!(migration, at, "fault injection: this agent kills itself");
+    let _ = crate::sys::signal::send(std::process::id() as i32, crate::sys::signal::Sig::SIGKILL);
+    std::thread::sleep(std::time::Duration::from_secs(60));
+}
+
 impl Fault {
     /// Test-only: the agent dies here, as a crash would, if the fault says so.
     pub(crate) fn crash_at(self, at: CrashPoint, migration: &str) {
         if self == Fault::CrashAt(at) {
-            tracing::warn!(migration, ?at, "fault injection: the source agent kills itself");
-            let _ = crate::sys::signal::send(
-                std::process::id() as i32,
-                crate::sys::signal::Sig::SIGKILL,
-            );
-            std::thread::sleep(std::time::Duration::from_secs(60));
+            die_here(&format!("{at:?}"), migration);
         }
     }
 

@@ -57,6 +57,7 @@ pub(crate) fn start(agent: &Arc<Agent>) {
         claimed.insert(rec.workload_id.clone());
         spawn(agent.clone(), rec);
     }
+    sweep_scratch(agent, &claimed);
     for w in agent.workloads() {
         let untouchable = claimed.contains(w.id())
             || w.exit_info().is_some()
@@ -75,6 +76,56 @@ pub(crate) fn start(agent: &Arc<Agent>) {
                 if let Err(e) = continue_tree(&w, &w.self_stopped()) {
                     tracing::warn!(id = w.id(), %e, "cannot resume the re-adopted workload");
                 }
+            }
+        });
+    }
+}
+
+/// How long a leftover scratch directory waits for a process of an earlier agent (a lazy-pages
+/// daemon still filling a committed copy's memory from its images) to let go of it.
+const SCRATCH_WAIT: Duration = Duration::from_secs(600);
+
+/// Removes the scratch directories (migrations/ID) an earlier agent left for migrations that are
+/// over here: neither being resolved (`claimed_workloads`'s migrations) nor held for a commit. A
+/// directory some process still uses (a lazy-pages daemon that outlived the agent, filling the
+/// committed copy's memory from the images in it) goes once that process let go of it.
+fn sweep_scratch(agent: &Arc<Agent>, claimed_workloads: &HashSet<String>) {
+    if agent.config().keep_scratch {
+        return;
+    }
+    let data = agent.config().data_dir.clone();
+    let mut busy: HashSet<String> = ledger::list_out(&data)
+        .into_iter()
+        .filter(|r| r.step != OutStep::Ended || claimed_workloads.contains(&r.workload_id))
+        .map(|r| r.migration_id)
+        .collect();
+    busy.extend(agent.workloads().iter().filter_map(|w| w.pending_migration()));
+    let Ok(dirs) = std::fs::read_dir(data.join("migrations")) else { return };
+    for dir in dirs.flatten() {
+        let mid = dir.file_name().to_string_lossy().into_owned();
+        if busy.contains(&mid) || !crate::workload::valid_id(&mid) {
+            continue;
+        }
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let path = dir.path();
+            let deadline = tokio::time::Instant::now() + SCRATCH_WAIT;
+            loop {
+                let p = path.clone();
+                let users =
+                    tokio::task::spawn_blocking(move || crate::sys::proc::processes_using(&p))
+                        .await
+                        .unwrap_or_default();
+                if users.is_empty() || tokio::time::Instant::now() > deadline {
+                    tracing::info!(
+                        migration = mid,
+                        ?users,
+                        "removing a scratch directory an earlier agent left"
+                    );
+                    agent.remove_migration_dir(&mid);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
     }

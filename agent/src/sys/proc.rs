@@ -1,6 +1,7 @@
 //! Reading processes from /proc.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 
 /// One process as /proc shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +63,24 @@ pub fn tree(root: i32, all: &HashMap<i32, ProcInfo>) -> Vec<ProcInfo> {
 }
 
 /// The pid of `pid` inside its innermost PID namespace (the last NSpid entry).
+/// Processes whose working directory, or one of whose open files, lies under `dir` (e.g. a
+/// daemon an earlier agent started still reading its images there).
+pub fn processes_using(dir: &Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let under = |link: PathBuf| std::fs::read_link(link).is_ok_and(|t| t.starts_with(dir));
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let base = PathBuf::from(format!("/proc/{pid}"));
+            under(base.join("cwd"))
+                || std::fs::read_dir(base.join("fd"))
+                    .map(|fds| fds.flatten().any(|fd| under(fd.path())))
+                    .unwrap_or(false)
+        })
+        .collect()
+}
+
 pub fn ns_pid(pid: i32) -> Option<i32> {
     let status = procfs::process::Process::new(pid).ok()?.status().ok()?;
     status.nspid.and_then(|v| v.last().copied())
