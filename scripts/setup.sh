@@ -6,7 +6,8 @@
 #     cached outside a tmpfs, per boot; the lazy-pages daemon keeps several background requests
 #     in flight and sleeps while they are out; per page pipe buffer log lines only at -v5; smaps
 #     the agent read before the freeze are read from $CRIU_SMAPS_DIR; a failed restore reaps the
-#     tasks it traced instead of waiting for ever),
+#     tasks it traced instead of waiting for ever; without CAP_SYS_RESOURCE another user's rlimits
+#     are read from /proc/PID/limits and a hard limit the restore cannot raise is capped),
 #     built from Debian's sid source package and installed to /usr/local/sbin/criu unless one is
 #     already there (its `criu --version` says "GitID: <version>+ferry.<id of the patches>"); a
 #     stock CRIU >= 4.2 that passes `criu check` is the fallback if the build fails (everything
