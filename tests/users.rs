@@ -576,3 +576,91 @@ async fn a_workload_as_nobody_reaches_nothing_of_others_or_of_ferry() {
         assert!(lines.contains(&format!("DENIED {path}")), "no verdict for {path}: {lines:?}");
     }
 }
+
+/// PostgreSQL's server binary (Debian's postgresql package), the newest major installed.
+fn postgres_bin() -> std::path::PathBuf {
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    found.retain(|b| b.join("postgres").is_file() && b.join("initdb").is_file());
+    found.sort_by_key(|b| {
+        b.parent().and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok()).unwrap_or(0)
+    });
+    found.pop().expect(
+        "this test needs PostgreSQL: apt-get install postgresql (/usr/lib/postgresql/*/bin)",
+    )
+}
+
+/// `psql` at `host`:5433 as postgres running `sql`; its output (unaligned, tuples only).
+fn psql(bin: &std::path::Path, host: &str, sql: &str) -> Result<String, String> {
+    let out = std::process::Command::new(bin.join("psql"))
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", host, "-p", "5433"])
+        .args(["-U", "postgres", "-d", "postgres", "-c", sql])
+        .env("PGCONNECT_TIMEOUT", "5")
+        .output()
+        .map_err(|e| format!("run psql: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// PostgreSQL as user postgres, its cluster made by initdb in its working directory, moves by
+/// CRIU: rows written on the source are read on the target, which takes new ones.
+#[tokio::test]
+async fn postgresql_as_postgres_migrates_with_its_rows() {
+    require_root("postgresql_as_postgres_migrates_with_its_rows");
+    let bin = postgres_bin();
+    let net = Net::new(2);
+    let (a, b) = (net.agent(0, &[]), net.agent(1, &[]));
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    let script = format!(
+        "set -e; B={}; $B/initdb -D pgdata -U postgres --auth=trust --no-sync >/dev/null; \
+         echo 'host all all 0.0.0.0/0 trust' >> pgdata/pg_hba.conf; echo initdb done; exec $B/postgres -D pgdata -c listen_addresses='*' -c port=5433 \
+         -c unix_socket_directories='' -c shared_memory_type=mmap \
+         -c dynamic_shared_memory_type=mmap -c logging_collector=off",
+        bin.display()
+    );
+    let id = id_of(&start(&mut ca, as_user(&["sh", "-c", &script], "postgres", "postgres")).await);
+    wait_log(&ca, &id, "postgres ready", Duration::from_secs(120), |l| {
+        l.iter().any(|x| x.contains("ready to accept connections"))
+    })
+    .await;
+    let src = net.ip(0);
+    psql(&bin, &src, "CREATE TABLE t (n int, s text); INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 1000) g;")
+        .expect("write on the source");
+    assert_eq!(psql(&bin, &src, "SELECT count(*), sum(n) FROM t").unwrap(), "1000|500500");
+
+    let r = migrate_to(&mut ca, &id, &b.addr).await;
+    assert_completed(&r, &a);
+    let dst = net.ip(1);
+    let got = wait_until("postgres answering on the target", T, || {
+        let (bin, dst) = (bin.clone(), dst.clone());
+        async move { psql(&bin, &dst, "SELECT count(*), sum(n) FROM t").ok() }
+    })
+    .await;
+    assert_eq!(got, "1000|500500", "the rows written on the source");
+    psql(&bin, &dst, "INSERT INTO t VALUES (1001, 'on the target')").expect("write on the target");
+    assert_eq!(psql(&bin, &dst, "SELECT s FROM t WHERE n = 1001").unwrap(), "on the target");
+    // The postmaster and its children, still postgres's.
+    let uid = passwd_id("/etc/passwd", "postgres");
+    let gid = passwd_id("/etc/group", "postgres");
+    let s = status(&mut cb, &id).await;
+    // (A backend serving the last psql may have exited since: only those still there.)
+    let alive: Vec<_> =
+        s.tasks.iter().filter(|t| !t.init && !proc_ids(t.pid, "Uid:").is_empty()).collect();
+    assert!(alive.len() >= 3, "postmaster and its children: {s:?}");
+    for t in alive {
+        assert_eq!(proc_ids(t.pid, "Uid:"), [uid; 4], "uids of {} ({})", t.pid, t.comm);
+        assert_eq!(proc_ids(t.pid, "Gid:"), [gid; 4], "gids of {} ({})", t.pid, t.comm);
+    }
+}
+
+/// The id of `name` in /etc/passwd or /etc/group (its third field).
+fn passwd_id(file: &str, name: &str) -> u32 {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:"))?.split(':').nth(1)?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {file}"))
+}
