@@ -6,7 +6,8 @@
 #     cached outside a tmpfs, per boot; the lazy-pages daemon keeps several background requests
 #     in flight and sleeps while they are out; per page pipe buffer log lines only at -v5; smaps
 #     the agent read before the freeze are read from $CRIU_SMAPS_DIR; a failed restore reaps the
-#     tasks it traced instead of waiting for ever),
+#     tasks it traced instead of waiting for ever; without CAP_SYS_RESOURCE another user's rlimits
+#     are read from /proc/PID/limits and a hard limit the restore cannot raise is capped),
 #     built from Debian's sid source package and installed to /usr/local/sbin/criu unless one is
 #     already there (its `criu --version` says "GitID: <version>+ferry.<id of the patches>"); a
 #     stock CRIU >= 4.2 that passes `criu check` is the fallback if the build fails (everything
@@ -34,7 +35,8 @@ die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 # apt packages
 # ---------------------------------------------------------------------------------------------
 runtime_pkgs=(iproute2 iptables nftables zstd tar python3 gcc libc6-dev make pkg-config procps curl ca-certificates
-  util-linux netcat-openbsd vagrant vagrant-libvirt chromium tcpdump)
+  util-linux netcat-openbsd vagrant vagrant-libvirt chromium tcpdump
+  postgresql) # tests/users.rs migrates a PostgreSQL server
 criu_build_pkgs=(libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler python3-protobuf
   libnl-3-dev libnet1-dev libcap-dev libbsd-dev uuid-dev libaio-dev libgnutls28-dev libnftables-dev
   xz-utils patch)

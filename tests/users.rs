@@ -1,6 +1,7 @@
 //! Workloads run as a given user and group: the ids the processes really have, the ownership of
-//! their working directory, refusals of unknown names, and a CRIU migration of a non-root
-//! workload between two netns hosts.
+//! their working directory, refusals of unknown names, and CRIU migrations of non-root workloads
+//! between two netns hosts (without CAP_SYS_RESOURCE too, with ferry's CRIU): their ids and
+//! their resource limits kept, a hard limit the target cannot raise capped, a stock CRIU refused.
 
 mod harness;
 
@@ -17,17 +18,18 @@ const T: Duration = Duration::from_secs(60);
 /// uid and gid of nobody / nogroup on Debian.
 const NOBODY: u32 = 65534;
 
-fn have_nobody() -> bool {
+/// Fails the test loudly when this machine has no user nobody or group nogroup: the tests of
+/// other users' workloads never pass without running.
+fn require_nobody() {
     let has = |file: &str, name: &str| {
         std::fs::read_to_string(file)
             .map(|s| s.lines().any(|l| l.starts_with(&format!("{name}:"))))
             .unwrap_or(false)
     };
-    if has("/etc/passwd", "nobody") && has("/etc/group", "nogroup") {
-        return true;
-    }
-    eprintln!("\n*** SKIPPED: no user nobody or group nogroup on this machine ***\n");
-    false
+    assert!(
+        has("/etc/passwd", "nobody") && has("/etc/group", "nogroup"),
+        "this test needs user nobody and group nogroup (uid and gid 65534, as on Debian)"
+    );
 }
 
 fn as_user(argv: &[&str], user: &str, group: &str) -> pb::WorkloadSpec {
@@ -49,9 +51,8 @@ fn proc_ids(pid: i32, key: &str) -> Vec<u32> {
 
 #[tokio::test]
 async fn workload_runs_as_nobody_and_owns_its_working_directory() {
-    if !require_root("workload_runs_as_nobody_and_owns_its_working_directory") || !have_nobody() {
-        return;
-    }
+    require_root("workload_runs_as_nobody_and_owns_its_working_directory");
+    require_nobody();
     let agent = AgentProc::start("users");
     let mut c = agent.client().await;
     let s = start(
@@ -138,7 +139,8 @@ async fn unknown_users_and_groups_are_invalid_arguments() {
     assert!(listed.processes.is_empty(), "nothing started: {listed:?}");
 }
 
-/// Whether this process holds CAP_SYS_RESOURCE (CRIU needs it to dump another user's process).
+/// Whether this process holds CAP_SYS_RESOURCE (a stock CRIU needs it to dump another user's
+/// process; ferry's does not).
 fn has_cap_sys_resource() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -155,47 +157,18 @@ fn counts(lines: &[String]) -> Vec<u64> {
 
 #[tokio::test]
 async fn non_root_workload_migrates_with_criu_and_keeps_its_ids() {
-    if !require_root("non_root_workload_migrates_with_criu_and_keeps_its_ids") || !have_nobody() {
-        return;
-    }
+    require_root("non_root_workload_migrates_with_criu_and_keeps_its_ids");
+    require_nobody();
     let net = Net::new(2);
     let (a, b) = (net.agent(0, &[]), net.agent(1, &[]));
     let (mut ca, mut cb) = (a.client().await, b.client().await);
     let s = start(&mut ca, as_user(&[&workload("appender.py")], "nobody", "")).await;
     let id = id_of(&s);
     wait_log(&ca, &id, "5 counts", T, |l| counts(l).len() >= 5).await;
+    // Without CAP_SYS_RESOURCE too (as on the machines this was built on): ferry's CRIU reads
+    // another user's rlimits from /proc/PID/limits.
     let r = migrate_to(&mut ca, &id, &b.addr).await;
-    if !has_cap_sys_resource() {
-        // Refused before anything is frozen, with the reason; the workload goes on.
-        assert_eq!(r.outcome, pb::Outcome::RolledBack as i32, "{r:?}");
-        assert_eq!(r.failed_phase, "preflight", "{r:?}");
-        assert!(
-            r.error.contains("CAP_SYS_RESOURCE") && r.error.contains("uid 65534"),
-            "{}",
-            r.error
-        );
-        let before =
-            counts(&logs(&mut ca, &id).await.into_iter().map(|l| l.text).collect::<Vec<_>>()).len();
-        wait_log(&ca, &id, "counting on the source", T, |l| counts(l).len() > before + 3).await;
-        eprintln!(
-            "\n*** SKIPPED the CRIU migration of a non-root workload: this machine's root lacks \
-             CAP_SYS_RESOURCE, which CRIU needs to read another user's rlimits; checked that \
-             preflight refuses it instead ***\n"
-        );
-        return;
-    }
-    if r.outcome != pb::Outcome::Completed as i32 {
-        // CRIU's log, as the source's data dir holds it on this side of the bind mount.
-        let log = r.criu_log.replace(harness::net::DATA_MOUNT, &a.data_dir.to_string_lossy());
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(40).collect();
-        panic!(
-            "migration failed: {}\n{log}:\n{}",
-            r.error,
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        );
-    }
-    assert_eq!(r.engine, "criu");
+    assert_completed(&r, &a);
     let lines = wait_log(&cb, &id, "counting on", T, |l| counts(l).len() >= 15).await;
     let n = counts(&lines);
     for w in n.windows(2) {
@@ -226,10 +199,8 @@ async fn non_root_workload_migrates_with_criu_and_keeps_its_ids() {
 
 #[tokio::test]
 async fn non_root_cooperative_workload_migrates_and_keeps_its_user() {
-    if !require_root("non_root_cooperative_workload_migrates_and_keeps_its_user") || !have_nobody()
-    {
-        return;
-    }
+    require_root("non_root_cooperative_workload_migrates_and_keeps_its_user");
+    require_nobody();
     let net = Net::new(2);
     let (a, b) = (net.agent(0, &[]), net.agent(1, &[]));
     let (mut ca, mut cb) = (a.client().await, b.client().await);
@@ -264,14 +235,199 @@ async fn non_root_cooperative_workload_migrates_and_keeps_its_user() {
 
 /// MigrateOut of `id` to the agent at `target`; its result.
 async fn migrate_to(c: &mut Client, id: &str, target: &str) -> pb::MigrationResult {
+    migrate_in_mode(c, id, target, pb::Mode::StopAndCopy).await
+}
+
+/// MigrateOut of `id` to the agent at `target` in `mode`; its result.
+async fn migrate_in_mode(
+    c: &mut Client,
+    id: &str,
+    target: &str,
+    mode: pb::Mode,
+) -> pb::MigrationResult {
     c.migrate_out(pb::MigrateOutRequest {
         workload_id: id.to_string(),
         target_address: target.to_string(),
+        mode: mode as i32,
         ..Default::default()
     })
     .await
     .expect("MigrateOut")
     .into_inner()
+}
+
+/// Panics with the error and the tail of CRIU's log unless `r` completed by CRIU; `source` is
+/// the agent it left.
+fn assert_completed(r: &pb::MigrationResult, source: &AgentProc) {
+    if r.outcome != pb::Outcome::Completed as i32 {
+        // CRIU's log, as the source's data dir holds it on this side of the bind mount.
+        let log = r.criu_log.replace(harness::net::DATA_MOUNT, &source.data_dir.to_string_lossy());
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        panic!(
+            "migration failed: {}\n{log}:\n{}",
+            r.error,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    assert_eq!(r.engine, "criu", "{r:?}");
+}
+
+/// /proc/PID/limits without its header, spaces squeezed: "Max open files 321 4321 files".
+fn limits(pid: i32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/limits: {e}"))
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+/// The soft and hard limit of `resource` ("Max open files") in /proc/PID/limits.
+fn limit(pid: i32, resource: &str) -> (String, String) {
+    let line = limits(pid)
+        .into_iter()
+        .find_map(|l| l.strip_prefix(&format!("{resource} ")).map(str::to_string))
+        .unwrap_or_else(|| panic!("no {resource} in /proc/{pid}/limits"));
+    let mut v = line.split(' ').map(str::to_string);
+    (v.next().unwrap(), v.next().unwrap())
+}
+
+/// The appender as nobody:nogroup, with its open files limited to 321 (hard 4321) and its core
+/// size to 4096 bytes (hard 200000): limits no default has.
+fn limited_appender() -> pb::WorkloadSpec {
+    let app = workload("appender.py");
+    as_user(
+        &["prlimit", "--nofile=321:4321", "--core=4096:200000", "--", &app],
+        "nobody",
+        "nogroup",
+    )
+}
+
+/// A workload as nobody with rlimits of its own moves by CRIU in `mode`: its count goes on, its
+/// ids and every one of its limits on the target are the ones it had on the source.
+async fn rlimits_move_with_the_workload(mode: pb::Mode) {
+    let net = Net::new(2);
+    let (a, b) = (net.agent(0, &[]), net.agent(1, &[]));
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    let id = id_of(&start(&mut ca, limited_appender()).await);
+    wait_log(&ca, &id, "5 counts", T, |l| counts(l).len() >= 5).await;
+    let main = status(&mut ca, &id).await.main_pid;
+    assert!(main > 0);
+    let before = limits(main);
+    assert_eq!(limit(main, "Max open files"), ("321".into(), "4321".into()), "{before:#?}");
+    assert_eq!(limit(main, "Max core file size"), ("4096".into(), "200000".into()));
+    assert_eq!(proc_ids(main, "Uid:"), [NOBODY; 4]);
+
+    let r = migrate_in_mode(&mut ca, &id, &b.addr, mode).await;
+    assert_completed(&r, &a);
+    if mode == pb::Mode::PostCopy {
+        assert_eq!(r.mode, "post_copy", "{r:?}");
+    }
+    let lines = wait_log(&cb, &id, "counting on", T, |l| counts(l).len() >= 15).await;
+    let n = counts(&lines);
+    for w in n.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "the count continues: {n:?}");
+    }
+    let main = status(&mut cb, &id).await.main_pid;
+    assert!(main > 0);
+    assert_eq!(proc_ids(main, "Uid:"), [NOBODY; 4], "uids on the target");
+    assert_eq!(proc_ids(main, "Gid:"), [NOBODY; 4], "gids on the target");
+    assert_eq!(limits(main), before, "every rlimit on the target as on the source");
+}
+
+#[tokio::test]
+async fn non_root_workload_keeps_its_rlimits_in_stop_and_copy() {
+    require_root("non_root_workload_keeps_its_rlimits_in_stop_and_copy");
+    require_nobody();
+    rlimits_move_with_the_workload(pb::Mode::StopAndCopy).await;
+}
+
+#[tokio::test]
+async fn non_root_workload_keeps_its_rlimits_in_post_copy() {
+    require_root("non_root_workload_keeps_its_rlimits_in_post_copy");
+    require_nobody();
+    rlimits_move_with_the_workload(pb::Mode::PostCopy).await;
+}
+
+/// A target whose agent (and so CRIU) has a lower hard limit than the workload had, and no
+/// CAP_SYS_RESOURCE to raise it: the restore gives the workload the highest hard limit it can
+/// (CRIU says so in its log, the agent in its own) instead of failing, and keeps the soft limit.
+#[tokio::test]
+async fn a_hard_limit_the_target_cannot_raise_is_capped_and_the_workload_moves() {
+    require_root("a_hard_limit_the_target_cannot_raise_is_capped_and_the_workload_moves");
+    require_nobody();
+    let net = Net::new(2);
+    let (a, b) = (net.agent(0, &[]), net.agent(1, &[]));
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", b.pid())).unwrap_or_default();
+    assert_eq!(comm.trim(), "ferry", "the target's pid is its agent");
+    // The target agent's open files: 2000, hard too (lowering needs no capability).
+    let low = libc::rlimit { rlim_cur: 2000, rlim_max: 2000 };
+    // SAFETY: a valid rlimit, no old value asked for.
+    let rc = unsafe { libc::prlimit(b.pid(), libc::RLIMIT_NOFILE, &low, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit on the target agent: {}", std::io::Error::last_os_error());
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    let id = id_of(&start(&mut ca, limited_appender()).await);
+    wait_log(&ca, &id, "5 counts", T, |l| counts(l).len() >= 5).await;
+    let main = status(&mut ca, &id).await.main_pid;
+    let before = limits(main);
+
+    let r = migrate_to(&mut ca, &id, &b.addr).await;
+    assert_completed(&r, &a);
+    let lines = wait_log(&cb, &id, "counting on", T, |l| counts(l).len() >= 15).await;
+    let n = counts(&lines);
+    for w in n.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "the count continues: {n:?}");
+    }
+    let main = status(&mut cb, &id).await.main_pid;
+    assert_eq!(proc_ids(main, "Uid:"), [NOBODY; 4], "uids on the target");
+    let hard = if has_cap_sys_resource() { "4321" } else { "2000" };
+    assert_eq!(limit(main, "Max open files"), ("321".into(), hard.into()));
+    let others = |l: Vec<String>| -> Vec<String> {
+        l.into_iter().filter(|l| !l.starts_with("Max open files")).collect()
+    };
+    assert_eq!(others(limits(main)), others(before), "the other limits as on the source");
+}
+
+/// A stock CRIU (no "+ferry." in its GitID) cannot read another user's rlimits without
+/// CAP_SYS_RESOURCE: the source refuses the migration before anything is frozen, saying why and
+/// what to install; the workload goes on.
+#[tokio::test]
+async fn a_stock_criu_without_cap_sys_resource_refuses_a_non_root_workload() {
+    require_root("a_stock_criu_without_cap_sys_resource_refuses_a_non_root_workload");
+    require_nobody();
+    if has_cap_sys_resource() {
+        eprintln!(
+            "\n*** NOT APPLICABLE: this machine's root holds CAP_SYS_RESOURCE, with which a \
+             stock CRIU reads another user's rlimits itself ***\n"
+        );
+        return;
+    }
+    // A CRIU that answers like Debian's: a version, a GitID without "+ferry.", a passing check.
+    let tmp = TempDir::new("ferry-stock-criu");
+    let fake = tmp.path().join("criu");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\n[ \"$1\" = --version ] && printf 'Version: 4.2.1\\nGitID: v4.2.1\\n'\nexit 0\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let fake = fake.to_string_lossy().into_owned();
+    let net = Net::new(2);
+    let (a, b) = (net.agent(0, &["--criu", &fake]), net.agent(1, &["--criu", &fake]));
+    let mut ca = a.client().await;
+    let id = id_of(&start(&mut ca, as_user(&[&workload("appender.py")], "nobody", "")).await);
+    wait_log(&ca, &id, "5 counts", T, |l| counts(l).len() >= 5).await;
+    let r = migrate_to(&mut ca, &id, &b.addr).await;
+    assert_eq!(r.outcome, pb::Outcome::RolledBack as i32, "{r:?}");
+    assert_eq!(r.failed_phase, "preflight", "{r:?}");
+    for needle in ["CAP_SYS_RESOURCE", "uid 65534", "GitID v4.2.1", "not ferry's build", "setup.sh"]
+    {
+        assert!(r.error.contains(needle), "{needle:?} in {}", r.error);
+    }
+    let before =
+        counts(&logs(&mut ca, &id).await.into_iter().map(|l| l.text).collect::<Vec<_>>()).len();
+    wait_log(&ca, &id, "counting on the source", T, |l| counts(l).len() > before + 3).await;
 }
 
 /// What a workload running as nobody tries on each path: read a file, list a directory or
@@ -302,7 +458,7 @@ echo end
 #[tokio::test]
 async fn a_workload_as_nobody_reaches_nothing_of_others_or_of_ferry() {
     require_root("a_workload_as_nobody_reaches_nothing_of_others_or_of_ferry");
-    assert!(have_nobody(), "this test needs user nobody and group nogroup");
+    require_nobody();
     // A coordinator with its keys from `ferry certs`, and its database.
     let tmp = TempDir::new("ferry-isolation");
     let certs = tmp.path().join("certs");
@@ -419,4 +575,92 @@ async fn a_workload_as_nobody_reaches_nothing_of_others_or_of_ferry() {
     for path in files.iter().chain(&dirs).chain(&streams).chain(&seqpackets) {
         assert!(lines.contains(&format!("DENIED {path}")), "no verdict for {path}: {lines:?}");
     }
+}
+
+/// PostgreSQL's server binary (Debian's postgresql package), the newest major installed.
+fn postgres_bin() -> std::path::PathBuf {
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    found.retain(|b| b.join("postgres").is_file() && b.join("initdb").is_file());
+    found.sort_by_key(|b| {
+        b.parent().and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok()).unwrap_or(0)
+    });
+    found.pop().expect(
+        "this test needs PostgreSQL: apt-get install postgresql (/usr/lib/postgresql/*/bin)",
+    )
+}
+
+/// `psql` at `host`:5433 as postgres running `sql`; its output (unaligned, tuples only).
+fn psql(bin: &std::path::Path, host: &str, sql: &str) -> Result<String, String> {
+    let out = std::process::Command::new(bin.join("psql"))
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", host, "-p", "5433"])
+        .args(["-U", "postgres", "-d", "postgres", "-c", sql])
+        .env("PGCONNECT_TIMEOUT", "5")
+        .output()
+        .map_err(|e| format!("run psql: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// PostgreSQL as user postgres, its cluster made by initdb in its working directory, moves by
+/// CRIU: rows written on the source are read on the target, which takes new ones.
+#[tokio::test]
+async fn postgresql_as_postgres_migrates_with_its_rows() {
+    require_root("postgresql_as_postgres_migrates_with_its_rows");
+    let bin = postgres_bin();
+    let net = Net::new(2);
+    let (a, b) = (net.agent(0, &[]), net.agent(1, &[]));
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    let script = format!(
+        "set -e; B={}; $B/initdb -D pgdata -U postgres --auth=trust --no-sync >/dev/null; \
+         echo 'host all all 0.0.0.0/0 trust' >> pgdata/pg_hba.conf; echo initdb done; exec $B/postgres -D pgdata -c listen_addresses='*' -c port=5433 \
+         -c unix_socket_directories='' -c shared_memory_type=mmap \
+         -c dynamic_shared_memory_type=mmap -c logging_collector=off",
+        bin.display()
+    );
+    let id = id_of(&start(&mut ca, as_user(&["sh", "-c", &script], "postgres", "postgres")).await);
+    wait_log(&ca, &id, "postgres ready", Duration::from_secs(120), |l| {
+        l.iter().any(|x| x.contains("ready to accept connections"))
+    })
+    .await;
+    let src = net.ip(0);
+    psql(&bin, &src, "CREATE TABLE t (n int, s text); INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 1000) g;")
+        .expect("write on the source");
+    assert_eq!(psql(&bin, &src, "SELECT count(*), sum(n) FROM t").unwrap(), "1000|500500");
+
+    let r = migrate_to(&mut ca, &id, &b.addr).await;
+    assert_completed(&r, &a);
+    let dst = net.ip(1);
+    let got = wait_until("postgres answering on the target", T, || {
+        let (bin, dst) = (bin.clone(), dst.clone());
+        async move { psql(&bin, &dst, "SELECT count(*), sum(n) FROM t").ok() }
+    })
+    .await;
+    assert_eq!(got, "1000|500500", "the rows written on the source");
+    psql(&bin, &dst, "INSERT INTO t VALUES (1001, 'on the target')").expect("write on the target");
+    assert_eq!(psql(&bin, &dst, "SELECT s FROM t WHERE n = 1001").unwrap(), "on the target");
+    // The postmaster and its children, still postgres's.
+    let uid = passwd_id("/etc/passwd", "postgres");
+    let gid = passwd_id("/etc/group", "postgres");
+    let s = status(&mut cb, &id).await;
+    // (A backend serving the last psql may have exited since: only those still there.)
+    let alive: Vec<_> =
+        s.tasks.iter().filter(|t| !t.init && !proc_ids(t.pid, "Uid:").is_empty()).collect();
+    assert!(alive.len() >= 3, "postmaster and its children: {s:?}");
+    for t in alive {
+        assert_eq!(proc_ids(t.pid, "Uid:"), [uid; 4], "uids of {} ({})", t.pid, t.comm);
+        assert_eq!(proc_ids(t.pid, "Gid:"), [gid; 4], "gids of {} ({})", t.pid, t.comm);
+    }
+}
+
+/// The id of `name` in /etc/passwd or /etc/group (its third field).
+fn passwd_id(file: &str, name: &str) -> u32 {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:"))?.split(':').nth(1)?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {file}"))
 }

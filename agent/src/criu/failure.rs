@@ -57,7 +57,9 @@ const KNOWN: &[(&str, &str)] = &[
     (
         "Can't get rlimit",
         "CRIU cannot read the resource limits of a workload process running as another user: \
-         the agent lacks CAP_SYS_RESOURCE (some containers drop it even for root)",
+         the agent lacks CAP_SYS_RESOURCE (some containers drop it even for root) and this CRIU \
+         is not ferry's build with patch 0007, which reads them from /proc/PID/limits (run \
+         scripts/setup.sh)",
     ),
     ("Operation not permitted", "CRIU lacked a permission (the agent must run as root)"),
 ];
@@ -86,6 +88,19 @@ pub fn error_lines(log: &str, max: usize) -> Vec<String> {
 pub fn explain(log: &str) -> Option<&'static str> {
     let haystack = error_lines(log, 50).join("\n");
     KNOWN.iter().find(|(pat, _)| haystack.contains(pat)).map(|(_, msg)| *msg)
+}
+
+/// The resource limits a restore set lower than the dumped ones, from its log: without
+/// CAP_SYS_RESOURCE, ferry's CRIU (patch 0007) caps a hard limit above the restorer's own at it
+/// and says so at warning level ("rlimit: 7: RLIMIT_NOFILE hard limit 4000 capped at 3000
+/// (raising it needs CAP_SYS_RESOURCE)"). Each as "7: RLIMIT_NOFILE hard limit 4000 capped at
+/// 3000": the process (its PID in the workload's namespace), the resource, the two values.
+pub fn capped_rlimits(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains(" capped at "))
+        .filter_map(|l| l.split_once("rlimit: ").map(|(_, rest)| rest))
+        .map(|rest| rest.split(" (").next().unwrap_or(rest).trim().to_string())
+        .collect()
 }
 
 /// CRIU's closing error lines, which say only that it failed: the line before them tells why.
@@ -192,6 +207,25 @@ mod tests {
         let said = describe("restore", &restore, "none");
         assert!(said.contains("lazy-pages daemon failed first: (00.06) Error"), "{said}");
         assert!(said.contains("Can't send PSI 7"), "{said}");
+    }
+
+    #[test]
+    fn capped_rlimits_are_read_from_a_restore_log() {
+        let log = "(00.015730) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for \
+                   self: Operation not permitted\n\
+                   (00.031957)  1: Warn  (criu/cr-restore.c:2858): rlimit: 1: RLIMIT_NOFILE \
+                   hard limit 4000 capped at 3000 (raising it needs CAP_SYS_RESOURCE)\n\
+                   (00.031958)  1: Warn  (criu/cr-restore.c:2863): rlimit: 1: RLIMIT_NOFILE \
+                   soft limit 3500 capped at 3000\n\
+                   (00.035791)  2: Restoring scheduler params 0.0.0\n";
+        assert_eq!(
+            capped_rlimits(log),
+            [
+                "1: RLIMIT_NOFILE hard limit 4000 capped at 3000",
+                "1: RLIMIT_NOFILE soft limit 3500 capped at 3000"
+            ]
+        );
+        assert!(capped_rlimits("(00.01) Restored\n").is_empty());
     }
 
     #[test]

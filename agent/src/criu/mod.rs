@@ -17,6 +17,9 @@ pub struct CriuInfo {
     pub path: Option<PathBuf>,
     /// "4.2.1"; empty when not found.
     pub version: String,
+    /// `criu --version`'s GitID: "4.2.1+ferry.<id of the patches>" when scripts/setup.sh built
+    /// it with scripts/criu's patches; empty when it printed none.
+    pub git_id: String,
     pub check_passed: bool,
     pub check_error: String,
 }
@@ -35,7 +38,10 @@ impl CriuInfo {
         let mut cmd = Command::new(&path);
         cmd.arg("--version");
         match command::output(reaper, cmd) {
-            Ok(out) => info.version = parse_version(&out.stdout).unwrap_or_default(),
+            Ok(out) => {
+                info.version = parse_version(&out.stdout).unwrap_or_default();
+                info.git_id = parse_git_id(&out.stdout).unwrap_or_default();
+            }
             Err(e) => {
                 info.check_error = format!("cannot run {path:?}: {e}");
                 return info;
@@ -52,6 +58,13 @@ impl CriuInfo {
             Err(e) => info.check_error = format!("cannot run {path:?} check: {e}"),
         }
         info
+    }
+
+    /// Whether this CRIU is ferry's build (scripts/setup.sh, with scripts/criu's patches): among
+    /// them 0007, which dumps and restores the resource limits of another user's process
+    /// without CAP_SYS_RESOURCE.
+    pub fn is_ferry_build(&self) -> bool {
+        self.git_id.contains("+ferry.")
     }
 
     /// (major, minor) of the version, if known.
@@ -77,6 +90,11 @@ fn parse_version(out: &str) -> Option<String> {
     out.lines().find_map(|l| l.strip_prefix("Version:")).map(|v| v.trim().to_string())
 }
 
+/// "Version: 4.2.1\nGitID: 4.2.1+ferry.0123456789ab" → "4.2.1+ferry.0123456789ab".
+fn parse_git_id(out: &str) -> Option<String> {
+    out.lines().find_map(|l| l.strip_prefix("GitID:")).map(|v| v.trim().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +103,13 @@ mod tests {
     fn version_parsing() {
         assert_eq!(parse_version("Version: 4.2.1\nGitID: v4.2.1\n").as_deref(), Some("4.2.1"));
         assert_eq!(parse_version("garbage"), None);
+        let ours = "Version: 4.2.1\nGitID: 4.2.1+ferry.2141cea74ff6\n";
+        assert_eq!(parse_git_id(ours).as_deref(), Some("4.2.1+ferry.2141cea74ff6"));
+        let info = CriuInfo { git_id: parse_git_id(ours).unwrap(), ..Default::default() };
+        assert!(info.is_ferry_build());
+        let stock = CriuInfo { git_id: "v4.2.1".into(), ..Default::default() };
+        assert!(!stock.is_ferry_build());
+        assert!(!CriuInfo::default().is_ferry_build());
         let info = CriuInfo { version: "4.2.1".into(), ..Default::default() };
         assert_eq!(info.major_minor(), Some((4, 2)));
         let info = CriuInfo { version: "5".into(), ..Default::default() };

@@ -309,7 +309,10 @@ impl CheckpointEngine for CriuEngine {
                 drop((out_w, err_w, images, work));
                 let resp = successful("restore", log_path.clone(), r)?;
                 match resp.restore.map(|r| r.pid).unwrap_or(0) {
-                    pid if pid > 0 => Ok(pid),
+                    pid if pid > 0 => {
+                        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                        Ok((pid, crate::criu::failure::capped_rlimits(&log)))
+                    }
                     _ => Err(rpc_failure("restore", log_path, "CRIU reported no pid".into())),
                 }
             })
@@ -318,7 +321,19 @@ impl CheckpointEngine for CriuEngine {
             .and_then(|r| r)
         };
         let pid = match restored {
-            Ok(pid) => pid,
+            Ok((pid, capped)) => {
+                // Limits this node could not give back as they were (no CAP_SYS_RESOURCE to
+                // raise a hard limit): the workload runs, with these lower.
+                for limit in capped {
+                    tracing::warn!(
+                        id = spec.id,
+                        migration = req.migration_id,
+                        log = ?log_path,
+                        "CRIU restored a resource limit lower than the source's: {limit}"
+                    );
+                }
+                pid
+            }
             Err(e) => {
                 agent.kill_lazy_daemon(req.migration_id);
                 return Err(e);

@@ -454,21 +454,31 @@ impl Run {
         })
         .await
         .map_err(|e| fail(p, e.to_string()))?;
-        // CRIU reads every task's rlimits with prlimit, which for a process of another user
-        // needs CAP_SYS_RESOURCE: refuse here rather than fail the dump of a frozen workload.
-        if self.w.spec.engine == Engine::Criu && !crate::sys::host::has_cap_sys_resource() {
+        // A stock CRIU reads every task's rlimits with prlimit, which for a process of another
+        // user needs CAP_SYS_RESOURCE: refuse here rather than fail the dump of a frozen
+        // workload. Ferry's build (patch 0007) reads them from /proc/PID/limits instead.
+        let criu = self.agent.criu();
+        if self.w.spec.engine == Engine::Criu
+            && !criu.is_ferry_build()
+            && !crate::sys::host::has_cap_sys_resource()
+        {
             let creds = self.agent.credentials(&self.w.spec).map_err(|e| fail(p, e.to_string()))?;
             if let Some(c) = creds.filter(|c| c.uid != 0 || c.gid != 0) {
+                let git_id = if criu.git_id.is_empty() { "none" } else { criu.git_id.as_str() };
                 return Err(fail(
                     p,
                     format!(
                         "node {} cannot checkpoint workload {} with CRIU: it runs as uid {}, gid \
-                         {}, and CRIU needs CAP_SYS_RESOURCE to read its resource limits, which \
-                         this agent lacks",
+                         {}, and a stock CRIU needs CAP_SYS_RESOURCE to read its resource \
+                         limits, which this agent lacks; {} (version {}, GitID {git_id}) is not \
+                         ferry's build: install that with scripts/setup.sh (its patch 0007 reads \
+                         them from /proc/PID/limits)",
                         self.agent.config().node,
                         self.w.id(),
                         c.uid,
-                        c.gid
+                        c.gid,
+                        criu.path.as_deref().unwrap_or(std::path::Path::new("criu")).display(),
+                        criu.version,
                     ),
                 ));
             }

@@ -1,5 +1,7 @@
-//! Starting a workload: `clone(CLONE_NEWPID)` (with root) straight into `ferry-init`, which becomes
-//! PID 1 of the new namespace and starts the workload's program.
+//! Starting a workload: `clone(CLONE_NEWPID | CLONE_NEWIPC)` (with root) straight into
+//! `ferry-init`, which becomes PID 1 of the new namespaces and starts the workload's program. The
+//! IPC namespace is what lets CRIU move System V shared memory (PostgreSQL always attaches a
+//! segment): it dumps such memory only as part of an IPC namespace of the workload's own.
 //!
 //! The agent is multi-threaded, so the child between `clone` and `execve` only makes raw,
 //! async-signal-safe syscalls on data prepared before the clone: no allocation, no locks.
@@ -19,6 +21,7 @@ pub struct SpawnRequest<'a> {
     pub argv: &'a [String],
     pub env: &'a [(String, String)],
     pub cwd: &'a Path,
+    /// A PID namespace and an IPC namespace of its own.
     pub new_pid_ns: bool,
     /// Run the workload's program as this user and group (None: as the agent). ferry-init, PID 1
     /// of its namespace, stays root and drops them in the program's process only.
@@ -90,7 +93,7 @@ pub fn spawn(
 
     let mut flags = libc::SIGCHLD as libc::c_ulong;
     if req.new_pid_ns {
-        flags |= libc::CLONE_NEWPID as libc::c_ulong;
+        flags |= (libc::CLONE_NEWPID | libc::CLONE_NEWIPC) as libc::c_ulong;
     }
     let sources = [devnull.as_raw_fd(), req.stdout.as_raw_fd(), req.stderr.as_raw_fd(), status_w];
 
