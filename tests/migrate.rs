@@ -469,12 +469,15 @@ async fn slow_migration_under_way(
     let (_, id) = ticking_memhog(&mut p.ca, "256").await;
     let mut c = p.ca.clone();
     let (id2, target) = (id.clone(), p.b.addr.clone());
+    let mid = format!("m-slow-{id}");
+    let mid2 = mid.clone();
     let running = tokio::spawn(async move {
         migrate_with(
             &mut c,
             pb::MigrateOutRequest {
                 workload_id: id2,
                 target_address: target,
+                migration_id: mid2,
                 fault: pb::Fault::SlowTransfer as i32,
                 fault_arg: 20,
                 ..Default::default()
@@ -482,6 +485,16 @@ async fn slow_migration_under_way(
         )
         .await
     });
+    // The source streams the dump (past the target's answer to the page reservation).
+    wait_until("the source to stream its dump", T, || {
+        let (mut c, mid) = (p.ca.clone(), mid.clone());
+        async move {
+            let r = c.get_migration(pb::MigrationRef { migration_id: mid }).await.ok()?;
+            let r = r.into_inner();
+            (r.current_phase == "checkpoint" && r.bytes_raw > 0).then_some(())
+        }
+    })
+    .await;
     let (incoming, pages) = (p.b.data_dir.join("migrations"), p.b.data_dir.join("pages"));
     wait_until("the transfer to begin", T, || async {
         let pages_came = std::fs::read_dir(&pages).is_ok_and(|mut d| d.next().is_some());
@@ -1041,6 +1054,54 @@ async fn post_copy_page_server_killed_after_the_resume_reports_the_loss_and_runs
     assert!(!alive(original), "the original was killed, not resumed");
     let err = p.ca.get_status(pb::WorkloadRef { id: id.clone() }).await.expect_err("gone");
     assert_eq!(err.code(), Code::NotFound);
+}
+
+/// Post-copy, the target agent SIGKILLed (and restarted) while the resumed copy still waits for
+/// pages: the pages came through that agent (the page tunnel), so they can no longer arrive. The
+/// copy must never run on the missing memory (which the kernel would give it as zero pages once
+/// nobody held its userfaultfds): it is killed, the restarted target says it is lost and why, the
+/// source reports the loss and never resumes the original.
+#[tokio::test]
+async fn post_copy_target_agent_killed_after_the_resume_never_runs_the_copy_on_missing_memory() {
+    if !require_root(
+        "post_copy_target_agent_killed_after_the_resume_never_runs_the_copy_on_missing_memory",
+    ) {
+        return;
+    }
+    let p = pair(&[FI]).await;
+    let mut ca = p.ca.clone();
+    let (s, id) = ticking_memhog(&mut ca, "256").await;
+    let original = s.pid;
+    let mid = format!("m-pc-target-{}", std::process::id());
+    // The page server stalls long enough for the kill to find pages missing.
+    let running =
+        post_copy_in_background(&p.ca, &id, &p.b.addr, &mid, pb::Fault::StallPageServer, 8000);
+    in_post_copy_with_pages_missing(&p.ca, &mid).await;
+    let mut cb = p.cb.clone();
+    let copy = status(&mut cb, &id).await;
+    assert_ne!(copy.state, pb::ProcessState::Stopped as i32, "resumed on the target: {copy:?}");
+    let Pair { net, a: _a, b, ca, cb: _ } = p;
+    let b = net.restart_agent(1, b, &[]);
+    let r = running.await.unwrap().expect("MigrateOut answers");
+    eprintln!("source's answer: outcome={} error={:?}", r.outcome, r.error);
+    assert_eq!(r.outcome, pb::Outcome::Failed as i32, "{r:?}");
+    assert!(r.error.contains("is lost"), "{:?}", r.error);
+    wait_until("the copy to be killed", T, || async { (!alive(copy.pid)).then_some(()) }).await;
+    let mut cb = b.client().await;
+    let lost = wait_until("the restarted target to say the workload is lost", T, || {
+        let (mut cb, id) = (cb.clone(), id.clone());
+        async move {
+            let s = cb.get_status(pb::WorkloadRef { id }).await.ok()?.into_inner();
+            (s.state == pb::ProcessState::Exited as i32).then_some(s)
+        }
+    })
+    .await;
+    assert!(lost.lost_reason.contains("never arrived"), "{lost:?}");
+    let err = cb.resume_process(pb::WorkloadRef { id: id.clone() }).await;
+    assert!(err.is_err(), "a lost workload cannot be resumed: {err:?}");
+    wait_until("the original to be gone", T, || async { (!alive(original)).then_some(()) }).await;
+    let mut ca = ca;
+    gone_from(&mut ca, &id, "the original to be forgotten").await;
 }
 
 #[tokio::test]

@@ -351,9 +351,17 @@ impl CheckpointEngine for CriuEngine {
             tokio::time::sleep(std::time::Duration::from_millis(ms.into())).await;
         }
         let post_copy = lazy.is_some();
+        let fill = lazy.as_ref().map(|lp| crate::workload::LazyFill {
+            migration_id: req.migration_id.to_string(),
+            pid: lp.pid,
+            start_ticks: crate::sys::proc::start_ticks(lp.pid).unwrap_or(0),
+            log: lp.log.clone(),
+        });
         if let Some(lp) = lazy {
             lp.set_restored(pid);
-            let _ = tokio::task::spawn_blocking(move || lp.hold_userfaultfds()).await;
+            let agent2 = agent.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || lp.hold_userfaultfds(agent2.fd_store())).await;
         }
         tracing::info!(
             id = spec.id,
@@ -381,6 +389,12 @@ impl CheckpointEngine for CriuEngine {
         });
         if post_copy {
             w.set_post_copy(true);
+        }
+        if let Some(f) = fill.filter(|f| f.start_ticks != 0) {
+            // Unless the daemon already ended with every page (then it is gone, or reused).
+            if agent.lazy_daemon(req.migration_id).is_none_or(|lp| lp.ended().is_none()) {
+                w.set_lazy_fill(Some(f));
+            }
         }
         Ok(w)
     }

@@ -7,7 +7,7 @@
 //! Why the agent holds the restored tasks' userfaultfds: see `sys::uffd`.
 
 use std::io::{Read, Seek, SeekFrom};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -192,7 +192,9 @@ impl LazyPages {
     /// all (it turns to its page-server socket right after receiving the last one).
     /// Blocking. Without them a failure of the daemon could let the workload run on zero pages
     /// for the moment it takes to kill it, so a failure here is logged loudly.
-    pub fn hold_userfaultfds(&self) {
+    /// The agent's fd store keeps duplicates too (`ID:uffd:N`): if the agent dies with the
+    /// daemon, the tasks still wait rather than read zeros, until a restarted agent decides.
+    pub fn hold_userfaultfds(&self, store: Option<&crate::sys::fdstore::FdStore>) {
         let deadline = std::time::Instant::now() + HANDOVER;
         let (mut last, mut same) = (0, 0);
         loop {
@@ -226,6 +228,12 @@ impl LazyPages {
                     count = fds.len(),
                     "holding the restored tasks' userfaultfds"
                 );
+                for (i, fd) in fds.iter().enumerate() {
+                    let name = format!("{}:uffd:{i}", self.workload_id);
+                    if let Some(Err(e)) = store.map(|s| s.put(&name, fd.as_fd())) {
+                        tracing::warn!(migration = self.migration_id, %e, "the fd store did not take a userfaultfd: if this agent dies before the memory is filled, the workload may read zero pages");
+                    }
+                }
                 self.held.lock().expect("held uffds poisoned").extend(fds);
             }
             Err(e) => tracing::warn!(
@@ -238,7 +246,10 @@ impl LazyPages {
         }
     }
 
-    fn release_userfaultfds(&self) {
+    fn release_userfaultfds(&self, store: Option<&crate::sys::fdstore::FdStore>) {
+        if let Some(s) = store {
+            let _ = s.drop_prefix(&format!("{}:uffd:", self.workload_id));
+        }
         self.held.lock().expect("held uffds poisoned").clear();
     }
 }
@@ -324,8 +335,16 @@ pub(super) fn start(
         let lp = lp2;
         match status {
             Ok(ExitStatus::Exited(0)) => {
+                // Counted now, while the log is there (a commit after this removes it).
+                let _ = lp.progress();
                 *lp.end.lock().expect("lazy end poisoned") = Some(Ok(()));
-                lp.release_userfaultfds();
+                lp.release_userfaultfds(agent2.fd_store());
+                let restored = lp.restored_pid.load(Ordering::SeqCst);
+                if let Ok(w) = agent2.get(&lp.workload_id) {
+                    if restored != 0 && w.init_pid == restored {
+                        w.set_lazy_fill(None);
+                    }
+                }
                 tracing::info!(
                     migration = lp.migration_id,
                     pid = lp.pid,
@@ -341,7 +360,7 @@ pub(super) fn start(
             _ if lp.aborted.load(Ordering::SeqCst) => {
                 *lp.end.lock().expect("lazy end poisoned") =
                     Some(Err("abandoned: the migration was aborted".into()));
-                lp.release_userfaultfds();
+                lp.release_userfaultfds(agent2.fd_store());
                 tracing::info!(
                     migration = lp.migration_id,
                     pid = lp.pid,
@@ -374,7 +393,7 @@ pub(super) fn start(
                 agent2.post_copy_lost(&lp, &why);
                 // Only now: until the workload is dead, its tasks wait on a missing page rather
                 // than read zeros.
-                lp.release_userfaultfds();
+                lp.release_userfaultfds(agent2.fd_store());
             }
         }
     });

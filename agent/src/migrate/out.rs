@@ -516,17 +516,37 @@ impl Run {
                         "target set memory aside for the pages"
                     )
                 }
+                // The connection broke (the keep-alive pings went unanswered) or the target
+                // never answered: it is gone or stopped. Nothing is frozen yet: give up here, as
+                // a stream to it would wait on a reconnection that never completes.
+                Ok(Err(s)) if is_transport(&s) => {
+                    return Err(fail(
+                        p,
+                        format!(
+                            "target agent {} at {} stopped answering before the freeze ({}); the \
+                             workload keeps running here",
+                            self.target_node,
+                            self.target,
+                            s.message()
+                        ),
+                    ))
+                }
                 Ok(Err(s)) => tracing::warn!(
                     migration = self.mid,
                     "target {} set no memory aside for the pages: {}",
                     self.target_node,
                     s.message()
                 ),
-                Err(_) => tracing::warn!(
-                    migration = self.mid,
-                    "target {} did not set memory aside for the pages within {RESERVE_TIMEOUT:?}",
-                    self.target_node
-                ),
+                Err(_) => {
+                    return Err(fail(
+                        p,
+                        format!(
+                            "target agent {} at {} did not answer within {RESERVE_TIMEOUT:?} \
+                             before the freeze; the workload keeps running here",
+                            self.target_node, self.target
+                        ),
+                    ))
+                }
             }
         }
         self.client = Some(client);
@@ -1285,4 +1305,16 @@ pub(super) fn source_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// Whether a gRPC status says the call never got a real answer (the connection broke or the
+/// call was cut), rather than the peer refusing it.
+fn is_transport(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::DeadlineExceeded
+    )
 }

@@ -59,6 +59,9 @@ pub(crate) fn start(agent: &Arc<Agent>) {
     }
     sweep_scratch(agent, &claimed);
     for w in agent.workloads() {
+        if let Some(fill) = w.lazy_fill().filter(|_| w.exit_info().is_none()) {
+            tokio::spawn(settle_lazy_fill(agent.clone(), w.clone(), fill));
+        }
         let untouchable = claimed.contains(w.id())
             || w.exit_info().is_some()
             || w.is_paused()
@@ -81,6 +84,71 @@ pub(crate) fn start(agent: &Arc<Agent>) {
     }
 }
 
+/// How long a lazy-pages daemon an earlier agent left may go on filling a workload's memory.
+const FILL_WAIT: Duration = Duration::from_secs(600);
+
+/// A workload whose memory a lazy-pages daemon was still filling when the earlier agent stopped
+/// (its tasks wait on a missing page meanwhile: the fd store holds their userfaultfds). Once the
+/// daemon is gone (a post-copy daemon goes with the agent, whose page tunnel it used; one filling
+/// from local images may finish), its log says whether every page arrived: then the workload
+/// runs on; if not, it is killed and marked lost, never left running on zero pages.
+async fn settle_lazy_fill(agent: Arc<Agent>, w: Arc<Workload>, fill: crate::workload::LazyFill) {
+    let deadline = tokio::time::Instant::now() + FILL_WAIT;
+    let daemon_alive = |f: &crate::workload::LazyFill| {
+        crate::sys::proc::start_ticks(f.pid) == Some(f.start_ticks)
+            && crate::sys::proc::task_state(f.pid, f.pid).is_ok_and(|s| s != 'Z')
+    };
+    while daemon_alive(&fill) {
+        if tokio::time::Instant::now() > deadline {
+            tracing::warn!(
+                id = w.id(),
+                pid = fill.pid,
+                "the lazy-pages daemon an earlier agent left is still running; stopping it"
+            );
+            let _ = crate::sys::signal::send(fill.pid, crate::sys::signal::Sig::SIGKILL);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let page = crate::sys::uffd::page_size();
+    let mut count = crate::engine::lazy::PageCount::default();
+    let log = std::fs::read_to_string(&fill.log);
+    for line in log.as_deref().unwrap_or_default().lines() {
+        crate::engine::lazy::count_line(line, page, &mut count);
+    }
+    let node = &agent.config().node;
+    if log.is_ok() && count.remaining() == 0 {
+        tracing::info!(id = w.id(), migration = fill.migration_id, pages = count.total, "every page of the workload's memory had arrived when the earlier agent stopped; it runs on");
+        w.set_lazy_fill(None);
+    } else {
+        let why = format!(
+            "its memory stopped arriving when the agent on node {node} stopped during \
+             migration {}: {} of {} pages ({:.1} MiB) never arrived (criu lazy-pages log {})",
+            fill.migration_id,
+            count.remaining(),
+            count.total,
+            (count.remaining() * page) as f64 / (1u64 << 20) as f64,
+            fill.log.display()
+        );
+        if let Err(e) = agent.kill_workload(&w) {
+            tracing::error!(id = w.id(), pid = w.init_pid, %e, "cannot kill a workload whose memory is incomplete");
+        }
+        w.set_lost(why.clone());
+        tracing::error!(
+            id = w.id(),
+            migration = fill.migration_id,
+            "post-copy failed: workload killed here, {why}"
+        );
+        w.wait_exit(Duration::from_secs(10)).await;
+        w.set_lazy_fill(None);
+    }
+    // Only now: until it is dead, its tasks wait on a missing page rather than read zeros.
+    if let Some(store) = agent.fd_store() {
+        let _ = store.drop_prefix(&format!("{}:uffd:", w.id()));
+    }
+    agent.remove_migration_dir(&fill.migration_id);
+}
+
 /// How long a leftover scratch directory waits for a process of an earlier agent (a lazy-pages
 /// daemon still filling a committed copy's memory from its images) to let go of it.
 const SCRATCH_WAIT: Duration = Duration::from_secs(600);
@@ -100,6 +168,8 @@ fn sweep_scratch(agent: &Arc<Agent>, claimed_workloads: &HashSet<String>) {
         .map(|r| r.migration_id)
         .collect();
     busy.extend(agent.workloads().iter().filter_map(|w| w.pending_migration()));
+    // Its log says whether a re-adopted workload's memory is complete (settle_lazy_fill).
+    busy.extend(agent.workloads().iter().filter_map(|w| w.lazy_fill().map(|f| f.migration_id)));
     let Ok(dirs) = std::fs::read_dir(data.join("migrations")) else { return };
     for dir in dirs.flatten() {
         let mid = dir.file_name().to_string_lossy().into_owned();

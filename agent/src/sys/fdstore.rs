@@ -6,7 +6,13 @@
 //!
 //! Protocol over a SOCK_SEQPACKET Unix socket (`<data dir>/fdstore.sock`), one message each:
 //! - `PUT NAME` with one fd attached: keep it (replacing an entry of that name);
-//! - `LIST`: the store answers `FD NAME` with the fd attached for every entry, then `END`.
+//! - `LIST`: the store answers `FD NAME` with the fd attached for every entry, then `END`;
+//! - `DROP PREFIX`: let go of every entry whose name starts with PREFIX.
+//!
+//! It also keeps the userfaultfds of a workload whose memory a lazy-pages daemon is still
+//! filling (names `ID:uffd:N`), so that if the agent and that daemon die, the workload's missing
+//! pages make its tasks wait instead of reading zeros (`sys::uffd`), until a restarted agent
+//! decides. Those are never polled: only `DROP` lets go of them.
 //!
 //! The store drops a pipe once every writer has closed it (POLLHUP) — at once while an agent is
 //! connected (the agent reads the rest through its own copy), after [`KEEP_AFTER_HUP`] while none
@@ -71,6 +77,11 @@ struct Entry {
     hup_since: Option<Instant>,
 }
 
+/// Whether an entry named `name` is a userfaultfd (kept until dropped, never polled).
+pub fn is_uffd(name: &str) -> bool {
+    name.contains(":uffd:")
+}
+
 /// Runs the store on `path` until it holds nothing and no agent is connected.
 pub fn serve(path: &Path) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
@@ -94,7 +105,7 @@ pub fn serve(path: &Path) -> std::io::Result<()> {
         // event, and polling it again would return at once, every time — a loop at 100% CPU
         // for the [`KEEP_AFTER_HUP`] a pipe is kept while no agent is connected.
         polls.extend(entries.iter().map(|e| libc::pollfd {
-            fd: if e.hup_since.is_some() { -1 } else { e.fd.as_raw_fd() },
+            fd: if e.hup_since.is_some() || is_uffd(&e.name) { -1 } else { e.fd.as_raw_fd() },
             events: 0,
             revents: 0,
         }));
@@ -136,6 +147,8 @@ pub fn serve(path: &Path) -> std::io::Result<()> {
                                 entries.retain(|e| e.name != name);
                                 entries.push(Entry { name: name.to_string(), fd, hup_since: None });
                             }
+                        } else if let Some(prefix) = text.strip_prefix("DROP ") {
+                            entries.retain(|e| !e.name.starts_with(prefix));
                         } else if text == "LIST" {
                             // An agent that dies mid-answer loses its connection, not the store
                             // every pipe.
@@ -200,6 +213,12 @@ impl FdStore {
     pub fn put(&self, name: &str, fd: BorrowedFd<'_>) -> std::io::Result<()> {
         let sock = self.sock.lock().expect("fd store poisoned");
         send(sock.as_fd(), &format!("PUT {name}"), Some(fd))
+    }
+
+    /// Lets the store drop every entry whose name starts with `prefix`.
+    pub fn drop_prefix(&self, prefix: &str) -> std::io::Result<()> {
+        let sock = self.sock.lock().expect("fd store poisoned");
+        send(sock.as_fd(), &format!("DROP {prefix}"), None)
     }
 
     /// Duplicates of every pipe the store holds, by name.
@@ -311,6 +330,40 @@ mod tests {
         drop(store);
         server.join().unwrap().unwrap();
         assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_userfaultfd_entry_is_kept_until_dropped_by_name() {
+        let dir = std::env::temp_dir().join(format!("ferry-fdstore-uffd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("fdstore.sock");
+        let server = {
+            let path = path.clone();
+            std::thread::spawn(move || serve(&path))
+        };
+        let store = loop {
+            if let Ok(s) = FdStore::connect(&path) {
+                break s;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        // A hung-up pipe under a userfaultfd's name: a pipe would be dropped at once, this not.
+        let (r, w) = crate::sys::spawn::pipe().unwrap();
+        store.put("w-1:uffd:0", r.as_fd()).unwrap();
+        store.put("w-2:uffd:0", r.as_fd()).unwrap();
+        drop((r, w));
+        std::thread::sleep(Duration::from_millis(300));
+        let mut names: Vec<String> = store.list().unwrap().into_iter().map(|(n, _)| n).collect();
+        names.sort();
+        assert_eq!(names, ["w-1:uffd:0", "w-2:uffd:0"]);
+        store.drop_prefix("w-1:uffd:").unwrap();
+        let names: Vec<String> = store.list().unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["w-2:uffd:0"]);
+        store.drop_prefix("w-2:").unwrap();
+        assert!(store.list().unwrap().is_empty());
+        drop(store);
+        server.join().unwrap().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

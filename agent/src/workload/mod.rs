@@ -55,6 +55,18 @@ impl std::fmt::Display for ExitInfo {
     }
 }
 
+/// The `criu lazy-pages` daemon filling a restored workload's memory after its resume, as
+/// recorded in its state (so that an agent restarted meanwhile can tell whether it finished).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LazyFill {
+    pub migration_id: String,
+    pub pid: i32,
+    /// The daemon's start time (a reused pid is never taken for it).
+    pub start_ticks: u64,
+    /// Its log, which counts the pages it has to fill and those it filled.
+    pub log: std::path::PathBuf,
+}
+
 #[derive(Debug, Default)]
 struct Mutable {
     paused: bool,
@@ -64,6 +76,9 @@ struct Mutable {
     pending_migration: Option<String>,
     /// On a migration target: restored by a post-copy migration (its memory follows it).
     post_copy: bool,
+    /// On a migration target: the lazy-pages daemon still filling its memory (None once every
+    /// page arrived). A restarted agent finds out from it whether the memory is complete.
+    lazy_fill: Option<LazyFill>,
     /// Killed by the agent because it could not run correctly: what was lost, and why.
     lost: Option<String>,
     /// On a post-copy source: the target resumed this workload (migration id); the original only
@@ -135,6 +150,16 @@ impl Workload {
 
     pub(crate) fn set_post_copy(&self, post_copy: bool) {
         self.state.lock().expect("workload state poisoned").post_copy = post_copy;
+        self.persist();
+    }
+
+    /// The lazy-pages daemon filling this workload's memory, while it does.
+    pub(crate) fn lazy_fill(&self) -> Option<LazyFill> {
+        self.state.lock().expect("workload state poisoned").lazy_fill.clone()
+    }
+
+    pub(crate) fn set_lazy_fill(&self, fill: Option<LazyFill>) {
+        self.state.lock().expect("workload state poisoned").lazy_fill = fill;
         self.persist();
     }
 

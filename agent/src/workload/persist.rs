@@ -44,6 +44,8 @@ struct Record {
     #[serde(default)]
     post_copy: bool,
     #[serde(default)]
+    lazy_fill: Option<super::LazyFill>,
+    #[serde(default)]
     lost: Option<String>,
     #[serde(default)]
     moved_out: Option<String>,
@@ -88,6 +90,7 @@ impl Workload {
             pending_migration: state.pending_migration.clone(),
             exit: self.exit_info().map(|e| (e.code, e.signal, e.at_ms)),
             post_copy: state.post_copy,
+            lazy_fill: state.lazy_fill.clone(),
             lost: state.lost.clone(),
             moved_out: state.moved_out.clone(),
             self_stopped: state.self_stopped.clone(),
@@ -120,7 +123,28 @@ impl Agent {
     /// output pipes its fd store kept, by `ID:out` / `ID:err`.
     pub(crate) fn recover(&self, mut pipes: HashMap<String, OwnedFd>) {
         let root = self.config().data_dir.join("workloads");
-        let Ok(dirs) = std::fs::read_dir(&root) else { return };
+        if let Ok(dirs) = std::fs::read_dir(&root) {
+            self.recover_from(dirs, &mut pipes);
+        }
+        // The store keeps the userfaultfds of workloads whose memory was being filled; those of
+        // any other (ended, discarded) go, or they would hold its memory.
+        let filling: Vec<String> = self
+            .workloads()
+            .iter()
+            .filter(|w| w.lazy_fill().is_some())
+            .map(|w| w.id().to_string())
+            .collect();
+        if let Some(store) = self.fd_store() {
+            for name in pipes.keys().filter(|n| crate::sys::fdstore::is_uffd(n)) {
+                let id = name.split(":uffd:").next().unwrap_or_default();
+                if !filling.iter().any(|f| f == id) {
+                    let _ = store.drop_prefix(&format!("{id}:uffd:"));
+                }
+            }
+        }
+    }
+
+    fn recover_from(&self, dirs: std::fs::ReadDir, pipes: &mut HashMap<String, OwnedFd>) {
         for d in dirs.flatten() {
             let dir = d.path();
             let Some(mut r) = load(&dir.join(STATE_FILE)) else { continue };
@@ -218,7 +242,7 @@ impl Agent {
                 alive,
                 "workload recovered from an earlier agent"
             );
-            let (post_copy, lost) = (r.post_copy, r.lost);
+            let (post_copy, lost, lazy_fill) = (r.post_copy, r.lost, r.lazy_fill);
             let w = self.adopt(Adopt {
                 spec: WorkloadSpec {
                     id: r.id,
@@ -252,6 +276,11 @@ impl Agent {
             }
             if post_copy {
                 w.set_post_copy(true);
+            }
+            // Its memory was still being filled when the earlier agent stopped: whether it is
+            // complete is settled by migrate::recovery (from the daemon and its log).
+            if alive && lazy_fill.is_some() {
+                w.set_lazy_fill(lazy_fill);
             }
         }
     }
