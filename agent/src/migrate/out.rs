@@ -958,6 +958,10 @@ impl Run {
         self.forget_original().await;
         let error = match served {
             Ok(Ok(())) => {
+                // A post-copy shorter than one poll: the target's count, asked once.
+                if self.live.post_copy_pages.lock().expect("live pages poisoned").is_none() {
+                    self.poll_pages().await;
+                }
                 let mut pages = self.live.post_copy_pages.lock().expect("live pages poisoned");
                 if let Some(c) = pages.as_mut() {
                     // Every page was served: the dump ends only then.
