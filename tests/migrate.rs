@@ -1776,3 +1776,100 @@ async fn operations_on_the_source_are_refused_until_the_commit_and_during_post_c
     assert_eq!(r.outcome, pb::Outcome::Completed as i32, "{r:?}");
     runs_again_on_the_source(&mut p.ca, &id).await;
 }
+
+/// Runs `sh -c script` as a workload on `c`'s node and returns its output once it has exited.
+async fn run_there(c: &mut Client, script: &str) -> Vec<String> {
+    let id = id_of(&start(c, spec(&["sh", "-c", script])).await);
+    let s = wait_exited(c, &id, T).await;
+    let lines: Vec<String> = logs(c, &id).await.into_iter().map(|l| l.text).collect();
+    eprintln!("`{script}` on the node ({:?}): {lines:#?}", s.exit);
+    lines
+}
+
+/// The counts a tmux pane appended to `count.txt` in workload `id`'s working directory on `agent`.
+fn pane_counts(agent: &AgentProc, id: &str) -> Vec<u64> {
+    let f = agent.data_dir.join("workloads").join(id).join("work/count.txt");
+    std::fs::read_to_string(f)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// A tmux server (its pane a shell counting into a file, on a pseudo-terminal of the workload's
+/// own devpts) moves, and on the target the pane counts on and the server answers its socket.
+/// Without a devpts of the workload's own, the pty came from the machine's devpts, which both
+/// test hosts share, and the restore failed: the source's frozen original still held the pty
+/// number CRIU must recreate ("Unable to open dev/ptmx with specified index 0"). The CRIU logs
+/// are kept and their error printed when the migration fails.
+async fn tmux_moves(mode: pb::Mode) {
+    let mut p = pair_with(&["--keep-scratch"], &["--keep-scratch"]).await;
+    let sock = format!("{}/workloads/ID/work/tmux.sock", harness::net::DATA_MOUNT);
+    let loop_ = "i=0; while :; do i=$((i+1)); echo $i >> count.txt; sleep 0.1; done";
+    let mut sp =
+        spec(&["sh", "-c", &format!("exec tmux -S \"$PWD/tmux.sock\" new-session -d '{loop_}'")]);
+    sp.env.insert("TERM".into(), "xterm".into());
+    let id = id_of(&start(&mut p.ca, sp).await);
+    let sock = sock.replace("ID", &id);
+    wait_until("the pane counting on the source", T, || {
+        let n = pane_counts(&p.a, &id).len();
+        async move { (n >= 5).then_some(()) }
+    })
+    .await;
+    let r = match mode {
+        pb::Mode::PostCopy => post_copy(&mut p.ca, &id, &p.b.addr).await,
+        _ => migrate(&mut p.ca, &id, &p.b.addr).await,
+    };
+    if r.outcome != pb::Outcome::Completed as i32 {
+        for log in [
+            p.a.data_dir.join("migrations").join(&r.migration_id).join("criu/dump.log"),
+            p.b.data_dir.join("migrations").join(&r.migration_id).join("criu/restore.log"),
+        ] {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let at = lines
+                .iter()
+                .position(|l| l.contains("Error (") && !l.contains("rlimit"))
+                .unwrap_or(lines.len());
+            eprintln!(
+                "CRIU LOG {log:?}:\n{}",
+                lines[at.saturating_sub(25)..(at + 5).min(lines.len())].join("\n")
+            );
+        }
+    }
+    completed(&r);
+    let before = pane_counts(&p.b, &id).len();
+    let counts = wait_until("the pane counting on the target", T, || {
+        let c = pane_counts(&p.b, &id);
+        async move { (c.len() >= before + 10).then_some(c) }
+    })
+    .await;
+    assert_consecutive(&counts, "the pane's count");
+    let ls = run_there(&mut p.cb, &format!("tmux -S {sock} ls")).await;
+    assert!(ls.iter().any(|l| l.starts_with("0:") && l.contains("1 windows")), "tmux ls: {ls:?}");
+    let pane = run_there(
+        &mut p.cb,
+        &format!("tmux -S {sock} display -p '#{{pane_tty}} #{{pane_current_command}}'"),
+    )
+    .await;
+    assert!(pane.iter().any(|l| l.starts_with("/dev/pts/")), "the pane's tty: {pane:?}");
+    // The server stops when asked on the target, and the workload ends with it.
+    run_there(&mut p.cb, &format!("tmux -S {sock} kill-server")).await;
+    wait_exited(&mut p.cb, &id, T).await;
+}
+
+#[tokio::test]
+async fn tmux_server_moves_and_its_pane_counts_on() {
+    if !require_root("tmux_server_moves_and_its_pane_counts_on") {
+        return;
+    }
+    tmux_moves(pb::Mode::StopAndCopy).await;
+}
+
+#[tokio::test]
+async fn tmux_server_moves_in_post_copy() {
+    if !require_root("tmux_server_moves_in_post_copy") {
+        return;
+    }
+    tmux_moves(pb::Mode::PostCopy).await;
+}

@@ -664,3 +664,91 @@ fn passwd_id(file: &str, name: &str) -> u32 {
         .find_map(|l| l.strip_prefix(&format!("{name}:"))?.split(':').nth(1)?.parse().ok())
         .unwrap_or_else(|| panic!("no {name} in {file}"))
 }
+
+/// The process ids a workload's `pids ...` line lists (its /proc's numeric entries).
+fn listed_pids(line: &str) -> Vec<u32> {
+    line.split_whitespace().skip(1).filter_map(|p| p.parse().ok()).collect()
+}
+
+/// What `SEES` prints every 0.3 s: the pids in the workload's /proc, its PID 1's command and how
+/// many namespace files (nsfs, /run/netns/NAME) are mounted in its mount namespace.
+const SEES: &str = r#"sleep 600 &
+while :; do echo "pids $(cd /proc && echo [0-9]*)"; echo "init $(tr '\0' ' ' < /proc/1/cmdline)"
+echo "nsfs $(grep -c ' - nsfs ' /proc/self/mountinfo)"; sleep 0.3; done"#;
+
+/// Asserts that the last `pids` line of `lines` lists only the workload's own few processes, its
+/// PID 1 being ferry-init.
+fn sees_only_itself(lines: &[String], host_pids: usize, neighbour: i32, where_: &str) {
+    let last = lines.iter().rev().find(|l| l.starts_with("pids ")).expect("a pids line");
+    let pids = listed_pids(last);
+    eprintln!("{where_}: the workload's /proc lists {pids:?}; the node's lists {host_pids}");
+    assert!(pids.contains(&1), "{where_}: its init is PID 1 of its /proc: {last}");
+    assert!(pids.len() <= 6, "{where_}: only its own processes: {last}");
+    assert!(!pids.contains(&(neighbour as u32)), "{where_}: not the neighbour: {last}");
+    let init = lines.iter().rev().find(|l| l.starts_with("init ")).expect("an init line");
+    assert!(init.contains("ferry-init"), "{where_}: /proc/1 is its ferry-init: {init}");
+    let nsfs = lines.iter().rev().find(|l| l.starts_with("nsfs ")).expect("an nsfs line");
+    assert_eq!(nsfs, "nsfs 0", "{where_}: the node's namespace files are left out");
+}
+
+/// Inside a workload /proc is the workload's own: it lists its few processes, not the node's, the
+/// agent's or another workload's, and still does after a migration (CRIU recreates the mount
+/// namespace with its /proc on the target); a mount it makes stays inside it.
+#[tokio::test]
+async fn a_workload_sees_only_its_own_processes_and_keeps_its_mounts_to_itself() {
+    require_root("a_workload_sees_only_its_own_processes_and_keeps_its_mounts_to_itself");
+    require_nobody();
+    let net = Net::new(2);
+    let (a, b) = (net.agent(0, &["--keep-scratch"]), net.agent(1, &[]));
+    let (mut ca, cb) = (a.client().await, b.client().await);
+    let neighbour = id_of(&start(&mut ca, spec(&["sleep", "600"])).await);
+    let neighbour_pid = status(&mut ca, &neighbour).await.main_pid;
+    let host_pids = all_stats().len();
+    assert!(host_pids > 20, "the node runs more than a workload: {host_pids} processes");
+
+    let id = id_of(&start(&mut ca, as_user(&["sh", "-c", SEES], "nobody", "")).await);
+    let lines = wait_log(&ca, &id, "its /proc listed", T, |l| {
+        l.iter().filter(|x| x.starts_with("pids ")).count() >= 2
+    })
+    .await;
+    sees_only_itself(&lines, host_pids, neighbour_pid, "on the source");
+    let agents = std::fs::read_to_string(format!("/proc/{}/mountinfo", a.pid())).unwrap();
+    assert!(agents.contains(" - nsfs "), "the agent's namespace has the hosts' namespace files");
+
+    let r = migrate_to(&mut ca, &id, &b.addr).await;
+    assert_completed(&r, &a);
+    // The dump named the node's mounts (the data directory among them) external, for the target
+    // to bind its own; the workload's /proc and devpts were dumped, to be made anew.
+    let list = a.data_dir.join("migrations").join(&r.migration_id).join("images");
+    let list = std::fs::read_to_string(list.join("ferry-external-mounts")).expect("the list");
+    let points: Vec<&str> = list.lines().filter_map(|l| l.split_once(' ').map(|x| x.1)).collect();
+    assert!(points.contains(&harness::net::DATA_MOUNT), "the data directory: {points:?}");
+    for own in ["/", "/proc", "/dev/pts"] {
+        assert!(!points.contains(&own), "{own} is not the node's: {points:?}");
+    }
+    let before = logs(&mut cb.clone(), &id).await.len();
+    let lines = wait_log(&cb, &id, "its /proc listed on the target", T, |l| {
+        l[before.min(l.len())..].iter().filter(|x| x.starts_with("pids ")).count() >= 2
+    })
+    .await;
+    sees_only_itself(&lines, all_stats().len(), neighbour_pid, "on the target");
+
+    // A tmpfs a (root) workload mounts in its working directory is its own: the node sees the
+    // directory empty.
+    let mounter = id_of(
+        &start(
+            &mut ca,
+            spec(&[
+                "sh",
+                "-c",
+                "mkdir m && mount -t tmpfs t m && touch m/inside && ls m && sleep 600",
+            ]),
+        )
+        .await,
+    );
+    wait_log(&ca, &mounter, "its mount", T, |l| l.iter().any(|x| x == "inside")).await;
+    let m = a.data_dir.join("workloads").join(&mounter).join("work/m");
+    assert!(m.is_dir() && !m.join("inside").exists(), "the node does not see the workload's tmpfs");
+    let agents = std::fs::read_to_string(format!("/proc/{}/mountinfo", a.pid())).unwrap();
+    assert!(!agents.contains(&mounter), "no mount of the workload's in the agent's: {agents}");
+}

@@ -12,7 +12,7 @@ use super::{CheckpointDirs, CheckpointEngine, EngineError, RestoreRequest};
 use crate::agent::Agent;
 use crate::criu::{failure, rpc as criu_rpc};
 use crate::logs::LogStore;
-use crate::sys::{spawn, swrk};
+use crate::sys::{mounts, spawn, swrk};
 use crate::workload::start::pipe_key;
 use crate::workload::{Adopt, Workload};
 
@@ -54,15 +54,15 @@ pub fn start_lazy_dump(
     let conf = dirs.work.join("lazy-dump.conf");
     crate::sys::fsmode::write(&conf, format!("ps-socket {}\n", theirs.as_raw_fd()).as_bytes())
         .map_err(other)?;
-    let mut opts = dump_opts(&images, &work, w);
+    let log = dirs.work.join("dump.log");
+    let (ns, ext) = dump_mounts(w, dirs, &log)?;
+    let mut opts = dump_opts(&images, &work, w, ext);
     opts.lazy_pages = Some(true);
     opts.config_file = Some(conf.to_string_lossy().into_owned());
     // CRIU says "status-ready" (a NOTIFY) once only the lazy pages are left to serve.
     opts.notify_scripts = Some(true);
     let req = request(rpc::CriuReqType::Dump, opts);
     let keep = [images.as_raw_fd(), work.as_raw_fd(), theirs.as_raw_fd()];
-    let log = dirs.work.join("dump.log");
-    let ns = dump_mount_ns(w, &log)?;
     let pending = criu_rpc::start(&criu, agent.reaper(), &keep, &smaps_env(dirs), ns.as_ref(), req)
         .map_err(|e| rpc_failure("dump", log.clone(), e.to_string()))?;
     // CRIU holds its end now; ours must be the only other one, so its closing reaches CRIU.
@@ -105,12 +105,12 @@ pub fn dump_to_page_stream(
     let criu = criu_path(agent)?;
     let images = open(dirs.images)?;
     let work = open(dirs.work)?;
-    let mut opts = dump_opts(&images, &work, w);
+    let log = dirs.work.join("dump.log");
+    let (ns, ext) = dump_mounts(w, dirs, &log)?;
+    let mut opts = dump_opts(&images, &work, w, ext);
     opts.ps = Some(rpc::CriuPageServerInfo { fd: Some(pages.as_raw_fd()), ..Default::default() });
     let req = request(rpc::CriuReqType::Dump, opts);
     let keep = [images.as_raw_fd(), work.as_raw_fd(), pages.as_raw_fd()];
-    let log = dirs.work.join("dump.log");
-    let ns = dump_mount_ns(w, &log)?;
     let pending = criu_rpc::start(&criu, agent.reaper(), &keep, &smaps_env(dirs), ns.as_ref(), req)
         .map_err(|e| rpc_failure("dump", log.clone(), e.to_string()));
     // CRIU holds its end now; ours must go, so that CRIU's end closing reaches the agent.
@@ -118,26 +118,43 @@ pub fn dump_to_page_stream(
     successful("dump", log, pending?.wait(|_| {})).map(|_| ())
 }
 
-/// The mount namespace CRIU must dump `w` from, when it is not the agent's (sys::swrk).
-fn dump_mount_ns(
+/// Where CRIU must dump `w` from, and the mounts it must take as external.
+///
+/// A workload with a mount namespace of its own (sys::spawn: its own /proc) is dumped from the
+/// agent's: CRIU dumps the workload's namespace, the node's mounts in it as external, keyed by
+/// their mount points, whose list goes with the images (sys::mounts). A workload an older agent
+/// started in that agent's mount namespace is dumped from there instead (from any other, CRIU
+/// takes it for one with a namespace of its own and fails: "doesn't have a proper root mount").
+fn dump_mounts(
     w: &Workload,
+    dirs: &CheckpointDirs<'_>,
     log: &std::path::Path,
-) -> Result<Option<std::os::fd::OwnedFd>, EngineError> {
-    let ns = crate::sys::swrk::foreign_mount_ns(w.init_pid).map_err(|e| {
+) -> Result<(Option<std::os::fd::OwnedFd>, Vec<rpc::ExtMountMap>), EngineError> {
+    let fail = |e: std::io::Error| {
         rpc_failure(
             "dump",
             log.to_path_buf(),
-            format!(
-                "cannot open the mount namespace of workload {} (pid {}): {e}",
-                w.id(),
-                w.init_pid
-            ),
+            format!("cannot read the mounts of workload {} (pid {}): {e}", w.id(), w.init_pid),
         )
-    })?;
-    if ns.is_some() {
-        tracing::info!(id = w.id(), pid = w.init_pid, "the workload lives in another mount namespace than this agent (started by an earlier agent); CRIU dumps it from there");
+    };
+    let ns = crate::sys::swrk::foreign_mount_ns(w.init_pid).map_err(fail)?;
+    if ns.is_none() {
+        return Ok((None, Vec::new()));
     }
-    Ok(ns)
+    if !mounts::has_own_proc(w.init_pid).map_err(fail)? {
+        tracing::info!(id = w.id(), pid = w.init_pid, "the workload lives in the mount namespace of an earlier agent (started before workloads had their own); CRIU dumps it from there");
+        return Ok((ns, Vec::new()));
+    }
+    let list = mounts::node_mounts_of(w.init_pid).map_err(fail)?;
+    mounts::write_list(dirs.images, &list).map_err(fail)?;
+    let ext = list
+        .iter()
+        .map(|(point, _)| {
+            let p = mounts::unescape(point).to_string_lossy().into_owned();
+            rpc::ExtMountMap { key: p.clone(), val: p }
+        })
+        .collect();
+    Ok((None, ext))
 }
 
 /// The environment that points ferry's CRIU at smaps read before the freeze, if there are any.
@@ -160,8 +177,14 @@ fn base_opts(images: &impl AsRawFd, work: &impl AsRawFd, log: &str) -> rpc::Criu
 }
 
 /// A dump of `w`'s whole tree that leaves it frozen (for a rollback).
-fn dump_opts(images: &impl AsRawFd, work: &impl AsRawFd, w: &Workload) -> rpc::CriuOpts {
+fn dump_opts(
+    images: &impl AsRawFd,
+    work: &impl AsRawFd,
+    w: &Workload,
+    ext_mnt: Vec<rpc::ExtMountMap>,
+) -> rpc::CriuOpts {
     let mut opts = base_opts(images, work, "dump.log");
+    opts.ext_mnt = ext_mnt;
     opts.pid = Some(w.init_pid);
     opts.leave_stopped = Some(true);
     opts
@@ -228,10 +251,10 @@ impl CheckpointEngine for CriuEngine {
         let criu = criu_path(agent)?;
         let images = open(dirs.images)?;
         let work = open(dirs.work)?;
-        let req = request(rpc::CriuReqType::Dump, dump_opts(&images, &work, w));
-        let keep = [images.as_raw_fd(), work.as_raw_fd()];
         let log = dirs.work.join("dump.log");
-        let ns = dump_mount_ns(w, &log)?;
+        let (ns, ext) = dump_mounts(w, dirs, &log)?;
+        let req = request(rpc::CriuReqType::Dump, dump_opts(&images, &work, w, ext));
+        let keep = [images.as_raw_fd(), work.as_raw_fd()];
         let answer = criu_rpc::call(&criu, agent.reaper(), &keep, ns.as_ref(), req, |_| {});
         successful("dump", log, answer).map(|_| ())
     }
@@ -260,6 +283,27 @@ impl CheckpointEngine for CriuEngine {
         let mut opts = base_opts(&images, &work, "restore.log");
         opts.rst_sibling = Some(true);
         opts.leave_stopped = Some(true);
+        // The workload's mount namespace: its root is this node's, and each of the node's mounts
+        // it had is bound from the same path here (or from an empty stand-in, when this node has
+        // no mount there).
+        let mapped =
+            mounts::restore_map(req.images, &req.work.join("mount-standins")).map_err(|e| {
+                EngineError::Other(format!("cannot map the workload's external mounts: {e}"))
+            })?;
+        let standins = mapped.map(|m| {
+            opts.root = Some("/".into());
+            opts.ext_mnt =
+                m.binds.into_iter().map(|(key, val)| rpc::ExtMountMap { key, val }).collect();
+            m.standins
+        });
+        for point in standins.unwrap_or_default() {
+            tracing::warn!(
+                id = spec.id,
+                migration = req.migration_id,
+                mount = point,
+                "the workload had a mount of its node there, this node has none: an empty stand-in takes its place"
+            );
+        }
         // CRIU frees the page images as it reads them (128 MiB at a time): the target never
         // holds a workload's memory twice, and the freed pages are reused for the restored one.
         opts.auto_dedup = Some(true);

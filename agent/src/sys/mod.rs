@@ -7,6 +7,7 @@ pub mod fsmode;
 pub mod host;
 pub mod layout;
 pub mod mem;
+pub mod mounts;
 pub mod proc;
 pub mod reaper;
 pub mod signal;

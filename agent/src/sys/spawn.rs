@@ -1,7 +1,17 @@
-//! Starting a workload: `clone(CLONE_NEWPID | CLONE_NEWIPC)` (with root) straight into
-//! `ferry-init`, which becomes PID 1 of the new namespaces and starts the workload's program. The
-//! IPC namespace is what lets CRIU move System V shared memory (PostgreSQL always attaches a
+//! Starting a workload: `clone(CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWNS)` (with root) straight
+//! into `ferry-init`, which becomes PID 1 of the new namespaces and starts the workload's program.
+//! The IPC namespace is what lets CRIU move System V shared memory (PostgreSQL always attaches a
 //! segment): it dumps such memory only as part of an IPC namespace of the workload's own.
+//!
+//! The mount namespace is a copy of the agent's, made private (nothing the workload mounts
+//! reaches the node, nothing the node mounts later reaches the workload), with two mounts of its
+//! own made before ferry-init runs: a procfs of the workload's PID namespace on /proc (it sees its
+//! own processes only) and a new devpts instance on /dev/pts (its pseudo-terminals are numbered
+//! from 0 in it, and /dev/ptmx, which the kernel resolves through the `pts` directory beside it,
+//! opens there). CRIU must recreate a pty with its number on the target, which the node's shared
+//! devpts could not promise (the source's frozen original still holds it: "Unable to open
+//! dev/ptmx with specified index 0"). The node's namespace files (nsfs mounts, /run/netns/NAME)
+//! are left out. The node's mounts are dumped as external (sys::mounts).
 //!
 //! The agent is multi-threaded, so the child between `clone` and `execve` only makes raw,
 //! async-signal-safe syscalls on data prepared before the clone: no allocation, no locks.
@@ -21,7 +31,8 @@ pub struct SpawnRequest<'a> {
     pub argv: &'a [String],
     pub env: &'a [(String, String)],
     pub cwd: &'a Path,
-    /// A PID namespace and an IPC namespace of its own.
+    /// A PID namespace, an IPC namespace and a mount namespace of its own (with its own /proc
+    /// and /dev/pts).
     pub new_pid_ns: bool,
     /// Run the workload's program as this user and group (None: as the agent). ferry-init, PID 1
     /// of its namespace, stays root and drops them in the program's process only.
@@ -49,6 +60,8 @@ pub enum SpawnError {
     Cwd { path: std::path::PathBuf, source: std::io::Error },
     #[error("cannot switch to uid {uid}, gid {gid}: {source}")]
     Creds { uid: u32, gid: u32, source: std::io::Error },
+    #[error("cannot {what} in the workload's mount namespace: {source}")]
+    Mount { what: &'static str, source: std::io::Error },
     #[error("ferry-init ended before starting the workload ({status:?})")]
     InitDied { status: Option<ExitStatus> },
     #[error("argument, environment entry or path contains a NUL byte")]
@@ -93,8 +106,21 @@ pub fn spawn(
 
     let mut flags = libc::SIGCHLD as libc::c_ulong;
     if req.new_pid_ns {
-        flags |= (libc::CLONE_NEWPID | libc::CLONE_NEWIPC) as libc::c_ulong;
+        flags |= (libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWNS) as libc::c_ulong;
     }
+    // The node's namespace files mounted in the agent's namespace (sys::mounts::nsfs_points),
+    // left out of the workload's.
+    let nsfs: Vec<CString> = if req.new_pid_ns {
+        super::mounts::nsfs_points()?
+            .iter()
+            .map(|p| c(p.as_os_str().as_bytes()))
+            .collect::<Result<_, _>>()?
+    } else {
+        Vec::new()
+    };
+    let mut nsfs_ptrs: Vec<*const libc::c_char> = nsfs.iter().map(|p| p.as_ptr()).collect();
+    nsfs_ptrs.push(std::ptr::null());
+    let own_mounts = req.new_pid_ns.then_some(nsfs_ptrs.as_ptr());
     let sources = [devnull.as_raw_fd(), req.stdout.as_raw_fd(), req.stderr.as_raw_fd(), status_w];
 
     // SAFETY: clone without CLONE_VM and with a NULL stack behaves like fork(). The child only
@@ -111,7 +137,7 @@ pub fn spawn(
     }
     if pid == 0 {
         // SAFETY: in the child; see above.
-        unsafe { child(&sources, cwd.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr()) }
+        unsafe { child(&sources, own_mounts, cwd.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr()) }
     }
     let pid = pid as i32;
     let exit = reaper.watch(pid);
@@ -134,6 +160,10 @@ pub fn spawn(
         "error" => Err(SpawnError::Exec { program: req.argv[0].clone(), source: os(num) }),
         "init" => Err(SpawnError::Init { path: req.init.to_path_buf(), source: os(num) }),
         "cwd" => Err(SpawnError::Cwd { path: req.cwd.to_path_buf(), source: os(num) }),
+        "private" => Err(SpawnError::Mount { what: "make the mounts private", source: os(num) }),
+        "proc" => Err(SpawnError::Mount { what: "mount a procfs on /proc", source: os(num) }),
+        "devpts" => Err(SpawnError::Mount { what: "mount a devpts on /dev/pts", source: os(num) }),
+        "devnull" => Err(SpawnError::Mount { what: "open /dev/null", source: os(num) }),
         "creds" => {
             let (uid, gid) = req.creds.map(|c| (c.uid, c.gid)).unwrap_or_default();
             Err(SpawnError::Creds { uid, gid, source: os(num) })
@@ -166,12 +196,15 @@ pub fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(r), OwnedFd::from_raw_fd(w)) })
 }
 
-/// The child side of the clone: stdio and the status fd into place, then exec ferry-init.
+/// The child side of the clone: stdio and the status fd into place, the mount namespace's own
+/// /proc and /dev/pts (`own_mounts`: with the NULL-terminated mount points to detach), then exec
+/// ferry-init.
 ///
 /// # Safety
 /// Must only run in the freshly cloned child.
 unsafe fn child(
     sources: &[RawFd; 4],
+    own_mounts: Option<*const *const libc::c_char>,
     cwd: *const libc::c_char,
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
@@ -196,6 +229,17 @@ unsafe fn child(
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        if let Some(detach) = own_mounts {
+            own_proc_and_devpts(detach);
+            // Its stdin again, from this namespace: a file opened in the agent's is on a mount
+            // the workload's namespace does not have (CRIU: "Can't lookup mount=N for fd=0").
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+            if null < 0 || libc::dup2(null, 0) < 0 {
+                report(b"devnull ", *libc::__errno_location());
+                libc::_exit(126);
+            }
+            libc::close(null);
+        }
         if libc::chdir(cwd) != 0 {
             report(b"cwd ", *libc::__errno_location());
             libc::_exit(126);
@@ -203,6 +247,63 @@ unsafe fn child(
         libc::execve(*argv, argv, envp);
         report(b"init ", *libc::__errno_location());
         libc::_exit(127)
+    }
+}
+
+/// In the child's new mount namespace: every mount private, the mount points in `detach` (a
+/// NULL-terminated array) and the node's /proc and devpts (with whatever is mounted below or
+/// under them) detached, and the workload's own /proc and devpts mounted. Reports and exits on
+/// failure.
+///
+/// # Safety
+/// Async-signal-safe; only called in the child, in a new mount and PID namespace.
+unsafe fn own_proc_and_devpts(detach: *const *const libc::c_char) {
+    // SAFETY: raw syscalls on static strings.
+    unsafe {
+        let none = std::ptr::null::<libc::c_char>();
+        let fail = |what: &[u8]| {
+            report(what, *libc::__errno_location());
+            libc::_exit(126);
+        };
+        if libc::mount(none, c"/".as_ptr(), none, libc::MS_REC | libc::MS_PRIVATE, std::ptr::null())
+            != 0
+        {
+            fail(b"private ");
+        }
+        // Best effort: one may be gone already.
+        let mut p = detach;
+        while !(*p).is_null() {
+            libc::umount2(*p, libc::MNT_DETACH);
+            p = p.add(1);
+        }
+        // Every mount stacked on the node's /proc and /dev/pts (this machine has two devpts on
+        // /dev/pts): detached with what is mounted below them, until none is left.
+        for dir in [c"/proc", c"/dev/pts"] {
+            while libc::umount2(dir.as_ptr(), libc::MNT_DETACH) == 0 {}
+        }
+        // The procfs takes the PID namespace of the process mounting it: this one is its PID 1.
+        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        if libc::mount(
+            c"proc".as_ptr(),
+            c"/proc".as_ptr(),
+            c"proc".as_ptr(),
+            flags,
+            std::ptr::null(),
+        ) != 0
+        {
+            fail(b"proc ");
+        }
+        let opts = c"newinstance,ptmxmode=0666,mode=0620,gid=5";
+        if libc::mount(
+            c"devpts".as_ptr(),
+            c"/dev/pts".as_ptr(),
+            c"devpts".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            opts.as_ptr().cast(),
+        ) != 0
+        {
+            fail(b"devpts ");
+        }
     }
 }
 

@@ -146,11 +146,12 @@ pub fn inherit_on_exec(cmd: &mut Command, fds: Vec<RawFd>) {
     }
 }
 
-/// Opens a directory as an fd to hand to criu (closed on exec elsewhere).
-/// The mount namespace of `pid`, opened to be joined, when it is not this process's own: a
-/// workload re-adopted by a restarted agent lives in the mount namespace of the agent that started
-/// it, and CRIU must dump it from there (from any other, it takes the workload for one with a
-/// mount namespace of its own and fails: "doesn't have a proper root mount").
+/// The mount namespace of `pid`, opened to be joined, when it is not this process's own. Every
+/// workload has one of its own now (sys::spawn), which CRIU dumps from the agent's namespace
+/// (engine::criu); but a workload an older agent started shares that agent's namespace, and a
+/// restarted agent lives in a new one: CRIU must dump such a workload from the namespace it
+/// lives in (from any other, it takes the workload for one with a mount namespace of its own and
+/// fails: "doesn't have a proper root mount"). sys::mounts::has_own_proc tells the two apart.
 pub fn foreign_mount_ns(pid: i32) -> std::io::Result<Option<OwnedFd>> {
     use std::os::unix::fs::MetadataExt;
     let theirs_path = format!("/proc/{pid}/ns/mnt");
@@ -165,6 +166,7 @@ pub fn foreign_mount_ns(pid: i32) -> std::io::Result<Option<OwnedFd>> {
     Ok(Some(f.into()))
 }
 
+/// Opens a directory as an fd to hand to criu (closed on exec elsewhere).
 pub fn open_dir(path: &Path) -> std::io::Result<OwnedFd> {
     let f = std::fs::File::open(path)?;
     if !f.metadata()?.is_dir() {
