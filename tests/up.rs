@@ -55,19 +55,7 @@ async fn up_runs_a_cluster_that_migrates_and_tears_down_clean() {
 
     // The CLI drives it: run a process, migrate it with progress, find it on the other node.
     let api = format!("http://{gw}");
-    let cli = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(args)
-            .env("FERRY_API", &api)
-            .env("FERRY_TOKEN", &token)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let cli = |args: &[&str]| ferry_cli(&api, &token, args);
     let appender = workload("appender.py");
     let (code, out, err) =
         cli(&["run", "--node", "node0", "--name", "journal", "--json", "--", &appender]);
@@ -191,19 +179,7 @@ async fn up_restarts_a_killed_agent_and_its_workloads_live_on() {
     let token = std::fs::read_to_string(data.path().join("operator.token")).unwrap();
     let token = token.trim().to_string();
     let api = format!("http://{gw}");
-    let cli = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(args)
-            .env("FERRY_API", &api)
-            .env("FERRY_TOKEN", &token)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let cli = |args: &[&str]| ferry_cli(&api, &token, args);
     let process = |id: &str| -> serde_json::Value {
         let (code, out, err) = cli(&["ps", "-a", "--json"]);
         assert_eq!(code, 0, "{err}");
@@ -311,4 +287,19 @@ async fn up_restarts_a_killed_agent_and_its_workloads_live_on() {
     )
     .to_string();
     assert!(!netns.contains("fupr-node"), "namespaces left: {netns}");
+}
+
+/// `ferry ARGS` against the REST API at `api` with `token`: exit code, stdout, stderr.
+fn ferry_cli(api: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .env("FERRY_API", api)
+        .env("FERRY_TOKEN", token)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }

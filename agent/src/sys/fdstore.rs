@@ -243,9 +243,16 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
 
-    #[test]
-    fn a_pipe_outlives_its_reader_and_comes_back_through_the_store() {
-        let dir = std::env::temp_dir().join(format!("ferry-fdstore-{}", std::process::id()));
+    /// A store serving in a thread on a socket in a fresh directory, and a connection to it.
+    fn running_store(
+        tag: &str,
+    ) -> (
+        std::path::PathBuf,
+        std::path::PathBuf,
+        std::thread::JoinHandle<std::io::Result<()>>,
+        FdStore,
+    ) {
+        let dir = std::env::temp_dir().join(format!("ferry-fdstore-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("fdstore.sock");
         let server = {
@@ -258,6 +265,12 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(10));
         };
+        (dir, path, server, store)
+    }
+
+    #[test]
+    fn a_pipe_outlives_its_reader_and_comes_back_through_the_store() {
+        let (dir, path, server, store) = running_store("pipe");
         let (r, w) = crate::sys::spawn::pipe().unwrap();
         store.put("w-1:out", r.as_fd()).unwrap();
         drop(r); // the "agent" dies: only the store holds the read end now
@@ -335,19 +348,7 @@ mod tests {
 
     #[test]
     fn a_userfaultfd_entry_is_kept_until_dropped_by_name() {
-        let dir = std::env::temp_dir().join(format!("ferry-fdstore-uffd-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("fdstore.sock");
-        let server = {
-            let path = path.clone();
-            std::thread::spawn(move || serve(&path))
-        };
-        let store = loop {
-            if let Ok(s) = FdStore::connect(&path) {
-                break s;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
+        let (dir, _path, server, store) = running_store("uffd");
         // A hung-up pipe under a userfaultfd's name: a pipe would be dropped at once, this not.
         let (r, w) = crate::sys::spawn::pipe().unwrap();
         store.put("w-1:uffd:0", r.as_fd()).unwrap();
