@@ -263,6 +263,66 @@ async fn redis_keeps_its_keys_post_copy() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// memcached
+// ---------------------------------------------------------------------------------------------
+
+const MEMCACHED_PORT: u16 = 11290;
+
+/// memcached's answer to `request` (text protocol), `quit` appended.
+async fn memcached(ip: &str, request: &str) -> std::io::Result<String> {
+    exchange(format!("{ip}:{MEMCACHED_PORT}"), format!("{request}quit\r\n")).await
+}
+
+async fn memcached_keeps_its_items(mode: pb::Mode) {
+    require_root("memcached_keeps_its_items");
+    let bin = need("memcached", "memcached");
+    let mut z = zoo().await;
+    let port = MEMCACHED_PORT.to_string();
+    // Four worker threads (its default), 64 MiB of cache, as the package's user.
+    let argv =
+        [bin.to_str().unwrap(), "-p", &port, "-U", "0", "-l", "0.0.0.0", "-m", "64", "-t", "4"];
+    let mut sp = spec(&argv);
+    sp.user = "memcache".into();
+    sp.group = "memcache".into();
+    let id = id_of(&start(&mut z.ca, sp).await);
+    let (src, dst) = (z.net.ip(0), z.net.ip(1));
+    let set: String = (0..200).map(|i| format!("set item{i} 0 0 {}\r\nv{i:05}\r\n", 6)).collect();
+    let stored = wait_until("memcached on the source", T, || {
+        let (src, set) = (src.clone(), set.clone());
+        async move { memcached(&src, &set).await.ok() }
+    })
+    .await;
+    assert_eq!(stored.matches("STORED").count(), 200, "{stored}");
+    let incr = memcached(&src, "set hits 0 0 1\r\n5\r\nincr hits 2\r\n").await.unwrap();
+    assert_eq!(incr, "STORED\r\n7\r\n");
+    settle(&z.ca, &id, 1).await;
+
+    migrate(&mut z, &id, mode).await;
+    let get = "get item0 item199\r\nincr hits 1\r\nstats items\r\n";
+    let got = wait_until("memcached on the target", T, || {
+        let dst = dst.clone();
+        async move { memcached(&dst, get).await.ok().filter(|s| !s.is_empty()) }
+    })
+    .await;
+    assert!(
+        got.starts_with("VALUE item0 0 6\r\nv00000\r\nVALUE item199 0 6\r\nv00199\r\nEND\r\n8\r\n"),
+        "{got}"
+    );
+    assert!(got.contains(":number 201\r\n"), "every item still there: {got}");
+    assert!(memcached(&src, get).await.is_err(), "nothing answers on the source any more");
+}
+
+#[tokio::test]
+async fn memcached_keeps_its_items_stop_and_copy() {
+    memcached_keeps_its_items(pb::Mode::StopAndCopy).await;
+}
+
+#[tokio::test]
+async fn memcached_keeps_its_items_post_copy() {
+    memcached_keeps_its_items(pb::Mode::PostCopy).await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // nginx
 // ---------------------------------------------------------------------------------------------
 
@@ -502,4 +562,88 @@ async fn node_server_counts_on_stop_and_copy() {
 #[tokio::test]
 async fn node_server_counts_on_post_copy() {
     node_server_counts_on(pb::Mode::PostCopy).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A JVM
+// ---------------------------------------------------------------------------------------------
+
+/// Three threads counting, and the main thread checking a 16 MiB heap array it filled at the
+/// start (a checksum per tick) while allocating garbage for the collector.
+const JAVA_ZOO: &str = r#"
+public class Zoo {
+    public static void main(String[] args) throws Exception {
+        long[] heap = new long[2 * 1024 * 1024];
+        for (int i = 0; i < heap.length; i++) heap[i] = (long) i * 2654435761L;
+        long want = sum(heap);
+        for (int t = 0; t < 3; t++) {
+            final int id = t;
+            Thread th = new Thread(() -> {
+                long n = 0;
+                while (true) {
+                    n++;
+                    System.out.println("count" + id + " " + n);
+                    try { Thread.sleep(40); } catch (InterruptedException e) { return; }
+                }
+            });
+            th.setDaemon(true);
+            th.start();
+        }
+        long tick = 0;
+        while (true) {
+            tick++;
+            byte[][] garbage = new byte[64][];
+            for (int i = 0; i < garbage.length; i++) garbage[i] = new byte[16 * 1024];
+            long got = sum(heap);
+            System.out.println((got == want ? "heap ok " : "heap BAD ") + tick);
+            Thread.sleep(40);
+        }
+    }
+    static long sum(long[] a) { long s = 0; for (long v : a) s = s * 31 + v; return s; }
+}
+"#;
+
+async fn jvm_threads_and_heap_carry_on(mode: pb::Mode) {
+    require_root("jvm_threads_and_heap_carry_on");
+    let java = need("java", "default-jre-headless");
+    let dir = TempDir::new("ferry-zoo-java");
+    let src = dir.path().join("Zoo.java");
+    std::fs::write(&src, JAVA_ZOO).unwrap();
+    let mut z = zoo().await;
+    // No hsperfdata file in /tmp (a shared mapping of a file named after the PID), a heap of
+    // fixed size.
+    let argv =
+        [java.to_str().unwrap(), "-XX:-UsePerfData", "-Xms64m", "-Xmx64m", src.to_str().unwrap()];
+    let id = id_of(&start(&mut z.ca, spec(&argv)).await);
+    let heap = |l: &[String]| numbers(l, "heap ok ");
+    let lines =
+        wait_log(&z.ca, &id, "the JVM ticking", Duration::from_secs(120), |l| heap(l).len() >= 5)
+            .await;
+    let before = heap(&lines).len() as u64;
+
+    migrate(&mut z, &id, mode).await;
+    let lines = wait_log(&z.cb, &id, "the JVM ticking on the target", T, |l| {
+        l.iter().any(|x| x.starts_with("heap BAD") || x.starts_with("Exception"))
+            || heap(l).len() as u64 >= before + 10
+                && (0..3).all(|i| numbers(l, &format!("count{i} ")).len() as u64 >= before + 10)
+    })
+    .await;
+    assert!(
+        !lines.iter().any(|x| x.starts_with("heap BAD") || x.starts_with("Exception")),
+        "{lines:?}"
+    );
+    assert_consecutive(&heap(&lines), "the heap checks");
+    for i in 0..3 {
+        assert_consecutive(&numbers(&lines, &format!("count{i} ")), &format!("thread {i}'s count"));
+    }
+}
+
+#[tokio::test]
+async fn jvm_threads_and_heap_carry_on_stop_and_copy() {
+    jvm_threads_and_heap_carry_on(pb::Mode::StopAndCopy).await;
+}
+
+#[tokio::test]
+async fn jvm_threads_and_heap_carry_on_post_copy() {
+    jvm_threads_and_heap_carry_on(pb::Mode::PostCopy).await;
 }
