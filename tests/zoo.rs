@@ -410,11 +410,16 @@ async fn nginx_master_and_workers_serve_from_the_target_post_copy() {
 // ---------------------------------------------------------------------------------------------
 
 /// Three counting threads and a writer appending a row to zoo.db every 40 ms; the writer
-/// commits each row before printing it.
+/// commits each row before printing it. SQLite holds POSIX locks on the database inside a
+/// transaction, and a dump that finds a lock is refused (ferry does not give CRIU
+/// `--file-locks`): the journal is kept in memory and syncs are off, so that a transaction holds
+/// them for about 15 µs rather than the 0.5 ms a journal file on disk takes here (WAL mode holds
+/// them all the time and does not move; docs/apps.md).
 const PY_SQLITE: &str = r#"
 import sqlite3, threading, time
 db = sqlite3.connect("zoo.db", isolation_level=None, check_same_thread=False)
 db.execute("PRAGMA synchronous=OFF")
+db.execute("PRAGMA journal_mode=MEMORY")
 db.execute("CREATE TABLE IF NOT EXISTS rows (n INTEGER PRIMARY KEY, note TEXT)")
 print("ready", flush=True)
 def count(i):
