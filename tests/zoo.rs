@@ -659,3 +659,66 @@ async fn jvm_threads_and_heap_carry_on_stop_and_copy() {
 async fn jvm_threads_and_heap_carry_on_post_copy() {
     jvm_threads_and_heap_carry_on(pb::Mode::PostCopy).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// What does not move yet: SQLite in WAL mode
+// ---------------------------------------------------------------------------------------------
+
+/// A writer in WAL mode: SQLite holds POSIX read locks on the database and its -shm file for as
+/// long as the connection is open.
+const PY_SQLITE_WAL: &str = r#"
+import sqlite3, time
+db = sqlite3.connect("wal.db", isolation_level=None)
+db.execute("PRAGMA journal_mode=WAL")
+db.execute("CREATE TABLE IF NOT EXISTS rows (n INTEGER PRIMARY KEY)")
+n = 0
+while True:
+    n += 1
+    db.execute("INSERT INTO rows VALUES (?)", (n,))
+    print(f"row {n}", flush=True)
+    time.sleep(0.04)
+"#;
+
+/// The dump finds SQLite's locks and is refused (ferry does not give CRIU `--file-locks`); the
+/// migration rolls back, the error says why, and the program writes on on the source.
+async fn sqlite_in_wal_mode_is_refused_and_writes_on(mode: pb::Mode) {
+    require_root("sqlite_in_wal_mode_is_refused_and_writes_on");
+    let py = need("python3", "python3");
+    let mut z = zoo().await;
+    let id = id_of(&start(&mut z.ca, spec(&[py.to_str().unwrap(), "-c", PY_SQLITE_WAL])).await);
+    let rows = |l: &[String]| numbers(l, "row ");
+    wait_log(&z.ca, &id, "rows written", T, |l| rows(l).len() >= 3).await;
+    let r =
+        z.ca.migrate_out(pb::MigrateOutRequest {
+            workload_id: id.clone(),
+            target_address: z.b.addr.clone(),
+            mode: mode as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("MigrateOut")
+        .into_inner();
+    assert_eq!(r.outcome, pb::Outcome::RolledBack as i32, "{r:?}");
+    assert_eq!(r.failed_phase, "checkpoint", "{r:?}");
+    assert!(
+        r.error.contains("holds a file lock") && r.error.contains("file locks are hold"),
+        "{}",
+        r.error
+    );
+    let before = rows(&logs(&mut z.ca, &id).await.into_iter().map(|l| l.text).collect::<Vec<_>>());
+    let lines =
+        wait_log(&z.ca, &id, "rows on the source", T, |l| rows(l).len() >= before.len() + 5).await;
+    assert_consecutive(&rows(&lines), "rows");
+    let listed = z.cb.list_processes(pb::ListProcessesRequest {}).await.unwrap().into_inner();
+    assert!(listed.processes.is_empty(), "nothing on the target: {listed:?}");
+}
+
+#[tokio::test]
+async fn sqlite_in_wal_mode_is_refused_and_writes_on_stop_and_copy() {
+    sqlite_in_wal_mode_is_refused_and_writes_on(pb::Mode::StopAndCopy).await;
+}
+
+#[tokio::test]
+async fn sqlite_in_wal_mode_is_refused_and_writes_on_post_copy() {
+    sqlite_in_wal_mode_is_refused_and_writes_on(pb::Mode::PostCopy).await;
+}
