@@ -1,10 +1,11 @@
 //! A zoo of real applications from Debian packages, each started through the agent, checked
 //! from outside (a client in the test, which reaches the hosts' namespaces over the bridge),
 //! migrated from host0 to host1 by stop-and-copy and by post-copy, and checked again on the
-//! target's address: Redis's keys, nginx's master and workers serving a file, a Python program's
-//! threads and SQLite rows, a Node.js server's counter. Clients connect only between migrations
-//! (established TCP connections are not moved); a server answers at the target's address after
-//! it moved. docs/apps.md lists what moves and what does not.
+//! target's address: Redis's keys, memcached's items, nginx's master and workers serving a file,
+//! a Python program's threads and SQLite rows, a Node.js server's counter, a JVM's threads and
+//! heap. Clients connect only between migrations (established TCP connections are not moved); a
+//! server answers at the target's address after it moved. And one that does not move yet:
+//! SQLite in WAL mode, refused and rolled back. docs/apps.md lists what moves and what does not.
 
 mod harness;
 
@@ -446,8 +447,8 @@ while True:
 "#;
 
 /// count(*), min(n), max(n) of zoo.db's rows, read from outside with Python's sqlite3.
-fn sqlite_summary(db: &Path) -> String {
-    let out = std::process::Command::new("python3")
+fn sqlite_summary(py: &Path, db: &Path) -> String {
+    let out = std::process::Command::new(py)
         .args([
             "-c",
             "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
@@ -493,7 +494,7 @@ async fn python_threads_and_sqlite_carry_on(mode: pb::Mode) {
     // The database holds every row the program reported, and is sound.
     let db = shared.path().join("zoo.db");
     let reported = *rows(&lines).last().unwrap();
-    let got = sqlite_summary(&db);
+    let got = sqlite_summary(&py, &db);
     let v: Vec<&str> = got.split_whitespace().collect();
     let (count, min, max): (u64, u64, u64) =
         (v[0].parse().unwrap(), v[1].parse().unwrap(), v[2].parse().unwrap());
