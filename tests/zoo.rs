@@ -57,6 +57,8 @@ fn mode_name(mode: pb::Mode) -> &'static str {
 /// Migrates `id` from host0 to host1 in `mode`; prints its figures; panics with the error and
 /// the tail of CRIU's log unless it completed by CRIU.
 async fn migrate(z: &mut Zoo, id: &str, mode: pb::Mode) -> pb::MigrationResult {
+    let spec = status(&mut z.ca, id).await.spec.unwrap_or_default();
+    let program = spec.argv.first().map(|a| a.rsplit('/').next().unwrap_or(a).to_string());
     let r =
         z.ca.migrate_out(pb::MigrateOutRequest {
             workload_id: id.to_string(),
@@ -68,8 +70,9 @@ async fn migrate(z: &mut Zoo, id: &str, mode: pb::Mode) -> pb::MigrationResult {
         .unwrap_or_else(|s| panic!("MigrateOut {id} failed: {s}"))
         .into_inner();
     eprintln!(
-        "zoo: {id} {}: outcome={} freeze={}ms dump={}ms transfer={}ms restore={}ms \
+        "zoo: {} {id} {}: outcome={} freeze={}ms dump={}ms transfer={}ms restore={}ms \
          downtime={}ms total={}ms raw={} wire={} error={:?}",
+        program.unwrap_or_default(),
         mode_name(mode),
         r.outcome,
         r.freeze_ms,
