@@ -177,6 +177,21 @@ async fn procs(c: &mut Client, id: &str) -> Vec<(i32, String)> {
     status(c, id).await.tasks.iter().filter(|t| !t.init).map(|t| (t.pid, t.comm.clone())).collect()
 }
 
+/// The uid of user `name` in /etc/passwd.
+fn uid_of(name: &str) -> u32 {
+    std::fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:"))?.split(':').nth(1)?.parse().ok())
+        .unwrap_or_else(|| panic!("no user {name} in /etc/passwd"))
+}
+
+/// The real uid of process `pid`.
+fn real_uid(pid: i32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().next()?.parse().ok())
+}
+
 /// Numbers N of log lines `PREFIX N`, in order.
 fn numbers(lines: &[String], prefix: &str) -> Vec<u64> {
     lines.iter().filter_map(|l| l.strip_prefix(prefix)?.trim().parse().ok()).collect()
@@ -365,7 +380,7 @@ async fn nginx_master_and_workers_serve_from_the_target(mode: pb::Mode) {
         std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     }
     let conf = format!(
-        "daemon off; master_process on; worker_processes 2;\n\
+        "daemon off; master_process on; worker_processes 2; user www-data;\n\
          pid {d}/nginx.pid; error_log {d}/error.log;\n\
          events {{ worker_connections 64; }}\n\
          http {{ access_log {d}/access.log; lingering_close off; keepalive_timeout 0;\n\
@@ -386,8 +401,8 @@ async fn nginx_master_and_workers_serve_from_the_target(mode: pb::Mode) {
         3,
         "master and 2 workers: {before:?}"
     );
-    // Listening socket in each, the master's channels to its workers; no client left.
-    settle(&z.ca, &id, idle(&z.ca, &id).await).await;
+    // Listening socket in each, the master's channels to its workers; the client's gone.
+    idle(&z.ca, &id).await;
 
     migrate(&mut z, &id, mode).await;
     for _ in 0..4 {
@@ -401,6 +416,9 @@ async fn nginx_master_and_workers_serve_from_the_target(mode: pb::Mode) {
     let after = procs(&mut z.cb, &id).await;
     let comms = |v: &[(i32, String)]| v.iter().map(|(_, c)| c.clone()).collect::<Vec<_>>();
     assert_eq!(comms(&after), comms(&before), "the master and its two workers: {after:?}");
+    let www = uid_of("www-data");
+    let workers = after.iter().filter(|(pid, _)| real_uid(*pid) == Some(www)).count();
+    assert_eq!(workers, 2, "two workers as www-data on the target: {after:?}");
     // Every request reached the access log, from the target's workers too.
     let log = std::fs::read_to_string(dir.path().join("access.log")).unwrap();
     assert_eq!(log.lines().count(), 6, "{log}");
