@@ -282,8 +282,10 @@ async fn redis_keeps_its_keys(mode: pb::Mode) {
     .await;
     assert_eq!(got, [":502", "value-0", "value-499", ":50", "item49", ":8"], "after {mode:?}");
     assert!(redis(&src, &check).await.is_err(), "nothing answers on the source any more");
-    let comms: Vec<String> = procs(&mut z.cb, &id).await.into_iter().map(|(_, c)| c).collect();
+    let after = procs(&mut z.cb, &id).await;
+    let comms: Vec<&str> = after.iter().map(|(_, c)| c.as_str()).collect();
     assert_eq!(comms, ["redis-server"], "redis alone, on the target");
+    assert_eq!(real_uid(after[0].0), Some(uid_of("redis")), "still the redis user's");
 }
 
 #[tokio::test]
@@ -345,6 +347,11 @@ async fn memcached_keeps_its_items(mode: pb::Mode) {
     );
     assert!(got.contains(":number 201\r\n"), "every item still there: {got}");
     assert!(memcached(&src, get).await.is_err(), "nothing answers on the source any more");
+    let after = procs(&mut z.cb, &id).await;
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(real_uid(after[0].0), Some(uid_of("memcache")), "still the memcache user's");
+    let threads = std::fs::read_dir(format!("/proc/{}/task", after[0].0)).unwrap().count();
+    assert!(threads >= 5, "its main thread and four workers: {threads}");
 }
 
 #[tokio::test]
