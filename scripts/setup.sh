@@ -37,7 +37,7 @@ die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 runtime_pkgs=(iproute2 iptables nftables zstd tar python3 gcc libc6-dev make pkg-config procps curl ca-certificates
   util-linux netcat-openbsd vagrant vagrant-libvirt chromium tcpdump
   postgresql # tests/users.rs migrates a PostgreSQL server
-  tmux) # tests/migrate.rs migrates a tmux server with a pane on its pseudo-terminal
+  tmux redis-server memcached nginx nodejs default-jre-headless) # tests/migrate.rs migrates a tmux server (a pane on its pseudo-terminal), tests/zoo.rs these applications
 criu_build_pkgs=(libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler python3-protobuf
   libnl-3-dev libnet1-dev libcap-dev libbsd-dev uuid-dev libaio-dev libgnutls28-dev libnftables-dev
   xz-utils patch)

@@ -36,6 +36,16 @@ const KNOWN: &[(&str, &str)] = &[
     ),
     ("io_uring", "the workload uses io_uring, which CRIU cannot checkpoint"),
     (
+        "file locks are hold",
+        "the workload holds a file lock (fcntl, lockf or flock: SQLite in WAL mode always, in its \
+         other modes inside a transaction); ferry does not move file locks (docs/apps.md)",
+    ),
+    (
+        "Unable to open dev/ptmx with specified index",
+        "the workload holds a pseudo-terminal whose number is taken on the target node (workloads \
+         share the node's /dev/pts; docs/apps.md)",
+    ),
+    (
         "has bad size",
         "a file the workload holds open changed size or differs on the target (files outside \
          its working directory must be identical on both nodes)",
@@ -154,6 +164,13 @@ mod tests {
         assert!(explain(log).unwrap().contains("already in use on the target"));
         let log = "(00.1) Error (criu/cr-restore.c:1): Can't fork for 42: File exists\n";
         assert!(explain(log).unwrap().contains("PID"));
+        let log =
+            "(00.02) Error (criu/file-lock.c:110): Some file locks are hold by dumping tasks! \
+                   You can try --file-locks to dump them.\n";
+        assert!(explain(log).unwrap().contains("file lock"));
+        let log = "(00.01) 2: Error (criu/tty.c:625): tty: Unable to open dev/ptmx with specified \
+                   index 0\n(00.01) 2: Error (criu/tty.c:1092): tty: Can't open master pty 0x11\n";
+        assert!(explain(log).unwrap().contains("pseudo-terminal"));
         assert_eq!(explain("(0.1) Error (x.c:1): something new\n"), None);
     }
 
