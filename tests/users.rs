@@ -610,6 +610,18 @@ fn psql(bin: &std::path::Path, host: &str, sql: &str) -> Result<String, String> 
 #[tokio::test]
 async fn postgresql_as_postgres_migrates_with_its_rows() {
     require_root("postgresql_as_postgres_migrates_with_its_rows");
+    postgresql_moves(pb::Mode::StopAndCopy).await;
+}
+
+#[tokio::test]
+async fn postgresql_as_postgres_migrates_with_its_rows_in_post_copy() {
+    require_root("postgresql_as_postgres_migrates_with_its_rows_in_post_copy");
+    postgresql_moves(pb::Mode::PostCopy).await;
+}
+
+/// PostgreSQL as postgres, 1000 rows written on the source, migrated in `mode`: the rows are
+/// read on the target, a new one written there, every process still postgres's.
+async fn postgresql_moves(mode: pb::Mode) {
     let bin = postgres_bin();
     let net = Net::new(2);
     let (a, b) = (net.agent(0, &[]), net.agent(1, &[]));
@@ -631,7 +643,7 @@ async fn postgresql_as_postgres_migrates_with_its_rows() {
         .expect("write on the source");
     assert_eq!(psql(&bin, &src, "SELECT count(*), sum(n) FROM t").unwrap(), "1000|500500");
 
-    let r = migrate_to(&mut ca, &id, &b.addr).await;
+    let r = migrate_in_mode(&mut ca, &id, &b.addr, mode).await;
     assert_completed(&r, &a);
     let dst = net.ip(1);
     let got = wait_until("postgres answering on the target", T, || {
