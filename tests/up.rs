@@ -95,18 +95,7 @@ async fn up_runs_a_cluster_that_migrates_and_tears_down_clean() {
     kill(up.id() as i32, libc::SIGTERM);
     let status = up.wait().unwrap();
     assert!(status.success(), "ferry up exited {status}");
-    for pid in before {
-        let st = stat(pid);
-        assert!(
-            st.is_none() || st.map(|s| s.state) == Some('Z'),
-            "pid {pid} survived the teardown"
-        );
-    }
-    let netns = String::from_utf8_lossy(
-        &Command::new("ip").args(["netns", "list"]).output().unwrap().stdout,
-    )
-    .to_string();
-    assert!(!netns.contains("ferry-node"), "namespaces left: {netns}");
+    torn_down(before, "ferry-node");
     let link = Command::new("ip").args(["link", "show", "ferrybr0"]).output().unwrap();
     assert!(!link.status.success(), "bridge ferrybr0 left behind");
     assert!(!data.path().join("up.pid").exists());
@@ -275,18 +264,7 @@ async fn up_restarts_a_killed_agent_and_its_workloads_live_on() {
     kill(up_pid, libc::SIGTERM);
     let status = up.wait().unwrap();
     assert!(status.success(), "ferry up exited {status}");
-    for pid in before.iter().copied().chain([orphan]) {
-        let st = stat(pid);
-        assert!(
-            st.is_none() || st.map(|s| s.state) == Some('Z'),
-            "pid {pid} survived the teardown"
-        );
-    }
-    let netns = String::from_utf8_lossy(
-        &Command::new("ip").args(["netns", "list"]).output().unwrap().stdout,
-    )
-    .to_string();
-    assert!(!netns.contains("fupr-node"), "namespaces left: {netns}");
+    torn_down(before.iter().copied().chain([orphan]), "fupr-node");
 }
 
 /// `ferry ARGS` against the REST API at `api` with `token`: exit code, stdout, stderr.
@@ -302,4 +280,21 @@ fn ferry_cli(api: &str, token: &str, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).to_string(),
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
+}
+
+/// After a teardown: none of `pids` runs (a zombie waiting for PID 1 is gone for good), and no
+/// network namespace named with `netns_prefix` is left.
+fn torn_down(pids: impl IntoIterator<Item = i32>, netns_prefix: &str) {
+    for pid in pids {
+        let st = stat(pid);
+        assert!(
+            st.is_none() || st.map(|s| s.state) == Some('Z'),
+            "pid {pid} survived the teardown"
+        );
+    }
+    let netns = String::from_utf8_lossy(
+        &Command::new("ip").args(["netns", "list"]).output().unwrap().stdout,
+    )
+    .to_string();
+    assert!(!netns.contains(netns_prefix), "namespaces left: {netns}");
 }
