@@ -244,7 +244,7 @@ async fn a_restarted_agent_keeps_its_workloads_and_their_output() {
         std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "the workload died with its agent"
     );
-    drop(a);
+    a.crash_leaving_workloads();
 
     let b = agent_on("node-r", &agent_data, &url);
     wait_nodes(&coord.addr, "node-r online again", |n| online(n, "node-r") == Some(true)).await;
@@ -1445,4 +1445,102 @@ async fn a_source_agent_killed_mid_migration_is_resolved_to_one_copy_through_the
     .await;
     // Dropped in the order the cluster's parts must go.
     drop((coord, a, b, net, data));
+}
+
+/// The coordinator dies (test-only `--test-crash-at`) at step `at` of a migration of the
+/// appender from host0 to host1, and comes back: the migration ends as `status`, the process
+/// runs once, on `on`, its count going on without a gap, and the other host holds nothing.
+async fn coordinator_crash(at: &str, status: &str, on: &str) {
+    must_be_root();
+    let mut c =
+        on_two_hosts_with(&format!("ferry-test-coord-{at}"), &["--test-crash-at", at], &[]).await;
+    let gw = c.gw.clone();
+    let (code, p) = call(
+        &gw,
+        "POST",
+        "/api/processes",
+        Some(serde_json::json!({"name": "journal", "command": [workload("appender.py")], "serverId": "host0"})),
+    )
+    .await;
+    assert_eq!(code, 201, "{p}");
+    let id = p["id"].as_str().unwrap().to_string();
+    wait_until("the appender counting", T, || {
+        let (gw, id) = (gw.clone(), id.clone());
+        async move { (counts(&gw, &id).await.len() >= 3).then_some(()) }
+    })
+    .await;
+    // The answer may or may not leave before the coordinator dies.
+    let body = serde_json::json!({"processId": id, "targetServerId": "host1"});
+    let (code, m) = call(&gw, "POST", "/api/migrations", Some(body)).await;
+    eprintln!("POST /api/migrations before the crash: {code} {m}");
+    let coord = c.coord.as_mut().expect("the coordinator runs");
+    wait_until("the coordinator to die", T, || {
+        let died = coord.child.try_wait().ok().flatten().is_some();
+        async move { died.then_some(()) }
+    })
+    .await;
+    c.restart_coordinator();
+    let (_, all) = wait_until("the restarted coordinator to answer", T, || {
+        let gw = gw.clone();
+        async move {
+            let (code, all) = call(&gw, "GET", "/api/migrations", None).await;
+            (code == 200).then_some((code, all))
+        }
+    })
+    .await;
+    let mine: Vec<&serde_json::Value> =
+        all.as_array().unwrap().iter().filter(|m| m["processId"] == id.as_str()).collect();
+    assert_eq!(mine.len(), 1, "one migration recorded: {all}");
+    let mid = mine[0]["id"].as_str().unwrap().to_string();
+    let m = migration_end(&gw, &mid, "the restarted coordinator to resolve the migration").await;
+    eprintln!("resolved after the coordinator's crash at {at}: {m}");
+    assert_eq!(m["status"], status, "{m}");
+    let p = wait_until("the process listed where it runs", T, || {
+        let (gw, id) = (gw.clone(), id.clone());
+        async move {
+            let (_, p) = call(&gw, "GET", &format!("/api/processes/{id}"), None).await;
+            (p["serverId"] == on && p["status"] == "running").then_some(p)
+        }
+    })
+    .await;
+    eprintln!("{p}");
+    let before = counts(&gw, &id).await.len();
+    let all = wait_until("the count to go on", T, || {
+        let (gw, id) = (gw.clone(), id.clone());
+        async move {
+            let all = counts(&gw, &id).await;
+            (all.len() > before + 3).then_some(all)
+        }
+    })
+    .await;
+    for w in all.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "the count goes on without a gap or a repeat: {all:?}");
+    }
+    let other = if on == "host0" { c.b.client().await } else { c.a.client().await };
+    wait_until("no copy on the other host", T, || {
+        let (mut other, id) = (other.clone(), id.clone());
+        async move {
+            let all =
+                other.list_processes(ferry_proto::agent::ListProcessesRequest {}).await.ok()?;
+            let held =
+                all.into_inner().processes.iter().any(|w| id_of(w) == id && w.exit.is_none());
+            (!held).then_some(())
+        }
+    })
+    .await;
+}
+
+/// Killed once it recorded the migration, before it asked the source: the migration never began;
+/// it ends `failed`, saying so, and the process runs on host0.
+#[tokio::test]
+async fn a_coordinator_killed_before_asking_the_source_fails_the_migration_and_the_process_runs_on()
+{
+    coordinator_crash("accepted", "failed", "host0").await;
+}
+
+/// Killed once the source answered, before it recorded the outcome: the restarted coordinator
+/// asks the source, which remembers: `completed`, the process on host1.
+#[tokio::test]
+async fn a_coordinator_killed_before_recording_the_outcome_learns_it_from_the_source() {
+    coordinator_crash("answered", "completed", "host1").await;
 }

@@ -91,6 +91,10 @@ struct CoordinatorArgs {
     /// --enable-fault-injection.
     #[arg(long, hide = true)]
     test_migration_fault: Option<String>,
+    /// Test only: abort once a migration is recorded, before its source is asked (`accepted`),
+    /// or once the source answered, before the outcome is recorded (`answered`).
+    #[arg(long, hide = true, value_parser = ["accepted", "answered"])]
+    test_crash_at: Option<String>,
 }
 
 /// `--test-migration-fault KIND:ARG`.
@@ -353,6 +357,10 @@ fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         keep_ended: Duration::from_secs(args.keep_ended_secs),
         forget_nodes: args.forget_nodes,
         migration_fault: args.test_migration_fault.as_deref().map(migration_fault).transpose()?,
+        test_crash_at: args.test_crash_at.as_deref().map(|a| match a {
+            "accepted" => ferry_coordinator::CoordCrash::Accepted,
+            _ => ferry_coordinator::CoordCrash::Answered,
+        }),
         ..ferry_coordinator::CoordinatorConfig::new(args.data_dir.clone(), wire)
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

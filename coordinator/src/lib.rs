@@ -40,6 +40,17 @@ pub struct CoordinatorConfig {
     /// Test only: a fault to ask of every migration's source agent (honoured only by agents
     /// started with --enable-fault-injection), as (Fault, fault_arg).
     pub migration_fault: Option<(ferry_proto::agent::Fault, u32)>,
+    /// Test only: the coordinator dies (abort) at this step of every migration it starts.
+    pub test_crash_at: Option<CoordCrash>,
+}
+
+/// Where a coordinator dies in a migration it starts (test only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CoordCrash {
+    /// The migration is recorded and announced; the source was not asked yet.
+    Accepted,
+    /// The source answered with the outcome; it is not recorded yet.
+    Answered,
 }
 
 impl CoordinatorConfig {
@@ -52,6 +63,7 @@ impl CoordinatorConfig {
             keep_ended: DEFAULT_KEEP_ENDED,
             forget_nodes: false,
             migration_fault: None,
+            test_crash_at: None,
         }
     }
 }

@@ -288,6 +288,7 @@ impl Coordinator {
         );
         let source_addr = src.address;
         tokio::spawn(async move {
+            c.crash_at(crate::CoordCrash::Accepted, &id);
             let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let watch = {
                 let (c, id, addr, seen) =
@@ -299,6 +300,9 @@ impl Coordinator {
                 Err(e) => Err(tonic::Status::unavailable(e.to_string())),
             };
             watch.abort();
+            if answer.is_ok() {
+                c.crash_at(crate::CoordCrash::Answered, &id);
+            }
             match answer {
                 // A commit whose answer the source did not get: it keeps the original frozen and
                 // asks the target until it knows (docs/reliability.md); its GetMigration says the
@@ -328,6 +332,14 @@ impl Coordinator {
             }
         });
         Ok(row)
+    }
+
+    /// Test only (`--test-crash-at`): the coordinator dies here, as a crash would.
+    fn crash_at(&self, at: crate::CoordCrash, migration: &str) {
+        if self.config.test_crash_at == Some(at) {
+            tracing::warn!(migration, ?at, "fault injection: the coordinator aborts");
+            std::process::abort();
+        }
     }
 
     fn record_result(&self, id: &str, r: &apb::MigrationResult) {

@@ -197,11 +197,27 @@ impl AgentProc {
     }
 }
 
+impl AgentProc {
+    /// Drops an agent that was killed already (as a crash would) without killing the workloads
+    /// its data dir records: an agent started next on that data dir takes them.
+    pub fn crash_leaving_workloads(mut self) {
+        self.data_dir = PathBuf::new();
+        drop(self);
+    }
+}
+
 impl Drop for AgentProc {
     fn drop(&mut self) {
         // Workloads outlive their agent by design; a test must not leave any behind.
         for pid in descendants(self.pid()) {
             kill(pid, 9);
+        }
+        // And those it re-adopted from an earlier agent (not its descendants), as its data dir
+        // records them.
+        if !self.data_dir.as_os_str().is_empty() {
+            for pid in ferry_agent::workload::recorded_live_pids(&self.data_dir) {
+                kill(pid, 9);
+            }
         }
         // The graceful drain is not under test here; do not wait for it.
         kill(self.pid(), 9);

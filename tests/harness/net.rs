@@ -60,8 +60,9 @@ impl Net {
         super::kill(old.pid(), libc::SIGKILL);
         let _ = old.child.wait();
         let tmp = std::mem::replace(&mut old._tmp, TempDir(PathBuf::new()));
-        // Its workloads are no longer its descendants; dropping it kills nothing else.
-        drop(old);
+        // Its workloads are no longer its descendants, and the new agent takes those its data
+        // dir records.
+        old.crash_leaving_workloads();
         self.agent_in(i, extra, tmp)
     }
 
