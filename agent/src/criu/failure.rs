@@ -42,8 +42,9 @@ const KNOWN: &[(&str, &str)] = &[
     ),
     (
         "Unable to open dev/ptmx with specified index",
-        "the workload holds a pseudo-terminal whose number is taken on the target node (workloads \
-         share the node's /dev/pts; docs/apps.md)",
+        "the workload holds a pseudo-terminal whose number is taken on the target node (it was \
+         started by an agent from before workloads had a /dev/pts of their own, and shares the \
+         node's; docs/apps.md)",
     ),
     (
         "has bad size",
