@@ -1036,6 +1036,20 @@ async fn counts(gw: &str, id: &str) -> Vec<u64> {
         .collect()
 }
 
+/// Waits until the appender `id` counted a few more, and asserts its whole count has no gap and
+/// no repeat.
+async fn count_goes_on(gw: &str, id: &str, what: &str) {
+    let before = counts(gw, id).await.len();
+    let all = wait_until(what, T, || async move {
+        let all = counts(gw, id).await;
+        (all.len() > before + 3).then_some(all)
+    })
+    .await;
+    for w in all.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "the count goes on without a gap or a repeat: {all:?}");
+    }
+}
+
 /// `ferry VERB...` against the gateway at `gw` with the operator token: (exit code, stdout,
 /// stderr).
 fn ferry_cli(gw: &str, args: &[&str]) -> (i32, String, String) {
@@ -1174,18 +1188,7 @@ async fn operations_on_a_migrating_process_are_refused_and_the_held_copy_is_not_
     })
     .await;
     // Its state came along: the count goes on where it was on host0, without a gap.
-    let before = counts(&gw, &id).await.len();
-    let n = wait_until("counting on host1", T, || {
-        let (gw, id) = (gw.clone(), id.clone());
-        async move {
-            let n = counts(&gw, &id).await;
-            (n.len() >= before + 3).then_some(n)
-        }
-    })
-    .await;
-    for w in n.windows(2) {
-        assert_eq!(w[1], w[0] + 1, "the count continued across the migration: {n:?}");
-    }
+    count_goes_on(&gw, &id, "counting on host1").await;
     // Once it has ended, the process is controllable again.
     let (code, p) = call(&gw, "POST", &format!("/api/processes/{id}/stop"), None).await;
     assert_eq!(code, 200, "{p}");
@@ -1416,18 +1419,7 @@ async fn a_source_agent_killed_mid_migration_is_resolved_to_one_copy_through_the
     assert_eq!(m["status"], "rolled_back", "{m}");
     let error = m["error"].as_str().unwrap_or_default();
     assert!(error.contains("resumed on node host0"), "{m}");
-    let before = counts(&gw, &id).await.len();
-    let all = wait_until("the count to go on on the source", T, || {
-        let (gw, id) = (gw.clone(), id.clone());
-        async move {
-            let all = counts(&gw, &id).await;
-            (all.len() > before + 3).then_some(all)
-        }
-    })
-    .await;
-    for w in all.windows(2) {
-        assert_eq!(w[1], w[0] + 1, "the count goes on without a gap or a repeat: {all:?}");
-    }
+    count_goes_on(&gw, &id, "the count to go on on the source").await;
     let (_, p) = call(&gw, "GET", &format!("/api/processes/{id}"), None).await;
     assert_eq!(
         (p["serverId"].as_str(), p["status"].as_str()),
@@ -1504,18 +1496,7 @@ async fn coordinator_crash(at: &str, status: &str, on: &str) {
     })
     .await;
     eprintln!("{p}");
-    let before = counts(&gw, &id).await.len();
-    let all = wait_until("the count to go on", T, || {
-        let (gw, id) = (gw.clone(), id.clone());
-        async move {
-            let all = counts(&gw, &id).await;
-            (all.len() > before + 3).then_some(all)
-        }
-    })
-    .await;
-    for w in all.windows(2) {
-        assert_eq!(w[1], w[0] + 1, "the count goes on without a gap or a repeat: {all:?}");
-    }
+    count_goes_on(&gw, &id, "the count to go on").await;
     let other = if on == "host0" { c.b.client().await } else { c.a.client().await };
     wait_until("no copy on the other host", T, || {
         let (mut other, id) = (other.clone(), id.clone());

@@ -54,6 +54,27 @@ impl PageCount {
     pub fn remaining(&self) -> u64 {
         self.total.saturating_sub(self.copied)
     }
+
+    /// "N of M pages (X MiB)": the pages still to arrive, for a message.
+    pub fn missing(&self) -> String {
+        let page = crate::sys::uffd::page_size();
+        format!(
+            "{} of {} pages ({:.1} MiB)",
+            self.remaining(),
+            self.total,
+            (self.remaining() * page) as f64 / (1u64 << 20) as f64
+        )
+    }
+
+    /// The count a whole `criu lazy-pages -v4` log gives (see `count_line`).
+    pub fn of_log(log: &str) -> PageCount {
+        let page = crate::sys::uffd::page_size();
+        let mut c = PageCount::default();
+        for line in log.lines() {
+            count_line(line, page, &mut c);
+        }
+        c
+    }
 }
 
 /// Adds what one line of `criu lazy-pages -v4`'s log says to `c`: `Found N pages to be handled
@@ -374,7 +395,6 @@ pub(super) fn start(
                     Err(_) => "vanished".to_string(),
                 };
                 let c = lp.progress();
-                let page = crate::sys::uffd::page_size();
                 let from = match lp.pages {
                     PageSource::Tunnel => {
                         format!("arriving from node {} (over the page tunnel)", lp.source_node)
@@ -382,11 +402,8 @@ pub(super) fn start(
                     PageSource::Local => "being filled in from the received images".to_string(),
                 };
                 let why = format!(
-                    "its memory stopped {from}: {} of {} pages ({:.1} MiB) never arrived; criu \
-                     lazy-pages {how} (log {})",
-                    c.remaining(),
-                    c.total,
-                    (c.remaining() * page) as f64 / (1u64 << 20) as f64,
+                    "its memory stopped {from}: {} never arrived; criu lazy-pages {how} (log {})",
+                    c.missing(),
                     lp.log.display()
                 );
                 *lp.end.lock().expect("lazy end poisoned") = Some(Err(why.clone()));
@@ -423,18 +440,20 @@ impl Agent {
         if restored == 0 || w.init_pid != restored {
             return;
         }
+        tracing::debug!(migration = lp.migration_id, committed = lp.committed(), "post-copy lost");
+        self.lose_workload(&w, &lp.migration_id, why);
+    }
+
+    /// A workload whose memory is incomplete (its post-copy or lazy fill of `migration` broke):
+    /// killed, never left running on it, and marked lost with `why`.
+    pub(crate) fn lose_workload(&self, w: &crate::workload::Workload, migration: &str, why: &str) {
         if w.exit_info().is_none() {
-            if let Err(e) = self.kill_workload(&w) {
+            if let Err(e) = self.kill_workload(w) {
                 tracing::error!(id = w.id(), pid = w.init_pid, %e, "cannot kill a workload whose memory is incomplete");
             }
         }
         w.set_lost(why.to_string());
-        tracing::error!(
-            id = w.id(),
-            migration = lp.migration_id,
-            committed = lp.committed(),
-            "post-copy failed: workload killed here, {why}"
-        );
+        tracing::error!(id = w.id(), migration, "post-copy failed: workload killed here, {why}");
     }
 }
 

@@ -110,12 +110,8 @@ async fn settle_lazy_fill(agent: Arc<Agent>, w: Arc<Workload>, fill: crate::work
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let page = crate::sys::uffd::page_size();
-    let mut count = crate::engine::lazy::PageCount::default();
     let log = std::fs::read_to_string(&fill.log);
-    for line in log.as_deref().unwrap_or_default().lines() {
-        crate::engine::lazy::count_line(line, page, &mut count);
-    }
+    let count = crate::engine::lazy::PageCount::of_log(log.as_deref().unwrap_or_default());
     let node = &agent.config().node;
     if log.is_ok() && count.remaining() == 0 {
         tracing::info!(id = w.id(), migration = fill.migration_id, pages = count.total, "every page of the workload's memory had arrived when the earlier agent stopped; it runs on");
@@ -123,22 +119,12 @@ async fn settle_lazy_fill(agent: Arc<Agent>, w: Arc<Workload>, fill: crate::work
     } else {
         let why = format!(
             "its memory stopped arriving when the agent on node {node} stopped during \
-             migration {}: {} of {} pages ({:.1} MiB) never arrived (criu lazy-pages log {})",
+             migration {}: {} never arrived (criu lazy-pages log {})",
             fill.migration_id,
-            count.remaining(),
-            count.total,
-            (count.remaining() * page) as f64 / (1u64 << 20) as f64,
+            count.missing(),
             fill.log.display()
         );
-        if let Err(e) = agent.kill_workload(&w) {
-            tracing::error!(id = w.id(), pid = w.init_pid, %e, "cannot kill a workload whose memory is incomplete");
-        }
-        w.set_lost(why.clone());
-        tracing::error!(
-            id = w.id(),
-            migration = fill.migration_id,
-            "post-copy failed: workload killed here, {why}"
-        );
+        agent.lose_workload(&w, &fill.migration_id, &why);
         w.wait_exit(Duration::from_secs(10)).await;
         w.set_lazy_fill(None);
     }
