@@ -18,14 +18,14 @@ async fn up_runs_a_cluster_that_migrates_and_tears_down_clean() {
     let data = TempDir::new("ferry-test-up");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let gw = format!("127.0.0.1:{port}");
-    let mut up = Command::new(env!("CARGO_BIN_EXE_ferry"))
+    let mut up = Up(Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["up", "--nodes", "2", "--http", &gw])
         .arg("--data-dir")
         .arg(data.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
-        .expect("spawn ferry up");
+        .expect("spawn ferry up"));
     let out = up.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -132,7 +132,7 @@ async fn up_restarts_a_killed_agent_and_its_workloads_live_on() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let gw = format!("127.0.0.1:{port}");
     // Its own bridge and subnet: the other test of this binary runs beside it.
-    let mut up = Command::new(env!("CARGO_BIN_EXE_ferry"))
+    let mut up = Up(Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["up", "--nodes", "2", "--http", &gw, "--net-name", "fupr", "--subnet", "10.231.252"])
         .arg("--data-dir")
         .arg(data.path())
@@ -140,7 +140,7 @@ async fn up_restarts_a_killed_agent_and_its_workloads_live_on() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn ferry up");
+        .expect("spawn ferry up"));
     let up_pid = up.id() as i32;
     let out = up.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -209,7 +209,14 @@ async fn up_restarts_a_killed_agent_and_its_workloads_live_on() {
     })
     .await;
     assert!(up.try_wait().unwrap().is_none(), "ferry up exited when an agent died");
-    let said = stderr.lock().unwrap().clone();
+    // The restart's line may reach the reader thread a moment after the new agent shows.
+    let restarted = format!("restarted node0 (pid {new}");
+    let said = wait_until("ferry up to say it restarted node0", T, || {
+        let said = stderr.lock().unwrap().clone();
+        let done = said.contains(&restarted);
+        async move { done.then_some(said) }
+    })
+    .await;
     assert!(
         said.contains(&format!("node0 (pid {old}) exited (signal: 9 (SIGKILL))"))
             && said.contains("restarting it in 0.5 s")
@@ -297,4 +304,38 @@ fn torn_down(pids: impl IntoIterator<Item = i32>, netns_prefix: &str) {
     )
     .to_string();
     assert!(!netns.contains(netns_prefix), "namespaces left: {netns}");
+}
+
+/// `ferry up` under test: a test that fails before its own teardown still takes the cluster down
+/// (SIGTERM, as Ctrl-C would), so it cannot stand in the way of the next run.
+struct Up(std::process::Child);
+
+impl std::ops::Deref for Up {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Up {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            kill(self.0.id() as i32, libc::SIGTERM);
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
