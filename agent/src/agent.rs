@@ -36,6 +36,8 @@ pub struct Agent {
     /// Bytes declared by the snapshots being received (PushSnapshot), reserved against the
     /// data dir's free space.
     receiving: std::sync::atomic::AtomicU64,
+    /// The hold device of moving workloads' packets (sys::net), opened on first use.
+    pub(crate) hold: std::sync::Mutex<Option<Arc<crate::sys::net::Hold>>>,
 }
 
 impl Agent {
@@ -84,6 +86,7 @@ impl Agent {
             migrations: Default::default(),
             fd_store,
             receiving: Default::default(),
+            hold: Default::default(),
         });
         agent.recover(pipes);
         // Migrations this node was in the middle of when an earlier agent stopped: finished or

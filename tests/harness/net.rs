@@ -33,6 +33,16 @@ impl Net {
         self.inner.ip(i)
     }
 
+    /// Host `i`'s network namespace (a path under /run/netns).
+    pub fn netns(&self, i: usize) -> PathBuf {
+        self.inner.netns(i)
+    }
+
+    /// The first three octets of the hosts' /24, e.g. "10.231.7".
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
     /// The bridge's name (in the root namespace): every packet between the hosts crosses it.
     pub fn bridge(&self) -> &str {
         &self.inner.bridge

@@ -170,7 +170,8 @@ fn base_opts(images: &impl AsRawFd, work: &impl AsRawFd, log: &str) -> rpc::Criu
         log_level: Some(LOG_LEVEL),
         // Cgroups differ between nodes; the workload lives in the agent's.
         manage_cgroups_mode: Some(rpc::CriuCgMode::Ignore as i32),
-        // The network namespace is the node's, not the workload's: nothing to lock.
+        // A workload on the node's network has no namespace to lock; one with its own address
+        // has its packets held by the agent (sys::net), not by CRIU's firewall rules.
         network_lock: Some(rpc::CriuNetworkLockMethod::Skip as i32),
         ..Default::default()
     }
@@ -187,8 +188,21 @@ fn dump_opts(
     opts.ext_mnt = ext_mnt;
     opts.pid = Some(w.init_pid);
     opts.leave_stopped = Some(true);
+    // A workload with its own address: its network namespace is the node's to lay out (the
+    // target makes its own), so CRIU only names it; its TCP connections are dumped with their
+    // sequence numbers and queues (repair mode) to be taken up again on the target. Nothing is
+    // locked by CRIU: the agent holds the address's packets from before the freeze (sys::net).
+    if w.net.is_some() {
+        if let Ok(ino) = crate::sys::net::netns_inode(w.init_pid) {
+            opts.external.push(format!("net[{ino}]:{NET_KEY}"));
+            opts.tcp_established = Some(true);
+        }
+    }
     opts
 }
+
+/// CRIU's key for a workload's own network namespace: named at the dump, given at the restore.
+const NET_KEY: &str = "ferry-net";
 
 fn request(kind: rpc::CriuReqType, opts: rpc::CriuOpts) -> rpc::CriuReq {
     rpc::CriuReq { r#type: kind as i32, opts: Some(opts), ..Default::default() }
@@ -341,8 +355,23 @@ impl CheckpointEngine for CriuEngine {
             rpc::InheritFd { key: req.info.stdout_key.clone(), fd: out_w.as_raw_fd() },
             rpc::InheritFd { key: req.info.stderr_key.clone(), fd: err_w.as_raw_fd() },
         ];
+        let mut keep =
+            vec![images.as_raw_fd(), work.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
+        // Its own address: a namespace laid out here before the restore, its pair down until the
+        // commit; CRIU restores the tree and its TCP connections into it.
+        let placed = match agent.place_network(&spec).await {
+            Ok(p) => p,
+            Err(e) => {
+                agent.kill_lazy_daemon(req.migration_id);
+                return Err(EngineError::Other(e.to_string()));
+            }
+        };
+        if let Some(p) = &placed {
+            opts.inherit_fd.push(rpc::InheritFd { key: NET_KEY.into(), fd: p.netns.as_raw_fd() });
+            opts.tcp_established = Some(true);
+            keep.push(p.netns.as_raw_fd());
+        }
         let creq = request(rpc::CriuReqType::Restore, opts);
-        let keep = [images.as_raw_fd(), work.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
         let log_path = req.work.join("restore.log");
         let reaper = agent.reaper().clone();
         let restored = {
@@ -380,9 +409,13 @@ impl CheckpointEngine for CriuEngine {
             }
             Err(e) => {
                 agent.kill_lazy_daemon(req.migration_id);
+                if let Some(p) = &placed {
+                    agent.cut_network(&p.net).await;
+                }
                 return Err(e);
             }
         };
+        let net = placed.map(|p| p.net);
         let exit = agent.reaper().watch(pid);
         if req.info.hold_restore_ms > 0 && agent.config().fault_injection {
             // As if CRIU had taken that long: the tree is restored, not yet this agent's.
@@ -430,6 +463,7 @@ impl CheckpointEngine for CriuEngine {
             paused: req.info.paused,
             pending_migration: Some(req.migration_id.to_string()),
             self_stopped: req.info.stopped_ns_pids.clone(),
+            net,
         });
         if post_copy {
             w.set_post_copy(true);

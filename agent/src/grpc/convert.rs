@@ -24,6 +24,7 @@ pub fn spec_from_pb(s: pb::WorkloadSpec) -> WorkloadSpec {
         labels: s.labels.into_iter().collect(),
         user: (!s.user.is_empty()).then_some(s.user),
         group: (!s.group.is_empty()).then_some(s.group),
+        address: (!s.address.is_empty()).then_some(s.address),
     }
 }
 
@@ -42,6 +43,7 @@ pub fn spec_to_pb(s: &WorkloadSpec) -> pb::WorkloadSpec {
         labels: s.labels.clone().into_iter().collect(),
         user: s.user.clone().unwrap_or_default(),
         group: s.group.clone().unwrap_or_default(),
+        address: s.address.clone().unwrap_or_default(),
     }
 }
 

@@ -69,6 +69,13 @@ impl Agent {
             ))
         })?;
         self.test_crash_at_commit(CommitCrash::Recorded, migration_id);
+        if let Some(net) = &w.net {
+            // This node answers for the address from now on; the source lets go of it once it
+            // has this answer, and sends on what it held.
+            if let Err(e) = self.attach_network(net).await {
+                tracing::error!(id = w.id(), migration = migration_id, address = %net.address, %e, "cannot answer for the workload's address here; it runs unreachable");
+            }
+        }
         if !w.is_paused() {
             let (w2, keep) = (w.clone(), w.self_stopped());
             tokio::task::spawn_blocking(move || continue_tree(&w2, &keep))
@@ -199,6 +206,12 @@ impl Agent {
 
     /// Kills a workload's whole tree, waits until it is reaped, and forgets it and its directory.
     pub(crate) async fn discard(&self, w: &Arc<Workload>) -> Result<()> {
+        if let Some(net) = w.net.as_ref().filter(|_| w.exit_info().is_none()) {
+            // Its pair goes first: a reset its kernel sends as it dies reaches nobody.
+            if w.pending_migration().is_some() {
+                self.cut_network(net).await;
+            }
+        }
         if w.exit_info().is_none() {
             self.kill_workload(w)?;
             if !w.wait_exit(KILL_WAIT).await {

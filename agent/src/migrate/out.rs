@@ -179,6 +179,7 @@ impl Agent {
             self_stopped: Vec::new(),
             journaled: false,
             frozen: false,
+            held_net: false,
             pushed: false,
             reserved: false,
             progress,
@@ -298,6 +299,9 @@ struct Run {
     /// A ledger record of this migration was written (migrate::ledger).
     journaled: bool,
     frozen: bool,
+    /// The workload's own address is held here (its packets wait in the hold, sys::net): a
+    /// rollback takes it back, a commit hands it over.
+    held_net: bool,
     pushed: bool,
     /// The target set memory aside for the pages (ReservePages): an abort gives it back.
     reserved: bool,
@@ -573,6 +577,21 @@ impl Run {
             )
         })?;
         self.frozen = true;
+        if let Some(net) = self.w.net.clone() {
+            // From here until the target answers for the address, or a rollback, its packets
+            // wait in this agent: none reaches the freezing workload, none is answered twice.
+            self.held_net = true;
+            self.agent.hold_network(&net).await.map_err(|e| {
+                fail(
+                    Phase::Freezing,
+                    format!(
+                        "cannot hold the packets of address {} on node {}: {e}",
+                        net.address,
+                        self.agent.config().node
+                    ),
+                )
+            })?;
+        }
         tokio::task::spawn_blocking(move || stop_tree(&w))
             .await
             .map_err(|e| fail(Phase::Freezing, e.to_string()))?
@@ -891,6 +910,7 @@ impl Run {
             }
         }
         self.fault.crash_at(CrashPoint::CommitConfirmed, &self.mid);
+        self.hand_over_network().await;
         // A SIGKILLed task never runs again; it is reaped and forgotten below.
         if let Err(e) = self.agent.kill_workload(&self.w) {
             tracing::warn!(migration = self.mid, id = self.w.id(), %e, "cannot kill the original after the commit");
@@ -898,6 +918,15 @@ impl Run {
         self.frozen = false;
         self.forget_original().await;
         Ok(())
+    }
+
+    /// The target answers for the workload's address now: this node lets go of it and sends the
+    /// packets it held on to the target.
+    async fn hand_over_network(&mut self) {
+        let Some(net) = self.w.net.clone().filter(|_| self.held_net) else { return };
+        let sent = self.agent.hand_over_network(&net).await;
+        self.held_net = false;
+        tracing::info!(migration = self.mid, address = %net.address, held_packets = sent, "address handed over to the target");
     }
 
     /// The target surely did not resume its copy: the migration rolls back.
@@ -929,6 +958,7 @@ impl Run {
         // The workload runs on the target: the original never runs again, even if this agent
         // restarts before it is killed.
         self.w.set_moved_out(self.mid.clone());
+        self.hand_over_network().await;
         if let Err(e) = self.journal(OutStep::Resumed) {
             tracing::warn!(migration = self.mid, %e, "cannot record the target's resume (the workload's own record says it moved out)");
         }
@@ -1158,6 +1188,22 @@ impl Run {
                             self.mid.clone(),
                         );
                     }
+                }
+            }
+        }
+        if self.held_net {
+            // Before the tasks run: their connections leave repair mode, their address is
+            // answered here again and the packets held meanwhile reach them.
+            match self.agent.take_back_network(&self.w).await {
+                Ok(n) => {
+                    self.held_net = false;
+                    tracing::info!(migration = self.mid, held_packets = n, "address taken back");
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "cannot answer for workload {}'s address on the source again: {e}",
+                        self.w.id()
+                    ))
                 }
             }
         }

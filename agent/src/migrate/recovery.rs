@@ -62,6 +62,23 @@ pub(crate) fn start(agent: &Arc<Agent>) {
         if let Some(fill) = w.lazy_fill().filter(|_| w.exit_info().is_none()) {
             tokio::spawn(settle_lazy_fill(agent.clone(), w.clone(), fill));
         }
+        if let Some(net) = w.net.clone() {
+            // Its address is answered here (again: the earlier agent's hold device went with it),
+            // unless a migration's resolution or commit decides where it runs.
+            let settled = w.exit_info().is_none()
+                && !claimed.contains(w.id())
+                && w.pending_migration().is_none()
+                && w.moved_out().is_none()
+                && w.lost().is_none();
+            if settled {
+                let (agent, id) = (agent.clone(), w.id().to_string());
+                tokio::spawn(async move {
+                    if let Err(e) = agent.attach_network(&net).await {
+                        tracing::warn!(id, address = %net.address, %e, "cannot answer for the re-adopted workload's address");
+                    }
+                });
+            }
+        }
         let untouchable = claimed.contains(w.id())
             || w.exit_info().is_some()
             || w.is_paused()
@@ -350,6 +367,11 @@ async fn resolve(
     match decision {
         Decision::Kill(lost) => {
             if let Some(w) = w {
+                if let Some(net) = &w.net {
+                    // The target answers for the address (or the workload is lost): this node
+                    // lets go of it before the original dies.
+                    agent.hand_over_network(net).await;
+                }
                 if let Err(e) = agent.discard(w).await {
                     tracing::warn!(migration = rec.migration_id, %e, "cannot kill the original");
                 }
@@ -368,7 +390,7 @@ async fn resolve(
                     rec.workload_id
                 )),
             ),
-            Some(w) => match resume_original(w, rec).await {
+            Some(w) => match resume_original(agent, w, rec).await {
                 Ok(()) => (Phase::RolledBack, Some(why)),
                 Err(e) => (
                     Phase::Failed,
@@ -381,7 +403,14 @@ async fn resolve(
 
 /// Waits for a CRIU left over from the dead agent to let go of the original's tasks, then
 /// resumes them (those the workload had stopped itself stay stopped), unless it was paused.
-async fn resume_original(w: &Arc<Workload>, rec: &Outgoing) -> Result<(), String> {
+async fn resume_original(agent: &Agent, w: &Arc<Workload>, rec: &Outgoing) -> Result<(), String> {
+    if w.net.is_some() {
+        // Its address is answered here again, its connections out of repair mode.
+        let n = agent.take_back_network(w).await.map_err(|e| {
+            format!("cannot answer for workload {}'s address here again: {e}", w.id())
+        })?;
+        tracing::info!(id = w.id(), held_packets = n, "address taken back");
+    }
     let (w, rec) = (w.clone(), rec.clone());
     tokio::task::spawn_blocking(move || {
         release_tracers(&w)?;

@@ -8,6 +8,7 @@ pub mod host;
 pub mod layout;
 pub mod mem;
 pub mod mounts;
+pub mod net;
 pub mod proc;
 pub mod reaper;
 pub mod signal;

@@ -37,6 +37,9 @@ pub struct SpawnRequest<'a> {
     /// Run the workload's program as this user and group (None: as the agent). ferry-init, PID 1
     /// of its namespace, stays root and drops them in the program's process only.
     pub creds: Option<&'a super::user::Credentials>,
+    /// A network namespace of its own (sys::net), entered before ferry-init runs; None: the
+    /// agent's (the node's network).
+    pub netns: Option<RawFd>,
     /// Write ends of the pipes that become the workload's stdout and stderr.
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
@@ -60,6 +63,8 @@ pub enum SpawnError {
     Cwd { path: std::path::PathBuf, source: std::io::Error },
     #[error("cannot switch to uid {uid}, gid {gid}: {source}")]
     Creds { uid: u32, gid: u32, source: std::io::Error },
+    #[error("cannot enter the workload's network namespace: {0}")]
+    Netns(std::io::Error),
     #[error("cannot {what} in the workload's mount namespace: {source}")]
     Mount { what: &'static str, source: std::io::Error },
     #[error("ferry-init ended before starting the workload ({status:?})")]
@@ -137,7 +142,16 @@ pub fn spawn(
     }
     if pid == 0 {
         // SAFETY: in the child; see above.
-        unsafe { child(&sources, own_mounts, cwd.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr()) }
+        unsafe {
+            child(
+                &sources,
+                req.netns,
+                own_mounts,
+                cwd.as_ptr(),
+                argv_ptrs.as_ptr(),
+                envp_ptrs.as_ptr(),
+            )
+        }
     }
     let pid = pid as i32;
     let exit = reaper.watch(pid);
@@ -160,6 +174,7 @@ pub fn spawn(
         "error" => Err(SpawnError::Exec { program: req.argv[0].clone(), source: os(num) }),
         "init" => Err(SpawnError::Init { path: req.init.to_path_buf(), source: os(num) }),
         "cwd" => Err(SpawnError::Cwd { path: req.cwd.to_path_buf(), source: os(num) }),
+        "netns" => Err(SpawnError::Netns(os(num))),
         "private" => Err(SpawnError::Mount { what: "make the mounts private", source: os(num) }),
         "proc" => Err(SpawnError::Mount { what: "mount a procfs on /proc", source: os(num) }),
         "devpts" => Err(SpawnError::Mount { what: "mount a devpts on /dev/pts", source: os(num) }),
@@ -204,6 +219,7 @@ pub fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 /// Must only run in the freshly cloned child.
 unsafe fn child(
     sources: &[RawFd; 4],
+    netns: Option<RawFd>,
     own_mounts: Option<*const *const libc::c_char>,
     cwd: *const libc::c_char,
     argv: *const *const libc::c_char,
@@ -219,10 +235,24 @@ unsafe fn child(
                 libc::_exit(126);
             }
         }
+        let netns = match netns {
+            Some(fd) => {
+                let high = libc::fcntl(fd, libc::F_DUPFD, 10);
+                if high < 0 {
+                    libc::_exit(126);
+                }
+                high
+            }
+            None => -1,
+        };
         for (target, fd) in high.iter().enumerate() {
             if libc::dup2(*fd, target as RawFd) < 0 {
                 libc::_exit(126);
             }
+        }
+        if netns >= 0 && libc::setns(netns, libc::CLONE_NEWNET) != 0 {
+            report(b"netns ", *libc::__errno_location());
+            libc::_exit(126);
         }
         libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
         // Signals blocked by the agent's thread must not leak into the workload.

@@ -31,6 +31,8 @@ pub struct Adopt {
     pub pending_migration: Option<String>,
     /// Tasks (PID namespace pids) the workload stopped itself: resumes leave them stopped.
     pub self_stopped: Vec<i32>,
+    /// Where its own address is attached on this node (sys::net), if it has one.
+    pub net: Option<crate::sys::net::Attachment>,
 }
 
 /// How the agent learns that a workload ended.
@@ -79,6 +81,7 @@ impl Agent {
             log: a.log,
             stdio_keys: a.stdio_keys,
             coop: a.coop,
+            net: a.net,
             state: Mutex::new(Mutable {
                 paused: a.paused,
                 pending_migration: a.pending_migration,
@@ -91,6 +94,7 @@ impl Agent {
         let coop = w.coop.clone();
         let (exit_watch, pid) = (a.exit, a.init_pid);
         let record = w.clone();
+        let reaper = self.reaper().clone();
         tokio::spawn(async move {
             let info = match exit_watch {
                 ExitWatch::Reaper(rx) => {
@@ -108,6 +112,12 @@ impl Agent {
                 tracing::info!(id, %info, "workload ended");
                 let _ = exit_tx.send(Some(info));
                 record.persist();
+                // Its address is no longer answered here (its namespace went with it).
+                if let Some(net) = record.net.clone() {
+                    let _ =
+                        tokio::task::spawn_blocking(move || crate::sys::net::cut(&reaper, &net))
+                            .await;
+                }
             }
             if let Some(c) = coop {
                 c.close();

@@ -1,6 +1,7 @@
 //! Workloads: what the agent runs, and the operations on them. One operation per file.
 
 mod adopt;
+pub(crate) mod network;
 mod pause;
 mod persist;
 mod spec;
@@ -113,6 +114,8 @@ pub struct Workload {
     pub stdio_keys: [String; 2],
     /// The cooperative engine's control socket, for workloads using it.
     pub coop: Option<std::sync::Arc<crate::engine::coop::Control>>,
+    /// Where its own address is attached on this node (sys::net), if it has one.
+    pub net: Option<crate::sys::net::Attachment>,
     state: Mutex<Mutable>,
     exit: watch::Receiver<Option<ExitInfo>>,
 }

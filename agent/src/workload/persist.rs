@@ -51,6 +51,11 @@ struct Record {
     moved_out: Option<String>,
     #[serde(default)]
     self_stopped: Vec<i32>,
+    #[serde(default)]
+    address: Option<String>,
+    /// Where its own address is attached on this node.
+    #[serde(default)]
+    net: Option<crate::sys::net::Attachment>,
 }
 
 fn engine_name(e: Engine) -> &'static str {
@@ -94,6 +99,8 @@ impl Workload {
             lost: state.lost.clone(),
             moved_out: state.moved_out.clone(),
             self_stopped: state.self_stopped.clone(),
+            address: self.spec.address.clone(),
+            net: self.net.clone(),
         };
         drop(state);
         let (path, tmp) = (self.dir.join(STATE_FILE), self.dir.join("state.json.tmp"));
@@ -103,6 +110,17 @@ impl Workload {
             .and_then(|()| std::fs::rename(&tmp, &path));
         if let Err(e) = written {
             tracing::warn!(id = self.spec.id, path = %path.display(), %e, "cannot write the workload record");
+        }
+    }
+}
+
+impl Agent {
+    /// The pair and answers of a copy killed at re-adoption (its pair was down: a moved-out
+    /// original's since its hold, a held copy's since its restore), taken away off the runtime.
+    fn cut_stale_network(&self, net: Option<crate::sys::net::Attachment>) {
+        if let Some(net) = net {
+            let reaper = self.reaper().clone();
+            std::thread::spawn(move || crate::sys::net::cut(&reaper, &net));
         }
     }
 }
@@ -164,6 +182,7 @@ impl Agent {
                 );
                 let _ = crate::sys::signal::send(r.init_pid, crate::sys::signal::Sig::SIGKILL);
                 let _ = std::fs::remove_dir_all(&dir);
+                self.cut_stale_network(r.net.take());
                 continue;
             }
             // A copy whose commit was recorded (migrate::ledger) runs, even if the agent died
@@ -190,6 +209,7 @@ impl Agent {
                 if alive {
                     let _ = crate::sys::signal::send(r.init_pid, crate::sys::signal::Sig::SIGKILL);
                 }
+                self.cut_stale_network(r.net.take());
                 let record = crate::migrate::ledger::Incoming {
                     migration_id: mid.clone(),
                     workload_id: r.id.clone(),
@@ -254,6 +274,7 @@ impl Agent {
                     labels: r.labels,
                     user: r.user,
                     group: r.group,
+                    address: r.address,
                 },
                 dir,
                 cwd: r.cwd,
@@ -270,6 +291,7 @@ impl Agent {
                 paused: alive && r.paused,
                 pending_migration: r.pending_migration,
                 self_stopped: r.self_stopped,
+                net: r.net,
             });
             if let Some(why) = lost {
                 w.set_lost(why);

@@ -48,9 +48,34 @@ pub struct WorkloadSpec {
     pub user: Option<String>,
     /// ...and this group (name or gid); None: the user's primary group.
     pub group: Option<String>,
+    /// Its own IPv4 address (in a network namespace of its own); None: the node's network.
+    pub address: Option<String>,
 }
 
 impl WorkloadSpec {
+    /// The workload's own address, if it has one; a malformed one, or one no workload can hold
+    /// (unspecified, loopback, multicast, broadcast, link-local), is INVALID_ARGUMENT.
+    pub fn own_address(&self) -> Result<Option<std::net::Ipv4Addr>> {
+        let Some(a) = &self.address else { return Ok(None) };
+        let ip: std::net::Ipv4Addr = a.parse().map_err(|_| {
+            AgentError::InvalidSpec(format!(
+                "address {a:?} is not an IPv4 address such as 10.231.7.130"
+            ))
+        })?;
+        if ip.is_unspecified()
+            || ip.is_loopback()
+            || ip.is_multicast()
+            || ip.is_broadcast()
+            || ip.is_link_local()
+        {
+            return Err(AgentError::InvalidSpec(format!(
+                "address {ip} cannot be a workload's own: give a unicast address of the cluster's \
+                 workload range"
+            )));
+        }
+        Ok(Some(ip))
+    }
+
     /// Checks everything that can be checked without spawning. `cwd` is the directory the
     /// program will run in. Returns the environment the workload gets: PATH and HOME defaults, then
     /// the spec's own entries, then FERRY_WORKLOAD_ID.
@@ -80,6 +105,7 @@ impl WorkloadSpec {
                 return invalid(format!("environment value of {k} contains a NUL byte"));
             }
         }
+        self.own_address()?;
         if !cwd.is_dir() {
             return Err(AgentError::BadCwd { path: cwd.to_path_buf() });
         }

@@ -117,6 +117,27 @@ impl Agent {
         let (err_r, err_w) = spawn::pipe().map_err(io)?;
         let stdio_keys = [pipe_key(&out_r).map_err(io)?, pipe_key(&err_r).map_err(io)?];
 
+        // Its own address: the namespace and pair laid out, and answered for on this node before
+        // the program runs (a restored copy's is answered for only at its commit).
+        let placed = match self.place_network(&spec).await {
+            Ok(p) => p,
+            Err(err) => {
+                cleanup(&dir);
+                return Err(err);
+            }
+        };
+        if let Some(p) = placed.as_ref().filter(|_| restoring.is_none()) {
+            if let Err(e) = self.attach_network(&p.net).await {
+                self.cut_network(&p.net).await;
+                cleanup(&dir);
+                return Err(AgentError::Internal(format!(
+                    "cannot route address {} to the workload on node {}: {e}",
+                    p.net.address,
+                    self.config().node
+                )));
+            }
+        }
+        let netns = placed.as_ref().map(|p| p.netns.as_raw_fd());
         let init = self.config().init_path.clone();
         let new_pid_ns = self.is_root();
         let reaper = self.reaper().clone();
@@ -132,6 +153,7 @@ impl Agent {
                     cwd: &cwd2,
                     new_pid_ns,
                     creds: creds2.as_ref(),
+                    netns,
                     stdout: out_w,
                     stderr: err_w,
                 },
@@ -143,10 +165,14 @@ impl Agent {
         let (spawned, exit) = match spawned {
             Ok(s) => s,
             Err(err) => {
+                if let Some(p) = &placed {
+                    self.cut_network(&p.net).await;
+                }
                 cleanup(&dir);
                 return Err(err.into());
             }
         };
+        let net = placed.map(|p| p.net);
         tracing::info!(
             id = spec.id,
             pid = spawned.pid,
@@ -176,6 +202,7 @@ impl Agent {
             paused: false,
             pending_migration: restoring.map(|r| r.migration_id),
             self_stopped: Vec::new(),
+            net,
         }))
     }
 

@@ -1,0 +1,393 @@
+//! A workload's own address moves with it, and so do its TCP connections (docs/network.md).
+//!
+//! Hosts are network namespaces on one bridge: three run agents, a fourth runs the clients (in
+//! the test, through sockets made in that host's namespace). A capture on the bridge counts the
+//! TCP resets every host sent while the workloads moved; there must be none.
+
+mod harness;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_proto::agent as pb;
+use harness::net::Net;
+use harness::*;
+
+const T: Duration = Duration::from_secs(60);
+const REDIS_PORT: u16 = 6391;
+
+fn redis_bin() -> PathBuf {
+    let p = PathBuf::from("/usr/bin/redis-server");
+    assert!(p.is_file(), "redis-server is not installed: scripts/setup.sh installs it");
+    p
+}
+
+/// A TCP connection to `addr` made from inside the network namespace at `netns` (a host of the
+/// test net): the socket belongs to that namespace for good, whichever thread uses it.
+fn connect_from(netns: &Path, addr: &str) -> std::io::Result<TcpStream> {
+    let (netns, addr) = (netns.to_path_buf(), addr.to_string());
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&netns)?;
+        // SAFETY: setns on this short-lived thread only.
+        if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let sa: std::net::SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+        TcpStream::connect_timeout(&sa, Duration::from_secs(5))
+    })
+    .join()
+    .expect("connect thread")
+}
+
+/// One Redis connection, spoken in RESP.
+struct Redis {
+    out: TcpStream,
+    inp: BufReader<TcpStream>,
+}
+
+impl Redis {
+    fn new(s: TcpStream) -> Redis {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.set_nodelay(true).unwrap();
+        Redis { out: s.try_clone().unwrap(), inp: BufReader::new(s) }
+    }
+
+    fn cmd(&mut self, args: &[&str]) -> std::io::Result<String> {
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        self.out.write_all(req.as_bytes())?;
+        let mut line = String::new();
+        if self.inp.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::other("connection closed"));
+        }
+        Ok(line.trim_end().to_string())
+    }
+}
+
+/// What a client loop saw: every INCR's answer, the longest wait for one, and its error.
+#[derive(Default)]
+struct Seen {
+    values: Vec<i64>,
+    longest: Duration,
+    error: Option<String>,
+}
+
+/// INCRs `key` on `r` until `stop`, every 5 ms.
+fn incr_loop(mut r: Redis, key: &str, stop: Arc<AtomicBool>, seen: Arc<Mutex<Seen>>) -> Redis {
+    while !stop.load(Ordering::SeqCst) {
+        let t = Instant::now();
+        match r.cmd(&["INCR", key]) {
+            Ok(v) if v.starts_with(':') => {
+                let mut s = seen.lock().unwrap();
+                s.values.push(v[1..].parse().unwrap());
+                s.longest = s.longest.max(t.elapsed());
+            }
+            Ok(other) => {
+                seen.lock().unwrap().error = Some(format!("unexpected answer {other:?}"));
+                break;
+            }
+            Err(e) => {
+                seen.lock().unwrap().error = Some(e.to_string());
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    r
+}
+
+/// tcpdump on the bridge, keeping every TCP segment to or from a workload's address with RST set.
+struct Resets {
+    child: std::process::Child,
+    file: PathBuf,
+    _dir: TempDir,
+}
+
+impl Resets {
+    fn capture(bridge: &str, addr: &str) -> Resets {
+        let dir = TempDir::new("ferry-rst");
+        let file = dir.path().join("rst.pcap");
+        let mut child = Command::new("tcpdump")
+            .args(["-i", bridge, "-U", "-n", "-w"])
+            .arg(&file)
+            .arg(format!("host {addr} and tcp[tcpflags] & tcp-rst != 0"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump is needed (scripts/setup.sh installs it)");
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        err.read_line(&mut line).unwrap();
+        assert!(line.contains("listening"), "tcpdump: {line}");
+        Resets { child, file, _dir: dir }
+    }
+
+    /// The resets captured so far, one line each.
+    fn seen(&mut self) -> Vec<String> {
+        std::thread::sleep(Duration::from_millis(300));
+        kill(self.child.id() as i32, libc::SIGINT);
+        let _ = self.child.wait();
+        let out =
+            Command::new("tcpdump").args(["-n", "-r"]).arg(&self.file).output().expect("tcpdump");
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    }
+}
+
+impl Drop for Resets {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Cluster {
+    net: Net,
+    agents: Vec<AgentProc>,
+    clients: Vec<Client>,
+}
+
+/// Hosts 0..agents with an agent each, and one more host for the clients.
+async fn cluster(agents: usize, extra: &[&str]) -> Cluster {
+    let net = Net::new(agents + 1);
+    let procs: Vec<AgentProc> = (0..agents).map(|i| net.agent(i, extra)).collect();
+    let mut clients = Vec::new();
+    for a in &procs {
+        clients.push(a.client().await);
+    }
+    Cluster { net, agents: procs, clients }
+}
+
+impl Cluster {
+    fn client_host(&self) -> PathBuf {
+        self.net.netns(self.agents.len())
+    }
+
+    /// Starts redis-server with its own address `addr`, on host `i`.
+    async fn redis(&mut self, i: usize, addr: &str) -> String {
+        let bin = redis_bin();
+        let port = REDIS_PORT.to_string();
+        let argv = [
+            bin.to_str().unwrap(),
+            "--port",
+            &port,
+            "--bind",
+            "0.0.0.0",
+            "--protected-mode",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+        ];
+        let mut sp = spec(&argv);
+        sp.user = "redis".into();
+        sp.group = "redis".into();
+        sp.address = addr.into();
+        let st = start(&mut self.clients[i], sp).await;
+        assert_eq!(st.spec.as_ref().unwrap().address, addr, "the address is reported");
+        let id = id_of(&st);
+        wait_log(&self.clients[i], &id, "redis ready", T, |l| {
+            l.iter().any(|x| x.contains("Ready to accept connections"))
+        })
+        .await;
+        id
+    }
+
+    /// Migrates `id` from host `from` to host `to` in `mode`; returns the result.
+    async fn migrate(
+        &mut self,
+        id: &str,
+        from: usize,
+        to: usize,
+        mode: pb::Mode,
+        fault: pb::Fault,
+    ) -> pb::MigrationResult {
+        let r = self.clients[from]
+            .migrate_out(pb::MigrateOutRequest {
+                workload_id: id.to_string(),
+                target_address: self.agents[to].addr.clone(),
+                mode: mode as i32,
+                fault: fault as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|s| panic!("MigrateOut {id} failed: {s}"))
+            .into_inner();
+        eprintln!(
+            "network: {id} host{from} -> host{to} {mode:?}: outcome={} freeze={}ms dump={}ms \
+             restore={}ms downtime={}ms total={}ms error={:?}",
+            r.outcome, r.freeze_ms, r.dump_ms, r.restore_ms, r.downtime_ms, r.total_ms, r.error
+        );
+        r
+    }
+}
+
+fn completed(r: &pb::MigrationResult) {
+    assert_eq!(r.outcome, pb::Outcome::Completed as i32, "{r:?}");
+}
+
+/// The answers of a client loop must be 1, 2, 3, ... without a gap, a repeat or an error.
+fn continuous(seen: &Seen, from: i64) {
+    assert!(seen.error.is_none(), "the client saw an error: {:?}", seen.error);
+    assert!(!seen.values.is_empty(), "no answer at all");
+    for (i, v) in seen.values.iter().enumerate() {
+        assert_eq!(*v, from + i as i64, "the counter must go on by one: {:?}", seen.values);
+    }
+}
+
+/// Redis with its own address keeps ONE client connection through migrations host0 → host1
+/// (stop-and-copy) → host2 (post-copy) → host0 (stop-and-copy): the client, on a fourth host,
+/// INCRs a counter every 5 ms throughout and never sees an error, a gap or a new connection
+/// (`CLIENT ID` unchanged), and no host sends a TCP reset.
+#[tokio::test]
+async fn redis_keeps_one_client_connection_through_three_migrations() {
+    require_root("redis_keeps_one_client_connection_through_three_migrations");
+    let mut c = cluster(3, &[]).await;
+    let addr = format!("{}.200", c.net.prefix());
+    let id = c.redis(0, &addr).await;
+    let mut resets = Resets::capture(c.net.bridge(), &addr);
+    let mut r =
+        Redis::new(connect_from(&c.client_host(), &format!("{addr}:{REDIS_PORT}")).unwrap());
+    let client_id = r.cmd(&["CLIENT", "ID"]).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let looping = {
+        let (stop, seen) = (stop.clone(), seen.clone());
+        std::thread::spawn(move || incr_loop(r, "counter", stop, seen))
+    };
+    let hops =
+        [(0, 1, pb::Mode::StopAndCopy), (1, 2, pb::Mode::PostCopy), (2, 0, pb::Mode::StopAndCopy)];
+    let mut downtimes = Vec::new();
+    for (from, to, mode) in hops {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = seen.lock().unwrap().values.len();
+        let res = c.migrate(&id, from, to, mode, pb::Fault::None).await;
+        completed(&res);
+        downtimes.push(res.downtime_ms);
+        wait_until("the client's INCRs answered after the move", T, || {
+            let n = seen.lock().unwrap().values.len();
+            async move { (n > before + 20).then_some(()) }
+        })
+        .await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut r = looping.join().unwrap();
+    let seen = seen.lock().unwrap();
+    continuous(&seen, 1);
+    assert_eq!(r.cmd(&["CLIENT", "ID"]).unwrap(), client_id, "the same connection throughout");
+    assert_eq!(
+        r.cmd(&["INCRBY", "counter", "0"]).unwrap(),
+        format!(":{}", seen.values.len()),
+        "the server's counter is the client's"
+    );
+    let rst = resets.seen();
+    eprintln!(
+        "network: {} INCRs over one connection, longest wait {:?}, downtimes {downtimes:?} ms, {} resets",
+        seen.values.len(),
+        seen.longest,
+        rst.len()
+    );
+    assert!(rst.is_empty(), "TCP resets on the bridge: {rst:#?}");
+    // The address is answered by host0 alone again: routed into the workload there, nowhere
+    // else.
+    for i in 0..3 {
+        let route = host_route(&c.net, i, &addr);
+        assert_eq!(route.contains("dev fw"), i == 0, "host{i}: {route}");
+    }
+}
+
+/// How host `i` routes `addr`.
+fn host_route(net: &Net, i: usize, addr: &str) -> String {
+    let out = Command::new("ip")
+        .arg("-n")
+        .arg(net.netns(i).file_name().unwrap())
+        .args(["route", "get", addr])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A migration that fails (a corrupted chunk, refused by the target) rolls back: the client's
+/// connection goes on on the source, answers continuous, no reset. In stop-and-copy the pages
+/// go during the dump, so CRIU's dump fails and lets go of the connections itself; in post-copy
+/// the dump has finished (the connections are in repair mode) and the agent takes them out.
+async fn failed_migration_leaves_the_client_connection_alive(mode: pb::Mode, last: u8) {
+    require_root("a_failed_migration_leaves_the_client_connection_alive_on_the_source");
+    let mut c = cluster(2, &["--enable-fault-injection"]).await;
+    let addr = format!("{}.{last}", c.net.prefix());
+    let id = c.redis(0, &addr).await;
+    let mut resets = Resets::capture(c.net.bridge(), &addr);
+    let mut r =
+        Redis::new(connect_from(&c.client_host(), &format!("{addr}:{REDIS_PORT}")).unwrap());
+    let client_id = r.cmd(&["CLIENT", "ID"]).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let looping = {
+        let (stop, seen) = (stop.clone(), seen.clone());
+        std::thread::spawn(move || incr_loop(r, "counter", stop, seen))
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = seen.lock().unwrap().values.len();
+    let res = c.migrate(&id, 0, 1, mode, pb::Fault::CorruptChunk).await;
+    assert_eq!(res.outcome, pb::Outcome::RolledBack as i32, "{res:?}");
+    wait_until("the client's INCRs answered after the rollback", T, || {
+        let n = seen.lock().unwrap().values.len();
+        async move { (n > before + 20).then_some(()) }
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let mut r = looping.join().unwrap();
+    continuous(&seen.lock().unwrap(), 1);
+    assert_eq!(r.cmd(&["CLIENT", "ID"]).unwrap(), client_id, "the same connection");
+    let rst = resets.seen();
+    assert!(rst.is_empty(), "TCP resets on the bridge: {rst:#?}");
+    assert!(host_route(&c.net, 0, &addr).contains("dev fw"), "host0 answers for it again");
+    let st = status(&mut c.clients[0], &id).await;
+    assert!(st.exit.is_none(), "{st:?}");
+}
+
+#[tokio::test]
+async fn a_failed_stop_and_copy_leaves_the_client_connection_alive_on_the_source() {
+    failed_migration_leaves_the_client_connection_alive(pb::Mode::StopAndCopy, 201).await;
+}
+
+#[tokio::test]
+async fn a_failed_post_copy_leaves_the_client_connection_alive_on_the_source() {
+    failed_migration_leaves_the_client_connection_alive(pb::Mode::PostCopy, 203).await;
+}
+
+/// The address is refused when it is malformed, when another workload on the node holds it,
+/// and when the node has no LAN it belongs to.
+#[tokio::test]
+async fn bad_addresses_are_refused_with_a_reason() {
+    require_root("bad_addresses_are_refused_with_a_reason");
+    let mut c = cluster(1, &[]).await;
+    let addr = format!("{}.202", c.net.prefix());
+    let mut sp = spec(&["sleep", "60"]);
+    sp.address = addr.clone();
+    start(&mut c.clients[0], sp.clone()).await;
+    for (address, want) in [
+        ("10.1.2", "not an IPv4 address"),
+        ("127.0.0.5", "cannot be a workload's own"),
+        (addr.as_str(), "is held by workload"),
+        ("192.0.2.7", "no link of this node has an on-link route to 192.0.2.7"),
+    ] {
+        let mut sp = sp.clone();
+        sp.address = address.into();
+        let e = c.clients[0]
+            .start_process(pb::StartProcessRequest { spec: Some(sp) })
+            .await
+            .expect_err(address);
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{address}: {e}");
+        assert!(e.message().contains(want), "{address}: {}", e.message());
+    }
+}
