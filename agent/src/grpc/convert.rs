@@ -42,6 +42,8 @@ pub fn spec_to_pb(s: &WorkloadSpec) -> pb::WorkloadSpec {
         labels: s.labels.clone().into_iter().collect(),
         user: s.user.clone().unwrap_or_default(),
         group: s.group.clone().unwrap_or_default(),
+        // Not carried by this agent yet: its workloads run on the node's network.
+        address: String::new(),
     }
 }
 
