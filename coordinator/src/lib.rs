@@ -615,4 +615,43 @@ mod tests {
         assert!(c.nodes().unwrap().is_empty());
         assert!(c.workloads().unwrap().is_empty());
     }
+
+    fn with_address(mut s: apb::ProcessStatus, address: &str) -> apb::ProcessStatus {
+        s.spec.as_mut().unwrap().address = address.into();
+        s
+    }
+
+    /// Reports carrying an address the database does not hold (a coordinator on a fresh
+    /// database) record it for that workload; another workload reporting it is one warning
+    /// event naming both; the address is freed once its workload's end is reported.
+    #[tokio::test]
+    async fn reported_addresses_are_recorded_conflicts_announced_and_ends_release_them() {
+        let (_d, s) = registered(DEFAULT_KEEP_ENDED).await;
+        beat(&s, "src", vec![with_address(status("w-1", "", None), "10.9.0.1")]).await;
+        assert_eq!(s.0.store.addresses().unwrap(), [("10.9.0.1".into(), "w-1".into())]);
+        // An ended workload's address is not claimed again.
+        beat(&s, "dst", vec![with_address(status("w-0", "", Some(now_ms())), "10.9.0.9")]).await;
+        assert_eq!(s.0.store.addresses().unwrap().len(), 1);
+        let range = WorkloadRange::parse("10.9.0.0/29").unwrap();
+        let next = s.0.store.allocate_address(&range, "w-2", now_ms()).unwrap().unwrap();
+        assert_eq!(next.to_string(), "10.9.0.2", "the reported one is never handed out");
+        s.0.store.bind_address("w-2").unwrap();
+        for _ in 0..3 {
+            beat(&s, "dst", vec![with_address(status("w-3", "", None), "10.9.0.1")]).await;
+        }
+        let conflicts: Vec<Event> =
+            s.0.store
+                .events("", "warn", 100)
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.kind == "address_conflict")
+                .collect();
+        assert_eq!(conflicts.len(), 1, "announced once: {conflicts:?}");
+        let msg = &conflicts[0].message;
+        assert!(msg.contains("10.9.0.1") && msg.contains("w-1") && msg.contains("w-3"), "{msg}");
+        assert_eq!(s.0.store.addresses().unwrap()[0], ("10.9.0.1".into(), "w-1".into()));
+        // w-1 ends: its address is free at that heartbeat.
+        beat(&s, "src", vec![with_address(status("w-1", "", Some(now_ms())), "10.9.0.1")]).await;
+        assert_eq!(s.0.store.addresses().unwrap(), [("10.9.0.2".into(), "w-2".into())]);
+    }
 }
