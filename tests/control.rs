@@ -1525,3 +1525,288 @@ async fn a_coordinator_killed_before_asking_the_source_fails_the_migration_and_t
 async fn a_coordinator_killed_before_recording_the_outcome_learns_it_from_the_source() {
     coordinator_crash("answered", "completed", "host1").await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Workloads' own addresses: --workload-cidr, --default-network, "network" and "address"
+// ---------------------------------------------------------------------------------------------
+
+/// [`on_two_hosts_with`] whose coordinator flags may name the hosts' /24: `{subnet}` in them
+/// becomes its first three octets (e.g. 10.231.7), so a workload range is on-link for every host.
+/// Returns the hosts and the subnet.
+async fn on_two_hosts_in_subnet(tag: &str, coord_extra: &[&str]) -> (OnTwoHosts, String) {
+    let net = harness::net::Net::new(2);
+    let ip = net.bridge_ip();
+    let subnet = ip.rsplit_once('.').unwrap().0.to_string();
+    let extra: Vec<String> = coord_extra.iter().map(|f| f.replace("{subnet}", &subnet)).collect();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let (port, http_port) = (free_port(), free_port());
+    let data = TempDir::new(tag);
+    let coord = coordinator_with(&ip, port, http_port, data.path(), &extra);
+    let url = format!("https://{ip}:{port}");
+    let a = net.agent(0, &["--coordinator", &url]);
+    let b = net.agent(1, &["--coordinator", &url]);
+    wait_nodes(&coord.addr, "both hosts online", |n| {
+        online(n, "host0") == Some(true) && online(n, "host1") == Some(true)
+    })
+    .await;
+    let gw = format!("{ip}:{http_port}");
+    (OnTwoHosts { coord: Some(coord), a, b, _net: net, data, ip, port, http_port, gw }, subnet)
+}
+
+impl OnTwoHosts {
+    /// Kills the coordinator with SIGKILL and starts it again on the same addresses and data,
+    /// with `extra` flags; waits until both hosts are online with it.
+    async fn restart_coordinator_with(&mut self, extra: &[&str]) {
+        drop(self.coord.take());
+        let coord = coordinator_with(&self.ip, self.port, self.http_port, self.data.path(), extra);
+        wait_nodes(&coord.addr, "both hosts online again", |n| {
+            online(n, "host0") == Some(true) && online(n, "host1") == Some(true)
+        })
+        .await;
+        self.coord = Some(coord);
+    }
+}
+
+/// POST /api/processes of `argv` on `node`, with "network" when given: (status, body).
+async fn start_on(
+    gw: &str,
+    node: &str,
+    argv: &[&str],
+    network: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut body = serde_json::json!({"name": argv[0], "command": argv, "serverId": node});
+    if let Some(n) = network {
+        body["network"] = n.into();
+    }
+    call(gw, "POST", "/api/processes", Some(body)).await
+}
+
+/// Starts `argv` on `node` with "network": "own" and returns (id, address).
+async fn start_own(gw: &str, node: &str, argv: &[&str]) -> (String, String) {
+    let (code, p) = start_on(gw, node, argv, Some("own")).await;
+    assert_eq!(code, 201, "{p}");
+    let address = p["address"].as_str().unwrap_or_else(|| panic!("no address: {p}"));
+    (p["id"].as_str().unwrap().to_string(), address.to_string())
+}
+
+/// Every listed process's address: id → address (null on the node's network).
+async fn listed_addresses(gw: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let (code, list) = call(gw, "GET", "/api/processes", None).await;
+    assert_eq!(code, 200, "{list}");
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["id"].as_str().unwrap().to_string(), p["address"].clone()))
+        .collect()
+}
+
+/// Workloads with "network": "own" get the lowest free addresses of the range, distinct across
+/// nodes, shown by the API, `ferry ps` and the process_started event; one on the node's network
+/// has none. An address is free again once its workload is stopped, once it exits on its own,
+/// and when the agent refuses the start; the allocations survive a coordinator restart, which
+/// hands none of them out again.
+#[tokio::test]
+async fn own_addresses_come_from_the_range_are_released_and_survive_a_restart() {
+    must_be_root();
+    let range = ["--workload-cidr", "{subnet}.128/25"];
+    let (mut c, subnet) = on_two_hosts_in_subnet("ferry-test-own-addr", &range).await;
+    let at = |host: u8| format!("{subnet}.{host}");
+    let gw = c.gw.clone();
+    let sleeper = ["sleep", "600"];
+    let (a, a_addr) = start_own(&gw, "host0", &sleeper).await;
+    let (b, b_addr) = start_own(&gw, "host1", &sleeper).await;
+    assert_eq!((a_addr.as_str(), b_addr.as_str()), (at(129).as_str(), at(130).as_str()));
+    let (code, n) = start_on(&gw, "host0", &sleeper, Some("node")).await;
+    assert_eq!((code, &n["address"]), (201, &serde_json::Value::Null), "{n}");
+    let n = n["id"].as_str().unwrap().to_string();
+    let (code, d) = start_on(&gw, "host1", &sleeper, None).await;
+    assert_eq!((code, &d["address"]), (201, &serde_json::Value::Null), "default: node {d}");
+
+    let listed = listed_addresses(&gw).await;
+    assert_eq!(listed[&a], at(129), "{listed:?}");
+    assert_eq!(listed[&b], at(130), "{listed:?}");
+    assert_eq!(listed[&n], serde_json::Value::Null, "{listed:?}");
+    let (_, one) = call(&gw, "GET", &format!("/api/processes/{a}"), None).await;
+    assert_eq!(one["address"], at(129), "{one}");
+    let g = gw.clone();
+    let (code, ps, err) =
+        tokio::task::spawn_blocking(move || ferry_cli(&g, &["ps"])).await.unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(ps.lines().next().unwrap().contains("ADDRESS"), "{ps}");
+    let row = |id: &str| ps.lines().find(|l| l.starts_with(id)).unwrap_or_else(|| panic!("{ps}"));
+    assert!(row(&a).split_whitespace().any(|w| w == at(129)), "{ps}");
+    assert!(row(&n).split_whitespace().any(|w| w == "-"), "{ps}");
+    let (_, events) = call(&gw, "GET", &format!("/api/logs?process={a}"), None).await;
+    let started = events.as_array().unwrap().iter().find(|e| e["kind"] == "process_started");
+    let msg = started.and_then(|e| e["message"].as_str()).unwrap_or_default();
+    assert!(msg.contains(&format!("with address {}", at(129))), "{events}");
+
+    // Stopped: its address is the lowest free one again.
+    let (code, p) = call(&gw, "POST", &format!("/api/processes/{a}/stop"), None).await;
+    assert_eq!(code, 200, "{p}");
+    let (c1, c1_addr) = start_own(&gw, "host0", &sleeper).await;
+    assert_eq!(c1_addr, at(129), "the stopped one's address is reused");
+    // A start the agent refuses keeps nothing.
+    let (code, p) = start_on(&gw, "host0", &["/no/such/program-ferry"], Some("own")).await;
+    assert_eq!(code, 400, "{p}");
+    let (d1, d1_addr) = start_own(&gw, "host1", &sleeper).await;
+    assert_eq!(d1_addr, at(131), "the refused start's address was released");
+    // Ended on its own: released once its node reports the exit.
+    let (e, e_addr) = start_own(&gw, "host0", &["sh", "-c", "sleep 0.5"]).await;
+    assert_eq!(e_addr, at(132));
+    wait_until("the short one reported exited", T, || {
+        let (gw, id) = (gw.clone(), e.clone());
+        async move {
+            let (_, p) = call(&gw, "GET", &format!("/api/processes/{id}"), None).await;
+            (p["status"] == "exited").then_some(())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (f, f_addr) = start_own(&gw, "host1", &sleeper).await;
+    assert_eq!(f_addr, at(132), "the exited one's address is reused");
+
+    // A restarted coordinator hands out none of the addresses in use.
+    c.restart_coordinator_with(&[
+        "--workload-cidr",
+        &format!("{subnet}.128/25"),
+        "--default-network",
+        "own",
+    ])
+    .await;
+    let listed = listed_addresses(&gw).await;
+    for (id, addr) in [(&c1, 129), (&b, 130), (&d1, 131), (&f, 132)] {
+        assert_eq!(listed[id], at(addr), "{id} keeps its address: {listed:?}");
+    }
+    let (code, g) = start_on(&gw, "host0", &sleeper, None).await;
+    assert_eq!((code, &g["address"]), (201, &at(133).into()), "--default-network own: {g}");
+    let (code, p) = call(&gw, "DELETE", &format!("/api/processes/{b}"), None).await;
+    assert_eq!(code, 200, "{p}");
+    let (_, h_addr) = start_own(&gw, "host1", &sleeper).await;
+    assert_eq!(h_addr, at(130), "released after the restart too");
+}
+
+/// "network": "own" without a workload range is 400 and says to start the coordinator with
+/// --workload-cidr; an unknown network is 400 naming the allowed ones; a full range (a /30: two
+/// addresses) is 409 no_address naming the range and how many are in use, through the API and
+/// `ferry run`.
+#[tokio::test]
+async fn own_network_needs_a_range_and_a_full_one_is_409() {
+    must_be_root();
+    // No range.
+    let (port, http_port) = (free_port(), free_port());
+    let data = TempDir::new("ferry-test-no-range");
+    let coord = coordinator_with_http(port, http_port, &data.path().join("coordinator"));
+    let gw = format!("127.0.0.1:{http_port}");
+    let _x = agent_on("node-n", &data.path().join("agent"), &format!("https://127.0.0.1:{port}"));
+    wait_nodes(&coord.addr, "node-n online", |n| online(n, "node-n") == Some(true)).await;
+    let (code, err) = start_on(&gw, "node-n", &["sleep", "600"], Some("own")).await;
+    assert_eq!((code, err["error"]["code"].as_str()), (400, Some("bad_request")), "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("--workload-cidr"), "{err}");
+    for bad in [serde_json::json!("host"), serde_json::json!(true)] {
+        let body = serde_json::json!({"name": "x", "command": ["sleep", "600"], "serverId": "node-n", "network": bad});
+        let (code, err) = call(&gw, "POST", "/api/processes", Some(body)).await;
+        assert_eq!((code, err["error"]["code"].as_str()), (400, Some("bad_request")), "{err}");
+        if bad == "host" {
+            let msg = err["error"]["message"].as_str().unwrap();
+            assert!(msg.contains("own") && msg.contains("node"), "{err}");
+        }
+    }
+    let (_, list) = call(&gw, "GET", "/api/processes", None).await;
+    assert_eq!(list, serde_json::json!([]), "nothing was started: {list}");
+    drop(coord);
+
+    // A /30: two host addresses.
+    let (c, subnet) =
+        on_two_hosts_in_subnet("ferry-test-full-range", &["--workload-cidr", "{subnet}.252/30"])
+            .await;
+    let gw = c.gw.clone();
+    let (_, first) = start_own(&gw, "host0", &["sleep", "600"]).await;
+    let (_, second) = start_own(&gw, "host1", &["sleep", "600"]).await;
+    assert_eq!((first, second), (format!("{subnet}.253"), format!("{subnet}.254")));
+    let (code, err) = start_on(&gw, "host0", &["sleep", "600"], Some("own")).await;
+    assert_eq!((code, err["error"]["code"].as_str()), (409, Some("no_address")), "{err}");
+    let msg = err["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(&format!("{subnet}.252/30")) && msg.contains("2 of 2 in use"), "{err}");
+    let (code, p) = start_on(&gw, "host0", &["sleep", "600"], Some("node")).await;
+    assert_eq!(code, 201, "the node's network needs no address: {p}");
+    let g = gw.clone();
+    let (code, out, stderr) = tokio::task::spawn_blocking(move || {
+        ferry_cli(&g, &["run", "--node", "host1", "--network", "own", "--", "sleep", "600"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(stderr.contains("2 of 2 in use"), "{stderr}");
+}
+
+/// The coordinator refuses to start with a workload range it cannot use, saying why.
+#[test]
+fn a_bad_workload_range_stops_the_coordinator_at_start() {
+    let data = TempDir::new("ferry-test-bad-range");
+    // (exited unsuccessfully, stderr); one still running after 10 s is killed and fails the test.
+    let run = |extra: &[&str]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["coordinator", "--insecure", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .arg("--data-dir")
+            .arg(data.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run ferry coordinator");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the coordinator started with {extra:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        (!status.success(), stderr)
+    };
+    for (cidr, says) in [
+        ("fd00::/64", "IPv6"),
+        ("10.1.2.0/31", "/30 or shorter"),
+        ("10.1.2.3/24", "did you mean 10.1.2.0/24"),
+        ("10.1.2.0", "no prefix length"),
+        ("10.1.2/24", "not an IPv4 address"),
+    ] {
+        let (failed, stderr) = run(&["--workload-cidr", cidr]);
+        assert!(failed, "{cidr}: {stderr}");
+        assert!(stderr.contains("--workload-cidr") && stderr.contains(says), "{cidr}: {stderr}");
+    }
+    let (failed, stderr) = run(&["--default-network", "own"]);
+    assert!(failed && stderr.contains("--workload-cidr"), "{stderr}");
+}
+
+/// A workload's own address moves with it: it is the same on the target once the migration
+/// completed, and no other workload got it meanwhile.
+#[tokio::test]
+async fn an_own_address_stays_with_its_workload_through_a_migration() {
+    must_be_root();
+    let range = ["--workload-cidr", "{subnet}.128/25"];
+    let (c, subnet) = on_two_hosts_in_subnet("ferry-test-own-move", &range).await;
+    let gw = c.gw.clone();
+    let (id, addr) = start_own(&gw, "host0", &["sleep", "600"]).await;
+    assert_eq!(addr, format!("{subnet}.129"));
+    let body = serde_json::json!({"processId": id, "targetServerId": "host1"});
+    let (code, m) = call(&gw, "POST", "/api/migrations", Some(body)).await;
+    assert_eq!(code, 202, "{m}");
+    let (_, other) = start_own(&gw, "host1", &["sleep", "600"]).await;
+    assert_eq!(other, format!("{subnet}.130"), "not the migrating workload's");
+    let m = migration_end(&gw, m["id"].as_str().unwrap(), "the migration's end").await;
+    assert_eq!(m["status"], "completed", "{m}");
+    let (_, p) = call(&gw, "GET", &format!("/api/processes/{id}"), None).await;
+    assert_eq!((&p["serverId"], &p["address"]), (&"host1".into(), &addr.clone().into()), "{p}");
+    // Still held on the target: the next one gets the one after.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (_, next) = start_own(&gw, "host0", &["sleep", "600"]).await;
+    assert_eq!(next, format!("{subnet}.131"));
+}

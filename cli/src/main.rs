@@ -86,6 +86,16 @@ struct CoordinatorArgs {
     /// again. For a new cluster on an old data dir, as `ferry up` starts one.
     #[arg(long)]
     forget_nodes: bool,
+    /// The cluster's workload address range, an IPv4 CIDR such as 10.231.7.128/25 (at most
+    /// /30): a workload started with network "own" gets the lowest free host address of it,
+    /// which moves with it on migration. It must be on-link for every node.
+    #[arg(long, env = "FERRY_WORKLOAD_CIDR")]
+    workload_cidr: Option<String>,
+    /// The network of a process started without one (POST /api/processes without "network",
+    /// `ferry run` without --network): node (the node's network) or own (an address of its own
+    /// from --workload-cidr).
+    #[arg(long, default_value = "node", value_parser = ["node", "own"])]
+    default_network: String,
     /// Test only: ask every migration's source for a fault, KIND:ARG with KIND slow-transfer
     /// (ms per chunk) or hold-before-commit (ms); agents honour it only with
     /// --enable-fault-injection.
@@ -352,7 +362,26 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
 
 fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let wire = args.wire.wire("coordinator", args.insecure)?;
+    let workload_range = args
+        .workload_cidr
+        .as_deref()
+        .map(ferry_coordinator::WorkloadRange::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--workload-cidr: {e}"))?;
+    let default_network = ferry_coordinator::Network::parse(&args.default_network)
+        .context("--default-network is node or own")?;
+    if default_network == ferry_coordinator::Network::Own && workload_range.is_none() {
+        anyhow::bail!(
+            "--default-network own needs the workload address range: give --workload-cidr CIDR \
+             (e.g. 10.231.7.128/25)"
+        );
+    }
+    if let Some(r) = workload_range {
+        tracing::info!(range = %r, addresses = r.size(), default_network = default_network.as_str(), "workload address range");
+    }
     let config = ferry_coordinator::CoordinatorConfig {
+        workload_range,
+        default_network,
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(100)),
         keep_ended: Duration::from_secs(args.keep_ended_secs),
         forget_nodes: args.forget_nodes,

@@ -151,6 +151,10 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         ferry_proto::tls::issue_into(&tls, name, &[ip(&node_ip)?], 30)
             .map_err(|e| anyhow::anyhow!(e))?;
     }
+    // With root, workloads' own addresses come from the upper half of the hosts' /24: on-link
+    // for every host (at .2 and up, 50 at most) and for the root namespace (the bridge's .1).
+    // The default network stays the node's.
+    let workload_cidr = cluster.net.is_some().then(|| format!("{}.128/25", args.subnet));
     let coordinator = {
         let (exe, http, tls) = (exe.clone(), args.http.to_string(), tls.clone());
         let listen = format!("{coordinator_ip}:50050");
@@ -159,6 +163,8 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             let mut cmd = Command::new(&exe);
             cmd.args(["coordinator", "--listen", &listen])
                 .args(["--http", &http])
+                .args(workload_cidr.iter().flat_map(|c| ["--workload-cidr", c.as_str()]))
+                .args(["--default-network", "node"])
                 .arg("--tokens")
                 .arg(&tokens)
                 .arg("--tls-dir")

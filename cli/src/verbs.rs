@@ -52,6 +52,10 @@ pub enum Verb {
         /// KEY=VALUE, repeatable.
         #[arg(long = "env")]
         env: Vec<String>,
+        /// own (a network namespace and an address of its own, which moves with it) or node
+        /// (the node's network); default: the coordinator's --default-network.
+        #[arg(long, value_parser = ["own", "node"])]
+        network: Option<String>,
         #[arg(required = true, last = true)]
         argv: Vec<String>,
     },
@@ -138,7 +142,10 @@ pub fn run(api: Api, verb: Verb) -> anyhow::Result<u8> {
                 println!("{v}");
             } else {
                 table(
-                    &["ID", "NAME", "NODE", "STATUS", "PID", "CPU%", "MEMORY", "ENGINE", "COMMAND"],
+                    &[
+                        "ID", "NAME", "NODE", "STATUS", "ADDRESS", "PID", "CPU%", "MEMORY",
+                        "ENGINE", "COMMAND",
+                    ],
                     items(&v)
                         .map(|p| {
                             let cmd: Vec<String> = items(&p["command"]).map(s).collect();
@@ -147,6 +154,7 @@ pub fn run(api: Api, verb: Verb) -> anyhow::Result<u8> {
                                 s(&p["name"]),
                                 s(&p["serverId"]),
                                 status_of(p),
+                                s(&p["address"]),
                                 s(&p["pid"]),
                                 format!("{:.1}", p["cpuPercent"].as_f64().unwrap_or(0.0)),
                                 mib(&p["memoryBytes"]),
@@ -158,7 +166,7 @@ pub fn run(api: Api, verb: Verb) -> anyhow::Result<u8> {
                 );
             }
         }
-        Verb::Run { node, name, engine, cwd, user, group, env, argv } => {
+        Verb::Run { node, name, engine, cwd, user, group, env, network, argv } => {
             let mut envs = serde_json::Map::new();
             for kv in env {
                 let (k, v) =
@@ -174,7 +182,7 @@ pub fn run(api: Api, verb: Verb) -> anyhow::Result<u8> {
             if let Some(e) = engine {
                 body["engine"] = e.into();
             }
-            for (key, v) in [("cwd", cwd), ("user", user), ("group", group)] {
+            for (key, v) in [("cwd", cwd), ("user", user), ("group", group), ("network", network)] {
                 if let Some(v) = v {
                     body[key] = v.into();
                 }
@@ -343,8 +351,9 @@ fn print_process(p: &Value, json: bool, what: &str) {
     if json {
         println!("{p}");
     } else {
+        let address = p["address"].as_str().map(|a| format!(", address {a}")).unwrap_or_default();
         println!(
-            "{} {what} ({} on {}, {})",
+            "{} {what} ({} on {}, {}{address})",
             s(&p["id"]),
             s(&p["name"]),
             s(&p["serverId"]),

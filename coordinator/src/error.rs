@@ -10,6 +10,9 @@ pub enum CoordError {
     Conflict(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Every address of the workload range is in use.
+    #[error("{0}")]
+    NoAddress(String),
     /// The process has a migration that has not ended: the operation is refused (not queued).
     #[error("{0}")]
     Migrating(String),

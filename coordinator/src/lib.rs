@@ -5,6 +5,7 @@
 
 pub mod agents;
 pub mod error;
+pub mod network;
 mod ops;
 pub mod registry;
 pub mod store;
@@ -22,6 +23,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 pub use error::CoordError;
+pub use network::{Network, WorkloadRange};
 pub use ops::{MigrationMode, AUTO_POST_COPY_BYTES};
 pub use store::{Event, MigrationRow, Reported, Store, StoreError};
 
@@ -37,6 +39,11 @@ pub struct CoordinatorConfig {
     /// Forget the nodes (and their workloads) of an earlier run at start: every live agent
     /// registers again. `ferry up` uses it: its earlier cluster died with it.
     pub forget_nodes: bool,
+    /// The cluster's workload address range (`--workload-cidr`): workloads with a network of
+    /// their own get an address from it. `None`: none can.
+    pub workload_range: Option<WorkloadRange>,
+    /// The network of a workload started without saying which (`--default-network`).
+    pub default_network: Network,
     /// Test only: a fault to ask of every migration's source agent (honoured only by agents
     /// started with --enable-fault-injection), as (Fault, fault_arg).
     pub migration_fault: Option<(ferry_proto::agent::Fault, u32)>,
@@ -62,6 +69,8 @@ impl CoordinatorConfig {
             wire,
             keep_ended: DEFAULT_KEEP_ENDED,
             forget_nodes: false,
+            workload_range: None,
+            default_network: Network::Node,
             migration_fault: None,
             test_crash_at: None,
         }
@@ -81,6 +90,8 @@ pub struct Coordinator {
     migrating: Mutex<()>,
     /// Every event, live, for the gateway's event stream.
     events: tokio::sync::broadcast::Sender<Event>,
+    /// Address conflicts already announced: (address, holder, reporter).
+    conflicts: Mutex<std::collections::HashSet<(String, String, String)>>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -124,6 +135,7 @@ impl Coordinator {
             agents: agents::AgentPool::new(wire),
             migrating: Mutex::new(()),
             events: tokio::sync::broadcast::channel(1024).0,
+            conflicts: Mutex::default(),
         }))
     }
 
@@ -167,6 +179,7 @@ impl Coordinator {
         if pruned > 0 {
             tracing::info!(pruned, "forgot workloads that ended long enough ago");
         }
+        self.release_addresses()?;
         let now: Vec<(String, bool)> =
             self.nodes()?.into_iter().map(|n| (n.node, n.online)).collect();
         let mut last = self.last_sweep.lock().expect("sweep state poisoned");
@@ -250,6 +263,55 @@ impl Coordinator {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The cluster's workload address range, if it has one.
+    pub fn workload_range(&self) -> Option<WorkloadRange> {
+        self.config.workload_range
+    }
+
+    /// How long a fresh allocation is kept without a record of its workload: a start being
+    /// answered, or a workload started since its node's last heartbeat.
+    fn address_settle_ms(&self) -> i64 {
+        (self.interval_ms() * 10).max(30_000)
+    }
+
+    /// Frees the addresses of workloads that ended or are no longer recorded (not those of a
+    /// workload that is migrating: the address moves with it).
+    pub(crate) fn release_addresses(&self) -> Result<(), StoreError> {
+        let settled_before = now_ms() - self.address_settle_ms();
+        for (address, workload) in self.store.release_ended_addresses(settled_before)? {
+            tracing::info!(address, workload, "address released: its workload is over");
+        }
+        Ok(())
+    }
+
+    /// Records the addresses live reports carry that the table does not hold (a coordinator on
+    /// a fresh database), so none is handed out twice; one another workload holds is a warning
+    /// event naming both, once.
+    pub(crate) fn claim_reported(
+        &self,
+        node: &str,
+        reports: &[ferry_proto::agent::ProcessStatus],
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        for s in reports.iter().filter(|s| s.exit.is_none()) {
+            let Some(spec) = s.spec.as_ref().filter(|x| !x.address.is_empty()) else { continue };
+            let Some(holder) = self.store.claim_address(&spec.address, &spec.id, now)? else {
+                continue;
+            };
+            let key = (spec.address.clone(), holder.clone(), spec.id.clone());
+            if !self.conflicts.lock().expect("conflicts poisoned").insert(key) {
+                continue;
+            }
+            let msg = format!(
+                "address {} is reported by process {} on {node} but is allocated to process                  {holder}: two workloads claim one address",
+                spec.address, spec.id
+            );
+            tracing::warn!(address = spec.address, holder, reporter = spec.id, node, "{msg}");
+            self.emit("address_conflict", "warn", node, &spec.id, msg)?;
+        }
+        Ok(())
     }
 
     /// Every workload as its node last reported it: (node, status).
@@ -356,6 +418,7 @@ impl CoordinatorApi for Service {
                     .map(|(id, _)| id)
                     .collect()
             };
+            self.0.claim_reported(&r.node, &r.workloads).map_err(internal)?;
             let now = now_ms();
             let workloads: Vec<store::Reported> =
                 r.workloads.iter().filter_map(|w| reported(w, now)).collect();
@@ -551,5 +614,44 @@ mod tests {
         let c = again(true);
         assert!(c.nodes().unwrap().is_empty());
         assert!(c.workloads().unwrap().is_empty());
+    }
+
+    fn with_address(mut s: apb::ProcessStatus, address: &str) -> apb::ProcessStatus {
+        s.spec.as_mut().unwrap().address = address.into();
+        s
+    }
+
+    /// Reports carrying an address the database does not hold (a coordinator on a fresh
+    /// database) record it for that workload; another workload reporting it is one warning
+    /// event naming both; the address is freed once its workload's end is reported.
+    #[tokio::test]
+    async fn reported_addresses_are_recorded_conflicts_announced_and_ends_release_them() {
+        let (_d, s) = registered(DEFAULT_KEEP_ENDED).await;
+        beat(&s, "src", vec![with_address(status("w-1", "", None), "10.9.0.1")]).await;
+        assert_eq!(s.0.store.addresses().unwrap(), [("10.9.0.1".into(), "w-1".into())]);
+        // An ended workload's address is not claimed again.
+        beat(&s, "dst", vec![with_address(status("w-0", "", Some(now_ms())), "10.9.0.9")]).await;
+        assert_eq!(s.0.store.addresses().unwrap().len(), 1);
+        let range = WorkloadRange::parse("10.9.0.0/29").unwrap();
+        let next = s.0.store.allocate_address(&range, "w-2", now_ms()).unwrap().unwrap();
+        assert_eq!(next.to_string(), "10.9.0.2", "the reported one is never handed out");
+        s.0.store.bind_address("w-2").unwrap();
+        for _ in 0..3 {
+            beat(&s, "dst", vec![with_address(status("w-3", "", None), "10.9.0.1")]).await;
+        }
+        let conflicts: Vec<Event> =
+            s.0.store
+                .events("", "warn", 100)
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.kind == "address_conflict")
+                .collect();
+        assert_eq!(conflicts.len(), 1, "announced once: {conflicts:?}");
+        let msg = &conflicts[0].message;
+        assert!(msg.contains("10.9.0.1") && msg.contains("w-1") && msg.contains("w-3"), "{msg}");
+        assert_eq!(s.0.store.addresses().unwrap()[0], ("10.9.0.1".into(), "w-1".into()));
+        // w-1 ends: its address is free at that heartbeat.
+        beat(&s, "src", vec![with_address(status("w-1", "", Some(now_ms())), "10.9.0.1")]).await;
+        assert_eq!(s.0.store.addresses().unwrap(), [("10.9.0.2".into(), "w-2".into())]);
     }
 }

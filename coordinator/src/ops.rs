@@ -8,7 +8,8 @@ use ferry_proto::agent as apb;
 use prost::Message;
 
 use crate::error::CoordError;
-use crate::store::MigrationRow;
+use crate::network::Network;
+use crate::store::{AllocError, MigrationRow};
 use crate::{now_ms, Coordinator};
 
 /// How often a migration whose answer was lost is asked about again.
@@ -44,9 +45,12 @@ impl Coordinator {
 
     fn remember(&self, node: &str, s: &apb::ProcessStatus) -> Result<(), CoordError> {
         let now = now_ms();
+        self.claim_reported(node, std::slice::from_ref(s))?;
         if let Some(w) = crate::reported(s, now) {
             self.store.put_workload(node, &w, now)?;
         }
+        // A stopped workload's address is free at once, not at the next sweep.
+        self.release_addresses()?;
         Ok(())
     }
 
@@ -88,28 +92,78 @@ impl Coordinator {
         CoordError::Agent { node: node.to_string(), status: s }
     }
 
+    /// Starts `spec` on `server`, on `network` (the coordinator's default network when `None`).
+    /// A workload with a network of its own gets the lowest free address of the workload range,
+    /// recorded before the agent is asked and freed again if the start fails.
     pub async fn start_process(
         &self,
         server: &str,
-        spec: apb::WorkloadSpec,
+        mut spec: apb::WorkloadSpec,
+        network: Option<Network>,
     ) -> Result<(String, apb::ProcessStatus), CoordError> {
+        let network = network.unwrap_or(self.config.default_network);
         let node = self.online_node(server)?;
         let mut c = self.agents.client(&node.address)?;
-        let s = c
-            .start_process(apb::StartProcessRequest { spec: Some(spec) })
-            .await
-            .map_err(agent_err(&node.node))?
-            .into_inner();
+        if network == Network::Own {
+            let Some(range) = self.config.workload_range else {
+                return Err(CoordError::Invalid(
+                    "network \"own\" needs the cluster's workload address range, and this \
+                     coordinator has none: start it with --workload-cidr CIDR (e.g. \
+                     --workload-cidr 10.231.7.128/25), or use network \"node\""
+                        .into(),
+                ));
+            };
+            // The allocation is keyed by the workload's id, so the coordinator chooses it (the
+            // agent takes a given one).
+            if spec.id.is_empty() {
+                spec.id = new_id_with("w");
+            }
+            match self.store.allocate_address(&range, &spec.id, now_ms())? {
+                Ok(a) => spec.address = a.to_string(),
+                Err(AllocError::Exhausted { in_use }) => {
+                    return Err(CoordError::NoAddress(format!(
+                        "no free address in the workload range {range}: {in_use} of {} in use; \
+                         stop a workload with an address of its own, start this one with \
+                         network \"node\", or give the coordinator a larger --workload-cidr",
+                        range.size()
+                    )))
+                }
+            }
+        }
+        let (id, address) = (spec.id.clone(), spec.address.clone());
+        let answer = c.start_process(apb::StartProcessRequest { spec: Some(spec) }).await;
+        let s = match answer {
+            Ok(s) => s.into_inner(),
+            Err(status) => {
+                // Refused: the workload does not exist, its address is free again. With no
+                // answer (it may have started), the reservation is left to settle: freed once no
+                // report of the workload shows up.
+                if !address.is_empty() && refused(&status) {
+                    self.store.release_address(&id)?;
+                }
+                return Err(agent_err(&node.node)(status));
+            }
+        };
         self.remember(&node.node, &s)?;
         let id = s.spec.as_ref().map(|x| x.id.clone()).unwrap_or_default();
+        if !address.is_empty() {
+            self.store.bind_address(&id)?;
+        }
+        let with =
+            if address.is_empty() { String::new() } else { format!(" with address {address}") };
         self.emit(
             "process_started",
             "info",
             &node.node,
             &id,
-            format!("process {id} started on {}", node.node),
+            format!("process {id} started on {}{with}", node.node),
         )?;
         Ok((node.node, s))
+    }
+
+    /// Every workload's own address: workload id → address.
+    pub fn addresses(&self) -> Result<std::collections::HashMap<String, String>, CoordError> {
+        Ok(self.store.addresses()?.into_iter().map(|(a, w)| (w, a)).collect())
     }
 
     /// Pause, resume or stop a workload on the node that runs it.
@@ -489,12 +543,27 @@ impl Coordinator {
 }
 
 fn new_id() -> String {
+    new_id_with("m")
+}
+
+/// `prefix-` and 12 hex digits from the kernel's random source (the agent's ids look the same).
+fn new_id_with(prefix: &str) -> String {
     let mut b = [0u8; 6];
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
         use std::io::Read;
         let _ = f.read_exact(&mut b);
     }
-    format!("m-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+    format!("{prefix}-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+}
+
+/// Whether an agent's error is its answer refusing the call (nothing was started), rather than
+/// no answer at all (the call may have taken effect).
+fn refused(s: &tonic::Status) -> bool {
+    use tonic::Code;
+    !matches!(
+        s.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+    )
 }
 
 #[cfg(test)]

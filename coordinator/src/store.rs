@@ -1,10 +1,14 @@
 //! The coordinator's durable state: one SQLite file in its data dir. Every change is written
 //! before it is acknowledged, so a restarted coordinator knows everything it knew.
 
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::network::WorkloadRange;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -120,6 +124,15 @@ CREATE TABLE IF NOT EXISTS events (
     message TEXT NOT NULL,
     data TEXT NOT NULL DEFAULT '{}'
 );
+-- Workloads' own addresses, one row per address in use: unique cluster-wide. `pending` while
+-- the start that reserved it has not been answered.
+CREATE TABLE IF NOT EXISTS addresses (
+    address TEXT PRIMARY KEY,
+    workload TEXT NOT NULL,
+    pending INTEGER NOT NULL DEFAULT 0,
+    allocated_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS addresses_by_workload ON addresses (workload);
 ";
 
 /// Creates the database file mode 0600 before SQLite does (SQLite would make it 0644, and gives
@@ -280,8 +293,9 @@ impl Store {
         )?)
     }
 
-    /// Forgets every node and what they ran (they register again); migrations that had not
-    /// ended are recorded as failed with `why`. Returns the nodes forgotten.
+    /// Forgets every node and what they ran (they register again), and the addresses those
+    /// workloads held; migrations that had not ended are recorded as failed with `why`. Returns
+    /// the nodes forgotten.
     pub fn forget_nodes(&self, why: &str, now_ms: i64) -> Result<Vec<String>, StoreError> {
         let mut c = self.conn();
         let tx = c.transaction()?;
@@ -292,6 +306,8 @@ impl Store {
         };
         tx.execute("DELETE FROM workloads", [])?;
         tx.execute("DELETE FROM nodes", [])?;
+        // Their workloads died with them: so did the addresses they held.
+        tx.execute("DELETE FROM addresses", [])?;
         tx.execute(
             "UPDATE migrations SET status = 'failed', error = ?1, finished_at_ms = ?2
              WHERE status NOT IN ('completed', 'rolled_back', 'failed')",
@@ -417,6 +433,119 @@ impl Store {
                 data: r.get(7)?,
             })
         })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// Why no address was allocated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllocError {
+    /// Every host address of the range is in use; how many are (always the range's size).
+    Exhausted { in_use: u64 },
+}
+
+impl Store {
+    /// Reserves the lowest free host address of `range` for `workload` (pending until
+    /// [`Store::bind_address`]), in one transaction: no address is ever handed out twice.
+    pub fn allocate_address(
+        &self,
+        range: &WorkloadRange,
+        workload: &str,
+        now_ms: i64,
+    ) -> Result<Result<Ipv4Addr, AllocError>, StoreError> {
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let taken: HashSet<Ipv4Addr> = {
+            let mut stmt = tx.prepare("SELECT address FROM addresses")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            rows.filter_map(|a| a.map(|a| a.parse().ok()).transpose()).collect::<Result<_, _>>()?
+        };
+        let Some(a) = range.lowest_free(&taken) else {
+            let in_use = taken.iter().filter(|a| range.contains(**a)).count() as u64;
+            return Ok(Err(AllocError::Exhausted { in_use }));
+        };
+        tx.execute(
+            "INSERT INTO addresses (address, workload, pending, allocated_at_ms)
+             VALUES (?1, ?2, 1, ?3)",
+            params![a.to_string(), workload, now_ms],
+        )?;
+        tx.commit()?;
+        Ok(Ok(a))
+    }
+
+    /// The start that reserved `workload`'s address was answered: it is the workload's now.
+    pub fn bind_address(&self, workload: &str) -> Result<(), StoreError> {
+        self.conn().execute("UPDATE addresses SET pending = 0 WHERE workload = ?1", [workload])?;
+        Ok(())
+    }
+
+    /// Frees every address `workload` holds; returns them.
+    pub fn release_address(&self, workload: &str) -> Result<Vec<String>, StoreError> {
+        let c = self.conn();
+        let mut stmt = c.prepare("DELETE FROM addresses WHERE workload = ?1 RETURNING address")?;
+        let rows = stmt.query_map([workload], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records that `workload` holds `address`, as a report says, when the table does not
+    /// already (a database younger than the workload). `Ok(Some(other))` when `other` holds it:
+    /// the report is not recorded.
+    pub fn claim_address(
+        &self,
+        address: &str,
+        workload: &str,
+        now_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let c = self.conn();
+        let holder: Option<String> = c
+            .query_row("SELECT workload FROM addresses WHERE address = ?1", [address], |r| r.get(0))
+            .optional()?;
+        match holder {
+            Some(h) if h == workload => Ok(None),
+            Some(h) => Ok(Some(h)),
+            None => {
+                c.execute(
+                    "INSERT INTO addresses (address, workload, pending, allocated_at_ms)
+                     VALUES (?1, ?2, 0, ?3)",
+                    params![address, workload, now_ms],
+                )?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Frees the addresses of workloads that are over: recorded as ended, or no longer recorded
+    /// at all (pruned, lost, never started) and allocated before `settled_before_ms` (a start's
+    /// reservation, or a workload started since its node's last report, is left alone until
+    /// then). An address whose workload has a migration that has not ended is kept: it moves
+    /// with the workload. Returns the freed (address, workload) pairs.
+    pub fn release_ended_addresses(
+        &self,
+        settled_before_ms: i64,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let c = self.conn();
+        let mut stmt = c.prepare(
+            "DELETE FROM addresses
+             WHERE workload NOT IN (SELECT process_id FROM migrations
+                                    WHERE status NOT IN ('completed', 'rolled_back', 'failed'))
+               AND CASE
+                   WHEN EXISTS (SELECT 1 FROM workloads w WHERE w.id = addresses.workload)
+                   THEN EXISTS (SELECT 1 FROM workloads w WHERE w.id = addresses.workload
+                                AND w.ended_at_ms IS NOT NULL)
+                        AND (pending = 0 OR allocated_at_ms < ?1)
+                   ELSE allocated_at_ms < ?1
+                   END
+             RETURNING address, workload",
+        )?;
+        let rows = stmt.query_map([settled_before_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every address in use: (address, workload), by address.
+    pub fn addresses(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let c = self.conn();
+        let mut stmt = c.prepare("SELECT address, workload FROM addresses ORDER BY address")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }
@@ -620,5 +749,135 @@ mod tests {
         assert_eq!(where_is(&s, "w").unwrap().0, "a");
         drop(s);
         Store::open(&path).expect("opened again once upgraded");
+    }
+
+    fn range(s: &str) -> WorkloadRange {
+        WorkloadRange::parse(s).unwrap()
+    }
+
+    fn allocate(s: &Store, r: &WorkloadRange, w: &str) -> Result<String, AllocError> {
+        s.allocate_address(r, w, 1_000).unwrap().map(|a| a.to_string())
+    }
+
+    #[test]
+    fn addresses_are_the_lowest_free_unique_and_survive_reopening() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("ferry.db");
+        let r = range("10.9.0.0/29");
+        {
+            let s = Store::open(&path).unwrap();
+            assert_eq!(allocate(&s, &r, "w-a").unwrap(), "10.9.0.1");
+            assert_eq!(allocate(&s, &r, "w-b").unwrap(), "10.9.0.2");
+            assert_eq!(allocate(&s, &r, "w-c").unwrap(), "10.9.0.3");
+            assert_eq!(s.release_address("w-b").unwrap(), ["10.9.0.2"]);
+            assert!(s.release_address("w-b").unwrap().is_empty(), "released once");
+        }
+        // Another coordinator on the same database hands out neither .1 nor .3 again.
+        let s = Store::open(&path).unwrap();
+        assert_eq!(allocate(&s, &r, "w-d").unwrap(), "10.9.0.2", "the freed one, lowest");
+        assert_eq!(allocate(&s, &r, "w-e").unwrap(), "10.9.0.4");
+        let all: Vec<String> = s.addresses().unwrap().into_iter().map(|a| a.0).collect();
+        assert_eq!(all, ["10.9.0.1", "10.9.0.2", "10.9.0.3", "10.9.0.4"]);
+    }
+
+    #[test]
+    fn an_exhausted_range_says_how_many_are_in_use() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("ferry.db")).unwrap();
+        let r = range("10.9.0.0/30");
+        // An address outside the range (a report's, or an older range's) is not counted.
+        assert_eq!(s.claim_address("10.8.0.9", "w-x", 1).unwrap(), None);
+        allocate(&s, &r, "w-a").unwrap();
+        allocate(&s, &r, "w-b").unwrap();
+        assert_eq!(allocate(&s, &r, "w-c"), Err(AllocError::Exhausted { in_use: 2 }));
+        s.release_address("w-a").unwrap();
+        assert_eq!(allocate(&s, &r, "w-c").unwrap(), "10.9.0.1");
+    }
+
+    #[test]
+    fn a_reported_address_is_recorded_unless_another_workload_holds_it() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("ferry.db")).unwrap();
+        let r = range("10.9.0.0/29");
+        assert_eq!(s.claim_address("10.9.0.1", "w-old", 1).unwrap(), None);
+        assert_eq!(s.claim_address("10.9.0.1", "w-old", 2).unwrap(), None, "again: no conflict");
+        assert_eq!(allocate(&s, &r, "w-new").unwrap(), "10.9.0.2", ".1 is never handed out");
+        assert_eq!(s.claim_address("10.9.0.2", "w-other", 3).unwrap(), Some("w-new".into()));
+        assert_eq!(
+            s.addresses().unwrap(),
+            [("10.9.0.1".to_string(), "w-old".to_string()), ("10.9.0.2".into(), "w-new".into())]
+        );
+    }
+
+    #[test]
+    fn addresses_of_ended_or_vanished_workloads_are_freed_but_not_while_migrating() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("ferry.db")).unwrap();
+        let r = range("10.9.0.0/28");
+        for w in ["live", "ended", "moving", "gone", "starting", "new"] {
+            allocate(&s, &r, w).unwrap();
+            if w != "starting" {
+                s.bind_address(w).unwrap();
+            }
+        }
+        s.set_workloads(
+            "a",
+            &[
+                report("live", b"", "", None),
+                report("ended", b"", "", Some(5)),
+                report("moving", b"", "", Some(5)),
+            ],
+            0,
+            10,
+        )
+        .unwrap();
+        let m = MigrationRow {
+            id: "m-1".into(),
+            process_id: "moving".into(),
+            source: "a".into(),
+            target: "b".into(),
+            mode: "stop-and-copy".into(),
+            status: "transfer".into(),
+            error: String::new(),
+            result: None,
+            started_at_ms: 1,
+            finished_at_ms: None,
+        };
+        s.insert_migration(&m).unwrap();
+        let owners = |v: Vec<(String, String)>| v.into_iter().map(|x| x.1).collect::<Vec<_>>();
+        // Allocated at 1_000: before it has settled, only the ended one goes.
+        assert_eq!(owners(s.release_ended_addresses(1_000).unwrap()), ["ended"]);
+        // Settled: a bound one no longer recorded, and a start's reservation never answered.
+        let mut freed = owners(s.release_ended_addresses(1_001).unwrap());
+        freed.sort();
+        assert_eq!(freed, ["gone", "new", "starting"]);
+        let left = owners(s.addresses().unwrap());
+        assert_eq!(left, ["live", "moving"], "kept while it lives, and while it migrates");
+        s.finish_migration("m-1", "rolled_back", "", None, 20).unwrap();
+        assert_eq!(owners(s.release_ended_addresses(0).unwrap()), ["moving"]);
+        // Pruned: the record is gone, so is the address.
+        s.set_workloads("a", &[report("live", b"", "", Some(30))], 0, 31).unwrap();
+        s.prune_ended(i64::MAX).unwrap();
+        assert_eq!(owners(s.release_ended_addresses(1_001).unwrap()), ["live"]);
+        // --forget-nodes forgets every address with the workloads.
+        allocate(&s, &r, "w-1").unwrap();
+        s.forget_nodes("new cluster", 40).unwrap();
+        assert!(s.addresses().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_database_from_before_addresses_gains_the_table() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("ferry.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE workloads (id TEXT PRIMARY KEY, node TEXT NOT NULL,
+                 status BLOB NOT NULL, updated_at_ms INTEGER NOT NULL);",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(allocate(&s, &range("10.9.0.0/30"), "w").unwrap(), "10.9.0.1");
     }
 }

@@ -164,6 +164,9 @@ struct Process {
     last_seen: Option<String>,
     /// The migration whose commit this copy waits for, when `held`.
     held_for_migration: Option<String>,
+    /// Its own IPv4 address (a network of its own), as its spec carries it, or as the
+    /// coordinator allocated it when its agent reports none; null on the node's network.
+    address: Option<String>,
 }
 
 /// What the gateway knows beside a workload's report: migrations in flight, nodes' liveness.
@@ -171,6 +174,8 @@ struct Context {
     moving: std::collections::HashSet<String>,
     /// node → (online, last seen).
     nodes: std::collections::HashMap<String, (bool, i64)>,
+    /// workload → the address allocated to it.
+    addresses: std::collections::HashMap<String, String>,
 }
 
 impl Context {
@@ -183,6 +188,7 @@ impl Context {
                 .map(|m| m.process_id)
                 .collect(),
             nodes: c.nodes()?.into_iter().map(|n| (n.node, (n.online, n.last_seen_ms))).collect(),
+            addresses: c.addresses()?,
         })
     }
 
@@ -192,6 +198,9 @@ impl Context {
         let seen = self.nodes.get(&node).copied();
         let mut p = process_json(node, s);
         p.last_seen = seen.map(|(_, at)| rfc3339(at));
+        if p.address.is_none() {
+            p.address = self.addresses.get(&p.id).cloned();
+        }
         if ended(p.status) {
             return p;
         }
@@ -244,6 +253,7 @@ fn process_json(node: String, s: ProcessStatus) -> Process {
         exit_signal: exit.and_then(|e| e.signal),
         last_seen: None,
         held_for_migration: (!s.held_for_migration.is_empty()).then_some(s.held_for_migration),
+        address: (!spec.address.is_empty()).then_some(spec.address),
     }
 }
 
@@ -363,6 +373,7 @@ impl From<ferry_coordinator::CoordError> for ApiError {
             E::Migrating(_) => (StatusCode::CONFLICT, "migrating"),
             // An offline node is the request's problem, not the gateway's: a 4xx.
             E::Unavailable(_) => (StatusCode::CONFLICT, "offline"),
+            E::NoAddress(_) => (StatusCode::CONFLICT, "no_address"),
             E::Agent { status, .. } => match status.code() {
                 // The agent's own refusal of an operation on a migrating workload.
                 tonic::Code::FailedPrecondition if status.message().contains("migrating") => {
@@ -406,6 +417,10 @@ struct NewProcess {
     /// ...and this group (name or gid); default: the user's primary group.
     #[serde(default)]
     group: Option<String>,
+    /// "own" (a network namespace and an address of its own, from the workload range) or
+    /// "node" (the node's network); default: the coordinator's --default-network.
+    #[serde(default)]
+    network: Option<String>,
 }
 
 /// Largest request body accepted.
@@ -443,6 +458,16 @@ async fn create_process(
             return Err(invalid(format!("engine {other:?} is not one of criu, cooperative")))
         }
     };
+    let network = match p.network.as_deref() {
+        None => None,
+        Some(n) => Some(ferry_coordinator::Network::parse(n).ok_or_else(|| {
+            invalid(format!(
+                "network {n:?} is not one of {}: \"own\" for an address of its own, \"node\" \
+                 for the node's network",
+                ferry_coordinator::Network::NAMES
+            ))
+        })?),
+    };
     let spec = ferry_proto::agent::WorkloadSpec {
         name: p.name,
         argv: p.command,
@@ -453,7 +478,7 @@ async fn create_process(
         group: p.group.unwrap_or_default(),
         ..Default::default()
     };
-    let (node, s) = c.start_process(&p.server_id, spec).await?;
+    let (node, s) = c.start_process(&p.server_id, spec, network).await?;
     Ok((StatusCode::CREATED, Json(Context::read(&c)?.process(node, s))))
 }
 
@@ -684,6 +709,7 @@ mod tests {
         let ctx = |online: bool, moving: bool| Context {
             moving: if moving { ["w-1".to_string()].into() } else { Default::default() },
             nodes: [("n".to_string(), (online, 1_764_000_000_000))].into(),
+            addresses: Default::default(),
         };
         let p = ctx(false, false).process("n".into(), status(ProcessState::Running, ""));
         assert_eq!(
@@ -708,8 +734,44 @@ mod tests {
             ctx(true, true).process("n".into(), status(ProcessState::Stopped, "m-1")).status,
             "migrating"
         );
-        let gone = Context { moving: Default::default(), nodes: Default::default() };
+        let gone = Context {
+            moving: Default::default(),
+            nodes: Default::default(),
+            addresses: Default::default(),
+        };
         let p = gone.process("n".into(), status(ProcessState::Running, ""));
         assert_eq!((p.status, p.last_seen), ("unknown", None));
+    }
+
+    #[test]
+    fn the_address_is_the_specs_else_the_allocation_and_null_on_the_node_network() {
+        let status = |id: &str, address: &str| ProcessStatus {
+            spec: Some(ferry_proto::agent::WorkloadSpec {
+                id: id.into(),
+                address: address.into(),
+                ..Default::default()
+            }),
+            state: ProcessState::Running as i32,
+            ..Default::default()
+        };
+        let ctx = Context {
+            moving: Default::default(),
+            nodes: [("n".to_string(), (true, 1))].into(),
+            addresses: [("w-2".to_string(), "10.0.0.2".to_string())].into(),
+        };
+        let json = |p: Process| serde_json::to_value(p).unwrap()["address"].clone();
+        assert_eq!(json(ctx.process("n".into(), status("w-1", "10.0.0.1"))), "10.0.0.1");
+        // An agent that does not carry the field yet: the coordinator's allocation.
+        assert_eq!(json(ctx.process("n".into(), status("w-2", ""))), "10.0.0.2");
+        assert_eq!(json(ctx.process("n".into(), status("w-3", ""))), serde_json::Value::Null);
+    }
+
+    #[test]
+    fn an_exhausted_range_is_409_no_address() {
+        let (status, code, msg) = mapped(CoordError::NoAddress("no free address".into()));
+        assert_eq!(
+            (status, code, msg.as_str()),
+            (StatusCode::CONFLICT, "no_address", "no free address")
+        );
     }
 }

@@ -31,6 +31,11 @@ describe('queryKeysFor', () => {
     }
   });
 
+  it('listens to address conflicts and refreshes the processes on one', () => {
+    expect(EVENT_KINDS).toContain('address_conflict');
+    expect(keys('address_conflict')).toEqual(['processes']);
+  });
+
   it('refreshes the figures on a kind it does not know', () => {
     expect(keys('something_new')).toEqual(['overview']);
   });

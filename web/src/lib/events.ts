@@ -19,6 +19,7 @@ export const EVENT_KINDS = [
   'migration_completed',
   'migration_rolled_back',
   'migration_failed',
+  'address_conflict',
 ] as const;
 
 /** The queries an event makes stale (prefix keys: ['processes'] covers every process query). */
@@ -49,6 +50,10 @@ export function queryKeysFor(e: Pick<FerryEvent, 'kind' | 'processId'>): QueryKe
   if (kind.startsWith('migration_')) {
     // Started: the process shows "migrating". Ended: it may have moved to another node.
     return [queryKeys.migrations, queryKeys.processes, queryKeys.servers, queryKeys.overview];
+  }
+  if (kind === 'address_conflict') {
+    // A report carries an address another process holds: the processes show their addresses.
+    return [queryKeys.processes];
   }
   // An unknown kind: refresh the figures that every change may touch.
   return [queryKeys.overview];

@@ -33,6 +33,7 @@ export function proc(over: Partial<Process> = {}): Process {
     exitSignal: null,
     lastSeen: '2026-11-27T12:00:00.000Z',
     heldForMigration: null,
+    address: null,
     ...over,
   };
 }

@@ -54,7 +54,12 @@ export type Process = {
   lastSeen: string | null;
   /** For a held copy: the migration whose commit it waits for. */
   heldForMigration: string | null;
+  /** Its own IPv4 address (network "own"), which moves with it on migration; null on the node's network. */
+  address: string | null;
 };
+
+/** own: a network namespace and an address of its own from the cluster's workload range; node: the node's network. */
+export type Network = 'node' | 'own';
 
 export type NewProcess = {
   name: string;
@@ -63,6 +68,8 @@ export type NewProcess = {
   cwd?: string;
   env?: Record<string, string>;
   engine?: Engine;
+  /** Omitted: the coordinator's --default-network. */
+  network?: Network;
 };
 
 export type MigrationMode = 'stop-and-copy' | 'post-copy' | 'auto';

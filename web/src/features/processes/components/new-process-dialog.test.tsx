@@ -64,4 +64,16 @@ describe('NewProcessDialog', () => {
     await userEvent.click(screen.getByRole('button', { name: 'Start process' }));
     expect(await screen.findByTestId('new-process-error')).toHaveTextContent(/token is read-only/i);
   });
+
+  it('asks for a network only when one is chosen', async () => {
+    const f = fakeFetch({ 'POST /api/processes': [409, { error: { code: 'no_address', message: 'no free address in the workload range 10.0.0.0/30: 2 of 2 in use' } }] });
+    vi.stubGlobal('fetch', f.fn);
+    renderWithClient(<NewProcessDialog open onClose={() => {}} servers={servers} />);
+    expect(screen.getByLabelText('Network')).toHaveValue('default');
+    await userEvent.type(screen.getByLabelText('Command'), 'sleep 60');
+    await userEvent.selectOptions(screen.getByLabelText('Network'), 'own');
+    await userEvent.click(screen.getByRole('button', { name: 'Start process' }));
+    expect(await screen.findByTestId('new-process-error')).toHaveTextContent('2 of 2 in use');
+    expect(JSON.parse(f.calls[0].body ?? '')).toEqual({ name: 'sleep', command: ['sleep', '60'], serverId: 'node0', engine: 'criu', network: 'own' });
+  });
 });

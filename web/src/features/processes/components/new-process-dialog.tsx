@@ -6,7 +6,7 @@ import { Select } from '@/components/ui/select';
 import { Button } from '@/components/ui/button';
 import { Alert } from '@/components/ui/alert';
 import { errorMessage } from '@/lib/api-client';
-import type { Engine, Process, Server } from '@/types/api';
+import type { Engine, Network, Process, Server } from '@/types/api';
 import { splitArgv } from '../utils/argv';
 import { useCreateProcess } from '../api/create-process';
 
@@ -34,6 +34,8 @@ function NewProcessForm({ servers, onClose, onCreated }: Omit<Props, 'open'>) {
   const [command, setCommand] = useState('');
   const [serverId, setServerId] = useState(online[0]?.id ?? servers[0]?.id ?? '');
   const [engine, setEngine] = useState<Engine>('criu');
+  // 'default': the coordinator's --default-network decides.
+  const [network, setNetwork] = useState<Network | 'default'>('default');
   const [touched, setTouched] = useState(false);
   const create = useCreateProcess();
 
@@ -53,7 +55,13 @@ function NewProcessForm({ servers, onClose, onCreated }: Omit<Props, 'open'>) {
     setTouched(true);
     if (!split.ok || split.argv.length === 0 || !serverId) return;
     create.mutate(
-      { name: name.trim() || split.argv[0].split('/').pop() || split.argv[0], command: split.argv, serverId, engine },
+      {
+        name: name.trim() || split.argv[0].split('/').pop() || split.argv[0],
+        command: split.argv,
+        serverId,
+        engine,
+        ...(network === 'default' ? {} : { network }),
+      },
       {
         onSuccess: (p) => {
           onCreated?.(p);
@@ -120,6 +128,14 @@ function NewProcessForm({ servers, onClose, onCreated }: Omit<Props, 'open'>) {
           <Select id="np-engine" name="engine" value={engine} onChange={(e) => setEngine(e.target.value as Engine)}>
             <option value="criu">criu</option>
             <option value="cooperative">cooperative</option>
+          </Select>
+        </div>
+        <div className="col-span-2">
+          <Label htmlFor="np-network">Network</Label>
+          <Select id="np-network" name="network" value={network} onChange={(e) => setNetwork(e.target.value as Network | 'default')}>
+            <option value="default">cluster default</option>
+            <option value="node">node&apos;s network</option>
+            <option value="own">own address (moves with it)</option>
           </Select>
         </div>
       </div>

@@ -126,3 +126,21 @@ describe('ProcessList: what the coordinator cannot vouch for', () => {
     expect(screen.getByTestId('toggle-ended')).toHaveAttribute('aria-pressed', 'true');
   });
 });
+
+describe('ProcessList: addresses', () => {
+  it("shows a workload's own address, and a dash for one on the node's network", () => {
+    renderWithClient(
+      <ProcessList
+        processes={[proc({ address: '10.231.254.129' }), proc({ id: 'w-2', name: 'plain', address: null })]}
+        loading={false}
+        error={null}
+        onNew={noop}
+        onMigrate={noop}
+        onShowLogs={noop}
+      />,
+    );
+    expect(screen.getByRole('columnheader', { name: 'Address' })).toBeInTheDocument();
+    const cells = screen.getAllByTestId('process-address').map((c) => c.textContent);
+    expect(cells).toEqual(['10.231.254.129', '—']);
+  });
+});

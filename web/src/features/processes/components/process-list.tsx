@@ -145,6 +145,7 @@ export function ProcessList({ processes, loading, error, onNew, onMigrate, onSho
                   <th className="px-4 py-2 font-medium">Name</th>
                   <th className="px-2 py-2 font-medium">Status</th>
                   <th className="px-2 py-2 font-medium">Node</th>
+                  <th className="px-2 py-2 font-medium">Address</th>
                   <th className="px-2 py-2 text-right font-medium">CPU</th>
                   <th className="px-2 py-2 text-right font-medium">Memory</th>
                   <th className="px-4 py-2 text-right font-medium">Actions</th>
@@ -186,6 +187,9 @@ export function ProcessList({ processes, loading, error, onNew, onMigrate, onSho
                       </td>
                       <td className="px-2 py-2 font-mono text-xs" data-testid="process-node">
                         {p.serverId}
+                      </td>
+                      <td className="px-2 py-2 font-mono text-xs" data-testid="process-address" title={p.address ? 'its own address, which moves with it' : "the node's network"}>
+                        {p.address ?? '—'}
                       </td>
                       <td className="px-2 py-2 text-right tabular-nums">{live || p.status === 'migrating' ? formatPercent(p.cpuPercent) : '—'}</td>
                       <td className="px-2 py-2 text-right tabular-nums">{live || p.status === 'migrating' ? formatBytes(p.memoryBytes) : '—'}</td>

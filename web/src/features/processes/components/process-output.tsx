@@ -28,7 +28,8 @@ export function ProcessOutput({ process, onClose }: { process: Process; onClose:
             Output of <span className="font-mono">{process.name}</span>
           </CardTitle>
           <CardDescription>
-            {process.id} on {process.serverId} · {lines.length} line{lines.length === 1 ? '' : 's'}
+            {process.id} on {process.serverId} · address <span data-testid="process-output-address">{process.address ?? '—'}</span> · {lines.length}{' '}
+            line{lines.length === 1 ? '' : 's'}
             {isFetching ? ' · reading…' : ''}
           </CardDescription>
         </div>
