@@ -161,11 +161,6 @@ impl Coordinator {
         Ok((node.node, s))
     }
 
-    /// Every workload's own address: workload id → address.
-    pub fn addresses(&self) -> Result<std::collections::HashMap<String, String>, CoordError> {
-        Ok(self.store.addresses()?.into_iter().map(|(a, w)| (w, a)).collect())
-    }
-
     /// Pause, resume or stop a workload on the node that runs it.
     pub async fn control(
         &self,

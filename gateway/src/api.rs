@@ -164,8 +164,8 @@ struct Process {
     last_seen: Option<String>,
     /// The migration whose commit this copy waits for, when `held`.
     held_for_migration: Option<String>,
-    /// Its own IPv4 address (a network of its own), as its spec carries it, or as the
-    /// coordinator allocated it when its agent reports none; null on the node's network.
+    /// Its own IPv4 address (a network of its own), as its agent reports it; null on the node's
+    /// network.
     address: Option<String>,
 }
 
@@ -174,8 +174,6 @@ struct Context {
     moving: std::collections::HashSet<String>,
     /// node → (online, last seen).
     nodes: std::collections::HashMap<String, (bool, i64)>,
-    /// workload → the address allocated to it.
-    addresses: std::collections::HashMap<String, String>,
 }
 
 impl Context {
@@ -188,7 +186,6 @@ impl Context {
                 .map(|m| m.process_id)
                 .collect(),
             nodes: c.nodes()?.into_iter().map(|n| (n.node, (n.online, n.last_seen_ms))).collect(),
-            addresses: c.addresses()?,
         })
     }
 
@@ -198,9 +195,6 @@ impl Context {
         let seen = self.nodes.get(&node).copied();
         let mut p = process_json(node, s);
         p.last_seen = seen.map(|(_, at)| rfc3339(at));
-        if p.address.is_none() {
-            p.address = self.addresses.get(&p.id).cloned();
-        }
         if ended(p.status) {
             return p;
         }
@@ -709,7 +703,6 @@ mod tests {
         let ctx = |online: bool, moving: bool| Context {
             moving: if moving { ["w-1".to_string()].into() } else { Default::default() },
             nodes: [("n".to_string(), (online, 1_764_000_000_000))].into(),
-            addresses: Default::default(),
         };
         let p = ctx(false, false).process("n".into(), status(ProcessState::Running, ""));
         assert_eq!(
@@ -737,14 +730,13 @@ mod tests {
         let gone = Context {
             moving: Default::default(),
             nodes: Default::default(),
-            addresses: Default::default(),
         };
         let p = gone.process("n".into(), status(ProcessState::Running, ""));
         assert_eq!((p.status, p.last_seen), ("unknown", None));
     }
 
     #[test]
-    fn the_address_is_the_specs_else_the_allocation_and_null_on_the_node_network() {
+    fn the_address_is_the_agents_report_and_null_on_the_node_network() {
         let status = |id: &str, address: &str| ProcessStatus {
             spec: Some(ferry_proto::agent::WorkloadSpec {
                 id: id.into(),
@@ -757,12 +749,9 @@ mod tests {
         let ctx = Context {
             moving: Default::default(),
             nodes: [("n".to_string(), (true, 1))].into(),
-            addresses: [("w-2".to_string(), "10.0.0.2".to_string())].into(),
         };
         let json = |p: Process| serde_json::to_value(p).unwrap()["address"].clone();
         assert_eq!(json(ctx.process("n".into(), status("w-1", "10.0.0.1"))), "10.0.0.1");
-        // An agent that does not carry the field yet: the coordinator's allocation.
-        assert_eq!(json(ctx.process("n".into(), status("w-2", ""))), "10.0.0.2");
         assert_eq!(json(ctx.process("n".into(), status("w-3", ""))), serde_json::Value::Null);
     }
 
