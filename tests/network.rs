@@ -27,21 +27,29 @@ fn redis_bin() -> PathBuf {
     p
 }
 
-/// A TCP connection to `addr` made from inside the network namespace at `netns` (a host of the
-/// test net): the socket belongs to that namespace for good, whichever thread uses it.
-fn connect_from(netns: &Path, addr: &str) -> std::io::Result<TcpStream> {
-    let (netns, addr) = (netns.to_path_buf(), addr.to_string());
+/// Runs `f` on a thread of its own inside the network namespace at `netns` (a host of the test
+/// net): the sockets it makes belong to that namespace for good, whichever thread uses them.
+fn in_netns<T: Send + 'static>(
+    netns: &Path,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let netns = netns.to_path_buf();
     std::thread::spawn(move || {
         let ns = std::fs::File::open(&netns)?;
         // SAFETY: setns on this short-lived thread only.
         if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let sa: std::net::SocketAddr = addr.parse().map_err(std::io::Error::other)?;
-        TcpStream::connect_timeout(&sa, Duration::from_secs(5))
+        f()
     })
     .join()
-    .expect("connect thread")
+    .expect("namespace thread")
+}
+
+/// A TCP connection to `addr` made from the host at `netns`.
+fn connect_from(netns: &Path, addr: &str) -> std::io::Result<TcpStream> {
+    let sa: std::net::SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+    in_netns(netns, move || TcpStream::connect_timeout(&sa, Duration::from_secs(5)))
 }
 
 /// One Redis connection, spoken in RESP.
@@ -390,4 +398,169 @@ async fn bad_addresses_are_refused_with_a_reason() {
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{address}: {e}");
         assert!(e.message().contains(want), "{address}: {}", e.message());
     }
+}
+
+/// The body byte at offset `i` of streamer.py's answers.
+fn pattern(i: u64) -> u8 {
+    ((i * 7 + 3) % 251) as u8
+}
+
+/// Sends `GET /stream/N` on `s` and reads the whole answer, checking every body byte; calls
+/// `progress` with the bytes read so far after each read. Returns the longest wait for a read.
+fn download(s: &mut TcpStream, n: u64, progress: &dyn Fn(u64)) -> Result<Duration, String> {
+    use std::io::Read;
+    s.write_all(format!("GET /stream/{n} HTTP/1.1\r\nHost: w\r\n\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).map_err(|e| format!("reading the head: {e}"))?;
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    if !head.starts_with("HTTP/1.1 200") || !head.contains(&format!("Content-Length: {n}")) {
+        return Err(format!("unexpected head {head:?}"));
+    }
+    let (mut got, mut longest, mut buf) = (0u64, Duration::ZERO, vec![0u8; 65536]);
+    while got < n {
+        let t = Instant::now();
+        let k = s.read(&mut buf).map_err(|e| format!("after {got} bytes: {e}"))?;
+        if k == 0 {
+            return Err(format!("the connection closed after {got} of {n} bytes"));
+        }
+        longest = longest.max(t.elapsed());
+        for (j, b) in buf[..k].iter().enumerate() {
+            let at = got + j as u64;
+            if *b != pattern(at) {
+                return Err(format!("byte {at} is {b}, not {}", pattern(at)));
+            }
+        }
+        got += k as u64;
+        progress(got);
+    }
+    Ok(longest)
+}
+
+/// An HTTP download over a keep-alive connection goes on across a stop-and-copy migration, and
+/// the next download on the same connection across a post-copy one back: every byte checked, no
+/// reset.
+#[tokio::test]
+async fn an_http_download_streams_on_across_migrations_every_byte_checked() {
+    require_root("an_http_download_streams_on_across_migrations_every_byte_checked");
+    let mut c = cluster(2, &[]).await;
+    let addr = format!("{}.204", c.net.prefix());
+    let mut sp = spec(&["python3", &workload("streamer.py"), "8080"]);
+    sp.address = addr.clone();
+    let id = id_of(&start(&mut c.clients[0], sp).await);
+    wait_log(&c.clients[0], &id, "streamer listening", T, |l| {
+        l.iter().any(|x| x.contains("listening 8080"))
+    })
+    .await;
+    let mut resets = Resets::capture(c.net.bridge(), &addr);
+    let conn = connect_from(&c.client_host(), &format!("{addr}:8080")).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    const N: u64 = 3_000_000;
+    for (from, to, mode) in [(0, 1, pb::Mode::StopAndCopy), (1, 0, pb::Mode::PostCopy)] {
+        let got = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let reader = {
+            let (mut conn, got) = (conn.try_clone().unwrap(), got.clone());
+            std::thread::spawn(move || download(&mut conn, N, &|n| got.store(n, Ordering::SeqCst)))
+        };
+        wait_until("a fifth of the download", T, || {
+            let n = got.load(Ordering::SeqCst);
+            async move { (n > N / 5).then_some(()) }
+        })
+        .await;
+        completed(&c.migrate(&id, from, to, mode, pb::Fault::None).await);
+        let at_commit = got.load(Ordering::SeqCst);
+        assert!(at_commit < N, "the download outlasted the migration ({at_commit} of {N})");
+        let longest = reader.join().unwrap().unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+        eprintln!(
+            "network: download across {mode:?}: {N} bytes checked, longest read wait {longest:?}"
+        );
+    }
+    let rst = resets.seen();
+    assert!(rst.is_empty(), "TCP resets on the bridge: {rst:#?}");
+}
+
+/// A workload that is a TCP client keeps its one connection to a server on another host across
+/// migrations (host0 → host1 stop-and-copy, back by post-copy), and its UDP socket answers at
+/// its address wherever it runs.
+#[tokio::test]
+async fn a_workload_as_client_keeps_its_connection_and_its_udp_socket() {
+    require_root("a_workload_as_client_keeps_its_connection_and_its_udp_socket");
+    let mut c = cluster(2, &[]).await;
+    let addr = format!("{}.205", c.net.prefix());
+    let server_ip = c.net.ip(2);
+    let listener = in_netns(&c.client_host(), {
+        let ip = server_ip.clone();
+        move || std::net::TcpListener::bind(format!("{ip}:7000"))
+    })
+    .unwrap();
+    let udp = in_netns(&c.client_host(), {
+        let ip = server_ip.clone();
+        move || std::net::UdpSocket::bind(format!("{ip}:0"))
+    })
+    .unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // The server: counts connections, echoes each line, checks the numbers go on by one.
+    let lines = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let error = Arc::new(Mutex::new(None::<String>));
+    {
+        let (lines, accepted, error) = (lines.clone(), accepted.clone(), error.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let (lines, error) = (lines.clone(), error.clone());
+                std::thread::spawn(move || {
+                    let mut out = conn.try_clone().unwrap();
+                    for line in BufReader::new(conn).lines() {
+                        let Ok(line) = line else { return };
+                        let want = lines.load(Ordering::SeqCst) + 1;
+                        if line != want.to_string() {
+                            *error.lock().unwrap() = Some(format!("got {line:?}, want {want}"));
+                        }
+                        lines.store(want, Ordering::SeqCst);
+                        if out.write_all(format!("{line}\n").as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    }
+    let mut sp = spec(&["python3", &workload("talker.py"), &server_ip, "7000", "9000"]);
+    sp.address = addr.clone();
+    let id = id_of(&start(&mut c.clients[0], sp).await);
+    wait_log(&c.clients[0], &id, "talker connected", T, |l| {
+        l.iter().any(|x| x.contains("connected")) && l.iter().any(|x| x.starts_with("udp"))
+    })
+    .await;
+    let mut resets = Resets::capture(c.net.bridge(), &addr);
+    let echo = |what: &str| {
+        udp.send_to(what.as_bytes(), format!("{addr}:9000")).unwrap();
+        let mut buf = [0u8; 128];
+        let (k, from) = udp.recv_from(&mut buf).expect("a UDP answer");
+        assert_eq!(from.to_string(), format!("{addr}:9000"));
+        String::from_utf8_lossy(&buf[..k]).into_owned()
+    };
+    assert_eq!(echo("before"), "echo before");
+    for (from, to, mode) in [(0, 1, pb::Mode::StopAndCopy), (1, 0, pb::Mode::PostCopy)] {
+        let before = lines.load(Ordering::SeqCst);
+        completed(&c.migrate(&id, from, to, mode, pb::Fault::None).await);
+        wait_until("the workload talking after the move", T, || {
+            let n = lines.load(Ordering::SeqCst);
+            async move { (n > before + 30).then_some(()) }
+        })
+        .await;
+        assert_eq!(echo(&format!("after {mode:?}")), format!("echo after {mode:?}"));
+    }
+    assert_eq!(*error.lock().unwrap(), None);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection, never remade");
+    let out: Vec<String> = logs(&mut c.clients[0], &id).await.into_iter().map(|l| l.text).collect();
+    assert!(!out.iter().any(|l| l.starts_with("error")), "{out:?}");
+    let rst = resets.seen();
+    assert!(rst.is_empty(), "TCP resets on the bridge: {rst:#?}");
 }
