@@ -564,3 +564,181 @@ async fn a_workload_as_client_keeps_its_connection_and_its_udp_socket() {
     let rst = resets.seen();
     assert!(rst.is_empty(), "TCP resets on the bridge: {rst:#?}");
 }
+
+const FI: &str = "--enable-fault-injection";
+
+/// A Redis with its own address on host0 and a client on the client host INCRing in a loop.
+struct Looping {
+    addr: String,
+    id: String,
+    client_id: String,
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Seen>>,
+    thread: std::thread::JoinHandle<Redis>,
+}
+
+async fn looping_redis(c: &mut Cluster, last: u8) -> Looping {
+    let addr = format!("{}.{last}", c.net.prefix());
+    let id = c.redis(0, &addr).await;
+    let mut r =
+        Redis::new(connect_from(&c.client_host(), &format!("{addr}:{REDIS_PORT}")).unwrap());
+    let client_id = r.cmd(&["CLIENT", "ID"]).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let thread = {
+        let (stop, seen) = (stop.clone(), seen.clone());
+        std::thread::spawn(move || incr_loop(r, "counter", stop, seen))
+    };
+    wait_until("the client looping", T, || {
+        let n = seen.lock().unwrap().values.len();
+        async move { (n > 20).then_some(()) }
+    })
+    .await;
+    Looping { addr, id, client_id, stop, seen, thread }
+}
+
+impl Looping {
+    /// Waits for `more` answers past those so far, stops the loop and checks the connection:
+    /// every answer in order, the same one throughout.
+    async fn goes_on(self, more: usize) {
+        let before = self.seen.lock().unwrap().values.len();
+        wait_until("the client's INCRs answered again", T, || {
+            let n = self.seen.lock().unwrap().values.len();
+            async move { (n > before + more).then_some(()) }
+        })
+        .await;
+        self.stop.store(true, Ordering::SeqCst);
+        let mut r = self.thread.join().unwrap();
+        let seen = self.seen.lock().unwrap();
+        continuous(&seen, 1);
+        assert_eq!(r.cmd(&["CLIENT", "ID"]).unwrap(), self.client_id, "the same connection");
+        eprintln!(
+            "network: {} INCRs over one connection, longest wait {:?}",
+            seen.values.len(),
+            seen.longest
+        );
+    }
+}
+
+/// Migration `mid` of `id` from host `from` to host `to`, asked for in the background (the
+/// source may die before it answers).
+fn migrate_in_background(
+    c: &Cluster,
+    from: usize,
+    to: usize,
+    id: &str,
+    mid: &str,
+    fault: pb::Fault,
+    arg: u32,
+) -> tokio::task::JoinHandle<Result<pb::MigrationResult, tonic::Status>> {
+    let mut client = c.clients[from].clone();
+    let req = pb::MigrateOutRequest {
+        workload_id: id.to_string(),
+        target_address: c.agents[to].addr.clone(),
+        migration_id: mid.to_string(),
+        fault: fault as i32,
+        fault_arg: arg,
+        ..Default::default()
+    };
+    tokio::spawn(async move { client.migrate_out(req).await.map(|r| r.into_inner()) })
+}
+
+/// What agent `c` says became of migration `mid`, once it says.
+async fn resolved(c: &Client, mid: &str) -> pb::MigrationResult {
+    wait_until("the migration to be resolved", T, || {
+        let (mut c, mid) = (c.clone(), mid.to_string());
+        async move {
+            let r = c.get_migration(pb::MigrationRef { migration_id: mid }).await.ok()?;
+            let r = r.into_inner();
+            (r.outcome != pb::Outcome::Unspecified as i32).then_some(r)
+        }
+    })
+    .await
+}
+
+/// Whether agent `c` runs workload `id`.
+async fn runs(c: &mut Client, id: &str) -> bool {
+    c.get_status(pb::WorkloadRef { id: id.to_string() })
+        .await
+        .map(|s| s.into_inner().exit.is_none())
+        .unwrap_or(false)
+}
+
+/// The source agent SIGKILLed at step `at` of a migration (FAULT_CRASH_AT: 1 right after the
+/// freeze, 4 once the target confirmed the commit) and restarted: the workload runs once, on
+/// the target when the commit had reached it, else on the source, and the client's one
+/// connection goes on either way (what the dead agent held, the client sends again); no reset,
+/// and only the node running it answers for the address.
+async fn source_crash_keeps_the_connection(at: u32, on_target: bool, last: u8) {
+    require_root("source_crash_keeps_the_connection");
+    let mut c = cluster(2, &[FI]).await;
+    let l = looping_redis(&mut c, last).await;
+    let mut resets = Resets::capture(c.net.bridge(), &l.addr);
+    let mid = format!("m-netcrash{at}-{}", std::process::id());
+    let r = migrate_in_background(&c, 0, 1, &l.id, &mid, pb::Fault::CrashAt, at);
+    assert!(r.await.unwrap().is_err(), "the source agent died mid-migration, yet answered");
+    let old = c.agents.remove(0);
+    c.agents.insert(0, c.net.restart_agent(0, old, &[FI]));
+    c.clients[0] = c.agents[0].client().await;
+    let end = resolved(&c.clients[0], &mid).await;
+    eprintln!("network: resolved after the crash at {at}: {} {:?}", end.outcome, end.error);
+    let (runs_on, gone_from) = if on_target { (1, 0) } else { (0, 1) };
+    let want = if on_target { pb::Outcome::Completed } else { pb::Outcome::RolledBack };
+    assert_eq!(end.outcome, want as i32, "{end:?}");
+    let id = l.id.clone();
+    l.goes_on(50).await;
+    assert!(runs(&mut c.clients[runs_on], &id).await, "host{runs_on} runs it");
+    wait_until("the other copy to be gone", T, || {
+        let mut cl = c.clients[gone_from].clone();
+        let id = id.clone();
+        async move { (!runs(&mut cl, &id).await).then_some(()) }
+    })
+    .await;
+    let addr = format!("{}.{last}", c.net.prefix());
+    assert!(host_route(&c.net, runs_on, &addr).contains("dev fw"), "host{runs_on} routes it in");
+    assert!(!host_route(&c.net, gone_from, &addr).contains("dev fw"), "host{gone_from} does not");
+    let rst = resets.seen();
+    assert!(rst.is_empty(), "TCP resets on the bridge: {rst:#?}");
+}
+
+#[tokio::test]
+async fn source_agent_killed_right_after_the_freeze_gives_the_connection_back_on_the_source() {
+    source_crash_keeps_the_connection(1, false, 210).await;
+}
+
+#[tokio::test]
+async fn source_agent_killed_after_the_commit_leaves_the_connection_on_the_target() {
+    source_crash_keeps_the_connection(4, true, 211).await;
+}
+
+/// The target agent SIGKILLed once it recorded the commit, its copy still stopped: the source
+/// keeps the original frozen and the address held, and asks again; the restarted target runs
+/// its copy and answers for the address; the source lets go of it, sends on what it held and
+/// kills the original. The client's connection goes on, on the target.
+#[tokio::test]
+async fn target_agent_killed_while_committing_keeps_the_connection() {
+    require_root("target_agent_killed_while_committing_keeps_the_connection");
+    let net = Net::new(3);
+    let a = net.agent(0, &[FI]);
+    let b = net.agent(1, &[FI, "--test-crash-at-commit", "recorded"]);
+    let clients = vec![a.client().await, b.client().await];
+    let mut c = Cluster { net, agents: vec![a, b], clients };
+    let l = looping_redis(&mut c, 212).await;
+    let mut resets = Resets::capture(c.net.bridge(), &l.addr);
+    let mid = format!("m-nettarget-{}", std::process::id());
+    let r = migrate_in_background(&c, 0, 1, &l.id, &mid, pb::Fault::None, 0);
+    let r = r.await.unwrap().expect("the source answers");
+    assert_eq!(r.outcome, pb::Outcome::Failed as i32, "the commit's answer is unknown: {r:?}");
+    let old = c.agents.remove(1);
+    c.agents.insert(1, c.net.restart_agent(1, old, &[FI]));
+    c.clients[1] = c.agents[1].client().await;
+    let end = resolved(&c.clients[0], &mid).await;
+    assert_eq!(end.outcome, pb::Outcome::Completed as i32, "{end:?}");
+    let (id, addr) = (l.id.clone(), l.addr.clone());
+    l.goes_on(50).await;
+    assert!(runs(&mut c.clients[1], &id).await, "host1 runs it");
+    assert!(host_route(&c.net, 1, &addr).contains("dev fw"), "host1 routes it in");
+    assert!(!host_route(&c.net, 0, &addr).contains("dev fw"), "host0 does not");
+    let rst = resets.seen();
+    assert!(rst.is_empty(), "TCP resets on the bridge: {rst:#?}");
+}

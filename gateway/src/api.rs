@@ -727,10 +727,7 @@ mod tests {
             ctx(true, true).process("n".into(), status(ProcessState::Stopped, "m-1")).status,
             "migrating"
         );
-        let gone = Context {
-            moving: Default::default(),
-            nodes: Default::default(),
-        };
+        let gone = Context { moving: Default::default(), nodes: Default::default() };
         let p = gone.process("n".into(), status(ProcessState::Running, ""));
         assert_eq!((p.status, p.last_seen), ("unknown", None));
     }
@@ -746,10 +743,8 @@ mod tests {
             state: ProcessState::Running as i32,
             ..Default::default()
         };
-        let ctx = Context {
-            moving: Default::default(),
-            nodes: [("n".to_string(), (true, 1))].into(),
-        };
+        let ctx =
+            Context { moving: Default::default(), nodes: [("n".to_string(), (true, 1))].into() };
         let json = |p: Process| serde_json::to_value(p).unwrap()["address"].clone();
         assert_eq!(json(ctx.process("n".into(), status("w-1", "10.0.0.1"))), "10.0.0.1");
         assert_eq!(json(ctx.process("n".into(), status("w-3", ""))), serde_json::Value::Null);
