@@ -742,3 +742,29 @@ async fn target_agent_killed_while_committing_keeps_the_connection() {
     let rst = resets.seen();
     assert!(rst.is_empty(), "TCP resets on the bridge: {rst:#?}");
 }
+
+/// A workload on the node's network whose connection cannot move is refused in preflight,
+/// before anything freezes, with the connection named and the way out (its own address); the
+/// client's connection carries on untouched.
+#[tokio::test]
+async fn a_connection_on_the_node_network_is_refused_in_preflight() {
+    require_root("a_connection_on_the_node_network_is_refused_in_preflight");
+    let mut c = cluster(2, &[]).await;
+    let id = c.redis(0, "").await;
+    let node_ip = c.net.ip(0);
+    let mut r =
+        Redis::new(connect_from(&c.client_host(), &format!("{node_ip}:{REDIS_PORT}")).unwrap());
+    assert_eq!(r.cmd(&["INCR", "n"]).unwrap(), ":1");
+    let res = c.migrate(&id, 0, 1, pb::Mode::StopAndCopy, pb::Fault::None).await;
+    assert_eq!(res.outcome, pb::Outcome::RolledBack as i32, "{res:?}");
+    assert_eq!(res.failed_phase, "preflight", "{res:?}");
+    assert_eq!(res.freeze_ms, 0, "nothing froze: {res:?}");
+    for want in [
+        "1 established TCP connection(s) on node host0's network",
+        &format!("{node_ip}:{REDIS_PORT} <-> "),
+        "its own address",
+    ] {
+        assert!(res.error.contains(want), "{want:?} in {:?}", res.error);
+    }
+    assert_eq!(r.cmd(&["INCR", "n"]).unwrap(), ":2", "the connection carries on");
+}

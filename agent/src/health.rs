@@ -12,6 +12,8 @@ pub struct Health {
     pub criu: CriuInfo,
     pub data_dir_free_bytes: u64,
     pub root: bool,
+    /// On-link IPv4 subnets, "NET/LEN DEV" (sys::net::onlink_subnets).
+    pub onlink_subnets: Vec<String>,
 }
 
 impl Agent {
@@ -24,6 +26,10 @@ impl Agent {
             criu: self.criu().clone(),
             data_dir_free_bytes: host::free_bytes(&self.config().data_dir),
             root: self.is_root(),
+            onlink_subnets: crate::sys::net::onlink_subnets()
+                .into_iter()
+                .map(|(net, len, dev)| format!("{net}/{len} {dev}"))
+                .collect(),
         }
     }
 }

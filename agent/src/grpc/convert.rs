@@ -125,6 +125,7 @@ pub fn health_to_pb(h: Health) -> pb::HealthCheckResponse {
         data_dir_free_bytes: h.data_dir_free_bytes,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         root: h.root,
+        onlink_subnets: h.onlink_subnets,
     }
 }
 

@@ -441,8 +441,10 @@ impl Run {
         self.target_node = health.node.clone();
         let agent = self.agent.clone();
         let w = self.w.clone();
-        let (host, estimate, images) = tokio::task::spawn_blocking(move || {
+        let (host, estimate, images, established) = tokio::task::spawn_blocking(move || {
             let status = agent.status_of(&w);
+            let pids: Vec<i32> = status.tasks.iter().map(|t| t.info.pid).collect();
+            let established = crate::sys::net::established_tcp(&pids);
             let work = if w.spec.cwd.is_none() { dir_size(&w.cwd) } else { 0 };
             // Each process's pages image: CRIU's image id and its anonymous memory.
             let images: Vec<pb::PageReservation> = status
@@ -454,7 +456,8 @@ impl Run {
                     bytes: crate::sys::proc::anon_bytes(t.info.pid).unwrap_or(0),
                 })
                 .collect();
-            (crate::sys::host::facts(), status.rss_bytes + work + dir_size(w.log.path()), images)
+            let bytes = status.rss_bytes + work + dir_size(w.log.path());
+            (crate::sys::host::facts(), bytes, images, established)
         })
         .await
         .map_err(|e| fail(p, e.to_string()))?;
@@ -494,6 +497,8 @@ impl Run {
                 cpu_flags: &host.cpu_flags,
                 uses_criu: self.w.spec.engine == Engine::Criu,
                 estimated_bytes: estimate + estimate / 10,
+                address: self.w.net.as_ref().map(|n| n.address),
+                established: &established,
             },
             &health,
         );

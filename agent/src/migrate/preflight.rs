@@ -13,6 +13,10 @@ pub struct SourceFacts<'a> {
     pub uses_criu: bool,
     /// Bytes the snapshot will take on the target, estimated.
     pub estimated_bytes: u64,
+    /// The workload's own address (None: it uses the node's network).
+    pub address: Option<std::net::Ipv4Addr>,
+    /// Its established TCP connections ("LOCAL <-> REMOTE").
+    pub established: &'a [String],
 }
 
 fn major_minor(v: &str) -> Option<(u32, u32)> {
@@ -70,6 +74,39 @@ pub fn check(src: &SourceFacts<'_>, target: &HealthCheckResponse) -> Vec<String>
             ));
         }
     }
+    match src.address {
+        // On the node's network a connection is the node's: it cannot move (CRIU would fail
+        // the dump of the frozen workload with "Connected TCP socket").
+        None if src.uses_criu && !src.established.is_empty() => {
+            let shown: Vec<&str> = src.established.iter().take(4).map(String::as_str).collect();
+            problems.push(format!(
+                "the workload has {} established TCP connection(s) on node {}'s network ({}{}), \
+                 which cannot move: only a workload with its own address (network own) keeps \
+                 its connections; close them first, or start it with its own address",
+                src.established.len(),
+                src.node,
+                shown.join(", "),
+                if src.established.len() > shown.len() { ", ..." } else { "" }
+            ));
+        }
+        Some(addr) if !crate::sys::net::in_subnets(addr, &target.onlink_subnets) => {
+            problems.push(if target.onlink_subnets.is_empty() {
+                format!(
+                    "node {} reports no on-link subnet, so it cannot take address {addr} (an \
+                     agent older than workload addresses, or a node without a LAN)",
+                    target.node
+                )
+            } else {
+                format!(
+                    "node {} has no LAN for the workload's address {addr} (its on-link subnets: \
+                     {}); a workload's address must lie in a subnet both nodes are on",
+                    target.node,
+                    target.onlink_subnets.join(", ")
+                )
+            });
+        }
+        _ => {}
+    }
     if target.data_dir_free_bytes < src.estimated_bytes {
         problems.push(format!(
             "node {} has {} MiB free in its data dir, the snapshot needs about {} MiB",
@@ -109,7 +146,32 @@ mod tests {
             cpu_flags: flags,
             uses_criu: true,
             estimated_bytes: 1 << 30,
+            address: None,
+            established: &[],
         }
+    }
+
+    #[test]
+    fn connections_on_the_node_network_and_an_address_off_the_targets_lan_are_named() {
+        let flags = vec!["fpu".to_string()];
+        let conns = vec!["10.0.0.2:6379 <-> 10.0.0.5:40000".to_string()];
+        let mut s = src(&flags);
+        s.established = &conns;
+        let p = check(&s, &target()).join("\n");
+        assert!(
+            p.contains("1 established TCP connection(s)") && p.contains("10.0.0.5:40000"),
+            "{p}"
+        );
+        // With its own address, they move.
+        s.address = Some("10.231.7.200".parse().unwrap());
+        let mut t = target();
+        t.onlink_subnets = vec!["10.231.7.0/24 eth0".into()];
+        assert!(check(&s, &t).is_empty());
+        t.onlink_subnets = vec!["10.9.0.0/16 eth1".into()];
+        let p = check(&s, &t).join("\n");
+        assert!(p.contains("no LAN for the workload's address 10.231.7.200"), "{p}");
+        t.onlink_subnets.clear();
+        assert!(check(&s, &t).join("").contains("reports no on-link subnet"));
     }
 
     #[test]

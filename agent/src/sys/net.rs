@@ -206,6 +206,94 @@ pub fn lan_link(reaper: &Reaper, addr: Ipv4Addr) -> std::io::Result<String> {
     })
 }
 
+/// The node's on-link IPv4 subnets (routes without a gateway, not host routes, not into a
+/// workload's pair), from /proc/net/route: (network, prefix length, link).
+pub fn onlink_subnets() -> Vec<(Ipv4Addr, u32, String)> {
+    let Ok(text) = std::fs::read_to_string("/proc/net/route") else { return Vec::new() };
+    // Addresses and masks are u32s in the host's (little-endian) order, as hex.
+    let hex = |s: &str| u32::from_str_radix(s, 16).ok().map(|v| Ipv4Addr::from(v.to_le_bytes()));
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 8 || f[0].starts_with("fw") {
+            continue;
+        }
+        let (Some(dst), Some(gw), Some(flags), Some(mask)) =
+            (hex(f[1]), hex(f[2]), u32::from_str_radix(f[3], 16).ok(), hex(f[7]))
+        else {
+            continue;
+        };
+        // RTF_UP, no gateway, a subnet rather than one host or everything.
+        let len = u32::from(mask).count_ones();
+        if flags & 1 == 0 || !gw.is_unspecified() || len == 32 || len == 0 {
+            continue;
+        }
+        out.push((dst, len, f[0].to_string()));
+    }
+    out
+}
+
+/// Whether `addr` lies in one of `subnets` ("NET/LEN DEV", as [`onlink_subnets`] reports them).
+pub fn in_subnets(addr: Ipv4Addr, subnets: &[String]) -> bool {
+    subnets.iter().any(|s| {
+        let cidr = s.split_whitespace().next().unwrap_or("");
+        parse_cidr(cidr).is_some_and(|(net, len)| len < 32 && contains(net, len, addr))
+    })
+}
+
+/// The established TCP connections held by the tasks `pids` (as "LOCAL <-> REMOTE"), read from
+/// their network namespace's /proc/PID/net/tcp{,6} and matched to their sockets by inode.
+pub fn established_tcp(pids: &[i32]) -> Vec<String> {
+    let mut inodes = std::collections::HashSet::new();
+    for pid in pids {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        for e in dir.flatten() {
+            if let Ok(link) = std::fs::read_link(e.path()) {
+                let link = link.to_string_lossy().into_owned();
+                if let Some(ino) = link.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
+                    inodes.insert(ino.to_string());
+                }
+            }
+        }
+    }
+    let Some(pid) = pids.first() else { return Vec::new() };
+    let mut out = Vec::new();
+    for file in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+            if f.len() < 10 || f[3] != "01" || !inodes.contains(f[9]) {
+                continue;
+            }
+            out.push(format!("{} <-> {}", proc_net_addr(f[1]), proc_net_addr(f[2])));
+        }
+    }
+    out
+}
+
+/// "0100007F:1F90" (or its IPv6 form) as "127.0.0.1:8080".
+fn proc_net_addr(s: &str) -> String {
+    let Some((a, port)) = s.split_once(':') else { return s.to_string() };
+    let port = u16::from_str_radix(port, 16).unwrap_or(0);
+    let words: Vec<u32> = (0..a.len() / 8)
+        .filter_map(|i| u32::from_str_radix(&a[i * 8..i * 8 + 8], 16).ok())
+        .collect();
+    match words.as_slice() {
+        [v4] => format!("{}:{port}", Ipv4Addr::from(v4.to_le_bytes())),
+        [a, b, c, d] => {
+            let mut b16 = [0u8; 16];
+            for (i, w) in [a, b, c, d].iter().enumerate() {
+                b16[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
+            }
+            format!("[{}]:{port}", std::net::Ipv6Addr::from(b16))
+        }
+        _ => s.to_string(),
+    }
+}
+
 fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u32)> {
     let (a, l) = s.split_once('/').unwrap_or((s, "32"));
     Some((a.parse().ok()?, l.parse().ok().filter(|l| *l <= 32)?))
@@ -607,6 +695,17 @@ mod tests {
         assert_eq!(parse_cidr("10.1.0.7"), Some((Ipv4Addr::new(10, 1, 0, 7), 32)));
         assert_eq!(parse_cidr("default"), None);
         assert_eq!(parse_cidr("10.1.0.0/33"), None);
+    }
+
+    #[test]
+    fn proc_net_addresses() {
+        assert_eq!(proc_net_addr("0100007F:1F90"), "127.0.0.1:8080");
+        assert_eq!(proc_net_addr("0207E70A:18E7"), "10.231.7.2:6375");
+        assert_eq!(proc_net_addr("00000000000000000000000001000000:0050"), "[::1]:80");
+        let subnets = vec!["10.231.7.0/24 eth0".to_string()];
+        assert!(in_subnets(Ipv4Addr::new(10, 231, 7, 200), &subnets));
+        assert!(!in_subnets(Ipv4Addr::new(10, 231, 8, 200), &subnets));
+        assert!(!in_subnets(Ipv4Addr::new(10, 231, 7, 200), &[]));
     }
 
     #[test]
