@@ -768,3 +768,32 @@ async fn a_connection_on_the_node_network_is_refused_in_preflight() {
     }
     assert_eq!(r.cmd(&["INCR", "n"]).unwrap(), ":2", "the connection carries on");
 }
+
+/// A cooperative workload (no CRIU: the program saves and reloads its state) with its own
+/// address: the address moves with it all the same, answered by the target alone afterwards.
+#[tokio::test]
+async fn a_cooperative_workload_takes_its_address_along() {
+    require_root("a_cooperative_workload_takes_its_address_along");
+    let mut c = cluster(2, &[]).await;
+    let addr = format!("{}.206", c.net.prefix());
+    let script = repo().join("coop/examples/counter.py");
+    let mut sp = spec(&["python3", &script.to_string_lossy()]);
+    sp.engine = pb::Engine::Cooperative as i32;
+    sp.env.insert("PYTHONPATH".into(), repo().join("coop/python").to_string_lossy().into_owned());
+    sp.address = addr.clone();
+    let id = id_of(&start(&mut c.clients[0], sp).await);
+    wait_log(&c.clients[0], &id, "counting", T, |l| l.iter().any(|x| x.starts_with("count ")))
+        .await;
+    assert!(host_route(&c.net, 0, &addr).contains("dev fw"), "host0 routes it in");
+    let r = c.migrate(&id, 0, 1, pb::Mode::StopAndCopy, pb::Fault::None).await;
+    completed(&r);
+    assert_eq!(r.engine, "cooperative");
+    let st = status(&mut c.clients[1], &id).await;
+    assert_eq!(st.spec.unwrap().address, addr);
+    wait_log(&c.clients[1], &id, "counting on", T, |l| {
+        l.iter().any(|x| x.starts_with("restored count="))
+    })
+    .await;
+    assert!(host_route(&c.net, 1, &addr).contains("dev fw"), "host1 routes it in");
+    assert!(!host_route(&c.net, 0, &addr).contains("dev fw"), "host0 no longer does");
+}
