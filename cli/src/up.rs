@@ -153,8 +153,12 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     // With root, workloads' own addresses come from the upper half of the hosts' /24: on-link
     // for every host (at .2 and up, 50 at most) and for the root namespace (the bridge's .1).
-    // The default network stays the node's.
+    // And a workload gets one unless it asks for the node's network: in this cluster every
+    // host and this machine share the bridge, so the address reaches the workload from
+    // anywhere the user is, and it is what keeps its clients' connections across migrations
+    // (docs/network.md). Without root there are no hosts: the node's network.
     let workload_cidr = cluster.net.is_some().then(|| format!("{}.128/25", args.subnet));
+    let default_network = if workload_cidr.is_some() { "own" } else { "node" };
     let coordinator = {
         let (exe, http, tls) = (exe.clone(), args.http.to_string(), tls.clone());
         let listen = format!("{coordinator_ip}:50050");
@@ -164,7 +168,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             cmd.args(["coordinator", "--listen", &listen])
                 .args(["--http", &http])
                 .args(workload_cidr.iter().flat_map(|c| ["--workload-cidr", c.as_str()]))
-                .args(["--default-network", "node"])
+                .args(["--default-network", default_network])
                 .arg("--tokens")
                 .arg(&tokens)
                 .arg("--tls-dir")
