@@ -797,3 +797,46 @@ async fn a_cooperative_workload_takes_its_address_along() {
     assert!(host_route(&c.net, 1, &addr).contains("dev fw"), "host1 routes it in");
     assert!(!host_route(&c.net, 0, &addr).contains("dev fw"), "host0 no longer does");
 }
+
+/// How host `i` answers ARP for `addr`: its proxy entries for it.
+fn proxy_entries(net: &Net, i: usize, addr: &str) -> String {
+    let out = Command::new("ip")
+        .arg("-n")
+        .arg(net.netns(i).file_name().unwrap())
+        .args(["neigh", "show", "proxy", addr])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// An agent killed and restarted under a running workload with its own address: the client's
+/// connection goes on (the node's kernel keeps the routes; the new agent answers for the address
+/// again), and once the workload is stopped, nothing of its address is left on the node, which
+/// gives it to the next workload.
+#[tokio::test]
+async fn an_address_outlives_its_agent_and_goes_with_its_workload() {
+    require_root("an_address_outlives_its_agent_and_goes_with_its_workload");
+    let mut c = cluster(1, &[]).await;
+    let l = looping_redis(&mut c, 207).await;
+    let (id, addr) = (l.id.clone(), l.addr.clone());
+    let old = c.agents.remove(0);
+    c.agents.insert(0, c.net.restart_agent(0, old, &[]));
+    c.clients[0] = c.agents[0].client().await;
+    l.goes_on(100).await;
+    assert!(!proxy_entries(&c.net, 0, &addr).is_empty(), "host0 answers ARP for it");
+    c.clients[0]
+        .stop_process(pb::StopProcessRequest { id: id.clone(), grace_ms: 2000 })
+        .await
+        .expect("stop");
+    wait_exited(&mut c.clients[0], &id, T).await;
+    wait_until("the address to leave host0", T, || {
+        let gone = proxy_entries(&c.net, 0, &addr).is_empty()
+            && !host_route(&c.net, 0, &addr).contains("dev fw");
+        async move { gone.then_some(()) }
+    })
+    .await;
+    let mut sp = spec(&["sleep", "60"]);
+    sp.address = addr.clone();
+    start(&mut c.clients[0], sp).await;
+    assert!(host_route(&c.net, 0, &addr).contains("dev fw"), "the next workload has it");
+}
