@@ -38,6 +38,9 @@ pub struct Agent {
     receiving: std::sync::atomic::AtomicU64,
     /// The hold device of moving workloads' packets (sys::net), opened on first use.
     pub(crate) hold: std::sync::Mutex<Option<Arc<crate::sys::net::Hold>>>,
+    /// Network namespaces laid out for incoming migrations before their freeze (PrepareNetwork),
+    /// by migration id, taken by their restore.
+    pub(crate) prepared_nets: std::sync::Mutex<HashMap<String, crate::workload::network::Prepared>>,
 }
 
 impl Agent {
@@ -87,6 +90,7 @@ impl Agent {
             fd_store,
             receiving: Default::default(),
             hold: Default::default(),
+            prepared_nets: Default::default(),
         });
         agent.recover(pipes);
         // Migrations this node was in the middle of when an earlier agent stopped: finished or

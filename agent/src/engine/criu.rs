@@ -359,7 +359,7 @@ impl CheckpointEngine for CriuEngine {
             vec![images.as_raw_fd(), work.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
         // Its own address: a namespace laid out here before the restore, its pair down until the
         // commit; CRIU restores the tree and its TCP connections into it.
-        let placed = match agent.place_network(&spec).await {
+        let placed = match agent.place_network(&spec, Some(req.migration_id)).await {
             Ok(p) => p,
             Err(e) => {
                 agent.kill_lazy_daemon(req.migration_id);

@@ -336,6 +336,22 @@ impl AgentApi for Service {
         Ok(Response::new(r))
     }
 
+    async fn prepare_network(
+        &self,
+        req: Request<pb::PrepareNetworkRequest>,
+    ) -> Result<Response<pb::PrepareNetworkResult>, Status> {
+        let r = req.into_inner();
+        if r.migration_id.is_empty() || r.workload_id.is_empty() {
+            return Err(Status::invalid_argument("migration id or workload id is empty"));
+        }
+        let agent = self.agent.clone();
+        let host_if = detached(async move {
+            agent.prepare_network(&r.migration_id, &r.workload_id, &r.address).await
+        })
+        .await?;
+        Ok(Response::new(pb::PrepareNetworkResult { host_if }))
+    }
+
     async fn push_pages(
         &self,
         req: Request<tonic::Streaming<pb::PagePart>>,

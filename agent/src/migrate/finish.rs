@@ -72,8 +72,14 @@ impl Agent {
         if let Some(net) = &w.net {
             // This node answers for the address from now on; the source lets go of it once it
             // has this answer, and sends on what it held.
-            if let Err(e) = self.attach_network(net).await {
-                tracing::error!(id = w.id(), migration = migration_id, address = %net.address, %e, "cannot answer for the workload's address here; it runs unreachable");
+            let t = std::time::Instant::now();
+            match self.attach_network(net).await {
+                Ok(()) => {
+                    tracing::info!(id = w.id(), migration = migration_id, address = %net.address, ms = t.elapsed().as_millis() as u64, "this node answers for the workload's address")
+                }
+                Err(e) => {
+                    tracing::error!(id = w.id(), migration = migration_id, address = %net.address, %e, "cannot answer for the workload's address here; it runs unreachable")
+                }
             }
         }
         if !w.is_paused() {
@@ -132,6 +138,7 @@ impl Agent {
         }
         self.note_aborted(migration_id);
         self.kill_lazy_daemon(migration_id);
+        self.forget_prepared_network(migration_id).await;
         if let Ok(w) = self.pending(migration_id) {
             self.discard(&w).await?;
             tracing::info!(

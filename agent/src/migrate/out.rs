@@ -23,6 +23,8 @@ use crate::workload::{continue_tree, stop_tree, Engine, Workload};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the target may take to set memory aside for the pages (before the freeze).
 const RESERVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the target may take to lay out a workload's network namespace (before the freeze).
+const NETWORK_TIMEOUT: Duration = Duration::from_secs(15);
 /// Until the commit, a target that stops answering (its host frozen, a partition that drops
 /// packets silently, its agent stopped) must fail the migration, so the original resumes; TCP
 /// alone would wait for ever (a stopped process's kernel keeps acknowledging) or about 15
@@ -180,6 +182,7 @@ impl Agent {
             journaled: false,
             frozen: false,
             held_net: false,
+            prepared_net: false,
             pushed: false,
             reserved: false,
             progress,
@@ -302,6 +305,8 @@ struct Run {
     /// The workload's own address is held here (its packets wait in the hold, sys::net): a
     /// rollback takes it back, a commit hands it over.
     held_net: bool,
+    /// The target laid out the workload's network namespace (PrepareNetwork): an abort lets it go.
+    prepared_net: bool,
     pushed: bool,
     /// The target set memory aside for the pages (ReservePages): an abort gives it back.
     reserved: bool,
@@ -512,6 +517,45 @@ impl Run {
                     problems.join("; ")
                 ),
             ));
+        }
+        // A workload with its own address: the target lays out its namespace now, outside the
+        // downtime.
+        if let Some(net) = self.w.net.clone() {
+            let req = pb::PrepareNetworkRequest {
+                migration_id: self.mid.clone(),
+                workload_id: self.w.id().to_string(),
+                address: net.address.to_string(),
+            };
+            match tokio::time::timeout(NETWORK_TIMEOUT, client.prepare_network(req)).await {
+                Ok(Ok(_)) => self.prepared_net = true,
+                // An agent without the call lays it out in the restore.
+                Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {}
+                Ok(Err(s)) => {
+                    // Laid out or not, an abort lets go of it.
+                    self.prepared_net = true;
+                    return Err(fail(
+                        p,
+                        format!(
+                            "node {} cannot lay out the network of address {}: {}; the \
+                             workload keeps running here",
+                            health.node,
+                            net.address,
+                            s.message()
+                        ),
+                    ));
+                }
+                Err(_) => {
+                    self.prepared_net = true;
+                    return Err(fail(
+                        p,
+                        format!(
+                            "target agent {} did not lay out the network of address {} within \
+                             {NETWORK_TIMEOUT:?}; the workload keeps running here",
+                            health.node, net.address
+                        ),
+                    ));
+                }
+            }
         }
         // Stop-and-copy with CRIU: the target sets memory aside for the pages before the freeze.
         if !self.post_copy && self.w.spec.engine == Engine::Criu {
@@ -929,9 +973,11 @@ impl Run {
     /// packets it held on to the target.
     async fn hand_over_network(&mut self) {
         let Some(net) = self.w.net.clone().filter(|_| self.held_net) else { return };
+        let t = std::time::Instant::now();
         let sent = self.agent.hand_over_network(&net).await;
         self.held_net = false;
-        tracing::info!(migration = self.mid, address = %net.address, held_packets = sent, "address handed over to the target");
+        let ms = t.elapsed().as_millis() as u64;
+        tracing::info!(migration = self.mid, address = %net.address, held_packets = sent, ms, "address handed over to the target");
     }
 
     /// The target surely did not resume its copy: the migration rolls back.
@@ -1174,7 +1220,7 @@ impl Run {
             let _ = crate::sys::signal::send(lazy.criu_pid, crate::sys::signal::Sig::SIGKILL);
             let _ = tokio::task::spawn_blocking(move || lazy.done.join()).await;
         }
-        if self.pushed || self.reserved {
+        if self.pushed || self.reserved || self.prepared_net {
             if let Some(mut client) = self.client.clone() {
                 let call =
                     client.abort_migration(pb::MigrationRef { migration_id: self.mid.clone() });

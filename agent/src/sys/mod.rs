@@ -11,6 +11,7 @@ pub mod mounts;
 pub mod net;
 pub mod proc;
 pub mod reaper;
+pub mod rtnl;
 pub mod signal;
 pub mod spawn;
 pub mod swrk;

@@ -32,6 +32,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use super::reaper::Reaper;
+use super::rtnl::{self, Rtnl};
 
 /// A workload's address and where it is attached on this node.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -357,24 +358,24 @@ pub fn prepare(reaper: &Reaper, netns: &OwnedFd, a: &Attachment) -> std::io::Res
 /// Makes this node answer for the workload's address: the node's end of its pair up, the /32
 /// route into it (the workload's hardware address known for good), proxy ARP for the address on
 /// the LAN link, and a gratuitous ARP there so the LAN's hosts send to this node from now on.
-pub fn attach(reaper: &Reaper, a: &Attachment) -> std::io::Result<()> {
+pub fn attach(a: &Attachment) -> std::io::Result<()> {
     // Proxy answers to broadcast requests wait up to proxy_delay (0.8 s by default) unless it
     // is 0: a node asking where a moved address went waits for this answer.
     let path = format!("ipv4/neigh/{}/proxy_delay", a.lan);
     if read_sysctl(&path).as_deref() != Some("0") {
         sysctl(&path, "0")?;
     }
-    let script = format!(
-        "link set {host} up\n\
-         route replace {addr}/32 dev {host}\n\
-         neigh replace {addr} lladdr {mac} dev {host} nud permanent\n\
-         neigh replace proxy {addr} dev {lan}\n",
-        addr = a.address,
-        host = a.host_if,
-        mac = a.inner_mac,
-        lan = a.lan
-    );
-    ip_batch(reaper, None, &script)?;
+    // By netlink: this runs inside a migration's downtime (docs/network.md).
+    let (host, lan) = (rtnl::index(&a.host_if)?, rtnl::index(&a.lan)?);
+    let mut nl = Rtnl::open()?;
+    let fail = |what: &str, e: std::io::Error| {
+        std::io::Error::new(e.kind(), format!("{what} for {}: {e}", a.address))
+    };
+    nl.link_up(host, true).map_err(|e| fail(&format!("setting {} up", a.host_if), e))?;
+    nl.route_replace(a.address, host).map_err(|e| fail("the /32 route", e))?;
+    let mac = rtnl::parse_mac(&a.inner_mac)?;
+    nl.neigh_permanent(a.address, mac, host).map_err(|e| fail("the neighbour entry", e))?;
+    nl.proxy(a.address, lan, true).map_err(|e| fail(&format!("proxy ARP on {}", a.lan), e))?;
     if let Err(e) = announce(&a.lan, a.address) {
         // The LAN learns the new place anyway: the old node forwards, and ARP entries expire.
         tracing::warn!(address = %a.address, lan = a.lan, %e, "cannot send a gratuitous ARP");
@@ -490,36 +491,38 @@ fn ipv4_destination(p: &[u8]) -> Option<Ipv4Addr> {
 /// down (nothing the frozen workload's kernel sends leaves), and this node stops answering ARP
 /// for it (hosts that know where it was still send here, into the hold; from the target's
 /// announcement on, they send there: at no moment do two nodes answer for it).
-pub fn hold(reaper: &Reaper, hold: &Hold, a: &Attachment) -> std::io::Result<()> {
+pub fn hold(hold: &Hold, a: &Attachment) -> std::io::Result<()> {
     hold.start(a.address);
-    if let Err(e) = ip(reaper, &["route", "replace", &format!("{}/32", a.address), "dev", HOLD_IF])
-    {
+    let mut nl = Rtnl::open()?;
+    if let Err(e) = rtnl::index(HOLD_IF).and_then(|i| nl.route_replace(a.address, i)) {
         hold.release(a.address);
-        return Err(e);
+        return Err(std::io::Error::new(
+            e.kind(),
+            format!("routing {} to the hold: {e}", a.address),
+        ));
     }
-    let _ = ip(reaper, &["neigh", "del", "proxy", &a.address.to_string(), "dev", &a.lan]);
-    ip(reaper, &["link", "set", &a.host_if, "down"])
+    if let Ok(lan) = rtnl::index(&a.lan) {
+        let _ = nl.proxy(a.address, lan, false);
+    }
+    nl.link_up(rtnl::index(&a.host_if)?, false)
 }
 
 /// After the target took the address over: this node stops answering for it and routes it like
 /// any other LAN address (to the target, which answers ARP for it now), and the held packets
 /// follow. Returns how many were sent on.
-pub fn hand_over(reaper: &Reaper, hold: &Hold, a: &Attachment) -> usize {
-    let _ = ip(reaper, &["route", "del", &format!("{}/32", a.address)]);
+pub fn hand_over(hold: &Hold, a: &Attachment) -> usize {
+    if let Err(e) = Rtnl::open().and_then(|mut nl| nl.route_del(a.address)) {
+        tracing::warn!(address = %a.address, %e, "cannot drop the route into the hold");
+    }
     hold.release(a.address)
 }
 
 /// A rollback: the workload's TCP sockets out of repair mode, its pair up and routed again, the
 /// held packets let in. Returns how many were.
-pub fn take_back(
-    reaper: &Reaper,
-    hold: &Hold,
-    a: &Attachment,
-    pids: &[i32],
-) -> std::io::Result<usize> {
+pub fn take_back(hold: &Hold, a: &Attachment, pids: &[i32]) -> std::io::Result<usize> {
     let repaired = unrepair_tcp(pids);
     tracing::info!(address = %a.address, sockets = repaired, "TCP sockets out of repair mode");
-    attach(reaper, a)?;
+    attach(a)?;
     Ok(hold.release(a.address))
 }
 

@@ -119,7 +119,10 @@ impl Agent {
 
         // Its own address: the namespace and pair laid out, and answered for on this node before
         // the program runs (a restored copy's is answered for only at its commit).
-        let placed = match self.place_network(&spec).await {
+        let placed = match self
+            .place_network(&spec, restoring.as_ref().map(|r| r.migration_id.as_str()))
+            .await
+        {
             Ok(p) => p,
             Err(err) => {
                 cleanup(&dir);
