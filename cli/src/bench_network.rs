@@ -22,6 +22,8 @@
 //!   timeout.
 //!
 //! Everything (hosts, agents, the workload, tcpdump) is removed on exit, also on an error.
+//! `FERRY_BENCH_SAVE_LOGS=DIR` keeps a copy of the agents' logs there; `FERRY_BENCH_LOG` sets
+//! their `RUST_LOG` (default `warn,ferry_agent=info`, which the report's hand-over figures need).
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
@@ -613,10 +615,16 @@ fn bench(args: &NetworkBenchArgs, work: &Path, load_before: &str) -> anyhow::Res
             hops,
         ))
     })();
-    // The workload goes whatever happened (the agents are killed with every descendant anyway).
+    // The workload goes whatever happened (the agents are killed with every descendant anyway);
+    // after a failed migration it may be on either host.
     let _ = rt.block_on(
         agent[at].stop_process(pb::StopProcessRequest { id: id.clone(), grace_ms: 1000 }),
     );
+    if result.is_err() {
+        let _ = rt.block_on(
+            agent[1 - at].stop_process(pb::StopProcessRequest { id: id.clone(), grace_ms: 1000 }),
+        );
+    }
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     drop(agent);
     drop(agents);
@@ -949,8 +957,9 @@ fn stall_parts(out: &mut String, mode: pb::Mode, v: &[&Hop]) {
                 out,
                 "From the hand-over to the last answer ({} ms) the workload ran on the target \
                  with its memory arriving from the source on first touch (each fault a round trip \
-                 through both agents' page tunnel) while the background transfer went on; the \
-                 clients' keys lie all over its memory.",
+                 through both agents' page tunnel) while the background transfer went on: \
+                 whatever Redis touched to answer its clients (its code, heap, the clients' \
+                 buffers and keys) and had not arrived yet was fetched before it could answer.",
                 range(&rest),
             );
         }
