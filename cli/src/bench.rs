@@ -91,7 +91,7 @@ impl SizeRuns {
 }
 
 /// Whether another engineer's QEMU VMs run on this machine (they share its two cores).
-fn qemu_running() -> bool {
+pub(crate) fn qemu_running() -> bool {
     Command::new("pgrep")
         .args(["-f", "qemu-system"])
         .output()
@@ -104,7 +104,7 @@ fn cpu_s(pid: i32) -> f64 {
     ferry_agent::sys::proc::cpu_ticks_with_children(pid).unwrap_or(0) as f64 / hz
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     if v.is_empty() {
         return 0.0;
@@ -117,7 +117,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn need(tool: &str) -> anyhow::Result<()> {
+pub(crate) fn need(tool: &str) -> anyhow::Result<()> {
     let ok =
         Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output()?.status.success();
     if !ok {
@@ -126,7 +126,7 @@ fn need(tool: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+pub(crate) fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
     let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("cannot run {what}"))?;
     if !out.status.success() {
         bail!("{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
@@ -135,7 +135,7 @@ fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
 }
 
 /// Kills `child` and every descendant.
-fn kill_tree(pid: i32) {
+pub(crate) fn kill_tree(pid: i32) {
     for p in descendants(pid) {
         // SAFETY: kill has no memory preconditions.
         unsafe { libc::kill(p, libc::SIGKILL) };
@@ -170,7 +170,11 @@ pub(crate) fn descendants(root: i32) -> Vec<i32> {
     out
 }
 
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
+pub(crate) fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if f() {
@@ -190,8 +194,8 @@ impl Drop for KillOnDrop {
     }
 }
 
-struct Agents {
-    children: Vec<Child>,
+pub(crate) struct Agents {
+    pub(crate) children: Vec<Child>,
 }
 
 impl Drop for Agents {
@@ -201,6 +205,65 @@ impl Drop for Agents {
             let _ = c.wait();
         }
     }
+}
+
+/// Starts `ferry agent` on hosts `0..n` of `net` (node names `bench-I`, listening on the host's
+/// address, port 50051, each with its own data directory under `work` bind-mounted at [`MOUNT`]),
+/// with mutual TLS as in production: the snapshot stream's cost includes its encryption. Agent
+/// `i` logs to `work/agentI.log` at `RUST_LOG` = `FERRY_BENCH_LOG` or else `log`. Returns the
+/// agents (killed with every descendant when dropped) and the wire for [`connect`].
+pub(crate) fn start_agents(
+    net: &Net,
+    work: &Path,
+    n: usize,
+    log: &str,
+) -> anyhow::Result<(Agents, ferry_proto::tls::Wire)> {
+    std::fs::create_dir_all(MOUNT)?;
+    let exe = std::env::current_exe()?;
+    let tls = work.join("tls");
+    let names: Vec<String> =
+        (0..n).map(|i| format!("bench-{i}")).chain(["bench-client".to_string()]).collect();
+    for name in &names {
+        ferry_proto::tls::issue_into(&tls, name, &[], 1).map_err(|e| anyhow::anyhow!(e))?;
+    }
+    let wire = ferry_proto::tls::Wire::Tls(std::sync::Arc::new(
+        ferry_proto::tls::Tls::load(&tls, "bench-client").map_err(|e| anyhow::anyhow!(e))?,
+    ));
+    let mut agents = Agents { children: Vec::new() };
+    for i in 0..n {
+        let data = work.join(format!("host{i}"));
+        std::fs::create_dir_all(&data)?;
+        let log_file = std::fs::File::create(work.join(format!("agent{i}.log")))?;
+        let args: Vec<String> = [
+            "agent",
+            "--listen",
+            &format!("{}:50051", net.ip(i)),
+            "--node",
+            &format!("bench-{i}"),
+            "--data-dir",
+            MOUNT,
+            "--tls-dir",
+            &tls.to_string_lossy(),
+        ]
+        .iter()
+        .chain(if std::env::var_os("FERRY_BENCH_KEEP").is_some() {
+            &["--keep-scratch"][..]
+        } else {
+            &[][..]
+        })
+        .map(|s| s.to_string())
+        .collect();
+        let child = net
+            .command_on(i, &data, Path::new(MOUNT), &exe, &args)
+            .env("RUST_LOG", std::env::var("FERRY_BENCH_LOG").unwrap_or_else(|_| log.into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .context("cannot start an agent")?;
+        agents.children.push(child);
+    }
+    Ok((agents, wire))
 }
 
 pub fn migrate(args: BenchArgs) -> anyhow::Result<()> {
@@ -233,50 +296,7 @@ fn bench(args: &BenchArgs, work: &Path) -> anyhow::Result<()> {
         "10.231.250",
         &["ferry-bench-a".to_string(), "ferry-bench-b".to_string()],
     )?;
-    std::fs::create_dir_all(MOUNT)?;
-    let exe = std::env::current_exe()?;
-    // Mutual TLS, as in production: the snapshot stream's cost includes its encryption.
-    let tls = work.join("tls");
-    for name in ["bench-0", "bench-1", "bench-client"] {
-        ferry_proto::tls::issue_into(&tls, name, &[], 1).map_err(|e| anyhow::anyhow!(e))?;
-    }
-    let wire = ferry_proto::tls::Wire::Tls(std::sync::Arc::new(
-        ferry_proto::tls::Tls::load(&tls, "bench-client").map_err(|e| anyhow::anyhow!(e))?,
-    ));
-    let mut agents = Agents { children: Vec::new() };
-    for i in 0..2 {
-        let data = work.join(format!("host{i}"));
-        std::fs::create_dir_all(&data)?;
-        let log = std::fs::File::create(work.join(format!("agent{i}.log")))?;
-        let args: Vec<String> = [
-            "agent",
-            "--listen",
-            &format!("{}:50051", net.ip(i)),
-            "--node",
-            &format!("bench-{i}"),
-            "--data-dir",
-            MOUNT,
-            "--tls-dir",
-            &tls.to_string_lossy(),
-        ]
-        .iter()
-        .chain(if std::env::var_os("FERRY_BENCH_KEEP").is_some() {
-            &["--keep-scratch"][..]
-        } else {
-            &[][..]
-        })
-        .map(|s| s.to_string())
-        .collect();
-        let child = net
-            .command_on(i, &data, Path::new(MOUNT), &exe, &args)
-            .env("RUST_LOG", std::env::var("FERRY_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("cannot start an agent")?;
-        agents.children.push(child);
-    }
+    let (agents, wire) = start_agents(&net, work, 2, "warn")?;
     let rt = tokio::runtime::Runtime::new()?;
     let addrs = [format!("http://{}:50051", net.ip(0)), format!("http://{}:50051", net.ip(1))];
     let (mut ca, mut cb) = rt.block_on(async {
@@ -352,7 +372,7 @@ fn bench(args: &BenchArgs, work: &Path) -> anyhow::Result<()> {
 
 /// Removes the warm-up file of a benchmark that was killed while it ran (its pid is gone): up to
 /// 8 GiB of tmpfs that no one frees, which slowed every later run here until it was found.
-fn remove_stale_warm_ups() {
+pub(crate) fn remove_stale_warm_ups() {
     let Ok(dir) = std::fs::read_dir("/dev/shm") else { return };
     for e in dir.flatten() {
         let name = e.file_name();
@@ -383,7 +403,7 @@ fn warm_up(work: &Path, size_mib: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect(
+pub(crate) async fn connect(
     wire: &ferry_proto::tls::Wire,
     addr: &str,
 ) -> anyhow::Result<AgentClient<Channel>> {
@@ -420,7 +440,10 @@ pub async fn all_logs(
     }
 }
 
-async fn log_lines(c: &mut AgentClient<Channel>, id: &str) -> anyhow::Result<Vec<String>> {
+pub(crate) async fn log_lines(
+    c: &mut AgentClient<Channel>,
+    id: &str,
+) -> anyhow::Result<Vec<String>> {
     Ok(all_logs(c, id).await?.into_iter().map(|l| l.text).collect())
 }
 
@@ -849,7 +872,7 @@ fn render(args: &BenchArgs, sizes: &[SizeRuns], qemu: bool) -> String {
 }
 
 /// `criu --version` in one line ("4.2.1, GitID 4.2.1+ferry.<id>" when built with scripts/criu's patches).
-fn criu_version() -> String {
+pub(crate) fn criu_version() -> String {
     let out = Command::new("criu").arg("--version").output().map(|o| o.stdout).unwrap_or_default();
     let text = String::from_utf8_lossy(&out);
     let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
@@ -860,7 +883,7 @@ fn criu_version() -> String {
     }
 }
 
-fn crate_host_facts() -> String {
+pub(crate) fn crate_host_facts() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {
@@ -875,7 +898,7 @@ fn crate_host_facts() -> String {
     format!("{cores} cores ({cpu}), kernel {}", kernel.trim())
 }
 
-fn chrono_like_now() -> String {
+pub(crate) fn chrono_like_now() -> String {
     let out = Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output();
     out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
 }

@@ -49,6 +49,10 @@ enum BenchCommand {
     /// Load the REST gateway with N workload records at a constant rate; report latency
     /// percentiles and throughput.
     Api(ferry::bench_api::ApiBenchArgs),
+    /// Migrate Redis with its own address back and forth between two network-namespace hosts
+    /// while N clients on a third keep a TCP connection each; report each client's stall next to
+    /// the downtime, resets and reconnects.
+    Network(ferry::bench_network::NetworkBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -276,6 +280,7 @@ fn main() -> ExitCode {
         Command::Verb(_) => unreachable!("handled above"),
         Command::Bench(BenchCommand::Migrate(args)) => ferry::bench::migrate(args),
         Command::Bench(BenchCommand::Api(args)) => ferry::bench_api::run(args),
+        Command::Bench(BenchCommand::Network(args)) => ferry::bench_network::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
