@@ -93,8 +93,13 @@ try {
     if (!res || !res.ok()) throw new Error(`GET ${BASE} answered ${res?.status()}: is web/dist built and served by the gateway?`);
     const title = await page.title();
     if (!/ferry/i.test(title)) throw new Error(`the page at ${BASE} is not the dashboard (title ${JSON.stringify(title)})`);
-    // Either the dashboard or the login screen.
-    await page.locator('[data-testid="topology"], [data-testid="login-screen"]').first().waitFor();
+    // Either the dashboard with the cluster's data (a node shown: the gateway let it in) or the
+    // login screen. The topology's frame alone renders before the first answer, which may be
+    // the 401 that brings up the login screen a moment later.
+    await page
+      .locator('[data-testid="topology-node-node0"], [data-testid="login-screen"]')
+      .first()
+      .waitFor();
   });
 
   if (await page.locator('[data-testid="login-screen"]').isVisible()) {
