@@ -840,3 +840,54 @@ async fn an_address_outlives_its_agent_and_goes_with_its_workload() {
     start(&mut c.clients[0], sp).await;
     assert!(host_route(&c.net, 0, &addr).contains("dev fw"), "the next workload has it");
 }
+
+/// A restore that fails on the target (the workload holds a file open that the target node
+/// lacks), after the source's dump succeeded: the migration rolls back and the client's HTTP
+/// download goes on on the source over the same connection, every byte checked, no reset.
+#[tokio::test]
+async fn a_failed_restore_leaves_the_download_going_on_the_source() {
+    require_root("a_failed_restore_leaves_the_download_going_on_the_source");
+    let mut c = cluster(2, &[]).await;
+    let addr = format!("{}.208", c.net.prefix());
+    // A file of the source node only (its agent's private data directory), held open.
+    std::fs::write(harness::net::data_path(&c.agents[0], "held"), b"only on host0").unwrap();
+    let script = format!(
+        "exec 3<{}/held; exec python3 {} 8080",
+        harness::net::DATA_MOUNT,
+        workload("streamer.py")
+    );
+    let mut sp = spec(&["sh", "-c", &script]);
+    sp.address = addr.clone();
+    let id = id_of(&start(&mut c.clients[0], sp).await);
+    wait_log(&c.clients[0], &id, "streamer listening", T, |l| {
+        l.iter().any(|x| x.contains("listening 8080"))
+    })
+    .await;
+    let mut resets = Resets::capture(c.net.bridge(), &addr);
+    let conn = connect_from(&c.client_host(), &format!("{addr}:8080")).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    const N: u64 = 3_000_000;
+    let got = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader = {
+        let (mut conn, got) = (conn.try_clone().unwrap(), got.clone());
+        std::thread::spawn(move || download(&mut conn, N, &|n| got.store(n, Ordering::SeqCst)))
+    };
+    wait_until("a fifth of the download", T, || {
+        let n = got.load(Ordering::SeqCst);
+        async move { (n > N / 5).then_some(()) }
+    })
+    .await;
+    let r = c.migrate(&id, 0, 1, pb::Mode::StopAndCopy, pb::Fault::None).await;
+    assert_eq!(r.outcome, pb::Outcome::RolledBack as i32, "{r:?}");
+    assert_eq!(r.failed_phase, "restore", "{r:?}");
+    let longest = reader.join().unwrap().expect("the download goes on on the source");
+    eprintln!("network: download across a failed restore: {N} bytes checked, longest read wait {longest:?}");
+    // And the same connection serves the next download.
+    let mut conn = conn;
+    download(&mut conn, 100_000, &|_| {}).expect("a second download on the same connection");
+    assert!(runs(&mut c.clients[0], &id).await, "it runs on host0");
+    assert!(!runs(&mut c.clients[1], &id).await, "nothing on host1");
+    assert!(host_route(&c.net, 0, &addr).contains("dev fw"), "host0 answers for it again");
+    let rst = resets.seen();
+    assert!(rst.is_empty(), "TCP resets on the bridge: {rst:#?}");
+}
