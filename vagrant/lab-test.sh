@@ -5,7 +5,10 @@
 # exactly 1..n. Then it migrates it back, and once more by post-copy (the memory follows through
 # the agents' page tunnel). Prints each migration's figures. With the lab's certificates
 # (vagrant/bin/tls) it first checks that the agents registered over TLS and that an
-# agent and the coordinator refuse plain TCP and TLS without a client certificate.
+# agent and the coordinator refuse plain TCP and TLS without a client certificate. Last, a
+# workload with its own address (an echo server, tests/workloads/echoserver.py) keeps one TCP
+# connection from this host through a stop-and-copy move and a post-copy move back: needs the
+# host on the lab network (it is, at $FERRY_LAB_NET.1) and root (or sudo -n) for tcpdump.
 #
 #   FERRY_LAB_NET  first three octets of the lab network (default 192.168.56, as the Vagrantfile)
 #   FERRY_API      the REST API (default http://$FERRY_LAB_NET.10:5000, the coordinator VM)
@@ -143,3 +146,150 @@ migrate "$id" agent1
 migrate "$id" agent2 post-copy
 "$ferry" stop "$id"
 step "lab migration verified"
+
+# A workload's own address (docs/network.md): an echo server with an address from the
+# coordinator's workload range on agent1, and ONE TCP connection to it from this host (on-link to
+# the lab network) that sends a numbered line every 20 ms and checks each echo, while the server
+# moves agent1 -> agent2 (stop-and-copy) and back (post-copy). The connection must go on with no
+# error, no gap and no reconnect, and no RST to or from the address may cross the lab's bridge.
+tmp=$(mktemp -d)
+client="" dumps=() sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+cleanup_net() {
+  if [ -n "$client" ]; then kill "$client" 2>/dev/null || true; fi
+  for p in "${dumps[@]}"; do $sudo kill "$p" 2>/dev/null || true; done
+  rm -rf "$tmp"
+}
+trap cleanup_net EXIT
+port=7000
+eid=$("$ferry" run --node agent1 --name echo --network own --json -- \
+  python3 /opt/ferry/workloads/echoserver.py "$port" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+addr=""
+for _ in $(seq 60); do
+  addr=$("$ferry" ps --json | python3 -c '
+import json, sys
+p = next(p for p in json.load(sys.stdin) if p["id"] == sys.argv[1])
+print(p.get("address") or "" if p["status"] == "running" else "")' "$eid")
+  [ -n "$addr" ] && alllogs "$eid" | grep -q "^listening $port" && break
+  sleep 1
+done
+[ -n "$addr" ] || { echo "[lab] $eid has no address of its own" >&2; "$ferry" ps; exit 1; }
+step "started $eid on agent1 with its own address $addr"
+# The lab's link on this host (a libvirt network's bridge) holds $net.1; the address must be
+# on-link there, so this host ARPs for it and the node that runs it answers.
+lan=$(ip -o -4 addr show | awk -v a="$net.1/" 'index($4, a) == 1 {print $2; exit}')
+[ -n "$lan" ] || { echo "[lab] no link of this host holds $net.1" >&2; exit 1; }
+route=$(ip route get "$addr")
+case "$route" in *" dev $lan "*) ;; *) echo "[lab] $addr is not routed on the lab's link $lan: $route" >&2; exit 1 ;; esac
+echo "[lab] ip route get $addr: $(echo "$route" | head -n1 | tr -s ' ')"
+# tcpdump on the bridge and on each of its ports (frames between two VMs do not pass the
+# bridge's own device): every TCP segment to or from the address, kept to count the RSTs.
+links=("$lan")
+[ -d "/sys/class/net/$lan/brif" ] && for l in /sys/class/net/"$lan"/brif/*; do links+=("$(basename "$l")"); done
+for l in "${links[@]}"; do
+  $sudo tcpdump -i "$l" -n -s 128 -U -w "$tmp/$l.pcap" "tcp and host $addr" 2>"$tmp/$l.err" &
+  dumps+=($!)
+done
+sleep 2
+for l in "${links[@]}"; do grep -q 'listening on' "$tmp/$l.err" || { cat "$tmp/$l.err" >&2; exit 1; }; done
+echo "[lab] tcpdump on ${links[*]}"
+# The client: one connection; on SIGUSR1 it reports the longest wait for an echo since the last
+# report ("window K max_wait_ms=W sent=N"), on SIGTERM it closes and reports "done".
+python3 - "$addr" "$port" >"$tmp/client.log" 2>&1 <<'PY' &
+import signal, socket, sys, time
+addr, port = sys.argv[1], int(sys.argv[2])
+flags = {"report": False, "stop": False}
+signal.signal(signal.SIGUSR1, lambda *_: flags.__setitem__("report", True))
+signal.signal(signal.SIGTERM, lambda *_: flags.__setitem__("stop", True))
+s = socket.create_connection((addr, port), timeout=10)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+s.settimeout(60)
+f = s.makefile("rb")
+local = "%s:%d" % s.getsockname()
+print(f"connected {addr}:{port} from {local}", flush=True)
+n = window = 0
+wmax = tmax = 0.0
+while not flags["stop"]:
+    n += 1
+    t0 = time.monotonic()
+    try:
+        s.sendall(b"%d\n" % n)
+        line = f.readline()
+    except OSError as e:
+        print(f"error at line {n}: {e!r}", flush=True)
+        sys.exit(1)
+    wait = time.monotonic() - t0
+    if line != b"%d\n" % n:
+        print(f"error: sent {n}, got {line!r}", flush=True)
+        sys.exit(1)
+    wmax, tmax = max(wmax, wait), max(tmax, wait)
+    if flags["report"]:
+        flags["report"] = False
+        window += 1
+        print(f"window {window} max_wait_ms={wmax * 1000:.0f} sent={n}", flush=True)
+        wmax = 0.0
+    time.sleep(max(0.0, 0.02 - wait))
+s.close()
+print(f"done sent={n} max_wait_ms={tmax * 1000:.0f} from {local}", flush=True)
+PY
+client=$!
+for _ in $(seq 30); do grep -q '^connected' "$tmp/client.log" && break; sleep 0.2; done
+grep -q '^connected' "$tmp/client.log" || { cat "$tmp/client.log" >&2; exit 1; }
+echo "[lab] client $(head -n1 "$tmp/client.log")"
+# report: the client's longest wait since the last report (it must still be running).
+report() {
+  local k=$1
+  kill -0 "$client" 2>/dev/null || { echo "[lab] the client stopped:" >&2; cat "$tmp/client.log" >&2; exit 1; }
+  kill -USR1 "$client"
+  for _ in $(seq 50); do grep -q "^window $k " "$tmp/client.log" && break; sleep 0.2; done
+  grep "^window $k " "$tmp/client.log" | sed -n 's/.*max_wait_ms=\([0-9]*\).*/\1/p'
+}
+sleep 3
+before=$(report 1)
+step "the client's longest wait before any move: $before ms"
+# netmove TARGET MODE K: migrates the echo server with the client going, prints its downtime
+# next to the longest wait the client saw.
+netmove() {
+  local to=$1 mode=$2 k=$3 downtime wait
+  step "migrating $eid ($addr) to $to ($mode) with the client going"
+  "$ferry" migrate "$eid" --to "$to" --mode "$mode" | tee "$tmp/migrate$k"
+  downtime=$(sed -n 's/.*downtime \([0-9]*\) ms.*/\1/p' "$tmp/migrate$k" | tail -n1)
+  sleep 3
+  wait=$(report "$k")
+  [ -n "$wait" ] || { echo "[lab] no report from the client" >&2; cat "$tmp/client.log" >&2; exit 1; }
+  echo "[lab] $to ($mode): downtime ${downtime:-?} ms, the client's longest wait $wait ms"
+}
+netmove agent2 stop-and-copy 2
+netmove agent1 post-copy 3
+"$ferry" ps
+kill -TERM "$client"
+wait "$client" || { echo "[lab] the client failed:" >&2; cat "$tmp/client.log" >&2; exit 1; }
+client=""
+sed 's/^/[lab] client: /' "$tmp/client.log"
+done_line=$(grep '^done ' "$tmp/client.log")
+sent=$(echo "$done_line" | sed -n 's/.*sent=\([0-9]*\).*/\1/p')
+local_end=${done_line##* from }
+# The server accepted one connection, this client's, and echoed every line on it.
+for _ in $(seq 20); do alllogs "$eid" | grep -q '^closed ' && break; sleep 0.5; done
+alllogs "$eid" | sed 's/^/[lab] server: /'
+accepts=$(alllogs "$eid" | grep -c '^accepted ' || true)
+[ "$accepts" -eq 1 ] || { echo "[lab] the server accepted $accepts connections" >&2; exit 1; }
+alllogs "$eid" | grep -qx "accepted 1 from $local_end" ||
+  { echo "[lab] the server's one connection is not the client's ($local_end)" >&2; exit 1; }
+alllogs "$eid" | grep -qx "closed $local_end after $sent lines" ||
+  { echo "[lab] the server did not echo exactly the client's $sent lines on its connection" >&2; exit 1; }
+sleep 1
+for p in "${dumps[@]}"; do $sudo kill "$p" 2>/dev/null || true; done
+for p in "${dumps[@]}"; do wait "$p" 2>/dev/null || true; done
+dumps=()
+rsts=0
+for l in "${links[@]}"; do
+  seen=$(tcpdump -r "$tmp/$l.pcap" -n 2>/dev/null | wc -l)
+  rst=$(tcpdump -r "$tmp/$l.pcap" -n 'tcp[tcpflags] & tcp-rst != 0' 2>/dev/null | tee -a "$tmp/rst" | wc -l)
+  echo "[lab] tcpdump $l: $seen segments to or from $addr, $rst with RST"
+  rsts=$((rsts + rst))
+done
+[ "$rsts" -eq 0 ] || { echo "[lab] RSTs crossed the lab network:" >&2; cat "$tmp/rst" >&2; exit 1; }
+"$ferry" stop "$eid"
+step "own address verified: one connection, $sent lines echoed in order, no RST, through two moves"

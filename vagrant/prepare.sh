@@ -63,4 +63,4 @@ if [ -n "${SUDO_UID:-}" ] && [ -n "${SUDO_GID:-}" ]; then
 fi
 ls -la "$here/vagrant/bin"
 "$here/vagrant/bin/ferry" --version
-"$here/vagrant/bin/criu" --version | head -n1
+"$here/vagrant/bin/criu" --version | sed -n 1p  # not head: criu would die of SIGPIPE (pipefail)

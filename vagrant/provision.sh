@@ -40,6 +40,12 @@ fi
 
 if [ "$role" = coordinator ]; then
   exec_line="/usr/local/bin/ferry coordinator --listen 0.0.0.0:50050 --http 0.0.0.0:5000 --data-dir /var/lib/ferry/coordinator $tls"
+  # Workloads' own addresses (docs/network.md): the upper half of the lab network, on-link for
+  # every VM and the host (the VMs and the host hold addresses of the lower half). A workload
+  # gets one only when asked (`ferry run --network own`); the default stays the node's network.
+  if /usr/local/bin/ferry coordinator --help 2>/dev/null | grep -q -- '--workload-cidr'; then
+    exec_line="$exec_line --workload-cidr ${coordinator%.*}.128/25 --default-network node"
+  fi
   # A ferry whose REST API needs bearer tokens: prepare.sh made the lab's token file.
   if [ -s /tmp/ferry-bin/api-tokens ]; then
     install -D -m 0600 /tmp/ferry-bin/api-tokens /etc/ferry/api-tokens
@@ -51,6 +57,11 @@ else
     exit 1
   fi
   echo "$name: $(/usr/local/sbin/criu --version | head -n1), criu check: $out"
+  # A workload with its own address: the agent runs ip and nsenter, makes veth pairs and opens
+  # /dev/net/tun (its hold device).
+  modprobe tun 2>/dev/null || true
+  for t in ip nsenter; do command -v "$t" >/dev/null || { echo "$name: no $t" >&2; exit 1; }; done
+  [ -c /dev/net/tun ] || { echo "$name: no /dev/net/tun" >&2; exit 1; }
   exec_line="/usr/local/bin/ferry agent --listen $ip:50051 --node $name --coordinator $scheme://$coordinator:50050 --data-dir /var/lib/ferry/agent $tls"
 fi
 # The uploaded key and tokens are installed: no copies left in /tmp (owned by the ssh user).

@@ -14,7 +14,7 @@ gcc -O2 -Wall -Wextra -Werror -o "$out/memhog" "$src/memhog.c"
 gcc -O2 -Wall -Wextra -Werror -pthread -o "$out/threads" "$src/threads.c"
 gcc -O2 -Wall -Wextra -Werror -o "$out/vforker" "$src/vforker.c"
 gcc -O2 -Wall -Wextra -Werror -o "$out/madviser" "$src/madviser.c"
-for py in appender.py tree.py tcpserver.py streamer.py talker.py; do
+for py in appender.py tree.py tcpserver.py streamer.py talker.py echoserver.py; do
     cp "$src/$py" "$out/$py"
     chmod +x "$out/$py"
 done
