@@ -543,12 +543,7 @@ fn new_id() -> String {
 
 /// `prefix-` and 12 hex digits from the kernel's random source (the agent's ids look the same).
 fn new_id_with(prefix: &str) -> String {
-    let mut b = [0u8; 6];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut b);
-    }
-    format!("{prefix}-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+    ferry_proto::ids::new_id(prefix)
 }
 
 /// Whether an agent's error is its answer refusing the call (nothing was started), rather than

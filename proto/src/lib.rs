@@ -4,6 +4,7 @@
 
 #![allow(clippy::all, missing_docs)]
 
+pub mod ids;
 pub mod tls;
 
 /// The generated modules, nested as their protobuf packages (cross-package references need it).

@@ -57,10 +57,7 @@ const GATEWAY: &str = "169.254.1.1";
 
 /// A random locally administered unicast hardware address.
 pub fn new_mac() -> String {
-    let mut b = [0u8; 6];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut b);
-    }
+    let mut b = ferry_proto::ids::random_bytes::<6>();
     b[0] = (b[0] & 0xfc) | 0x02;
     b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
 }
@@ -129,12 +126,7 @@ fn read_sysctl(path: &str) -> Option<String> {
 
 /// A fresh name for the node's end of a workload's pair.
 pub fn new_host_if() -> String {
-    let mut b = [0u8; 6];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut b);
-    }
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("fw{hex}")
+    format!("fw{}", ferry_proto::ids::hex(&ferry_proto::ids::random_bytes::<6>()))
 }
 
 /// A new, empty network namespace (made on a thread of its own, which leaves it at once).

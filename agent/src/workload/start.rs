@@ -260,13 +260,7 @@ pub(crate) fn dir_mode(creds: Option<&Credentials>) -> u32 {
 
 /// A fresh id: `prefix-` and 12 hex digits from the kernel's random source.
 pub(crate) fn new_id_with(prefix: &str) -> String {
-    let mut b = [0u8; 6];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut b);
-    }
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{prefix}-{hex}")
+    ferry_proto::ids::new_id(prefix)
 }
 
 fn new_id() -> String {
