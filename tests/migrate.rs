@@ -1360,19 +1360,6 @@ fn migrate_in_background(
     tokio::spawn(async move { c.migrate_out(req).await.map(|r| r.into_inner()) })
 }
 
-/// Waits until the (restarted) source has resolved migration `mid`, and returns its report.
-async fn resolved(c: &Client, mid: &str) -> pb::MigrationResult {
-    wait_until("the restarted source to resolve the migration", T, || {
-        let (mut c, mid) = (c.clone(), mid.to_string());
-        async move {
-            let r = c.get_migration(pb::MigrationRef { migration_id: mid }).await.ok()?;
-            let r = r.into_inner();
-            (r.outcome != pb::Outcome::Unspecified as i32).then_some(r)
-        }
-    })
-    .await
-}
-
 /// Waits until `c`'s agent lists no workload `id` any more.
 async fn gone_from(c: &mut Client, id: &str, what: &str) {
     wait_until(what, T, || {

@@ -180,22 +180,9 @@ impl Cluster {
     /// Starts redis-server with its own address `addr`, on host `i`.
     async fn redis(&mut self, i: usize, addr: &str) -> String {
         let bin = redis_bin();
-        let port = REDIS_PORT.to_string();
-        let argv = [
-            bin.to_str().unwrap(),
-            "--port",
-            &port,
-            "--bind",
-            "0.0.0.0",
-            "--protected-mode",
-            "no",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-        ];
+        let mut argv = vec![bin.to_string_lossy().into_owned()];
+        argv.extend(redis_args(REDIS_PORT));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let mut sp = spec(&argv);
         sp.user = "redis".into();
         sp.group = "redis".into();
@@ -260,50 +247,28 @@ fn continuous(seen: &Seen, from: i64) {
 async fn redis_keeps_one_client_connection_through_three_migrations() {
     require_root("redis_keeps_one_client_connection_through_three_migrations");
     let mut c = cluster(3, &[]).await;
-    let addr = format!("{}.200", c.net.prefix());
-    let id = c.redis(0, &addr).await;
+    let l = looping_redis(&mut c, 200).await;
+    let (id, addr) = (l.id.clone(), l.addr.clone());
     let mut resets = Resets::capture(c.net.bridge(), &addr);
-    let mut r =
-        Redis::new(connect_from(&c.client_host(), &format!("{addr}:{REDIS_PORT}")).unwrap());
-    let client_id = r.cmd(&["CLIENT", "ID"]).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let looping = {
-        let (stop, seen) = (stop.clone(), seen.clone());
-        std::thread::spawn(move || incr_loop(r, "counter", stop, seen))
-    };
     let hops =
         [(0, 1, pb::Mode::StopAndCopy), (1, 2, pb::Mode::PostCopy), (2, 0, pb::Mode::StopAndCopy)];
     let mut downtimes = Vec::new();
     for (from, to, mode) in hops {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let before = seen.lock().unwrap().values.len();
+        let before = l.answered();
         let res = c.migrate(&id, from, to, mode, pb::Fault::None).await;
         completed(&res);
         downtimes.push(res.downtime_ms);
-        wait_until("the client's INCRs answered after the move", T, || {
-            let n = seen.lock().unwrap().values.len();
-            async move { (n > before + 20).then_some(()) }
-        })
-        .await;
+        l.answered_past(before + 20, "the client's INCRs answered after the move").await;
     }
-    stop.store(true, Ordering::SeqCst);
-    let mut r = looping.join().unwrap();
-    let seen = seen.lock().unwrap();
-    continuous(&seen, 1);
-    assert_eq!(r.cmd(&["CLIENT", "ID"]).unwrap(), client_id, "the same connection throughout");
+    let (mut r, answers) = l.goes_on(0).await;
     assert_eq!(
         r.cmd(&["INCRBY", "counter", "0"]).unwrap(),
-        format!(":{}", seen.values.len()),
+        format!(":{answers}"),
         "the server's counter is the client's"
     );
     let rst = resets.seen();
-    eprintln!(
-        "network: {} INCRs over one connection, longest wait {:?}, downtimes {downtimes:?} ms, {} resets",
-        seen.values.len(),
-        seen.longest,
-        rst.len()
-    );
+    eprintln!("network: downtimes {downtimes:?} ms, {} resets", rst.len());
     assert!(rst.is_empty(), "TCP resets on the bridge: {rst:#?}");
     // The address is answered by host0 alone again: routed into the workload there, nowhere
     // else.
@@ -330,32 +295,13 @@ fn host_route(net: &Net, i: usize, addr: &str) -> String {
 /// the dump has finished (the connections are in repair mode) and the agent takes them out.
 async fn failed_migration_leaves_the_client_connection_alive(mode: pb::Mode, last: u8) {
     require_root("a_failed_migration_leaves_the_client_connection_alive_on_the_source");
-    let mut c = cluster(2, &["--enable-fault-injection"]).await;
-    let addr = format!("{}.{last}", c.net.prefix());
-    let id = c.redis(0, &addr).await;
+    let mut c = cluster(2, &[FI]).await;
+    let l = looping_redis(&mut c, last).await;
+    let (id, addr) = (l.id.clone(), l.addr.clone());
     let mut resets = Resets::capture(c.net.bridge(), &addr);
-    let mut r =
-        Redis::new(connect_from(&c.client_host(), &format!("{addr}:{REDIS_PORT}")).unwrap());
-    let client_id = r.cmd(&["CLIENT", "ID"]).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let looping = {
-        let (stop, seen) = (stop.clone(), seen.clone());
-        std::thread::spawn(move || incr_loop(r, "counter", stop, seen))
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = seen.lock().unwrap().values.len();
     let res = c.migrate(&id, 0, 1, mode, pb::Fault::CorruptChunk).await;
     assert_eq!(res.outcome, pb::Outcome::RolledBack as i32, "{res:?}");
-    wait_until("the client's INCRs answered after the rollback", T, || {
-        let n = seen.lock().unwrap().values.len();
-        async move { (n > before + 20).then_some(()) }
-    })
-    .await;
-    stop.store(true, Ordering::SeqCst);
-    let mut r = looping.join().unwrap();
-    continuous(&seen.lock().unwrap(), 1);
-    assert_eq!(r.cmd(&["CLIENT", "ID"]).unwrap(), client_id, "the same connection");
+    l.goes_on(20).await;
     let rst = resets.seen();
     assert!(rst.is_empty(), "TCP resets on the bridge: {rst:#?}");
     assert!(host_route(&c.net, 0, &addr).contains("dev fw"), "host0 answers for it again");
@@ -598,15 +544,24 @@ async fn looping_redis(c: &mut Cluster, last: u8) -> Looping {
 }
 
 impl Looping {
-    /// Waits for `more` answers past those so far, stops the loop and checks the connection:
-    /// every answer in order, the same one throughout.
-    async fn goes_on(self, more: usize) {
-        let before = self.seen.lock().unwrap().values.len();
-        wait_until("the client's INCRs answered again", T, || {
-            let n = self.seen.lock().unwrap().values.len();
-            async move { (n > before + more).then_some(()) }
+    /// Answers the client has had so far.
+    fn answered(&self) -> usize {
+        self.seen.lock().unwrap().values.len()
+    }
+
+    /// Waits until the client has had more than `n` answers.
+    async fn answered_past(&self, n: usize, what: &str) {
+        wait_until(what, T, || {
+            let got = self.answered();
+            async move { (got > n).then_some(()) }
         })
         .await;
+    }
+
+    /// Waits for `more` answers past those so far, stops the loop and checks the connection:
+    /// every answer in order, the same one throughout. Returns it and how many answers came.
+    async fn goes_on(self, more: usize) -> (Redis, usize) {
+        self.answered_past(self.answered() + more, "the client's INCRs answered again").await;
         self.stop.store(true, Ordering::SeqCst);
         let mut r = self.thread.join().unwrap();
         let seen = self.seen.lock().unwrap();
@@ -617,6 +572,7 @@ impl Looping {
             seen.values.len(),
             seen.longest
         );
+        (r, seen.values.len())
     }
 }
 
@@ -641,19 +597,6 @@ fn migrate_in_background(
         ..Default::default()
     };
     tokio::spawn(async move { client.migrate_out(req).await.map(|r| r.into_inner()) })
-}
-
-/// What agent `c` says became of migration `mid`, once it says.
-async fn resolved(c: &Client, mid: &str) -> pb::MigrationResult {
-    wait_until("the migration to be resolved", T, || {
-        let (mut c, mid) = (c.clone(), mid.to_string());
-        async move {
-            let r = c.get_migration(pb::MigrationRef { migration_id: mid }).await.ok()?;
-            let r = r.into_inner();
-            (r.outcome != pb::Outcome::Unspecified as i32).then_some(r)
-        }
-    })
-    .await
 }
 
 /// Whether agent `c` runs workload `id`.

@@ -236,22 +236,9 @@ async fn redis_keeps_its_keys(mode: pb::Mode) {
     require_root("redis_keeps_its_keys");
     let bin = need("redis-server", "redis-server");
     let mut z = zoo().await;
-    let port = REDIS_PORT.to_string();
-    let argv = [
-        bin.to_str().unwrap(),
-        "--port",
-        &port,
-        "--bind",
-        "0.0.0.0",
-        "--protected-mode",
-        "no",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--daemonize",
-        "no",
-    ];
+    let mut argv = vec![bin.to_string_lossy().into_owned()];
+    argv.extend(redis_args(REDIS_PORT));
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let mut sp = spec(&argv);
     sp.user = "redis".into();
     sp.group = "redis".into();

@@ -409,3 +409,38 @@ pub async fn wait_log(
     })
     .await
 }
+
+/// What agent `c` says became of migration `mid`, once it says (a source agent restarted
+/// mid-migration resolves it on its own).
+pub async fn resolved(c: &Client, mid: &str) -> pb::MigrationResult {
+    wait_until("the migration to be resolved", Duration::from_secs(60), || {
+        let (mut c, mid) = (c.clone(), mid.to_string());
+        async move {
+            let r = c.get_migration(pb::MigrationRef { migration_id: mid }).await.ok()?;
+            let r = r.into_inner();
+            (r.outcome != pb::Outcome::Unspecified as i32).then_some(r)
+        }
+    })
+    .await
+}
+
+/// redis-server's arguments for a test: listening on every address at `port`, no protected
+/// mode, no persistence, in the foreground.
+pub fn redis_args(port: u16) -> Vec<String> {
+    let port = port.to_string();
+    let args = [
+        "--port",
+        port.as_str(),
+        "--bind",
+        "0.0.0.0",
+        "--protected-mode",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+    ];
+    args.iter().map(|s| s.to_string()).collect()
+}
