@@ -651,12 +651,13 @@ fn redis_version() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-async fn start_redis(c: &mut AgentClient<Channel>, address: &str) -> anyhow::Result<String> {
-    let port = REDIS_PORT.to_string();
-    let argv = [
-        REDIS,
+/// redis-server's arguments for a benchmark or a test: listening on every address at `port`,
+/// no protected mode, no persistence, in the foreground.
+pub fn redis_args(port: u16) -> Vec<String> {
+    let port = port.to_string();
+    let args = [
         "--port",
-        &port,
+        port.as_str(),
         "--bind",
         "0.0.0.0",
         "--protected-mode",
@@ -667,11 +668,16 @@ async fn start_redis(c: &mut AgentClient<Channel>, address: &str) -> anyhow::Res
         "no",
         "--daemonize",
         "no",
-        "--enable-debug-command",
-        "yes",
     ];
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+async fn start_redis(c: &mut AgentClient<Channel>, address: &str) -> anyhow::Result<String> {
+    let mut argv = vec![REDIS.to_string()];
+    argv.extend(redis_args(REDIS_PORT));
+    argv.extend(["--enable-debug-command".to_string(), "yes".to_string()]);
     let spec = pb::WorkloadSpec {
-        argv: argv.iter().map(|s| s.to_string()).collect(),
+        argv,
         user: "redis".into(),
         group: "redis".into(),
         address: address.into(),

@@ -424,23 +424,7 @@ pub async fn resolved(c: &Client, mid: &str) -> pb::MigrationResult {
     .await
 }
 
-/// redis-server's arguments for a test: listening on every address at `port`, no protected
-/// mode, no persistence, in the foreground.
+/// redis-server's arguments for a test (the network benchmark's).
 pub fn redis_args(port: u16) -> Vec<String> {
-    let port = port.to_string();
-    let args = [
-        "--port",
-        port.as_str(),
-        "--bind",
-        "0.0.0.0",
-        "--protected-mode",
-        "no",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--daemonize",
-        "no",
-    ];
-    args.iter().map(|s| s.to_string()).collect()
+    ferry::bench_network::redis_args(port)
 }
