@@ -1030,10 +1030,10 @@ impl Run {
             });
         }
         let watcher = self.watch_pages();
-        let served = tokio::task::spawn_blocking(move || lazy.done.join())
-            .await
-            .map_err(|e| fail(Phase::PostCopy, e.to_string()))?;
+        let served = tokio::task::spawn_blocking(move || lazy.done.join()).await;
+        // Whatever the outcome: the poller must not outlive the post-copy.
         watcher.abort();
+        let served = served.map_err(|e| fail(Phase::PostCopy, e.to_string()))?;
         self.frozen = false;
         let _ = self.agent.kill_workload(&self.w);
         self.forget_original().await;
