@@ -21,8 +21,9 @@
 //! - **cut**: a copy that must not run (the killed original, a discarded copy) loses its pair
 //!   before it is killed, so a reset its kernel sends on closing reaches nobody.
 //!
-//! Only the agent's own namespace (the node's) and the workloads' are touched, with `ip` and
-//! /proc/sys/net.
+//! Only the agent's own namespace (the node's) and the workloads' are touched: with `ip` where
+//! time does not matter (laying out a namespace, cutting a pair), by rtnetlink (`sys::rtnl`)
+//! where it does (the hold, the switch, the hand-over), and through /proc/sys/net.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
