@@ -4,9 +4,11 @@
 //! table, the migration state machine and the REST gateway build on this.
 
 pub mod agents;
+mod drain;
 pub mod error;
 pub mod network;
 mod ops;
+pub mod placement;
 pub mod registry;
 pub mod store;
 
@@ -22,10 +24,11 @@ use pb::coordinator_server::{Coordinator as CoordinatorApi, CoordinatorServer};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+pub use drain::MAX_DEADLINE_SECS;
 pub use error::CoordError;
 pub use network::{Network, WorkloadRange};
 pub use ops::{MigrationMode, AUTO_POST_COPY_BYTES};
-pub use store::{Event, MigrationRow, Reported, Store, StoreError};
+pub use store::{DrainItem, DrainRow, Event, MigrationRow, Reported, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -44,6 +47,8 @@ pub struct CoordinatorConfig {
     pub workload_range: Option<WorkloadRange>,
     /// The network of a workload started without saying which (`--default-network`).
     pub default_network: Network,
+    /// How many migrations a drain runs at a time (`--drain-concurrency`).
+    pub drain_concurrency: usize,
     /// Test only: a fault to ask of every migration's source agent (honoured only by agents
     /// started with --enable-fault-injection), as (Fault, fault_arg).
     pub migration_fault: Option<(ferry_proto::agent::Fault, u32)>,
@@ -71,11 +76,15 @@ impl CoordinatorConfig {
             forget_nodes: false,
             workload_range: None,
             default_network: Network::Node,
+            drain_concurrency: DEFAULT_DRAIN_CONCURRENCY,
             migration_fault: None,
             test_crash_at: None,
         }
     }
 }
+
+/// How many migrations a drain runs at a time by default.
+pub const DEFAULT_DRAIN_CONCURRENCY: usize = 2;
 
 /// How long ended workloads are kept by default.
 pub const DEFAULT_KEEP_ENDED: Duration = Duration::from_secs(24 * 3600);
@@ -88,6 +97,8 @@ pub struct Coordinator {
     agents: agents::AgentPool,
     /// Serializes the "already migrating?" check with the insert.
     migrating: Mutex<()>,
+    /// Serializes the "already draining?" check with the insert.
+    draining: Mutex<()>,
     /// Every event, live, for the gateway's event stream.
     events: tokio::sync::broadcast::Sender<Event>,
     /// Address conflicts already announced: (address, holder, reporter).
@@ -128,15 +139,28 @@ impl Coordinator {
             .map(|n| (n.node.clone(), registry::online(n.last_seen_ms, now, interval)))
             .collect();
         let wire = config.wire.clone();
-        Ok(Arc::new(Coordinator {
+        // A drain is driven by the coordinator that started it: one left running by an earlier
+        // run ends failed (its migrations resolve as any other; the operator drains again).
+        let interrupted = store.interrupt_drains(drain::INTERRUPTED, now_ms())?;
+        let c = Arc::new(Coordinator {
             config,
             store,
             last_sweep: Mutex::new(last_sweep),
             agents: agents::AgentPool::new(wire),
             migrating: Mutex::new(()),
+            draining: Mutex::new(()),
             events: tokio::sync::broadcast::channel(1024).0,
             conflicts: Mutex::default(),
-        }))
+        });
+        for id in interrupted {
+            tracing::warn!(drain = id, "a drain left running by a restart ends failed");
+            let node = c.store.drains()?.into_iter().find(|d| d.id == id).map(|d| d.node);
+            let node = node.unwrap_or_default();
+            let msg = format!("drain {id} of {node} failed: {}", drain::INTERRUPTED);
+            let data = format!(r#"{{"drainId":"{id}","node":"{node}","status":"failed"}}"#);
+            c.emit_with("drain_ended", "error", &node, "", msg, data)?;
+        }
+        Ok(c)
     }
 
     fn interval_ms(&self) -> i64 {
