@@ -2236,4 +2236,34 @@ async fn drain_errors_a_double_drain_a_stuck_workload_and_a_restart_mid_drain() 
     assert_eq!(m["status"], "completed", "{m}");
     count_goes_on(&gw, &id, "the appender counting on host0").await;
     assert!(!schedulable(&gw).await["host1"], "the node stays cordoned");
+
+    // A deadline the plan cannot fit (three workloads, 1 s): said up front, and the drain goes
+    // on, by post-copy wherever it can, to the end.
+    assert_eq!(call(&gw, "POST", "/api/servers/host1/uncordon", None).await.0, 200);
+    for _ in 0..2 {
+        assert_eq!(start_placed(&gw, Some("host0"), &["sleep", "600"]).await.0, 201);
+    }
+    let (code, d) = call(
+        &gw,
+        "POST",
+        "/api/servers/host0/drain",
+        Some(serde_json::json!({"deadlineSeconds": 1})),
+    )
+    .await;
+    assert_eq!((code, d["fits"].as_bool()), (202, Some(false)), "{d}");
+    let msg = d["message"].as_str().unwrap();
+    assert!(msg.contains("cannot fit its deadline of 1 s") && msg.contains("proceeds"), "{d}");
+    assert!(d["workloads"].as_array().unwrap().iter().all(|w| w["mode"] == "post-copy"), "{d}");
+    let did = d["id"].as_str().unwrap().to_string();
+    let d = wait_until("the late drain to end", Duration::from_secs(40), || {
+        let (gw, did) = (gw.clone(), did.clone());
+        async move {
+            let (_, d) = call(&gw, "GET", &format!("/api/drains/{did}"), None).await;
+            (d["status"] != "running").then_some(d)
+        }
+    })
+    .await;
+    assert_eq!(d["status"], "completed", "{d}");
+    assert!(d["message"].as_str().unwrap().contains("longer than its deadline of 1 s"), "{d}");
+    count_goes_on(&gw, &id, "the appender counting on host1 after a post-copy drain").await;
 }

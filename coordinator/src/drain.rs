@@ -289,8 +289,9 @@ impl Coordinator {
                 return record(&item, "info");
             }
             Ok((n, _)) => {
-                item.target = n.clone();
-                finish(&mut item, "completed", format!("it was already on {n}"));
+                // Moved off by another hand since the plan: nothing to do.
+                item.target = n;
+                finish(&mut item, "completed", String::new());
                 return record(&item, "info");
             }
             Err(e) => {

@@ -88,7 +88,7 @@ impl Coordinator {
     }
 
     /// Refuses `what` on `node` when it is cordoned, naming it.
-    fn refuse_cordoned(&self, node: &str, what: &str) -> Result<(), CoordError> {
+    pub(crate) fn refuse_cordoned(&self, node: &str, what: &str) -> Result<(), CoordError> {
         if self.store.cordoned()?.contains(node) {
             return Err(CoordError::Unschedulable(format!(
                 "node {node} is cordoned (not schedulable): {what} is refused; uncordon it \
