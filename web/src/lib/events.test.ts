@@ -43,7 +43,7 @@ describe('queryKeysFor', () => {
     }
     for (const kind of ['drain_started', 'drain_progress', 'drain_ended']) {
       expect(EVENT_KINDS).toContain(kind);
-      expect(keys(kind)).toEqual(['servers', 'processes', 'migrations', 'overview']);
+      expect(keys(kind)).toEqual(['drains', 'servers', 'processes', 'migrations', 'overview']);
     }
   });
 

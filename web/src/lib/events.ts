@@ -58,7 +58,7 @@ export function queryKeysFor(e: Pick<FerryEvent, 'kind' | 'processId'>): QueryKe
   }
   if (kind.startsWith('drain_')) {
     // A drain cordons its node and moves its processes: each step may move one.
-    return [queryKeys.servers, queryKeys.processes, queryKeys.migrations, queryKeys.overview];
+    return [queryKeys.drains, queryKeys.servers, queryKeys.processes, queryKeys.migrations, queryKeys.overview];
   }
   if (kind === 'address_conflict') {
     // A report carries an address another process holds: the processes show their addresses.
