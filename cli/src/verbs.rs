@@ -122,7 +122,7 @@ fn parse_deadline(s: &str) -> Result<u64, String> {
         "h" => 3600,
         _ => return Err(format!("{s:?}: the unit must be s, m or h (e.g. 2m)")),
     };
-    Ok(n * mul)
+    n.checked_mul(mul).ok_or_else(|| format!("{s:?} is far too long a deadline"))
 }
 
 /// Outcome of a verb, as an exit code.
@@ -633,5 +633,21 @@ impl Client {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_deadline;
+
+    #[test]
+    fn deadlines_read_seconds_minutes_and_hours() {
+        assert_eq!(parse_deadline("90"), Ok(90));
+        assert_eq!(parse_deadline("90s"), Ok(90));
+        assert_eq!(parse_deadline("2m"), Ok(120));
+        assert_eq!(parse_deadline("1h"), Ok(3600));
+        for bad in ["2x", "m", "-1m", "1.5m", "", "99999999999999999h"] {
+            assert!(parse_deadline(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }
