@@ -1810,3 +1810,460 @@ async fn an_own_address_stays_with_its_workload_through_a_migration() {
     let (_, next) = start_own(&gw, "host0", &["sleep", "600"]).await;
     assert_eq!(next, format!("{subnet}.131"));
 }
+
+/// POST /api/processes of `argv`, on `node` or (None) placed: (status, body).
+async fn start_placed(gw: &str, node: Option<&str>, argv: &[&str]) -> (u16, serde_json::Value) {
+    let mut body = serde_json::json!({"name": argv[0], "command": argv});
+    if let Some(n) = node {
+        body["serverId"] = n.into();
+    }
+    call(gw, "POST", "/api/processes", Some(body)).await
+}
+
+/// Each server's "schedulable", by id.
+async fn schedulable(gw: &str) -> std::collections::BTreeMap<String, bool> {
+    let (_, v) = call(gw, "GET", "/api/servers", None).await;
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap().to_string(), s["schedulable"].as_bool().unwrap()))
+        .collect()
+}
+
+/// The last logged event of `kind` about `process`.
+async fn last_event(gw: &str, process: &str, kind: &str) -> serde_json::Value {
+    let (_, log) = call(gw, "GET", &format!("/api/logs?process={process}"), None).await;
+    log.as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == kind)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {kind} event for {process}: {log}"))
+}
+
+/// Without a node, a process goes to the least loaded online schedulable node, and its
+/// process_started event says why; a cordoned node gets no new process or migration (409 naming
+/// it when asked for by name), stays cordoned across a coordinator restart, and takes work again
+/// once uncordoned; a migration without a target is placed, never on its source.
+#[tokio::test]
+async fn placement_picks_the_least_loaded_schedulable_node_and_cordon_keeps_work_off() {
+    must_be_root();
+    let mut c = on_two_hosts("ferry-test-place").await;
+    let gw = c.gw.clone();
+    for _ in 0..2 {
+        let (code, p) = start_placed(&gw, Some("host0"), &["sleep", "600"]).await;
+        assert_eq!((code, p["serverId"].as_str()), (201, Some("host0")), "{p}");
+    }
+    let (code, p) = start_placed(&gw, None, &["sleep", "600"]).await;
+    assert_eq!((code, p["serverId"].as_str()), (201, Some("host1")), "the least loaded: {p}");
+    let placed = p["id"].as_str().unwrap().to_string();
+    let msg =
+        last_event(&gw, &placed, "process_started").await["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("placed on host1: least loaded of 2 schedulable online nodes")
+            && msg.contains("(0 workloads,")
+            && msg.contains("GiB free"),
+        "{msg}"
+    );
+    // Memory nobody has, and a request of none.
+    let body =
+        serde_json::json!({"name": "x", "command": ["sleep", "1"], "memoryBytes": 1u64 << 50});
+    let (code, err) = call(&gw, "POST", "/api/processes", Some(body)).await;
+    assert_eq!((code, err["error"]["code"].as_str()), (409, Some("unschedulable")), "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("no node can take it"), "{err}");
+    let body = serde_json::json!({"name": "x", "command": ["sleep", "1"], "memoryBytes": 0});
+    assert_eq!(call(&gw, "POST", "/api/processes", Some(body)).await.0, 400);
+
+    // Cordon host1: nothing new goes there, asked or placed.
+    let (code, s) = call(&gw, "POST", "/api/servers/host1/cordon", None).await;
+    assert_eq!((code, s["schedulable"].as_bool()), (200, Some(false)), "{s}");
+    assert_eq!(call(&gw, "POST", "/api/servers/nowhere/cordon", None).await.0, 404);
+    let (code, p) = start_placed(&gw, None, &["sleep", "600"]).await;
+    assert_eq!((code, p["serverId"].as_str()), (201, Some("host0")), "host1 is cordoned: {p}");
+    let on_host0 = p["id"].as_str().unwrap().to_string();
+    let (code, err) = start_placed(&gw, Some("host1"), &["sleep", "600"]).await;
+    assert_eq!((code, err["error"]["code"].as_str()), (409, Some("unschedulable")), "{err}");
+    let m = err["error"]["message"].as_str().unwrap();
+    assert!(m.contains("host1") && m.contains("cordoned") && m.contains("uncordon"), "{m}");
+    let (code, err) = call(
+        &gw,
+        "POST",
+        "/api/migrations",
+        Some(serde_json::json!({"processId": on_host0, "targetServerId": "host1"})),
+    )
+    .await;
+    assert_eq!((code, err["error"]["code"].as_str()), (409, Some("unschedulable")), "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("host1"), "{err}");
+    // Without a target: the only other node is cordoned, and the source is never the target.
+    let (code, err) =
+        call(&gw, "POST", "/api/migrations", Some(serde_json::json!({"processId": on_host0})))
+            .await;
+    assert_eq!((code, err["error"]["code"].as_str()), (409, Some("unschedulable")), "{err}");
+    let (code, out, _) = {
+        let gw = gw.clone();
+        tokio::task::spawn_blocking(move || ferry_cli(&gw, &["nodes"])).await.unwrap()
+    };
+    assert_eq!(code, 0);
+    assert!(out.contains("SCHEDULABLE") && out.contains("no (cordoned)"), "{out}");
+
+    // A restarted coordinator keeps the cordon.
+    c.restart_coordinator_with(&[]).await;
+    let s = schedulable(&gw).await;
+    assert_eq!((s["host0"], s["host1"]), (true, false), "{s:?}");
+
+    // Uncordoned (by the CLI): host1 takes work again, and a migration without a target goes there.
+    let (code, out, err) = {
+        let gw = gw.clone();
+        tokio::task::spawn_blocking(move || ferry_cli(&gw, &["uncordon", "host1"])).await.unwrap()
+    };
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("host1 uncordoned"), "{out}");
+    assert!(schedulable(&gw).await["host1"]);
+    let (code, p) = start_placed(&gw, Some("host1"), &["sleep", "600"]).await;
+    assert_eq!(code, 201, "{p}");
+    let (code, m) =
+        call(&gw, "POST", "/api/migrations", Some(serde_json::json!({"processId": on_host0})))
+            .await;
+    assert_eq!((code, m["targetServerId"].as_str()), (202, Some("host1")), "{m}");
+    let mid = m["id"].as_str().unwrap();
+    assert_eq!(migration_end(&gw, mid, "the placed migration").await["status"], "completed");
+    let msg = last_event(&gw, &on_host0, "migration_started").await["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("placed on host1: least loaded of 1 schedulable online node"), "{msg}");
+}
+
+/// Three hosts for drains: a coordinator and an agent on each.
+struct OnThreeHosts {
+    _agents: Vec<AgentProc>,
+    _coord: AgentProc,
+    _net: harness::net::Net,
+    _data: TempDir,
+    gw: String,
+}
+
+async fn on_three_hosts(tag: &str) -> OnThreeHosts {
+    let net = harness::net::Net::new(3);
+    let (port, http_port) = (free_port(), free_port());
+    let data = TempDir::new(tag);
+    let ip = net.bridge_ip();
+    let coord = coordinator_with(&ip, port, http_port, data.path(), &[]);
+    let url = format!("https://{ip}:{port}");
+    let agents: Vec<AgentProc> = (0..3).map(|i| net.agent(i, &["--coordinator", &url])).collect();
+    wait_nodes(&coord.addr, "three hosts online", |n| {
+        ["host0", "host1", "host2"].iter().all(|h| online(n, h) == Some(true))
+    })
+    .await;
+    OnThreeHosts {
+        _agents: agents,
+        _coord: coord,
+        _net: net,
+        _data: data,
+        gw: format!("{ip}:{http_port}"),
+    }
+}
+
+/// A workload's numbered output lines ("count N" or "tick N") so far.
+async fn numbered(gw: &str, id: &str, prefix: &str) -> Vec<u64> {
+    let (_, l) = call(gw, "GET", &format!("/api/processes/{id}/logs?limit=10000"), None).await;
+    l["lines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x["text"].as_str()?.strip_prefix(prefix)?.parse().ok())
+        .collect()
+}
+
+/// Waits until `id` printed a few more numbered lines, and asserts they never skip or repeat.
+async fn numbers_go_on(gw: &str, id: &str, prefix: &str) {
+    let before = numbered(gw, id, prefix).await.len();
+    let all = wait_until(&format!("{id} counting on"), T, || async move {
+        let all = numbered(gw, id, prefix).await;
+        (all.len() > before + 3).then_some(all)
+    })
+    .await;
+    for w in all.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "{id}: no gap and no repeat across the drain: {all:?}");
+    }
+}
+
+/// `ferry drain host0 --deadline 60s` on a node running six workloads of 16 to 256 MiB: every
+/// one moves (two at a time, spread over the other nodes), each count goes on without a gap, the
+/// drain's record has every migration and its outcome, the node stays cordoned, and the events
+/// tell it all.
+#[tokio::test]
+async fn a_drain_moves_six_workloads_of_mixed_sizes_within_its_deadline() {
+    must_be_root();
+    let c = on_three_hosts("ferry-test-drain").await;
+    let gw = c.gw.clone();
+    let memhog = workload("memhog");
+    let appender = workload("appender.py");
+    let mut ids: Vec<(String, &str)> = Vec::new();
+    for mib in ["16", "64", "128", "256"] {
+        let (code, p) = start_placed(&gw, Some("host0"), &[&memhog, mib]).await;
+        assert_eq!(code, 201, "{p}");
+        ids.push((p["id"].as_str().unwrap().to_string(), "tick "));
+    }
+    for _ in 0..2 {
+        let (code, p) = start_placed(&gw, Some("host0"), &[&appender]).await;
+        assert_eq!(code, 201, "{p}");
+        ids.push((p["id"].as_str().unwrap().to_string(), "count "));
+    }
+    // Every one running, its memory in, and reported with it.
+    for (id, prefix) in &ids {
+        let (gw, id) = (gw.clone(), id.clone());
+        wait_until("each workload under way", T, || {
+            let (gw, id) = (gw.clone(), id.clone());
+            async move { (numbered(&gw, &id, prefix).await.len() >= 3).then_some(()) }
+        })
+        .await;
+    }
+    wait_until("the 256 MiB one reported with its memory", T, || {
+        let (gw, id) = (gw.clone(), ids[3].0.clone());
+        async move {
+            let (_, p) = call(&gw, "GET", &format!("/api/processes/{id}"), None).await;
+            (p["memoryBytes"].as_u64().unwrap_or(0) >= 200 << 20).then_some(())
+        }
+    })
+    .await;
+    let watcher = {
+        let gw = gw.clone();
+        std::thread::spawn(move || sse_until(&gw, "drain_ended", Duration::from_secs(90)))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let (code, out, err) = {
+        let gw = gw.clone();
+        tokio::task::spawn_blocking(move || {
+            ferry_cli(&gw, &["drain", "host0", "--deadline", "60s"])
+        })
+        .await
+        .unwrap()
+    };
+    let took = started.elapsed();
+    assert_eq!(code, 0, "ferry drain: {out}{err}");
+    assert!(
+        out.contains("6 processes") && out.contains("completed: every workload moved off host0"),
+        "{out}"
+    );
+    assert!(took < Duration::from_secs(60), "within its deadline: {took:?}");
+
+    let (_, drains) = call(&gw, "GET", "/api/drains", None).await;
+    assert_eq!(drains.as_array().unwrap().len(), 1, "{drains}");
+    let did = drains[0]["id"].as_str().unwrap();
+    let (code, d) = call(&gw, "GET", &format!("/api/drains/{did}"), None).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        (
+            d["status"].as_str(),
+            d["serverId"].as_str(),
+            d["deadlineSeconds"].as_i64(),
+            d["fits"].as_bool()
+        ),
+        (Some("completed"), Some("host0"), Some(60), Some(true)),
+        "{d}"
+    );
+    assert_eq!(d["concurrency"], 2, "{d}");
+    assert!(d["endedAt"].as_str().unwrap() >= d["startedAt"].as_str().unwrap(), "{d}");
+    let ws = d["workloads"].as_array().unwrap();
+    assert_eq!(ws.len(), 6, "{d}");
+    // Largest first.
+    let sizes: Vec<u64> = ws.iter().map(|w| w["memoryBytes"].as_u64().unwrap()).collect();
+    assert!(sizes.windows(2).all(|p| p[0] >= p[1]), "{sizes:?}");
+    assert_eq!(ws[0]["processId"].as_str(), Some(ids[3].0.as_str()), "the 256 MiB one first: {d}");
+    let mut targets = std::collections::BTreeSet::new();
+    for w in ws {
+        assert_eq!(w["status"], "completed", "{w}");
+        assert!(w["error"].is_null(), "{w}");
+        let mid = w["migrationId"].as_str().unwrap();
+        let (_, m) = call(&gw, "GET", &format!("/api/migrations/{mid}"), None).await;
+        assert_eq!(
+            (
+                m["status"].as_str(),
+                m["sourceServerId"].as_str(),
+                m["processId"].clone(),
+                m["mode"].clone()
+            ),
+            (Some("completed"), Some("host0"), w["processId"].clone(), w["mode"].clone()),
+            "{m}"
+        );
+        assert_eq!(m["targetServerId"], w["targetServerId"]);
+        targets.insert(w["targetServerId"].as_str().unwrap().to_string());
+    }
+    assert_eq!(targets, ["host1".to_string(), "host2".to_string()].into(), "spread by load: {d}");
+    // Nothing left on host0, which stays cordoned; every count goes on where it was.
+    let (_, ps) = call(&gw, "GET", "/api/processes", None).await;
+    assert_eq!(ps.as_array().unwrap().len(), 6, "{ps}");
+    assert!(
+        ps.as_array().unwrap().iter().all(|p| p["serverId"] != "host0" && p["status"] == "running"),
+        "{ps}"
+    );
+    assert!(!schedulable(&gw).await["host0"]);
+    for (id, prefix) in &ids {
+        numbers_go_on(&gw, id, prefix).await;
+    }
+    let seen = watcher.join().unwrap();
+    let of = |k: &str| seen.iter().filter(|(n, _)| n == k).count();
+    assert_eq!((of("drain_started"), of("drain_ended")), (1, 1), "{seen:?}");
+    assert_eq!(of("drain_progress"), 12, "a migrating and a done step per workload: {seen:?}");
+    let ended = &seen.last().unwrap().1;
+    assert_eq!(ended["data"]["status"], "completed", "{ended}");
+}
+
+/// A drain's bad input and refusals: an unknown node 404, a deadline of 0, too long or not a
+/// number 400, an unknown field 400, a node already being drained 409 (and no uncordon while it
+/// is); a workload that has nowhere to go leaves the drain failed, saying which; a coordinator
+/// restarted mid-drain ends it failed ("interrupted"), its migration resolved as any other.
+#[tokio::test]
+async fn drain_errors_a_double_drain_a_stuck_workload_and_a_restart_mid_drain() {
+    must_be_root();
+    let mut c = on_two_hosts_with(
+        "ferry-test-drain-errors",
+        &["--test-migration-fault", "hold-before-commit:4000"],
+        &["--enable-fault-injection"],
+    )
+    .await;
+    let gw = c.gw.clone();
+    for (path, body, code) in [
+        ("/api/servers/nowhere/drain", "", 404),
+        ("/api/servers/host0/drain", r#"{"deadlineSeconds": 0}"#, 400),
+        ("/api/servers/host0/drain", r#"{"deadlineSeconds": 1000000000}"#, 400),
+        ("/api/servers/host0/drain", r#"{"deadlineSeconds": -5}"#, 400),
+        ("/api/servers/host0/drain", r#"{"deadlineSeconds": "1m"}"#, 400),
+        ("/api/servers/host0/drain", r#"{"deadline": 60}"#, 400),
+        ("/api/servers/host0/drain", "not json", 400),
+    ] {
+        let (got, err) = {
+            let (gw, path, body) = (gw.clone(), path.to_string(), body.to_string());
+            tokio::task::spawn_blocking(move || {
+                http(&gw, "POST", &path, (!body.is_empty()).then_some(body.as_str()))
+            })
+            .await
+            .unwrap()
+        };
+        assert_eq!(got, code, "{path} {body} -> {err}");
+        assert!(!err["error"]["message"].as_str().unwrap_or("").is_empty(), "{err}");
+    }
+    assert!(schedulable(&gw).await["host0"], "a refused drain cordons nothing");
+    let (code, out, _) = {
+        let gw = gw.clone();
+        tokio::task::spawn_blocking(move || ferry_cli(&gw, &["drain", "host0", "--deadline", "2x"]))
+            .await
+            .unwrap()
+    };
+    assert_eq!(code, 2, "clap refuses a bad duration: {out}");
+
+    let (code, p) = start_placed(&gw, Some("host0"), &[&workload("appender.py")]).await;
+    assert_eq!(code, 201, "{p}");
+    let id = p["id"].as_str().unwrap().to_string();
+    wait_until("the appender counting", T, || {
+        let id = id.clone();
+        let gw = gw.clone();
+        async move { (counts(&gw, &id).await.len() >= 3).then_some(()) }
+    })
+    .await;
+    let (code, d) = call(
+        &gw,
+        "POST",
+        "/api/servers/host0/drain",
+        Some(serde_json::json!({"deadlineSeconds": 30})),
+    )
+    .await;
+    assert_eq!((code, d["status"].as_str()), (202, Some("running")), "{d}");
+    assert_eq!(d["workloads"].as_array().unwrap().len(), 1, "{d}");
+    let did = d["id"].as_str().unwrap().to_string();
+    // The commit is held 4 s: the drain is surely still running.
+    let (code, err) = call(&gw, "POST", "/api/servers/host0/drain", None).await;
+    assert_eq!((code, err["error"]["code"].as_str()), (409, Some("conflict")), "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains(&did), "{err}");
+    let (code, err) = call(&gw, "POST", "/api/servers/host0/uncordon", None).await;
+    assert_eq!(code, 409, "no uncordon mid-drain: {err}");
+    let (code, err) = start_placed(&gw, Some("host0"), &["sleep", "60"]).await;
+    assert_eq!((code, err["error"]["code"].as_str()), (409, Some("unschedulable")), "{err}");
+    let d = wait_until("the first drain to end", T, || {
+        let (gw, did) = (gw.clone(), did.clone());
+        async move {
+            let (_, d) = call(&gw, "GET", &format!("/api/drains/{did}"), None).await;
+            (d["status"] != "running").then_some(d)
+        }
+    })
+    .await;
+    assert_eq!(d["status"], "completed", "{d}");
+    assert_eq!(d["workloads"][0]["targetServerId"], "host1", "{d}");
+    count_goes_on(&gw, &id, "the appender counting on host1").await;
+
+    // host0 is cordoned: draining host1 has nowhere to put the appender; the drain fails, saying so.
+    let (code, d) = call(&gw, "POST", "/api/servers/host1/drain", None).await;
+    assert_eq!(code, 202, "{d}");
+    let did = d["id"].as_str().unwrap().to_string();
+    let d = wait_until("the stuck drain to end", T, || {
+        let (gw, did) = (gw.clone(), did.clone());
+        async move {
+            let (_, d) = call(&gw, "GET", &format!("/api/drains/{did}"), None).await;
+            (d["status"] != "running").then_some(d)
+        }
+    })
+    .await;
+    assert_eq!(d["status"], "failed", "{d}");
+    let w = &d["workloads"][0];
+    assert_eq!(w["status"], "failed", "{d}");
+    assert!(w["error"].as_str().unwrap().contains("no node can take it"), "{d}");
+    assert!(w["migrationId"].is_null(), "{d}");
+    assert!(d["message"].as_str().unwrap().contains(&id), "names what is left: {d}");
+    count_goes_on(&gw, &id, "the appender still counting on host1").await;
+
+    // Uncordon host0 and drain host1 again; the coordinator dies mid-drain.
+    assert_eq!(call(&gw, "POST", "/api/servers/host0/uncordon", None).await.0, 200);
+    let (code, d) = call(&gw, "POST", "/api/servers/host1/drain", None).await;
+    assert_eq!(code, 202, "{d}");
+    let did = d["id"].as_str().unwrap().to_string();
+    wait_until("the drain's migration under way", T, || {
+        let (gw, did) = (gw.clone(), did.clone());
+        async move {
+            let (_, d) = call(&gw, "GET", &format!("/api/drains/{did}"), None).await;
+            d["workloads"][0]["migrationId"].as_str().map(str::to_string)
+        }
+    })
+    .await;
+    c.restart_coordinator_with(&["--test-migration-fault", "hold-before-commit:4000"]).await;
+    let (_, d) = call(&gw, "GET", &format!("/api/drains/{did}"), None).await;
+    assert_eq!(d["status"], "failed", "{d}");
+    assert!(d["message"].as_str().unwrap().contains("interrupted"), "{d}");
+    let mid = d["workloads"][0]["migrationId"].as_str().unwrap().to_string();
+    let m = migration_end(&gw, &mid, "the interrupted drain's migration to resolve").await;
+    assert_eq!(m["status"], "completed", "{m}");
+    count_goes_on(&gw, &id, "the appender counting on host0").await;
+    assert!(!schedulable(&gw).await["host1"], "the node stays cordoned");
+
+    // A deadline the plan cannot fit (three workloads, 1 s): said up front, and the drain goes
+    // on, by post-copy wherever it can, to the end.
+    assert_eq!(call(&gw, "POST", "/api/servers/host1/uncordon", None).await.0, 200);
+    for _ in 0..2 {
+        assert_eq!(start_placed(&gw, Some("host0"), &["sleep", "600"]).await.0, 201);
+    }
+    let (code, d) = call(
+        &gw,
+        "POST",
+        "/api/servers/host0/drain",
+        Some(serde_json::json!({"deadlineSeconds": 1})),
+    )
+    .await;
+    assert_eq!((code, d["fits"].as_bool()), (202, Some(false)), "{d}");
+    let msg = d["message"].as_str().unwrap();
+    assert!(msg.contains("cannot fit its deadline of 1 s") && msg.contains("proceeds"), "{d}");
+    assert!(d["workloads"].as_array().unwrap().iter().all(|w| w["mode"] == "post-copy"), "{d}");
+    let did = d["id"].as_str().unwrap().to_string();
+    let d = wait_until("the late drain to end", Duration::from_secs(40), || {
+        let (gw, did) = (gw.clone(), did.clone());
+        async move {
+            let (_, d) = call(&gw, "GET", &format!("/api/drains/{did}"), None).await;
+            (d["status"] != "running").then_some(d)
+        }
+    })
+    .await;
+    assert_eq!(d["status"], "completed", "{d}");
+    assert!(d["message"].as_str().unwrap().contains("longer than its deadline of 1 s"), "{d}");
+    count_goes_on(&gw, &id, "the appender counting on host1 after a post-copy drain").await;
+}

@@ -100,6 +100,9 @@ struct CoordinatorArgs {
     /// from --workload-cidr).
     #[arg(long, default_value = "node", value_parser = ["node", "own"])]
     default_network: String,
+    /// How many migrations a drain (POST /api/servers/ID/drain, `ferry drain`) runs at a time.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    drain_concurrency: u32,
     /// Test only: ask every migration's source for a fault, KIND:ARG with KIND slow-transfer
     /// (ms per chunk) or hold-before-commit (ms); agents honour it only with
     /// --enable-fault-injection.
@@ -390,6 +393,7 @@ fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(100)),
         keep_ended: Duration::from_secs(args.keep_ended_secs),
         forget_nodes: args.forget_nodes,
+        drain_concurrency: args.drain_concurrency as usize,
         migration_fault: args.test_migration_fault.as_deref().map(migration_fault).transpose()?,
         test_crash_at: args.test_crash_at.as_deref().map(|a| match a {
             "accepted" => ferry_coordinator::CoordCrash::Accepted,

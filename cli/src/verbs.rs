@@ -32,10 +32,14 @@ pub enum Verb {
         #[arg(short, long)]
         all: bool,
     },
-    /// Start a process on a node: ferry run --node node0 -- sleep 60
+    /// Start a process: ferry run [--node node0] -- sleep 60 (without --node the coordinator
+    /// places it on the least loaded schedulable node with the memory).
     Run {
         #[arg(long)]
-        node: String,
+        node: Option<String>,
+        /// The memory it needs, in MiB, for placement (default: 64).
+        #[arg(long)]
+        memory_mib: Option<u64>,
         #[arg(long)]
         name: Option<String>,
         /// criu or cooperative (default: criu where it works).
@@ -70,8 +74,9 @@ pub enum Verb {
     /// Migrate a process and follow it to the end.
     Migrate {
         id: String,
+        /// The target node; without it the coordinator places it (never on the source).
         #[arg(long)]
-        to: String,
+        to: Option<String>,
         /// stop-and-copy, post-copy (resume on the target before the memory arrives; CRIU
         /// engine only) or auto (post-copy for large CRIU workloads).
         #[arg(long, default_value = "stop-and-copy")]
@@ -89,6 +94,35 @@ pub enum Verb {
     },
     /// Follow the cluster's events.
     Events,
+    /// Mark a node unschedulable: no new processes or migrations into it.
+    Cordon { node: String },
+    /// Make a cordoned node schedulable again.
+    Uncordon { node: String },
+    /// Cordon a node and move every process off it; follow it to the end (exit 0 when all
+    /// moved, 1 otherwise).
+    Drain {
+        node: String,
+        /// The time the whole drain should fit in, e.g. 90s, 2m, 1h (a number alone is
+        /// seconds); each migration's mode is chosen for it.
+        #[arg(long, value_parser = parse_deadline)]
+        deadline: Option<u64>,
+    },
+}
+
+/// `--deadline`: seconds from `90`, `90s`, `2m` or `1h`.
+fn parse_deadline(s: &str) -> Result<u64, String> {
+    let (n, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = n.parse().map_err(|_| format!("{s:?} is not a duration such as 90s, 2m or 1h"))?;
+    let mul = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(format!("{s:?}: the unit must be s, m or h (e.g. 2m)")),
+    };
+    n.checked_mul(mul).ok_or_else(|| format!("{s:?} is far too long a deadline"))
 }
 
 /// Outcome of a verb, as an exit code.
@@ -110,6 +144,7 @@ pub fn run(api: Api, verb: Verb) -> anyhow::Result<u8> {
                         "PROCS",
                         "CRIU",
                         "KERNEL",
+                        "SCHEDULABLE",
                     ],
                     items(&v)
                         .map(|n| {
@@ -126,6 +161,8 @@ pub fn run(api: Api, verb: Verb) -> anyhow::Result<u8> {
                                 s(&n["processCount"]),
                                 s(&n["criuVersion"]),
                                 s(&n["kernel"]),
+                                if n["schedulable"] == false { "no (cordoned)" } else { "yes" }
+                                    .to_string(),
                             ]
                         })
                         .collect(),
@@ -166,7 +203,7 @@ pub fn run(api: Api, verb: Verb) -> anyhow::Result<u8> {
                 );
             }
         }
-        Verb::Run { node, name, engine, cwd, user, group, env, network, argv } => {
+        Verb::Run { node, memory_mib, name, engine, cwd, user, group, env, network, argv } => {
             let mut envs = serde_json::Map::new();
             for kv in env {
                 let (k, v) =
@@ -176,9 +213,14 @@ pub fn run(api: Api, verb: Verb) -> anyhow::Result<u8> {
             let mut body = serde_json::json!({
                 "name": name.unwrap_or_else(|| argv[0].clone()),
                 "command": argv,
-                "serverId": node,
                 "env": envs,
             });
+            if let Some(n) = node {
+                body["serverId"] = n.into();
+            }
+            if let Some(m) = memory_mib {
+                body["memoryBytes"] = (m << 20).into();
+            }
             if let Some(e) = engine {
                 body["engine"] = e.into();
             }
@@ -212,8 +254,11 @@ pub fn run(api: Api, verb: Verb) -> anyhow::Result<u8> {
         ),
         Verb::Migrate { id, to, mode, post_copy } => {
             let mode = if post_copy { "post-copy".to_string() } else { mode };
-            return migrate(&c, &id, &to, &mode, api.json);
+            return migrate(&c, &id, to.as_deref(), &mode, api.json);
         }
+        Verb::Cordon { node } => cordon(&c, &node, true, api.json)?,
+        Verb::Uncordon { node } => cordon(&c, &node, false, api.json)?,
+        Verb::Drain { node, deadline } => return drain(&c, &node, deadline, api.json),
         Verb::Logs { id, follow } => {
             let mut from = 0u64;
             loop {
@@ -252,10 +297,81 @@ pub fn run(api: Api, verb: Verb) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-fn migrate(c: &Client, id: &str, to: &str, mode: &str, json: bool) -> anyhow::Result<u8> {
-    let body = serde_json::json!({"processId": id, "targetServerId": to, "mode": mode});
+fn cordon(c: &Client, node: &str, cordon: bool, json: bool) -> anyhow::Result<()> {
+    let (what, done) = if cordon {
+        ("cordon", "cordoned: no new processes or migrations into it")
+    } else {
+        ("uncordon", "uncordoned: schedulable again")
+    };
+    let n = c.call("POST", &format!("/api/servers/{node}/{what}"), None)?;
+    if json {
+        println!("{n}");
+    } else {
+        println!("{} {done}", s(&n["id"]));
+    }
+    Ok(())
+}
+
+/// Starts a drain of `node` and shows each workload's step until it ends: 0 when every workload
+/// moved, 1 otherwise.
+fn drain(c: &Client, node: &str, deadline: Option<u64>, json: bool) -> anyhow::Result<u8> {
+    let body = deadline.map(|d| serde_json::json!({"deadlineSeconds": d}));
+    let d = c.call("POST", &format!("/api/servers/{node}/drain"), body)?;
+    let id = s(&d["id"]);
+    if !json {
+        println!(
+            "drain {id} of {node}: {} processes, estimated {:.1} s{}",
+            items(&d["workloads"]).count(),
+            d["estimateMs"].as_f64().unwrap_or(0.0) / 1000.0,
+            deadline.map(|d| format!(" (deadline {d} s)")).unwrap_or_default()
+        );
+        if let Some(m) = d["message"].as_str() {
+            println!("  {m}");
+        }
+    }
+    let started = Instant::now();
+    let mut shown: std::collections::HashMap<String, String> = Default::default();
+    let d = loop {
+        let d = c.call("GET", &format!("/api/drains/{id}"), None)?;
+        if !json {
+            for w in items(&d["workloads"]) {
+                let (p, st) = (s(&w["processId"]), s(&w["status"]));
+                if shown.get(&p) == Some(&st) || st == "pending" {
+                    continue;
+                }
+                let secs = started.elapsed().as_secs_f64();
+                let err = w["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default();
+                println!(
+                    "  {secs:>6.1}s  {p:<16} {st:<11} -> {} ({}, {} MiB, migration {}){err}",
+                    s(&w["targetServerId"]),
+                    s(&w["mode"]),
+                    w["memoryBytes"].as_u64().unwrap_or(0) >> 20,
+                    s(&w["migrationId"])
+                );
+                shown.insert(p, st);
+            }
+        }
+        if s(&d["status"]) != "running" {
+            break d;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    if json {
+        println!("{d}");
+    } else {
+        println!("{}: {}", s(&d["status"]), s(&d["message"]));
+    }
+    Ok(if d["status"] == "completed" { 0 } else { 1 })
+}
+
+fn migrate(c: &Client, id: &str, to: Option<&str>, mode: &str, json: bool) -> anyhow::Result<u8> {
+    let mut body = serde_json::json!({"processId": id, "mode": mode});
+    if let Some(t) = to {
+        body["targetServerId"] = t.into();
+    }
     let m = c.call("POST", "/api/migrations", Some(body))?;
     let mid = s(&m["id"]);
+    let to = s(&m["targetServerId"]);
     if !json {
         println!(
             "migration {mid}: {id} from {} to {to} ({})",
@@ -517,5 +633,21 @@ impl Client {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_deadline;
+
+    #[test]
+    fn deadlines_read_seconds_minutes_and_hours() {
+        assert_eq!(parse_deadline("90"), Ok(90));
+        assert_eq!(parse_deadline("90s"), Ok(90));
+        assert_eq!(parse_deadline("2m"), Ok(120));
+        assert_eq!(parse_deadline("1h"), Ok(3600));
+        for bad in ["2x", "m", "-1m", "1.5m", "", "99999999999999999h"] {
+            assert!(parse_deadline(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }

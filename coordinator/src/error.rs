@@ -13,6 +13,9 @@ pub enum CoordError {
     /// Every address of the workload range is in use.
     #[error("{0}")]
     NoAddress(String),
+    /// No node can take it, or the node asked for is cordoned.
+    #[error("{0}")]
+    Unschedulable(String),
     /// The process has a migration that has not ended: the operation is refused (not queued).
     #[error("{0}")]
     Migrating(String),

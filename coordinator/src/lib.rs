@@ -4,9 +4,11 @@
 //! table, the migration state machine and the REST gateway build on this.
 
 pub mod agents;
+mod drain;
 pub mod error;
 pub mod network;
 mod ops;
+pub mod placement;
 pub mod registry;
 pub mod store;
 
@@ -22,10 +24,11 @@ use pb::coordinator_server::{Coordinator as CoordinatorApi, CoordinatorServer};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+pub use drain::MAX_DEADLINE_SECS;
 pub use error::CoordError;
 pub use network::{Network, WorkloadRange};
 pub use ops::{MigrationMode, AUTO_POST_COPY_BYTES};
-pub use store::{Event, MigrationRow, Reported, Store, StoreError};
+pub use store::{DrainItem, DrainRow, Event, MigrationRow, Reported, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -44,6 +47,8 @@ pub struct CoordinatorConfig {
     pub workload_range: Option<WorkloadRange>,
     /// The network of a workload started without saying which (`--default-network`).
     pub default_network: Network,
+    /// How many migrations a drain runs at a time (`--drain-concurrency`).
+    pub drain_concurrency: usize,
     /// Test only: a fault to ask of every migration's source agent (honoured only by agents
     /// started with --enable-fault-injection), as (Fault, fault_arg).
     pub migration_fault: Option<(ferry_proto::agent::Fault, u32)>,
@@ -71,11 +76,15 @@ impl CoordinatorConfig {
             forget_nodes: false,
             workload_range: None,
             default_network: Network::Node,
+            drain_concurrency: DEFAULT_DRAIN_CONCURRENCY,
             migration_fault: None,
             test_crash_at: None,
         }
     }
 }
+
+/// How many migrations a drain runs at a time by default.
+pub const DEFAULT_DRAIN_CONCURRENCY: usize = 2;
 
 /// How long ended workloads are kept by default.
 pub const DEFAULT_KEEP_ENDED: Duration = Duration::from_secs(24 * 3600);
@@ -88,6 +97,8 @@ pub struct Coordinator {
     agents: agents::AgentPool,
     /// Serializes the "already migrating?" check with the insert.
     migrating: Mutex<()>,
+    /// Serializes the "already draining?" check with the insert.
+    draining: Mutex<()>,
     /// Every event, live, for the gateway's event stream.
     events: tokio::sync::broadcast::Sender<Event>,
     /// Address conflicts already announced: (address, holder, reporter).
@@ -128,15 +139,28 @@ impl Coordinator {
             .map(|n| (n.node.clone(), registry::online(n.last_seen_ms, now, interval)))
             .collect();
         let wire = config.wire.clone();
-        Ok(Arc::new(Coordinator {
+        // A drain is driven by the coordinator that started it: one left running by an earlier
+        // run ends failed (its migrations resolve as any other; the operator drains again).
+        let interrupted = store.interrupt_drains(drain::INTERRUPTED, now_ms())?;
+        let c = Arc::new(Coordinator {
             config,
             store,
             last_sweep: Mutex::new(last_sweep),
             agents: agents::AgentPool::new(wire),
             migrating: Mutex::new(()),
+            draining: Mutex::new(()),
             events: tokio::sync::broadcast::channel(1024).0,
             conflicts: Mutex::default(),
-        }))
+        });
+        for id in interrupted {
+            tracing::warn!(drain = id, "a drain left running by a restart ends failed");
+            let node = c.store.drains()?.into_iter().find(|d| d.id == id).map(|d| d.node);
+            let node = node.unwrap_or_default();
+            let msg = format!("drain {id} of {node} failed: {}", drain::INTERRUPTED);
+            let data = format!(r#"{{"drainId":"{id}","node":"{node}","status":"failed"}}"#);
+            c.emit_with("drain_ended", "error", &node, "", msg, data)?;
+        }
+        Ok(c)
     }
 
     fn interval_ms(&self) -> i64 {
@@ -614,6 +638,116 @@ mod tests {
         let c = again(true);
         assert!(c.nodes().unwrap().is_empty());
         assert!(c.workloads().unwrap().is_empty());
+    }
+
+    /// A heartbeat with `gib` GiB of memory available.
+    async fn beat_with_memory(
+        s: &Service,
+        node: &str,
+        gib: u64,
+        workloads: Vec<apb::ProcessStatus>,
+    ) {
+        let health =
+            apb::HealthCheckResponse { memory_available_bytes: gib << 30, ..Default::default() };
+        let r = s
+            .heartbeat(Request::new(pb::HeartbeatRequest {
+                node: node.into(),
+                health: Some(health),
+                workloads,
+            }))
+            .await
+            .unwrap();
+        assert!(r.into_inner().known);
+    }
+
+    fn running(id: &str, rss_gib: u64) -> apb::ProcessStatus {
+        apb::ProcessStatus {
+            spec: Some(apb::WorkloadSpec { id: id.into(), ..Default::default() }),
+            state: apb::ProcessState::Running as i32,
+            rss_bytes: rss_gib << 30,
+            ..Default::default()
+        }
+    }
+
+    /// Placement counts a migration in flight to a node as a workload there, and its memory as
+    /// taken; a cordoned node is never chosen, and named it is refused.
+    #[tokio::test]
+    async fn placement_counts_migrations_in_flight_and_skips_cordoned_nodes() {
+        let (_d, s) = registered(DEFAULT_KEEP_ENDED).await;
+        beat_with_memory(&s, "src", 8, vec![running("w-1", 1)]).await;
+        beat_with_memory(&s, "dst", 4, vec![]).await;
+        let c = &s.0;
+        assert_eq!(c.place(64 << 20, None).unwrap().node, "dst", "fewer workloads");
+        c.store
+            .insert_migration(&MigrationRow {
+                id: "m-1".into(),
+                process_id: "w-1".into(),
+                source: "src".into(),
+                target: "dst".into(),
+                mode: "stop-and-copy".into(),
+                status: "transfer".into(),
+                error: String::new(),
+                result: None,
+                started_at_ms: 1,
+                finished_at_ms: None,
+            })
+            .unwrap();
+        let dst = c.candidates().unwrap().into_iter().find(|n| n.node == "dst").unwrap();
+        assert_eq!((dst.workloads, dst.available_bytes), (1, 3 << 30), "{dst:?}");
+        // One workload each now: the one with more memory available.
+        assert_eq!(c.place(64 << 20, None).unwrap().node, "src");
+        c.set_schedulable("src", false).unwrap();
+        assert_eq!(c.place(64 << 20, None).unwrap().node, "dst");
+        assert!(matches!(c.place(4 << 30, None), Err(CoordError::Unschedulable(_))));
+        let e = c.refuse_cordoned("src", "a new process on it").unwrap_err().to_string();
+        assert!(e.contains("node src is cordoned"), "{e}");
+        assert!(matches!(c.set_schedulable("nope", false), Err(CoordError::NotFound(_))));
+        let kinds: Vec<String> =
+            c.store.events("", "", 100).unwrap().into_iter().map(|e| e.kind).collect();
+        assert_eq!(kinds.iter().filter(|k| *k == "node_cordoned").count(), 1, "{kinds:?}");
+    }
+
+    /// A drain's refusals, and a drain left running by an earlier run ending failed at start.
+    #[tokio::test]
+    async fn drains_refuse_bad_input_and_a_restart_ends_a_running_one_failed() {
+        let (d, s) = registered(DEFAULT_KEEP_ENDED).await;
+        beat_with_memory(&s, "src", 8, vec![]).await;
+        let c = s.0.clone();
+        for deadline in [0, MAX_DEADLINE_SECS + 1] {
+            let e = c.start_drain("src", Some(deadline)).unwrap_err();
+            assert!(matches!(e, CoordError::Invalid(_)), "{e}");
+        }
+        assert!(matches!(c.start_drain("nope", None), Err(CoordError::NotFound(_))));
+        assert!(c.store.cordoned().unwrap().is_empty(), "a refused drain cordons nothing");
+        let running = store::DrainRow {
+            id: "d-1".into(),
+            node: "src".into(),
+            status: "running".into(),
+            deadline_ms: None,
+            estimate_ms: 0,
+            fits: true,
+            concurrency: 2,
+            message: String::new(),
+            started_at_ms: 1,
+            ended_at_ms: None,
+            items: vec![],
+        };
+        c.store.insert_drain(&running).unwrap();
+        let e = c.start_drain("src", None).unwrap_err();
+        assert!(matches!(e, CoordError::Conflict(_)) && e.to_string().contains("d-1"), "{e}");
+        let e = c.set_schedulable("src", true).unwrap_err();
+        assert!(matches!(e, CoordError::Conflict(_)) && e.to_string().contains("d-1"), "{e}");
+        drop((c, s));
+        let config =
+            CoordinatorConfig::new(d.path().to_path_buf(), ferry_proto::tls::Wire::Insecure);
+        let c = Coordinator::open(config).unwrap();
+        let d1 = c.drains().unwrap().into_iter().find(|x| x.id == "d-1").unwrap();
+        assert_eq!((d1.status.as_str(), d1.message.as_str()), ("failed", drain::INTERRUPTED));
+        let ended = c.store.events("", "error", 10).unwrap();
+        assert!(
+            ended.iter().any(|e| e.kind == "drain_ended" && e.message.contains("d-1")),
+            "{ended:?}"
+        );
     }
 
     fn with_address(mut s: apb::ProcessStatus, address: &str) -> apb::ProcessStatus {

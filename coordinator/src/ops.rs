@@ -35,6 +35,100 @@ impl Coordinator {
         Ok(node)
     }
 
+    /// Every node as placement sees it: liveness, cordon, memory available by its last health
+    /// report and workloads, both counting the migrations in flight to it.
+    pub(crate) fn candidates(&self) -> Result<Vec<crate::placement::Candidate>, CoordError> {
+        let cordoned = self.store.cordoned()?;
+        let workloads = self.workloads()?;
+        let in_flight: Vec<MigrationRow> =
+            self.store.migrations()?.into_iter().filter(|m| !m.is_final()).collect();
+        let rss = |id: &str| {
+            workloads
+                .iter()
+                .find(|(_, s)| s.spec.as_ref().is_some_and(|x| x.id == id))
+                .map(|(_, s)| s.rss_bytes)
+                .unwrap_or(0)
+        };
+        Ok(self
+            .nodes()?
+            .into_iter()
+            .map(|n| {
+                let running = workloads
+                    .iter()
+                    .filter(|(node, s)| {
+                        *node == n.node && s.exit.is_none() && s.held_for_migration.is_empty()
+                    })
+                    .count() as u32;
+                let incoming: Vec<&MigrationRow> =
+                    in_flight.iter().filter(|m| m.target == n.node).collect();
+                let coming: u64 = incoming.iter().map(|m| rss(&m.process_id)).sum();
+                crate::placement::Candidate {
+                    online: n.online,
+                    schedulable: !cordoned.contains(&n.node),
+                    available_bytes: n
+                        .health
+                        .map(|h| h.memory_available_bytes)
+                        .unwrap_or(0)
+                        .saturating_sub(coming),
+                    workloads: running + incoming.len() as u32,
+                    node: n.node,
+                }
+            })
+            .collect())
+    }
+
+    /// A node for a workload needing `need_bytes`, never `exclude`.
+    pub(crate) fn place(
+        &self,
+        need_bytes: u64,
+        exclude: Option<&str>,
+    ) -> Result<crate::placement::Placed, CoordError> {
+        crate::placement::place(&self.candidates()?, need_bytes, exclude)
+            .map_err(CoordError::Unschedulable)
+    }
+
+    /// Refuses `what` on `node` when it is cordoned, naming it.
+    pub(crate) fn refuse_cordoned(&self, node: &str, what: &str) -> Result<(), CoordError> {
+        if self.store.cordoned()?.contains(node) {
+            return Err(CoordError::Unschedulable(format!(
+                "node {node} is cordoned (not schedulable): {what} is refused; uncordon it \
+                 (POST /api/servers/{node}/uncordon) or let the coordinator choose a node"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Cordons (`schedulable` false) or uncordons a node; uncordoning one being drained is
+    /// refused.
+    pub fn set_schedulable(&self, node: &str, schedulable: bool) -> Result<(), CoordError> {
+        if !self.nodes()?.iter().any(|n| n.node == node) {
+            return Err(CoordError::NotFound(format!("no server {node:?}")));
+        }
+        if schedulable {
+            if let Some(d) = self.running_drain(node)? {
+                return Err(CoordError::Conflict(format!(
+                    "node {node} is being drained (drain {}); it stays cordoned until the drain \
+                     ends: wait for it (GET /api/drains/{}), then uncordon it",
+                    d.id, d.id
+                )));
+            }
+        }
+        let was = !self.store.cordoned()?.contains(node);
+        self.store.set_schedulable(node, schedulable, now_ms())?;
+        if was != schedulable {
+            let (kind, msg) = if schedulable {
+                ("node_uncordoned", format!("node {node} uncordoned: it takes new workloads again"))
+            } else {
+                (
+                    "node_cordoned",
+                    format!("node {node} cordoned: no new workloads or migrations into it"),
+                )
+            };
+            self.emit(kind, "info", node, "", msg)?;
+        }
+        Ok(())
+    }
+
     /// The node a workload runs on, by its latest report.
     pub fn workload_node(&self, id: &str) -> Result<(String, apb::ProcessStatus), CoordError> {
         self.workloads()?
@@ -92,17 +186,32 @@ impl Coordinator {
         CoordError::Agent { node: node.to_string(), status: s }
     }
 
-    /// Starts `spec` on `server`, on `network` (the coordinator's default network when `None`).
-    /// A workload with a network of its own gets the lowest free address of the workload range,
+    /// Starts `spec` on `server`, or, without one, on the node placement picks for a workload of
+    /// `memory_bytes` ([`crate::placement::DEFAULT_MEMORY_BYTES`] when not given); on `network`
+    /// (the coordinator's default network when `None`). A cordoned `server` is refused. A
+    /// workload with a network of its own gets the lowest free address of the workload range,
     /// recorded before the agent is asked and freed again if the start fails.
     pub async fn start_process(
         &self,
-        server: &str,
+        server: Option<&str>,
         mut spec: apb::WorkloadSpec,
         network: Option<Network>,
+        memory_bytes: Option<u64>,
     ) -> Result<(String, apb::ProcessStatus), CoordError> {
         let network = network.unwrap_or(self.config.default_network);
-        let node = self.online_node(server)?;
+        let (server, placed) = match server {
+            Some(s) => {
+                let node = self.online_node(s)?;
+                self.refuse_cordoned(&node.node, "a new process on it")?;
+                (node.node, None)
+            }
+            None => {
+                let need = memory_bytes.unwrap_or(crate::placement::DEFAULT_MEMORY_BYTES);
+                let p = self.place(need, None)?;
+                (p.node.clone(), Some(p))
+            }
+        };
+        let node = self.online_node(&server)?;
         let mut c = self.agents.client(&node.address)?;
         if network == Network::Own {
             let Some(range) = self.config.workload_range else {
@@ -151,12 +260,14 @@ impl Coordinator {
         }
         let with =
             if address.is_empty() { String::new() } else { format!(" with address {address}") };
+        let why =
+            placed.map(|p| format!(" (placed on {}: {})", p.node, p.reason)).unwrap_or_default();
         self.emit(
             "process_started",
             "info",
             &node.node,
             &id,
-            format!("process {id} started on {}{with}", node.node),
+            format!("process {id} started on {}{why}{with}", node.node),
         )?;
         Ok((node.node, s))
     }
@@ -273,12 +384,13 @@ impl MigrationMode {
 }
 
 impl Coordinator {
-    /// Starts a migration of `process` to `target` and returns at once; the source agent runs the
-    /// transaction and the coordinator records its outcome.
+    /// Starts a migration of `process` to `target` (without one, to the node placement picks,
+    /// never the source) and returns at once; the source agent runs the transaction and the
+    /// coordinator records its outcome. A cordoned target is refused.
     pub fn start_migration(
         self: &Arc<Self>,
         process: &str,
-        target: &str,
+        target: Option<&str>,
         source: Option<&str>,
         mode: MigrationMode,
     ) -> Result<MigrationRow, CoordError> {
@@ -288,6 +400,15 @@ impl Coordinator {
                 "process {process} runs on {node}, not on {s}"
             )));
         }
+        let (target, placed) = match target {
+            Some(t) => (t.to_string(), None),
+            None => {
+                let need = status.rss_bytes.max(crate::placement::DEFAULT_MEMORY_BYTES);
+                let p = self.place(need, Some(&node))?;
+                (p.node.clone(), Some(p))
+            }
+        };
+        let target = target.as_str();
         if target == node {
             return Err(CoordError::Invalid(format!(
                 "process {process} already runs on {target}; choose another target"
@@ -299,6 +420,7 @@ impl Coordinator {
             )));
         }
         let tgt = self.online_node(target)?;
+        self.refuse_cordoned(target, "a migration into it")?;
         let src = self.online_node(&node)?;
         let _guard = self.migrating.lock().expect("migration lock poisoned");
         if let Some(m) = self.migration_in_flight(process)? {
@@ -318,8 +440,10 @@ impl Coordinator {
             finished_at_ms: None,
         };
         self.store.insert_migration(&row)?;
+        let placed =
+            placed.map(|p| format!("; placed on {}: {}", p.node, p.reason)).unwrap_or_default();
         let msg = format!(
-            "migration {} of {process} from {node} to {target} started ({}{why})",
+            "migration {} of {process} from {node} to {target} started ({}{why}{placed})",
             row.id, row.mode
         );
         self.emit("migration_started", "info", &node, process, msg)?;
@@ -537,12 +661,12 @@ impl Coordinator {
     }
 }
 
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     new_id_with("m")
 }
 
 /// `prefix-` and 12 hex digits from the kernel's random source (the agent's ids look the same).
-fn new_id_with(prefix: &str) -> String {
+pub(crate) fn new_id_with(prefix: &str) -> String {
     ferry_proto::ids::new_id(prefix)
 }
 

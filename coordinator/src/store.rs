@@ -133,7 +133,73 @@ CREATE TABLE IF NOT EXISTS addresses (
     allocated_at_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS addresses_by_workload ON addresses (workload);
+-- Cordoned nodes: no new placements, no migrations into them. A node not listed is schedulable.
+CREATE TABLE IF NOT EXISTS cordoned (
+    node TEXT PRIMARY KEY,
+    at_ms INTEGER NOT NULL
+);
+-- Drains: a node's workloads moved off, and each workload's migration.
+CREATE TABLE IF NOT EXISTS drains (
+    id TEXT PRIMARY KEY,
+    node TEXT NOT NULL,
+    status TEXT NOT NULL,
+    deadline_ms INTEGER,
+    estimate_ms INTEGER NOT NULL,
+    fits INTEGER NOT NULL,
+    concurrency INTEGER NOT NULL,
+    message TEXT NOT NULL DEFAULT '',
+    started_at_ms INTEGER NOT NULL,
+    ended_at_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS drain_items (
+    drain TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    process TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    mode TEXT NOT NULL,
+    target TEXT NOT NULL DEFAULT '',
+    migration TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL,
+    error TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (drain, process)
+);
 ";
+
+/// A drain as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrainRow {
+    pub id: String,
+    pub node: String,
+    /// running, completed (nothing left on the node) or failed.
+    pub status: String,
+    pub deadline_ms: Option<i64>,
+    /// The plan's estimate of the whole drain.
+    pub estimate_ms: i64,
+    /// Whether the estimate is within the deadline.
+    pub fits: bool,
+    pub concurrency: u32,
+    /// What the drain says: the deadline it cannot fit, why it failed.
+    pub message: String,
+    pub started_at_ms: i64,
+    pub ended_at_ms: Option<i64>,
+    pub items: Vec<DrainItem>,
+}
+
+/// One workload of a drain.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DrainItem {
+    pub process: String,
+    /// Its resident memory when the drain was planned.
+    pub bytes: u64,
+    /// stop-and-copy or post-copy, as planned.
+    pub mode: String,
+    /// Where it was placed; empty until its migration starts.
+    pub target: String,
+    pub migration: String,
+    /// pending, migrating, then completed, rolled_back or failed.
+    pub status: String,
+    pub error: String,
+}
 
 /// Creates the database file mode 0600 before SQLite does (SQLite would make it 0644, and gives
 /// its -wal and -shm files the database's mode), and sets an existing one, -wal and -shm
@@ -308,6 +374,7 @@ impl Store {
         tx.execute("DELETE FROM nodes", [])?;
         // Their workloads died with them: so did the addresses they held.
         tx.execute("DELETE FROM addresses", [])?;
+        tx.execute("DELETE FROM cordoned", [])?;
         tx.execute(
             "UPDATE migrations SET status = 'failed', error = ?1, finished_at_ms = ?2
              WHERE status NOT IN ('completed', 'rolled_back', 'failed')",
@@ -434,6 +501,167 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+impl Store {
+    /// Cordons (`schedulable` false) or uncordons a node.
+    pub fn set_schedulable(
+        &self,
+        node: &str,
+        schedulable: bool,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let c = self.conn();
+        if schedulable {
+            c.execute("DELETE FROM cordoned WHERE node = ?1", [node])?;
+        } else {
+            c.execute(
+                "INSERT INTO cordoned (node, at_ms) VALUES (?1, ?2) ON CONFLICT(node) DO NOTHING",
+                params![node, now_ms],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The cordoned nodes.
+    pub fn cordoned(&self) -> Result<HashSet<String>, StoreError> {
+        let c = self.conn();
+        let mut stmt = c.prepare("SELECT node FROM cordoned")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records a new drain and its items.
+    pub fn insert_drain(&self, d: &DrainRow) -> Result<(), StoreError> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        tx.execute(
+            "INSERT INTO drains (id, node, status, deadline_ms, estimate_ms, fits, concurrency,
+                                 message, started_at_ms, ended_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                d.id,
+                d.node,
+                d.status,
+                d.deadline_ms,
+                d.estimate_ms,
+                d.fits,
+                d.concurrency,
+                d.message,
+                d.started_at_ms,
+                d.ended_at_ms
+            ],
+        )?;
+        for (i, it) in d.items.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO drain_items (drain, position, process, bytes, mode, target, migration,
+                                          status, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    d.id,
+                    i as i64,
+                    it.process,
+                    it.bytes as i64,
+                    it.mode,
+                    it.target,
+                    it.migration,
+                    it.status,
+                    it.error
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Updates one item of a drain.
+    pub fn set_drain_item(&self, drain: &str, it: &DrainItem) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE drain_items SET mode = ?3, target = ?4, migration = ?5, status = ?6, error = ?7
+             WHERE drain = ?1 AND process = ?2",
+            params![drain, it.process, it.mode, it.target, it.migration, it.status, it.error],
+        )?;
+        Ok(())
+    }
+
+    /// Ends a drain (ignored once it has ended).
+    pub fn end_drain(
+        &self,
+        id: &str,
+        status: &str,
+        message: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE drains SET status = ?2, message = ?3, ended_at_ms = ?4
+             WHERE id = ?1 AND ended_at_ms IS NULL",
+            params![id, status, message, now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Ends every drain still running (a coordinator that restarted no longer drives them) as
+    /// failed with `why`; returns their ids.
+    pub fn interrupt_drains(&self, why: &str, now_ms: i64) -> Result<Vec<String>, StoreError> {
+        let c = self.conn();
+        let mut stmt = c.prepare(
+            "UPDATE drains SET status = 'failed', message = ?1, ended_at_ms = ?2
+             WHERE ended_at_ms IS NULL RETURNING id",
+        )?;
+        let rows = stmt.query_map(params![why, now_ms], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every drain with its items, oldest first.
+    pub fn drains(&self) -> Result<Vec<DrainRow>, StoreError> {
+        let c = self.conn();
+        let mut stmt = c.prepare(
+            "SELECT id, node, status, deadline_ms, estimate_ms, fits, concurrency, message,
+                    started_at_ms, ended_at_ms
+             FROM drains ORDER BY started_at_ms, id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(DrainRow {
+                id: r.get(0)?,
+                node: r.get(1)?,
+                status: r.get(2)?,
+                deadline_ms: r.get(3)?,
+                estimate_ms: r.get(4)?,
+                fits: r.get(5)?,
+                concurrency: r.get(6)?,
+                message: r.get(7)?,
+                started_at_ms: r.get(8)?,
+                ended_at_ms: r.get(9)?,
+                items: Vec::new(),
+            })
+        })?;
+        let mut drains: Vec<DrainRow> = rows.collect::<Result<_, _>>()?;
+        let mut stmt = c.prepare(
+            "SELECT drain, process, bytes, mode, target, migration, status, error
+             FROM drain_items ORDER BY drain, position",
+        )?;
+        let items = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                DrainItem {
+                    process: r.get(1)?,
+                    bytes: r.get::<_, i64>(2)? as u64,
+                    mode: r.get(3)?,
+                    target: r.get(4)?,
+                    migration: r.get(5)?,
+                    status: r.get(6)?,
+                    error: r.get(7)?,
+                },
+            ))
+        })?;
+        for item in items {
+            let (drain, it) = item?;
+            if let Some(d) = drains.iter_mut().find(|d| d.id == drain) {
+                d.items.push(it);
+            }
+        }
+        Ok(drains)
     }
 }
 
@@ -863,6 +1091,74 @@ mod tests {
         allocate(&s, &r, "w-1").unwrap();
         s.forget_nodes("new cluster", 40).unwrap();
         assert!(s.addresses().unwrap().is_empty());
+    }
+
+    #[test]
+    fn cordons_and_drains_survive_reopening_and_a_restart_interrupts_running_drains() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("ferry.db");
+        let drain = DrainRow {
+            id: "d-1".into(),
+            node: "a".into(),
+            status: "running".into(),
+            deadline_ms: Some(60_000),
+            estimate_ms: 1_200,
+            fits: true,
+            concurrency: 2,
+            message: String::new(),
+            started_at_ms: 5,
+            ended_at_ms: None,
+            items: vec![
+                DrainItem {
+                    process: "w-2".into(),
+                    bytes: 9,
+                    mode: "post-copy".into(),
+                    status: "pending".into(),
+                    ..Default::default()
+                },
+                DrainItem {
+                    process: "w-1".into(),
+                    bytes: 3,
+                    mode: "stop-and-copy".into(),
+                    status: "pending".into(),
+                    ..Default::default()
+                },
+            ],
+        };
+        {
+            let s = Store::open(&path).unwrap();
+            s.set_schedulable("a", false, 1).unwrap();
+            s.set_schedulable("a", false, 2).unwrap();
+            s.set_schedulable("b", false, 2).unwrap();
+            s.set_schedulable("b", true, 3).unwrap();
+            s.insert_drain(&drain).unwrap();
+            let it = DrainItem {
+                target: "b".into(),
+                migration: "m-1".into(),
+                status: "completed".into(),
+                ..drain.items[1].clone()
+            };
+            s.set_drain_item("d-1", &it).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.cordoned().unwrap(), ["a".to_string()].into());
+        let got = s.drains().unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].items[0].process, "w-2", "in the planned order");
+        assert_eq!(
+            (got[0].items[1].migration.as_str(), got[0].items[1].status.as_str()),
+            ("m-1", "completed")
+        );
+        assert_eq!(s.interrupt_drains("restarted", 9).unwrap(), ["d-1"]);
+        assert!(s.interrupt_drains("again", 10).unwrap().is_empty());
+        s.end_drain("d-1", "completed", "", 11).unwrap();
+        let got = &s.drains().unwrap()[0];
+        assert_eq!(
+            (got.status.as_str(), got.message.as_str(), got.ended_at_ms),
+            ("failed", "restarted", Some(9))
+        );
+        s.forget_nodes("new cluster", 12).unwrap();
+        assert!(s.cordoned().unwrap().is_empty(), "forgotten nodes keep no cordon");
     }
 
     #[test]

@@ -105,10 +105,17 @@ struct Server {
     criu_version: String,
     kernel: String,
     last_seen_at: String,
+    /// False once cordoned: no new placements, no migrations into it.
+    schedulable: bool,
 }
 
 async fn servers(State(c): State<Arc<Coordinator>>) -> Api<Vec<Server>> {
+    server_list(&c)
+}
+
+fn server_list(c: &Coordinator) -> Api<Vec<Server>> {
     let nodes = c.nodes()?;
+    let cordoned = c.store().cordoned()?;
     // From the workload table, so it agrees with /api/processes at every moment.
     let workloads = c.workloads()?;
     let count =
@@ -136,6 +143,7 @@ async fn servers(State(c): State<Arc<Coordinator>>) -> Api<Vec<Server>> {
                     criu_version: h.criu.map(|c| c.version).unwrap_or_default(),
                     kernel: h.kernel,
                     last_seen_at: rfc3339(n.last_seen_ms),
+                    schedulable: !cordoned.contains(&n.node),
                 }
             })
             .collect(),
@@ -368,6 +376,7 @@ impl From<ferry_coordinator::CoordError> for ApiError {
             // An offline node is the request's problem, not the gateway's: a 4xx.
             E::Unavailable(_) => (StatusCode::CONFLICT, "offline"),
             E::NoAddress(_) => (StatusCode::CONFLICT, "no_address"),
+            E::Unschedulable(_) => (StatusCode::CONFLICT, "unschedulable"),
             E::Agent { status, .. } => match status.code() {
                 // The agent's own refusal of an operation on a migrating workload.
                 tonic::Code::FailedPrecondition if status.message().contains("migrating") => {
@@ -398,7 +407,13 @@ impl From<ferry_coordinator::CoordError> for ApiError {
 struct NewProcess {
     name: String,
     command: Vec<String>,
-    server_id: String,
+    /// The node; without it the coordinator places the process (docs/control-plane.md).
+    #[serde(default)]
+    server_id: Option<String>,
+    /// The memory it needs, for placement: a node must have this much available. Default: 64
+    /// MiB.
+    #[serde(default)]
+    memory_bytes: Option<u64>,
     #[serde(default)]
     cwd: Option<String>,
     #[serde(default)]
@@ -430,6 +445,11 @@ fn mutations() -> Router<Arc<Coordinator>> {
         .route("/api/processes/{id}/logs", get(logs))
         .route("/api/migrations", post(create_migration).get(list_migrations))
         .route("/api/migrations/{id}", get(one_migration))
+        .route("/api/servers/{id}/cordon", post(|s, p| cordon(s, p, false)))
+        .route("/api/servers/{id}/uncordon", post(|s, p| cordon(s, p, true)))
+        .route("/api/servers/{id}/drain", post(start_drain))
+        .route("/api/drains", get(list_drains))
+        .route("/api/drains/{id}", get(one_drain))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
 
@@ -472,7 +492,12 @@ async fn create_process(
         group: p.group.unwrap_or_default(),
         ..Default::default()
     };
-    let (node, s) = c.start_process(&p.server_id, spec, network).await?;
+    if p.memory_bytes == Some(0) {
+        return Err(invalid(
+            "memoryBytes is 0: give the memory the process needs in bytes, or leave it out".into(),
+        ));
+    }
+    let (node, s) = c.start_process(p.server_id.as_deref(), spec, network, p.memory_bytes).await?;
     Ok((StatusCode::CREATED, Json(Context::read(&c)?.process(node, s))))
 }
 
@@ -523,7 +548,9 @@ async fn logs(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct NewMigration {
     process_id: String,
-    target_server_id: String,
+    /// Without it the coordinator places the migration (never on the source).
+    #[serde(default)]
+    target_server_id: Option<String>,
     #[serde(default)]
     source_server_id: Option<String>,
     /// "stop-and-copy" (default), "post-copy" or "auto" (underscores accepted too).
@@ -619,8 +646,12 @@ async fn create_migration(
             ))
         })?,
     };
-    let row =
-        c.start_migration(&m.process_id, &m.target_server_id, m.source_server_id.as_deref(), mode)?;
+    let row = c.start_migration(
+        &m.process_id,
+        m.target_server_id.as_deref(),
+        m.source_server_id.as_deref(),
+        mode,
+    )?;
     Ok((StatusCode::ACCEPTED, Json(migration_json(row))))
 }
 
@@ -637,6 +668,129 @@ async fn one_migration(
         .find(|m| m.id == id)
         .map(|m| Json(migration_json(m)))
         .ok_or_else(|| ApiError::not_found(format!("no migration with id {id:?}")))
+}
+
+async fn cordon(
+    State(c): State<Arc<Coordinator>>,
+    Path(id): Path<String>,
+    schedulable: bool,
+) -> Api<Server> {
+    c.set_schedulable(&id, schedulable)?;
+    let Json(all) = server_list(&c)?;
+    all.into_iter()
+        .find(|s| s.id == id)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no server {id:?}")))
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NewDrain {
+    /// Seconds the whole drain should fit in (1 to a day); the plan picks each migration's mode
+    /// for it. Without it: no deadline, every migration stop-and-copy.
+    #[serde(default)]
+    deadline_seconds: Option<u64>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DrainWorkload {
+    process_id: String,
+    /// Resident memory when the drain was planned.
+    memory_bytes: u64,
+    mode: String,
+    target_server_id: Option<String>,
+    migration_id: Option<String>,
+    /// pending, migrating, completed, rolled_back, failed, or ended (it ended on its own).
+    status: String,
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Drain {
+    id: String,
+    server_id: String,
+    /// running, completed (nothing left on the node) or failed.
+    status: String,
+    deadline_seconds: Option<i64>,
+    estimate_ms: i64,
+    /// Whether the plan's estimate is within the deadline.
+    fits: bool,
+    concurrency: u32,
+    message: Option<String>,
+    workloads: Vec<DrainWorkload>,
+    started_at: String,
+    ended_at: Option<String>,
+}
+
+fn drain_json(d: ferry_coordinator::DrainRow) -> Drain {
+    let some = |s: String| (!s.is_empty()).then_some(s);
+    Drain {
+        id: d.id,
+        server_id: d.node,
+        status: d.status,
+        deadline_seconds: d.deadline_ms.map(|m| m / 1000),
+        estimate_ms: d.estimate_ms,
+        fits: d.fits,
+        concurrency: d.concurrency,
+        message: some(d.message),
+        workloads: d
+            .items
+            .into_iter()
+            .map(|i| DrainWorkload {
+                process_id: i.process,
+                memory_bytes: i.bytes,
+                mode: i.mode,
+                target_server_id: some(i.target),
+                migration_id: some(i.migration),
+                status: i.status,
+                error: some(i.error),
+            })
+            .collect(),
+        started_at: rfc3339(d.started_at_ms),
+        ended_at: d.ended_at_ms.map(rfc3339),
+    }
+}
+
+async fn start_drain(
+    State(c): State<Arc<Coordinator>>,
+    Path(id): Path<String>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(StatusCode, Json<Drain>), ApiError> {
+    let body = body.map_err(|e| {
+        let status = e.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(status, "too_large", e.body_text())
+        } else {
+            ApiError::bad_request(e.body_text())
+        }
+    })?;
+    // The body is optional: none (or only whitespace) is no deadline.
+    let d: NewDrain = if body.iter().all(u8::is_ascii_whitespace) {
+        NewDrain::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "{e}; the body is optional, else {{\"deadlineSeconds\": N}} with N from 1 to {}",
+                ferry_coordinator::MAX_DEADLINE_SECS
+            ))
+        })?
+    };
+    let row = c.start_drain(&id, d.deadline_seconds)?;
+    Ok((StatusCode::ACCEPTED, Json(drain_json(row))))
+}
+
+async fn list_drains(State(c): State<Arc<Coordinator>>) -> Api<Vec<Drain>> {
+    Ok(Json(c.drains()?.into_iter().map(drain_json).collect()))
+}
+
+async fn one_drain(State(c): State<Arc<Coordinator>>, Path(id): Path<String>) -> Api<Drain> {
+    c.drains()?
+        .into_iter()
+        .find(|d| d.id == id)
+        .map(|d| Json(drain_json(d)))
+        .ok_or_else(|| ApiError::not_found(format!("no drain with id {id:?}")))
 }
 
 /// Migration figures for the overview: (active, success rate, average downtime of completed).

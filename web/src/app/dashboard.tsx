@@ -13,6 +13,8 @@ import { useMigrations } from '@/features/migrations/api/get-migrations';
 import { MigrationControl } from '@/features/migrations/components/migration-control';
 import { useLogs } from '@/features/logs/api/get-logs';
 import { SystemLogs } from '@/features/logs/components/system-logs';
+import { useDrains } from '@/features/drains/api/get-drains';
+import { NodeActions } from '@/features/drains/components/node-actions';
 
 const EMPTY: never[] = [];
 
@@ -28,6 +30,7 @@ export function Dashboard() {
   const [showEnded, setShowEnded] = useState(false);
   const processes = useProcesses(showEnded);
   const migrations = useMigrations();
+  const drains = useDrains();
   const [newOpen, setNewOpen] = useState(false);
   const [migrateProcessId, setMigrateProcessId] = useState('');
   const [chosenMigrationId, setSelectedMigrationId] = useState<string | null>(null);
@@ -52,6 +55,9 @@ export function Dashboard() {
       <OverviewCards />
       <div id="topology" className="scroll-mt-4">
         <Topology servers={serverList} processes={processList} migrations={migrationList} onSelectMigration={setSelectedMigrationId} />
+      </div>
+      <div id="nodes" className="scroll-mt-4">
+        <NodeActions servers={serverList} drains={drains.data ?? EMPTY} />
       </div>
       <div className="grid gap-5 xl:grid-cols-12">
         <div id="processes" className="scroll-mt-4 space-y-5 xl:col-span-7">

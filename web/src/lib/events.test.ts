@@ -36,6 +36,17 @@ describe('queryKeysFor', () => {
     expect(keys('address_conflict')).toEqual(['processes']);
   });
 
+  it('refreshes nodes on a cordon, and nodes, processes and migrations on each step of a drain', () => {
+    for (const kind of ['node_cordoned', 'node_uncordoned']) {
+      expect(EVENT_KINDS).toContain(kind);
+      expect(keys(kind)).toEqual(['servers', 'overview']);
+    }
+    for (const kind of ['drain_started', 'drain_progress', 'drain_ended']) {
+      expect(EVENT_KINDS).toContain(kind);
+      expect(keys(kind)).toEqual(['drains', 'servers', 'processes', 'migrations', 'overview']);
+    }
+  });
+
   it('refreshes the figures on a kind it does not know', () => {
     expect(keys('something_new')).toEqual(['overview']);
   });

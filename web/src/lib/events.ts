@@ -20,6 +20,11 @@ export const EVENT_KINDS = [
   'migration_rolled_back',
   'migration_failed',
   'address_conflict',
+  'node_cordoned',
+  'node_uncordoned',
+  'drain_started',
+  'drain_progress',
+  'drain_ended',
 ] as const;
 
 /** The queries an event makes stale (prefix keys: ['processes'] covers every process query). */
@@ -50,6 +55,10 @@ export function queryKeysFor(e: Pick<FerryEvent, 'kind' | 'processId'>): QueryKe
   if (kind.startsWith('migration_')) {
     // Started: the process shows "migrating". Ended: it may have moved to another node.
     return [queryKeys.migrations, queryKeys.processes, queryKeys.servers, queryKeys.overview];
+  }
+  if (kind.startsWith('drain_')) {
+    // A drain cordons its node and moves its processes: each step may move one.
+    return [queryKeys.drains, queryKeys.servers, queryKeys.processes, queryKeys.migrations, queryKeys.overview];
   }
   if (kind === 'address_conflict') {
     // A report carries an address another process holds: the processes show their addresses.

@@ -12,6 +12,7 @@ export const queryKeys = {
   processLogs: (id: string) => ['process-logs', id] as const,
   migrations: ['migrations'] as const,
   migration: (id: string) => ['migrations', id] as const,
+  drains: ['drains'] as const,
   logsRoot: ['logs'] as const,
   logs: (f: LogFilter) => ['logs', { process: f.process ?? '', level: f.level ?? '', limit: f.limit ?? 200 }] as const,
 };

@@ -13,6 +13,7 @@ export function server(over: Partial<Server> = {}): Server {
     criuVersion: '4.2',
     kernel: '6.1.0',
     lastSeenAt: '2026-11-27T12:00:00.000Z',
+    schedulable: true,
     ...over,
   };
 }

@@ -23,6 +23,8 @@ export type Server = {
   criuVersion: string;
   kernel: string;
   lastSeenAt: string;
+  /** False once cordoned (or draining): nothing new is placed on it or migrated into it. */
+  schedulable: boolean;
 };
 
 /**
@@ -64,7 +66,10 @@ export type Network = 'node' | 'own';
 export type NewProcess = {
   name: string;
   command: string[];
-  serverId: string;
+  /** Omitted: the coordinator places it on the least loaded schedulable node with the memory. */
+  serverId?: string;
+  /** Memory it needs, for placement (default 64 MiB). */
+  memoryBytes?: number;
   cwd?: string;
   env?: Record<string, string>;
   engine?: Engine;
@@ -76,7 +81,8 @@ export type MigrationMode = 'stop-and-copy' | 'post-copy' | 'auto';
 
 export type NewMigration = {
   processId: string;
-  targetServerId: string;
+  /** Omitted: placed by the coordinator, never on the source. */
+  targetServerId?: string;
   sourceServerId?: string;
   mode?: MigrationMode;
 };
@@ -111,6 +117,42 @@ export type Migration = {
   phases?: PhaseTiming[];
   startedAt: string;
   finishedAt: string | null;
+};
+
+/** POST /api/servers/{id}/drain's body (optional). */
+export type NewDrain = {
+  /** 1 to 86400; omitted: no deadline. */
+  deadlineSeconds?: number;
+};
+
+export type DrainWorkload = {
+  processId: string;
+  /** Resident memory when the drain was planned. */
+  memoryBytes: number;
+  mode: 'stop-and-copy' | 'post-copy';
+  targetServerId: string | null;
+  migrationId: string | null;
+  /** pending, migrating, completed, rolled_back, failed, or ended (it ended on its own). */
+  status: string;
+  error: string | null;
+};
+
+/** A drain: the node cordoned, then its workloads migrated off (GET /api/drains/{id}). */
+export type Drain = {
+  id: string;
+  serverId: string;
+  /** completed: nothing left on the node; failed: something is, or the coordinator restarted. */
+  status: 'running' | 'completed' | 'failed';
+  deadlineSeconds: number | null;
+  estimateMs: number;
+  /** Whether the plan's estimate is within the deadline (when not, message says so). */
+  fits: boolean;
+  concurrency: number;
+  message: string | null;
+  /** Largest first, the order their migrations start in. */
+  workloads: DrainWorkload[];
+  startedAt: string;
+  endedAt: string | null;
 };
 
 export type LogLine = {

@@ -31,6 +31,7 @@ export function Header() {
         </div>
         <nav className="ml-6 hidden gap-4 text-sm text-slate-600 lg:flex dark:text-slate-300">
           <a href="#topology" className="hover:text-teal-700 dark:hover:text-teal-400">Topology</a>
+          <a href="#nodes" className="hover:text-teal-700 dark:hover:text-teal-400">Nodes</a>
           <a href="#processes" className="hover:text-teal-700 dark:hover:text-teal-400">Processes</a>
           <a href="#migration-control" className="hover:text-teal-700 dark:hover:text-teal-400">Migrations</a>
           <a href="#logs" className="hover:text-teal-700 dark:hover:text-teal-400">Logs</a>

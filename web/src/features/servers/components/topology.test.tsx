@@ -4,7 +4,7 @@ import userEvent from '@testing-library/user-event';
 import { migration, proc, server } from '@/test/fixtures';
 import { Topology } from './topology';
 
-const servers = [server(), server({ id: 'node1', name: 'node1', processCount: 0 }), server({ id: 'node2', status: 'offline', processCount: 0 })];
+const servers = [server(), server({ id: 'node1', name: 'node1', processCount: 0, schedulable: false }), server({ id: 'node2', status: 'offline', processCount: 0 })];
 
 describe('Topology', () => {
   it('draws every node with its workloads, leaving out ended ones', () => {
@@ -17,6 +17,9 @@ describe('Topology', () => {
     );
     expect(screen.getByTestId('topology-node-node0')).toHaveAttribute('data-status', 'online');
     expect(screen.getByTestId('topology-node-node2')).toHaveAttribute('data-status', 'offline');
+    expect(screen.getByTestId('topology-node-node1')).toHaveAttribute('data-schedulable', 'false');
+    expect(screen.getByTestId('topology-node-node1')).toHaveTextContent('online · cordoned');
+    expect(screen.getByTestId('topology-node-node0')).toHaveAttribute('data-schedulable', 'true');
     expect(screen.getByTestId('topology-node-node0').querySelector('[data-testid="topology-process-w-1"]')).not.toBeNull();
     expect(screen.queryByTestId('topology-process-w-2')).toBeNull();
     // A finished migration is no arrow.

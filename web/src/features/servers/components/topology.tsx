@@ -52,7 +52,12 @@ function NodeBox({ box, server, procs, movingIds }: { box: Box; server: Server; 
   const shown = procs.slice(0, MAX_ROWS);
   const inner = CARD_W - 28;
   return (
-    <g transform={`translate(${box.x} ${box.y})`} data-testid={`topology-node-${server.id}`} data-status={server.status}>
+    <g
+      transform={`translate(${box.x} ${box.y})`}
+      data-testid={`topology-node-${server.id}`}
+      data-status={server.status}
+      data-schedulable={server.schedulable === false ? 'false' : 'true'}
+    >
       <rect
         width={box.w}
         height={box.h}
@@ -68,7 +73,7 @@ function NodeBox({ box, server, procs, movingIds }: { box: Box; server: Server; 
         {truncate(server.id, 18)}
       </text>
       <text x={box.w - 14} y={29} textAnchor="end" className={cn('text-[11px] font-medium', online ? 'fill-emerald-700 dark:fill-emerald-400' : 'fill-red-600 dark:fill-red-400')}>
-        {server.status}
+        {server.schedulable === false ? `${server.status} · cordoned` : server.status}
       </text>
       <text x={14} y={46} className="fill-slate-500 text-[10.5px] dark:fill-slate-400">
         {truncate(`${server.name !== server.id ? `${server.name} · ` : ''}${server.address}`, 44)}
