@@ -16,16 +16,25 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 /// A bridge in the root namespace with `n` namespace hosts on it (see `ferry::hosts`).
 pub struct Net {
     inner: ferry::hosts::Net,
+    /// Held (flock) while the net exists: its number is this net's alone, across test threads
+    /// and test processes on this machine.
+    _claim: std::fs::File,
 }
 
 impl Net {
     pub fn new(n: usize) -> Net {
-        // Distinct per test in this binary (up to 20) and likely distinct from other binaries' runs.
-        let k = (std::process::id() % 12) * 20 + NEXT.fetch_add(1, Ordering::SeqCst) % 20 + 1;
+        // A number no other live test net holds (bridge `fbrK`, subnet 10.231.K.0/24), starting
+        // from one likely free: a number left by a dead test is taken over (its leftovers are
+        // removed by `create`).
+        let start = (std::process::id() % 12) * 20 + NEXT.fetch_add(1, Ordering::SeqCst) % 20;
+        let (k, claim) = (0..240)
+            .map(|i| (start + i) % 240 + 1)
+            .find_map(|k| claim(k).map(|f| (k, f)))
+            .expect("all 240 test net numbers are taken by live tests");
         let hosts: Vec<String> = (0..n).map(|i| format!("ferry-t{k}-{i}")).collect();
         let inner = ferry::hosts::Net::create(&format!("fbr{k}"), &format!("10.231.{k}"), &hosts)
             .unwrap_or_else(|e| panic!("cannot create test hosts: {e:#}"));
-        Net { inner }
+        Net { inner, _claim: claim }
     }
 
     /// Address of host `i`.
@@ -106,6 +115,16 @@ impl Net {
         );
         AgentProc::spawn(&format!("host{i}"), cmd, tmp, data)
     }
+}
+
+/// An exclusive lock on test net number `k`, if nobody holds it.
+fn claim(k: u32) -> Option<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let dir = std::path::Path::new("/run/ferry-test-nets");
+    std::fs::create_dir_all(dir).ok()?;
+    let f = std::fs::File::create(dir.join(k.to_string())).ok()?;
+    // SAFETY: flock on a descriptor we own.
+    (unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0).then_some(f)
 }
 
 /// Host-side path of a file in an agent's data directory.
