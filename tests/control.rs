@@ -2182,14 +2182,7 @@ async fn drain_errors_a_double_drain_a_stuck_workload_and_a_restart_mid_drain() 
     assert_eq!(code, 409, "no uncordon mid-drain: {err}");
     let (code, err) = start_placed(&gw, Some("host0"), &["sleep", "60"]).await;
     assert_eq!((code, err["error"]["code"].as_str()), (409, Some("unschedulable")), "{err}");
-    let d = wait_until("the first drain to end", T, || {
-        let (gw, did) = (gw.clone(), did.clone());
-        async move {
-            let (_, d) = call(&gw, "GET", &format!("/api/drains/{did}"), None).await;
-            (d["status"] != "running").then_some(d)
-        }
-    })
-    .await;
+    let d = drain_ended(&gw, &did, "the first drain to end", T).await;
     assert_eq!(d["status"], "completed", "{d}");
     assert_eq!(d["workloads"][0]["targetServerId"], "host1", "{d}");
     count_goes_on(&gw, &id, "the appender counting on host1").await;
@@ -2198,14 +2191,7 @@ async fn drain_errors_a_double_drain_a_stuck_workload_and_a_restart_mid_drain() 
     let (code, d) = call(&gw, "POST", "/api/servers/host1/drain", None).await;
     assert_eq!(code, 202, "{d}");
     let did = d["id"].as_str().unwrap().to_string();
-    let d = wait_until("the stuck drain to end", T, || {
-        let (gw, did) = (gw.clone(), did.clone());
-        async move {
-            let (_, d) = call(&gw, "GET", &format!("/api/drains/{did}"), None).await;
-            (d["status"] != "running").then_some(d)
-        }
-    })
-    .await;
+    let d = drain_ended(&gw, &did, "the stuck drain to end", T).await;
     assert_eq!(d["status"], "failed", "{d}");
     let w = &d["workloads"][0];
     assert_eq!(w["status"], "failed", "{d}");
@@ -2255,15 +2241,17 @@ async fn drain_errors_a_double_drain_a_stuck_workload_and_a_restart_mid_drain() 
     assert!(msg.contains("cannot fit its deadline of 1 s") && msg.contains("proceeds"), "{d}");
     assert!(d["workloads"].as_array().unwrap().iter().all(|w| w["mode"] == "post-copy"), "{d}");
     let did = d["id"].as_str().unwrap().to_string();
-    let d = wait_until("the late drain to end", Duration::from_secs(40), || {
-        let (gw, did) = (gw.clone(), did.clone());
-        async move {
-            let (_, d) = call(&gw, "GET", &format!("/api/drains/{did}"), None).await;
-            (d["status"] != "running").then_some(d)
-        }
-    })
-    .await;
+    let d = drain_ended(&gw, &did, "the late drain to end", Duration::from_secs(40)).await;
     assert_eq!(d["status"], "completed", "{d}");
     assert!(d["message"].as_str().unwrap().contains("longer than its deadline of 1 s"), "{d}");
     count_goes_on(&gw, &id, "the appender counting on host1 after a post-copy drain").await;
+}
+
+/// Drain `did` as the API shows it once it is no longer running (waiting up to `timeout`).
+async fn drain_ended(gw: &str, did: &str, what: &str, timeout: Duration) -> serde_json::Value {
+    wait_until(what, timeout, || async move {
+        let (_, d) = call(gw, "GET", &format!("/api/drains/{did}"), None).await;
+        (d["status"] != "running").then_some(d)
+    })
+    .await
 }
