@@ -38,6 +38,8 @@ pub struct Agent {
     receiving: std::sync::atomic::AtomicU64,
     /// The hold device of moving workloads' packets (sys::net), opened on first use.
     pub(crate) hold: std::sync::Mutex<Option<Arc<crate::sys::net::Hold>>>,
+    /// Woken whenever a lazy-pages daemon is recorded (a page tunnel waits for its own).
+    lazy_started: tokio::sync::Notify,
     /// Network namespaces laid out for incoming migrations before their freeze (PrepareNetwork),
     /// by migration id, taken by their restore.
     pub(crate) prepared_nets: std::sync::Mutex<HashMap<String, crate::workload::network::Prepared>>,
@@ -91,6 +93,7 @@ impl Agent {
             receiving: Default::default(),
             hold: Default::default(),
             prepared_nets: Default::default(),
+            lazy_started: tokio::sync::Notify::new(),
         });
         agent.recover(pipes);
         // Migrations this node was in the middle of when an earlier agent stopped: finished or
@@ -208,6 +211,26 @@ impl Agent {
             }
         }
         m.insert(migration_id.to_string(), lp);
+        drop(m);
+        self.lazy_started.notify_waiters();
+    }
+
+    /// Waits until a lazy-pages daemon is known for `migration_id`, until `deadline`.
+    pub(crate) async fn wait_lazy_daemon(
+        &self,
+        migration_id: &str,
+        deadline: tokio::time::Instant,
+    ) -> Option<Arc<crate::engine::lazy::LazyPages>> {
+        loop {
+            // Made before the look: a daemon set between the look and the wait still wakes it.
+            let started = self.lazy_started.notified();
+            if let Some(lp) = self.lazy_daemon(migration_id) {
+                return Some(lp);
+            }
+            if tokio::time::timeout_at(deadline, started).await.is_err() {
+                return self.lazy_daemon(migration_id);
+            }
+        }
     }
 
     pub(crate) fn record_commit(&self, migration_id: &str, workload_id: &str) {

@@ -301,18 +301,12 @@ impl AgentApi for Service {
         // The source opens the tunnel alongside its push: wait for the restore to start the
         // daemon this tunnel feeds.
         let deadline = tokio::time::Instant::now() + TUNNEL_WAIT;
-        let lp = loop {
-            if let Some(lp) = self.agent.lazy_daemon(&mid) {
-                break lp;
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(Status::not_found(format!(
-                    "no post-copy restore of migration {mid:?} started on this node within {} s",
-                    TUNNEL_WAIT.as_secs()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
+        let lp = self.agent.wait_lazy_daemon(&mid, deadline).await.ok_or_else(|| {
+            Status::not_found(format!(
+                "no post-copy restore of migration {mid:?} started on this node within {} s",
+                TUNNEL_WAIT.as_secs()
+            ))
+        })?;
         // Only the migration's source may feed the workload's memory.
         let who = Request::from_parts(meta, ext, ());
         ferry_proto::tls::may_act_as(&self.agent.config().wire, &who, &lp.source_node)?;
