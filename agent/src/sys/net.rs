@@ -486,6 +486,15 @@ fn ipv4_destination(p: &[u8]) -> Option<Ipv4Addr> {
 /// announcement on, they send there: at no moment do two nodes answer for it).
 pub fn hold(hold: &Hold, a: &Attachment) -> std::io::Result<()> {
     hold.start(a.address);
+    // The held packets are given back all at once, when this node does not yet know where the
+    // address went: they wait in the LAN link's queue for the unresolved neighbour, whose
+    // default (unres_qlen_bytes, 208 KiB) holds about a hundred of them; beyond it the kernel
+    // drops them and their senders wait for a retransmission.
+    let path = format!("ipv4/neigh/{}/unres_qlen_bytes", a.lan);
+    let want = HOLD_CAP.to_string();
+    if read_sysctl(&path).and_then(|v| v.parse::<usize>().ok()).is_none_or(|v| v < HOLD_CAP) {
+        sysctl(&path, &want)?;
+    }
     let mut nl = Rtnl::open()?;
     if let Err(e) = rtnl::index(HOLD_IF).and_then(|i| nl.route_replace(a.address, i)) {
         hold.release(a.address);
