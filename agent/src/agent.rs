@@ -30,7 +30,9 @@ pub struct Agent {
     /// came discards its copy once it is done (migrate::finish).
     pub(crate) aborted: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     /// Migrations this node started (as source): None while running, then the report.
-    migrations: std::sync::Mutex<HashMap<String, crate::migrate::MigrationState>>,
+    /// Each with when it was last recorded: the oldest finished ones go first.
+    migrations:
+        std::sync::Mutex<HashMap<String, (crate::migrate::MigrationState, std::time::Instant)>>,
     /// Holds a copy of every workload's output pipes across agent restarts (`sys::fdstore`).
     fd_store: Option<crate::sys::fdstore::FdStore>,
     /// Bytes declared by the snapshots being received (PushSnapshot), reserved against the
@@ -164,7 +166,8 @@ impl Agent {
 
     /// A migration this node started (None: never started here, or before this agent's start).
     pub fn migration(&self, id: &str) -> Option<crate::migrate::MigrationState> {
-        if let Some(m) = self.migrations.lock().expect("migrations poisoned").get(id).cloned() {
+        if let Some((m, _)) = self.migrations.lock().expect("migrations poisoned").get(id).cloned()
+        {
             return Some(m);
         }
         // Ended before this agent started: its ledger record says how (kept an hour).
@@ -177,19 +180,20 @@ impl Agent {
 
     pub(crate) fn record_migration(&self, id: &str, state: crate::migrate::MigrationState) {
         let mut m = self.migrations.lock().expect("migrations poisoned");
-        // Bounded: some finished ones go first.
+        // Bounded: the 100 oldest finished ones go (their ledger records still answer for an
+        // hour); a fresh report stays until the coordinator has had time to ask for it.
         if m.len() >= 1000 {
-            let done: Vec<String> = m
+            let mut done: Vec<(std::time::Instant, String)> = m
                 .iter()
-                .filter(|(_, s)| matches!(s, crate::migrate::MigrationState::Done(_)))
-                .map(|(k, _)| k.clone())
-                .take(100)
+                .filter(|(_, (s, _))| matches!(s, crate::migrate::MigrationState::Done(_)))
+                .map(|(k, (_, at))| (*at, k.clone()))
                 .collect();
-            for k in done {
+            done.sort();
+            for (_, k) in done.into_iter().take(100) {
                 m.remove(&k);
             }
         }
-        m.insert(id.to_string(), state);
+        m.insert(id.to_string(), (state, std::time::Instant::now()));
     }
 
     pub(crate) fn set_lazy_daemon(

@@ -926,9 +926,11 @@ impl Run {
         self.fault.crash_at(CrashPoint::Restored, &self.mid);
         // On disk before the commit can reach the target: an agent restarted from here on never
         // resumes the original on its own, it asks the target (migrate::recovery).
-        self.journal(OutStep::Committing).map_err(|e| {
-            fail(
-                Phase::Restoring,
+        // Nothing was sent yet: a failure here rolls back, though it is the commit's.
+        self.journal(OutStep::Committing).map_err(|e| Failure {
+            roll_back: true,
+            ..fail(
+                Phase::Committing,
                 format!("cannot record migration {} before the commit: {e}", self.mid),
             )
         })?;
