@@ -14,6 +14,8 @@ use crate::{now_ms, Coordinator};
 
 /// How often a migration whose answer was lost is asked about again.
 const POLL: Duration = Duration::from_secs(1);
+/// The longest wait between two questions to a source agent that does not answer.
+const RESOLVE_MAX_DELAY: Duration = Duration::from_secs(30);
 /// How often a running migration's phase is read.
 const PHASE_POLL: Duration = Duration::from_millis(150);
 
@@ -611,8 +613,11 @@ impl Coordinator {
         seen.fetch_max(phases.len(), Ordering::SeqCst);
     }
 
-    /// Finds out how a migration ended from its source agent (after a lost answer or a restart).
+    /// Finds out how a migration ended from its source agent (after a lost answer or a restart),
+    /// asking every second at first and less often while it does not answer (up to every 30 s:
+    /// a source node that is gone for good costs a call a while, not one a second for ever).
     async fn resolve(&self, id: &str, source_addr: &str) {
+        let mut delay = POLL;
         loop {
             let asked = match self.agents.client(source_addr) {
                 Ok(mut c) => {
@@ -634,9 +639,18 @@ impl Coordinator {
                     return;
                 }
                 Err(s) => {
-                    tracing::debug!(migration = id, error = s.message(), "source not answering yet")
+                    tracing::debug!(
+                        migration = id,
+                        error = s.message(),
+                        "source not answering yet"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RESOLVE_MAX_DELAY);
+                    continue;
                 }
             }
+            // It answers, and the migration runs on: its phases come at the usual pace.
+            delay = POLL;
             tokio::time::sleep(POLL).await;
         }
     }
