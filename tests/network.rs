@@ -148,6 +148,14 @@ impl Resets {
     }
 }
 
+impl Resets {
+    /// Asserts the capture saw no reset.
+    fn none(mut self) {
+        let rst = self.seen();
+        assert!(rst.is_empty(), "TCP resets on the bridge: {rst:#?}");
+    }
+}
+
 impl Drop for Resets {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -249,7 +257,7 @@ async fn redis_keeps_one_client_connection_through_three_migrations() {
     let mut c = cluster(3, &[]).await;
     let l = looping_redis(&mut c, 200).await;
     let (id, addr) = (l.id.clone(), l.addr.clone());
-    let mut resets = Resets::capture(c.net.bridge(), &addr);
+    let resets = Resets::capture(c.net.bridge(), &addr);
     let hops =
         [(0, 1, pb::Mode::StopAndCopy), (1, 2, pb::Mode::PostCopy), (2, 0, pb::Mode::StopAndCopy)];
     let mut downtimes = Vec::new();
@@ -267,15 +275,19 @@ async fn redis_keeps_one_client_connection_through_three_migrations() {
         format!(":{answers}"),
         "the server's counter is the client's"
     );
-    let rst = resets.seen();
-    eprintln!("network: downtimes {downtimes:?} ms, {} resets", rst.len());
-    assert!(rst.is_empty(), "TCP resets on the bridge: {rst:#?}");
+    eprintln!("network: downtimes {downtimes:?} ms");
+    resets.none();
     // The address is answered by host0 alone again: routed into the workload there, nowhere
     // else.
     for i in 0..3 {
         let route = host_route(&c.net, i, &addr);
         assert_eq!(route.contains("dev fw"), i == 0, "host{i}: {route}");
     }
+}
+
+/// Whether host `i` routes `addr` into a workload's pair (it answers for the address).
+fn routes_in(net: &Net, i: usize, addr: &str) -> bool {
+    host_route(net, i, addr).contains("dev fw")
 }
 
 /// How host `i` routes `addr`.
@@ -298,13 +310,12 @@ async fn failed_migration_leaves_the_client_connection_alive(mode: pb::Mode, las
     let mut c = cluster(2, &[FI]).await;
     let l = looping_redis(&mut c, last).await;
     let (id, addr) = (l.id.clone(), l.addr.clone());
-    let mut resets = Resets::capture(c.net.bridge(), &addr);
+    let resets = Resets::capture(c.net.bridge(), &addr);
     let res = c.migrate(&id, 0, 1, mode, pb::Fault::CorruptChunk).await;
     assert_eq!(res.outcome, pb::Outcome::RolledBack as i32, "{res:?}");
     l.goes_on(20).await;
-    let rst = resets.seen();
-    assert!(rst.is_empty(), "TCP resets on the bridge: {rst:#?}");
-    assert!(host_route(&c.net, 0, &addr).contains("dev fw"), "host0 answers for it again");
+    resets.none();
+    assert!(routes_in(&c.net, 0, &addr), "host0 answers for it again");
     let st = status(&mut c.clients[0], &id).await;
     assert!(st.exit.is_none(), "{st:?}");
 }
@@ -402,7 +413,7 @@ async fn an_http_download_streams_on_across_migrations_every_byte_checked() {
         l.iter().any(|x| x.contains("listening 8080"))
     })
     .await;
-    let mut resets = Resets::capture(c.net.bridge(), &addr);
+    let resets = Resets::capture(c.net.bridge(), &addr);
     let conn = connect_from(&c.client_host(), &format!("{addr}:8080")).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     const N: u64 = 3_000_000;
@@ -425,8 +436,7 @@ async fn an_http_download_streams_on_across_migrations_every_byte_checked() {
             "network: download across {mode:?}: {N} bytes checked, longest read wait {longest:?}"
         );
     }
-    let rst = resets.seen();
-    assert!(rst.is_empty(), "TCP resets on the bridge: {rst:#?}");
+    resets.none();
 }
 
 /// A workload that is a TCP client keeps its one connection to a server on another host across
@@ -484,7 +494,7 @@ async fn a_workload_as_client_keeps_its_connection_and_its_udp_socket() {
         l.iter().any(|x| x.contains("connected")) && l.iter().any(|x| x.starts_with("udp"))
     })
     .await;
-    let mut resets = Resets::capture(c.net.bridge(), &addr);
+    let resets = Resets::capture(c.net.bridge(), &addr);
     let echo = |what: &str| {
         udp.send_to(what.as_bytes(), format!("{addr}:9000")).unwrap();
         let mut buf = [0u8; 128];
@@ -507,8 +517,7 @@ async fn a_workload_as_client_keeps_its_connection_and_its_udp_socket() {
     assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection, never remade");
     let out: Vec<String> = logs(&mut c.clients[0], &id).await.into_iter().map(|l| l.text).collect();
     assert!(!out.iter().any(|l| l.starts_with("error")), "{out:?}");
-    let rst = resets.seen();
-    assert!(rst.is_empty(), "TCP resets on the bridge: {rst:#?}");
+    resets.none();
 }
 
 const FI: &str = "--enable-fault-injection";
@@ -616,7 +625,7 @@ async fn source_crash_keeps_the_connection(at: u32, on_target: bool, last: u8) {
     require_root("source_crash_keeps_the_connection");
     let mut c = cluster(2, &[FI]).await;
     let l = looping_redis(&mut c, last).await;
-    let mut resets = Resets::capture(c.net.bridge(), &l.addr);
+    let resets = Resets::capture(c.net.bridge(), &l.addr);
     let mid = format!("m-netcrash{at}-{}", std::process::id());
     let r = migrate_in_background(&c, 0, 1, &l.id, &mid, pb::Fault::CrashAt, at);
     assert!(r.await.unwrap().is_err(), "the source agent died mid-migration, yet answered");
@@ -638,10 +647,9 @@ async fn source_crash_keeps_the_connection(at: u32, on_target: bool, last: u8) {
     })
     .await;
     let addr = format!("{}.{last}", c.net.prefix());
-    assert!(host_route(&c.net, runs_on, &addr).contains("dev fw"), "host{runs_on} routes it in");
-    assert!(!host_route(&c.net, gone_from, &addr).contains("dev fw"), "host{gone_from} does not");
-    let rst = resets.seen();
-    assert!(rst.is_empty(), "TCP resets on the bridge: {rst:#?}");
+    assert!(routes_in(&c.net, runs_on, &addr), "host{runs_on} routes it in");
+    assert!(!routes_in(&c.net, gone_from, &addr), "host{gone_from} does not");
+    resets.none();
 }
 
 #[tokio::test]
@@ -667,7 +675,7 @@ async fn target_agent_killed_while_committing_keeps_the_connection() {
     let clients = vec![a.client().await, b.client().await];
     let mut c = Cluster { net, agents: vec![a, b], clients };
     let l = looping_redis(&mut c, 212).await;
-    let mut resets = Resets::capture(c.net.bridge(), &l.addr);
+    let resets = Resets::capture(c.net.bridge(), &l.addr);
     let mid = format!("m-nettarget-{}", std::process::id());
     let r = migrate_in_background(&c, 0, 1, &l.id, &mid, pb::Fault::None, 0);
     let r = r.await.unwrap().expect("the source answers");
@@ -680,10 +688,9 @@ async fn target_agent_killed_while_committing_keeps_the_connection() {
     let (id, addr) = (l.id.clone(), l.addr.clone());
     l.goes_on(50).await;
     assert!(runs(&mut c.clients[1], &id).await, "host1 runs it");
-    assert!(host_route(&c.net, 1, &addr).contains("dev fw"), "host1 routes it in");
-    assert!(!host_route(&c.net, 0, &addr).contains("dev fw"), "host0 does not");
-    let rst = resets.seen();
-    assert!(rst.is_empty(), "TCP resets on the bridge: {rst:#?}");
+    assert!(routes_in(&c.net, 1, &addr), "host1 routes it in");
+    assert!(!routes_in(&c.net, 0, &addr), "host0 does not");
+    resets.none();
 }
 
 /// A workload on the node's network whose connection cannot move is refused in preflight,
@@ -727,7 +734,7 @@ async fn a_cooperative_workload_takes_its_address_along() {
     let id = id_of(&start(&mut c.clients[0], sp).await);
     wait_log(&c.clients[0], &id, "counting", T, |l| l.iter().any(|x| x.starts_with("count ")))
         .await;
-    assert!(host_route(&c.net, 0, &addr).contains("dev fw"), "host0 routes it in");
+    assert!(routes_in(&c.net, 0, &addr), "host0 routes it in");
     let r = c.migrate(&id, 0, 1, pb::Mode::StopAndCopy, pb::Fault::None).await;
     completed(&r);
     assert_eq!(r.engine, "cooperative");
@@ -737,8 +744,8 @@ async fn a_cooperative_workload_takes_its_address_along() {
         l.iter().any(|x| x.starts_with("restored count="))
     })
     .await;
-    assert!(host_route(&c.net, 1, &addr).contains("dev fw"), "host1 routes it in");
-    assert!(!host_route(&c.net, 0, &addr).contains("dev fw"), "host0 no longer does");
+    assert!(routes_in(&c.net, 1, &addr), "host1 routes it in");
+    assert!(!routes_in(&c.net, 0, &addr), "host0 no longer does");
 }
 
 /// How host `i` answers ARP for `addr`: its proxy entries for it.
@@ -773,15 +780,14 @@ async fn an_address_outlives_its_agent_and_goes_with_its_workload() {
         .expect("stop");
     wait_exited(&mut c.clients[0], &id, T).await;
     wait_until("the address to leave host0", T, || {
-        let gone = proxy_entries(&c.net, 0, &addr).is_empty()
-            && !host_route(&c.net, 0, &addr).contains("dev fw");
+        let gone = proxy_entries(&c.net, 0, &addr).is_empty() && !routes_in(&c.net, 0, &addr);
         async move { gone.then_some(()) }
     })
     .await;
     let mut sp = spec(&["sleep", "60"]);
     sp.address = addr.clone();
     start(&mut c.clients[0], sp).await;
-    assert!(host_route(&c.net, 0, &addr).contains("dev fw"), "the next workload has it");
+    assert!(routes_in(&c.net, 0, &addr), "the next workload has it");
 }
 
 /// A restore that fails on the target (the workload holds a file open that the target node
@@ -806,7 +812,7 @@ async fn a_failed_restore_leaves_the_download_going_on_the_source() {
         l.iter().any(|x| x.contains("listening 8080"))
     })
     .await;
-    let mut resets = Resets::capture(c.net.bridge(), &addr);
+    let resets = Resets::capture(c.net.bridge(), &addr);
     let conn = connect_from(&c.client_host(), &format!("{addr}:8080")).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     const N: u64 = 3_000_000;
@@ -830,7 +836,6 @@ async fn a_failed_restore_leaves_the_download_going_on_the_source() {
     download(&mut conn, 100_000, &|_| {}).expect("a second download on the same connection");
     assert!(runs(&mut c.clients[0], &id).await, "it runs on host0");
     assert!(!runs(&mut c.clients[1], &id).await, "nothing on host1");
-    assert!(host_route(&c.net, 0, &addr).contains("dev fw"), "host0 answers for it again");
-    let rst = resets.seen();
-    assert!(rst.is_empty(), "TCP resets on the bridge: {rst:#?}");
+    assert!(routes_in(&c.net, 0, &addr), "host0 answers for it again");
+    resets.none();
 }

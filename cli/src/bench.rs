@@ -359,14 +359,17 @@ fn bench(args: &BenchArgs, work: &Path) -> anyhow::Result<()> {
     qemu |= qemu_running();
     drop(agents);
     drop(net);
-    let report = render(args, &sizes, qemu);
-    if let Some(dir) = args.report.parent() {
+    write_report(&args.report, &render(args, &sizes, qemu))
+}
+
+/// Writes a benchmark's Markdown report to `path` (making its directory) and prints it.
+pub(crate) fn write_report(path: &Path, report: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&args.report, &report)
-        .with_context(|| format!("cannot write {:?}", args.report))?;
+    std::fs::write(path, report).with_context(|| format!("cannot write {path:?}"))?;
     println!("{report}");
-    eprintln!("report written to {}", args.report.display());
+    eprintln!("report written to {}", path.display());
     Ok(())
 }
 

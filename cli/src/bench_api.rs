@@ -287,10 +287,5 @@ pub fn run(args: ApiBenchArgs) -> anyhow::Result<()> {
         "\nTarget: p99 under 20 ms at 1,000 requests/s — {} (worst p99 {worst:.2} ms).",
         if worst < 20.0 && args.rate >= 1000 { "met" } else { "not met" }
     );
-    if let Some(dir) = args.report.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&args.report, &out)?;
-    println!("{out}");
-    Ok(())
+    crate::bench::write_report(&args.report, &out)
 }

@@ -631,15 +631,7 @@ fn bench(args: &NetworkBenchArgs, work: &Path, load_before: &str) -> anyhow::Res
     drop(net);
     let (mut setup, hops) = result?;
     setup.load_after = load_after.split_whitespace().next().unwrap_or("?").to_string();
-    let report = render(args, &setup, &hops);
-    if let Some(dir) = args.report.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&args.report, &report)
-        .with_context(|| format!("cannot write {:?}", args.report))?;
-    println!("{report}");
-    eprintln!("report written to {}", args.report.display());
-    Ok(())
+    crate::bench::write_report(&args.report, &render(args, &setup, &hops))
 }
 
 fn redis_version() -> String {

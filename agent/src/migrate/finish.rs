@@ -213,11 +213,10 @@ impl Agent {
 
     /// Kills a workload's whole tree, waits until it is reaped, and forgets it and its directory.
     pub(crate) async fn discard(&self, w: &Arc<Workload>) -> Result<()> {
-        if let Some(net) = w.net.as_ref().filter(|_| w.exit_info().is_none()) {
-            // Its pair goes first: a reset its kernel sends as it dies reaches nobody.
-            if w.pending_migration().is_some() {
-                self.cut_network(net).await;
-            }
+        // A held copy's pair goes first: a reset its kernel sends as it dies reaches nobody.
+        let live_copy = w.exit_info().is_none() && w.pending_migration().is_some();
+        if let Some(net) = w.net.as_ref().filter(|_| live_copy) {
+            self.cut_network(net).await;
         }
         if w.exit_info().is_none() {
             self.kill_workload(w)?;

@@ -83,17 +83,11 @@ fn ip(reaper: &Reaper, args: &[&str]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Runs `ip -batch -` with `script` in the current namespace, or in `netns` (a path) if given.
-fn ip_batch(reaper: &Reaper, netns: Option<&str>, script: &str) -> std::io::Result<()> {
+/// Runs `ip -batch -` with `script` in the network namespace at `netns` (a path).
+fn ip_batch_in(reaper: &Reaper, netns: &str, script: &str) -> std::io::Result<()> {
     use std::process::Stdio;
-    let mut cmd = match netns {
-        Some(ns) => {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net={ns}")).arg("ip");
-            c
-        }
-        None => Command::new("ip"),
-    };
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={netns}")).arg("ip");
     cmd.args(["-batch", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = cmd.spawn()?;
     let exit = reaper.watch(child.id() as i32);
@@ -173,31 +167,20 @@ fn fd_path(fd: &OwnedFd) -> String {
     format!("/proc/{}/fd/{}", std::process::id(), fd.as_raw_fd())
 }
 
-/// The node's link whose on-link route (not a /32) holds `addr`: where the address is announced.
-pub fn lan_link(reaper: &Reaper, addr: Ipv4Addr) -> std::io::Result<String> {
-    let mut cmd = Command::new("ip");
-    cmd.args(["-o", "-4", "route", "show", "table", "main"]);
-    let out = super::command::output(reaper, cmd)?;
-    let mut best: Option<(u32, String)> = None;
-    for line in out.stdout.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let Some((net, len)) = words.first().and_then(|w| parse_cidr(w)) else { continue };
-        let dev = words.windows(2).find(|w| w[0] == "dev").map(|w| w[1].to_string());
-        let link_scope = words.windows(2).any(|w| w[0] == "scope" && w[1] == "link");
-        let Some(dev) = dev else { continue };
-        if len == 32 || !link_scope || dev.starts_with("fw") || !contains(net, len, addr) {
-            continue;
-        }
-        if best.as_ref().is_none_or(|(l, _)| len > *l) {
-            best = Some((len, dev));
-        }
-    }
-    best.map(|(_, d)| d).ok_or_else(|| {
-        std::io::Error::other(format!(
-            "no link of this node has an on-link route to {addr}: a workload address must lie \
-             in a subnet of the node's LAN (see `ip -4 route`)"
-        ))
-    })
+/// The node's link whose on-link subnet ([`onlink_subnets`]) holds `addr`, the longest such
+/// prefix: where the address is announced.
+pub fn lan_link(addr: Ipv4Addr) -> std::io::Result<String> {
+    onlink_subnets()
+        .into_iter()
+        .filter(|(net, len, _)| contains(*net, *len, addr))
+        .max_by_key(|(_, len, _)| *len)
+        .map(|(_, _, dev)| dev)
+        .ok_or_else(|| {
+            std::io::Error::other(format!(
+                "no link of this node has an on-link route to {addr}: a workload address must \
+                 lie in a subnet of the node's LAN (see `ip -4 route`)"
+            ))
+        })
 }
 
 /// The node's on-link IPv4 subnets (routes without a gateway, not host routes, not into a
@@ -341,7 +324,7 @@ pub fn prepare(reaper: &Reaper, netns: &OwnedFd, a: &Attachment) -> std::io::Res
         addr = a.address,
         mac = a.host_mac
     );
-    if let Err(e) = ip_batch(reaper, Some(&ns), &inner) {
+    if let Err(e) = ip_batch_in(reaper, &ns, &inner) {
         let _ = ip(reaper, &["link", "del", &a.host_if]);
         return Err(e);
     }

@@ -63,14 +63,9 @@ impl Agent {
                 w.id()
             )));
         }
+        let lan = net::lan_link(addr)
+            .map_err(|e| AgentError::InvalidSpec(format!("node {node}: {e}")))?;
         let reaper = self.reaper().clone();
-        let lan = {
-            let reaper = reaper.clone();
-            tokio::task::spawn_blocking(move || net::lan_link(&reaper, addr))
-                .await
-                .map_err(|e| AgentError::Internal(e.to_string()))?
-                .map_err(|e| AgentError::InvalidSpec(format!("node {node}: {e}")))?
-        };
         tokio::task::spawn_blocking(move || -> std::io::Result<Placed> {
             net::node_ready()?;
             let netns = net::new_netns()?;
