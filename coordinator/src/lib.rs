@@ -404,6 +404,7 @@ impl CoordinatorApi for Service {
         self.0.sweep().map_err(internal)?;
         Ok(Response::new(pb::RegisterNodeResponse {
             heartbeat_interval_ms: self.0.interval_ms() as u32,
+            lease_ms: 0,
         }))
     }
 
@@ -469,7 +470,7 @@ impl CoordinatorApi for Service {
             self.0.sweep().map_err(internal)?;
             self.0.pulse(&r.node);
         }
-        Ok(Response::new(pb::HeartbeatResponse { known }))
+        Ok(Response::new(pb::HeartbeatResponse { known, ..Default::default() }))
     }
 
     async fn list_nodes(
@@ -477,6 +478,13 @@ impl CoordinatorApi for Service {
         _req: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         Ok(Response::new(pb::ListNodesResponse { nodes: self.0.nodes().map_err(internal)? }))
+    }
+
+    async fn report_checkpoint(
+        &self,
+        _req: Request<pb::ReportCheckpointRequest>,
+    ) -> Result<Response<pb::ReportCheckpointResponse>, Status> {
+        Err(Status::unimplemented("checkpoints: not yet"))
     }
 }
 

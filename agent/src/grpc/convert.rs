@@ -25,6 +25,8 @@ pub fn spec_from_pb(s: pb::WorkloadSpec) -> WorkloadSpec {
         user: (!s.user.is_empty()).then_some(s.user),
         group: (!s.group.is_empty()).then_some(s.group),
         address: (!s.address.is_empty()).then_some(s.address),
+        checkpoint_interval: (s.checkpoint_interval_secs > 0)
+            .then(|| std::time::Duration::from_secs(s.checkpoint_interval_secs.into())),
     }
 }
 
@@ -44,6 +46,10 @@ pub fn spec_to_pb(s: &WorkloadSpec) -> pb::WorkloadSpec {
         user: s.user.clone().unwrap_or_default(),
         group: s.group.clone().unwrap_or_default(),
         address: s.address.clone().unwrap_or_default(),
+        checkpoint_interval_secs: s
+            .checkpoint_interval
+            .map(|d| d.as_secs().min(u32::MAX.into()) as u32)
+            .unwrap_or_default(),
     }
 }
 

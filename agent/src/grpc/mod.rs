@@ -43,6 +43,9 @@ const TUNNEL_WAIT: Duration = Duration::from_secs(60);
 
 #[tonic::async_trait]
 impl AgentApi for Service {
+    type FetchCheckpointStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::CheckpointPart, Status>> + Send>,
+    >;
     type PageTunnelStream = std::pin::Pin<
         Box<dyn tokio_stream::Stream<Item = Result<pb::TunnelBytes, Status>> + Send + 'static>,
     >;
@@ -344,6 +347,41 @@ impl AgentApi for Service {
         })
         .await?;
         Ok(Response::new(pb::PrepareNetworkResult { host_if }))
+    }
+
+    async fn store_checkpoint(
+        &self,
+        _req: Request<tonic::Streaming<pb::CheckpointPart>>,
+    ) -> Result<Response<pb::StoreCheckpointResult>, Status> {
+        Err(Status::unimplemented("checkpoints: not yet"))
+    }
+
+    async fn fetch_checkpoint(
+        &self,
+        _req: Request<pb::CheckpointRef>,
+    ) -> Result<Response<Self::FetchCheckpointStream>, Status> {
+        Err(Status::unimplemented("checkpoints: not yet"))
+    }
+
+    async fn restore_checkpoint(
+        &self,
+        _req: Request<pb::RestoreCheckpointRequest>,
+    ) -> Result<Response<pb::ProcessStatus>, Status> {
+        Err(Status::unimplemented("checkpoints: not yet"))
+    }
+
+    async fn take_checkpoint(
+        &self,
+        _req: Request<pb::WorkloadRef>,
+    ) -> Result<Response<pb::CheckpointInfo>, Status> {
+        Err(Status::unimplemented("checkpoints: not yet"))
+    }
+
+    async fn list_checkpoints(
+        &self,
+        _req: Request<pb::ListCheckpointsRequest>,
+    ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+        Err(Status::unimplemented("checkpoints: not yet"))
     }
 
     async fn push_pages(

@@ -30,6 +30,9 @@ struct Record {
     user: Option<String>,
     #[serde(default)]
     group: Option<String>,
+    /// Protection interval in seconds (WorkloadSpec::checkpoint_interval).
+    #[serde(default)]
+    checkpoint_interval_secs: Option<u64>,
     cwd: PathBuf,
     init_pid: i32,
     init_start_ticks: u64,
@@ -100,6 +103,7 @@ impl Workload {
             moved_out: state.moved_out.clone(),
             self_stopped: state.self_stopped.clone(),
             address: self.spec.address.clone(),
+            checkpoint_interval_secs: self.spec.checkpoint_interval.map(|d| d.as_secs()),
             net: self.net.clone(),
         };
         drop(state);
@@ -275,6 +279,9 @@ impl Agent {
                     user: r.user,
                     group: r.group,
                     address: r.address,
+                    checkpoint_interval: r
+                        .checkpoint_interval_secs
+                        .map(std::time::Duration::from_secs),
                 },
                 dir,
                 cwd: r.cwd,

@@ -50,6 +50,8 @@ pub struct WorkloadSpec {
     pub group: Option<String>,
     /// Its own IPv4 address (in a network namespace of its own); None: the node's network.
     pub address: Option<String>,
+    /// Protection: checkpointed every this often while it runs (docs/failover.md); None: never.
+    pub checkpoint_interval: Option<std::time::Duration>,
 }
 
 impl WorkloadSpec {
