@@ -45,6 +45,10 @@ pub struct Agent {
     /// Network namespaces laid out for incoming migrations before their freeze (PrepareNetwork),
     /// by migration id, taken by their restore.
     pub(crate) prepared_nets: std::sync::Mutex<HashMap<String, crate::workload::network::Prepared>>,
+    /// Protected workloads' checkpoints, replicas' peers, the lease (checkpoint/).
+    pub(crate) checkpoints: crate::checkpoint::Checkpoints,
+    /// The cluster key that seals checkpoint objects (--cluster-key-file).
+    cluster_key: Option<Arc<crate::checkpoint::object::ClusterKey>>,
 }
 
 impl Agent {
@@ -78,6 +82,12 @@ impl Agent {
             criu_check = criu.check_passed,
             "agent ready"
         );
+        let cluster_key = match &config.cluster_key_file {
+            None => None,
+            Some(path) => Some(Arc::new(
+                crate::checkpoint::object::ClusterKey::load(path).map_err(AgentError::Internal)?,
+            )),
+        };
         let (fd_store, pipes) = start_fd_store(&config.data_dir);
         let agent = Arc::new(Agent {
             config,
@@ -96,7 +106,12 @@ impl Agent {
             hold: Default::default(),
             prepared_nets: Default::default(),
             lazy_started: tokio::sync::Notify::new(),
+            checkpoints: Default::default(),
+            cluster_key,
         });
+        // The lease an earlier agent held on this boot: protected workloads it outlived die
+        // before they are adopted again (checkpoint::lease).
+        agent.checkpoints.lease.load(&agent.config.data_dir);
         agent.recover(pipes);
         // Migrations this node was in the middle of when an earlier agent stopped: finished or
         // undone, asking their target (migrate::recovery).
@@ -120,11 +135,17 @@ impl Agent {
         // Page streams live in memory until their PushSnapshot claims them: none survives a
         // restart, so what an earlier agent received goes (it may be a workload's memory).
         crate::migrate::pages::remove_stale(&agent);
+        agent.spawn_protection();
+        agent.spawn_lease_watch();
         Ok(agent)
     }
 
     pub(crate) fn fd_store(&self) -> Option<&crate::sys::fdstore::FdStore> {
         self.fd_store.as_ref()
+    }
+
+    pub(crate) fn cluster_key(&self) -> Option<&Arc<crate::checkpoint::object::ClusterKey>> {
+        self.cluster_key.as_ref()
     }
 
     pub fn config(&self) -> &AgentConfig {

@@ -41,6 +41,13 @@ pub struct AgentConfig {
     /// Test-only, with `fault_injection`: as a target, kill this agent (SIGKILL) at this step of
     /// every commit it is asked for.
     pub test_crash_at_commit: Option<CommitCrash>,
+    /// The cluster key file that seals checkpoints (docs/failover.md); None: this node refuses
+    /// protected workloads.
+    pub cluster_key_file: Option<PathBuf>,
+    /// How many other agents get a copy of each checkpoint.
+    pub checkpoint_replicas: usize,
+    /// How many checkpoints of a workload each holder keeps.
+    pub checkpoint_keep: u32,
 }
 
 /// Where a target agent kills itself while it commits a migration (test-only).

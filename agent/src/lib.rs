@@ -3,6 +3,7 @@
 //! gRPC. See ARCHITECTURE.md for the map and its invariants.
 
 pub mod agent;
+pub mod checkpoint;
 pub mod config;
 pub mod criu;
 pub mod datadir;

@@ -32,6 +32,33 @@ pub fn spawn(agent: Arc<Agent>, coordinator: String, advertise: String) {
     });
 }
 
+/// Sends the coordinator the checkpoints taken since the last heartbeat; those it does not take
+/// wait for the next one.
+async fn report_checkpoints(
+    agent: &Arc<Agent>,
+    client: &mut CoordinatorClient<tonic::transport::Channel>,
+    node: &str,
+) {
+    let mut left = agent.checkpoints().take_reports();
+    while let Some(c) = left.first().cloned() {
+        let req = pb::ReportCheckpointRequest { node: node.to_string(), checkpoint: Some(c) };
+        match client.report_checkpoint(req).await {
+            Ok(_) => {
+                left.remove(0);
+            }
+            Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                tracing::warn!(error = s.message(), "the coordinator refused a checkpoint report");
+                left.remove(0);
+            }
+            Err(s) => {
+                tracing::warn!(error = s.message(), "cannot report checkpoints; later");
+                break;
+            }
+        }
+    }
+    agent.checkpoints().requeue(left);
+}
+
 async fn health(agent: &Arc<Agent>) -> Result<ferry_proto::agent::HealthCheckResponse, String> {
     let a = agent.clone();
     tokio::task::spawn_blocking(move || health_to_pb(a.health())).await.map_err(|e| e.to_string())
@@ -52,6 +79,7 @@ async fn session(agent: &Arc<Agent>, coordinator: &str, advertise: &str) -> Resu
         .map_err(|e| e.to_string())?;
     let mut client = CoordinatorClient::new(channel);
     let node = agent.config().node.clone();
+    let sent = crate::sys::boottime_ms();
     let reg = client
         .register_node(pb::RegisterNodeRequest {
             node: node.clone(),
@@ -61,6 +89,7 @@ async fn session(agent: &Arc<Agent>, coordinator: &str, advertise: &str) -> Resu
         .await
         .map_err(|s| s.message().to_string())?
         .into_inner();
+    agent.renew_lease(sent, reg.lease_ms.into());
     let interval = Duration::from_millis(reg.heartbeat_interval_ms.max(100).into());
     tracing::info!(coordinator, node, ?interval, "registered with the coordinator");
     loop {
@@ -70,6 +99,9 @@ async fn session(agent: &Arc<Agent>, coordinator: &str, advertise: &str) -> Resu
             tokio::task::spawn_blocking(move || a.list().into_iter().map(status_to_pb).collect())
                 .await
                 .map_err(|e| e.to_string())?;
+        report_checkpoints(agent, &mut client, &node).await;
+        // The lease counts from when this heartbeat left, not from when its answer came.
+        let sent = crate::sys::boottime_ms();
         let beat = client
             .heartbeat(pb::HeartbeatRequest {
                 node: node.clone(),
@@ -79,6 +111,13 @@ async fn session(agent: &Arc<Agent>, coordinator: &str, advertise: &str) -> Resu
             .await
             .map_err(|s| s.message().to_string())?
             .into_inner();
+        if beat.known {
+            agent.renew_lease(sent, beat.lease_ms.into());
+            agent.checkpoints().set_peers(beat.peers);
+            if !beat.fence.is_empty() {
+                agent.fence_ids(&beat.fence);
+            }
+        }
         if !beat.known {
             tracing::info!(
                 coordinator,

@@ -254,6 +254,17 @@ struct AgentArgs {
     /// is recorded (`recorded`) or once the copy runs, before answering (`resumed`).
     #[arg(long, hide = true, value_parser = ["recorded", "resumed"])]
     test_crash_at_commit: Option<String>,
+    /// The cluster key that seals checkpoints (64 hex digits; `ferry certs` writes cluster.key):
+    /// every agent needs the same. Default: cluster.key in --tls-dir, when it is there. Without
+    /// one, this node refuses protected workloads.
+    #[arg(long, env = "FERRY_CLUSTER_KEY_FILE")]
+    cluster_key_file: Option<PathBuf>,
+    /// How many other agents keep a copy of each checkpoint of this node's workloads.
+    #[arg(long, default_value_t = 2)]
+    checkpoint_replicas: usize,
+    /// How many checkpoints of each workload every holder keeps (the newest).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    checkpoint_keep: u32,
 }
 
 fn main() -> ExitCode {
@@ -295,6 +306,18 @@ fn main() -> ExitCode {
 }
 
 fn run_certs(args: CertsArgs) -> anyhow::Result<()> {
+    // The cluster key that seals checkpoints, made once beside the CA.
+    let key = args.dir.join("cluster.key");
+    if !key.exists() {
+        std::fs::create_dir_all(&args.dir)
+            .with_context(|| format!("cannot create {}", args.dir.display()))?;
+        ferry_agent::sys::fsmode::write(
+            &key,
+            format!("{}\n", ferry_agent::checkpoint::object::ClusterKey::generate_hex()).as_bytes(),
+        )
+        .with_context(|| format!("cannot write {}", key.display()))?;
+        println!("{}", key.display());
+    }
     for name in &args.names {
         let written = ferry_proto::tls::issue_into(&args.dir, name, &args.ips, args.days)
             .map_err(|e| anyhow::anyhow!(e))?;
@@ -327,6 +350,12 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         eager_restore: args.eager_restore,
         restore_deadline: args.restore_deadline_secs.map(Duration::from_secs),
         keep_ended: Duration::from_secs(args.keep_ended_secs),
+        cluster_key_file: args.cluster_key_file.or_else(|| {
+            let k = args.wire.tls_dir.as_ref()?.join("cluster.key");
+            k.is_file().then_some(k)
+        }),
+        checkpoint_replicas: args.checkpoint_replicas,
+        checkpoint_keep: args.checkpoint_keep,
         test_crash_at_commit: match args.test_crash_at_commit.as_deref() {
             None => None,
             Some(_) if !args.enable_fault_injection => {

@@ -28,6 +28,10 @@ pub fn tls_dir() -> &'static Path {
         for name in ["coordinator", "test-client"] {
             ferry_proto::tls::issue_into(&dir, name, &[], 1).expect("test certificates");
         }
+        // The cluster key that seals checkpoints, as `ferry certs` writes it: every agent of a
+        // test binary shares it (tls_for copies it).
+        let key = ferry_agent::checkpoint::object::ClusterKey::generate_hex();
+        ferry_agent::sys::fsmode::write(&dir.join("cluster.key"), key.as_bytes()).unwrap();
         dir
     })
 }
@@ -37,7 +41,7 @@ pub fn tls_dir() -> &'static Path {
 pub fn tls_for(parent: &Path, name: &str) -> PathBuf {
     let dir = parent.join("tls");
     std::fs::create_dir_all(&dir).unwrap();
-    for f in ["ca.pem", "ca-key.pem"] {
+    for f in ["ca.pem", "ca-key.pem", "cluster.key"] {
         std::fs::copy(tls_dir().join(f), dir.join(f)).unwrap();
     }
     ferry_proto::tls::issue_into(&dir, name, &[], 1).expect("a test certificate");

@@ -267,7 +267,13 @@ impl CheckpointEngine for CriuEngine {
         let work = open(dirs.work)?;
         let log = dirs.work.join("dump.log");
         let (ns, ext) = dump_mounts(w, dirs, &log)?;
-        let req = request(rpc::CriuReqType::Dump, dump_opts(&images, &work, w, ext));
+        let mut opts = dump_opts(&images, &work, w, ext);
+        if dirs.survives {
+            // The connections are dumped (CRIU refuses a tree with established ones otherwise)
+            // and restored closed; the original's go on once the agent takes them out of repair.
+            opts.tcp_established = Some(true);
+        }
+        let req = request(rpc::CriuReqType::Dump, opts);
         let keep = [images.as_raw_fd(), work.as_raw_fd()];
         let answer = criu_rpc::call(&criu, agent.reaper(), &keep, ns.as_ref(), req, |_| {});
         successful("dump", log, answer).map(|_| ())
@@ -370,6 +376,12 @@ impl CheckpointEngine for CriuEngine {
             opts.inherit_fd.push(rpc::InheritFd { key: NET_KEY.into(), fd: p.netns.as_raw_fd() });
             opts.tcp_established = Some(true);
             keep.push(p.netns.as_raw_fd());
+        }
+        if req.info.close_tcp {
+            // A checkpoint: its connections' peers moved on since; they come back closed (the
+            // program sees them fail and reconnects), listening sockets as they were.
+            opts.tcp_established = Some(true);
+            opts.tcp_close = Some(true);
         }
         let creq = request(rpc::CriuReqType::Restore, opts);
         let log_path = req.work.join("restore.log");

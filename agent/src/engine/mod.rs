@@ -40,6 +40,9 @@ pub struct CheckpointDirs<'a> {
     /// smaps of the tree's processes read before the freeze and known to still hold
     /// (migrate::layout): CRIU reads them there (`CRIU_SMAPS_DIR`) instead of in the freeze.
     pub smaps: Option<&'a Path>,
+    /// A checkpoint the workload runs on after (not a migration): its established TCP
+    /// connections are dumped too, to be restored closed (their peers will have moved on).
+    pub survives: bool,
 }
 
 /// What a target needs to bring a workload back.

@@ -351,37 +351,59 @@ impl AgentApi for Service {
 
     async fn store_checkpoint(
         &self,
-        _req: Request<tonic::Streaming<pb::CheckpointPart>>,
+        req: Request<tonic::Streaming<pb::CheckpointPart>>,
     ) -> Result<Response<pb::StoreCheckpointResult>, Status> {
-        Err(Status::unimplemented("checkpoints: not yet"))
+        let kept = self.agent.store_replica(req.into_inner()).await?;
+        Ok(Response::new(pb::StoreCheckpointResult { kept }))
     }
 
     async fn fetch_checkpoint(
         &self,
-        _req: Request<pb::CheckpointRef>,
+        req: Request<pb::CheckpointRef>,
     ) -> Result<Response<Self::FetchCheckpointStream>, Status> {
-        Err(Status::unimplemented("checkpoints: not yet"))
+        let r = req.into_inner();
+        let (info, path) = self.agent.held_checkpoint(&r.workload_id, &r.checkpoint_id)?;
+        use tokio_stream::StreamExt;
+        let rx = crate::checkpoint::replica::stream_object(info, path);
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|p| {
+            p.map_err(|e| Status::data_loss(format!("cannot read the checkpoint object: {e}")))
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn restore_checkpoint(
         &self,
-        _req: Request<pb::RestoreCheckpointRequest>,
+        req: Request<pb::RestoreCheckpointRequest>,
     ) -> Result<Response<pb::ProcessStatus>, Status> {
-        Err(Status::unimplemented("checkpoints: not yet"))
+        let agent = self.agent.clone();
+        let r = req.into_inner();
+        // Detached: a coordinator that hangs up does not cut a restore in half.
+        let status = detached(async move { agent.restore_checkpoint(r).await }).await?;
+        Ok(Response::new(convert::status_to_pb(status)))
     }
 
     async fn take_checkpoint(
         &self,
-        _req: Request<pb::WorkloadRef>,
+        req: Request<pb::WorkloadRef>,
     ) -> Result<Response<pb::CheckpointInfo>, Status> {
-        Err(Status::unimplemented("checkpoints: not yet"))
+        let agent = self.agent.clone();
+        let id = req.into_inner().id;
+        let info = detached(async move { agent.take_checkpoint(&id).await }).await?;
+        Ok(Response::new(info))
     }
 
     async fn list_checkpoints(
         &self,
-        _req: Request<pb::ListCheckpointsRequest>,
+        req: Request<pb::ListCheckpointsRequest>,
     ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
-        Err(Status::unimplemented("checkpoints: not yet"))
+        let w = req.into_inner().workload_id;
+        let dir = self.agent.config().data_dir.clone();
+        let checkpoints = tokio::task::spawn_blocking(move || {
+            crate::checkpoint::list(&dir, (!w.is_empty()).then_some(w.as_str()))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::ListCheckpointsResponse { checkpoints }))
     }
 
     async fn push_pages(

@@ -37,10 +37,11 @@ pub(crate) mod ledger;
 mod out;
 pub mod pages;
 pub mod preflight;
-mod push;
+pub(crate) mod push;
 pub(crate) mod recovery;
 pub mod tunnel;
 
+pub(crate) use out::source_chain;
 pub use out::{MigrateOut, MigrationReport};
 
 use crate::snapshot::send::SendFault;

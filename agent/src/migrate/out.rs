@@ -705,6 +705,7 @@ impl Run {
                 images: &scratch.join("images"),
                 work: &scratch.join("criu"),
                 smaps: smaps.as_deref(),
+                survives: false,
             };
             match pages {
                 _ if post_copy => crate::engine::criu::start_lazy_dump(&agent, &w, &dirs).map(Some),
@@ -793,6 +794,7 @@ impl Run {
                     _ => 0,
                 },
                 page_stream,
+                close_tcp: false,
             }),
         };
         let snapshot_bytes = entries.iter().map(|e| e.file.size).sum::<u64>()
@@ -1393,7 +1395,7 @@ async fn answer_within<F: std::future::Future>(
 }
 
 /// An error and its causes, for transport errors whose top level says little.
-pub(super) fn source_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn source_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut last = s.clone();
     let mut cur = e.source();

@@ -59,8 +59,10 @@ impl Agent {
                 self.criu().check_error
             )));
         }
-        // Its user and group must exist here before anything is received.
+        // Its user and group must exist here before anything is received, and its protection
+        // must be one this node can give.
         spec.check_limits()?;
+        self.check_protection(&spec)?;
         let creds = self.credentials(&spec)?;
         if let Ok(w) = self.get(&spec.id) {
             if w.exit_info().is_none() {

@@ -113,6 +113,9 @@ pub struct Policy {
     level: i32,
     /// Chunks the transport has taken so far (the next one's sequence number).
     taken: std::sync::atomic::AtomicU64,
+    /// zstd for every chunk, unmeasured: a checkpoint written to a file and shipped later,
+    /// where bytes at rest and on the replicas' links count, not the write's speed.
+    always_zstd: bool,
 }
 
 impl Policy {
@@ -125,6 +128,7 @@ impl Policy {
             progress,
             level,
             taken: Default::default(),
+            always_zstd: false,
         }
     }
 
@@ -136,6 +140,9 @@ impl Policy {
 
     /// The codec for chunk `seq`: its probe window's, else the one chosen last.
     pub fn mode_for(&self, seq: u64) -> Mode {
+        if self.always_zstd {
+            return Mode::Zstd;
+        }
         match probe(seq) {
             Some((m, _)) => m,
             None if self.chosen.load(Ordering::Relaxed) == 1 => Mode::Raw,
@@ -271,8 +278,22 @@ pub fn start(
     progress: Arc<Progress>,
     free_images: bool,
 ) -> (Parts, std::thread::JoinHandle<std::io::Result<()>>) {
+    start_with(manifest, entries, fault, progress, free_images, false)
+}
+
+/// [`start`], with every chunk zstd-compressed when `always_zstd` (no codec measurement).
+pub fn start_with(
+    manifest: pb::Manifest,
+    entries: Vec<Entry>,
+    fault: SendFault,
+    progress: Arc<Progress>,
+    free_images: bool,
+    always_zstd: bool,
+) -> (Parts, std::thread::JoinHandle<std::io::Result<()>>) {
     let (tx, rx) = mpsc::channel(SEND_QUEUE);
-    let policy = Arc::new(Policy::new(progress.clone(), ZSTD_LEVEL));
+    let mut policy = Policy::new(progress.clone(), ZSTD_LEVEL);
+    policy.always_zstd = always_zstd;
+    let policy = Arc::new(policy);
     let p2 = policy.clone();
     let handle = std::thread::Builder::new()
         .name("snapshot-send".into())

@@ -14,6 +14,11 @@
 //! pages make its tasks wait instead of reading zeros (`sys::uffd`), until a restarted agent
 //! decides. Those are never polled: only `DROP` lets go of them.
 //!
+//! - `LEASE DEADLINE PID:TICKS...`: the node's lease (checkpoint::lease): at DEADLINE (ms on the
+//!   boot clock) the store SIGKILLs each listed process (a protected workload's init) whose start
+//!   time is still TICKS, unless a later LEASE moved the deadline or cleared it (`LEASE 0`). So a
+//!   protected workload whose agent died does not outlive the lease either.
+//!
 //! The store drops a pipe once every writer has closed it (POLLHUP) — at once while an agent is
 //! connected (the agent reads the rest through its own copy), after [`KEEP_AFTER_HUP`] while none
 //! is (the output of a workload that ended while its agent was down waits that long). It exits
@@ -93,7 +98,25 @@ pub fn serve(path: &Path) -> std::io::Result<()> {
     let mut client: Option<OwnedFd> = None;
     let started = Instant::now();
     let mut served_anyone = false;
+    let mut lease: Option<(u64, Vec<(i32, u64)>)> = None;
     loop {
+        if let Some((deadline, pids)) = &lease {
+            if super::boottime_ms() >= *deadline {
+                for &(pid, ticks) in pids {
+                    if super::proc::start_ticks(pid) == Some(ticks) {
+                        // SAFETY: kill takes a pid and a signal number.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+                lease = None;
+            }
+        }
+        let timeout = match &lease {
+            Some((deadline, _)) => {
+                deadline.saturating_sub(super::boottime_ms()).clamp(1, 1000) as i32
+            }
+            None => 1000,
+        };
         let mut polls: Vec<libc::pollfd> = Vec::with_capacity(entries.len() + 1);
         let head = match &client {
             Some(c) => c.as_raw_fd(),
@@ -110,7 +133,7 @@ pub fn serve(path: &Path) -> std::io::Result<()> {
             revents: 0,
         }));
         // SAFETY: a pollfd array we own, of the length given.
-        let n = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, 1000) };
+        let n = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, timeout) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {
@@ -147,6 +170,8 @@ pub fn serve(path: &Path) -> std::io::Result<()> {
                                 entries.retain(|e| e.name != name);
                                 entries.push(Entry { name: name.to_string(), fd, hup_since: None });
                             }
+                        } else if let Some(args) = text.strip_prefix("LEASE ") {
+                            lease = parse_lease(args);
                         } else if let Some(prefix) = text.strip_prefix("DROP ") {
                             entries.retain(|e| !e.name.starts_with(prefix));
                         } else if text == "LIST" {
@@ -163,12 +188,25 @@ pub fn serve(path: &Path) -> std::io::Result<()> {
                 },
             }
         }
-        let idle = client.is_none() && entries.is_empty();
+        let idle = client.is_none() && entries.is_empty() && lease.is_none();
         if idle && (served_anyone || started.elapsed() > Duration::from_secs(30)) {
             let _ = std::fs::remove_file(path);
             return Ok(());
         }
     }
+}
+
+/// `DEADLINE PID:TICKS...` → the lease to enforce; None for a deadline of 0 or no pid.
+fn parse_lease(args: &str) -> Option<(u64, Vec<(i32, u64)>)> {
+    let mut it = args.split_whitespace();
+    let deadline: u64 = it.next()?.parse().ok().filter(|d| *d > 0)?;
+    let pids: Vec<(i32, u64)> = it
+        .filter_map(|p| {
+            let (pid, ticks) = p.split_once(':')?;
+            Some((pid.parse().ok().filter(|p: &i32| *p > 1)?, ticks.parse().ok()?))
+        })
+        .collect();
+    (!pids.is_empty()).then_some((deadline, pids))
 }
 
 /// The agent's connection to its fd store.
@@ -219,6 +257,22 @@ impl FdStore {
     pub fn drop_prefix(&self, prefix: &str) -> std::io::Result<()> {
         let sock = self.sock.lock().expect("fd store poisoned");
         send(sock.as_fd(), &format!("DROP {prefix}"), None)
+    }
+
+    /// The lease the store enforces if no agent renews it: at `deadline` (boot clock, ms; 0
+    /// clears it) the store kills these processes (pid, start time in ticks).
+    pub fn lease(&self, deadline: u64, pids: &[(i32, u64)]) -> std::io::Result<()> {
+        let mut msg = format!("LEASE {deadline}");
+        for (pid, ticks) in pids {
+            let item = format!(" {pid}:{ticks}");
+            if msg.len() + item.len() >= MAX_MSG {
+                tracing::warn!(listed = msg.split(' ').count() - 2, of = pids.len(), "the fd store's lease lists only as many protected workloads as one message holds");
+                break;
+            }
+            msg.push_str(&item);
+        }
+        let sock = self.sock.lock().expect("fd store poisoned");
+        send(sock.as_fd(), &msg, None)
     }
 
     /// Duplicates of every pipe the store holds, by name.
@@ -344,6 +398,44 @@ mod tests {
         server.join().unwrap().unwrap();
         assert!(!path.exists());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_lease_no_agent_renews_kills_the_listed_processes_and_spares_a_reused_pid() {
+        let (_dir, _path, _server, store) = running_store("lease");
+        let mut doomed = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let mut spared = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = doomed.id() as i32;
+        let ticks = crate::sys::proc::start_ticks(pid).unwrap();
+        let other = spared.id() as i32;
+        // The second is listed with a start time it does not have: a pid taken by another process.
+        let wrong = crate::sys::proc::start_ticks(other).unwrap() + 1;
+        store.lease(crate::sys::boottime_ms() + 300, &[(pid, ticks), (other, wrong)]).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(doomed.try_wait().unwrap().is_none(), "killed before the deadline");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let status = loop {
+            if let Some(s) = doomed.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "not killed at the deadline");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        assert!(spared.try_wait().unwrap().is_none(), "a reused pid must not be killed");
+        // A renewal moves the deadline; clearing it keeps everyone alive.
+        let mut kept = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let kpid = kept.id() as i32;
+        let kticks = crate::sys::proc::start_ticks(kpid).unwrap();
+        store.lease(crate::sys::boottime_ms() + 200, &[(kpid, kticks)]).unwrap();
+        store.lease(0, &[]).unwrap();
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(kept.try_wait().unwrap().is_none(), "a cleared lease kills nobody");
+        for mut c in [spared, kept] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     #[test]

@@ -87,7 +87,12 @@ pub fn tighten_file(f: &File) -> std::io::Result<()> {
 
 /// Creates (or truncates) `path` as a file of mode 0600 holding `bytes`.
 pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = OpenOptions::new()
+    create(path)?.write_all(bytes)
+}
+
+/// Creates (or truncates) `path` as a file of mode 0600, open for writing.
+pub fn create(path: &Path) -> std::io::Result<File> {
+    let f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
@@ -95,7 +100,7 @@ pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
     tighten_file(&f)?;
-    f.write_all(bytes)
+    Ok(f)
 }
 
 /// Binds a Unix socket at `path` with `bind` so that it is mode 0600 from its first moment on

@@ -29,6 +29,23 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds on the boot clock (CLOCK_BOOTTIME): monotonic, counts suspend, and the same for
+/// every process of this boot (the agent and its fd store compare lease deadlines on it).
+pub fn boottime_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// This boot's id (/proc/sys/kernel/random/boot_id).
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
 /// True when the agent runs as root (can create PID namespaces and run CRIU).
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

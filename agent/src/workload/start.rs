@@ -28,6 +28,7 @@ impl Agent {
             spec.id = new_id();
         }
         spec.engine = self.resolve_engine(spec.engine)?;
+        self.check_protection(&spec)?;
         let w = self.launch(spec, None).await?;
         Ok(self.status_of(&w))
     }
