@@ -9,6 +9,7 @@ import { useProcesses } from '@/features/processes/api/get-processes';
 import { ProcessList } from '@/features/processes/components/process-list';
 import { NewProcessDialog } from '@/features/processes/components/new-process-dialog';
 import { ProcessOutput } from '@/features/processes/components/process-output';
+import { CheckpointsPanel } from '@/features/processes/components/checkpoints-panel';
 import { useMigrations } from '@/features/migrations/api/get-migrations';
 import { MigrationControl } from '@/features/migrations/components/migration-control';
 import { useLogs } from '@/features/logs/api/get-logs';
@@ -35,6 +36,7 @@ export function Dashboard() {
   const [migrateProcessId, setMigrateProcessId] = useState('');
   const [chosenMigrationId, setSelectedMigrationId] = useState<string | null>(null);
   const [outputId, setOutputId] = useState<string | null>(null);
+  const [checkpointsId, setCheckpointsId] = useState<string | null>(null);
 
   const serverList = servers.data ?? EMPTY;
   const processList = processes.data ?? EMPTY;
@@ -44,6 +46,7 @@ export function Dashboard() {
   // The selected migration's phase events: what was logged before, and the live ones after.
   const migrationEvents = useLogs({ process: selectedMigration?.processId, limit: 500 }, !!selectedMigration);
   const outputProcess = processList.find((p) => p.id === outputId);
+  const checkpointsProcess = processList.find((p) => p.id === checkpointsId);
 
   const onMigrate = useCallback((p: Process) => {
     setMigrateProcessId(p.id);
@@ -68,11 +71,21 @@ export function Dashboard() {
             onNew={() => setNewOpen(true)}
             onMigrate={onMigrate}
             onShowLogs={(p) => setOutputId(p.id)}
+            onShowCheckpoints={(p) => setCheckpointsId(p.id)}
             selectedId={migrateProcessId}
             showEnded={showEnded}
             onToggleEnded={setShowEnded}
           />
           {outputProcess ? <ProcessOutput key={outputProcess.id} process={outputProcess} onClose={() => setOutputId(null)} /> : null}
+          {checkpointsProcess ? (
+            <CheckpointsPanel
+              key={checkpointsProcess.id}
+              process={checkpointsProcess}
+              servers={serverList}
+              onClose={() => setCheckpointsId(null)}
+              onRestored={(m) => setSelectedMigrationId(m.id)}
+            />
+          ) : null}
         </div>
         <div className="scroll-mt-4 xl:col-span-5">
           <MigrationControl

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { QueryClient } from '@tanstack/react-query';
 import { event, migration, phaseEvent } from '@/test/fixtures';
 import { queryKeys } from '@/lib/query-keys';
-import type { FerryEvent, Migration } from '@/types/api';
+import type { Checkpoint, FerryEvent, Migration } from '@/types/api';
 import { applyEvent } from './event-stream';
 
 function client() {
@@ -48,5 +48,50 @@ describe('applyEvent', () => {
     const list = qc.getQueryData<Migration[]>(queryKeys.migrations) ?? [];
     expect(list.map((m) => m.status)).toEqual(['checkpoint', 'pending']);
     expect(qc.getQueryState(queryKeys.migrations)?.isInvalidated).toBe(true);
+  });
+
+  it("checkpoint_taken refreshes that process's checkpoints only, and is logged when the gateway kept it", () => {
+    const qc = client();
+    const stale = (k: readonly unknown[]) => qc.getQueryState(k)?.isInvalidated;
+    for (const k of [queryKeys.overview, queryKeys.servers, queryKeys.processes, queryKeys.migrations]) qc.setQueryData(k, []);
+    qc.setQueryData(queryKeys.checkpoints('w-1'), [] as Checkpoint[]);
+    qc.setQueryData(queryKeys.checkpoints('w-2'), [] as Checkpoint[]);
+    qc.setQueryData(queryKeys.logs({}), [] as FerryEvent[]);
+    const data = { checkpointId: 'c-0123456789ab', seq: 3, bytes: 123456, freezeMs: 42, holders: ['node0', 's3'] };
+    // Live only (no id): not a log entry.
+    applyEvent(qc, event({ id: 0, kind: 'checkpoint_taken', processId: 'w-1', message: '', data }));
+    expect(stale(queryKeys.checkpoints('w-1'))).toBe(true);
+    expect(stale(queryKeys.checkpoints('w-2'))).toBe(false);
+    for (const k of [queryKeys.overview, queryKeys.servers, queryKeys.processes, queryKeys.migrations]) expect(stale(k)).toBe(false);
+    expect(qc.getQueryData(queryKeys.logs({}))).toEqual([]);
+    const kept = event({ kind: 'checkpoint_taken', processId: 'w-1', message: 'checkpoint 3 of w-1', data });
+    applyEvent(qc, kept);
+    expect(qc.getQueryData(queryKeys.logs({}))).toEqual([kept]);
+  });
+
+  it('failover_completed refreshes processes, migrations and the checkpoints, and shows in the system logs', () => {
+    const qc = client();
+    const stale = (k: readonly unknown[]) => qc.getQueryState(k)?.isInvalidated;
+    for (const k of [queryKeys.overview, queryKeys.servers, queryKeys.processList(false), queryKeys.migrations, queryKeys.drains]) qc.setQueryData(k, []);
+    qc.setQueryData(queryKeys.checkpoints('w-1'), [] as Checkpoint[]);
+    qc.setQueryData(queryKeys.checkpoints('w-2'), [] as Checkpoint[]);
+    qc.setQueryData(queryKeys.logs({}), [] as FerryEvent[]);
+    qc.setQueryData(queryKeys.logs({ process: 'w-1' }), [] as FerryEvent[]);
+    qc.setQueryData(queryKeys.logs({ level: 'warn' }), [] as FerryEvent[]);
+    const e = event({
+      kind: 'failover_completed',
+      level: 'warn',
+      serverId: 'node1',
+      processId: 'w-1',
+      message: 'w-1 failed over from node0 to node1 (checkpoint 3)',
+      data: { migrationId: 'm-7', checkpointId: 'c-0123456789ab' },
+    });
+    applyEvent(qc, e);
+    for (const k of [queryKeys.processList(false), queryKeys.migrations, queryKeys.checkpoints('w-1'), queryKeys.servers, queryKeys.overview]) expect(stale(k)).toBe(true);
+    expect(stale(queryKeys.checkpoints('w-2'))).toBe(false);
+    expect(stale(queryKeys.drains)).toBe(false);
+    expect(qc.getQueryData(queryKeys.logs({}))).toEqual([e]);
+    expect(qc.getQueryData(queryKeys.logs({ process: 'w-1' }))).toEqual([e]);
+    expect(qc.getQueryData(queryKeys.logs({ level: 'warn' }))).toEqual([e]);
   });
 });

@@ -14,8 +14,8 @@ import { appendEvent } from '@/features/logs/utils/filter';
  */
 export function applyEvent(qc: QueryClient, e: FerryEvent): void {
   // Heartbeats and progress refresh figures; they are not log entries (the gateway does not
-  // keep them).
-  const logged = e.kind !== 'node_heartbeat' && e.kind !== 'migration_progress';
+  // keep them). A checkpoint is one when the gateway kept it (a live-only event has no id).
+  const logged = e.kind !== 'node_heartbeat' && e.kind !== 'migration_progress' && !(e.kind === 'checkpoint_taken' && !e.id);
   if (e.kind === 'migration_progress' && isProgressData(e.data)) {
     const { migrationId, bytesRaw, bytesWire, postCopyBytesRemaining } = e.data;
     const setBytes = (m: Migration) =>

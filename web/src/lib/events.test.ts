@@ -47,6 +47,19 @@ describe('queryKeysFor', () => {
     }
   });
 
+  it("refreshes only the process's checkpoints when one is taken", () => {
+    expect(EVENT_KINDS).toContain('checkpoint_taken');
+    expect(keys('checkpoint_taken')).toEqual(['checkpoints/w-1']);
+    expect(queryKeysFor({ kind: 'checkpoint_taken', processId: '' }).map((k) => k.join('/'))).toEqual(['checkpoints']);
+  });
+
+  it('refreshes migrations, processes, nodes, figures and the checkpoints on failovers and restores', () => {
+    for (const kind of ['failover_started', 'failover_completed', 'failover_impossible', 'restore_completed', 'restore_failed']) {
+      expect(EVENT_KINDS).toContain(kind);
+      expect(keys(kind)).toEqual(['migrations', 'processes', 'servers', 'overview', 'checkpoints/w-1']);
+    }
+  });
+
   it('refreshes the figures on a kind it does not know', () => {
     expect(keys('something_new')).toEqual(['overview']);
   });

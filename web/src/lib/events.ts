@@ -25,6 +25,12 @@ export const EVENT_KINDS = [
   'drain_started',
   'drain_progress',
   'drain_ended',
+  'checkpoint_taken',
+  'failover_started',
+  'failover_completed',
+  'failover_impossible',
+  'restore_completed',
+  'restore_failed',
 ] as const;
 
 /** The queries an event makes stale (prefix keys: ['processes'] covers every process query). */
@@ -59,6 +65,16 @@ export function queryKeysFor(e: Pick<FerryEvent, 'kind' | 'processId'>): QueryKe
   if (kind.startsWith('drain_')) {
     // A drain cordons its node and moves its processes: each step may move one.
     return [queryKeys.drains, queryKeys.servers, queryKeys.processes, queryKeys.migrations, queryKeys.overview];
+  }
+  const checkpoints = e.processId ? queryKeys.checkpoints(e.processId) : queryKeys.checkpointsRoot;
+  if (kind === 'checkpoint_taken') {
+    // One more checkpoint of the process (`processId`); nothing else changed.
+    return [checkpoints];
+  }
+  if (kind.startsWith('failover_') || kind.startsWith('restore_')) {
+    // A process restored from a checkpoint (on a failover, on another node): its migration
+    // (mode failover or restore) moved, and so may the process and its checkpoints' holders.
+    return [queryKeys.migrations, queryKeys.processes, queryKeys.servers, queryKeys.overview, checkpoints];
   }
   if (kind === 'address_conflict') {
     // A report carries an address another process holds: the processes show their addresses.

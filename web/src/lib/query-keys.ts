@@ -13,6 +13,9 @@ export const queryKeys = {
   migrations: ['migrations'] as const,
   migration: (id: string) => ['migrations', id] as const,
   drains: ['drains'] as const,
+  checkpointsRoot: ['checkpoints'] as const,
+  /** A process's checkpoints. */
+  checkpoints: (id: string) => ['checkpoints', id] as const,
   logsRoot: ['logs'] as const,
   logs: (f: LogFilter) => ['logs', { process: f.process ?? '', level: f.level ?? '', limit: f.limit ?? 200 }] as const,
 };

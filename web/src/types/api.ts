@@ -58,6 +58,9 @@ export type Process = {
   heldForMigration: string | null;
   /** Its own IPv4 address (network "own"), which moves with it on migration; null on the node's network. */
   address: string | null;
+  /** Protected: a checkpoint is taken every so many seconds (and it fails over from them);
+   * absent or null when it is not. */
+  checkpointIntervalSeconds?: number | null;
 };
 
 /** own: a network namespace and an address of its own from the cluster's workload range; node: the node's network. */
@@ -75,6 +78,8 @@ export type NewProcess = {
   engine?: Engine;
   /** Omitted: the coordinator's --default-network. */
   network?: Network;
+  /** 5 to 86400; omitted: unprotected (no periodic checkpoints, no failover). */
+  checkpointIntervalSeconds?: number;
 };
 
 export type MigrationMode = 'stop-and-copy' | 'post-copy' | 'auto';
@@ -101,6 +106,8 @@ export type Migration = {
   processId: string;
   sourceServerId: string;
   targetServerId: string;
+  /** A MigrationMode; also "restore" (POST /api/processes/{id}/restore) and "failover" (its
+   * node was lost and it was restored from its latest checkpoint elsewhere). */
   mode: string;
   /** pending, then the phase it is in, then completed | rolled_back | failed. */
   status: string;
@@ -117,6 +124,40 @@ export type Migration = {
   phases?: PhaseTiming[];
   startedAt: string;
   finishedAt: string | null;
+};
+
+/** A checkpoint of a process (GET /api/processes/{id}/checkpoints, newest first). */
+export type Checkpoint = {
+  id: string;
+  seq: number;
+  takenAt: string;
+  /** Stored (compressed) size. */
+  bytes: number;
+  /** The image's size before compression. */
+  rawBytes: number;
+  /** How long the process was frozen for it. */
+  freezeMs: number;
+  /** The node it was taken on. */
+  node: string;
+  /** Where copies are kept: node ids, and "s3" for the object store. */
+  holders: string[];
+};
+
+export type CheckpointList = { checkpoints: Checkpoint[] };
+
+/** POST /api/processes/{id}/restore's body; both omitted: the newest checkpoint, placed by the coordinator. */
+export type NewRestore = {
+  checkpointId?: string;
+  serverId?: string;
+};
+
+/** checkpoint_taken's data. */
+export type CheckpointTakenData = {
+  checkpointId: string;
+  seq: number;
+  bytes: number;
+  freezeMs: number;
+  holders: string[];
 };
 
 /** POST /api/servers/{id}/drain's body (optional). */

@@ -41,7 +41,7 @@ export function SystemLogs({ processes, live }: Props) {
               {live ? 'live' : 'paused'}
             </span>
           </CardTitle>
-          <CardDescription>Node, process and migration events, newest first.</CardDescription>
+          <CardDescription>Node, process, migration and failover events, newest first.</CardDescription>
         </div>
         <div className="flex flex-wrap items-end gap-2">
           <div>

@@ -46,3 +46,27 @@ describe('MigrationDetail', () => {
     expect(screen.queryByTestId('phase-timeline')).toBeNull();
   });
 });
+
+describe('MigrationDetail: restores and failovers', () => {
+  it('marks a failover, expects no freeze of the lost node, and says what a rollback left', () => {
+    const m = migration({ id: 'm-9', mode: 'failover', status: 'transfer', phases: [], finishedAt: null, sourceServerId: 'node0', targetServerId: 'node1' });
+    const { unmount } = render(<MigrationDetail migration={m} events={[phaseEvent('m-9', 'preflight', 0), phaseEvent('m-9', 'transfer', 1)]} />);
+    expect(screen.getByTestId('migration-mode')).toHaveTextContent('failover');
+    expect(screen.getByTestId('migration-mode').dataset.mode).toBe('failover');
+    expect(screen.getAllByTestId('progress-step').map((s) => `${s.dataset.phase}:${s.dataset.state}`)).toEqual([
+      'preflight:done',
+      'transfer:current',
+      'restore:pending',
+      'commit:pending',
+    ]);
+    unmount();
+    render(<MigrationDetail migration={migration({ mode: 'restore', status: 'rolled_back', error: 'checkpoint c-1 is held nowhere', phases: [] })} events={[]} />);
+    expect(screen.getByTestId('migration-mode')).toHaveTextContent('restore');
+    expect(screen.getByTestId('migration-error')).toHaveTextContent('Rolled back — nothing was restored on node1.');
+  });
+
+  it('shows no mode badge on an ordinary migration', () => {
+    render(<MigrationDetail migration={migration()} events={[]} />);
+    expect(screen.queryByTestId('migration-mode')).toBeNull();
+  });
+});

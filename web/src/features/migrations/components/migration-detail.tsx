@@ -3,10 +3,12 @@ import { Check, CircleDashed, Loader2, X } from 'lucide-react';
 import { Alert } from '@/components/ui/alert';
 import type { FerryEvent, Migration } from '@/types/api';
 import { isFinal } from '@/types/api';
-import { formatBytes, formatMs, formatRate, formatTime, humanize } from '@/lib/format';
+import { formatBytes, formatMs, formatRate, formatTime } from '@/lib/format';
 import { cn } from '@/lib/utils';
 import { liveSteps, liveTransferRate, phaseDuration, phaseLabel, type LiveStep } from '../utils/timeline';
+import { isFromCheckpoint, modeStyle } from '../utils/modes';
 import { MigrationStatusBadge } from './migration-status-badge';
+import { MigrationModeBadge } from './migration-mode-badge';
 import { PhaseTimeline } from './phase-timeline';
 
 type Props = {
@@ -101,6 +103,13 @@ export function LiveProgress({ migration, events }: { migration: Migration; even
   );
 }
 
+/** The red box's first line: what a rollback or failure left behind. */
+function failureTitle(m: Migration): string {
+  const what = m.mode === 'failover' ? 'Failover' : m.mode === 'restore' ? 'Restore' : 'Migration';
+  if (m.status !== 'rolled_back') return `${what} failed.`;
+  return isFromCheckpoint(m.mode) ? `Rolled back — nothing was restored on ${m.targetServerId}.` : 'Rolled back — the process still runs on the source.';
+}
+
 export function MigrationDetail({ migration: m, events, processName }: Props) {
   const final = isFinal(m.status);
   const failed = m.status === 'failed' || m.status === 'rolled_back';
@@ -115,15 +124,18 @@ export function MigrationDetail({ migration: m, events, processName }: Props) {
             </span>
           </div>
           <div className="truncate font-mono text-[11px] text-slate-500 dark:text-slate-400">
-            {m.id} · {humanize(m.mode)} · started {formatTime(m.startedAt)}
+            {m.id} · {modeStyle(m.mode).label} · started {formatTime(m.startedAt)}
             {m.finishedAt ? ` · finished ${formatTime(m.finishedAt)}` : ''}
           </div>
         </div>
-        <MigrationStatusBadge status={m.status} className="shrink-0" />
+        <div className="flex shrink-0 items-center gap-1.5">
+          {isFromCheckpoint(m.mode) ? <MigrationModeBadge mode={m.mode} /> : null}
+          <MigrationStatusBadge status={m.status} />
+        </div>
       </div>
       {failed ? (
         <Alert tone="error" data-testid="migration-error">
-          <div className="font-semibold">{m.status === 'rolled_back' ? 'Rolled back — the process still runs on the source.' : 'Migration failed.'}</div>
+          <div className="font-semibold">{failureTitle(m)}</div>
           <div className="mt-1 break-words whitespace-pre-wrap">{m.error || 'No error was reported.'}</div>
         </Alert>
       ) : null}

@@ -1,7 +1,9 @@
 import type { Migration } from '@/types/api';
 import { formatMs, formatTime } from '@/lib/format';
 import { cn } from '@/lib/utils';
+import { isFromCheckpoint } from '../utils/modes';
 import { MigrationStatusBadge } from './migration-status-badge';
+import { MigrationModeBadge } from './migration-mode-badge';
 
 type Props = {
   migrations: Migration[];
@@ -38,6 +40,7 @@ export function MigrationHistory({ migrations, names, selectedId, onSelect, max 
                 {m.sourceServerId} → {m.targetServerId}
               </span>
             </span>
+            {isFromCheckpoint(m.mode) ? <MigrationModeBadge mode={m.mode} /> : null}
             <span className="w-16 text-right text-xs tabular-nums text-slate-500">{m.downtimeMs != null ? formatMs(m.downtimeMs) : ''}</span>
             <MigrationStatusBadge status={m.status} />
           </button>

@@ -29,3 +29,16 @@ export function modeHelp(choice: ModeChoice): string {
 export function isPostCopy(mode: string): boolean {
   return mode === 'post-copy' || mode === 'post_copy';
 }
+
+/** Whether a migration restores a checkpoint rather than moving a live process: "restore" (asked
+ * for) or "failover" (its node was lost). */
+export function isFromCheckpoint(mode: string): boolean {
+  return mode === 'restore' || mode === 'failover';
+}
+
+/** How a recorded mode is shown: its words, and a tone that sets restores and failovers apart. */
+export function modeStyle(mode: string): { label: string; tone: 'neutral' | 'amber' | 'blue' } {
+  if (mode === 'failover') return { label: 'failover', tone: 'amber' };
+  if (mode === 'restore') return { label: 'restore', tone: 'blue' };
+  return { label: mode.replace(/_/g, '-'), tone: 'neutral' };
+}

@@ -2,10 +2,13 @@ import type { FerryEvent, Migration } from '@/types/api';
 import { isFinal } from '@/types/api';
 import { isPhaseData } from '@/lib/events';
 import { mbPerSecond } from '@/lib/format';
-import { isPostCopy } from './modes';
+import { isFromCheckpoint, isPostCopy } from './modes';
 
 /** The order phases run in (the cooperative engine checkpoints before it freezes). */
 export const PHASE_ORDER = ['preflight', 'freeze', 'checkpoint', 'transfer', 'restore', 'commit'] as const;
+
+/** The phases a restore or failover is expected to show (a checkpoint is fetched, then restored). */
+export const CHECKPOINT_PHASE_ORDER = ['preflight', 'transfer', 'restore', 'commit'] as const;
 
 export const PHASE_LABELS: Record<string, string> = {
   pending: 'pending',
@@ -161,7 +164,8 @@ export function liveSteps(m: Migration, events: FerryEvent[]): LiveStep[] {
     }
   }
   if (!final) {
-    const expected: string[] = [...PHASE_ORDER];
+    // A restore or failover starts from a stored checkpoint: nothing to freeze or dump first.
+    const expected: string[] = isFromCheckpoint(m.mode) ? [...CHECKPOINT_PHASE_ORDER] : [...PHASE_ORDER];
     if (isPostCopy(m.mode)) expected.push('post_copy');
     for (const p of expected) {
       if (!steps.some((s) => s.phase === p)) steps.push({ phase: p, state: 'pending', at: null, bytesRaw: null, bytesWire: null });

@@ -77,3 +77,52 @@ describe('NewProcessDialog', () => {
     expect(JSON.parse(f.calls[0].body ?? '')).toEqual({ name: 'sleep', command: ['sleep', '60'], serverId: 'node0', engine: 'criu', network: 'own' });
   });
 });
+
+describe('NewProcessDialog: checkpoint interval', () => {
+  it('refuses an interval outside 5 s to 24 h inline, before asking the API', async () => {
+    const f = fakeFetch({});
+    vi.stubGlobal('fetch', f.fn);
+    renderWithClient(<NewProcessDialog open onClose={() => {}} servers={servers} />);
+    await userEvent.type(screen.getByLabelText('Command'), 'sleep 60');
+    expect(screen.queryByTestId('checkpoint-interval-error')).toBeNull();
+    for (const bad of ['3s', '25h', '1.5m', 'often']) {
+      await userEvent.clear(screen.getByLabelText('Checkpoint every'));
+      await userEvent.type(screen.getByLabelText('Checkpoint every'), bad);
+      expect(screen.getByTestId('checkpoint-interval-error')).toHaveTextContent('5 s to 24 h');
+      expect(screen.getByLabelText('Checkpoint every')).toHaveAttribute('aria-invalid', 'true');
+      await userEvent.click(screen.getByRole('button', { name: 'Start process' }));
+    }
+    expect(f.calls).toHaveLength(0);
+  });
+
+  it('sends the interval in seconds, and nothing when it is empty', async () => {
+    const f = fakeFetch({ 'POST /api/processes': [201, proc({ checkpointIntervalSeconds: 120 })] });
+    vi.stubGlobal('fetch', f.fn);
+    const onClose = vi.fn();
+    const { unmount } = renderWithClient(<NewProcessDialog open onClose={onClose} servers={servers} />);
+    await userEvent.type(screen.getByLabelText('Command'), 'sleep 60');
+    await userEvent.type(screen.getByLabelText('Checkpoint every'), '2m');
+    expect(screen.queryByTestId('checkpoint-interval-error')).toBeNull();
+    await userEvent.click(screen.getByRole('button', { name: 'Start process' }));
+    await waitFor(() => expect(onClose).toHaveBeenCalled());
+    expect(JSON.parse(f.calls[0].body ?? '')).toEqual({ name: 'sleep', command: ['sleep', '60'], serverId: 'node0', engine: 'criu', checkpointIntervalSeconds: 120 });
+    unmount();
+    renderWithClient(<NewProcessDialog open onClose={() => {}} servers={servers} />);
+    await userEvent.type(screen.getByLabelText('Command'), 'sleep 60');
+    await userEvent.type(screen.getByLabelText('Checkpoint every'), '45');
+    await userEvent.click(screen.getByRole('button', { name: 'Start process' }));
+    await waitFor(() => expect(f.calls).toHaveLength(2));
+    expect(JSON.parse(f.calls[1].body ?? '').checkpointIntervalSeconds).toBe(45);
+  });
+
+  it("shows the API's refusal of the interval inline", async () => {
+    const f = fakeFetch({ 'POST /api/processes': [400, { error: { code: 'bad_request', message: 'checkpointIntervalSeconds needs the criu engine' } }] });
+    vi.stubGlobal('fetch', f.fn);
+    renderWithClient(<NewProcessDialog open onClose={() => {}} servers={servers} />);
+    await userEvent.type(screen.getByLabelText('Command'), 'sleep 60');
+    await userEvent.type(screen.getByLabelText('Checkpoint every'), '30s');
+    await userEvent.click(screen.getByRole('button', { name: 'Start process' }));
+    expect(await screen.findByTestId('new-process-error')).toHaveTextContent('checkpointIntervalSeconds needs the criu engine');
+    expect(JSON.parse(f.calls[0].body ?? '').checkpointIntervalSeconds).toBe(30);
+  });
+});

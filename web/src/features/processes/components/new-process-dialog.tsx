@@ -8,6 +8,7 @@ import { Alert } from '@/components/ui/alert';
 import { errorMessage } from '@/lib/api-client';
 import type { Engine, Network, Process, Server } from '@/types/api';
 import { splitArgv } from '../utils/argv';
+import { parseInterval } from '../utils/interval';
 import { useCreateProcess } from '../api/create-process';
 
 type Props = {
@@ -36,10 +37,15 @@ function NewProcessForm({ servers, onClose, onCreated }: Omit<Props, 'open'>) {
   const [engine, setEngine] = useState<Engine>('criu');
   // 'default': the coordinator's --default-network decides.
   const [network, setNetwork] = useState<Network | 'default'>('default');
+  const [checkpointEvery, setCheckpointEvery] = useState('');
   const [touched, setTouched] = useState(false);
   const create = useCreateProcess();
 
   const split = useMemo(() => splitArgv(command), [command]);
+  // Checked as typed (as the API would): undefined is none, null is refused.
+  const interval = parseInterval(checkpointEvery);
+  const intervalError =
+    interval === null ? 'Checkpoint every 5 s to 24 h: a number of seconds, or e.g. 30s, 2m, 1h (empty: unprotected).' : null;
   const localError = !touched
     ? null
     : !split.ok
@@ -53,7 +59,7 @@ function NewProcessForm({ servers, onClose, onCreated }: Omit<Props, 'open'>) {
   const submit = (e: FormEvent) => {
     e.preventDefault();
     setTouched(true);
-    if (!split.ok || split.argv.length === 0 || !serverId) return;
+    if (!split.ok || split.argv.length === 0 || !serverId || interval === null) return;
     create.mutate(
       {
         name: name.trim() || split.argv[0].split('/').pop() || split.argv[0],
@@ -61,6 +67,7 @@ function NewProcessForm({ servers, onClose, onCreated }: Omit<Props, 'open'>) {
         serverId,
         engine,
         ...(network === 'default' ? {} : { network }),
+        ...(interval !== undefined ? { checkpointIntervalSeconds: interval } : {}),
       },
       {
         onSuccess: (p) => {
@@ -137,6 +144,28 @@ function NewProcessForm({ servers, onClose, onCreated }: Omit<Props, 'open'>) {
             <option value="node">node&apos;s network</option>
             <option value="own">own address (moves with it)</option>
           </Select>
+        </div>
+        <div className="col-span-2">
+          <Label htmlFor="np-checkpoint">Checkpoint every</Label>
+          <Input
+            id="np-checkpoint"
+            name="checkpointInterval"
+            value={checkpointEvery}
+            onChange={(e) => setCheckpointEvery(e.target.value)}
+            placeholder="off, e.g. 30s or 2m"
+            aria-invalid={interval === null}
+            aria-describedby="np-checkpoint-help"
+            autoComplete="off"
+          />
+          {intervalError ? (
+            <p id="np-checkpoint-help" className="mt-1 text-xs text-amber-700 dark:text-amber-400" data-testid="checkpoint-interval-error">
+              {intervalError}
+            </p>
+          ) : (
+            <p id="np-checkpoint-help" className="mt-1 text-[11px] text-slate-500 dark:text-slate-400">
+              Protects it: checkpoints kept on other nodes, restored elsewhere if its node is lost.
+            </p>
+          )}
         </div>
       </div>
       {localError ? <Alert tone="warning">{localError}</Alert> : null}

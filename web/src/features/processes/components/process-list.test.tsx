@@ -144,3 +144,28 @@ describe('ProcessList: addresses', () => {
     expect(cells).toEqual(['10.231.254.129', '—']);
   });
 });
+
+describe('ProcessList: protection', () => {
+  it('badges a protected process with its interval, and opens its checkpoints', async () => {
+    const onShowCheckpoints = vi.fn();
+    renderWithClient(
+      <ProcessList
+        processes={[proc({ checkpointIntervalSeconds: 120 }), proc({ id: 'w-2', name: 'plain' }), proc({ id: 'w-3', name: 'nulled', checkpointIntervalSeconds: null })]}
+        loading={false}
+        error={null}
+        onNew={noop}
+        onMigrate={noop}
+        onShowLogs={noop}
+        onShowCheckpoints={onShowCheckpoints}
+      />,
+    );
+    const rows = new Map(screen.getAllByTestId('process-row').map((r) => [r.dataset.processId, r]));
+    const badge = (id: string) => rows.get(id)?.querySelector('[data-testid="process-protected"]') ?? null;
+    expect(badge('w-1')).toHaveTextContent('2m');
+    expect(badge('w-1')).toHaveAttribute('title', 'Protected: a checkpoint every 2m');
+    expect(badge('w-2')).toBeNull();
+    expect(badge('w-3')).toBeNull();
+    await userEvent.click(rows.get('w-2')?.querySelector('[data-action="checkpoints"]') as HTMLElement);
+    expect(onShowCheckpoints).toHaveBeenCalledWith(expect.objectContaining({ id: 'w-2' }));
+  });
+});

@@ -1,8 +1,9 @@
 import { useEffect, useState } from 'react';
-import { ArrowRightLeft, Pause, Play, Plus, ScrollText, Square, TerminalSquare } from 'lucide-react';
+import { ArrowRightLeft, History, Pause, Play, Plus, ScrollText, ShieldCheck, Square, TerminalSquare } from 'lucide-react';
 import { Card, CardContent, CardDescription, CardHeader, CardTitle } from '@/components/ui/card';
 import { Button } from '@/components/ui/button';
 import { Alert } from '@/components/ui/alert';
+import { Badge } from '@/components/ui/badge';
 import { QueryError } from '@/components/query-error';
 import { errorMessage } from '@/lib/api-client';
 import { formatBytes, formatPercent, formatTime } from '@/lib/format';
@@ -11,6 +12,7 @@ import type { Process } from '@/types/api';
 import { ProcessStatusBadge } from './status-badge';
 import { joinArgv } from '../utils/argv';
 import { sortProcesses } from '../utils/sort';
+import { formatInterval } from '../utils/interval';
 import { usePauseProcess } from '../api/pause-process';
 import { useResumeProcess } from '../api/resume-process';
 import { useStopProcess } from '../api/stop-process';
@@ -22,6 +24,8 @@ type Props = {
   onNew: () => void;
   onMigrate: (p: Process) => void;
   onShowLogs: (p: Process) => void;
+  /** Opens the process's checkpoints (no button without it). */
+  onShowCheckpoints?: (p: Process) => void;
   selectedId?: string | null;
   /** Whether ended processes (exited, failed) are listed too. */
   showEnded?: boolean;
@@ -84,7 +88,17 @@ function StopButton({ onStop, disabled }: { onStop: () => void; disabled: boolea
   );
 }
 
-export function ProcessList({ processes, loading, error, onNew, onMigrate, onShowLogs, selectedId, showEnded = false, onToggleEnded }: Props) {
+/** A protected process: checkpointed every so often (and failed over from its checkpoints). */
+export function ProtectedBadge({ seconds }: { seconds: number }) {
+  return (
+    <Badge tone="green" className="px-1.5 py-0 text-[10px]" data-testid="process-protected" title={`Protected: a checkpoint every ${formatInterval(seconds)}`}>
+      <ShieldCheck className="h-3 w-3" aria-hidden />
+      {formatInterval(seconds)}
+    </Badge>
+  );
+}
+
+export function ProcessList({ processes, loading, error, onNew, onMigrate, onShowLogs, onShowCheckpoints, selectedId, showEnded = false, onToggleEnded }: Props) {
   const pause = usePauseProcess();
   const resume = useResumeProcess();
   const stop = useStopProcess();
@@ -170,8 +184,11 @@ export function ProcessList({ processes, loading, error, onNew, onMigrate, onSho
                       )}
                     >
                       <td className="max-w-[16rem] px-4 py-2">
-                        <div className="truncate font-medium" title={p.name}>
-                          {p.name}
+                        <div className="flex min-w-0 items-center gap-1.5">
+                          <span className="truncate font-medium" title={p.name}>
+                            {p.name}
+                          </span>
+                          {p.checkpointIntervalSeconds ? <ProtectedBadge seconds={p.checkpointIntervalSeconds} /> : null}
                         </div>
                         <div className="truncate font-mono text-[11px] text-slate-500 dark:text-slate-400" title={joinArgv(p.command)}>
                           {p.id} · {p.engine} · {joinArgv(p.command)}
@@ -219,6 +236,11 @@ export function ProcessList({ processes, loading, error, onNew, onMigrate, onSho
                           <Button size="sm" variant="ghost" onClick={() => onShowLogs(p)} title="The process's own output" aria-label="Output" data-action="logs">
                             <ScrollText className="h-3.5 w-3.5" />
                           </Button>
+                          {onShowCheckpoints ? (
+                            <Button size="sm" variant="ghost" onClick={() => onShowCheckpoints(p)} title="Checkpoints: take one, restore one" aria-label="Checkpoints" data-action="checkpoints">
+                              <History className="h-3.5 w-3.5" />
+                            </Button>
+                          ) : null}
                         </div>
                       </td>
                     </tr>
