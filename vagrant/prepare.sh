@@ -54,6 +54,8 @@ if "$here/vagrant/bin/ferry" --help 2>/dev/null | grep -q '^  certs'; then
     [ -s "$ca/$n.pem" ] || "$here/vagrant/bin/ferry" certs --dir "$ca" --name "$n" --ip "$net.$((10 + i))" >/dev/null
     (umask 077; mkdir -p "$here/vagrant/bin/tls/$n")
     cp "$ca/ca.pem" "$ca/$n.pem" "$ca/$n-key.pem" "$here/vagrant/bin/tls/$n/"
+    # The cluster key that seals checkpoints (ferry certs writes it with the CA), for agents.
+    [ ! -s "$ca/cluster.key" ] || cp "$ca/cluster.key" "$here/vagrant/bin/tls/$n/"
     chmod 0600 "$here/vagrant/bin/tls/$n/$n-key.pem"
   done
 fi

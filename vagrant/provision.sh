@@ -30,6 +30,7 @@ if [ -s "/tmp/ferry-bin/tls/$name.pem" ]; then
   install -d -m 0700 /etc/ferry/tls
   install -m 0644 /tmp/ferry-bin/tls/ca.pem "/tmp/ferry-bin/tls/$name.pem" /etc/ferry/tls/
   install -m 0600 "/tmp/ferry-bin/tls/$name-key.pem" /etc/ferry/tls/
+  [ ! -s /tmp/ferry-bin/tls/cluster.key ] || install -m 0600 /tmp/ferry-bin/tls/cluster.key /etc/ferry/tls/
   tls="--tls-dir /etc/ferry/tls --tls-name $name"
   scheme=https
 elif /usr/local/bin/ferry agent --help 2>/dev/null | grep -q -- '--tls-dir'; then

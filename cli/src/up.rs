@@ -143,6 +143,12 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     let ip = |s: &str| s.parse::<std::net::IpAddr>().context("an address of the cluster");
     ferry_proto::tls::issue_into(&tls, "coordinator", &[ip(&coordinator_ip)?], 30)
         .map_err(|e| anyhow::anyhow!(e))?;
+    // ...and the cluster key that seals checkpoints, which every agent finds in --tls-dir.
+    ferry_agent::sys::fsmode::write(
+        &tls.join("cluster.key"),
+        ferry_agent::checkpoint::object::ClusterKey::generate_hex().as_bytes(),
+    )
+    .context("cannot write the cluster key")?;
     for (i, name) in names.iter().enumerate() {
         let node_ip = match &cluster.net {
             Some(net) => net.ip(i),

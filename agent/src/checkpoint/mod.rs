@@ -189,6 +189,18 @@ impl Drop for Held {
 /// The target name a checkpoint holds a workload under (what a refused operation names).
 pub const HOLDER: &str = "a checkpoint";
 
+/// How long an operation waits for a checkpoint that holds its workload.
+const CHECKPOINT_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits for a checkpoint that holds `w` to end (at most [`CHECKPOINT_WAIT`]): a stop, pause,
+/// resume or migration that comes during one waits its freeze out rather than being refused.
+pub(crate) async fn wait_checkpoint(w: &Workload) {
+    let deadline = Instant::now() + CHECKPOINT_WAIT;
+    while w.checkpointing() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 impl Agent {
     pub fn checkpoints(&self) -> &Checkpoints {
         &self.checkpoints

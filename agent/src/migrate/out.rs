@@ -149,6 +149,7 @@ impl Agent {
                 "migration id {mid:?} must be 1-64 characters of letters, digits, '.', '_' or '-'"
             )));
         }
+        crate::checkpoint::wait_checkpoint(&w).await;
         if !w.begin_migration(&mid, &req.target) {
             return Err(w.require_not_migrating("migrate").err().unwrap_or(AgentError::BadState {
                 id: w.id().to_string(),

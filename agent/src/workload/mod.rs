@@ -204,6 +204,12 @@ impl Workload {
         st.migration_out = Some((migration_id.to_string(), target.to_string()));
     }
 
+    /// Whether a checkpoint (not a migration) holds the workload now.
+    pub(crate) fn checkpointing(&self) -> bool {
+        let st = self.state.lock().expect("workload state poisoned");
+        st.migration_out.as_ref().is_some_and(|(_, t)| t == crate::checkpoint::HOLDER)
+    }
+
     pub(crate) fn end_migration(&self) {
         let mut st = self.state.lock().expect("workload state poisoned");
         st.migration_holds = st.migration_holds.saturating_sub(1);

@@ -19,6 +19,7 @@ impl Agent {
     pub async fn pause(&self, id: &str) -> Result<Status> {
         let w = self.get(id)?;
         self.require_alive(&w, "pause")?;
+        crate::checkpoint::wait_checkpoint(&w).await;
         w.require_not_migrating("pause")?;
         if !w.is_paused() {
             let w2 = w.clone();
@@ -38,6 +39,7 @@ impl Agent {
     pub async fn resume(&self, id: &str) -> Result<Status> {
         let w = self.get(id)?;
         self.require_alive(&w, "resume")?;
+        crate::checkpoint::wait_checkpoint(&w).await;
         w.require_not_migrating("resume")?;
         let (w2, keep) = (w.clone(), w.self_stopped());
         tokio::task::spawn_blocking(move || continue_tree(&w2, &keep))

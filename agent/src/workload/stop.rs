@@ -16,6 +16,7 @@ impl Agent {
         if w.exit_info().is_some() {
             return Ok(self.status_of(&w));
         }
+        crate::checkpoint::wait_checkpoint(&w).await;
         w.require_not_migrating("stop")?;
         let grace = grace.unwrap_or(self.config().stop_grace);
         let paused = w.is_paused();
