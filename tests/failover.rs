@@ -185,3 +185,253 @@ async fn a_checkpoint_is_restored_on_another_node_with_its_memory_and_files() {
     assert!(on_c.processes.is_empty(), "nothing restored from an altered object: {on_c:?}");
     drop((a, b, c, net));
 }
+
+/// Three hosts whose agents register with a coordinator that fails protected workloads over
+/// after `grace` seconds of silence (their lease is half of it).
+struct Cluster {
+    net: Net,
+    agents: Vec<Option<AgentProc>>,
+    _coord: AgentProc,
+    _data: TempDir,
+    gw: String,
+}
+
+async fn cluster(tag: &str, grace: u32) -> Cluster {
+    use harness::cluster::*;
+    let net = Net::new(3);
+    let (port, http_port) = (free_port(), free_port());
+    let data = TempDir::new(tag);
+    let ip = net.bridge_ip();
+    let grace = grace.to_string();
+    let coord =
+        coordinator_with(&ip, port, http_port, data.path(), &["--failover-grace-secs", &grace]);
+    let url = format!("https://{ip}:{port}");
+    let agents = (0..3).map(|i| Some(net.agent(i, &["--coordinator", &url]))).collect();
+    wait_nodes(&coord.addr, "three hosts online", |n| {
+        ["host0", "host1", "host2"].iter().all(|h| online(n, h) == Some(true))
+    })
+    .await;
+    Cluster { net, agents, _coord: coord, _data: data, gw: format!("{ip}:{http_port}") }
+}
+
+impl Cluster {
+    async fn client(&self, i: usize) -> Client {
+        self.agents[i].as_ref().expect("agent running").client().await
+    }
+}
+
+/// Starts `argv` on `node` through the REST API, protected every `every` seconds (0: not).
+async fn run_on(gw: &str, node: &str, argv: &[&str], every: u32) -> String {
+    let mut body = serde_json::json!({"command": argv, "serverId": node});
+    if every > 0 {
+        body["checkpointIntervalSeconds"] = every.into();
+    }
+    let (code, p) = harness::cluster::call(gw, "POST", "/api/processes", Some(body)).await;
+    assert_eq!(code, 201, "{p}");
+    assert_eq!(p["checkpointIntervalSeconds"].as_u64(), (every > 0).then_some(every as u64), "{p}");
+    p["id"].as_str().unwrap().to_string()
+}
+
+async fn process(gw: &str, id: &str) -> serde_json::Value {
+    harness::cluster::call(gw, "GET", &format!("/api/processes/{id}"), None).await.1
+}
+
+/// Waits for a checkpoint of `id` held off its node (`holders` beyond the node itself).
+async fn replicated(gw: &str, id: &str) -> serde_json::Value {
+    wait_until(&format!("a replicated checkpoint of {id}"), T, || async move {
+        let (_, c) =
+            harness::cluster::call(gw, "GET", &format!("/api/processes/{id}/checkpoints"), None)
+                .await;
+        let newest = c["checkpoints"].as_array()?.first()?.clone();
+        (newest["holders"].as_array()?.len() >= 3).then_some(newest)
+    })
+    .await
+}
+
+/// Numbered lines ("count N", "tick N") of `id` through the gateway.
+async fn numbered(gw: &str, id: &str, prefix: &str) -> Vec<u64> {
+    let (_, l) = harness::cluster::call(
+        gw,
+        "GET",
+        &format!("/api/processes/{id}/logs?limit=10000"),
+        None,
+    )
+    .await;
+    l["lines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x["text"].as_str()?.strip_prefix(prefix)?.trim().parse().ok())
+        .collect()
+}
+
+/// Live copies of workload `id` on the agents that answer.
+async fn copies(c: &Cluster, id: &str) -> Vec<String> {
+    let mut on = Vec::new();
+    for (i, a) in c.agents.iter().enumerate() {
+        let Some(a) = a else { continue };
+        let Ok(Ok(mut client)) =
+            tokio::time::timeout(Duration::from_secs(3), a.client_checked()).await
+        else {
+            continue;
+        };
+        let Ok(l) = client.list_processes(pb::ListProcessesRequest {}).await else { continue };
+        for p in l.into_inner().processes {
+            if id_of(&p) == id && p.exit.is_none() && p.held_for_migration.is_empty() {
+                on.push(format!("host{i}"));
+            }
+        }
+    }
+    on
+}
+
+/// SIGUSR1 to a workload's program (its host pid from the API) and its verdict from the log.
+async fn verdict(gw: &str, id: &str, ok: &str, fail: &str) -> String {
+    let pid = process(gw, id).await["pid"].as_i64().unwrap() as i32;
+    kill(pid, libc::SIGUSR1);
+    wait_until(&format!("{id} to check itself"), T, || async move {
+        let (_, l) = harness::cluster::call(
+            gw,
+            "GET",
+            &format!("/api/processes/{id}/logs?limit=10000"),
+            None,
+        )
+        .await;
+        l["lines"]
+            .as_array()?
+            .iter()
+            .rev()
+            .filter_map(|x| x["text"].as_str())
+            .find(|t| t.starts_with(ok) || t.starts_with(fail))
+            .map(str::to_string)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_node_s_protected_workloads_run_elsewhere_from_their_latest_checkpoint() {
+    if !require_root("a_lost_node_s_protected_workloads_run_elsewhere_from_their_latest_checkpoint")
+    {
+        return;
+    }
+    let grace = 6;
+    let mut c = cluster("ferry-failover", grace).await;
+    let gw = c.gw.clone();
+    let app = run_on(&gw, "host0", &[&workload("appender.py")], 5).await;
+    let hog = run_on(&gw, "host0", &[&workload("memhog"), "64", "write"], 5).await;
+    let plain = run_on(&gw, "host0", &[&workload("appender.py")], 0).await;
+    let (ck_app, ck_hog) = (replicated(&gw, &app).await, replicated(&gw, &hog).await);
+    eprintln!("newest checkpoints: {ck_app}\n{ck_hog}");
+    // Let it run on past its newest checkpoint: that part is what a failover loses.
+    let at_ck = wait_until("the appender to count past its checkpoint", T, || {
+        let gw = gw.clone();
+        let app = app.clone();
+        async move {
+            let n = numbered(&gw, &app, "count ").await;
+            (n.len() > 3).then(|| *n.last().unwrap())
+        }
+    })
+    .await;
+    // The node dies: its agent, its fd store and its workloads, at once.
+    let lost_at = std::time::Instant::now();
+    let killed = c.net.power_off(0);
+    c.agents[0].take().unwrap().crash_leaving_workloads();
+    eprintln!("host0 powered off ({killed} processes killed)");
+    for id in [&app, &hog] {
+        let p = wait_until(&format!("{id} to run on another node"), Duration::from_secs(90), || {
+            let (gw, id) = (gw.clone(), id.to_string());
+            async move {
+                let p = process(&gw, &id).await;
+                (p["status"] == "running" && p["serverId"] != "host0").then_some(p)
+            }
+        })
+        .await;
+        eprintln!(
+            "{id} runs on {} {:.1} s after host0 was lost (grace {grace} s)",
+            p["serverId"],
+            lost_at.elapsed().as_secs_f64()
+        );
+    }
+    // The counter resumed from its newest checkpoint: no later than where it had got to.
+    let resumed = wait_until("the restored appender to count", T, || {
+        let (gw, app) = (gw.clone(), app.clone());
+        async move {
+            let n = numbered(&gw, &app, "count ").await;
+            (n.len() >= 3).then_some(n)
+        }
+    })
+    .await;
+    eprintln!("counted to at least {at_ck} on host0; resumed at {}", resumed[0]);
+    assert!(resumed[0] <= at_ck + 1 && resumed.windows(2).all(|w| w[1] == w[0] + 1), "{resumed:?}");
+    // Its journal (restored from the checkpoint's copy of its working directory) matches its
+    // memory, and so does every byte of the 64 MiB one.
+    let v = verdict(&gw, &app, "journal ok", "journal FAIL").await;
+    assert!(v.starts_with("journal ok"), "{v}");
+    let v = verdict(&gw, &hog, "verify ok", "verify FAIL").await;
+    assert!(v.starts_with("verify ok"), "{v}");
+    // The unprotected one is not restored: its node is offline, so it is unknown.
+    let p = process(&gw, &plain).await;
+    assert_eq!((p["serverId"].as_str(), p["status"].as_str()), (Some("host0"), Some("unknown")), "{p}");
+    // Exactly one copy of each, and the failovers are on record.
+    for id in [&app, &hog] {
+        assert_eq!(copies(&c, id).await.len(), 1, "{id}");
+    }
+    let (_, ms) = harness::cluster::call(&gw, "GET", "/api/migrations", None).await;
+    let failovers: Vec<&serde_json::Value> = ms["migrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["mode"] == "failover" && m["status"] == "completed")
+        .collect();
+    assert_eq!(failovers.len(), 2, "{ms}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partitioned_node_fences_its_workloads_and_one_copy_runs_after_it_heals() {
+    if !require_root("a_partitioned_node_fences_its_workloads_and_one_copy_runs_after_it_heals") {
+        return;
+    }
+    let grace = 6;
+    let c = cluster("ferry-partition", grace).await;
+    let gw = c.gw.clone();
+    let app = run_on(&gw, "host0", &[&workload("appender.py")], 5).await;
+    replicated(&gw, &app).await;
+    let ca = c.client(0).await;
+    // host0's link is cut for longer than the grace: it cannot renew its lease, and the
+    // coordinator cannot hear it.
+    c.net.set_link(0, false);
+    let cut_at = std::time::Instant::now();
+    let p = wait_until("the workload to run on another node", Duration::from_secs(90), || {
+        let (gw, app) = (gw.clone(), app.clone());
+        async move {
+            let p = process(&gw, &app).await;
+            (p["status"] == "running" && p["serverId"] != "host0").then_some(p)
+        }
+    })
+    .await;
+    eprintln!("restored on {} {:.1} s after the cut", p["serverId"], cut_at.elapsed().as_secs_f64());
+    // On host0 (its agent reachable over the host's own namespace path is cut too; ask it after
+    // the link is back) the copy was killed by the lease before the restore.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.net.set_link(0, true);
+    let s = wait_until("host0's agent to answer again", T, || {
+        let (mut ca, app) = (ca.clone(), app.clone());
+        async move { ca.get_status(pb::WorkloadRef { id: app }).await.ok() }
+    })
+    .await
+    .into_inner();
+    eprintln!("host0's copy: exit {:?}, {}", s.exit, s.lost_reason);
+    assert!(s.exit.is_some() && s.lost_reason.starts_with("fenced:"), "{s:?}");
+    // Healed: host0 online again, and exactly one copy runs, where the coordinator says.
+    harness::cluster::wait_nodes(&c._coord.addr, "host0 online again", |n| {
+        harness::cluster::online(n, "host0") == Some(true)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let on = copies(&c, &app).await;
+    let p = process(&gw, &app).await;
+    assert_eq!(on, [p["serverId"].as_str().unwrap().to_string()], "{p}");
+    assert_eq!(p["status"], "running", "{p}");
+    let v = verdict(&gw, &app, "journal ok", "journal FAIL").await;
+    assert!(v.starts_with("journal ok"), "{v}");
+}

@@ -80,6 +80,13 @@ impl Net {
         Path::new("/run/netns").join(&self.hosts[i])
     }
 
+    /// Cuts host `i` off the bridge (`up` false) or joins it again: its veth's bridge end goes
+    /// down or up, as a pulled cable would.
+    pub fn set_link(&self, i: usize, up: bool) -> anyhow::Result<()> {
+        let state = if up { "up" } else { "down" };
+        must(&format!("ip link set {} {state}", veth_name(&self.bridge, i)))
+    }
+
     /// A command that runs `program args` on host `i`: in its network namespace, and in a mount
     /// namespace of its own where `data` is bind-mounted at `mount_point`.
     pub fn command_on(

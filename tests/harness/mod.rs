@@ -197,6 +197,11 @@ impl AgentProc {
         AgentClient::new(channel(&self.addr).await.expect("connect to agent"))
     }
 
+    /// A client, or why the agent cannot be reached.
+    pub async fn client_checked(&self) -> Result<Client, tonic::transport::Error> {
+        Ok(AgentClient::new(channel(&self.addr).await?))
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }

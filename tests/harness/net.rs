@@ -62,6 +62,29 @@ impl Net {
         format!("{}.1", self.inner.prefix)
     }
 
+    /// Cuts host `i` off the network (its link down), or joins it again.
+    pub fn set_link(&self, i: usize, up: bool) {
+        self.inner.set_link(i, up).expect("ip link set");
+    }
+
+    /// Kills (SIGKILL) every process in host `i`'s network namespace: its agent, its fd store
+    /// and the workloads on the node's network. The node is gone as if its power was cut.
+    pub fn power_off(&self, i: usize) -> usize {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(self.netns(i)).expect("the host's netns").ino();
+        let mut killed = 0;
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
+            if std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| m.ino() == ino) {
+                super::kill(pid, libc::SIGKILL);
+                killed += 1;
+            }
+        }
+        killed
+    }
+
     /// An address on the subnet that no host has.
     pub fn unused_ip(&self) -> String {
         format!("{}.250", self.inner.prefix)
