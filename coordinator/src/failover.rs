@@ -380,14 +380,15 @@ impl Coordinator {
             fence.push(id.to_string());
             if self.memory().fenced.insert((id.to_string(), node.to_string(), f.at_ms)) {
                 let msg = format!(
-                    "duplicate copy of {id} on {node} killed (restored on {} at {} ms since the \
-                     epoch, {} s ago): {node} came back after its workloads were failed over",
+                    "duplicate copy of {id} on {node} killed (restored on {} {} s ago): {node} \
+                     came back after its workloads were failed over",
                     f.to_node,
-                    f.at_ms,
                     secs(now_ms() - f.at_ms)
                 );
                 tracing::error!(workload = id, node, restored_on = f.to_node, "{msg}");
-                let data = serde_json::json!({"node": node, "restoredOn": f.to_node});
+                let data = serde_json::json!({
+                    "node": node, "restoredOn": f.to_node, "restoredAtMs": f.at_ms,
+                });
                 self.emit_with("duplicate_fenced", "error", node, id, msg, data.to_string())?;
             }
         }
