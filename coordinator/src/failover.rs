@@ -723,8 +723,19 @@ impl Coordinator {
             .map(|n| NodeView { node: n.node, online: n.online, last_seen_ms: n.last_seen_ms })
             .collect();
         let workloads = self.workloads()?;
+        // Checkpoints are read only for the workloads decide() may act on: protected, and
+        // running on an offline node or reported fenced.
+        let offline: HashSet<&str> =
+            nodes.iter().filter(|n| !n.online).map(|n| n.node.as_str()).collect();
+        let maybe = |(node, s): &&(String, apb::ProcessStatus)| {
+            protected(s)
+                && match s.exit {
+                    None => offline.contains(node.as_str()),
+                    Some(_) => s.lost_reason.starts_with(FENCED),
+                }
+        };
         let mut checkpoints = HashMap::new();
-        for (_, s) in workloads.iter().filter(|(_, s)| protected(s)) {
+        for (_, s) in workloads.iter().filter(maybe) {
             let Some(id) = s.spec.as_ref().map(|x| x.id.clone()) else { continue };
             let ks = infos(self.store.checkpoints(&id)?);
             checkpoints.insert(id, ks);

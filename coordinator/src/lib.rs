@@ -7,6 +7,8 @@ pub mod agents;
 mod drain;
 pub mod error;
 pub mod failover;
+#[cfg(test)]
+mod fake_agent;
 pub mod network;
 mod ops;
 pub mod placement;
@@ -1040,6 +1042,147 @@ mod tests {
             "{e}"
         );
         assert_eq!(c.migrations().unwrap().len(), 1, "no restore recorded");
+    }
+
+    async fn settled(c: &Coordinator, id: &str) -> MigrationRow {
+        for _ in 0..200 {
+            let m = c.migrations().unwrap().into_iter().find(|m| m.id == id).unwrap();
+            if m.is_final() {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("{id} did not end");
+    }
+
+    /// A node goes silent past the grace: its protected workload is recorded as a failover,
+    /// refused by the first target (the holder with the most memory), restored on the next from
+    /// its newest usable checkpoint, and the node, back, is told to kill its copy. Then a restore
+    /// on demand stops the running copy first, a checkpoint is taken on request, and a restart
+    /// settles unfinished restores by the target's word.
+    #[tokio::test]
+    async fn failover_restores_on_the_next_target_and_restores_on_demand_stop_the_copy_first() {
+        let d = tempfile::tempdir().unwrap();
+        let config = CoordinatorConfig {
+            heartbeat_interval: Duration::from_millis(100),
+            failover_grace: Duration::from_millis(300),
+            ..CoordinatorConfig::new(d.path().to_path_buf(), ferry_proto::tls::Wire::Insecure)
+        };
+        let s = Service(Coordinator::open(config).unwrap());
+        let (bad_url, bad) = fake_agent::spawn("bad", Some("a workload w-1 runs here")).await;
+        let (good_url, good) = fake_agent::spawn("good", None).await;
+        for (node, address) in
+            [("lost", "http://127.0.0.1:1".to_string()), ("bad", bad_url), ("good", good_url)]
+        {
+            s.register_node(Request::new(pb::RegisterNodeRequest {
+                node: node.into(),
+                address,
+                health: None,
+            }))
+            .await
+            .unwrap();
+        }
+        beat(&s, "lost", vec![protected("w-1")]).await;
+        let now = now_ms();
+        let mut older = checkpoint("c-1", "w-1", "lost", &["lost", "good"]);
+        older.taken_at_ms = now - 30_000;
+        let mut newest = checkpoint("c-2", "w-1", "lost", &["lost", "bad", "good"]);
+        newest.taken_at_ms = now - 1_000;
+        newest.seq = 2;
+        report(&s, "lost", older).await.unwrap();
+        report(&s, "lost", newest).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        beat_with_memory(&s, "bad", 16, vec![]).await;
+        beat_with_memory(&s, "good", 8, vec![]).await;
+        s.0.failover_sweep().unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let m = s.0.migrations().unwrap().into_iter().find(|m| m.mode == "failover").unwrap();
+        let m = settled(&s.0, &m.id).await;
+        assert_eq!(
+            (m.status.as_str(), m.source.as_str(), m.target.as_str()),
+            ("completed", "lost", "good"),
+            "{m:?}"
+        );
+        assert_eq!(bad.lock().unwrap().restores.len(), 1, "tried first");
+        let r = good.lock().unwrap().restores[0].clone();
+        assert_eq!(r.restore_id, m.id);
+        assert_eq!(r.checkpoint.as_ref().unwrap().id, "c-2");
+        let peers: Vec<String> = r.holders.iter().map(|p| p.node.clone()).collect();
+        assert_eq!(peers, ["good", "bad"], "the target first, the lost node never");
+        assert!(r.reason.starts_with("failover from node lost: "), "{}", r.reason);
+        assert_eq!(s.0.workload_node("w-1").unwrap().0, "good");
+        let f = s.0.store.failed_over().unwrap();
+        assert_eq!((f[0].from_node.as_str(), f[0].to_node.as_str()), ("lost", "good"));
+        let events = s.0.store.events("w-1", "", 100).unwrap();
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert!(kinds.contains(&"failover_started"), "{kinds:?}");
+        let done = events.iter().find(|e| e.kind == "failover_completed").unwrap();
+        let data: serde_json::Value = serde_json::from_str(&done.data).unwrap();
+        assert_eq!((data["to"].as_str(), data["lostSeconds"].as_i64()), (Some("good"), Some(1)));
+        assert!(data["downSeconds"].is_i64(), "{data}");
+        // Another sweep does nothing more: the record is on good, running.
+        s.0.failover_sweep().unwrap();
+        assert_eq!(s.0.migrations().unwrap().len(), 1);
+        // The lost node comes back with its copy: fenced, and its report does not win.
+        let r = s
+            .heartbeat(Request::new(pb::HeartbeatRequest {
+                node: "lost".into(),
+                workloads: vec![protected("w-1")],
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.fence, ["w-1"]);
+        assert_eq!(s.0.workload_node("w-1").unwrap().0, "good");
+        assert!(s.0.migration_in_flight("w-1").unwrap().is_none(), "nothing blocks it now");
+
+        // A restore on demand: the copy on good is stopped, then restored there.
+        beat_with_memory(&s, "good", 8, vec![protected("w-1")]).await;
+        let m = s.0.restore_checkpoint("w-1", Some("c-1"), None).unwrap();
+        assert_eq!((m.mode.as_str(), m.target.as_str()), ("restore", "good"));
+        let e = s.0.restore_checkpoint("w-1", None, None).unwrap_err();
+        assert!(matches!(e, CoordError::Migrating(_)), "one at a time: {e}");
+        let m = settled(&s.0, &m.id).await;
+        assert_eq!(m.status, "completed", "{m:?}");
+        let calls = good.lock().unwrap().calls.clone();
+        let tail: Vec<&str> = calls.iter().rev().take(2).rev().map(|c| c.as_str()).collect();
+        assert_eq!(tail, ["StopProcess w-1", "RestoreCheckpoint w-1"]);
+        assert_eq!(
+            good.lock().unwrap().restores.last().unwrap().checkpoint.as_ref().unwrap().id,
+            "c-1"
+        );
+        let kinds: Vec<String> =
+            s.0.store.events("w-1", "", 100).unwrap().into_iter().map(|e| e.kind).collect();
+        assert!(kinds.iter().any(|k| k == "restore_completed"), "{kinds:?}");
+
+        // A checkpoint on request is recorded.
+        let k = s.0.take_checkpoint("w-1").await.unwrap();
+        assert_eq!(k.id, "c-now");
+        assert_eq!(s.0.checkpoints("w-1").unwrap()[0].id, "c-now");
+
+        // Unfinished at a restart: settled by the target's word.
+        for (id, w) in [("m-run", "w-1"), ("m-none", "w-9")] {
+            s.0.store
+                .insert_migration(&MigrationRow {
+                    id: id.into(),
+                    process_id: w.into(),
+                    source: "lost".into(),
+                    target: "good".into(),
+                    mode: "failover".into(),
+                    status: "restore".into(),
+                    error: String::new(),
+                    result: None,
+                    started_at_ms: now_ms(),
+                    finished_at_ms: None,
+                })
+                .unwrap();
+        }
+        s.0.resolve_restores().unwrap();
+        assert_eq!(settled(&s.0, "m-run").await.status, "completed");
+        let none = settled(&s.0, "m-none").await;
+        assert_eq!(none.status, "failed");
+        assert!(none.error.contains("interrupted") && none.error.contains("w-9"), "{}", none.error);
     }
 
     fn with_address(mut s: apb::ProcessStatus, address: &str) -> apb::ProcessStatus {
