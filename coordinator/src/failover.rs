@@ -371,9 +371,21 @@ impl Coordinator {
         if gone.is_empty() {
             return Ok(Vec::new());
         }
+        // A migration back onto this node that has not been recorded as ended: its copy here
+        // may be the committed one (the row goes when the outcome is recorded).
+        let coming: HashSet<String> = self
+            .store
+            .migrations()?
+            .into_iter()
+            .filter(|m| !m.is_final() && m.target == node)
+            .map(|m| m.process_id)
+            .collect();
         let mut fence = Vec::new();
         for s in reports.iter().filter(|s| s.exit.is_none() && s.held_for_migration.is_empty()) {
             let Some(id) = s.spec.as_ref().map(|x| x.id.as_str()) else { continue };
+            if coming.contains(id) {
+                continue;
+            }
             let Some(f) = gone.iter().find(|f| f.workload == id && f.to_node != node) else {
                 continue;
             };

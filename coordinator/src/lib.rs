@@ -953,6 +953,23 @@ mod tests {
         let errors = s.0.store.events("w-1", "error", 10).unwrap();
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].message.contains("duplicate copy of w-1 on src killed"));
+        // Migrated back onto src, committed, the outcome not recorded yet: not a duplicate.
+        let back = MigrationRow {
+            id: "m-back".into(),
+            process_id: "w-1".into(),
+            source: "dst".into(),
+            target: "src".into(),
+            mode: "stop-and-copy".into(),
+            status: "commit".into(),
+            error: String::new(),
+            result: None,
+            started_at_ms: now_ms(),
+            finished_at_ms: None,
+        };
+        s.0.store.insert_migration(&back).unwrap();
+        assert!(s.0.fence("src", &[running("w-1")]).unwrap().is_empty());
+        s.0.store.finish_migration("m-back", "rolled_back", "", None, now_ms()).unwrap();
+        assert_eq!(s.0.fence("src", &[running("w-1")]).unwrap(), ["w-1"]);
         assert!(s.0.workload_node("w-1").is_err(), "its report was not recorded");
         // Killed: reported ended, then no more; the row goes.
         beat(&s, "src", vec![status("w-1", "", Some(now_ms()))]).await;
