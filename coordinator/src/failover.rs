@@ -442,14 +442,18 @@ impl Coordinator {
         }
         let info = self.online_node(&node)?;
         let mut c = self.agents.client(&info.address)?;
-        let k = c
+        let mut k = c
             .take_checkpoint(apb::WorkloadRef { id: process.to_string() })
             .await
             .map_err(crate::ops::agent_err(&node))?
             .into_inner();
-        if k.node == node && !k.id.is_empty() {
-            self.report_checkpoint(&node, &k)?;
+        if k.node.is_empty() {
+            k.node = node.clone();
         }
+        if k.workload_id.is_empty() {
+            k.workload_id = process.to_string();
+        }
+        self.report_checkpoint(&node, &k)?;
         let msg = format!(
             "checkpoint {} of {process} taken on {node} ({} bytes, frozen {} ms, held by {})",
             k.id,
