@@ -600,7 +600,22 @@ impl Coordinator {
                         })
                         .await
                         .map(|r| r.into_inner())
-                        .map_err(|s| s.message().to_string()),
+                        .map_err(|s| {
+                            if crate::ops::refused(&s) {
+                                format!(
+                                    "node {node} refused to stop the running copy ({}); nothing \
+                                     was restored and the process is as it was: try again",
+                                    s.message()
+                                )
+                            } else {
+                                format!(
+                                    "node {node} did not answer the stop ({}): the process may \
+                                     have stopped; nothing was restored: look at GET \
+                                     /api/processes/{process}, then restore again",
+                                    s.message()
+                                )
+                            }
+                        }),
                     Err(e) => Err(e.to_string()),
                 },
                 Err(e) => Err(e.to_string()),
@@ -609,12 +624,7 @@ impl Coordinator {
                 Ok(s) => {
                     let _ = self.remember(node, &s);
                 }
-                Err(e) => {
-                    return fail(format!(
-                        "phase stop: node {node} did not stop the running copy ({e}); nothing \
-                         was restored and the process is as it was: try again"
-                    ))
-                }
+                Err(e) => return fail(format!("phase stop: {e}")),
             }
         }
         let reason = format!("rollback to {} (seq {}) on request", k.id, k.seq);
@@ -640,18 +650,22 @@ impl Coordinator {
                     data.to_string(),
                 );
             }
-            Err(e) => fail(format!(
-                "phase restore on {target} from checkpoint {}: {e}{}",
-                k.id,
-                if running {
-                    format!(
-                        "; the process was stopped on {node} for it: restore again (POST \
+            Err(e) => {
+                // Nothing runs on the target: the node it left is not fenced for it.
+                let _ = self.store.clear_failed_over_from(process, node);
+                fail(format!(
+                    "phase restore on {target} from checkpoint {}: {e}{}",
+                    k.id,
+                    if running {
+                        format!(
+                            "; the process was stopped on {node} for it: restore again (POST \
                          /api/processes/{process}/restore) or start it anew"
-                    )
-                } else {
-                    String::new()
-                }
-            )),
+                        )
+                    } else {
+                        String::new()
+                    }
+                ))
+            }
         }
     }
 
@@ -685,7 +699,9 @@ impl Coordinator {
                     at_ms: now_ms(),
                 })
             } else {
-                s.store.clear_failed_over(process)
+                // Restored where it was: a copy here is the workload; a node it left earlier
+                // stays fenced.
+                s.store.clear_failed_over_from(process, target)
             }
         };
         settle(self).map_err(|e| e.to_string())?;
@@ -934,7 +950,7 @@ impl Coordinator {
             }
         }
         // Nothing runs anywhere else: the node it left is not fenced for it any more.
-        self.store.clear_failed_over(&a.workload)?;
+        self.store.clear_failed_over_from(&a.workload, &a.from)?;
         self.back_off(&a.workload);
         let list: Vec<String> = tried
             .iter()
@@ -1031,7 +1047,7 @@ impl Coordinator {
             if m.mode == "failover" { "; failover tries again" } else { "; restore it again" }
         );
         // Nothing runs on the target: the node it left is not fenced for it any more.
-        let _ = self.store.clear_failed_over(&m.process_id);
+        let _ = self.store.clear_failed_over_from(&m.process_id, &m.source);
         let _ = self.store.finish_migration(&m.id, "failed", &error, None, now_ms());
         let _ = self.emit(
             &format!("{}_failed", m.mode),

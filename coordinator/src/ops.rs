@@ -538,12 +538,7 @@ impl Coordinator {
             let s = apb::ProcessStatus { held_for_migration: String::new(), ..s.clone() };
             // Moved (back) onto a node it was failed over away from: the copy there is the
             // workload now, not a duplicate to fence.
-            let back = self.store.failed_over().map(|f| {
-                f.iter().any(|f| f.workload == r.workload_id && f.from_node == r.target_node)
-            });
-            if back.unwrap_or(false) {
-                let _ = self.store.clear_failed_over(&r.workload_id);
-            }
+            let _ = self.store.clear_failed_over_from(&r.workload_id, &r.target_node);
             if let Err(e) = self.remember(&r.target_node, &s) {
                 tracing::warn!(migration = id, %e, "cannot record where the workload moved");
             }

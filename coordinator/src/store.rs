@@ -694,9 +694,13 @@ impl Store {
         Ok(())
     }
 
-    /// Forgets a workload's failed-over row (a failover that restored nothing).
-    pub fn clear_failed_over(&self, workload: &str) -> Result<(), StoreError> {
-        self.conn().execute("DELETE FROM failed_over WHERE workload = ?1", [workload])?;
+    /// Forgets a workload's failed-over row if it was failed over away from `node` (a copy on
+    /// `node` is the workload again, or the restore that recorded it restored nothing).
+    pub fn clear_failed_over_from(&self, workload: &str, node: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "DELETE FROM failed_over WHERE workload = ?1 AND from_node = ?2",
+            params![workload, node],
+        )?;
         Ok(())
     }
 
@@ -1474,6 +1478,12 @@ mod tests {
         s.set_workloads("a", &[], 0, 7).unwrap();
         assert!(s.failed_over().unwrap().is_empty());
         assert_eq!(where_is(&s, "w").unwrap().0, "b");
+        // Cleared only for the node named.
+        s.set_failed_over(&f).unwrap();
+        s.clear_failed_over_from("w", "b").unwrap();
+        assert_eq!(s.failed_over().unwrap().len(), 1);
+        s.clear_failed_over_from("w", "a").unwrap();
+        assert!(s.failed_over().unwrap().is_empty());
         // A row whose workload is pruned goes with it.
         s.set_failed_over(&f).unwrap();
         s.set_workloads("b", &[report("w", b"done", "", Some(8))], 0, 8).unwrap();
