@@ -125,10 +125,12 @@ pub fn decide(w: &World) -> Vec<Action> {
                     continue;
                 }
                 // Restored since it was fenced: that restore is the answer (a report of the
-                // fenced copy may still come in before the restored one's).
+                // fenced copy may still come in before the restored one's). One that failed
+                // everywhere is tried again.
                 let restored = w.migrations.iter().any(|m| {
                     m.process_id == spec.id
                         && matches!(m.mode.as_str(), "failover" | "restore")
+                        && m.status == "completed"
                         && m.started_at_ms >= exit.exited_at_ms
                 });
                 if restored {
@@ -1240,6 +1242,9 @@ mod tests {
         done.finished_at_ms = Some(now - 3_000);
         f.migrations.push(done);
         assert!(f.decide(now).is_empty());
+        f.migrations[0].status = "failed".into();
+        assert_eq!(f.decide(now).len(), 1, "one that failed does not");
+        f.migrations[0].status = "completed".into();
         f.migrations[0].started_at_ms = now - 6_000;
         assert_eq!(f.decide(now).len(), 1, "one from before the fencing does not");
         // Another way to end is not a fencing.
