@@ -100,6 +100,13 @@ struct CoordinatorArgs {
     /// from --workload-cidr).
     #[arg(long, default_value = "node", value_parser = ["node", "own"])]
     default_network: String,
+    /// Seconds a node may be silent before its protected workloads (started with
+    /// checkpointIntervalSeconds, `ferry run --checkpoint-every`) are restored on other nodes
+    /// from their latest checkpoints. Agents kill their protected workloads themselves after
+    /// half of it without an answered heartbeat (their lease). At least 3 heartbeat intervals +
+    /// 2 s; 0 turns failover and leases off.
+    #[arg(long, env = "FERRY_FAILOVER_GRACE_SECS", default_value_t = 30)]
+    failover_grace_secs: u64,
     /// How many migrations a drain (POST /api/servers/ID/drain, `ferry drain`) runs at a time.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
     drain_concurrency: u32,
@@ -423,6 +430,7 @@ fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         keep_ended: Duration::from_secs(args.keep_ended_secs),
         forget_nodes: args.forget_nodes,
         drain_concurrency: args.drain_concurrency as usize,
+        failover_grace: Duration::from_secs(args.failover_grace_secs),
         migration_fault: args.test_migration_fault.as_deref().map(migration_fault).transpose()?,
         test_crash_at: args.test_crash_at.as_deref().map(|a| match a {
             "accepted" => ferry_coordinator::CoordCrash::Accepted,
@@ -430,6 +438,10 @@ fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         }),
         ..ferry_coordinator::CoordinatorConfig::new(args.data_dir.clone(), wire)
     };
+    config.check().map_err(|e| anyhow::anyhow!(e))?;
+    if config.failover_grace.is_zero() {
+        tracing::warn!("--failover-grace-secs 0: no failover and no leases; protected workloads are checkpointed but never restored by the coordinator");
+    }
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {
         let coordinator = ferry_coordinator::Coordinator::open(config)?;

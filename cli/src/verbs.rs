@@ -60,8 +60,27 @@ pub enum Verb {
         /// (the node's network); default: the coordinator's --default-network.
         #[arg(long, value_parser = ["own", "node"])]
         network: Option<String>,
+        /// Protect it: checkpoint it this often (e.g. 30, 30s, 2m; 5 s to a day), and restore it
+        /// from its latest checkpoint on another node if its node is lost.
+        #[arg(long, value_parser = parse_every)]
+        checkpoint_every: Option<u64>,
         #[arg(required = true, last = true)]
         argv: Vec<String>,
+    },
+    /// List a process's checkpoints, newest first.
+    Checkpoints { id: String },
+    /// Take a checkpoint of a running process now.
+    Checkpoint { id: String },
+    /// Restore a process from a checkpoint (its newest by default) and follow it to the end;
+    /// the running copy is stopped first.
+    Restore {
+        id: String,
+        /// The checkpoint to restore (see `ferry checkpoints ID`).
+        #[arg(long)]
+        checkpoint: Option<String>,
+        /// The node to restore on (default: the process's node if online and schedulable).
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Pause every task of a process.
     Pause { id: String },
@@ -123,6 +142,15 @@ fn parse_deadline(s: &str) -> Result<u64, String> {
         _ => return Err(format!("{s:?}: the unit must be s, m or h (e.g. 2m)")),
     };
     n.checked_mul(mul).ok_or_else(|| format!("{s:?} is far too long a deadline"))
+}
+
+/// `--checkpoint-every`: seconds, as `--deadline` reads them, from 5 to 86400.
+fn parse_every(s: &str) -> Result<u64, String> {
+    let secs = parse_deadline(s)?;
+    if !(5..=86_400).contains(&secs) {
+        return Err(format!("{s:?} is {secs} s: checkpoint every 5 s to 1 day (86400 s)"));
+    }
+    Ok(secs)
 }
 
 /// Outcome of a verb, as an exit code.
@@ -203,7 +231,19 @@ pub fn run(api: Api, verb: Verb) -> anyhow::Result<u8> {
                 );
             }
         }
-        Verb::Run { node, memory_mib, name, engine, cwd, user, group, env, network, argv } => {
+        Verb::Run {
+            node,
+            memory_mib,
+            name,
+            engine,
+            cwd,
+            user,
+            group,
+            env,
+            network,
+            checkpoint_every,
+            argv,
+        } => {
             let mut envs = serde_json::Map::new();
             for kv in env {
                 let (k, v) =
@@ -220,6 +260,9 @@ pub fn run(api: Api, verb: Verb) -> anyhow::Result<u8> {
             }
             if let Some(m) = memory_mib {
                 body["memoryBytes"] = (m << 20).into();
+            }
+            if let Some(secs) = checkpoint_every {
+                body["checkpointIntervalSeconds"] = secs.into();
             }
             if let Some(e) = engine {
                 body["engine"] = e.into();
@@ -255,6 +298,32 @@ pub fn run(api: Api, verb: Verb) -> anyhow::Result<u8> {
         Verb::Migrate { id, to, mode, post_copy } => {
             let mode = if post_copy { "post-copy".to_string() } else { mode };
             return migrate(&c, &id, to.as_deref(), &mode, api.json);
+        }
+        Verb::Checkpoints { id } => {
+            let v = c.call("GET", &format!("/api/processes/{id}/checkpoints"), None)?;
+            if api.json {
+                println!("{v}");
+            } else {
+                table(
+                    &["ID", "SEQ", "TAKEN", "SIZE", "FREEZE", "HOLDERS"],
+                    items(&v["checkpoints"]).map(checkpoint_row).collect(),
+                );
+            }
+        }
+        Verb::Checkpoint { id } => {
+            let k = c.call("POST", &format!("/api/processes/{id}/checkpoints"), None)?;
+            if api.json {
+                println!("{k}");
+            } else {
+                let r = checkpoint_row(&k);
+                println!(
+                    "checkpoint {} of {id} taken (seq {}, {}, frozen {}, held by {})",
+                    r[0], r[1], r[3], r[4], r[5]
+                );
+            }
+        }
+        Verb::Restore { id, checkpoint, node } => {
+            return restore(&c, &id, checkpoint.as_deref(), node.as_deref(), api.json)
         }
         Verb::Cordon { node } => cordon(&c, &node, true, api.json)?,
         Verb::Uncordon { node } => cordon(&c, &node, false, api.json)?,
@@ -295,6 +364,74 @@ pub fn run(api: Api, verb: Verb) -> anyhow::Result<u8> {
         })?,
     }
     Ok(0)
+}
+
+/// A checkpoint as a table row: ID SEQ TAKEN SIZE FREEZE HOLDERS.
+fn checkpoint_row(k: &Value) -> Vec<String> {
+    let holders: Vec<String> = items(&k["holders"]).map(s).collect();
+    vec![
+        s(&k["id"]),
+        s(&k["seq"]),
+        s(&k["takenAt"]),
+        format!("{:.1} MB", k["bytes"].as_u64().unwrap_or(0) as f64 / 1e6),
+        format!("{} ms", k["freezeMs"].as_u64().unwrap_or(0)),
+        if holders.is_empty() { "-".into() } else { holders.join(",") },
+    ]
+}
+
+/// Restores a process from a checkpoint and follows the restore to its end: 0 when it runs
+/// from the checkpoint, 1 otherwise.
+fn restore(
+    c: &Client,
+    id: &str,
+    checkpoint: Option<&str>,
+    node: Option<&str>,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let mut body = serde_json::json!({});
+    if let Some(k) = checkpoint {
+        body["checkpointId"] = k.into();
+    }
+    if let Some(n) = node {
+        body["serverId"] = n.into();
+    }
+    let m = c.call("POST", &format!("/api/processes/{id}/restore"), Some(body))?;
+    let mid = s(&m["id"]);
+    if !json {
+        println!(
+            "restore {mid}: {id} from {} onto {}{}",
+            s(&m["sourceServerId"]),
+            s(&m["targetServerId"]),
+            checkpoint.map(|k| format!(" (checkpoint {k})")).unwrap_or_default()
+        );
+    }
+    let started = Instant::now();
+    let mut last = String::new();
+    let m = loop {
+        let m = c.call("GET", &format!("/api/migrations/{mid}"), None)?;
+        let status = s(&m["status"]);
+        if matches!(status.as_str(), "completed" | "rolled_back" | "failed") {
+            break m;
+        }
+        if !json && status != last {
+            println!("  {:>7.1}s  {status}", started.elapsed().as_secs_f64());
+            last = status;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    if json {
+        println!("{m}");
+    } else {
+        println!(
+            "{}: {}",
+            s(&m["status"]),
+            m["error"].as_str().map(str::to_string).unwrap_or_else(|| format!(
+                "{id} runs on {} from the checkpoint",
+                s(&m["targetServerId"])
+            ))
+        );
+    }
+    Ok(if m["status"] == "completed" { 0 } else { 1 })
 }
 
 fn cordon(c: &Client, node: &str, cordon: bool, json: bool) -> anyhow::Result<()> {
@@ -638,7 +775,31 @@ impl Client {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_deadline;
+    use super::{checkpoint_row, parse_deadline, parse_every};
+
+    #[test]
+    fn checkpoint_intervals_read_seconds_and_minutes_within_5s_to_a_day() {
+        assert_eq!(parse_every("30"), Ok(30));
+        assert_eq!(parse_every("30s"), Ok(30));
+        assert_eq!(parse_every("2m"), Ok(120));
+        assert_eq!(parse_every("24h"), Ok(86_400));
+        for bad in ["4", "0s", "25h", "30x", "", "1.5m", "-30"] {
+            assert!(parse_every(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_every("4s").unwrap_err().contains("5 s to 1 day"));
+    }
+
+    #[test]
+    fn a_checkpoint_row_has_its_size_freeze_and_holders() {
+        let k = serde_json::json!({
+            "id": "c-1", "seq": 3, "takenAt": "2026-12-08T00:00:00.000Z", "bytes": 12_500_000,
+            "rawBytes": 40_000_000, "freezeMs": 42, "node": "n1", "holders": ["n1", "s3"],
+        });
+        assert_eq!(
+            checkpoint_row(&k),
+            ["c-1", "3", "2026-12-08T00:00:00.000Z", "12.5 MB", "42 ms", "n1,s3"]
+        );
+    }
 
     #[test]
     fn deadlines_read_seconds_minutes_and_hours() {

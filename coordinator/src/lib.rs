@@ -6,6 +6,9 @@
 pub mod agents;
 mod drain;
 pub mod error;
+pub mod failover;
+#[cfg(test)]
+mod fake_agent;
 pub mod network;
 mod ops;
 pub mod placement;
@@ -54,6 +57,10 @@ pub struct CoordinatorConfig {
     pub migration_fault: Option<(ferry_proto::agent::Fault, u32)>,
     /// Test only: the coordinator dies (abort) at this step of every migration it starts.
     pub test_crash_at: Option<CoordCrash>,
+    /// How long a node may be silent before its protected workloads are restored elsewhere
+    /// from their checkpoints (`--failover-grace-secs`); agents' lease is half of it. Zero:
+    /// no failover and no lease.
+    pub failover_grace: Duration,
 }
 
 /// Where a coordinator dies in a migration it starts (test only).
@@ -79,9 +86,37 @@ impl CoordinatorConfig {
             drain_concurrency: DEFAULT_DRAIN_CONCURRENCY,
             migration_fault: None,
             test_crash_at: None,
+            failover_grace: DEFAULT_FAILOVER_GRACE,
         }
     }
+
+    /// The agents' lease: half the failover grace (zero when failover is off).
+    pub fn lease(&self) -> Duration {
+        self.failover_grace / 2
+    }
+
+    /// Refuses a failover grace too short for the heartbeat interval: a node must be able to
+    /// miss three heartbeats (offline) and its lease run out before anything is restored.
+    pub fn check(&self) -> Result<(), String> {
+        let min = self.heartbeat_interval * 3 + Duration::from_secs(2);
+        if !self.failover_grace.is_zero() && self.failover_grace < min {
+            return Err(format!(
+                "--failover-grace-secs {} is too short for heartbeats every {} ms: it must be at \
+                 least 3 heartbeat intervals + 2 s ({} s, rounded up), so that a node is offline \
+                 and its agents' lease (half the grace) has fenced its workloads before they are \
+                 restored elsewhere; give a longer grace, a shorter --heartbeat-ms, or 0 to turn \
+                 failover off",
+                self.failover_grace.as_secs_f64(),
+                self.heartbeat_interval.as_millis(),
+                min.as_secs_f64().ceil()
+            ));
+        }
+        Ok(())
+    }
 }
+
+/// How long a silent node's protected workloads wait before failover, by default.
+pub const DEFAULT_FAILOVER_GRACE: Duration = Duration::from_secs(30);
 
 /// How many migrations a drain runs at a time by default.
 pub const DEFAULT_DRAIN_CONCURRENCY: usize = 2;
@@ -103,6 +138,10 @@ pub struct Coordinator {
     events: tokio::sync::broadcast::Sender<Event>,
     /// Address conflicts already announced: (address, holder, reporter).
     conflicts: Mutex<std::collections::HashSet<(String, String, String)>>,
+    /// When this coordinator started: a node's silence counts from here at the earliest.
+    started_ms: i64,
+    /// Failover's memory between sweeps (workloads warned about, attempts backed off).
+    failover: Mutex<failover::Memory>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -151,6 +190,8 @@ impl Coordinator {
             draining: Mutex::new(()),
             events: tokio::sync::broadcast::channel(1024).0,
             conflicts: Mutex::default(),
+            started_ms: now_ms(),
+            failover: Mutex::default(),
         });
         for id in interrupted {
             tracing::warn!(drain = id, "a drain left running by a restart ends failed");
@@ -373,6 +414,19 @@ fn internal(e: StoreError) -> Status {
     Status::internal(e.to_string())
 }
 
+/// A coordinator error as a gRPC status for an agent.
+fn coord_status(e: CoordError) -> Status {
+    match e {
+        CoordError::Store(e) => internal(e),
+        CoordError::Invalid(m) => Status::invalid_argument(m),
+        CoordError::NotFound(m) => Status::not_found(m),
+        CoordError::Agent { node, status } => {
+            Status::unavailable(format!("node {node}: {}", status.message()))
+        }
+        other => Status::failed_precondition(other.to_string()),
+    }
+}
+
 struct Service(Arc<Coordinator>);
 
 #[tonic::async_trait]
@@ -404,7 +458,7 @@ impl CoordinatorApi for Service {
         self.0.sweep().map_err(internal)?;
         Ok(Response::new(pb::RegisterNodeResponse {
             heartbeat_interval_ms: self.0.interval_ms() as u32,
-            lease_ms: 0,
+            lease_ms: self.0.lease_ms(),
         }))
     }
 
@@ -470,7 +524,15 @@ impl CoordinatorApi for Service {
             self.0.sweep().map_err(internal)?;
             self.0.pulse(&r.node);
         }
-        Ok(Response::new(pb::HeartbeatResponse { known, ..Default::default() }))
+        if !known {
+            return Ok(Response::new(pb::HeartbeatResponse { known, ..Default::default() }));
+        }
+        Ok(Response::new(pb::HeartbeatResponse {
+            known,
+            peers: self.0.peers_of(&r.node).map_err(coord_status)?,
+            fence: self.0.fence(&r.node, &r.workloads).map_err(coord_status)?,
+            lease_ms: self.0.lease_ms(),
+        }))
     }
 
     async fn list_nodes(
@@ -482,9 +544,18 @@ impl CoordinatorApi for Service {
 
     async fn report_checkpoint(
         &self,
-        _req: Request<pb::ReportCheckpointRequest>,
+        req: Request<pb::ReportCheckpointRequest>,
     ) -> Result<Response<pb::ReportCheckpointResponse>, Status> {
-        Err(Status::unimplemented("checkpoints: not yet"))
+        ferry_proto::tls::may_act_as(&self.0.config.wire, &req, &req.get_ref().node)?;
+        let r = req.into_inner();
+        if r.node.is_empty() {
+            return Err(Status::invalid_argument("node is empty: the reporting node's name"));
+        }
+        let k = r.checkpoint.ok_or_else(|| {
+            Status::invalid_argument(format!("node {}: a report without its checkpoint", r.node))
+        })?;
+        self.0.report_checkpoint(&r.node, &k).map_err(coord_status)?;
+        Ok(Response::new(pb::ReportCheckpointResponse {}))
     }
 }
 
@@ -495,8 +566,12 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    coordinator.config.check()?;
     if let Err(e) = coordinator.resolve_pending() {
         tracing::error!(%e, "cannot resolve migrations left pending");
+    }
+    if let Err(e) = coordinator.resolve_restores() {
+        tracing::error!(%e, "cannot resolve failovers and restores left pending");
     }
     let sweeper = {
         let c = coordinator.clone();
@@ -506,6 +581,9 @@ pub async fn serve(
                 tick.tick().await;
                 if let Err(e) = c.sweep() {
                     tracing::error!(%e, "liveness sweep failed");
+                }
+                if let Err(e) = c.failover_sweep() {
+                    tracing::error!(%e, "failover sweep failed");
                 }
             }
         })
@@ -756,6 +834,372 @@ mod tests {
             ended.iter().any(|e| e.kind == "drain_ended" && e.message.contains("d-1")),
             "{ended:?}"
         );
+    }
+
+    #[test]
+    fn a_failover_grace_shorter_than_three_heartbeats_and_two_seconds_is_refused() {
+        let d = std::path::PathBuf::from("/nonexistent");
+        let config = |hb_ms, grace_s| CoordinatorConfig {
+            heartbeat_interval: Duration::from_millis(hb_ms),
+            failover_grace: Duration::from_secs(grace_s),
+            ..CoordinatorConfig::new(d.clone(), ferry_proto::tls::Wire::Insecure)
+        };
+        assert!(config(1000, 5).check().is_ok());
+        assert_eq!(config(1000, 30).lease(), Duration::from_secs(15));
+        let e = config(1000, 4).check().unwrap_err();
+        assert!(e.contains("--failover-grace-secs 4") && e.contains("5 s"), "{e}");
+        assert!(config(3000, 10).check().is_err());
+        let off = config(5000, 0);
+        assert!(off.check().is_ok(), "0 turns failover off");
+        assert_eq!(off.lease(), Duration::ZERO);
+    }
+
+    fn checkpoint(id: &str, workload: &str, node: &str, holders: &[&str]) -> apb::CheckpointInfo {
+        apb::CheckpointInfo {
+            id: id.into(),
+            workload_id: workload.into(),
+            node: node.into(),
+            seq: 1,
+            taken_at_ms: now_ms(),
+            holders: holders.iter().map(|h| h.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    async fn report(s: &Service, node: &str, k: apb::CheckpointInfo) -> Result<(), Status> {
+        s.report_checkpoint(Request::new(pb::ReportCheckpointRequest {
+            node: node.into(),
+            checkpoint: Some(k),
+        }))
+        .await
+        .map(|_| ())
+    }
+
+    /// Reports are validated, stored, sent live, and a checkpoint with no copy off its node is
+    /// one persisted warning per workload; a node a workload was failed over away from is
+    /// refused.
+    #[tokio::test]
+    async fn checkpoint_reports_are_checked_stored_and_warned_about_once() {
+        let (_d, s) = registered(DEFAULT_KEEP_ENDED).await;
+        let mut live = s.0.subscribe();
+        let e = report(&s, "src", checkpoint("", "w-1", "src", &["src"])).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        let e = report(&s, "src", checkpoint("c-1", "w-1", "dst", &["src"])).await.unwrap_err();
+        assert!(e.message().contains("dst") && e.message().contains("src"), "{e:?}");
+        let e = s
+            .report_checkpoint(Request::new(pb::ReportCheckpointRequest {
+                node: "src".into(),
+                checkpoint: None,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        report(&s, "src", checkpoint("c-1", "w-1", "src", &["src"])).await.unwrap();
+        report(&s, "src", checkpoint("c-2", "w-1", "src", &["src"])).await.unwrap();
+        report(&s, "src", checkpoint("c-3", "w-1", "src", &["src", "dst"])).await.unwrap();
+        let ids: Vec<String> = s.0.checkpoints("w-1").unwrap().into_iter().map(|k| k.id).collect();
+        assert_eq!(ids.len(), 3);
+        let taken = live.recv().await.unwrap();
+        assert_eq!(taken.kind, "checkpoint_taken");
+        let data: serde_json::Value = serde_json::from_str(&taken.data).unwrap();
+        assert_eq!(data["checkpointId"], "c-1");
+        assert_eq!(data["holders"], serde_json::json!(["src"]));
+        let kinds: Vec<String> =
+            s.0.store.events("w-1", "", 100).unwrap().into_iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, ["checkpoint_unreplicated"], "only the warning is persisted, once");
+        s.0.store
+            .set_failed_over(&store::FailedOver {
+                workload: "w-1".into(),
+                from_node: "src".into(),
+                to_node: "dst".into(),
+                at_ms: 1,
+            })
+            .unwrap();
+        let e = report(&s, "src", checkpoint("c-4", "w-1", "src", &["src"])).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert!(matches!(s.0.checkpoints("nope"), Err(CoordError::NotFound(_))));
+    }
+
+    /// The heartbeat's answer: the lease, the other online nodes, and the workloads this node
+    /// runs that were failed over away from it (one error event for each).
+    #[tokio::test]
+    async fn heartbeats_carry_the_lease_the_peers_and_what_to_fence() {
+        let (_d, s) = registered(DEFAULT_KEEP_ENDED).await;
+        s.0.store
+            .set_failed_over(&store::FailedOver {
+                workload: "w-1".into(),
+                from_node: "src".into(),
+                to_node: "dst".into(),
+                at_ms: now_ms(),
+            })
+            .unwrap();
+        let running = |id: &str| status(id, "", None);
+        for _ in 0..2 {
+            let r = s
+                .heartbeat(Request::new(pb::HeartbeatRequest {
+                    node: "src".into(),
+                    workloads: vec![running("w-1"), running("w-2"), status("w-3", "m-1", None)],
+                    ..Default::default()
+                }))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(r.lease_ms, 15_000);
+            assert_eq!(r.fence, ["w-1"]);
+            let peers: Vec<(String, String)> =
+                r.peers.into_iter().map(|p| (p.node, p.address)).collect();
+            assert_eq!(peers, [("dst".to_string(), "http://dst:1".to_string())]);
+        }
+        let errors = s.0.store.events("w-1", "error", 10).unwrap();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].message.contains("duplicate copy of w-1 on src killed"));
+        // Migrated back onto src, committed, the outcome not recorded yet: not a duplicate.
+        let back = MigrationRow {
+            id: "m-back".into(),
+            process_id: "w-1".into(),
+            source: "dst".into(),
+            target: "src".into(),
+            mode: "stop-and-copy".into(),
+            status: "commit".into(),
+            error: String::new(),
+            result: None,
+            started_at_ms: now_ms(),
+            finished_at_ms: None,
+        };
+        s.0.store.insert_migration(&back).unwrap();
+        assert!(s.0.fence("src", &[running("w-1")]).unwrap().is_empty());
+        s.0.store.finish_migration("m-back", "rolled_back", "", None, now_ms()).unwrap();
+        assert_eq!(s.0.fence("src", &[running("w-1")]).unwrap(), ["w-1"]);
+        assert!(s.0.workload_node("w-1").is_err(), "its report was not recorded");
+        // Killed: reported ended, then no more; the row goes.
+        beat(&s, "src", vec![status("w-1", "", Some(now_ms()))]).await;
+        beat(&s, "src", vec![]).await;
+        assert!(s.0.store.failed_over().unwrap().is_empty());
+    }
+
+    fn protected(id: &str) -> apb::ProcessStatus {
+        let mut s = running(id, 0);
+        s.spec.as_mut().unwrap().checkpoint_interval_secs = 30;
+        s
+    }
+
+    /// A protected workload on a node silent past the grace, with no checkpoint: one
+    /// failover_impossible event, not one a sweep.
+    #[tokio::test]
+    async fn a_failover_with_no_checkpoint_is_announced_once() {
+        let d = tempfile::tempdir().unwrap();
+        let config = CoordinatorConfig {
+            heartbeat_interval: Duration::from_millis(1),
+            failover_grace: Duration::from_millis(20),
+            ..CoordinatorConfig::new(d.path().to_path_buf(), ferry_proto::tls::Wire::Insecure)
+        };
+        let s = Service(Coordinator::open(config).unwrap());
+        s.register_node(Request::new(pb::RegisterNodeRequest {
+            node: "src".into(),
+            address: "http://src:1".into(),
+            health: None,
+        }))
+        .await
+        .unwrap();
+        beat(&s, "src", vec![protected("w-1"), running("w-2", 0)]).await;
+        s.0.failover_sweep().unwrap();
+        assert!(s.0.store.events("w-1", "error", 10).unwrap().is_empty(), "within the grace");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for _ in 0..3 {
+            s.0.failover_sweep().unwrap();
+        }
+        let errors = s.0.store.events("", "error", 10).unwrap();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(
+            (errors[0].kind.as_str(), errors[0].process.as_str()),
+            ("failover_impossible", "w-1")
+        );
+        assert!(errors[0].message.contains("no checkpoint at all"), "{}", errors[0].message);
+        assert!(s.0.migrations().unwrap().is_empty(), "nothing recorded");
+    }
+
+    /// Restores on demand refuse unknown processes and checkpoints, a running copy on an
+    /// offline node, and a process that is migrating.
+    #[tokio::test]
+    async fn restores_on_demand_refuse_what_they_cannot_do_safely() {
+        let (_d, s) = registered(DEFAULT_KEEP_ENDED).await;
+        let c = s.0.clone();
+        beat(&s, "src", vec![protected("w-1")]).await;
+        beat(&s, "dst", vec![]).await;
+        assert!(matches!(c.restore_checkpoint("nope", None, None), Err(CoordError::NotFound(_))));
+        let e = c.restore_checkpoint("w-1", None, None).unwrap_err();
+        assert!(
+            matches!(e, CoordError::NotFound(_)) && e.to_string().contains("no checkpoint yet")
+        );
+        report(&s, "src", checkpoint("c-1", "w-1", "src", &["src", "dst"])).await.unwrap();
+        let e = c.restore_checkpoint("w-1", Some("c-9"), None).unwrap_err();
+        assert!(matches!(e, CoordError::NotFound(_)) && e.to_string().contains("c-9"), "{e}");
+        c.store
+            .insert_migration(&MigrationRow {
+                id: "m-1".into(),
+                process_id: "w-1".into(),
+                source: "src".into(),
+                target: "dst".into(),
+                mode: "stop-and-copy".into(),
+                status: "transfer".into(),
+                error: String::new(),
+                result: None,
+                started_at_ms: 1,
+                finished_at_ms: None,
+            })
+            .unwrap();
+        let e = c.restore_checkpoint("w-1", Some("c-1"), Some("dst")).unwrap_err();
+        assert!(matches!(e, CoordError::Migrating(_)) && e.to_string().contains("m-1"), "{e}");
+        c.store.finish_migration("m-1", "failed", "", None, 2).unwrap();
+        // src goes silent: its running copy cannot be stopped, so nothing is restored.
+        c.store.heartbeat("src", b"", 1, now_ms() - 60_000).unwrap();
+        let e = c.restore_checkpoint("w-1", None, Some("dst")).unwrap_err();
+        assert!(
+            matches!(e, CoordError::Unavailable(_)) && e.to_string().contains("offline"),
+            "{e}"
+        );
+        assert_eq!(c.migrations().unwrap().len(), 1, "no restore recorded");
+    }
+
+    async fn settled(c: &Coordinator, id: &str) -> MigrationRow {
+        for _ in 0..200 {
+            let m = c.migrations().unwrap().into_iter().find(|m| m.id == id).unwrap();
+            if m.is_final() {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("{id} did not end");
+    }
+
+    /// A node goes silent past the grace: its protected workload is recorded as a failover,
+    /// refused by the first target (the holder with the most memory), restored on the next from
+    /// its newest usable checkpoint, and the node, back, is told to kill its copy. Then a restore
+    /// on demand stops the running copy first, a checkpoint is taken on request, and a restart
+    /// settles unfinished restores by the target's word.
+    #[tokio::test]
+    async fn failover_restores_on_the_next_target_and_restores_on_demand_stop_the_copy_first() {
+        let d = tempfile::tempdir().unwrap();
+        let config = CoordinatorConfig {
+            heartbeat_interval: Duration::from_millis(100),
+            failover_grace: Duration::from_millis(300),
+            ..CoordinatorConfig::new(d.path().to_path_buf(), ferry_proto::tls::Wire::Insecure)
+        };
+        let s = Service(Coordinator::open(config).unwrap());
+        let (bad_url, bad) = fake_agent::spawn("bad", Some("a workload w-1 runs here")).await;
+        let (good_url, good) = fake_agent::spawn("good", None).await;
+        for (node, address) in
+            [("lost", "http://127.0.0.1:1".to_string()), ("bad", bad_url), ("good", good_url)]
+        {
+            s.register_node(Request::new(pb::RegisterNodeRequest {
+                node: node.into(),
+                address,
+                health: None,
+            }))
+            .await
+            .unwrap();
+        }
+        beat(&s, "lost", vec![protected("w-1")]).await;
+        let now = now_ms();
+        let mut older = checkpoint("c-1", "w-1", "lost", &["lost", "good"]);
+        older.taken_at_ms = now - 30_000;
+        let mut newest = checkpoint("c-2", "w-1", "lost", &["lost", "bad", "good"]);
+        newest.taken_at_ms = now - 1_000;
+        newest.seq = 2;
+        report(&s, "lost", older).await.unwrap();
+        report(&s, "lost", newest).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        beat_with_memory(&s, "bad", 16, vec![]).await;
+        beat_with_memory(&s, "good", 8, vec![]).await;
+        s.0.failover_sweep().unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let m = s.0.migrations().unwrap().into_iter().find(|m| m.mode == "failover").unwrap();
+        let m = settled(&s.0, &m.id).await;
+        assert_eq!(
+            (m.status.as_str(), m.source.as_str(), m.target.as_str()),
+            ("completed", "lost", "good"),
+            "{m:?}"
+        );
+        assert_eq!(bad.lock().unwrap().restores.len(), 1, "tried first");
+        let r = good.lock().unwrap().restores[0].clone();
+        assert_eq!(r.restore_id, m.id);
+        assert_eq!(r.checkpoint.as_ref().unwrap().id, "c-2");
+        let peers: Vec<String> = r.holders.iter().map(|p| p.node.clone()).collect();
+        assert_eq!(peers, ["good", "bad"], "the target first, the lost node never");
+        assert!(r.reason.starts_with("failover from node lost: "), "{}", r.reason);
+        assert_eq!(s.0.workload_node("w-1").unwrap().0, "good");
+        let f = s.0.store.failed_over().unwrap();
+        assert_eq!((f[0].from_node.as_str(), f[0].to_node.as_str()), ("lost", "good"));
+        let events = s.0.store.events("w-1", "", 100).unwrap();
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert!(kinds.contains(&"failover_started"), "{kinds:?}");
+        let done = events.iter().find(|e| e.kind == "failover_completed").unwrap();
+        let data: serde_json::Value = serde_json::from_str(&done.data).unwrap();
+        assert_eq!((data["to"].as_str(), data["lostSeconds"].as_i64()), (Some("good"), Some(1)));
+        assert!(data["downSeconds"].is_i64(), "{data}");
+        // Another sweep does nothing more: the record is on good, running.
+        s.0.failover_sweep().unwrap();
+        assert_eq!(s.0.migrations().unwrap().len(), 1);
+        // The lost node comes back with its copy: fenced, and its report does not win.
+        let r = s
+            .heartbeat(Request::new(pb::HeartbeatRequest {
+                node: "lost".into(),
+                workloads: vec![protected("w-1")],
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.fence, ["w-1"]);
+        assert_eq!(s.0.workload_node("w-1").unwrap().0, "good");
+        assert!(s.0.migration_in_flight("w-1").unwrap().is_none(), "nothing blocks it now");
+
+        // A restore on demand: the copy on good is stopped, then restored there.
+        beat_with_memory(&s, "good", 8, vec![protected("w-1")]).await;
+        let m = s.0.restore_checkpoint("w-1", Some("c-1"), None).unwrap();
+        assert_eq!((m.mode.as_str(), m.target.as_str()), ("restore", "good"));
+        let e = s.0.restore_checkpoint("w-1", None, None).unwrap_err();
+        assert!(matches!(e, CoordError::Migrating(_)), "one at a time: {e}");
+        let m = settled(&s.0, &m.id).await;
+        assert_eq!(m.status, "completed", "{m:?}");
+        let calls = good.lock().unwrap().calls.clone();
+        let tail: Vec<&str> = calls.iter().rev().take(2).rev().map(|c| c.as_str()).collect();
+        assert_eq!(tail, ["StopProcess w-1", "RestoreCheckpoint w-1"]);
+        assert_eq!(
+            good.lock().unwrap().restores.last().unwrap().checkpoint.as_ref().unwrap().id,
+            "c-1"
+        );
+        let kinds: Vec<String> =
+            s.0.store.events("w-1", "", 100).unwrap().into_iter().map(|e| e.kind).collect();
+        assert!(kinds.iter().any(|k| k == "restore_completed"), "{kinds:?}");
+
+        // A checkpoint on request is recorded.
+        let k = s.0.take_checkpoint("w-1").await.unwrap();
+        assert_eq!(k.id, "c-now");
+        assert_eq!(s.0.checkpoints("w-1").unwrap()[0].id, "c-now");
+
+        // Unfinished at a restart: settled by the target's word.
+        for (id, w) in [("m-run", "w-1"), ("m-none", "w-9")] {
+            s.0.store
+                .insert_migration(&MigrationRow {
+                    id: id.into(),
+                    process_id: w.into(),
+                    source: "lost".into(),
+                    target: "good".into(),
+                    mode: "failover".into(),
+                    status: "restore".into(),
+                    error: String::new(),
+                    result: None,
+                    started_at_ms: now_ms(),
+                    finished_at_ms: None,
+                })
+                .unwrap();
+        }
+        s.0.resolve_restores().unwrap();
+        assert_eq!(settled(&s.0, "m-run").await.status, "completed");
+        let none = settled(&s.0, "m-none").await;
+        assert_eq!(none.status, "failed");
+        assert!(none.error.contains("interrupted") && none.error.contains("w-9"), "{}", none.error);
     }
 
     fn with_address(mut s: apb::ProcessStatus, address: &str) -> apb::ProcessStatus {

@@ -19,13 +19,16 @@ const RESOLVE_MAX_DELAY: Duration = Duration::from_secs(30);
 /// How often a running migration's phase is read.
 const PHASE_POLL: Duration = Duration::from_millis(150);
 
-fn agent_err(node: &str) -> impl Fn(tonic::Status) -> CoordError + '_ {
+pub(crate) fn agent_err(node: &str) -> impl Fn(tonic::Status) -> CoordError + '_ {
     move |status| CoordError::Agent { node: node.to_string(), status }
 }
 
 impl Coordinator {
     /// The node a server id names, which must be online.
-    fn online_node(&self, id: &str) -> Result<ferry_proto::coordinator::NodeInfo, CoordError> {
+    pub(crate) fn online_node(
+        &self,
+        id: &str,
+    ) -> Result<ferry_proto::coordinator::NodeInfo, CoordError> {
         let node = self
             .nodes()?
             .into_iter()
@@ -139,7 +142,7 @@ impl Coordinator {
             .ok_or_else(|| CoordError::NotFound(format!("no process with id {id:?}")))
     }
 
-    fn remember(&self, node: &str, s: &apb::ProcessStatus) -> Result<(), CoordError> {
+    pub(crate) fn remember(&self, node: &str, s: &apb::ProcessStatus) -> Result<(), CoordError> {
         let now = now_ms();
         self.claim_reported(node, std::slice::from_ref(s))?;
         if let Some(w) = crate::reported(s, now) {
@@ -156,7 +159,7 @@ impl Coordinator {
     }
 
     /// Refuses `what` on `process` while migration `m` runs, with what to do instead.
-    fn refuse_migrating(process: &str, m: &MigrationRow, what: &str) -> CoordError {
+    pub(crate) fn refuse_migrating(process: &str, m: &MigrationRow, what: &str) -> CoordError {
         CoordError::Migrating(format!(
             "process {process} is migrating from {} to {} (migration {}, {}); {what} is refused \
              until the migration ends: wait for it (GET /api/migrations/{}), then try again",
@@ -533,6 +536,9 @@ impl Coordinator {
         if let (true, Some(s)) = (status == "completed", r.target_status.as_ref()) {
             // Committed: the target's copy is the workload now, whatever it said before.
             let s = apb::ProcessStatus { held_for_migration: String::new(), ..s.clone() };
+            // Moved (back) onto a node it was failed over away from: the copy there is the
+            // workload now, not a duplicate to fence.
+            let _ = self.store.clear_failed_over_from(&r.workload_id, &r.target_node);
             if let Err(e) = self.remember(&r.target_node, &s) {
                 tracing::warn!(migration = id, %e, "cannot record where the workload moved");
             }
@@ -658,7 +664,10 @@ impl Coordinator {
     /// Resolves every migration a previous run of the coordinator left pending.
     pub fn resolve_pending(self: &Arc<Self>) -> Result<(), CoordError> {
         let nodes = self.nodes()?;
-        for m in self.store.migrations()?.into_iter().filter(|m| !m.is_final()) {
+        // Failovers and restores on demand have no source transaction: resolve_restores asks
+        // their target.
+        let pending = self.store.migrations()?.into_iter().filter(|m| !m.is_final());
+        for m in pending.filter(|m| !matches!(m.mode.as_str(), "failover" | "restore")) {
             let Some(addr) = nodes.iter().find(|n| n.node == m.source).map(|n| n.address.clone())
             else {
                 continue;
@@ -686,7 +695,7 @@ pub(crate) fn new_id_with(prefix: &str) -> String {
 
 /// Whether an agent's error is its answer refusing the call (nothing was started), rather than
 /// no answer at all (the call may have taken effect).
-fn refused(s: &tonic::Status) -> bool {
+pub(crate) fn refused(s: &tonic::Status) -> bool {
     use tonic::Code;
     !matches!(
         s.code(),

@@ -45,7 +45,19 @@ pub struct Reported {
 
 /// Inserts or refreshes one reported workload. A held copy replaces only a held copy; any other
 /// report replaces whatever was recorded. An ended workload keeps the first end time recorded.
+/// A report from a node the workload was failed over away from (a `failed_over` row) never
+/// replaces its record, running or ended: that copy is fenced, the restored one is the workload.
 fn upsert(c: &Connection, node: &str, w: &Reported, now_ms: i64) -> Result<(), StoreError> {
+    let fenced: Option<i64> = c
+        .query_row(
+            "SELECT 1 FROM failed_over WHERE workload = ?1 AND from_node = ?2",
+            params![w.id, node],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if fenced.is_some() {
+        return Ok(());
+    }
     c.execute(
         "INSERT INTO workloads (id, node, status, updated_at_ms, held_for, ended_at_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -151,6 +163,31 @@ CREATE TABLE IF NOT EXISTS drains (
     started_at_ms INTEGER NOT NULL,
     ended_at_ms INTEGER
 );
+-- Checkpoints of protected workloads as their agents reported them; the newest `keep` of each
+-- workload are kept. `info` is the CheckpointInfo, protobuf-encoded; `holders` a JSON array.
+CREATE TABLE IF NOT EXISTS checkpoints (
+    id TEXT PRIMARY KEY,
+    workload TEXT NOT NULL,
+    node TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    taken_at_ms INTEGER NOT NULL,
+    freeze_ms INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    raw_bytes INTEGER NOT NULL,
+    holders TEXT NOT NULL DEFAULT '[]',
+    digest TEXT NOT NULL DEFAULT '',
+    info BLOB NOT NULL,
+    keep INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS checkpoints_by_workload ON checkpoints (workload, taken_at_ms);
+-- Workloads restored away from a node (failover): that node's reports of them never replace
+-- their record, and its running copies are fenced. Gone once the node no longer reports them.
+CREATE TABLE IF NOT EXISTS failed_over (
+    workload TEXT PRIMARY KEY,
+    from_node TEXT NOT NULL,
+    to_node TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS drain_items (
     drain TEXT NOT NULL,
     position INTEGER NOT NULL,
@@ -164,6 +201,37 @@ CREATE TABLE IF NOT EXISTS drain_items (
     PRIMARY KEY (drain, process)
 );
 ";
+
+/// A checkpoint as stored: the CheckpointInfo's figures, and the whole of it (`info`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CheckpointRow {
+    pub id: String,
+    pub workload: String,
+    pub node: String,
+    pub seq: u64,
+    pub taken_at_ms: i64,
+    pub freeze_ms: u32,
+    pub bytes: u64,
+    pub raw_bytes: u64,
+    pub holders: Vec<String>,
+    pub digest: String,
+    /// The CheckpointInfo, protobuf-encoded.
+    pub info: Vec<u8>,
+    /// How many of the workload's checkpoints are kept (0: [`DEFAULT_KEEP_CHECKPOINTS`]).
+    pub keep: u32,
+}
+
+/// Checkpoints kept per workload when its agent does not say.
+pub const DEFAULT_KEEP_CHECKPOINTS: u32 = 3;
+
+/// A workload restored away from `from_node` onto `to_node`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailedOver {
+    pub workload: String,
+    pub from_node: String,
+    pub to_node: String,
+    pub at_ms: i64,
+}
 
 /// A drain as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -325,6 +393,19 @@ impl Store {
         for w in kept {
             upsert(&tx, node, w, now_ms)?;
         }
+        // A workload failed over away from this node that it no longer reports (any state): its
+        // copy there is gone, nothing is left to fence.
+        let fenced: Vec<String> = {
+            let mut stmt = tx.prepare("SELECT workload FROM failed_over WHERE from_node = ?1")?;
+            let ids = stmt.query_map([node], |r| r.get(0))?;
+            ids.collect::<Result<_, _>>()?
+        };
+        for id in fenced.iter().filter(|id| !workloads.iter().any(|w| &w.id == *id)) {
+            tx.execute(
+                "DELETE FROM failed_over WHERE workload = ?1 AND from_node = ?2",
+                params![id, node],
+            )?;
+        }
         tx.commit()?;
         Ok(())
     }
@@ -351,12 +432,34 @@ impl Store {
         upsert(&self.conn(), node, w, now_ms)
     }
 
-    /// Forgets ended workloads whose end is before `before_ms`; returns how many.
+    /// Forgets ended workloads whose end is before `before_ms`; returns how many. Their
+    /// checkpoints and failed-over rows go with them, and so do the checkpoints of workloads no
+    /// longer recorded whose newest is before `before_ms`.
     pub fn prune_ended(&self, before_ms: i64) -> Result<usize, StoreError> {
-        Ok(self.conn().execute(
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        tx.execute(
+            "DELETE FROM checkpoints WHERE workload IN (SELECT id FROM workloads
+                 WHERE ended_at_ms IS NOT NULL AND ended_at_ms < ?1)",
+            [before_ms],
+        )?;
+        tx.execute(
+            "DELETE FROM failed_over WHERE workload IN (SELECT id FROM workloads
+                 WHERE ended_at_ms IS NOT NULL AND ended_at_ms < ?1)",
+            [before_ms],
+        )?;
+        let n = tx.execute(
             "DELETE FROM workloads WHERE ended_at_ms IS NOT NULL AND ended_at_ms < ?1",
             [before_ms],
-        )?)
+        )?;
+        tx.execute(
+            "DELETE FROM checkpoints WHERE workload NOT IN (SELECT id FROM workloads)
+                 AND workload NOT IN (SELECT workload FROM checkpoints GROUP BY workload
+                                      HAVING MAX(taken_at_ms) >= ?1)",
+            [before_ms],
+        )?;
+        tx.commit()?;
+        Ok(n)
     }
 
     /// Forgets every node and what they ran (they register again), and the addresses those
@@ -372,8 +475,11 @@ impl Store {
         };
         tx.execute("DELETE FROM workloads", [])?;
         tx.execute("DELETE FROM nodes", [])?;
-        // Their workloads died with them: so did the addresses they held.
+        // Their workloads died with them: so did the addresses they held, and their checkpoints
+        // (kept on those nodes) are no use to the new cluster.
         tx.execute("DELETE FROM addresses", [])?;
+        tx.execute("DELETE FROM checkpoints", [])?;
+        tx.execute("DELETE FROM failed_over", [])?;
         tx.execute("DELETE FROM cordoned", [])?;
         tx.execute(
             "UPDATE migrations SET status = 'failed', error = ?1, finished_at_ms = ?2
@@ -404,6 +510,15 @@ impl Store {
         self.conn().execute(
             "UPDATE migrations SET status = ?2, error = ?3, result = ?4, finished_at_ms = ?5 WHERE id = ?1",
             params![id, status, error, result, now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// The node a restore (mode failover or restore) is trying now.
+    pub fn set_migration_target(&self, id: &str, target: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE migrations SET target = ?2 WHERE id = ?1 AND finished_at_ms IS NULL",
+            params![id, target],
         )?;
         Ok(())
     }
@@ -505,6 +620,107 @@ impl Store {
 }
 
 impl Store {
+    /// Records a checkpoint (again: a report with more holders replaces the first), then keeps
+    /// only the newest `keep` of its workload (by time taken, then sequence number).
+    pub fn insert_checkpoint(&self, k: &CheckpointRow) -> Result<(), StoreError> {
+        let holders = serde_json::to_string(&k.holders).unwrap_or_else(|_| "[]".into());
+        let keep = if k.keep == 0 { DEFAULT_KEEP_CHECKPOINTS } else { k.keep };
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO checkpoints (id, workload, node, seq, taken_at_ms, freeze_ms,
+                 bytes, raw_bytes, holders, digest, info, keep)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                k.id,
+                k.workload,
+                k.node,
+                k.seq as i64,
+                k.taken_at_ms,
+                k.freeze_ms,
+                k.bytes as i64,
+                k.raw_bytes as i64,
+                holders,
+                k.digest,
+                k.info,
+                keep
+            ],
+        )?;
+        tx.execute(
+            "DELETE FROM checkpoints WHERE workload = ?1 AND id NOT IN (
+                 SELECT id FROM checkpoints WHERE workload = ?1
+                 ORDER BY taken_at_ms DESC, seq DESC LIMIT ?2)",
+            params![k.workload, keep],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A workload's checkpoints, newest first.
+    pub fn checkpoints(&self, workload: &str) -> Result<Vec<CheckpointRow>, StoreError> {
+        let c = self.conn();
+        let mut stmt = c.prepare(
+            "SELECT id, workload, node, seq, taken_at_ms, freeze_ms, bytes, raw_bytes, holders,
+                    digest, info, keep
+             FROM checkpoints WHERE workload = ?1 ORDER BY taken_at_ms DESC, seq DESC",
+        )?;
+        let rows = stmt.query_map([workload], |r| {
+            let holders: String = r.get(8)?;
+            Ok(CheckpointRow {
+                id: r.get(0)?,
+                workload: r.get(1)?,
+                node: r.get(2)?,
+                seq: r.get::<_, i64>(3)? as u64,
+                taken_at_ms: r.get(4)?,
+                freeze_ms: r.get(5)?,
+                bytes: r.get::<_, i64>(6)? as u64,
+                raw_bytes: r.get::<_, i64>(7)? as u64,
+                holders: serde_json::from_str(&holders).unwrap_or_default(),
+                digest: r.get(9)?,
+                info: r.get(10)?,
+                keep: r.get(11)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records that `workload` was restored away from `from_node` onto `to_node`.
+    pub fn set_failed_over(&self, f: &FailedOver) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO failed_over (workload, from_node, to_node, at_ms)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![f.workload, f.from_node, f.to_node, f.at_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets a workload's failed-over row if it was failed over away from `node` (a copy on
+    /// `node` is the workload again, or the restore that recorded it restored nothing).
+    pub fn clear_failed_over_from(&self, workload: &str, node: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "DELETE FROM failed_over WHERE workload = ?1 AND from_node = ?2",
+            params![workload, node],
+        )?;
+        Ok(())
+    }
+
+    /// Every workload restored away from a node whose copy there may still be reported.
+    pub fn failed_over(&self) -> Result<Vec<FailedOver>, StoreError> {
+        let c = self.conn();
+        let mut stmt = c.prepare(
+            "SELECT workload, from_node, to_node, at_ms FROM failed_over ORDER BY workload",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(FailedOver {
+                workload: r.get(0)?,
+                from_node: r.get(1)?,
+                to_node: r.get(2)?,
+                at_ms: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Cordons (`schedulable` false) or uncordons a node.
     pub fn set_schedulable(
         &self,
@@ -1159,6 +1375,120 @@ mod tests {
         );
         s.forget_nodes("new cluster", 12).unwrap();
         assert!(s.cordoned().unwrap().is_empty(), "forgotten nodes keep no cordon");
+    }
+
+    fn checkpoint(
+        id: &str,
+        workload: &str,
+        taken_at_ms: i64,
+        seq: u64,
+        keep: u32,
+    ) -> CheckpointRow {
+        CheckpointRow {
+            id: id.into(),
+            workload: workload.into(),
+            node: "a".into(),
+            seq,
+            taken_at_ms,
+            holders: vec!["a".into(), "b".into()],
+            info: id.as_bytes().to_vec(),
+            keep,
+            ..Default::default()
+        }
+    }
+
+    fn checkpoint_ids(s: &Store, workload: &str) -> Vec<String> {
+        s.checkpoints(workload).unwrap().into_iter().map(|k| k.id).collect()
+    }
+
+    #[test]
+    fn only_the_newest_checkpoints_are_kept_newest_first() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("ferry.db")).unwrap();
+        for (i, t) in [10, 30, 20, 40].into_iter().enumerate() {
+            s.insert_checkpoint(&checkpoint(&format!("c-{t}"), "w", t, i as u64, 3)).unwrap();
+        }
+        s.insert_checkpoint(&checkpoint("c-other", "v", 5, 1, 3)).unwrap();
+        assert_eq!(checkpoint_ids(&s, "w"), ["c-40", "c-30", "c-20"], "the oldest went");
+        // Same instant: the higher sequence number is the newer.
+        s.insert_checkpoint(&checkpoint("c-40b", "w", 40, 9, 2)).unwrap();
+        assert_eq!(checkpoint_ids(&s, "w"), ["c-40b", "c-40"]);
+        // Reported again with more holders: replaced, not doubled; keep 0 is the default.
+        let more = CheckpointRow {
+            holders: vec!["a".into(), "b".into(), "s3".into()],
+            keep: 0,
+            ..checkpoint("c-40", "w", 40, 3, 0)
+        };
+        s.insert_checkpoint(&more).unwrap();
+        let got = s.checkpoints("w").unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[1].holders, ["a", "b", "s3"]);
+        assert_eq!(got[1].keep, DEFAULT_KEEP_CHECKPOINTS);
+        assert_eq!(checkpoint_ids(&s, "v"), ["c-other"], "another workload's are untouched");
+    }
+
+    #[test]
+    fn checkpoints_go_with_their_workloads_record() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("ferry.db")).unwrap();
+        s.set_workloads(
+            "a",
+            &[report("live", b"", "", None), report("ended", b"", "", Some(100))],
+            0,
+            100,
+        )
+        .unwrap();
+        for w in ["live", "ended", "orphan-old", "orphan-new"] {
+            let t = if w == "orphan-new" { 500 } else { 50 };
+            s.insert_checkpoint(&checkpoint(&format!("c-{w}"), w, t, 1, 3)).unwrap();
+        }
+        s.prune_ended(200).unwrap();
+        assert!(checkpoint_ids(&s, "ended").is_empty(), "pruned with its record");
+        assert!(checkpoint_ids(&s, "orphan-old").is_empty(), "no record and old");
+        assert_eq!(checkpoint_ids(&s, "orphan-new"), ["c-orphan-new"], "too recent to go");
+        assert_eq!(checkpoint_ids(&s, "live"), ["c-live"]);
+        s.forget_nodes("new cluster", 300).unwrap();
+        assert!(checkpoint_ids(&s, "live").is_empty(), "forgotten with the nodes");
+    }
+
+    #[test]
+    fn a_node_a_workload_was_failed_over_away_from_never_replaces_its_record() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("ferry.db")).unwrap();
+        s.set_workloads("a", &[report("w", b"on-a", "", None)], 0, 1).unwrap();
+        let f = FailedOver {
+            workload: "w".into(),
+            from_node: "a".into(),
+            to_node: "b".into(),
+            at_ms: 2,
+        };
+        s.set_failed_over(&f).unwrap();
+        s.put_workload("b", &report("w", b"restored", "", None), 3).unwrap();
+        assert_eq!(where_is(&s, "w"), Some(("b".into(), b"restored".to_vec())));
+        // a comes back: neither its running copy nor, once fenced, its ended one wins.
+        s.set_workloads("a", &[report("w", b"stale", "", None)], 0, 4).unwrap();
+        assert_eq!(where_is(&s, "w").unwrap().0, "b");
+        s.put_workload("a", &report("w", b"stale", "", None), 4).unwrap();
+        s.set_workloads("a", &[report("w", b"fenced", "", Some(5))], 0, 5).unwrap();
+        assert_eq!(where_is(&s, "w"), Some(("b".into(), b"restored".to_vec())));
+        assert_eq!(s.failed_over().unwrap(), std::slice::from_ref(&f), "kept while a reports it");
+        // b's own reports do not clear it; a no longer reporting w does.
+        s.set_workloads("b", &[report("w", b"restored", "", None)], 0, 6).unwrap();
+        assert_eq!(s.failed_over().unwrap().len(), 1);
+        s.set_workloads("a", &[], 0, 7).unwrap();
+        assert!(s.failed_over().unwrap().is_empty());
+        assert_eq!(where_is(&s, "w").unwrap().0, "b");
+        // Cleared only for the node named.
+        s.set_failed_over(&f).unwrap();
+        s.clear_failed_over_from("w", "b").unwrap();
+        assert_eq!(s.failed_over().unwrap().len(), 1);
+        s.clear_failed_over_from("w", "a").unwrap();
+        assert!(s.failed_over().unwrap().is_empty());
+        // A row whose workload is pruned goes with it.
+        s.set_failed_over(&f).unwrap();
+        s.set_workloads("b", &[report("w", b"done", "", Some(8))], 0, 8).unwrap();
+        s.prune_ended(100).unwrap();
+        assert!(s.failed_over().unwrap().is_empty());
     }
 
     #[test]

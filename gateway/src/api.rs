@@ -15,6 +15,7 @@ use crate::time::rfc3339;
 
 /// Every error leaves as `{"error":{"code","message"}}` with its HTTP status; internal details
 /// stay in the log.
+#[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     code: &'static str,
@@ -175,6 +176,9 @@ struct Process {
     /// Its own IPv4 address (a network of its own), as its agent reports it; null on the node's
     /// network.
     address: Option<String>,
+    /// Protected: checkpointed every this many seconds, failed over from its latest checkpoint
+    /// if its node is lost; null when unprotected.
+    checkpoint_interval_seconds: Option<u32>,
 }
 
 /// What the gateway knows beside a workload's report: migrations in flight, nodes' liveness.
@@ -256,6 +260,8 @@ fn process_json(node: String, s: ProcessStatus) -> Process {
         last_seen: None,
         held_for_migration: (!s.held_for_migration.is_empty()).then_some(s.held_for_migration),
         address: (!spec.address.is_empty()).then_some(spec.address),
+        checkpoint_interval_seconds: (spec.checkpoint_interval_secs > 0)
+            .then_some(spec.checkpoint_interval_secs),
     }
 }
 
@@ -430,6 +436,32 @@ struct NewProcess {
     /// "node" (the node's network); default: the coordinator's --default-network.
     #[serde(default)]
     network: Option<String>,
+    /// Protection: checkpointed every this many seconds (5 to 86400), restored elsewhere from
+    /// its latest checkpoint if its node is lost. Checked here, so any JSON value is taken.
+    #[serde(default)]
+    checkpoint_interval_seconds: Option<serde_json::Value>,
+}
+
+/// Seconds between a protected process's checkpoints.
+pub const CHECKPOINT_INTERVAL_SECS: std::ops::RangeInclusive<u64> = 5..=86_400;
+
+/// `checkpointIntervalSeconds`: 0 (unprotected) when absent or null, else an integer in
+/// [`CHECKPOINT_INTERVAL_SECS`].
+fn checkpoint_interval(v: Option<&serde_json::Value>) -> Result<u32, String> {
+    match v {
+        None | Some(serde_json::Value::Null) => Ok(0),
+        Some(v) => v
+            .as_u64()
+            .filter(|n| CHECKPOINT_INTERVAL_SECS.contains(n))
+            .map(|n| n as u32)
+            .ok_or_else(|| {
+                format!(
+                    "checkpointIntervalSeconds {v} is not an integer from {} to {} (seconds                      between the process's checkpoints); leave it out for an unprotected process",
+                    CHECKPOINT_INTERVAL_SECS.start(),
+                    CHECKPOINT_INTERVAL_SECS.end()
+                )
+            }),
+    }
 }
 
 /// Largest request body accepted.
@@ -443,6 +475,8 @@ fn mutations() -> Router<Arc<Coordinator>> {
         .route("/api/processes/{id}/resume", post(|s, p| control(s, p, "resume")))
         .route("/api/processes/{id}/stop", post(|s, p| control(s, p, "stop")))
         .route("/api/processes/{id}/logs", get(logs))
+        .route("/api/processes/{id}/checkpoints", get(list_checkpoints).post(take_checkpoint))
+        .route("/api/processes/{id}/restore", post(restore))
         .route("/api/migrations", post(create_migration).get(list_migrations))
         .route("/api/migrations/{id}", get(one_migration))
         .route("/api/servers/{id}/cordon", post(|s, p| cordon(s, p, false)))
@@ -482,7 +516,10 @@ async fn create_process(
             ))
         })?),
     };
+    let checkpoint_interval_secs =
+        checkpoint_interval(p.checkpoint_interval_seconds.as_ref()).map_err(invalid)?;
     let spec = ferry_proto::agent::WorkloadSpec {
+        checkpoint_interval_secs,
         name: p.name,
         argv: p.command,
         env: p.env.into_iter().collect(),
@@ -758,6 +795,24 @@ async fn start_drain(
     Path(id): Path<String>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<Drain>), ApiError> {
+    // The body is optional: none (or only whitespace) is no deadline.
+    let d: NewDrain = optional_body(
+        body,
+        &format!(
+            "{{\"deadlineSeconds\": N}} with N from 1 to {}",
+            ferry_coordinator::MAX_DEADLINE_SECS
+        ),
+    )?;
+    let row = c.start_drain(&id, d.deadline_seconds)?;
+    Ok((StatusCode::ACCEPTED, Json(drain_json(row))))
+}
+
+/// An optional JSON body: none (or only whitespace) is `T::default()`; `what` says what a body
+/// may hold, for the error.
+fn optional_body<T: serde::de::DeserializeOwned + Default>(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    what: &str,
+) -> Result<T, ApiError> {
     let body = body.map_err(|e| {
         let status = e.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -766,19 +821,77 @@ async fn start_drain(
             ApiError::bad_request(e.body_text())
         }
     })?;
-    // The body is optional: none (or only whitespace) is no deadline.
-    let d: NewDrain = if body.iter().all(u8::is_ascii_whitespace) {
-        NewDrain::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request(format!(
-                "{e}; the body is optional, else {{\"deadlineSeconds\": N}} with N from 1 to {}",
-                ferry_coordinator::MAX_DEADLINE_SECS
-            ))
-        })?
-    };
-    let row = c.start_drain(&id, d.deadline_seconds)?;
-    Ok((StatusCode::ACCEPTED, Json(drain_json(row))))
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("{e}; the body is optional, else {what}")))
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+struct Checkpoint {
+    id: String,
+    seq: u64,
+    taken_at: String,
+    bytes: u64,
+    raw_bytes: u64,
+    freeze_ms: u32,
+    /// The node the process ran on when it was taken.
+    node: String,
+    /// Where the object is kept: node names, and "s3" for the object store.
+    holders: Vec<String>,
+}
+
+fn checkpoint_json(k: ferry_proto::agent::CheckpointInfo) -> Checkpoint {
+    Checkpoint {
+        id: k.id,
+        seq: k.seq,
+        taken_at: rfc3339(k.taken_at_ms),
+        bytes: k.bytes,
+        raw_bytes: k.raw_bytes,
+        freeze_ms: k.freeze_ms,
+        node: k.node,
+        holders: k.holders,
+    }
+}
+
+async fn list_checkpoints(
+    State(c): State<Arc<Coordinator>>,
+    Path(id): Path<String>,
+) -> Api<serde_json::Value> {
+    let ks: Vec<Checkpoint> = c.checkpoints(&id)?.into_iter().map(checkpoint_json).collect();
+    Ok(Json(serde_json::json!({ "checkpoints": ks })))
+}
+
+async fn take_checkpoint(
+    State(c): State<Arc<Coordinator>>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Checkpoint>), ApiError> {
+    Ok((StatusCode::CREATED, Json(checkpoint_json(c.take_checkpoint(&id).await?))))
+}
+
+#[derive(serde::Deserialize, Default, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NewRestore {
+    /// The checkpoint to restore; without it, the newest.
+    #[serde(default)]
+    checkpoint_id: Option<String>,
+    /// The node to restore on; without it, the process's node if online and schedulable, else
+    /// a placed one.
+    #[serde(default)]
+    server_id: Option<String>,
+}
+
+async fn restore(
+    State(c): State<Arc<Coordinator>>,
+    Path(id): Path<String>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(StatusCode, Json<Migration>), ApiError> {
+    let r: NewRestore =
+        optional_body(body, "{\"checkpointId\": \"c-...\", \"serverId\": \"...\"}, both optional")?;
+    let row = c.restore_checkpoint(&id, r.checkpoint_id.as_deref(), r.server_id.as_deref())?;
+    Ok((StatusCode::ACCEPTED, Json(migration_json(row))))
 }
 
 async fn list_drains(State(c): State<Arc<Coordinator>>) -> Api<Vec<Drain>> {
@@ -902,6 +1015,80 @@ mod tests {
         let json = |p: Process| serde_json::to_value(p).unwrap()["address"].clone();
         assert_eq!(json(ctx.process("n".into(), status("w-1", "10.0.0.1"))), "10.0.0.1");
         assert_eq!(json(ctx.process("n".into(), status("w-3", ""))), serde_json::Value::Null);
+    }
+
+    #[test]
+    fn checkpoint_intervals_are_integers_from_5_to_86400_or_absent() {
+        use serde_json::json;
+        assert_eq!(checkpoint_interval(None), Ok(0));
+        assert_eq!(checkpoint_interval(Some(&json!(null))), Ok(0));
+        assert_eq!(checkpoint_interval(Some(&json!(5))), Ok(5));
+        assert_eq!(checkpoint_interval(Some(&json!(86_400))), Ok(86_400));
+        for bad in
+            [json!(0), json!(4), json!(86_401), json!(-30), json!(30.5), json!("30"), json!(true)]
+        {
+            let e = checkpoint_interval(Some(&bad)).unwrap_err();
+            assert!(e.contains("from 5 to 86400"), "{bad}: {e}");
+        }
+        // The field is known to the body (deny_unknown_fields elsewhere).
+        let p: NewProcess = serde_json::from_value(
+            json!({"name": "n", "command": ["sleep", "9"], "checkpointIntervalSeconds": 30}),
+        )
+        .unwrap();
+        assert_eq!(checkpoint_interval(p.checkpoint_interval_seconds.as_ref()), Ok(30));
+    }
+
+    #[test]
+    fn a_process_says_its_checkpoint_interval_and_null_when_unprotected() {
+        let status = |every: u32| ProcessStatus {
+            spec: Some(ferry_proto::agent::WorkloadSpec {
+                id: "w-1".into(),
+                checkpoint_interval_secs: every,
+                ..Default::default()
+            }),
+            state: ProcessState::Running as i32,
+            ..Default::default()
+        };
+        let json = |s| serde_json::to_value(process_json("n".into(), s)).unwrap();
+        assert_eq!(json(status(30))["checkpointIntervalSeconds"], 30);
+        assert_eq!(json(status(0))["checkpointIntervalSeconds"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn restore_bodies_are_optional_and_strict() {
+        let body = |b: &'static str| Ok(axum::body::Bytes::from_static(b.as_bytes()));
+        let r: NewRestore = optional_body(body("  "), "x").unwrap();
+        assert_eq!(r, NewRestore::default());
+        let r: NewRestore =
+            optional_body(body(r#"{"checkpointId": "c-1", "serverId": "n2"}"#), "x").unwrap();
+        assert_eq!((r.checkpoint_id.as_deref(), r.server_id.as_deref()), (Some("c-1"), Some("n2")));
+        for bad in [r#"{"checkpoint": "c-1"}"#, r#"{"checkpointId": 3}"#, "[", "null"] {
+            let e = optional_body::<NewRestore>(body(bad), "the restore's fields").err().unwrap();
+            assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "bad_request"), "{bad}");
+            assert!(e.message.contains("the body is optional"), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_shows_its_time_in_rfc_3339() {
+        let k = ferry_proto::agent::CheckpointInfo {
+            id: "c-1".into(),
+            seq: 4,
+            taken_at_ms: 1_764_000_000_000,
+            bytes: 10,
+            raw_bytes: 20,
+            freeze_ms: 7,
+            node: "n1".into(),
+            holders: vec!["n1".into(), "s3".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_value(checkpoint_json(k)).unwrap(),
+            serde_json::json!({
+                "id": "c-1", "seq": 4, "takenAt": "2025-11-24T16:00:00.000Z", "bytes": 10,
+                "rawBytes": 20, "freezeMs": 7, "node": "n1", "holders": ["n1", "s3"],
+            })
+        );
     }
 
     #[test]
