@@ -13,6 +13,7 @@ use ferry_proto::agent::agent_client::AgentClient;
 use ferry_proto::agent::{self as pb};
 use tonic::transport::Channel;
 
+pub mod garage;
 pub mod net;
 
 pub type Client = AgentClient<Channel>;
