@@ -12,6 +12,8 @@
 #     already there (its `criu --version` says "GitID: <version>+ferry.<id of the patches>"); a
 #     stock CRIU >= 4.2 that passes `criu check` is the fallback if the build fails (everything
 #     works, post-copy freezes longer);
+#   - Garage 2.5.0, the S3 server tests/objstore.rs runs against, built with cargo install into
+#     /usr/local/bin unless a garage there (or on PATH) reports 2.5.0;
 #   - kernel knobs the agent relies on;
 #   - the Rust workspace built (release) so `ferry` is ready.
 # A second run only verifies and takes seconds.
@@ -184,6 +186,27 @@ if ! command -v schemathesis >/dev/null 2>&1; then
   hash -r
 fi
 command -v schemathesis >/dev/null 2>&1 || die "schemathesis did not install (python3 -m pip install schemathesis)"
+
+# ---------------------------------------------------------------------------------------------
+# Garage (the S3 server tests/objstore.rs runs the object store backend against), from crates.io
+# ---------------------------------------------------------------------------------------------
+# Built with the lmdb database engine only (no sqlite, metrics or K2V: the least to compile; the
+# tests' config says db_engine = "lmdb"): 716 s (about 12 minutes) measured on 2 cores shared with
+# another build. Garage is AGPL-3.0: it only ever runs as a separate test server, nothing of it is
+# linked into ferry.
+garage_version=2.5.0
+# `garage --version` says e.g. "garage cargo:2.5.0 [features: bundled-libs, lmdb]".
+garage_ok() { [ -x "$1" ] && "$1" --version 2>/dev/null | grep -qE "(^|[^0-9.])${garage_version//./\\.}([^0-9.]|\$)"; }
+garage_bin=$(command -v garage 2>/dev/null || true)
+if ! { [ -n "$garage_bin" ] && garage_ok "$garage_bin"; } && ! garage_ok /usr/local/bin/garage; then
+  command -v cargo >/dev/null || die "cargo is not installed (Garage, the tests' S3 server, is built with cargo install)"
+  log "building Garage $garage_version with cargo install (about 12 minutes on 2 cores)"
+  cargo install garage --version "$garage_version" --locked --root /usr/local --quiet \
+    --no-default-features --features bundled-libs,lmdb \
+    || die "cargo install garage --version $garage_version failed (its output is above)"
+  garage_ok /usr/local/bin/garage || die "/usr/local/bin/garage does not report version $garage_version"
+  log "installed /usr/local/bin/garage ($garage_version)"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # kernel knobs: lazy pages need bigger pipes without CAP_SYS_RESOURCE

@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod health;
 pub mod logs;
 pub mod migrate;
+pub mod objstore;
 pub mod register;
 pub mod snapshot;
 pub mod sys;

@@ -14,6 +14,7 @@ use ferry_proto::agent::{self as pb};
 use tonic::transport::Channel;
 
 pub mod cluster;
+pub mod garage;
 pub mod net;
 
 pub type Client = AgentClient<Channel>;
