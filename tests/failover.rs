@@ -222,7 +222,7 @@ impl Cluster {
 
 /// Starts `argv` on `node` through the REST API, protected every `every` seconds (0: not).
 async fn run_on(gw: &str, node: &str, argv: &[&str], every: u32) -> String {
-    let mut body = serde_json::json!({"command": argv, "serverId": node});
+    let mut body = serde_json::json!({"name": "w", "command": argv, "serverId": node});
     if every > 0 {
         body["checkpointIntervalSeconds"] = every.into();
     }
@@ -250,13 +250,9 @@ async fn replicated(gw: &str, id: &str) -> serde_json::Value {
 
 /// Numbered lines ("count N", "tick N") of `id` through the gateway.
 async fn numbered(gw: &str, id: &str, prefix: &str) -> Vec<u64> {
-    let (_, l) = harness::cluster::call(
-        gw,
-        "GET",
-        &format!("/api/processes/{id}/logs?limit=10000"),
-        None,
-    )
-    .await;
+    let (_, l) =
+        harness::cluster::call(gw, "GET", &format!("/api/processes/{id}/logs?limit=10000"), None)
+            .await;
     l["lines"]
         .as_array()
         .into_iter()
@@ -338,14 +334,15 @@ async fn a_lost_node_s_protected_workloads_run_elsewhere_from_their_latest_check
     c.agents[0].take().unwrap().crash_leaving_workloads();
     eprintln!("host0 powered off ({killed} processes killed)");
     for id in [&app, &hog] {
-        let p = wait_until(&format!("{id} to run on another node"), Duration::from_secs(90), || {
-            let (gw, id) = (gw.clone(), id.to_string());
-            async move {
-                let p = process(&gw, &id).await;
-                (p["status"] == "running" && p["serverId"] != "host0").then_some(p)
-            }
-        })
-        .await;
+        let p =
+            wait_until(&format!("{id} to run on another node"), Duration::from_secs(90), || {
+                let (gw, id) = (gw.clone(), id.to_string());
+                async move {
+                    let p = process(&gw, &id).await;
+                    (p["status"] == "running" && p["serverId"] != "host0").then_some(p)
+                }
+            })
+            .await;
         eprintln!(
             "{id} runs on {} {:.1} s after host0 was lost (grace {grace} s)",
             p["serverId"],
@@ -371,13 +368,17 @@ async fn a_lost_node_s_protected_workloads_run_elsewhere_from_their_latest_check
     assert!(v.starts_with("verify ok"), "{v}");
     // The unprotected one is not restored: its node is offline, so it is unknown.
     let p = process(&gw, &plain).await;
-    assert_eq!((p["serverId"].as_str(), p["status"].as_str()), (Some("host0"), Some("unknown")), "{p}");
+    assert_eq!(
+        (p["serverId"].as_str(), p["status"].as_str()),
+        (Some("host0"), Some("unknown")),
+        "{p}"
+    );
     // Exactly one copy of each, and the failovers are on record.
     for id in [&app, &hog] {
         assert_eq!(copies(&c, id).await.len(), 1, "{id}");
     }
     let (_, ms) = harness::cluster::call(&gw, "GET", "/api/migrations", None).await;
-    let failovers: Vec<&serde_json::Value> = ms["migrations"]
+    let failovers: Vec<&serde_json::Value> = ms
         .as_array()
         .unwrap()
         .iter()
@@ -409,7 +410,11 @@ async fn a_partitioned_node_fences_its_workloads_and_one_copy_runs_after_it_heal
         }
     })
     .await;
-    eprintln!("restored on {} {:.1} s after the cut", p["serverId"], cut_at.elapsed().as_secs_f64());
+    eprintln!(
+        "restored on {} {:.1} s after the cut",
+        p["serverId"],
+        cut_at.elapsed().as_secs_f64()
+    );
     // On host0 (its agent reachable over the host's own namespace path is cut too; ask it after
     // the link is back) the copy was killed by the lease before the restore.
     tokio::time::sleep(Duration::from_secs(2)).await;

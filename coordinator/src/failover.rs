@@ -393,9 +393,12 @@ impl Coordinator {
             };
             fence.push(id.to_string());
             if self.memory().fenced.insert((id.to_string(), node.to_string(), f.at_ms)) {
+                // A heartbeat held up in the network while the node was cut off reads the same as
+                // a copy its lease failed to stop: the agent kills what still runs, either way.
                 let msg = format!(
-                    "duplicate copy of {id} on {node} killed (restored on {} {} s ago): {node} \
-                     came back after its workloads were failed over",
+                    "{node} reported {id} running after it was restored on {} {} s ago; {node} \
+                     is told to kill that copy (a report delayed while {node} was cut off, or \
+                     a lease that failed to stop it)",
                     f.to_node,
                     secs(now_ms() - f.at_ms)
                 );

@@ -952,7 +952,7 @@ mod tests {
         }
         let errors = s.0.store.events("w-1", "error", 10).unwrap();
         assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(errors[0].message.contains("duplicate copy of w-1 on src killed"));
+        assert!(errors[0].message.contains("src reported w-1 running after it was restored"));
         // Migrated back onto src, committed, the outcome not recorded yet: not a duplicate.
         let back = MigrationRow {
             id: "m-back".into(),

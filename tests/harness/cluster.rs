@@ -110,4 +110,3 @@ pub async fn call(
     let body = body.map(|b| b.to_string());
     tokio::task::spawn_blocking(move || http(&addr, &method, &path, body.as_deref())).await.unwrap()
 }
-
