@@ -194,6 +194,8 @@ struct Cluster {
     _coord: AgentProc,
     _data: TempDir,
     gw: String,
+    /// The coordinator's gRPC URL, for agents started again.
+    url: String,
 }
 
 async fn cluster(tag: &str, grace: u32) -> Cluster {
@@ -207,11 +209,12 @@ async fn cluster(tag: &str, grace: u32) -> Cluster {
         coordinator_with(&ip, port, http_port, data.path(), &["--failover-grace-secs", &grace]);
     let url = format!("https://{ip}:{port}");
     let agents = (0..3).map(|i| Some(net.agent(i, &["--coordinator", &url]))).collect();
+    let url = url.clone();
     wait_nodes(&coord.addr, "three hosts online", |n| {
         ["host0", "host1", "host2"].iter().all(|h| online(n, h) == Some(true))
     })
     .await;
-    Cluster { net, agents, _coord: coord, _data: data, gw: format!("{ip}:{http_port}") }
+    Cluster { net, agents, _coord: coord, _data: data, gw: format!("{ip}:{http_port}"), url }
 }
 
 impl Cluster {
@@ -439,4 +442,164 @@ async fn a_partitioned_node_fences_its_workloads_and_one_copy_runs_after_it_heal
     assert_eq!(p["status"], "running", "{p}");
     let v = verdict(&gw, &app, "journal ok", "journal FAIL").await;
     assert!(v.starts_with("journal ok"), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_agent_s_fd_store_fences_its_workloads_before_the_failover() {
+    if !require_root("a_dead_agent_s_fd_store_fences_its_workloads_before_the_failover") {
+        return;
+    }
+    let grace = 6;
+    let mut c = cluster("ferry-agent-dies", grace).await;
+    let gw = c.gw.clone();
+    let app = run_on(&gw, "host0", &[&workload("appender.py")], 5).await;
+    let plain = run_on(&gw, "host0", &[&workload("appender.py")], 0).await;
+    replicated(&gw, &app).await;
+    let pid = process(&gw, &app).await["pid"].as_i64().unwrap() as i32;
+    let plain_pid = process(&gw, &plain).await["pid"].as_i64().unwrap() as i32;
+    // Only the agent dies; its workloads and its fd store live on, as after an agent crash.
+    let old = c.agents[0].take().unwrap();
+    let died = std::time::Instant::now();
+    kill(old.pid(), libc::SIGKILL);
+    // Before the grace ends, the fd store has killed the protected workload (its lease ran out)
+    // and left the other one alone.
+    wait_until(
+        "the fd store to kill the protected workload",
+        Duration::from_secs(grace as u64),
+        || async move { (stat(pid).is_none_or(|s| s.state == 'Z')).then_some(()) },
+    )
+    .await;
+    eprintln!(
+        "protected workload killed {:.1} s after its agent died",
+        died.elapsed().as_secs_f64()
+    );
+    assert!(stat(plain_pid).is_some_and(|s| s.state != 'Z'), "the unprotected workload runs on");
+    let p = wait_until("the workload to run on another node", Duration::from_secs(90), || {
+        let (gw, app) = (gw.clone(), app.clone());
+        async move {
+            let p = process(&gw, &app).await;
+            (p["status"] == "running" && p["serverId"] != "host0").then_some(p)
+        }
+    })
+    .await;
+    eprintln!(
+        "restored on {} {:.1} s after the agent died",
+        p["serverId"],
+        died.elapsed().as_secs_f64()
+    );
+    // The agent comes back: it does not bring the workload back, and one copy runs.
+    c.agents[0] = Some(c.net.restart_agent(0, old, &["--coordinator", &c.url]));
+    harness::cluster::wait_nodes(&c._coord.addr, "host0 online again", |n| {
+        harness::cluster::online(n, "host0") == Some(true)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = status(&mut c.client(0).await, &app).await;
+    assert!(s.exit.is_some() && s.lost_reason.starts_with("fenced:"), "{s:?}");
+    let on = copies(&c, &app).await;
+    assert_eq!(on, [p["serverId"].as_str().unwrap().to_string()]);
+    let q = process(&gw, &plain).await;
+    assert_eq!(
+        (q["serverId"].as_str(), q["status"].as_str()),
+        (Some("host0"), Some("running")),
+        "{q}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workload_rolls_back_to_a_chosen_checkpoint_through_the_api() {
+    if !require_root("a_workload_rolls_back_to_a_chosen_checkpoint_through_the_api") {
+        return;
+    }
+    let c = cluster("ferry-rollback", 6).await;
+    let gw = c.gw.clone();
+    let app = run_on(&gw, "host1", &[&workload("appender.py")], 3600).await;
+    let take = || {
+        let (gw, app) = (gw.clone(), app.clone());
+        async move {
+            let (code, ck) = harness::cluster::call(
+                &gw,
+                "POST",
+                &format!("/api/processes/{app}/checkpoints"),
+                None,
+            )
+            .await;
+            assert_eq!(code, 201, "{ck}");
+            ck
+        }
+    };
+    wait_until("a few counts", T, || {
+        let (gw, app) = (gw.clone(), app.clone());
+        async move { (numbered(&gw, &app, "count ").await.len() >= 5).then_some(()) }
+    })
+    .await;
+    let first = take().await;
+    let at_first = *numbered(&gw, &app, "count ").await.last().unwrap();
+    wait_until("more counts", T, || {
+        let (gw, app) = (gw.clone(), app.clone());
+        async move {
+            (numbered(&gw, &app, "count ").await.last() > Some(&(at_first + 20))).then_some(())
+        }
+    })
+    .await;
+    let second = take().await;
+    let (_, list) =
+        harness::cluster::call(&gw, "GET", &format!("/api/processes/{app}/checkpoints"), None)
+            .await;
+    let ids: Vec<&str> =
+        list["checkpoints"].as_array().unwrap().iter().filter_map(|c| c["id"].as_str()).collect();
+    assert_eq!(
+        ids,
+        [second["id"].as_str().unwrap(), first["id"].as_str().unwrap()],
+        "newest first"
+    );
+    // Bad input first: an unknown checkpoint, an unknown process.
+    let (code, e) = harness::cluster::call(
+        &gw,
+        "POST",
+        &format!("/api/processes/{app}/restore"),
+        Some(serde_json::json!({"checkpointId": "c-000000000000"})),
+    )
+    .await;
+    assert_eq!(code, 404, "{e}");
+    let (code, _) =
+        harness::cluster::call(&gw, "POST", "/api/processes/w-000000000000/restore", None).await;
+    assert_eq!(code, 404);
+    // Back to the first checkpoint, on host2.
+    let (code, m) = harness::cluster::call(
+        &gw,
+        "POST",
+        &format!("/api/processes/{app}/restore"),
+        Some(serde_json::json!({"checkpointId": first["id"], "serverId": "host2"})),
+    )
+    .await;
+    assert_eq!(code, 202, "{m}");
+    assert_eq!(m["mode"], "restore", "{m}");
+    let mid = m["id"].as_str().unwrap().to_string();
+    let m = wait_until("the restore to end", T, || {
+        let (gw, mid) = (gw.clone(), mid.clone());
+        async move {
+            let (_, m) =
+                harness::cluster::call(&gw, "GET", &format!("/api/migrations/{mid}"), None).await;
+            matches!(m["status"].as_str(), Some("completed" | "failed")).then_some(m)
+        }
+    })
+    .await;
+    assert_eq!(m["status"], "completed", "{m}");
+    let p = process(&gw, &app).await;
+    assert_eq!(
+        (p["serverId"].as_str(), p["status"].as_str()),
+        (Some("host2"), Some("running")),
+        "{p}"
+    );
+    // It counts again from the first checkpoint's count; the journal matches its memory.
+    let cb = c.client(2).await;
+    let lines =
+        wait_log(&cb, &app, "the restored appender to count", T, |l| counts(l).len() >= 2).await;
+    let resumed = counts(&lines)[0];
+    eprintln!("checkpoint at about {at_first}; resumed at {resumed}");
+    assert!(resumed <= at_first + 1 && resumed + 10 < at_first + 20, "{resumed} vs {at_first}");
+    let v = verdict(&gw, &app, "journal ok", "journal FAIL").await;
+    assert!(v.starts_with("journal ok"), "{v}");
+    assert_eq!(copies(&c, &app).await, ["host2"]);
 }

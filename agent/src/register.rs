@@ -46,7 +46,13 @@ async fn report_checkpoints(
             Ok(_) => {
                 left.remove(0);
             }
-            Err(s) if s.code() == tonic::Code::InvalidArgument => {
+            // Refused for good: a bad report, or one of a workload restored elsewhere since.
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition
+                ) =>
+            {
                 tracing::warn!(error = s.message(), "the coordinator refused a checkpoint report");
                 left.remove(0);
             }

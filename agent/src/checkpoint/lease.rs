@@ -158,6 +158,7 @@ impl Agent {
     /// what it adopted) and then every [`WATCH`].
     pub(crate) fn spawn_lease_watch(self: &Arc<Self>) {
         self.check_lease();
+        self.explain_adopted_deaths();
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -166,6 +167,28 @@ impl Agent {
                 agent.check_lease();
             }
         });
+    }
+
+    /// At start, after a lease that ran out while no agent ran: the protected workloads found
+    /// dead were killed by the fd store for it; they are marked lost as fenced, so the
+    /// coordinator knows to restore them (the same as those this agent fences itself).
+    fn explain_adopted_deaths(&self) {
+        let now = crate::sys::boottime_ms();
+        let Some(until) = self.checkpoints.lease.until().filter(|u| now > *u) else { return };
+        for w in self.workloads() {
+            if w.spec.checkpoint_interval.is_some()
+                && w.exit_info().is_some()
+                && w.lost().is_none()
+                && w.pending_migration().is_none()
+            {
+                w.set_lost(format!(
+                    "fenced: node {}'s lease ran out {} ms before its agent started again; the \
+                     fd store killed the workload then",
+                    self.config().node,
+                    now - until
+                ));
+            }
+        }
     }
 
     fn check_lease(&self) {
