@@ -603,3 +603,98 @@ async fn a_workload_rolls_back_to_a_chosen_checkpoint_through_the_api() {
     assert!(v.starts_with("journal ok"), "{v}");
     assert_eq!(copies(&c, &app).await, ["host2"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn checkpoints_land_in_a_real_object_store_and_restore_from_it() {
+    if !require_root("checkpoints_land_in_a_real_object_store_and_restore_from_it") {
+        return;
+    }
+    let net = Net::new(3);
+    let garage = harness::garage::Garage::start_on(&net.bridge_ip()).await;
+    let secret = garage.dir().join("secret");
+    std::fs::write(&secret, &garage.secret_access_key).unwrap();
+    let url = format!(
+        "s3://{}/ferry-ck?endpoint={}&region={}&access_key_id={}&secret_access_key_file={}",
+        garage.bucket,
+        garage.endpoint,
+        garage.region,
+        garage.access_key_id,
+        secret.display()
+    );
+    let flags = ["--checkpoint-store", url.as_str()];
+    let (a, b, c) = (net.agent(0, &flags), net.agent(1, &flags), net.agent(2, &flags));
+    let (ca, cb, cc) = (a.client().await, b.client().await, c.client().await);
+    let app = id_of(&start(&mut ca.clone(), spec(&[&workload("appender.py")])).await);
+    wait_log(&ca, &app, "the appender to count", T, |l| counts(l).len() >= 3).await;
+    // Four checkpoints; the store keeps the newest three (--checkpoint-keep's default).
+    let mut infos = Vec::new();
+    for _ in 0..4 {
+        let info = ca
+            .clone()
+            .take_checkpoint(pb::WorkloadRef { id: app.clone() })
+            .await
+            .unwrap_or_else(|s| panic!("TakeCheckpoint: {s}"))
+            .into_inner();
+        assert_eq!(info.holders, ["host0", "s3"], "{info:?}");
+        infos.push(info);
+    }
+    let store = ferry_agent::objstore::S3Store::new(
+        &ferry_agent::objstore::S3Config::from_url(&url).unwrap(),
+    )
+    .unwrap();
+    let keys: Vec<String> = store.list(&app).await.unwrap().into_iter().map(|(k, _)| k).collect();
+    let want: Vec<String> = infos[1..].iter().map(ferry_agent::checkpoint::s3_key).collect();
+    assert_eq!(keys, want, "the newest three, in the real server");
+    let newest = infos.last().unwrap().clone();
+    let at = {
+        let lines: Vec<String> =
+            logs(&mut ca.clone(), &app).await.into_iter().map(|l| l.text).collect();
+        *counts(&lines).last().unwrap()
+    };
+    // The node's own copies are gone with it: only the object store has the checkpoint.
+    ca.clone()
+        .stop_process(pb::StopProcessRequest { id: app.clone(), grace_ms: 100 })
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(harness::net::data_path(&a, &format!("checkpoints/{app}"))).unwrap();
+    let s = cb
+        .clone()
+        .restore_checkpoint(pb::RestoreCheckpointRequest {
+            checkpoint: Some(newest.clone()),
+            holders: vec![peer("host0", &a)],
+            restore_id: "r-s3".into(),
+            reason: "test".into(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("RestoreCheckpoint from the object store: {s}"))
+        .into_inner();
+    assert!(s.exit.is_none(), "{s:?}");
+    let lines =
+        wait_log(&cb, &app, "the restored appender to count", T, |l| !counts(l).is_empty()).await;
+    assert!(counts(&lines)[0] <= at + 1, "{} > {}", counts(&lines)[0], at + 1);
+    check_self(&cb, &app, "journal ok", "journal FAIL").await;
+
+    // An object corrupted in the store is refused, saying where and what; nothing runs.
+    let obj = harness::net::data_path(&b, &format!("checkpoints/{app}/{}.obj", newest.id));
+    let mut bytes = std::fs::read(&obj).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    let bad = garage.dir().join("bad.obj");
+    std::fs::write(&bad, &bytes).unwrap();
+    store.put_file(&ferry_agent::checkpoint::s3_key(&newest), &bad).await.unwrap();
+    let err = cc
+        .clone()
+        .restore_checkpoint(pb::RestoreCheckpointRequest {
+            checkpoint: Some(newest.clone()),
+            holders: vec![],
+            restore_id: "r-s3-bad".into(),
+            reason: "test".into(),
+        })
+        .await
+        .expect_err("a corrupted object must be refused");
+    eprintln!("corrupted in the store: {}", err.message());
+    assert!(err.message().contains("object store") && err.message().contains("blake3"), "{err}");
+    let on_c = cc.clone().list_processes(pb::ListProcessesRequest {}).await.unwrap().into_inner();
+    assert!(on_c.processes.is_empty(), "{on_c:?}");
+    drop((a, b, c, garage, net));
+}

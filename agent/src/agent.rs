@@ -49,6 +49,8 @@ pub struct Agent {
     pub(crate) checkpoints: crate::checkpoint::Checkpoints,
     /// The cluster key that seals checkpoint objects (--cluster-key-file).
     cluster_key: Option<Arc<crate::checkpoint::object::ClusterKey>>,
+    /// The S3-compatible store checkpoints also go to (--checkpoint-store).
+    object_store: Option<crate::objstore::S3Store>,
 }
 
 impl Agent {
@@ -88,6 +90,20 @@ impl Agent {
                 crate::checkpoint::object::ClusterKey::load(path).map_err(AgentError::Internal)?,
             )),
         };
+        let object_store = match &config.checkpoint_store {
+            None => None,
+            Some(url) => {
+                let cfg = crate::objstore::S3Config::from_url(url)
+                    .map_err(|e| AgentError::Internal(format!("--checkpoint-store: {e}")))?;
+                let store = crate::objstore::S3Store::new(&cfg)
+                    .map_err(|e| AgentError::Internal(format!("--checkpoint-store: {e}")))?;
+                // A wrong endpoint, key or bucket is said now, not at the first checkpoint.
+                if let Err(e) = store.check().await {
+                    tracing::warn!(%e, "the checkpoint store does not answer yet; checkpoints go to the replicas meanwhile");
+                }
+                Some(store)
+            }
+        };
         let (fd_store, pipes) = start_fd_store(&config.data_dir);
         let agent = Arc::new(Agent {
             config,
@@ -108,6 +124,7 @@ impl Agent {
             lazy_started: tokio::sync::Notify::new(),
             checkpoints: Default::default(),
             cluster_key,
+            object_store,
         });
         // The lease an earlier agent held on this boot: protected workloads it outlived die
         // before they are adopted again (checkpoint::lease).
@@ -146,6 +163,10 @@ impl Agent {
 
     pub(crate) fn cluster_key(&self) -> Option<&Arc<crate::checkpoint::object::ClusterKey>> {
         self.cluster_key.as_ref()
+    }
+
+    pub(crate) fn object_store(&self) -> Option<&crate::objstore::S3Store> {
+        self.object_store.as_ref()
     }
 
     pub fn config(&self) -> &AgentConfig {

@@ -48,6 +48,8 @@ pub struct AgentConfig {
     pub checkpoint_replicas: usize,
     /// How many checkpoints of a workload each holder keeps.
     pub checkpoint_keep: u32,
+    /// An S3-compatible store that keeps every checkpoint too (`s3://BUCKET/PREFIX?endpoint=..`).
+    pub checkpoint_store: Option<String>,
 }
 
 /// Where a target agent kills itself while it commits a migration (test-only).

@@ -272,6 +272,11 @@ struct AgentArgs {
     /// How many checkpoints of each workload every holder keeps (the newest).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     checkpoint_keep: u32,
+    /// An S3-compatible store that keeps every checkpoint too:
+    /// s3://BUCKET/PREFIX?endpoint=http://HOST:PORT&region=R, credentials from AWS_ACCESS_KEY_ID
+    /// and AWS_SECRET_ACCESS_KEY (or access_key_id=ID&secret_access_key_file=FILE).
+    #[arg(long, env = "FERRY_CHECKPOINT_STORE")]
+    checkpoint_store: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -363,6 +368,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         }),
         checkpoint_replicas: args.checkpoint_replicas,
         checkpoint_keep: args.checkpoint_keep,
+        checkpoint_store: args.checkpoint_store,
         test_crash_at_commit: match args.test_crash_at_commit.as_deref() {
             None => None,
             Some(_) if !args.enable_fault_injection => {

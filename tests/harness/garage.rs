@@ -65,6 +65,11 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A port nothing listens on at the moment on address `ip`.
+fn free_port_on(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0)).and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
 /// 64 hex characters: Garage's RPC secret, different for every instance.
 fn rpc_secret() -> String {
     let mut bytes = [0u8; 32];
@@ -77,10 +82,16 @@ fn rpc_secret() -> String {
 impl Garage {
     /// Starts Garage and waits until its S3 API serves bucket `ferry` to key `ferry-test`.
     pub async fn start() -> Garage {
+        Garage::start_on("127.0.0.1").await
+    }
+
+    /// [`Garage::start`] with the S3 API on address `ip` (e.g. a test bridge's, for agents in
+    /// network-namespace hosts); its RPC and admin APIs stay on loopback.
+    pub async fn start_on(ip: &str) -> Garage {
         let bin = garage_bin();
         let tmp = TempDir::new("ferry-test-garage");
         let dir = tmp.path().to_path_buf();
-        let (rpc, s3, admin) = (free_port(), free_port(), free_port());
+        let (rpc, s3, admin) = (free_port(), free_port_on(ip), free_port());
         let config = dir.join("garage.toml");
         // lmdb: the only database engine scripts/setup.sh builds Garage with.
         let toml = format!(
@@ -97,7 +108,7 @@ rpc_secret = "{secret}"
 
 [s3_api]
 s3_region = "garage"
-api_bind_addr = "127.0.0.1:{s3}"
+api_bind_addr = "{ip}:{s3}"
 
 [admin]
 api_bind_addr = "127.0.0.1:{admin}"
@@ -123,7 +134,7 @@ api_bind_addr = "127.0.0.1:{admin}"
             child,
             bin,
             config,
-            endpoint: format!("http://127.0.0.1:{s3}"),
+            endpoint: format!("http://{ip}:{s3}"),
             region: "garage".into(),
             bucket: "ferry".into(),
             access_key_id: String::new(),
@@ -162,7 +173,7 @@ api_bind_addr = "127.0.0.1:{admin}"
 
         // And the S3 port accepts connections.
         wait_until("garage's S3 API to listen", Duration::from_secs(10), || {
-            let ok = std::net::TcpStream::connect(("127.0.0.1", s3)).is_ok();
+            let ok = std::net::TcpStream::connect((ip, s3)).is_ok();
             async move { ok.then_some(()) }
         })
         .await;

@@ -186,6 +186,14 @@ impl Drop for Held {
     }
 }
 
+/// The holder name of the object store (--checkpoint-store) in a checkpoint's holders.
+pub const S3_HOLDER: &str = "s3";
+
+/// A checkpoint's key in the object store: by workload, oldest first.
+pub fn s3_key(info: &pb::CheckpointInfo) -> String {
+    format!("{}/{:016}-{}.obj", info.workload_id, info.taken_at_ms.max(0), info.id)
+}
+
 /// The target name a checkpoint holds a workload under (what a refused operation names).
 pub const HOLDER: &str = "a checkpoint";
 
@@ -283,13 +291,21 @@ impl Agent {
             &self.config().node,
             self.config().checkpoint_replicas,
         );
-        for (peer, shipped) in self.ship(&info, &peers).await {
+        let (shipped, stored) = tokio::join!(self.ship(&info, &peers), self.put_s3(&info));
+        for (peer, shipped) in shipped {
             match shipped {
                 Ok(()) => info.holders.push(peer.node),
                 Err(e) => {
                     tracing::warn!(id, checkpoint = info.id, peer = peer.node, %e, "cannot ship the checkpoint to a replica")
                 }
             }
+        }
+        match stored {
+            Some(Ok(())) => info.holders.push(S3_HOLDER.into()),
+            Some(Err(e)) => {
+                tracing::warn!(id, checkpoint = info.id, %e, "cannot put the checkpoint in the object store")
+            }
+            None => {}
         }
         let data_dir = self.config().data_dir.clone();
         if let Err(e) = write_info(&data_dir, &info) {

@@ -343,6 +343,12 @@ impl Agent {
                 Err(e) => tried.push(format!("{}: {e}", h.node)),
             }
         }
+        if info.holders.iter().any(|h| h == super::S3_HOLDER) {
+            match self.fetch_s3(info).await {
+                Ok(path) => return Ok(path),
+                Err(e) => tried.push(format!("{}: {e}", super::S3_HOLDER)),
+            }
+        }
         Err(AgentError::Precondition(format!(
             "no intact copy of checkpoint {} of workload {} could be had ({})",
             info.id,
@@ -381,4 +387,81 @@ fn data_parts(
         }
     });
     rx
+}
+
+impl Agent {
+    /// Puts a checkpoint's object in the object store, if there is one, and keeps the newest
+    /// `keep` of the workload there. None without a store.
+    pub(crate) async fn put_s3(&self, info: &pb::CheckpointInfo) -> Option<Result<()>> {
+        let store = self.object_store()?;
+        let path = super::object_path(&self.config().data_dir, &info.workload_id, &info.id);
+        let r = async {
+            store.put_file(&super::s3_key(info), &path).await.map_err(s3_err)?;
+            let mut all = store.list(&info.workload_id).await.map_err(s3_err)?;
+            all.sort();
+            let excess = all.len().saturating_sub(info.keep.clamp(1, 100) as usize);
+            for (key, _) in all.into_iter().take(excess) {
+                if let Err(e) = store.delete(&key).await {
+                    tracing::warn!(key, %e, "cannot delete an old checkpoint from the object store");
+                }
+            }
+            Ok(())
+        }
+        .await;
+        Some(r)
+    }
+
+    /// A checkpoint's object from the object store into this node's checkpoints, its digest
+    /// checked before it is kept.
+    pub(crate) async fn fetch_s3(&self, info: &pb::CheckpointInfo) -> Result<PathBuf> {
+        let store = self.object_store().ok_or_else(|| {
+            AgentError::Precondition(format!(
+                "node {} has no --checkpoint-store to fetch it from",
+                self.config().node
+            ))
+        })?;
+        let data_dir = self.config().data_dir.clone();
+        let dir = super::workload_dir(&data_dir, &info.workload_id);
+        crate::sys::fsmode::dir(&data_dir.join("checkpoints"), crate::sys::fsmode::DIR)
+            .and_then(|()| crate::sys::fsmode::dir(&dir, crate::sys::fsmode::DIR))
+            .map_err(|source| AgentError::Io { path: dir.clone(), source })?;
+        let partial = dir.join(format!("{}.obj.{}.part", info.id, ferry_proto::ids::new_id("s")));
+        let obj = super::object_path(&data_dir, &info.workload_id, &info.id);
+        let r = async {
+            store.get_to_file(&super::s3_key(info), &partial).await.map_err(s3_err)?;
+            let p = partial.clone();
+            let digest = tokio::task::spawn_blocking(move || super::object::digest_file(&p))
+                .await
+                .map_err(|e| AgentError::Internal(e.to_string()))?
+                .map_err(|source| AgentError::Io { path: partial.clone(), source })?;
+            if digest != info.digest {
+                return Err(AgentError::Snapshot(crate::snapshot::receive::ReceiveError::Corrupt(
+                    format!(
+                        "checkpoint object {} of workload {} in the object store ({} in bucket \
+                         {} at {}) has blake3 {digest}; its description says {}",
+                        info.id,
+                        info.workload_id,
+                        super::s3_key(info),
+                        store.bucket(),
+                        store.endpoint(),
+                        info.digest
+                    ),
+                )));
+            }
+            std::fs::rename(&partial, &obj)
+                .map_err(|source| AgentError::Io { path: obj.clone(), source })?;
+            super::write_info(&data_dir, info)
+                .map_err(|source| AgentError::Io { path: obj.clone(), source })?;
+            Ok(obj.clone())
+        }
+        .await;
+        if r.is_err() {
+            let _ = std::fs::remove_file(&partial);
+        }
+        r
+    }
+}
+
+fn s3_err(e: crate::objstore::StoreError) -> AgentError {
+    AgentError::StreamBroken(e.to_string())
 }
