@@ -839,3 +839,67 @@ async fn a_failed_restore_leaves_the_download_going_on_the_source() {
     assert!(routes_in(&c.net, 0, &addr), "host0 answers for it again");
     resets.none();
 }
+
+/// One line through an echo connection: sent, and the same line back.
+fn echo(s: &mut TcpStream, line: &str) -> std::io::Result<()> {
+    use std::io::{BufRead, Write};
+    s.write_all(format!("{line}\n").as_bytes())?;
+    let mut back = String::new();
+    BufReader::new(s.try_clone()?).read_line(&mut back)?;
+    if back.trim_end() != line {
+        return Err(std::io::Error::other(format!("sent {line:?}, got {back:?}")));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checkpoint_keeps_the_connections_of_a_workload_with_its_own_address_and_restores_it_elsewhere(
+) {
+    require_root("a_checkpoint_keeps_the_connections_of_a_workload_with_its_own_address");
+    let mut c = cluster(2, &[]).await;
+    let addr = format!("{}.209", c.net.prefix());
+    let mut sp = spec(&["python3", &workload("echoserver.py"), "7777"]);
+    sp.address = addr.clone();
+    let id = id_of(&start(&mut c.clients[0], sp).await);
+    wait_log(&c.clients[0], &id, "listening", T, |l| l.iter().any(|x| x.starts_with("listening")))
+        .await;
+    let to = format!("{addr}:7777");
+    let mut conn = connect_from(&c.client_host(), &to).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    echo(&mut conn, "before").unwrap();
+    // A checkpoint dumps the established connection (CRIU puts it in repair mode) and the
+    // workload goes on with it: the agent takes it out of repair mode before the tree resumes.
+    let info = c.clients[0]
+        .take_checkpoint(pb::WorkloadRef { id: id.clone() })
+        .await
+        .unwrap_or_else(|s| panic!("TakeCheckpoint: {s}"))
+        .into_inner();
+    eprintln!("checkpoint {}: freeze {} ms", info.id, info.freeze_ms);
+    for i in 0..20 {
+        echo(&mut conn, &format!("after {i}")).unwrap();
+    }
+    // The node goes; host1 restores the checkpoint and answers for the address from then on.
+    c.clients[0]
+        .stop_process(pb::StopProcessRequest { id: id.clone(), grace_ms: 100 })
+        .await
+        .unwrap();
+    let s = c.clients[1]
+        .restore_checkpoint(pb::RestoreCheckpointRequest {
+            checkpoint: Some(info),
+            holders: vec![pb::Peer { node: "host0".into(), address: c.agents[0].addr.clone() }],
+            restore_id: "r-own".into(),
+            reason: "test".into(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("RestoreCheckpoint: {s}"))
+        .into_inner();
+    assert_eq!(s.spec.unwrap().address, addr);
+    assert!(routes_in(&c.net, 1, &addr), "host1 routes it in");
+    assert!(!routes_in(&c.net, 0, &addr), "host0 no longer does");
+    // New connections reach the restored server; the old one was restored closed, so it fails
+    // rather than hangs.
+    let mut fresh = connect_from(&c.client_host(), &to).unwrap();
+    fresh.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    echo(&mut fresh, "restored").unwrap();
+    assert!(echo(&mut conn, "old").is_err(), "the checkpointed connection is closed on restore");
+}
