@@ -191,11 +191,13 @@ async fn a_checkpoint_is_restored_on_another_node_with_its_memory_and_files() {
 struct Cluster {
     net: Net,
     agents: Vec<Option<AgentProc>>,
-    _coord: AgentProc,
-    _data: TempDir,
+    coord: Option<AgentProc>,
+    data: TempDir,
     gw: String,
     /// The coordinator's gRPC URL, for agents started again.
     url: String,
+    /// Where the coordinator listens (gRPC, REST) and its flags, to start it again.
+    at: (String, u16, u16, Vec<String>),
 }
 
 async fn cluster(tag: &str, grace: u32) -> Cluster {
@@ -204,9 +206,14 @@ async fn cluster(tag: &str, grace: u32) -> Cluster {
     let (port, http_port) = (free_port(), free_port());
     let data = TempDir::new(tag);
     let ip = net.bridge_ip();
-    let grace = grace.to_string();
-    let coord =
-        coordinator_with(&ip, port, http_port, data.path(), &["--failover-grace-secs", &grace]);
+    let flags = vec!["--failover-grace-secs".to_string(), grace.to_string()];
+    let coord = coordinator_with(
+        &ip,
+        port,
+        http_port,
+        data.path(),
+        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     let url = format!("https://{ip}:{port}");
     let agents = (0..3).map(|i| Some(net.agent(i, &["--coordinator", &url]))).collect();
     let url = url.clone();
@@ -214,10 +221,30 @@ async fn cluster(tag: &str, grace: u32) -> Cluster {
         ["host0", "host1", "host2"].iter().all(|h| online(n, h) == Some(true))
     })
     .await;
-    Cluster { net, agents, _coord: coord, _data: data, gw: format!("{ip}:{http_port}"), url }
+    Cluster {
+        net,
+        agents,
+        coord: Some(coord),
+        data,
+        gw: format!("{ip}:{http_port}"),
+        url,
+        at: (ip, port, http_port, flags),
+    }
 }
 
 impl Cluster {
+    fn coord_addr(&self) -> String {
+        self.coord.as_ref().expect("coordinator running").addr.clone()
+    }
+
+    /// Starts the coordinator again on the same addresses and data.
+    fn start_coordinator(&mut self) {
+        let (ip, port, http, flags) = &self.at;
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        self.coord =
+            Some(harness::cluster::coordinator_with(ip, *port, *http, self.data.path(), &flags));
+    }
+
     async fn client(&self, i: usize) -> Client {
         self.agents[i].as_ref().expect("agent running").client().await
     }
@@ -431,7 +458,7 @@ async fn a_partitioned_node_fences_its_workloads_and_one_copy_runs_after_it_heal
     eprintln!("host0's copy: exit {:?}, {}", s.exit, s.lost_reason);
     assert!(s.exit.is_some() && s.lost_reason.starts_with("fenced:"), "{s:?}");
     // Healed: host0 online again, and exactly one copy runs, where the coordinator says.
-    harness::cluster::wait_nodes(&c._coord.addr, "host0 online again", |n| {
+    harness::cluster::wait_nodes(&c.coord_addr(), "host0 online again", |n| {
         harness::cluster::online(n, "host0") == Some(true)
     })
     .await;
@@ -489,7 +516,7 @@ async fn a_dead_agent_s_fd_store_fences_its_workloads_before_the_failover() {
     );
     // The agent comes back: it does not bring the workload back, and one copy runs.
     c.agents[0] = Some(c.net.restart_agent(0, old, &["--coordinator", &c.url]));
-    harness::cluster::wait_nodes(&c._coord.addr, "host0 online again", |n| {
+    harness::cluster::wait_nodes(&c.coord_addr(), "host0 online again", |n| {
         harness::cluster::online(n, "host0") == Some(true)
     })
     .await;
@@ -697,4 +724,80 @@ async fn checkpoints_land_in_a_real_object_store_and_restore_from_it() {
     let on_c = cc.clone().list_processes(pb::ListProcessesRequest {}).await.unwrap().into_inner();
     assert!(on_c.processes.is_empty(), "{on_c:?}");
     drop((a, b, c, garage, net));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_outage_longer_than_the_lease_fences_then_restores_each_workload_once() {
+    if !require_root(
+        "a_coordinator_outage_longer_than_the_lease_fences_then_restores_each_workload_once",
+    ) {
+        return;
+    }
+    let mut c = cluster("ferry-coord-outage", 6).await;
+    let gw = c.gw.clone();
+    let app = run_on(&gw, "host1", &[&workload("appender.py")], 5).await;
+    replicated(&gw, &app).await;
+    // The coordinator is gone for longer than the lease (3 s): the agents cannot tell that from
+    // being cut off, so host1 fences its protected workload.
+    drop(c.coord.take());
+    let ca = c.client(1).await;
+    let s = wait_until("host1 to fence the workload", T, || {
+        let (mut ca, app) = (ca.clone(), app.clone());
+        async move {
+            let s = ca.get_status(pb::WorkloadRef { id: app }).await.ok()?.into_inner();
+            s.lost_reason.starts_with("fenced:").then_some(s)
+        }
+    })
+    .await;
+    eprintln!("fenced while the coordinator was down: {}", s.lost_reason);
+    let at_fence = last_count(&ca, &app).await;
+    // Back: it restores the workload from its newest checkpoint, once. (Its record says
+    // "running on host1" until host1 reports again: the failover's record is what to wait for.)
+    c.start_coordinator();
+    let m = wait_until("the workload's failover", Duration::from_secs(90), || {
+        let (gw, app) = (gw.clone(), app.clone());
+        async move {
+            let (_, ms) = harness::cluster::call(&gw, "GET", "/api/migrations", None).await;
+            ms.as_array()?
+                .iter()
+                .find(|m| m["processId"] == app.as_str() && m["status"] == "completed")
+                .cloned()
+        }
+    })
+    .await;
+    assert_eq!(m["mode"], "failover", "{m}");
+    let p = wait_until("the workload to run where it was restored", T, || {
+        let (gw, app, to) = (gw.clone(), app.clone(), m["targetServerId"].clone());
+        async move {
+            let p = process(&gw, &app).await;
+            (p["status"] == "running" && p["serverId"] == to).then_some(p)
+        }
+    })
+    .await;
+    eprintln!("running again on {}", p["serverId"]);
+    // Its new log counts on from the checkpoint's count, no later than where it had got to.
+    let resumed = wait_until("it counts on", T, || {
+        let (gw, app) = (gw.clone(), app.clone());
+        async move {
+            let n = numbered(&gw, &app, "count ").await;
+            (n.len() > 3).then_some(n[0])
+        }
+    })
+    .await;
+    assert!(
+        (1..=at_fence + 1).contains(&resumed),
+        "resumed at {resumed}; counted to {at_fence} before the fence"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(copies(&c, &app).await, [p["serverId"].as_str().unwrap().to_string()]);
+    let (_, ms) = harness::cluster::call(&gw, "GET", "/api/migrations", None).await;
+    let restores: Vec<&serde_json::Value> = ms
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["processId"] == app.as_str() && m["status"] == "completed")
+        .collect();
+    assert_eq!(restores.len(), 1, "restored once: {ms}");
+    let v = verdict(&gw, &app, "journal ok", "journal FAIL").await;
+    assert!(v.starts_with("journal ok"), "{v}");
 }
