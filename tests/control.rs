@@ -953,21 +953,6 @@ async fn count_goes_on(gw: &str, id: &str, what: &str) {
     }
 }
 
-/// `ferry VERB...` against the gateway at `gw` with the operator token: (exit code, stdout,
-/// stderr).
-fn ferry_cli(gw: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["--api", &format!("http://{gw}"), "--token", OPERATOR])
-        .args(args)
-        .output()
-        .expect("run ferry");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// Pause, resume, stop, delete and a second migration of a process whose migration has not
 /// ended are refused with 409 `migrating` and a message that names the migration, its target
 /// and phase and says what to do; the migration then completes and the workload runs once, on

@@ -629,6 +629,32 @@ async fn a_workload_rolls_back_to_a_chosen_checkpoint_through_the_api() {
     let v = verdict(&gw, &app, "journal ok", "journal FAIL").await;
     assert!(v.starts_with("journal ok"), "{v}");
     assert_eq!(copies(&c, &app).await, ["host2"]);
+
+    // The CLI: the list, then forward again to the second checkpoint, on host1.
+    let (second_id, first_id) = (second["id"].as_str().unwrap(), first["id"].as_str().unwrap());
+    let (code, out, err) = harness::cluster::ferry_cli(&gw, &["checkpoints", &app]);
+    assert_eq!(code, 0, "{err}");
+    let (s_at, f_at) = (out.find(second_id), out.find(first_id));
+    assert!(s_at.is_some() && f_at.is_some() && s_at < f_at, "newest first:\n{out}");
+    let (code, out, err) = harness::cluster::ferry_cli(
+        &gw,
+        &["restore", &app, "--checkpoint", second_id, "--node", "host1"],
+    );
+    eprintln!("ferry restore: {out}{err}");
+    assert_eq!(code, 0, "{out}{err}");
+    let p = process(&gw, &app).await;
+    assert_eq!(
+        (p["serverId"].as_str(), p["status"].as_str()),
+        (Some("host1"), Some("running")),
+        "{p}"
+    );
+    let cb = c.client(1).await;
+    let lines = wait_log(&cb, &app, "the appender to count from the second checkpoint", T, |l| {
+        !counts(l).is_empty()
+    })
+    .await;
+    assert!(counts(&lines)[0] > at_first + 10, "{:?} after {at_first}", &counts(&lines)[..1]);
+    assert_eq!(copies(&c, &app).await, ["host1"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -110,3 +110,17 @@ pub async fn call(
     let body = body.map(|b| b.to_string());
     tokio::task::spawn_blocking(move || http(&addr, &method, &path, body.as_deref())).await.unwrap()
 }
+
+/// Runs the `ferry` CLI against the gateway at `gw` as the operator: (exit code, stdout, stderr).
+pub fn ferry_cli(gw: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["--api", &format!("http://{gw}"), "--token", OPERATOR])
+        .args(args)
+        .output()
+        .expect("run ferry");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
