@@ -1,7 +1,8 @@
 // End-to-end test of the dashboard against a real cluster, driven by playwright-core and the
 // system's Chromium. It creates a shell counter on node0 through the New-process dialog, moves
 // it to node1 through Migration Control (stop-and-copy), waits for it to run there and for the
-// finished migration's phase timeline, and saves screenshots. Any step that does not happen in
+// finished migration's phase timeline, takes a checkpoint of it and restores it to that checkpoint
+// through the Checkpoints panel, and saves screenshots. Any step that does not happen in
 // time, any uncaught page error and any console error fails it.
 //
 //   FERRY_E2E_URL=http://127.0.0.1:5100 [FERRY_E2E_TOKEN=...] node e2e/dashboard.e2e.mjs
@@ -131,6 +132,8 @@ try {
     if (argv !== 3) throw new Error(`the argv preview shows ${argv} words, expected 3`);
     await dialog.getByLabel('Node').selectOption('node0');
     await dialog.getByLabel('Engine').selectOption('criu');
+    // Protected, with an interval long enough that only the checkpoint taken below exists.
+    await dialog.getByLabel('Checkpoint every').fill('1h');
     await dialog.getByTestId('new-process-submit').click();
     await dialog.waitFor({ state: 'detached' });
     await row('[data-node="node0"][data-status="running"]').waitFor();
@@ -192,6 +195,26 @@ try {
     checkProblems();
     await page.getByTestId('migration-control').scrollIntoViewIfNeeded();
     await page.screenshot({ path: join(SHOTS, 'migration.png'), fullPage: true });
+  });
+
+  await step('take a checkpoint on node1 and restore the counter to it (screenshots/checkpoints.png)', async () => {
+    await row().locator('[data-action="checkpoints"]').click();
+    const panel = page.getByTestId('checkpoints-panel');
+    await panel.waitFor();
+    await panel.locator('[data-action="checkpoint-now"]').click();
+    const ck = panel.getByTestId('checkpoint-row').first();
+    await ck.waitFor();
+    // Kept on node1 and replicated to node0 (the other agent of the cluster).
+    await ck.locator('[data-testid="checkpoint-holder"][data-holder="node1"]').waitFor();
+    await ck.locator('[data-testid="checkpoint-holder"][data-holder="node0"]').waitFor();
+    await page.screenshot({ path: join(SHOTS, 'checkpoints.png'), fullPage: true });
+    await ck.locator('[data-action="restore"]').click();
+    await panel.getByTestId('restore-confirm').locator('[data-action="confirm-restore"]').click();
+    await panel.getByTestId('restore-started').waitFor();
+    if (await panel.getByTestId('restore-error').count()) throw new Error('the restore shows an error');
+    await page.locator('[data-testid="log-entry"][data-kind="restore_completed"]').first().waitFor();
+    await row('[data-status="running"]').waitFor();
+    await page.getByRole('button', { name: 'Close checkpoints' }).click();
   });
 
   await step('switch to dark mode, and keep it across a reload (screenshots/dark.png)', async () => {
