@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_api;
+pub mod bench_checkpoint;
 pub mod bench_network;
 pub mod hosts;
 pub mod supervise;

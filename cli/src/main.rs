@@ -53,6 +53,10 @@ enum BenchCommand {
     /// while N clients on a third keep a TCP connection each; report each client's stall next to
     /// the downtime, resets and reconnects.
     Network(ferry::bench_network::NetworkBenchArgs),
+    /// Protect a memhog process on one of three network-namespace hosts with a coordinator:
+    /// report each periodic checkpoint's freeze and bytes, then the time from powering its host
+    /// off to it running on another.
+    Checkpoint(ferry::bench_checkpoint::CheckpointBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -307,6 +311,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Migrate(args)) => ferry::bench::migrate(args),
         Command::Bench(BenchCommand::Api(args)) => ferry::bench_api::run(args),
         Command::Bench(BenchCommand::Network(args)) => ferry::bench_network::run(args),
+        Command::Bench(BenchCommand::Checkpoint(args)) => ferry::bench_checkpoint::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
