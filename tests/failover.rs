@@ -827,3 +827,59 @@ async fn a_coordinator_outage_longer_than_the_lease_fences_then_restores_each_wo
     let v = verdict(&gw, &app, "journal ok", "journal FAIL").await;
     assert!(v.starts_with("journal ok"), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_killed_during_a_checkpoint_leaves_its_workload_running_once_restarted() {
+    if !require_root(
+        "an_agent_killed_during_a_checkpoint_leaves_its_workload_running_once_restarted",
+    ) {
+        return;
+    }
+    let net = Net::new(1);
+    let a = net.agent(0, &[]);
+    let ca = a.client().await;
+    let hog = id_of(&start(&mut ca.clone(), spec(&[&workload("memhog"), "512", "write"])).await);
+    wait_log(&ca, &hog, "memhog to tick", T, |l| l.iter().any(|x| x.starts_with("tick "))).await;
+    // The agent dies inside the checkpoint: the tree is stopped, CRIU is dumping it.
+    let mut c2 = ca.clone();
+    let id = hog.clone();
+    let taking = tokio::spawn(async move { c2.take_checkpoint(pb::WorkloadRef { id }).await });
+    let pid = status(&mut ca.clone(), &hog).await.main_pid;
+    wait_until("the checkpoint to stop the workload", T, || async move {
+        // Stopped by the agent (T), then traced by CRIU (t).
+        stat(pid).is_some_and(|s| matches!(s.state, 'T' | 't')).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let a = net.restart_agent(0, a, &[]);
+    assert!(taking.await.unwrap().is_err(), "the checkpoint died with its agent");
+    let ca = a.client().await;
+    // The restarted agent resumes the workload an earlier one left stopped; it runs on, intact.
+    let ticks = |l: &[String]| l.iter().filter(|x| x.starts_with("tick ")).count();
+    let before =
+        ticks(&logs(&mut ca.clone(), &hog).await.into_iter().map(|l| l.text).collect::<Vec<_>>());
+    wait_log(&ca, &hog, "memhog to tick on", T, |l| ticks(l) > before + 5).await;
+    check_self(&ca, &hog, "verify ok", "verify FAIL").await;
+    // A checkpoint now works, and no half-written object was kept.
+    let info = ca
+        .clone()
+        .take_checkpoint(pb::WorkloadRef { id: hog.clone() })
+        .await
+        .unwrap_or_else(|s| panic!("TakeCheckpoint after the restart: {s}"))
+        .into_inner();
+    let held = ca
+        .clone()
+        .list_checkpoints(pb::ListCheckpointsRequest { workload_id: hog.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .checkpoints;
+    assert_eq!(held.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), [info.id.as_str()]);
+    let dir = harness::net::data_path(&a, &format!("checkpoints/{hog}"));
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| n.ends_with(".obj") || n.ends_with(".info")), "{names:?}");
+}

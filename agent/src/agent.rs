@@ -152,6 +152,7 @@ impl Agent {
         // Page streams live in memory until their PushSnapshot claims them: none survives a
         // restart, so what an earlier agent received goes (it may be a workload's memory).
         crate::migrate::pages::remove_stale(&agent);
+        agent.recover_interrupted_checkpoints();
         agent.spawn_protection();
         agent.spawn_lease_watch();
         Ok(agent)

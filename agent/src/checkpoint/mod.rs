@@ -484,6 +484,58 @@ impl Agent {
         Ok(info)
     }
 
+    /// At start: a checkpoint an earlier agent was taking when it died left its scratch directory
+    /// (`.<checkpoint>` beside the workload's objects), and maybe the workload stopped — by the
+    /// agent, then by a CRIU that may still be dumping it. Once no task of the tree is traced any
+    /// more, a tree still all stopped (and not paused by a user) has its connections taken out of
+    /// repair mode and resumes; the scratch goes.
+    pub(crate) fn recover_interrupted_checkpoints(self: &Arc<Self>) {
+        let root = self.config().data_dir.join("checkpoints");
+        let Ok(dirs) = std::fs::read_dir(&root) else { return };
+        for d in dirs.flatten() {
+            let Ok(files) = std::fs::read_dir(d.path()) else { continue };
+            let scratch: Vec<PathBuf> = files
+                .flatten()
+                .filter(|f| f.file_name().to_string_lossy().starts_with(".c-"))
+                .map(|f| f.path())
+                .collect();
+            if scratch.is_empty() {
+                continue;
+            }
+            let wid = d.file_name().to_string_lossy().into_owned();
+            let w = self.get(&wid).ok().filter(|w| w.exit_info().is_none() && !w.is_paused());
+            tracing::warn!(id = wid, "a checkpoint was cut short by the agent's death; resuming the workload once CRIU has let go of it");
+            tokio::task::spawn_blocking(move || {
+                if let Some(w) = w {
+                    let deadline = Instant::now() + CHECKPOINT_WAIT;
+                    let traced = |w: &Workload| {
+                        crate::workload::task_pids(w)
+                            .iter()
+                            .any(|&p| crate::sys::proc::tracer(p).is_some_and(|t| t > 0))
+                    };
+                    while traced(&w) && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    if crate::workload::all_stopped(&w) {
+                        crate::sys::net::unrepair_tcp(&crate::workload::task_pids(&w));
+                        match crate::workload::continue_tree(&w, &[]) {
+                            Ok(()) => tracing::info!(
+                                id = w.id(),
+                                "workload resumed after an interrupted checkpoint"
+                            ),
+                            Err(e) => {
+                                tracing::error!(id = w.id(), %e, "cannot resume the workload after an interrupted checkpoint")
+                            }
+                        }
+                    }
+                }
+                for s in scratch {
+                    let _ = std::fs::remove_dir_all(s);
+                }
+            });
+        }
+    }
+
     /// Checkpoints every protected workload whose interval has passed, one at a time, for as
     /// long as the agent lives.
     pub(crate) fn spawn_protection(self: &Arc<Self>) {
