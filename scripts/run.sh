@@ -5,4 +5,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$here/scripts/setup.sh"
-exec "$here/target/release/ferry" up "$@"
+# setup.sh installs ferry into /usr/local/bin (FERRY_BIN_DIR); without the build step, the
+# checkout's own release build.
+ferry=${FERRY_BIN_DIR:-/usr/local/bin}/ferry
+[ "${FERRY_SETUP_SKIP_BUILD:-0}" != 1 ] || ferry=$here/target/release/ferry
+exec "$ferry" up "$@"

@@ -1,6 +1,6 @@
 //! ferry's node agent: spawns workloads as PID 1 trees of their own PID namespaces, supervises
-//! them (state, CPU, memory, output), pauses, resumes and stops them, and serves all of it over
-//! gRPC. See ARCHITECTURE.md for the map and its invariants.
+//! them (state, CPU, memory, output), pauses, resumes and stops them, migrates them to other
+//! agents (CRIU or cooperative), checkpoints protected ones, and serves all of it over gRPC. See ARCHITECTURE.md for the map and its invariants.
 
 pub mod agent;
 pub mod checkpoint;

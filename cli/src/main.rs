@@ -1,4 +1,5 @@
-//! The one user-facing binary: `ferry agent`, and more subcommands as the control plane grows.
+//! The one user-facing binary: `ferry agent`, `ferry coordinator`, `ferry up`, the CLI verbs over
+//! the REST API (verbs.rs), `ferry certs` and the benchmarks.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,12 +22,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the node agent: spawn, supervise, pause and stop workloads over gRPC.
+    /// Run the node agent: spawn, supervise, pause, stop, migrate and checkpoint workloads over
+    /// gRPC.
     Agent(AgentArgs),
     /// Start a whole local cluster: coordinator, REST gateway and N agents (with root, each on its
     /// own network-namespace host). Ctrl-C tears it all down.
     Up(ferry::up::UpArgs),
-    /// Run the coordinator: the durable node registry agents register and heartbeat with.
+    /// Run the coordinator: the control plane agents register and heartbeat with (nodes,
+    /// workloads, migrations, drains, failover), with the REST API and dashboard with --http.
     Coordinator(CoordinatorArgs),
     #[command(flatten)]
     Verb(ferry::verbs::Verb),

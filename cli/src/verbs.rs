@@ -8,6 +8,101 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use serde_json::Value;
 
+/// `println!` for the verbs' output: a closed stdout (`ferry ps | head -1`) ends the verb
+/// quietly, see [`written`].
+macro_rules! outln {
+    ($($arg:tt)*) => { written(writeln!(std::io::stdout(), $($arg)*)) };
+}
+
+/// `eprintln!` for a workload's stderr lines (`ferry logs`), with [`written`]'s handling.
+macro_rules! errln {
+    ($($arg:tt)*) => { written(writeln!(std::io::stderr(), $($arg)*)) };
+}
+
+/// What a write of the verbs' output came to.
+#[derive(Debug, PartialEq)]
+enum Written {
+    Done,
+    /// Whoever read it went away (EPIPE): the output is no longer wanted.
+    Closed,
+    Failed(String),
+}
+
+fn write_outcome(r: std::io::Result<()>) -> Written {
+    match r {
+        Ok(()) => Written::Done,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Written::Closed,
+        Err(e) => Written::Failed(e.to_string()),
+    }
+}
+
+/// Ends the process when a write failed. A closed pipe ends it as it ends `ls | head`: quietly,
+/// by SIGPIPE (status 141 in a shell). Rust ignores SIGPIPE, so without this every write after
+/// the reader left fails and `println!` panics with a backtrace. Anything else (a full disk) is
+/// one error line and status 1.
+fn written(r: std::io::Result<()>) {
+    match write_outcome(r) {
+        Written::Done => {}
+        Written::Closed => {
+            // SAFETY: signal(2) and raise(3) with constant, valid arguments; nothing of this
+            // process relies on SIGPIPE being ignored from here on, as it ends.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                libc::raise(libc::SIGPIPE);
+            }
+            std::process::exit(141);
+        }
+        Written::Failed(e) => {
+            let _ = writeln!(std::io::stderr(), "ferry: cannot write the output: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Whether stdout is a pipe whose reader went away, asked without writing (as `tail -f` asks
+/// while nothing new comes: `ferry logs -f ID | head -2` ends once head has its lines).
+fn stdout_closed() -> bool {
+    reader_gone(std::os::fd::AsFd::as_fd(&std::io::stdout()))
+}
+
+/// Whether `fd` is the writing end of a pipe with no reader (poll says POLLERR).
+fn reader_gone(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: 0, revents: 0 };
+    // SAFETY: poll(2) on one pollfd whose descriptor is open (borrowed), without waiting.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n == 1 && p.revents & libc::POLLERR != 0
+}
+
+/// `text` safe to show on a terminal: control characters (escape sequences, carriage returns,
+/// line breaks, C1 controls) and the bidirectional overrides that reorder what is shown are
+/// escaped as Rust writes them (`\u{1b}`, `\r`, `\n`), so a process name, command or log line
+/// cannot drive the terminal or pass for something else. Tabs stay when `tabs` (log lines).
+fn printable(text: &str, tabs: bool) -> std::borrow::Cow<'_, str> {
+    let escaped = |c: char| match c {
+        '\t' => !tabs,
+        // Bidirectional marks, embeddings, overrides and isolates.
+        '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => {
+            true
+        }
+        c => c.is_control(),
+    };
+    if !text.chars().any(escaped) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            c if !escaped(c) => out.push(c),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        }
+    }
+    out.into()
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct Api {
     /// The REST API's address.
@@ -104,9 +199,13 @@ pub enum Verb {
         #[arg(long, conflicts_with = "mode")]
         post_copy: bool,
     },
-    /// A process's output.
+    /// A process's output, as `tail` shows a file: its last 10 lines, -n N the last N, -n +N
+    /// from line N on (-n +1: all of it), -f then follows what it writes next.
     Logs {
         id: String,
+        /// The last N lines, or with +N (e.g. +1) every line from line N on.
+        #[arg(short = 'n', long = "lines", value_name = "[+]N", default_value = "10", value_parser = parse_lines)]
+        lines: Lines,
         /// Keep following new output.
         #[arg(short, long)]
         follow: bool,
@@ -144,6 +243,90 @@ fn parse_deadline(s: &str) -> Result<u64, String> {
     n.checked_mul(mul).ok_or_else(|| format!("{s:?} is far too long a deadline"))
 }
 
+/// Which lines `ferry logs` starts with (`-n`, as `tail -n` reads it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Lines {
+    /// The last N lines (`-n N`).
+    Last(u64),
+    /// Every line from this 1-based line on (`-n +N`).
+    From(u64),
+}
+
+fn parse_lines(s: &str) -> Result<Lines, String> {
+    let bad = || format!("{s:?} is not N (the last N lines) or +N (from line N on, +1: all)");
+    match s.strip_prefix('+') {
+        Some(n) if n.bytes().all(|b| b.is_ascii_digit()) => {
+            n.parse().map(Lines::From).map_err(|_| bad())
+        }
+        Some(_) => Err(bad()),
+        None if s.bytes().all(|b| b.is_ascii_digit()) => {
+            s.parse().map(Lines::Last).map_err(|_| bad())
+        }
+        None => Err(bad()),
+    }
+}
+
+/// The most lines the gateway returns in one read (`tail`, `limit`).
+const LOG_PAGE_MAX: u64 = 10_000;
+/// Lines asked for per read while catching up.
+const LOG_PAGE: u64 = 1000;
+
+/// `ferry logs`: the lines `lines` asks for, then, with `follow`, what the process writes next.
+fn logs(c: &Client, id: &str, lines: Lines, follow: bool, json: bool) -> anyhow::Result<()> {
+    let show = |v: &Value| {
+        let mut shown = 0;
+        for l in items(&v["lines"]) {
+            if json {
+                outln!("{l}");
+            } else if l["stream"] == "stderr" {
+                errln!("{}", printable(l["text"].as_str().unwrap_or(""), true));
+            } else {
+                outln!("{}", printable(l["text"].as_str().unwrap_or(""), true));
+            }
+            shown += 1;
+        }
+        shown
+    };
+    let path = format!("/api/processes/{id}/logs");
+    let mut from = match lines {
+        Lines::From(n) => n.saturating_sub(1),
+        Lines::Last(n) => {
+            // The gateway answers the last lines itself, up to a page; for more, where they
+            // start, and they are read on from there.
+            let v = c.call(
+                "GET",
+                &format!("{path}?tail={}", if n <= LOG_PAGE_MAX { n } else { 0 }),
+                None,
+            )?;
+            let next = v["next"].as_u64().unwrap_or(0);
+            if n > LOG_PAGE_MAX {
+                next.saturating_sub(n)
+            } else {
+                show(&v);
+                if !follow {
+                    return Ok(());
+                }
+                next
+            }
+        }
+    };
+    loop {
+        let v = c.call("GET", &format!("{path}?from={from}&limit={LOG_PAGE}"), None)?;
+        let shown = show(&v);
+        from = v["next"].as_u64().unwrap_or(from + shown as u64);
+        if shown < LOG_PAGE as usize {
+            // Caught up with the log.
+            if !follow {
+                return Ok(());
+            }
+            if stdout_closed() {
+                written(Err(std::io::ErrorKind::BrokenPipe.into()));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
 /// `--checkpoint-every`: seconds, as `--deadline` reads them, from 5 to 86400.
 fn parse_every(s: &str) -> Result<u64, String> {
     let secs = parse_deadline(s)?;
@@ -160,7 +343,7 @@ pub fn run(api: Api, verb: Verb) -> anyhow::Result<u8> {
         Verb::Nodes => {
             let v = c.call("GET", "/api/servers", None)?;
             if api.json {
-                println!("{v}");
+                outln!("{v}");
             } else {
                 table(
                     &[
@@ -204,7 +387,7 @@ pub fn run(api: Api, verb: Verb) -> anyhow::Result<u8> {
                 None,
             )?;
             if api.json {
-                println!("{v}");
+                outln!("{v}");
             } else {
                 table(
                     &[
@@ -302,7 +485,7 @@ pub fn run(api: Api, verb: Verb) -> anyhow::Result<u8> {
         Verb::Checkpoints { id } => {
             let v = c.call("GET", &format!("/api/processes/{id}/checkpoints"), None)?;
             if api.json {
-                println!("{v}");
+                outln!("{v}");
             } else {
                 table(
                     &["ID", "SEQ", "TAKEN", "SIZE", "FREEZE", "HOLDERS"],
@@ -313,12 +496,16 @@ pub fn run(api: Api, verb: Verb) -> anyhow::Result<u8> {
         Verb::Checkpoint { id } => {
             let k = c.call("POST", &format!("/api/processes/{id}/checkpoints"), None)?;
             if api.json {
-                println!("{k}");
+                outln!("{k}");
             } else {
                 let r = checkpoint_row(&k);
-                println!(
+                outln!(
                     "checkpoint {} of {id} taken (seq {}, {}, frozen {}, held by {})",
-                    r[0], r[1], r[3], r[4], r[5]
+                    r[0],
+                    r[1],
+                    r[3],
+                    r[4],
+                    r[5]
                 );
             }
         }
@@ -328,31 +515,12 @@ pub fn run(api: Api, verb: Verb) -> anyhow::Result<u8> {
         Verb::Cordon { node } => cordon(&c, &node, true, api.json)?,
         Verb::Uncordon { node } => cordon(&c, &node, false, api.json)?,
         Verb::Drain { node, deadline } => return drain(&c, &node, deadline, api.json),
-        Verb::Logs { id, follow } => {
-            let mut from = 0u64;
-            loop {
-                let v = c.call("GET", &format!("/api/processes/{id}/logs?from={from}"), None)?;
-                for l in items(&v["lines"]) {
-                    if api.json {
-                        println!("{l}");
-                    } else if l["stream"] == "stderr" {
-                        eprintln!("{}", s(&l["text"]));
-                    } else {
-                        println!("{}", s(&l["text"]));
-                    }
-                }
-                from = v["next"].as_u64().unwrap_or(from);
-                if !follow {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(300));
-            }
-        }
+        Verb::Logs { id, lines, follow } => logs(&c, &id, lines, follow, api.json)?,
         Verb::Events => c.events(|e| {
             if api.json {
-                println!("{e}");
+                outln!("{e}");
             } else {
-                println!(
+                outln!(
                     "{} {:5} {:22} {}",
                     s(&e["at"]),
                     s(&e["level"]),
@@ -398,7 +566,7 @@ fn restore(
     let m = c.call("POST", &format!("/api/processes/{id}/restore"), Some(body))?;
     let mid = s(&m["id"]);
     if !json {
-        println!(
+        outln!(
             "restore {mid}: {id} from {} onto {}{}",
             s(&m["sourceServerId"]),
             s(&m["targetServerId"]),
@@ -414,21 +582,20 @@ fn restore(
             break m;
         }
         if !json && status != last {
-            println!("  {:>7.1}s  {status}", started.elapsed().as_secs_f64());
+            outln!("  {:>7.1}s  {status}", started.elapsed().as_secs_f64());
             last = status;
         }
         std::thread::sleep(Duration::from_millis(200));
     };
     if json {
-        println!("{m}");
+        outln!("{m}");
     } else {
-        println!(
+        outln!(
             "{}: {}",
             s(&m["status"]),
-            m["error"].as_str().map(str::to_string).unwrap_or_else(|| format!(
-                "{id} runs on {} from the checkpoint",
-                s(&m["targetServerId"])
-            ))
+            m["error"].as_str().map(|e| printable(e, false).into_owned()).unwrap_or_else(
+                || format!("{id} runs on {} from the checkpoint", s(&m["targetServerId"]))
+            )
         );
     }
     Ok(if m["status"] == "completed" { 0 } else { 1 })
@@ -442,9 +609,9 @@ fn cordon(c: &Client, node: &str, cordon: bool, json: bool) -> anyhow::Result<()
     };
     let n = c.call("POST", &format!("/api/servers/{node}/{what}"), None)?;
     if json {
-        println!("{n}");
+        outln!("{n}");
     } else {
-        println!("{} {done}", s(&n["id"]));
+        outln!("{} {done}", s(&n["id"]));
     }
     Ok(())
 }
@@ -456,14 +623,14 @@ fn drain(c: &Client, node: &str, deadline: Option<u64>, json: bool) -> anyhow::R
     let d = c.call("POST", &format!("/api/servers/{node}/drain"), body)?;
     let id = s(&d["id"]);
     if !json {
-        println!(
+        outln!(
             "drain {id} of {node}: {} processes, estimated {:.1} s{}",
             items(&d["workloads"]).count(),
             d["estimateMs"].as_f64().unwrap_or(0.0) / 1000.0,
             deadline.map(|d| format!(" (deadline {d} s)")).unwrap_or_default()
         );
-        if let Some(m) = d["message"].as_str() {
-            println!("  {m}");
+        if let Some(m) = d["message"].as_str().map(|m| printable(m, false)) {
+            outln!("  {m}");
         }
     }
     let started = Instant::now();
@@ -477,8 +644,11 @@ fn drain(c: &Client, node: &str, deadline: Option<u64>, json: bool) -> anyhow::R
                     continue;
                 }
                 let secs = started.elapsed().as_secs_f64();
-                let err = w["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default();
-                println!(
+                let err = w["error"]
+                    .as_str()
+                    .map(|e| format!(": {}", printable(e, false)))
+                    .unwrap_or_default();
+                outln!(
                     "  {secs:>6.1}s  {p:<16} {st:<11} -> {} ({}, {} MiB, migration {}){err}",
                     s(&w["targetServerId"]),
                     s(&w["mode"]),
@@ -494,9 +664,9 @@ fn drain(c: &Client, node: &str, deadline: Option<u64>, json: bool) -> anyhow::R
         std::thread::sleep(Duration::from_millis(250));
     };
     if json {
-        println!("{d}");
+        outln!("{d}");
     } else {
-        println!("{}: {}", s(&d["status"]), s(&d["message"]));
+        outln!("{}: {}", s(&d["status"]), s(&d["message"]));
     }
     Ok(if d["status"] == "completed" { 0 } else { 1 })
 }
@@ -510,7 +680,7 @@ fn migrate(c: &Client, id: &str, to: Option<&str>, mode: &str, json: bool) -> an
     let mid = s(&m["id"]);
     let to = s(&m["targetServerId"]);
     if !json {
-        println!(
+        outln!(
             "migration {mid}: {id} from {} to {to} ({})",
             s(&m["sourceServerId"]),
             s(&m["mode"])
@@ -533,39 +703,43 @@ fn migrate(c: &Client, id: &str, to: Option<&str>, mode: &str, json: bool) -> an
             let secs = started.elapsed().as_secs_f64();
             if tty {
                 // One line, redrawn: the phases as a bar, and the bytes moved so far.
-                print!(
+                let mut out = std::io::stdout();
+                written(write!(
+                    out,
                     "\r  {}  {:>7.1}s  {status:<11} {:>8.1} MB raw {:>8.1} MB wire\x1b[K",
                     phase_bar(&status),
                     secs,
                     raw as f64 / 1e6,
                     wire as f64 / 1e6
-                );
-                let _ = std::io::stdout().flush();
+                ));
+                written(out.flush());
                 bar_shown = true;
             } else if status != last {
-                println!("  {secs:>7.1}s  {status}  {:.1} MB raw so far", raw as f64 / 1e6);
+                outln!("  {secs:>7.1}s  {status}  {:.1} MB raw so far", raw as f64 / 1e6);
             }
             last = status;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
     if bar_shown {
-        println!();
+        outln!();
     }
     if json {
-        println!("{m}");
+        outln!("{m}");
     } else {
         let ms = |k: &str| m[k].as_i64().map(|v| format!("{v} ms")).unwrap_or_else(|| "-".into());
         // The whole record: the progress lines above show only the phases the polls caught.
         for p in items(&m["phases"]) {
-            println!("  phase {}", s(&p["phase"]));
+            outln!("  phase {}", s(&p["phase"]));
         }
-        println!(
+        outln!(
             "{}: {}",
             s(&m["status"]),
-            m["error"].as_str().unwrap_or("the process runs on the target")
+            m["error"]
+                .as_str()
+                .map_or("the process runs on the target".into(), |e| printable(e, false))
         );
-        println!(
+        outln!(
             "  freeze {}  dump {}  transfer {}  restore {}  downtime {}",
             ms("freezeMs"),
             ms("dumpMs"),
@@ -576,7 +750,7 @@ fn migrate(c: &Client, id: &str, to: Option<&str>, mode: &str, json: bool) -> an
         let raw = m["bytesRaw"].as_u64().unwrap_or(0);
         let wire = m["bytesWire"].as_u64().unwrap_or(0);
         let transfer = m["transferMs"].as_i64().unwrap_or(0).max(1) as f64 / 1000.0;
-        println!(
+        outln!(
             "  bytes {:.1} MB raw, {:.1} MB on the wire, {:.0} MB/s",
             raw as f64 / 1e6,
             wire as f64 / 1e6,
@@ -602,10 +776,13 @@ fn status_of(p: &Value) -> String {
 
 fn print_process(p: &Value, json: bool, what: &str) {
     if json {
-        println!("{p}");
+        outln!("{p}");
     } else {
-        let address = p["address"].as_str().map(|a| format!(", address {a}")).unwrap_or_default();
-        println!(
+        let address = p["address"]
+            .as_str()
+            .map(|a| format!(", address {}", printable(a, false)))
+            .unwrap_or_default();
+        outln!(
             "{} {what} ({} on {}, {}{address})",
             s(&p["id"]),
             s(&p["name"]),
@@ -615,9 +792,10 @@ fn print_process(p: &Value, json: bool, what: &str) {
     }
 }
 
+/// A JSON value as a table cell or part of a line, with [`printable`] strings.
 fn s(v: &Value) -> String {
     match v {
-        Value::String(s) => s.clone(),
+        Value::String(s) => printable(s, false).into_owned(),
         Value::Null => "-".into(),
         other => other.to_string(),
     }
@@ -641,7 +819,7 @@ fn table(head: &[&str], rows: Vec<Vec<String>>) {
     let line = |cells: Vec<String>| {
         let out: Vec<String> =
             cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = w[i])).collect();
-        println!("{}", out.join("  ").trim_end());
+        outln!("{}", out.join("  ").trim_end());
     };
     line(head.iter().map(|h| h.to_string()).collect());
     for r in rows {
@@ -731,7 +909,7 @@ impl Client {
         if !(200..300).contains(&code) {
             let msg = v["error"]["message"]
                 .as_str()
-                .map(str::to_string)
+                .map(|m| printable(m, false).into_owned())
                 .unwrap_or_else(|| format!("HTTP {code}"));
             bail!("{msg}");
         }
@@ -756,7 +934,9 @@ impl Client {
             let msg = rest
                 .split_once("\r\n\r\n")
                 .and_then(|(_, b)| serde_json::from_str::<Value>(b).ok())
-                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                .and_then(|v| {
+                    v["error"]["message"].as_str().map(|m| printable(m, false).into_owned())
+                })
                 .unwrap_or_else(|| format!("HTTP {code}"));
             bail!("{msg}");
         }
@@ -775,7 +955,55 @@ impl Client {
 
 #[cfg(test)]
 mod tests {
-    use super::{checkpoint_row, parse_deadline, parse_every};
+    use super::{
+        checkpoint_row, parse_deadline, parse_every, parse_lines, printable, reader_gone, s,
+        write_outcome, Lines, Written,
+    };
+    use std::io::Write;
+
+    #[test]
+    fn a_write_to_a_pipe_nobody_reads_is_closed_not_a_failure() {
+        // As `ferry ps | head -1` leaves stdout once head has its line (tests, like ferry,
+        // run with SIGPIPE ignored, so the write fails with EPIPE).
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        assert_eq!(write_outcome(writeln!(writer, "ID  NAME")), Written::Done);
+        drop(reader);
+        assert_eq!(write_outcome(writeln!(writer, "w-1  sleep")), Written::Closed);
+        // `ferry logs -f` asks without writing.
+        let (reader, writer) = std::io::pipe().unwrap();
+        assert!(!reader_gone(std::os::fd::AsFd::as_fd(&writer)));
+        drop(reader);
+        assert!(reader_gone(std::os::fd::AsFd::as_fd(&writer)));
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        assert!(matches!(write_outcome(Err(full)), Written::Failed(e) if e.contains("space")));
+    }
+
+    #[test]
+    fn control_characters_are_shown_escaped_not_sent_to_the_terminal() {
+        assert_eq!(printable("redis-server *:6379", false), "redis-server *:6379");
+        assert_eq!(printable("héllo wörld ✓", false), "héllo wörld ✓");
+        assert_eq!(
+            printable("\x1b]0;pwned\x07x\x1b[2J", false),
+            "\\u{1b}]0;pwned\\u{7}x\\u{1b}[2J"
+        );
+        assert_eq!(printable("a\rb\nc\td\u{7f}\u{9b}", false), "a\\rb\\nc\\td\\u{7f}\\u{9b}");
+        // Tabs stay in log lines; bidirectional overrides never.
+        assert_eq!(printable("a\tb\u{202e}cba", true), "a\tb\\u{202e}cba");
+        // Every string a table or a line shows goes through it.
+        assert_eq!(s(&serde_json::json!("evil\x1b[31m")), "evil\\u{1b}[31m");
+        assert_eq!(s(&serde_json::json!(42)), "42");
+    }
+
+    #[test]
+    fn log_lines_read_as_tail_reads_them() {
+        assert_eq!(parse_lines("10"), Ok(Lines::Last(10)));
+        assert_eq!(parse_lines("0"), Ok(Lines::Last(0)));
+        assert_eq!(parse_lines("+1"), Ok(Lines::From(1)));
+        assert_eq!(parse_lines("+250"), Ok(Lines::From(250)));
+        for bad in ["", "+", "-5", "1k", "+-1", "ten", "99999999999999999999999"] {
+            assert!(parse_lines(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn checkpoint_intervals_read_seconds_and_minutes_within_5s_to_a_day() {

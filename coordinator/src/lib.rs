@@ -1,7 +1,8 @@
-//! ferry's coordinator. Today: the node registry — agents register and heartbeat with their host
-//! facts, a node is offline after missed heartbeats and online again when they resume, and all
-//! of it lives in SQLite (`<data dir>/ferry.db`), so a restart forgets nothing. The workload
-//! table, the migration state machine and the REST gateway build on this.
+//! ferry's coordinator: the node registry (agents register and heartbeat with their host facts
+//! and workloads; a node is offline after missed heartbeats), the workload table, migrations,
+//! placement, cordons and drains, workloads' own addresses, checkpoints and failover, and the
+//! events, all in SQLite (`<data dir>/ferry.db`), so a restart forgets nothing. The REST gateway
+//! builds on it. See ARCHITECTURE.md for the map.
 
 pub mod agents;
 mod drain;

@@ -551,21 +551,73 @@ async fn delete_process(State(c): State<Arc<Coordinator>>, Path(id): Path<String
     control(State(c), Path(id), "stop").await
 }
 
+/// The most lines one log read returns (`limit`, `tail`).
+const LOG_PAGE_MAX: u32 = 10_000;
+
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct LogQuery {
     #[serde(default)]
-    from: u64,
+    from: Option<u64>,
     #[serde(default)]
     limit: Option<u32>,
+    /// The last this many lines (as `tail -n`), instead of `from` and `limit`.
+    #[serde(default)]
+    tail: Option<u32>,
+}
+
+/// Which lines of a log a query asks for.
+#[derive(Debug, PartialEq)]
+enum LogPage {
+    /// At most `limit` lines from line `from` on (0-based).
+    From { from: u64, limit: u32 },
+    /// The last `n` lines.
+    Tail(u32),
+}
+
+impl LogQuery {
+    fn page(&self) -> Result<LogPage, ApiError> {
+        match (self.tail, self.from, self.limit) {
+            (Some(n), None, None) if n <= LOG_PAGE_MAX => Ok(LogPage::Tail(n)),
+            (Some(n), None, None) => Err(ApiError::bad_request(format!(
+                "tail={n} is above {LOG_PAGE_MAX} lines; page with from and limit for more"
+            ))),
+            (Some(_), _, _) => Err(ApiError::bad_request(
+                "tail (the last N lines) goes without from and limit".into(),
+            )),
+            (None, from, limit) => Ok(LogPage::From {
+                from: from.unwrap_or(0),
+                limit: limit.unwrap_or(1000).min(LOG_PAGE_MAX),
+            }),
+        }
+    }
+}
+
+/// The first line of the last `n` of a log of `count` lines.
+fn tail_start(count: u64, n: u32) -> u64 {
+    count.saturating_sub(u64::from(n))
 }
 
 async fn logs(
     State(c): State<Arc<Coordinator>>,
     Path(id): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<LogQuery>,
+    query: Result<axum::extract::Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Api<serde_json::Value> {
-    let r = c.logs(&id, q.from, q.limit.unwrap_or(1000).min(10_000)).await?;
+    let axum::extract::Query(q) = query.map_err(|e| {
+        ApiError::bad_request(format!("{}; use ?tail=N, or ?from=LINE&limit=N", e.body_text()))
+    })?;
+    let r = match q.page()? {
+        LogPage::From { from, limit } => c.logs(&id, from, limit).await?,
+        LogPage::Tail(n) => {
+            // A read past the end reads nothing and answers the line count as `next_line`.
+            let count = c.logs(&id, u64::MAX, 1).await?.next_line;
+            if n == 0 {
+                ferry_proto::agent::GetLogsResponse { lines: Vec::new(), next_line: count }
+            } else {
+                c.logs(&id, tail_start(count, n), n).await?
+            }
+        }
+    };
     let lines: Vec<serde_json::Value> = r
         .lines
         .into_iter()
@@ -933,6 +985,32 @@ mod tests {
     fn mapped(e: CoordError) -> (StatusCode, &'static str, String) {
         let a = ApiError::from(e);
         (a.status, a.code, a.message)
+    }
+
+    fn log_page(query: &str) -> Result<LogPage, String> {
+        let uri: axum::http::Uri = format!("/api/processes/w-1/logs?{query}").parse().unwrap();
+        let q = axum::extract::Query::<LogQuery>::try_from_uri(&uri).map_err(|e| e.body_text())?;
+        q.page().map_err(|e| e.message)
+    }
+
+    #[test]
+    fn a_log_read_is_a_page_from_a_line_or_the_last_n_lines() {
+        assert_eq!(log_page(""), Ok(LogPage::From { from: 0, limit: 1000 }));
+        assert_eq!(log_page("from=7&limit=20"), Ok(LogPage::From { from: 7, limit: 20 }));
+        assert_eq!(log_page("limit=999999"), Ok(LogPage::From { from: 0, limit: 10_000 }));
+        assert_eq!(log_page("tail=10"), Ok(LogPage::Tail(10)));
+        assert_eq!(log_page("tail=0"), Ok(LogPage::Tail(0)));
+        assert_eq!(log_page("tail=10000"), Ok(LogPage::Tail(10_000)));
+        assert!(log_page("tail=10001").unwrap_err().contains("above 10000"));
+        for both in ["tail=5&from=0", "tail=5&limit=5"] {
+            assert!(log_page(both).unwrap_err().contains("without from and limit"), "{both}");
+        }
+        assert!(log_page("tail=-1").is_err());
+        // The last n of a log of `count` lines start at count - n, or at its start.
+        assert_eq!(tail_start(1500, 10), 1490);
+        assert_eq!(tail_start(1500, 0), 1500);
+        assert_eq!(tail_start(4, 10), 0);
+        assert_eq!(tail_start(0, 10), 0);
     }
 
     #[test]
