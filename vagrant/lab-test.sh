@@ -25,7 +25,7 @@ if [ -z "${FERRY_TOKEN:-}" ] && [ -s "$here/vagrant/bin/api-tokens" ]; then
   export FERRY_TOKEN
 fi
 step() { printf '[lab] %s (%ss)\n' "$*" "$SECONDS"; }
-# Every line of a process's output, paged through the REST API (`ferry logs` shows one page).
+# Every line of a process's output, paged through the REST API (as `ferry logs -n +1 ID` prints it).
 alllogs() {
   python3 - "$FERRY_API" "$1" <<'PY'
 import json, os, sys, urllib.request
