@@ -201,6 +201,10 @@ fn migration_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MigrationRow> {
 
 pub struct Store {
     conn: Mutex<Connection>,
+    /// Bumped by every write that may change the set of finished migrations (an end, an
+    /// import, a prune, a forget): the key of figures over the finished history, which a
+    /// heartbeat or a running migration's progress leaves alone.
+    finished_changes: std::sync::atomic::AtomicU64,
 }
 
 const SCHEMA: &str = "
@@ -245,7 +249,8 @@ CREATE TABLE IF NOT EXISTS events (
 -- Reads that must not grow with history: the migrations that have not ended (a partial index,
 -- used by queries that say `status NOT IN ('completed', 'rolled_back', 'failed')` verbatim),
 -- pages of the history newest first, a process's, a status's, a source node's; a node's
--- workloads; a process's events.
+-- workloads (the ended ones: `workloads_ended`, made once the column exists); a process's
+-- events.
 CREATE INDEX IF NOT EXISTS migrations_unfinished ON migrations (process_id)
     WHERE status NOT IN ('completed', 'rolled_back', 'failed');
 CREATE INDEX IF NOT EXISTS migrations_by_started ON migrations (started_at_ms, id);
@@ -440,7 +445,13 @@ impl Store {
                     .map_err(open)?;
             }
         }
-        Ok(Store { conn: Mutex::new(conn) })
+        // The ended ones, pruned by every sweep (after the upgrade: the column may be new).
+        conn.execute_batch(
+            "CREATE INDEX IF NOT EXISTS workloads_ended ON workloads (ended_at_ms)
+             WHERE ended_at_ms IS NOT NULL",
+        )
+        .map_err(open)?;
+        Ok(Store { conn: Mutex::new(conn), finished_changes: Default::default() })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -630,6 +641,7 @@ impl Store {
             params![why, now_ms],
         )?;
         tx.commit()?;
+        self.finished_changed();
         Ok(nodes)
     }
 
@@ -639,6 +651,7 @@ impl Store {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', ?7)",
             params![m.id, m.process_id, m.source, m.target, m.mode, m.status, m.started_at_ms],
         )?;
+        self.finished_changed();
         Ok(())
     }
 
@@ -654,6 +667,7 @@ impl Store {
             "UPDATE migrations SET status = ?2, error = ?3, result = ?4, finished_at_ms = ?5 WHERE id = ?1",
             params![id, status, error, result, now_ms],
         )?;
+        self.finished_changed();
         Ok(())
     }
 
@@ -683,6 +697,7 @@ impl Store {
             }
         }
         tx.commit()?;
+        self.finished_changed();
         Ok(())
     }
 
@@ -837,6 +852,20 @@ impl Store {
         Ok(())
     }
 
+    fn finished_changed(&self) {
+        self.finished_changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Changes whenever the finished migrations may have changed (an end, an insert, an import,
+    /// a prune, `forget_nodes`, or another connection's commit), and not with heartbeats or a
+    /// running migration's progress: a key for figures over them. Bumped once the write is
+    /// done, so figures computed during it are computed again at the next call.
+    pub fn finished_generation(&self) -> Result<(u64, i64), StoreError> {
+        let c = self.conn();
+        let other: i64 = c.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        Ok((self.finished_changes.load(std::sync::atomic::Ordering::SeqCst), other))
+    }
+
     /// Changes whenever anything is written to the store, by this connection or another: a key
     /// for figures computed from it.
     pub fn generation(&self) -> Result<(u64, i64), StoreError> {
@@ -882,6 +911,9 @@ impl Store {
                  ORDER BY started_at_ms, id LIMIT ?4)",
             params![edge_ms, edge_id, cutoff, PRUNE_BATCH as i64],
         )?;
+        if n > 0 {
+            self.finished_changed();
+        }
         Ok(n)
     }
 
@@ -2019,6 +2051,18 @@ mod tests {
         // Another connection's write (another process on the same file) counts too.
         Store::open(&path).unwrap().register("b", "http://b", b"", 2).unwrap();
         assert_ne!(s.generation().unwrap(), g1);
+        // The finished history's generation ignores heartbeats and progress, not an end.
+        let f0 = s.finished_generation().unwrap();
+        s.heartbeat("a", b"", 0, 3).unwrap();
+        s.insert_migration(&mig("m-1", "w", "post-copy", "pending", 4)).unwrap();
+        let f1 = s.finished_generation().unwrap();
+        assert_ne!(f1, f0, "an insert may be a finished one");
+        s.set_migration_progress("m-1", b"x").unwrap();
+        s.set_migration_phase("m-1", "transfer").unwrap();
+        s.heartbeat("a", b"", 0, 5).unwrap();
+        assert_eq!(s.finished_generation().unwrap(), f1);
+        s.finish_migration("m-1", "completed", "", None, 6).unwrap();
+        assert_ne!(s.finished_generation().unwrap(), f1);
     }
 
     #[test]

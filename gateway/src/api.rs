@@ -1077,10 +1077,17 @@ impl MigrationFigures {
     }
 }
 
-/// The finished migrations' figures, read again only when the store changed since they were
-/// last computed.
+/// The finished migrations' figures, read again only when the finished history changed since
+/// they were last computed.
 pub(crate) fn migration_figures(c: &Coordinator) -> Result<Arc<MigrationFigures>, ApiError> {
-    let key = c.store_key(&())?;
+    // Keyed by the finished history alone: heartbeats and running migrations' progress do not
+    // make it read the history again.
+    let key = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        c.store().finished_generation()?.hash(&mut h);
+        h.finish()
+    };
     c.memo("migration_figures", key, || -> Result<MigrationFigures, ApiError> {
         let mut f = MigrationFigures::default();
         c.store().finished_migrations(|status, result| f.add(status, result))?;
