@@ -1355,4 +1355,46 @@ mod tests {
         beat(&s, "src", vec![with_address(status("w-1", "", Some(now_ms())), "10.9.0.1")]).await;
         assert_eq!(s.0.store.addresses().unwrap(), [("10.9.0.2".into(), "w-2".into())]);
     }
+
+    #[test]
+    fn the_history_is_pruned_by_its_flags_a_batch_at_a_time_at_most_once_a_minute() {
+        let d = tempfile::tempdir().unwrap();
+        let config = CoordinatorConfig {
+            keep_migrations: Retention { keep: 1, max_age_ms: 0 },
+            keep_events: Retention { keep: 2, max_age_ms: 0 },
+            ..CoordinatorConfig::new(d.path().to_path_buf(), ferry_proto::tls::Wire::Insecure)
+        };
+        let c = Coordinator::open(config).unwrap();
+        let rows: Vec<MigrationRow> = (0..3)
+            .map(|i| MigrationRow {
+                id: format!("m-{i}"),
+                process_id: "w".into(),
+                source: "a".into(),
+                target: "b".into(),
+                mode: "stop-and-copy".into(),
+                status: "completed".into(),
+                error: String::new(),
+                result: None,
+                started_at_ms: i,
+                finished_at_ms: Some(i + 1),
+            })
+            .collect();
+        c.store.import_migrations(&rows).unwrap();
+        for i in 0..4 {
+            c.emit("node_online", "info", "a", "", format!("event {i}")).unwrap();
+        }
+        // Older than the age (0): strictly before now.
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(c.prune_history().unwrap(), (2, 2));
+        let left: Vec<String> = c.migrations().unwrap().into_iter().map(|m| m.id).collect();
+        assert_eq!(left, ["m-2"], "the newest kept");
+        c.store
+            .import_migrations(&[MigrationRow {
+                id: "m-3".into(),
+                started_at_ms: 3,
+                ..rows[0].clone()
+            }])
+            .unwrap();
+        assert_eq!(c.prune_history().unwrap(), (0, 0), "not again within the minute");
+    }
 }
