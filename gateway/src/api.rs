@@ -330,7 +330,7 @@ async fn processes(
         )
         .into_response());
     };
-    let limit = page_limit(Some(limit), limit)?;
+    let limit = page_limit(Some(limit), MAX_PAGE)?;
     // Ended ones are left out by the query (a workload is recorded ended exactly when the API
     // shows it exited or failed), so a page is full whenever more may follow.
     let page: Vec<Process> = c
@@ -1457,5 +1457,6 @@ mod tests {
         assert_eq!((status, p["id"].as_str()), (StatusCode::OK, Some("w-3")));
         assert_eq!(call(&app, "/api/processes/w-9").await.0, StatusCode::NOT_FOUND);
         assert_eq!(call(&app, "/api/processes?after=w-1").await.0, StatusCode::BAD_REQUEST);
+        assert_eq!(call(&app, "/api/processes?limit=0").await.0, StatusCode::BAD_REQUEST);
     }
 }
