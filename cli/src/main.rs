@@ -93,6 +93,21 @@ struct CoordinatorArgs {
     /// ended; then the coordinator forgets it.
     #[arg(long, env = "FERRY_KEEP_ENDED_SECS", default_value_t = 86_400)]
     keep_ended_secs: u64,
+    /// Finished migrations kept beyond --keep-migrations-secs: the newest this many. A finished
+    /// migration is forgotten once it is both older than that age and not among these (one
+    /// that has not ended never is).
+    #[arg(long, env = "FERRY_KEEP_MIGRATIONS", default_value_t = 10_000)]
+    keep_migrations: u64,
+    /// Seconds every finished migration is kept, however many there are (default 30 days).
+    #[arg(long, env = "FERRY_KEEP_MIGRATIONS_SECS", default_value_t = 30 * 86_400)]
+    keep_migrations_secs: u64,
+    /// Events (GET /api/logs, `ferry events`) kept beyond --keep-events-secs: the newest this
+    /// many.
+    #[arg(long, env = "FERRY_KEEP_EVENTS", default_value_t = 100_000)]
+    keep_events: u64,
+    /// Seconds every event is kept, however many there are (default 30 days).
+    #[arg(long, env = "FERRY_KEEP_EVENTS_SECS", default_value_t = 30 * 86_400)]
+    keep_events_secs: u64,
     /// Forget the nodes of an earlier run (and what they ran) at start; live agents register
     /// again. For a new cluster on an old data dir, as `ferry up` starts one.
     #[arg(long)]
@@ -445,6 +460,8 @@ fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         forget_nodes: args.forget_nodes,
         drain_concurrency: args.drain_concurrency as usize,
         failover_grace: Duration::from_secs(args.failover_grace_secs),
+        keep_migrations: retention(args.keep_migrations, args.keep_migrations_secs),
+        keep_events: retention(args.keep_events, args.keep_events_secs),
         migration_fault: args.test_migration_fault.as_deref().map(migration_fault).transpose()?,
         test_crash_at: args.test_crash_at.as_deref().map(|a| match a {
             "accepted" => ferry_coordinator::CoordCrash::Accepted,
@@ -510,4 +527,12 @@ async fn shutdown_signal() {
         _ = int.recv() => {}
     }
     tracing::info!("shutting down");
+}
+
+/// A history's retention from its flags: `keep` newest, and any younger than `secs`.
+fn retention(keep: u64, secs: u64) -> ferry_coordinator::Retention {
+    ferry_coordinator::Retention {
+        keep,
+        max_age_ms: secs.saturating_mul(1000).min(i64::MAX as u64) as i64,
+    }
 }

@@ -51,19 +51,14 @@ impl Coordinator {
 
     /// Stop-and-copy's rate on `node` from its last completed stop-and-copy migrations.
     fn rates(&self, node: &str) -> Result<Rates, CoordError> {
-        let recent: Vec<(u64, u64)> = self
-            .store
-            .migrations()?
-            .into_iter()
-            .rev()
-            .filter(|m| m.source == node && m.status == "completed" && m.mode == "stop-and-copy")
-            .filter_map(|m| {
-                let r = apb::MigrationResult::decode(m.result.as_deref()?).ok()?;
-                let ms = (m.finished_at_ms? - m.started_at_ms).max(0) as u64;
-                Some((r.bytes_raw, ms))
-            })
-            .take(RECENT)
-            .collect();
+        let mut recent: Vec<(u64, u64)> = Vec::new();
+        self.store.completed_from(node, "stop-and-copy", |m| {
+            let figures = m.result.as_deref().and_then(|b| apb::MigrationResult::decode(b).ok());
+            if let (Some(r), Some(end)) = (figures, m.finished_at_ms) {
+                recent.push((r.bytes_raw, (end - m.started_at_ms).max(0) as u64));
+            }
+            recent.len() < RECENT
+        })?;
         Ok(Rates::observed(&recent))
     }
 
@@ -332,8 +327,8 @@ impl Coordinator {
         record(&item, "info");
         loop {
             tokio::time::sleep(POLL).await;
-            let now = match self.store.migrations() {
-                Ok(all) => all.into_iter().find(|x| x.id == m.id),
+            let now = match self.store.migration(&m.id) {
+                Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(drain, %e, "cannot read a drain's migration");
                     continue;

@@ -377,9 +377,9 @@ impl Coordinator {
         // may be the committed one (the row goes when the outcome is recorded).
         let coming: HashSet<String> = self
             .store
-            .migrations()?
+            .unfinished_migrations()?
             .into_iter()
-            .filter(|m| !m.is_final() && m.target == node)
+            .filter(|m| m.target == node)
             .map(|m| m.process_id)
             .collect();
         let mut fence = Vec::new();
@@ -772,12 +772,17 @@ impl Coordinator {
                 }
         };
         let mut checkpoints = HashMap::new();
+        // decide() reads the migrations that have not ended, and for a fenced workload its
+        // newest completed restore (was it restored since it was fenced?): not the history.
+        let mut migrations = self.store.unfinished_migrations()?;
         for (_, s) in workloads.iter().filter(maybe) {
             let Some(id) = s.spec.as_ref().map(|x| x.id.clone()) else { continue };
+            if s.exit.is_some() {
+                migrations.extend(self.store.latest_restore(&id)?);
+            }
             let ks = infos(self.store.checkpoints(&id)?);
             checkpoints.insert(id, ks);
         }
-        let migrations = self.store.migrations()?;
         let actions = decide(&World {
             nodes: &nodes,
             workloads: &workloads,
@@ -993,9 +998,9 @@ impl Coordinator {
     pub(crate) fn resolve_restores(self: &Arc<Self>) -> Result<(), CoordError> {
         let pending: Vec<MigrationRow> = self
             .store
-            .migrations()?
+            .unfinished_migrations()?
             .into_iter()
-            .filter(|m| !m.is_final() && matches!(m.mode.as_str(), "failover" | "restore"))
+            .filter(|m| matches!(m.mode.as_str(), "failover" | "restore"))
             .collect();
         for m in pending {
             let c = self.clone();

@@ -32,7 +32,10 @@ pub use drain::MAX_DEADLINE_SECS;
 pub use error::CoordError;
 pub use network::{Network, WorkloadRange};
 pub use ops::{MigrationMode, AUTO_POST_COPY_BYTES};
-pub use store::{DrainItem, DrainRow, Event, MigrationRow, Reported, Store, StoreError};
+pub use store::{
+    Cursor, DrainItem, DrainRow, Event, MigrationQuery, MigrationRow, Reported, Retention, Store,
+    StoreError,
+};
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -62,7 +65,24 @@ pub struct CoordinatorConfig {
     /// from their checkpoints (`--failover-grace-secs`); agents' lease is half of it. Zero:
     /// no failover and no lease.
     pub failover_grace: Duration,
+    /// Finished migrations kept (`--keep-migrations`, `--keep-migrations-secs`): one goes once
+    /// it is both older than the age and not among the newest `keep`.
+    pub keep_migrations: Retention,
+    /// Events kept (`--keep-events`, `--keep-events-secs`), by the same rule.
+    pub keep_events: Retention,
 }
+
+/// Finished migrations kept by default: the newest 10,000, and any younger than 30 days.
+pub const DEFAULT_KEEP_MIGRATIONS: Retention =
+    Retention { keep: 10_000, max_age_ms: 30 * 24 * 3600 * 1000 };
+
+/// Events kept by default: the newest 100,000, and any younger than 30 days.
+pub const DEFAULT_KEEP_EVENTS: Retention =
+    Retention { keep: 100_000, max_age_ms: 30 * 24 * 3600 * 1000 };
+
+/// How often the history (finished migrations, events) is pruned; again at the next sweep while
+/// a prune deleted a whole batch.
+const PRUNE_EVERY_MS: i64 = 60_000;
 
 /// Where a coordinator dies in a migration it starts (test only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +108,8 @@ impl CoordinatorConfig {
             migration_fault: None,
             test_crash_at: None,
             failover_grace: DEFAULT_FAILOVER_GRACE,
+            keep_migrations: DEFAULT_KEEP_MIGRATIONS,
+            keep_events: DEFAULT_KEEP_EVENTS,
         }
     }
 
@@ -143,7 +165,14 @@ pub struct Coordinator {
     started_ms: i64,
     /// Failover's memory between sweeps (workloads warned about, attempts backed off).
     failover: Mutex<failover::Memory>,
+    /// When the history was last pruned (0: not yet, or again at the next sweep).
+    last_prune_ms: std::sync::atomic::AtomicI64,
+    /// Figures computed from the whole store, by name: (the key they were computed for, them).
+    memo: Mutex<HashMap<&'static str, (u64, Memoized)>>,
 }
+
+/// A value [`Coordinator::memo`] keeps.
+type Memoized = Arc<dyn std::any::Any + Send + Sync>;
 
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -193,6 +222,8 @@ impl Coordinator {
             conflicts: Mutex::default(),
             started_ms: now_ms(),
             failover: Mutex::default(),
+            last_prune_ms: std::sync::atomic::AtomicI64::new(0),
+            memo: Mutex::default(),
         });
         for id in interrupted {
             tracing::warn!(drain = id, "a drain left running by a restart ends failed");
@@ -263,6 +294,60 @@ impl Coordinator {
         }
         *last = now.into_iter().collect();
         Ok(())
+    }
+
+    /// Forgets finished migrations and events beyond their retention (`--keep-migrations`,
+    /// `--keep-events` and their ages), at most [`store::PRUNE_BATCH`] of each at a time: at most
+    /// once a minute, or at once again while the last prune deleted a whole batch. Returns how
+    /// many of each went.
+    pub fn prune_history(&self) -> Result<(usize, usize), StoreError> {
+        use std::sync::atomic::Ordering;
+        let now = now_ms();
+        if now - self.last_prune_ms.load(Ordering::Relaxed) < PRUNE_EVERY_MS {
+            return Ok((0, 0));
+        }
+        let m = self.store.prune_migrations(self.config.keep_migrations, now)?;
+        let e = self.store.prune_events(self.config.keep_events, now)?;
+        let full = store::PRUNE_BATCH as usize;
+        self.last_prune_ms.store(if m >= full || e >= full { 0 } else { now }, Ordering::Relaxed);
+        if m + e > 0 {
+            tracing::info!(migrations = m, events = e, "pruned history beyond its retention");
+        }
+        Ok((m, e))
+    }
+
+    /// `compute`'s value for `key`, computed again only when `key` changed since the last call
+    /// under `name` (figures read from the whole store, keyed by [`Store::generation`] and
+    /// whatever else they depend on). The cache's lock is held while computing: concurrent
+    /// callers wait for one computation rather than repeat it, and `compute` must not call
+    /// `memo` itself (the lock is not reentrant).
+    pub fn memo<T: Send + Sync + 'static, E>(
+        &self,
+        name: &'static str,
+        key: u64,
+        compute: impl FnOnce() -> Result<T, E>,
+    ) -> Result<Arc<T>, E> {
+        let mut memo = self.memo.lock().expect("memo poisoned");
+        if let Some((k, v)) = memo.get(name) {
+            if *k == key {
+                if let Ok(v) = v.clone().downcast::<T>() {
+                    return Ok(v);
+                }
+            }
+        }
+        let v = Arc::new(compute()?);
+        memo.insert(name, (key, v.clone()));
+        Ok(v)
+    }
+
+    /// A key that changes whenever the store is written (see [`Store::generation`]), mixed with
+    /// `extra`.
+    pub fn store_key(&self, extra: &impl std::hash::Hash) -> Result<u64, StoreError> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.store.generation()?.hash(&mut h);
+        extra.hash(&mut h);
+        Ok(h.finish())
     }
 
     /// Records an event and sends it to live subscribers.
@@ -378,6 +463,33 @@ impl Coordinator {
             self.emit("address_conflict", "warn", node, &spec.id, msg)?;
         }
         Ok(())
+    }
+
+    /// One workload as its node last reported it: (node, status); `None` when not recorded.
+    pub fn workload(
+        &self,
+        id: &str,
+    ) -> Result<Option<(String, ferry_proto::agent::ProcessStatus)>, StoreError> {
+        Ok(self.store.workload(id)?.and_then(|(node, blob)| {
+            Some((node, ferry_proto::agent::ProcessStatus::decode(blob.as_slice()).ok()?))
+        }))
+    }
+
+    /// A page of the workloads by id (see [`Store::workloads_page`]): (node, status).
+    pub fn workloads_page(
+        &self,
+        after: &str,
+        limit: u32,
+        ended: bool,
+    ) -> Result<Vec<(String, ferry_proto::agent::ProcessStatus)>, StoreError> {
+        Ok(self
+            .store
+            .workloads_page(after, limit, ended)?
+            .into_iter()
+            .filter_map(|(_, node, blob)| {
+                Some((node, ferry_proto::agent::ProcessStatus::decode(blob.as_slice()).ok()?))
+            })
+            .collect())
     }
 
     /// Every workload as its node last reported it: (node, status).
@@ -585,6 +697,9 @@ pub async fn serve(
                 }
                 if let Err(e) = c.failover_sweep() {
                     tracing::error!(%e, "failover sweep failed");
+                }
+                if let Err(e) = c.prune_history() {
+                    tracing::error!(%e, "pruning the history failed");
                 }
             }
         })
@@ -1240,5 +1355,47 @@ mod tests {
         // w-1 ends: its address is free at that heartbeat.
         beat(&s, "src", vec![with_address(status("w-1", "", Some(now_ms())), "10.9.0.1")]).await;
         assert_eq!(s.0.store.addresses().unwrap(), [("10.9.0.2".into(), "w-2".into())]);
+    }
+
+    #[test]
+    fn the_history_is_pruned_by_its_flags_a_batch_at_a_time_at_most_once_a_minute() {
+        let d = tempfile::tempdir().unwrap();
+        let config = CoordinatorConfig {
+            keep_migrations: Retention { keep: 1, max_age_ms: 0 },
+            keep_events: Retention { keep: 2, max_age_ms: 0 },
+            ..CoordinatorConfig::new(d.path().to_path_buf(), ferry_proto::tls::Wire::Insecure)
+        };
+        let c = Coordinator::open(config).unwrap();
+        let rows: Vec<MigrationRow> = (0..3)
+            .map(|i| MigrationRow {
+                id: format!("m-{i}"),
+                process_id: "w".into(),
+                source: "a".into(),
+                target: "b".into(),
+                mode: "stop-and-copy".into(),
+                status: "completed".into(),
+                error: String::new(),
+                result: None,
+                started_at_ms: i,
+                finished_at_ms: Some(i + 1),
+            })
+            .collect();
+        c.store.import_migrations(&rows).unwrap();
+        for i in 0..4 {
+            c.emit("node_online", "info", "a", "", format!("event {i}")).unwrap();
+        }
+        // Older than the age (0): strictly before now.
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(c.prune_history().unwrap(), (2, 2));
+        let left: Vec<String> = c.migrations().unwrap().into_iter().map(|m| m.id).collect();
+        assert_eq!(left, ["m-2"], "the newest kept");
+        c.store
+            .import_migrations(&[MigrationRow {
+                id: "m-3".into(),
+                started_at_ms: 3,
+                ..rows[0].clone()
+            }])
+            .unwrap();
+        assert_eq!(c.prune_history().unwrap(), (0, 0), "not again within the minute");
     }
 }

@@ -45,8 +45,7 @@ impl Coordinator {
     pub(crate) fn candidates(&self) -> Result<Vec<crate::placement::Candidate>, CoordError> {
         let cordoned = self.store.cordoned()?;
         let workloads = self.workloads()?;
-        let in_flight: Vec<MigrationRow> =
-            self.store.migrations()?.into_iter().filter(|m| !m.is_final()).collect();
+        let in_flight: Vec<MigrationRow> = self.store.unfinished_migrations()?;
         let rss = |id: &str| {
             workloads
                 .iter()
@@ -136,9 +135,8 @@ impl Coordinator {
 
     /// The node a workload runs on, by its latest report.
     pub fn workload_node(&self, id: &str) -> Result<(String, apb::ProcessStatus), CoordError> {
-        self.workloads()?
-            .into_iter()
-            .find(|(_, s)| s.spec.as_ref().map(|x| x.id == id).unwrap_or(false))
+        self.workload(id)?
+            .filter(|(_, s)| s.spec.as_ref().is_some_and(|x| x.id == id))
             .ok_or_else(|| CoordError::NotFound(format!("no process with id {id:?}")))
     }
 
@@ -155,7 +153,7 @@ impl Coordinator {
 
     /// The migration of `process` that has not ended yet, if any.
     pub fn migration_in_flight(&self, process: &str) -> Result<Option<MigrationRow>, CoordError> {
-        Ok(self.store.migrations()?.into_iter().find(|m| m.process_id == process && !m.is_final()))
+        Ok(self.store.migration_in_flight(process)?)
     }
 
     /// Refuses `what` on `process` while migration `m` runs, with what to do instead.
@@ -666,7 +664,7 @@ impl Coordinator {
         let nodes = self.nodes()?;
         // Failovers and restores on demand have no source transaction: resolve_restores asks
         // their target.
-        let pending = self.store.migrations()?.into_iter().filter(|m| !m.is_final());
+        let pending = self.store.unfinished_migrations()?.into_iter();
         for m in pending.filter(|m| !matches!(m.mode.as_str(), "failover" | "restore")) {
             let Some(addr) = nodes.iter().find(|n| n.node == m.source).map(|n| n.address.clone())
             else {
@@ -679,8 +677,28 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Every migration, oldest first: a full read of the history, for tests and tools; the API
+    /// reads [`Coordinator::migrations_page`].
     pub fn migrations(&self) -> Result<Vec<MigrationRow>, CoordError> {
         Ok(self.store.migrations()?)
+    }
+
+    /// One migration by id.
+    pub fn migration(&self, id: &str) -> Result<Option<MigrationRow>, CoordError> {
+        Ok(self.store.migration(id)?)
+    }
+
+    /// A page of the history (see [`crate::Store::migrations_page`]).
+    pub fn migrations_page(
+        &self,
+        q: &crate::MigrationQuery,
+    ) -> Result<(Vec<MigrationRow>, Option<crate::Cursor>), CoordError> {
+        Ok(self.store.migrations_page(q)?)
+    }
+
+    /// The migrations that have not ended, oldest first.
+    pub fn unfinished_migrations(&self) -> Result<Vec<MigrationRow>, CoordError> {
+        Ok(self.store.unfinished_migrations()?)
     }
 }
 

@@ -91,10 +91,120 @@ impl MigrationRow {
     pub fn is_final(&self) -> bool {
         matches!(self.status.as_str(), "completed" | "rolled_back" | "failed")
     }
+
+    /// Where a page that ends with this migration continues (see [`Cursor`]).
+    pub fn cursor(&self) -> Cursor {
+        Cursor { started_at_ms: self.started_at_ms, id: self.id.clone() }
+    }
+}
+
+/// A place in the migrations' history, which is ordered by (start, id): a page "before" it holds
+/// only migrations that started earlier, or at the same millisecond with a smaller id. Written
+/// `STARTED_MS.ID` (e.g. `1765150000000.m-0a1b2c3d4e5f`) in the REST API's `before`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub started_at_ms: i64,
+    pub id: String,
+}
+
+impl Cursor {
+    /// Parses `STARTED_MS.ID`; the error says what was expected.
+    pub fn parse(s: &str) -> Result<Cursor, String> {
+        let (ms, id) = s.split_once('.').ok_or_else(|| {
+            format!("cursor {s:?} is not STARTED_MS.ID (e.g. 1765150000000.m-0a1b2c3d4e5f)")
+        })?;
+        let started_at_ms = ms.parse::<i64>().map_err(|_| {
+            format!("cursor {s:?}: {ms:?} is not a start time in ms (STARTED_MS.ID)")
+        })?;
+        if id.is_empty() {
+            return Err(format!("cursor {s:?} has no migration id after the dot (STARTED_MS.ID)"));
+        }
+        Ok(Cursor { started_at_ms, id: id.to_string() })
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.started_at_ms, self.id)
+    }
+}
+
+/// Which migrations a page holds: the newest `limit` before `before` (none: the newest of all)
+/// matching the filters (empty: any).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MigrationQuery {
+    pub before: Option<Cursor>,
+    pub limit: u32,
+    pub process: String,
+    pub status: String,
+    pub mode: String,
+}
+
+/// How much finished history is kept: a finished migration (or an event) goes once it is both
+/// older than `max_age_ms` and not among the newest `keep`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub keep: u64,
+    pub max_age_ms: i64,
+}
+
+/// Rows deleted per table and sweep at most: a first prune of a long history is spread over
+/// several sweeps rather than hold the store for one long transaction.
+pub const PRUNE_BATCH: u64 = 5_000;
+
+const MIGRATION_COLUMNS: &str = "id, process_id, source, target, mode, status, error, result, \
+                                 started_at_ms, finished_at_ms";
+
+/// A page's query: only the filters given, so that SQLite walks the one index that fits (by
+/// process, by status, else by start) from the cursor down, reading `limit + 1` rows (one more
+/// than asked: whether an older page exists).
+fn page_sql(q: &MigrationQuery) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value;
+    let mut cond = Vec::new();
+    let mut args: Vec<Value> = Vec::new();
+    if let Some(k) = &q.before {
+        args.push(Value::Integer(k.started_at_ms));
+        args.push(Value::Text(k.id.clone()));
+        cond.push(format!("(started_at_ms, id) < (?{}, ?{})", args.len() - 1, args.len()));
+    }
+    for (column, v) in [("process_id", &q.process), ("status", &q.status), ("mode", &q.mode)] {
+        if !v.is_empty() {
+            args.push(Value::Text(v.clone()));
+            cond.push(format!("{column} = ?{}", args.len()));
+        }
+    }
+    args.push(Value::Integer(i64::from(q.limit) + 1));
+    let filter =
+        if cond.is_empty() { String::new() } else { format!("WHERE {}", cond.join(" AND ")) };
+    let sql = format!(
+        "SELECT {MIGRATION_COLUMNS} FROM migrations {filter}
+         ORDER BY started_at_ms DESC, id DESC LIMIT ?{}",
+        args.len()
+    );
+    (sql, args)
+}
+
+fn migration_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MigrationRow> {
+    Ok(MigrationRow {
+        id: r.get(0)?,
+        process_id: r.get(1)?,
+        source: r.get(2)?,
+        target: r.get(3)?,
+        mode: r.get(4)?,
+        status: r.get(5)?,
+        error: r.get(6)?,
+        result: r.get(7)?,
+        started_at_ms: r.get(8)?,
+        finished_at_ms: r.get(9)?,
+    })
 }
 
 pub struct Store {
     conn: Mutex<Connection>,
+    /// Bumped by every write that may change the set of finished migrations (an end, an
+    /// import, a prune, a forget): the key of figures over the finished history, which a
+    /// heartbeat or a running migration's progress leaves alone.
+    finished_changes: std::sync::atomic::AtomicU64,
 }
 
 const SCHEMA: &str = "
@@ -136,6 +246,19 @@ CREATE TABLE IF NOT EXISTS events (
     message TEXT NOT NULL,
     data TEXT NOT NULL DEFAULT '{}'
 );
+-- Reads that must not grow with history: the migrations that have not ended (a partial index,
+-- used by queries that say `status NOT IN ('completed', 'rolled_back', 'failed')` verbatim),
+-- pages of the history newest first, a process's, a status's, a source node's; a node's
+-- workloads (the ended ones: `workloads_ended`, made once the column exists); a process's
+-- events.
+CREATE INDEX IF NOT EXISTS migrations_unfinished ON migrations (process_id)
+    WHERE status NOT IN ('completed', 'rolled_back', 'failed');
+CREATE INDEX IF NOT EXISTS migrations_by_started ON migrations (started_at_ms, id);
+CREATE INDEX IF NOT EXISTS migrations_by_process ON migrations (process_id, started_at_ms, id);
+CREATE INDEX IF NOT EXISTS migrations_by_status ON migrations (status, started_at_ms, id);
+CREATE INDEX IF NOT EXISTS migrations_by_source ON migrations (source, started_at_ms);
+CREATE INDEX IF NOT EXISTS workloads_by_node ON workloads (node);
+CREATE INDEX IF NOT EXISTS events_by_process ON events (process, id);
 -- Workloads' own addresses, one row per address in use: unique cluster-wide. `pending` while
 -- the start that reserved it has not been answered.
 CREATE TABLE IF NOT EXISTS addresses (
@@ -322,7 +445,13 @@ impl Store {
                     .map_err(open)?;
             }
         }
-        Ok(Store { conn: Mutex::new(conn) })
+        // The ended ones, pruned by every sweep (after the upgrade: the column may be new).
+        conn.execute_batch(
+            "CREATE INDEX IF NOT EXISTS workloads_ended ON workloads (ended_at_ms)
+             WHERE ended_at_ms IS NOT NULL",
+        )
+        .map_err(open)?;
+        Ok(Store { conn: Mutex::new(conn), finished_changes: Default::default() })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -418,6 +547,31 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// One workload as last reported: (node, ProcessStatus protobuf-encoded).
+    pub fn workload(&self, id: &str) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        let c = self.conn();
+        let mut stmt = c.prepare_cached("SELECT node, status FROM workloads WHERE id = ?1")?;
+        Ok(stmt.query_row([id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?)
+    }
+
+    /// A page of the workloads by id: the first `limit` after `after` (empty: from the first),
+    /// ended ones only if `ended`; (id, node, ProcessStatus protobuf-encoded).
+    pub fn workloads_page(
+        &self,
+        after: &str,
+        limit: u32,
+        ended: bool,
+    ) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
+        let c = self.conn();
+        let mut stmt = c.prepare_cached(
+            "SELECT id, node, status FROM workloads
+             WHERE id > ?1 AND (?2 OR ended_at_ms IS NULL) ORDER BY id LIMIT ?3",
+        )?;
+        let rows = stmt
+            .query_map(params![after, ended, limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// What `node` ran as last reported: (id, ProcessStatus protobuf-encoded).
     pub fn node_workloads(&self, node: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let c = self.conn();
@@ -487,6 +641,7 @@ impl Store {
             params![why, now_ms],
         )?;
         tx.commit()?;
+        self.finished_changed();
         Ok(nodes)
     }
 
@@ -496,6 +651,7 @@ impl Store {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', ?7)",
             params![m.id, m.process_id, m.source, m.target, m.mode, m.status, m.started_at_ms],
         )?;
+        self.finished_changed();
         Ok(())
     }
 
@@ -511,6 +667,37 @@ impl Store {
             "UPDATE migrations SET status = ?2, error = ?3, result = ?4, finished_at_ms = ?5 WHERE id = ?1",
             params![id, status, error, result, now_ms],
         )?;
+        self.finished_changed();
+        Ok(())
+    }
+
+    /// Writes migrations as they are, finished ones with their end, result and error, in one
+    /// transaction: a history imported whole (`ferry bench api` seeds its store with it).
+    pub fn import_migrations(&self, ms: &[MigrationRow]) -> Result<(), StoreError> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        {
+            let mut stmt = tx.prepare(&format!(
+                "INSERT INTO migrations ({MIGRATION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, \
+                 ?8, ?9, ?10)"
+            ))?;
+            for m in ms {
+                stmt.execute(params![
+                    m.id,
+                    m.process_id,
+                    m.source,
+                    m.target,
+                    m.mode,
+                    m.status,
+                    m.error,
+                    m.result,
+                    m.started_at_ms,
+                    m.finished_at_ms
+                ])?;
+            }
+        }
+        tx.commit()?;
+        self.finished_changed();
         Ok(())
     }
 
@@ -542,27 +729,209 @@ impl Store {
         Ok(())
     }
 
+    /// Every migration, oldest first. A full read of the history: for tests and tools only; the
+    /// coordinator and the gateway use the narrow queries below.
     pub fn migrations(&self) -> Result<Vec<MigrationRow>, StoreError> {
         let c = self.conn();
-        let mut stmt = c.prepare(
-            "SELECT id, process_id, source, target, mode, status, error, result, started_at_ms, finished_at_ms
-             FROM migrations ORDER BY started_at_ms, id",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(MigrationRow {
-                id: r.get(0)?,
-                process_id: r.get(1)?,
-                source: r.get(2)?,
-                target: r.get(3)?,
-                mode: r.get(4)?,
-                status: r.get(5)?,
-                error: r.get(6)?,
-                result: r.get(7)?,
-                started_at_ms: r.get(8)?,
-                finished_at_ms: r.get(9)?,
-            })
-        })?;
+        let mut stmt = c.prepare(&format!(
+            "SELECT {MIGRATION_COLUMNS} FROM migrations ORDER BY started_at_ms, id"
+        ))?;
+        let rows = stmt.query_map([], migration_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One migration by id.
+    pub fn migration(&self, id: &str) -> Result<Option<MigrationRow>, StoreError> {
+        let c = self.conn();
+        let mut stmt =
+            c.prepare_cached(&format!("SELECT {MIGRATION_COLUMNS} FROM migrations WHERE id = ?1"))?;
+        Ok(stmt.query_row([id], migration_row).optional()?)
+    }
+
+    /// The migrations that have not ended (any mode), oldest first; from the partial index, so
+    /// the cost does not grow with the finished history.
+    pub fn unfinished_migrations(&self) -> Result<Vec<MigrationRow>, StoreError> {
+        let c = self.conn();
+        let mut stmt = c.prepare_cached(&format!(
+            "SELECT {MIGRATION_COLUMNS} FROM migrations
+             WHERE status NOT IN ('completed', 'rolled_back', 'failed')"
+        ))?;
+        let rows = stmt.query_map([], migration_row)?;
+        let mut all: Vec<MigrationRow> = rows.collect::<Result<_, _>>()?;
+        all.sort_by(|a, b| (a.started_at_ms, &a.id).cmp(&(b.started_at_ms, &b.id)));
+        Ok(all)
+    }
+
+    /// The migration of `process` that has not ended, if any (the oldest, should there be two).
+    pub fn migration_in_flight(&self, process: &str) -> Result<Option<MigrationRow>, StoreError> {
+        let c = self.conn();
+        let mut stmt = c.prepare_cached(&format!(
+            "SELECT {MIGRATION_COLUMNS} FROM migrations
+             WHERE status NOT IN ('completed', 'rolled_back', 'failed') AND process_id = ?1
+             ORDER BY started_at_ms, id LIMIT 1"
+        ))?;
+        Ok(stmt.query_row([process], migration_row).optional()?)
+    }
+
+    /// The newest completed restore (mode failover or restore) of `process`.
+    pub fn latest_restore(&self, process: &str) -> Result<Option<MigrationRow>, StoreError> {
+        let c = self.conn();
+        let mut stmt = c.prepare_cached(&format!(
+            "SELECT {MIGRATION_COLUMNS} FROM migrations
+             WHERE process_id = ?1 AND status = 'completed' AND mode IN ('failover', 'restore')
+             ORDER BY started_at_ms DESC, id DESC LIMIT 1"
+        ))?;
+        Ok(stmt.query_row([process], migration_row).optional()?)
+    }
+
+    /// Completed migrations of `mode` from `source`, newest first, handed to `each` until it
+    /// returns false (a drain's rates need the last few whose figures are usable).
+    pub fn completed_from(
+        &self,
+        source: &str,
+        mode: &str,
+        mut each: impl FnMut(MigrationRow) -> bool,
+    ) -> Result<(), StoreError> {
+        let c = self.conn();
+        let mut stmt = c.prepare_cached(&format!(
+            "SELECT {MIGRATION_COLUMNS} FROM migrations
+             WHERE source = ?1 AND status = 'completed' AND mode = ?2
+             ORDER BY started_at_ms DESC, id DESC"
+        ))?;
+        let mut rows = stmt.query(params![source, mode])?;
+        while let Some(r) = rows.next()? {
+            if !each(migration_row(r)?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// A page of the history: the newest `q.limit` migrations before `q.before` that match the
+    /// filters, oldest first (as [`Store::migrations`] orders them), and the cursor of the next
+    /// (older) page when there may be one.
+    pub fn migrations_page(
+        &self,
+        q: &MigrationQuery,
+    ) -> Result<(Vec<MigrationRow>, Option<Cursor>), StoreError> {
+        let c = self.conn();
+        let (sql, args) = page_sql(q);
+        let mut stmt = c.prepare_cached(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), migration_row)?;
+        let mut page: Vec<MigrationRow> = rows.collect::<Result<_, _>>()?;
+        let more = page.len() > q.limit as usize;
+        page.truncate(q.limit as usize);
+        page.reverse();
+        let next = if more { page.first().map(MigrationRow::cursor) } else { None };
+        Ok((page, next))
+    }
+
+    /// How many migrations are recorded.
+    pub fn migration_count(&self) -> Result<u64, StoreError> {
+        Ok(self.conn().query_row("SELECT COUNT(*) FROM migrations", [], |r| r.get(0))?)
+    }
+
+    /// Finished migrations (status and the source's result), handed to `each` in no particular
+    /// order: the overview's and the metrics' figures, computed again only when the store
+    /// changed (the coordinator caches them by [`Store::generation`]).
+    pub fn finished_migrations(
+        &self,
+        mut each: impl FnMut(&str, Option<&[u8]>),
+    ) -> Result<(), StoreError> {
+        let c = self.conn();
+        let mut stmt = c.prepare_cached(
+            "SELECT status, result FROM migrations
+             WHERE status IN ('completed', 'rolled_back', 'failed')",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let status: String = r.get(0)?;
+            let result = r.get_ref(1)?.as_blob_or_null().map_err(rusqlite::Error::from)?;
+            each(&status, result);
+        }
+        Ok(())
+    }
+
+    fn finished_changed(&self) {
+        self.finished_changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Changes whenever the finished migrations may have changed (an end, an insert, an import,
+    /// a prune, `forget_nodes`, or another connection's commit), and not with heartbeats or a
+    /// running migration's progress: a key for figures over them. Bumped once the write is
+    /// done, so figures computed during it are computed again at the next call.
+    pub fn finished_generation(&self) -> Result<(u64, i64), StoreError> {
+        let c = self.conn();
+        let other: i64 = c.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        Ok((self.finished_changes.load(std::sync::atomic::Ordering::SeqCst), other))
+    }
+
+    /// Changes whenever anything is written to the store, by this connection or another: a key
+    /// for figures computed from it.
+    pub fn generation(&self) -> Result<(u64, i64), StoreError> {
+        let c = self.conn();
+        let other: i64 = c.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        Ok((c.total_changes(), other))
+    }
+
+    /// Forgets finished migrations older than `r.max_age_ms` before `now_ms` that are not among
+    /// the newest `r.keep`, at most [`PRUNE_BATCH`] at a time; returns how many. Never one that
+    /// has not ended, nor the newest completed restore of a workload still recorded (failover
+    /// reads it to tell a fenced copy that was restored from one that was not).
+    pub fn prune_migrations(&self, r: Retention, now_ms: i64) -> Result<usize, StoreError> {
+        let c = self.conn();
+        // The newest `keep` start at or after the keep-th newest's (start, id).
+        let edge: Option<(i64, String)> = if r.keep == 0 {
+            Some((i64::MAX, String::new()))
+        } else {
+            c.query_row(
+                "SELECT started_at_ms, id FROM migrations
+                 ORDER BY started_at_ms DESC, id DESC LIMIT 1 OFFSET ?1",
+                [(r.keep - 1).min(i64::MAX as u64) as i64],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?
+        };
+        // Fewer than `keep` recorded: nothing goes.
+        let Some((edge_ms, edge_id)) = edge else { return Ok(0) };
+        let cutoff = now_ms.saturating_sub(r.max_age_ms);
+        let n = c.execute(
+            "DELETE FROM migrations WHERE id IN (
+                 SELECT id FROM migrations
+                 WHERE (started_at_ms < ?1 OR (started_at_ms = ?1 AND (?2 = '' OR id < ?2)))
+                   AND started_at_ms < ?3
+                   AND status IN ('completed', 'rolled_back', 'failed')
+                   AND NOT (status = 'completed' AND mode IN ('failover', 'restore')
+                            AND process_id IN (SELECT id FROM workloads)
+                            AND id = (SELECT m.id FROM migrations m
+                                      WHERE m.process_id = migrations.process_id
+                                        AND m.status = 'completed'
+                                        AND m.mode IN ('failover', 'restore')
+                                      ORDER BY m.started_at_ms DESC, m.id DESC LIMIT 1))
+                 ORDER BY started_at_ms, id LIMIT ?4)",
+            params![edge_ms, edge_id, cutoff, PRUNE_BATCH as i64],
+        )?;
+        if n > 0 {
+            self.finished_changed();
+        }
+        Ok(n)
+    }
+
+    /// Forgets events older than `r.max_age_ms` before `now_ms` that are not among the newest
+    /// `r.keep`, at most [`PRUNE_BATCH`] at a time; returns how many.
+    pub fn prune_events(&self, r: Retention, now_ms: i64) -> Result<usize, StoreError> {
+        let c = self.conn();
+        let newest: Option<i64> =
+            c.query_row("SELECT MAX(id) FROM events", [], |row| row.get(0))?;
+        let Some(newest) = newest else { return Ok(0) };
+        let below = newest.saturating_sub(r.keep as i64) + 1;
+        let cutoff = now_ms.saturating_sub(r.max_age_ms);
+        let n = c.execute(
+            "DELETE FROM events WHERE id IN (
+                 SELECT id FROM events WHERE id < ?1 AND at_ms < ?2 ORDER BY id LIMIT ?3)",
+            params![below, cutoff, PRUNE_BATCH as i64],
+        )?;
+        Ok(n)
     }
 
     pub fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
@@ -1489,6 +1858,278 @@ mod tests {
         s.set_workloads("b", &[report("w", b"done", "", Some(8))], 0, 8).unwrap();
         s.prune_ended(100).unwrap();
         assert!(s.failed_over().unwrap().is_empty());
+    }
+
+    fn mig(id: &str, process: &str, mode: &str, status: &str, started: i64) -> MigrationRow {
+        MigrationRow {
+            id: id.into(),
+            process_id: process.into(),
+            source: "a".into(),
+            target: "b".into(),
+            mode: mode.into(),
+            status: status.into(),
+            error: String::new(),
+            result: None,
+            started_at_ms: started,
+            finished_at_ms: matches!(status, "completed" | "rolled_back" | "failed")
+                .then_some(started + 1),
+        }
+    }
+
+    fn ids(v: &[MigrationRow]) -> Vec<&str> {
+        v.iter().map(|m| m.id.as_str()).collect()
+    }
+
+    #[test]
+    fn narrow_migration_queries_agree_with_the_whole_table() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("ferry.db")).unwrap();
+        s.import_migrations(&[
+            mig("m-1", "w-1", "stop-and-copy", "completed", 10),
+            mig("m-2", "w-1", "failover", "completed", 20),
+            mig("m-3", "w-1", "restore", "completed", 30),
+            mig("m-4", "w-1", "stop-and-copy", "transfer", 40),
+            mig("m-5", "w-2", "post-copy", "pending", 35),
+            mig("m-6", "w-2", "restore", "failed", 50),
+        ])
+        .unwrap();
+        assert_eq!(s.migration("m-3").unwrap().unwrap().mode, "restore");
+        assert!(s.migration("m-9").unwrap().is_none());
+        let all = s.migrations().unwrap();
+        let want: Vec<&str> = all.iter().filter(|m| !m.is_final()).map(|m| m.id.as_str()).collect();
+        assert_eq!(ids(&s.unfinished_migrations().unwrap()), want);
+        assert_eq!(want, ["m-5", "m-4"], "oldest first");
+        assert_eq!(s.migration_in_flight("w-1").unwrap().unwrap().id, "m-4");
+        assert!(s.migration_in_flight("w-3").unwrap().is_none());
+        assert_eq!(s.latest_restore("w-1").unwrap().unwrap().id, "m-3");
+        assert!(s.latest_restore("w-2").unwrap().is_none(), "a failed restore is not one");
+        // A phase change keeps it in flight; its end takes it out.
+        s.set_migration_phase("m-4", "restore").unwrap();
+        assert_eq!(s.migration_in_flight("w-1").unwrap().unwrap().status, "restore");
+        s.finish_migration("m-4", "completed", "", None, 45).unwrap();
+        assert!(s.migration_in_flight("w-1").unwrap().is_none());
+        let mut seen = Vec::new();
+        s.completed_from("a", "stop-and-copy", |m| {
+            seen.push(m.id);
+            true
+        })
+        .unwrap();
+        assert_eq!(seen, ["m-4", "m-1"], "newest first");
+        let mut first = Vec::new();
+        s.completed_from("a", "stop-and-copy", |m| {
+            first.push(m.id);
+            false
+        })
+        .unwrap();
+        assert_eq!(first, ["m-4"], "stops when told");
+        let mut figures = Vec::new();
+        s.finished_migrations(|st, _| figures.push(st.to_string())).unwrap();
+        figures.sort();
+        assert_eq!(figures, ["completed", "completed", "completed", "completed", "failed"]);
+        assert_eq!(s.migration_count().unwrap(), 6);
+    }
+
+    #[test]
+    fn pages_walk_the_history_newest_first_each_oldest_first() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("ferry.db")).unwrap();
+        // Two at the same millisecond: the id orders them.
+        let rows: Vec<MigrationRow> = (0..7)
+            .map(|i| {
+                let st = if i == 3 { "failed" } else { "completed" };
+                mig(
+                    &format!("m-{i}"),
+                    if i % 2 == 0 { "w-even" } else { "w-odd" },
+                    "post-copy",
+                    st,
+                    (i / 2) * 10,
+                )
+            })
+            .collect();
+        s.import_migrations(&rows).unwrap();
+        let q = |before: Option<Cursor>, limit: u32| MigrationQuery {
+            before,
+            limit,
+            ..Default::default()
+        };
+        let (p1, next) = s.migrations_page(&q(None, 3)).unwrap();
+        assert_eq!(ids(&p1), ["m-4", "m-5", "m-6"]);
+        let next = next.unwrap();
+        assert_eq!(next.to_string(), "20.m-4");
+        assert_eq!(Cursor::parse("20.m-4").unwrap(), next);
+        let (p2, next) = s.migrations_page(&q(Some(next), 3)).unwrap();
+        assert_eq!(ids(&p2), ["m-1", "m-2", "m-3"]);
+        let (p3, next) = s.migrations_page(&q(next, 3)).unwrap();
+        assert_eq!((ids(&p3), next), (vec!["m-0"], None), "the last page says so");
+        let (exact, next) = s.migrations_page(&q(None, 7)).unwrap();
+        assert_eq!((exact.len(), next), (7, None), "no empty page after an exact fit");
+        // Filters, with the cursor.
+        let odd = MigrationQuery { process: "w-odd".into(), limit: 2, ..Default::default() };
+        let (p, next) = s.migrations_page(&odd).unwrap();
+        assert_eq!(ids(&p), ["m-3", "m-5"]);
+        let (p, next) = s.migrations_page(&MigrationQuery { before: next, ..odd }).unwrap();
+        assert_eq!((ids(&p), next), (vec!["m-1"], None));
+        let failed = MigrationQuery { status: "failed".into(), limit: 10, ..Default::default() };
+        assert_eq!(ids(&s.migrations_page(&failed).unwrap().0), ["m-3"]);
+        let mode = MigrationQuery { mode: "stop-and-copy".into(), limit: 10, ..Default::default() };
+        assert!(s.migrations_page(&mode).unwrap().0.is_empty());
+        for bad in ["", "20", "x.m-1", "20."] {
+            assert!(Cursor::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(Cursor::parse("20").unwrap_err().contains("STARTED_MS.ID"));
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_the_young_the_unfinished_and_a_workloads_last_restore() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("ferry.db")).unwrap();
+        let mut rows: Vec<MigrationRow> = (0..10)
+            .map(|i| mig(&format!("m-{i:02}"), "w-x", "stop-and-copy", "completed", i * 100))
+            .collect();
+        rows[1].status = "transfer".into();
+        rows[1].finished_at_ms = None;
+        rows[2] = mig("m-02", "w-live", "failover", "completed", 200);
+        rows[3] = mig("m-03", "w-live", "restore", "completed", 300);
+        rows[4] = mig("m-04", "w-gone", "restore", "completed", 400);
+        s.import_migrations(&rows).unwrap();
+        s.set_workloads("b", &[report("w-live", b"", "", None)], 0, 1).unwrap();
+        let left = |s: &Store| {
+            s.migrations().unwrap().into_iter().map(|m| m.id).collect::<Vec<_>>().join(" ")
+        };
+        // All younger than the age: nothing goes, however many.
+        let young = Retention { keep: 2, max_age_ms: 10_000 };
+        assert_eq!(s.prune_migrations(young, 1_000).unwrap(), 0);
+        // Old, beyond the newest 3 (m-07..m-09): the finished ones go, except the unfinished
+        // m-01 and w-live's newest restore m-03 (its older failover m-02 goes); w-gone has no
+        // record any more, so its restore goes.
+        let old = Retention { keep: 3, max_age_ms: 0 };
+        assert_eq!(s.prune_migrations(old, 1_000_000).unwrap(), 5);
+        assert_eq!(left(&s), "m-01 m-03 m-07 m-08 m-09");
+        // Young enough by age: kept even beyond the count.
+        s.import_migrations(&[mig("m-10", "w-x", "post-copy", "failed", 5_000)]).unwrap();
+        let some = Retention { keep: 1, max_age_ms: 1_000 };
+        assert_eq!(s.prune_migrations(some, 5_500).unwrap(), 3, "m-07..m-09 were old");
+        assert_eq!(left(&s), "m-01 m-03 m-10");
+        // keep 0 and age 0: everything finished that is not protected.
+        s.finish_migration("m-01", "completed", "", None, 6_000).unwrap();
+        let none = Retention { keep: 0, max_age_ms: 0 };
+        assert_eq!(s.prune_migrations(none, 10_000).unwrap(), 2);
+        assert_eq!(left(&s), "m-03");
+    }
+
+    #[test]
+    fn events_are_bounded_by_count_and_age() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("ferry.db")).unwrap();
+        for at in 0..10 {
+            s.event(Event { at_ms: at * 100, kind: format!("k{at}"), ..Default::default() })
+                .unwrap();
+        }
+        let kinds = |s: &Store| -> Vec<String> {
+            s.events("", "", 100).unwrap().into_iter().map(|e| e.kind).collect()
+        };
+        // Beyond the newest 4 but younger than 1 s at t=1_500: only those before 500 go.
+        let r = Retention { keep: 4, max_age_ms: 1_000 };
+        assert_eq!(s.prune_events(r, 1_500).unwrap(), 5);
+        assert_eq!(kinds(&s), ["k5", "k6", "k7", "k8", "k9"]);
+        assert_eq!(s.prune_events(Retention { keep: 4, max_age_ms: 0 }, 1_500).unwrap(), 1);
+        assert_eq!(kinds(&s), ["k6", "k7", "k8", "k9"]);
+        let empty = Store::open(&d.path().join("other.db")).unwrap();
+        assert_eq!(empty.prune_events(r, 0).unwrap(), 0);
+    }
+
+    #[test]
+    fn the_generation_changes_with_every_write() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("ferry.db");
+        let s = Store::open(&path).unwrap();
+        let g0 = s.generation().unwrap();
+        assert_eq!(s.generation().unwrap(), g0, "reads change nothing");
+        s.register("a", "http://a", b"", 1).unwrap();
+        let g1 = s.generation().unwrap();
+        assert_ne!(g1, g0);
+        // Another connection's write (another process on the same file) counts too.
+        Store::open(&path).unwrap().register("b", "http://b", b"", 2).unwrap();
+        assert_ne!(s.generation().unwrap(), g1);
+        // The finished history's generation ignores heartbeats and progress, not an end.
+        let f0 = s.finished_generation().unwrap();
+        s.heartbeat("a", b"", 0, 3).unwrap();
+        s.insert_migration(&mig("m-1", "w", "post-copy", "pending", 4)).unwrap();
+        let f1 = s.finished_generation().unwrap();
+        assert_ne!(f1, f0, "an insert may be a finished one");
+        s.set_migration_progress("m-1", b"x").unwrap();
+        s.set_migration_phase("m-1", "transfer").unwrap();
+        s.heartbeat("a", b"", 0, 5).unwrap();
+        assert_eq!(s.finished_generation().unwrap(), f1);
+        s.finish_migration("m-1", "completed", "", None, 6).unwrap();
+        assert_ne!(s.finished_generation().unwrap(), f1);
+    }
+
+    #[test]
+    fn workloads_by_id_and_by_page() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("ferry.db")).unwrap();
+        s.set_workloads(
+            "a",
+            &[
+                report("w-1", b"1", "", None),
+                report("w-2", b"2", "", Some(5)),
+                report("w-3", b"3", "", None),
+                report("w-4", b"4", "", None),
+            ],
+            0,
+            10,
+        )
+        .unwrap();
+        assert_eq!(s.workload("w-2").unwrap(), Some(("a".into(), b"2".to_vec())));
+        assert_eq!(s.workload("w-9").unwrap(), None);
+        let page = |after: &str, limit: u32, ended: bool| -> Vec<String> {
+            s.workloads_page(after, limit, ended).unwrap().into_iter().map(|w| w.0).collect()
+        };
+        assert_eq!(page("", 2, false), ["w-1", "w-3"], "ended ones left out");
+        assert_eq!(page("w-3", 2, false), ["w-4"]);
+        assert_eq!(page("", 2, true), ["w-1", "w-2"]);
+        assert_eq!(page("w-2", 5, true), ["w-3", "w-4"]);
+    }
+
+    #[test]
+    fn history_queries_walk_an_index_not_the_table() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("ferry.db")).unwrap();
+        let plan = |sql: &str, args: Vec<rusqlite::types::Value>| -> String {
+            let c = s.conn();
+            let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+                .unwrap();
+            rows.map(|r| r.unwrap()).collect::<Vec<_>>().join("; ")
+        };
+        let k = Some(Cursor { started_at_ms: 5, id: "m-1".into() });
+        for (q, index) in [
+            (MigrationQuery { limit: 10, ..Default::default() }, "migrations_by_started"),
+            (
+                MigrationQuery { limit: 10, before: k.clone(), ..Default::default() },
+                "migrations_by_started",
+            ),
+            (
+                MigrationQuery { limit: 10, before: k, process: "w".into(), ..Default::default() },
+                "migrations_by_process",
+            ),
+            (
+                MigrationQuery { limit: 10, status: "failed".into(), ..Default::default() },
+                "migrations_by_status",
+            ),
+        ] {
+            let (sql, args) = page_sql(&q);
+            let p = plan(&sql, args);
+            assert!(p.contains(index) && !p.contains("TEMP B-TREE"), "{q:?}: {p}");
+        }
+        let p = plan(
+            "SELECT id FROM migrations WHERE status NOT IN ('completed', 'rolled_back', 'failed')
+             AND process_id = ?1",
+            vec![rusqlite::types::Value::Text("w".into())],
+        );
+        assert!(p.contains("migrations_unfinished"), "{p}");
     }
 
     #[test]

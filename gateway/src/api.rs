@@ -191,12 +191,7 @@ struct Context {
 impl Context {
     fn read(c: &Coordinator) -> Result<Context, ApiError> {
         Ok(Context {
-            moving: c
-                .migrations()?
-                .into_iter()
-                .filter(|m| !m.is_final())
-                .map(|m| m.process_id)
-                .collect(),
+            moving: c.unfinished_migrations()?.into_iter().map(|m| m.process_id).collect(),
             nodes: c.nodes()?.into_iter().map(|n| (n.node, (n.online, n.last_seen_ms))).collect(),
         })
     }
@@ -270,34 +265,102 @@ struct ListQuery {
     /// Also list ended processes (exited, failed), kept for a while after they ended.
     #[serde(default)]
     all: bool,
+    /// A page of at most this many (1 to [`MAX_PAGE`]), by id; without it, every process.
+    limit: Option<u32>,
+    /// The page after this process id (the `Link` header's `rel="next"` carries it).
+    after: Option<String>,
+}
+
+/// The most a page of processes or migrations holds.
+const MAX_PAGE: u32 = 1000;
+/// A page of migrations when the request does not say.
+const DEFAULT_MIGRATIONS_PAGE: u32 = 100;
+
+/// Refuses a page size outside 1..=MAX_PAGE, saying what is allowed.
+fn page_limit(limit: Option<u32>, default: u32) -> Result<u32, ApiError> {
+    match limit.unwrap_or(default) {
+        n @ 1..=MAX_PAGE => Ok(n),
+        n => Err(ApiError::bad_request(format!(
+            "limit {n} is out of range: a page holds 1 to {MAX_PAGE}"
+        ))),
+    }
+}
+
+/// Percent-encodes a query value (every byte but RFC 3986's unreserved ones).
+fn query_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A `Link` header to the next page: `<path?params>; rel="next"` (empty values left out).
+fn next_link(path: &str, params: &[(&str, &str)]) -> (axum::http::HeaderName, String) {
+    let q: Vec<String> = params
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| format!("{k}={}", query_value(v)))
+        .collect();
+    (axum::http::header::LINK, format!("<{path}?{}>; rel=\"next\"", q.join("&")))
 }
 
 async fn processes(
     State(c): State<Arc<Coordinator>>,
     query: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Api<Vec<Process>> {
-    let axum::extract::Query(q) =
-        query.map_err(|e| ApiError::bad_request(format!("{}; use ?all=true", e.body_text())))?;
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(q) = query.map_err(|e| {
+        ApiError::bad_request(format!("{}; use ?all=true, ?limit=N, ?after=ID", e.body_text()))
+    })?;
     let ctx = Context::read(&c)?;
-    Ok(Json(
-        c.workloads()?
-            .into_iter()
-            .map(|(node, s)| ctx.process(node, s))
-            .filter(|p| q.all || !ended(p.status))
-            .collect(),
-    ))
+    let Some(limit) = q.limit else {
+        if q.after.is_some() {
+            return Err(ApiError::bad_request("after needs limit: ?limit=N&after=ID".into()));
+        }
+        return Ok(Json(
+            c.workloads()?
+                .into_iter()
+                .map(|(node, s)| ctx.process(node, s))
+                .filter(|p| q.all || !ended(p.status))
+                .collect::<Vec<_>>(),
+        )
+        .into_response());
+    };
+    let limit = page_limit(Some(limit), MAX_PAGE)?;
+    // Ended ones are left out by the query (a workload is recorded ended exactly when the API
+    // shows it exited or failed), so a page is full whenever more may follow.
+    let page: Vec<Process> = c
+        .workloads_page(q.after.as_deref().unwrap_or(""), limit, q.all)?
+        .into_iter()
+        .map(|(node, s)| ctx.process(node, s))
+        .collect();
+    let next = (page.len() == limit as usize).then(|| page.last().map(|p| p.id.clone())).flatten();
+    let mut r = Json(page).into_response();
+    if let Some(after) = next {
+        let limit = limit.to_string();
+        let all = if q.all { "true" } else { "" };
+        let (k, v) =
+            next_link("/api/processes", &[("limit", &limit), ("after", &after), ("all", all)]);
+        if let Ok(v) = axum::http::HeaderValue::from_str(&v) {
+            r.headers_mut().insert(k, v);
+        }
+    }
+    Ok(r)
 }
 
 async fn process(State(c): State<Arc<Coordinator>>, Path(id): Path<String>) -> Api<Process> {
     let (node, s) = c
-        .workloads()?
-        .into_iter()
-        .find(|(_, s)| s.spec.as_ref().map(|x| x.id == id).unwrap_or(false))
+        .workload(&id)?
+        .filter(|(_, s)| s.spec.as_ref().is_some_and(|x| x.id == id))
         .ok_or_else(|| ApiError::not_found(format!("no process with id {id:?}")))?;
     Ok(Json(Context::read(&c)?.process(node, s)))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Clone)]
 #[serde(rename_all = "camelCase")]
 struct Overview {
     total_processes: usize,
@@ -312,27 +375,35 @@ struct Overview {
 
 async fn overview(State(c): State<Arc<Coordinator>>) -> Api<Overview> {
     let nodes = c.nodes()?;
-    let ctx = Context::read(&c)?;
-    // As GET /api/processes lists them: ended ones left out, those of offline nodes unknown.
-    let listed: Vec<Process> = c
-        .workloads()?
-        .into_iter()
-        .map(|(node, s)| ctx.process(node, s))
-        .filter(|p| !ended(p.status))
-        .collect();
-    let (active_migrations, success_rate, average_downtime_ms) = migration_stats(&c)?;
-    Ok(Json(Overview {
-        total_processes: listed.len(),
-        running_processes: listed
-            .iter()
-            .filter(|p| matches!(p.status, "running" | "migrating"))
-            .count(),
-        active_migrations,
-        server_nodes: nodes.len(),
-        online_nodes: nodes.iter().filter(|n| n.online).count(),
-        success_rate,
-        average_downtime_ms,
-    }))
+    // Computed again only when the store was written or a node's liveness changed: the
+    // workload table is read whole for it, which at 10,000 workloads costs milliseconds.
+    let liveness: Vec<(&str, bool)> = nodes.iter().map(|n| (n.node.as_str(), n.online)).collect();
+    let key = c.store_key(&liveness)?;
+    // Outside the overview's computation: memo's lock is not reentrant.
+    let f = migration_figures(&c)?;
+    let o = c.memo("overview", key, || -> Result<Overview, ApiError> {
+        let ctx = Context::read(&c)?;
+        // As GET /api/processes lists them: ended ones left out, those of offline nodes unknown.
+        let listed: Vec<Process> = c
+            .workloads()?
+            .into_iter()
+            .map(|(node, s)| ctx.process(node, s))
+            .filter(|p| !ended(p.status))
+            .collect();
+        Ok(Overview {
+            total_processes: listed.len(),
+            running_processes: listed
+                .iter()
+                .filter(|p| matches!(p.status, "running" | "migrating"))
+                .count(),
+            active_migrations: c.unfinished_migrations()?.len(),
+            server_nodes: nodes.len(),
+            online_nodes: nodes.iter().filter(|n| n.online).count(),
+            success_rate: f.success_rate(),
+            average_downtime_ms: f.average_downtime_ms(),
+        })
+    })?;
+    Ok(Json(o.as_ref().clone()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -744,17 +815,73 @@ async fn create_migration(
     Ok((StatusCode::ACCEPTED, Json(migration_json(row))))
 }
 
-async fn list_migrations(State(c): State<Arc<Coordinator>>) -> Api<Vec<Migration>> {
-    Ok(Json(c.migrations()?.into_iter().map(migration_json).collect()))
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MigrationsQuery {
+    /// At most this many, the newest first chosen (1 to [`MAX_PAGE`], default
+    /// [`DEFAULT_MIGRATIONS_PAGE`]); the page itself is oldest first.
+    limit: Option<u32>,
+    /// Only migrations before this cursor (`STARTED_MS.ID`, from the `Link` header).
+    before: Option<String>,
+    #[serde(default)]
+    process_id: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    mode: String,
+}
+
+/// `GET /api/migrations`: a page of the history, the newest `limit` (default 100) before
+/// `before`, oldest first; `Link: <...before=CURSOR...>; rel="next"` when older ones remain.
+async fn list_migrations(
+    State(c): State<Arc<Coordinator>>,
+    query: Result<axum::extract::Query<MigrationsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(q) = query.map_err(|e| {
+        ApiError::bad_request(format!(
+            "{}; the parameters are limit, before, processId, status, mode",
+            e.body_text()
+        ))
+    })?;
+    let limit = page_limit(q.limit, DEFAULT_MIGRATIONS_PAGE)?;
+    let before = q
+        .before
+        .as_deref()
+        .map(ferry_coordinator::Cursor::parse)
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    let (page, next) = c.migrations_page(&ferry_coordinator::MigrationQuery {
+        before,
+        limit,
+        process: q.process_id.clone(),
+        status: q.status.clone(),
+        mode: q.mode.clone(),
+    })?;
+    let mut r = Json(page.into_iter().map(migration_json).collect::<Vec<_>>()).into_response();
+    if let Some(next) = next {
+        let (limit, next) = (limit.to_string(), next.to_string());
+        let (k, v) = next_link(
+            "/api/migrations",
+            &[
+                ("limit", &limit),
+                ("before", &next),
+                ("processId", &q.process_id),
+                ("status", &q.status),
+                ("mode", &q.mode),
+            ],
+        );
+        if let Ok(v) = axum::http::HeaderValue::from_str(&v) {
+            r.headers_mut().insert(k, v);
+        }
+    }
+    Ok(r)
 }
 
 async fn one_migration(
     State(c): State<Arc<Coordinator>>,
     Path(id): Path<String>,
 ) -> Api<Migration> {
-    c.migrations()?
-        .into_iter()
-        .find(|m| m.id == id)
+    c.migration(&id)?
         .map(|m| Json(migration_json(m)))
         .ok_or_else(|| ApiError::not_found(format!("no migration with id {id:?}")))
 }
@@ -958,23 +1085,67 @@ async fn one_drain(State(c): State<Arc<Coordinator>>, Path(id): Path<String>) ->
         .ok_or_else(|| ApiError::not_found(format!("no drain with id {id:?}")))
 }
 
-/// Migration figures for the overview: (active, success rate, average downtime of completed).
-fn migration_stats(c: &Coordinator) -> Result<(usize, Option<f64>, Option<f64>), ApiError> {
-    use prost::Message;
-    let all = c.migrations()?;
-    let active = all.iter().filter(|m| !m.is_final()).count();
-    let finished: Vec<_> = all.iter().filter(|m| m.is_final()).collect();
-    let completed: Vec<_> = finished.iter().filter(|m| m.status == "completed").collect();
-    let rate = (!finished.is_empty()).then(|| completed.len() as f64 / finished.len() as f64);
-    let downtimes: Vec<f64> = completed
-        .iter()
-        .filter_map(|m| m.result.as_deref())
-        .filter_map(|b| ferry_proto::agent::MigrationResult::decode(b).ok())
-        .map(|r| r.downtime_ms as f64)
-        .collect();
-    let avg =
-        (!downtimes.is_empty()).then(|| downtimes.iter().sum::<f64>() / downtimes.len() as f64);
-    Ok((active, rate, avg))
+/// Figures of the finished migrations kept (the store's bounded history): the overview's and
+/// the metrics'.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct MigrationFigures {
+    pub completed: u64,
+    pub rolled_back: u64,
+    pub failed: u64,
+    /// The downtime of each completed migration with a readable result, ms, ascending.
+    pub downtimes_ms: Vec<i64>,
+    pub bytes_raw: u64,
+    pub bytes_wire: u64,
+}
+
+impl MigrationFigures {
+    /// Adds one finished migration.
+    pub fn add(&mut self, status: &str, result: Option<&[u8]>) {
+        use prost::Message;
+        match status {
+            "completed" => self.completed += 1,
+            "rolled_back" => self.rolled_back += 1,
+            _ => self.failed += 1,
+        }
+        if status != "completed" {
+            return;
+        }
+        if let Some(r) = result.and_then(|b| ferry_proto::agent::MigrationResult::decode(b).ok()) {
+            self.downtimes_ms.push(r.downtime_ms);
+            self.bytes_raw += r.bytes_raw;
+            self.bytes_wire += r.bytes_wire;
+        }
+    }
+
+    /// Completed / finished; `None` before any migration finished.
+    pub fn success_rate(&self) -> Option<f64> {
+        let finished = self.completed + self.rolled_back + self.failed;
+        (finished > 0).then(|| self.completed as f64 / finished as f64)
+    }
+
+    pub fn average_downtime_ms(&self) -> Option<f64> {
+        let n = self.downtimes_ms.len();
+        (n > 0).then(|| self.downtimes_ms.iter().map(|d| *d as f64).sum::<f64>() / n as f64)
+    }
+}
+
+/// The finished migrations' figures, read again only when the finished history changed since
+/// they were last computed.
+pub(crate) fn migration_figures(c: &Coordinator) -> Result<Arc<MigrationFigures>, ApiError> {
+    // Keyed by the finished history alone: heartbeats and running migrations' progress do not
+    // make it read the history again.
+    let key = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        c.store().finished_generation()?.hash(&mut h);
+        h.finish()
+    };
+    c.memo("migration_figures", key, || -> Result<MigrationFigures, ApiError> {
+        let mut f = MigrationFigures::default();
+        c.store().finished_migrations(|status, result| f.add(status, result))?;
+        f.downtimes_ms.sort_unstable();
+        Ok(f)
+    })
 }
 
 #[cfg(test)]
@@ -1176,5 +1347,194 @@ mod tests {
             (status, code, msg.as_str()),
             (StatusCode::CONFLICT, "no_address", "no free address")
         );
+    }
+
+    #[test]
+    fn page_sizes_are_1_to_1000_and_links_carry_encoded_filters() {
+        assert_eq!(page_limit(None, 100).unwrap(), 100);
+        assert_eq!(page_limit(Some(1000), 100).unwrap(), 1000);
+        for bad in [0, 1001] {
+            let e = page_limit(Some(bad), 100).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert!(e.message.contains(&bad.to_string()) && e.message.contains("1 to 1000"));
+        }
+        let (k, v) = next_link(
+            "/api/migrations",
+            &[("limit", "5"), ("before", "10.m-1"), ("processId", "w a&b"), ("status", "")],
+        );
+        assert_eq!(k, axum::http::header::LINK);
+        assert_eq!(v, r#"</api/migrations?limit=5&before=10.m-1&processId=w%20a%26b>; rel="next""#);
+    }
+
+    #[test]
+    fn migration_figures_count_outcomes_and_completed_downtimes() {
+        use prost::Message;
+        let mut f = MigrationFigures::default();
+        assert_eq!((f.success_rate(), f.average_downtime_ms()), (None, None));
+        let r = |d: i64| {
+            ferry_proto::agent::MigrationResult {
+                downtime_ms: d,
+                bytes_raw: 10,
+                bytes_wire: 4,
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
+        f.add("completed", Some(&r(100)));
+        f.add("completed", Some(&r(300)));
+        f.add("completed", None);
+        f.add("rolled_back", Some(&r(999)));
+        f.add("failed", None);
+        assert_eq!((f.completed, f.rolled_back, f.failed), (3, 1, 1));
+        assert_eq!(f.success_rate(), Some(0.6));
+        assert_eq!(f.average_downtime_ms(), Some(200.0), "completed ones with figures only");
+        assert_eq!((f.bytes_raw, f.bytes_wire), (20, 8));
+    }
+
+    async fn call(app: &Router, uri: &str) -> (StatusCode, Option<String>, serde_json::Value) {
+        use tower::ServiceExt;
+        let req = axum::http::Request::get(uri).body(axum::body::Body::empty()).unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let link =
+            res.headers().get(axum::http::header::LINK).map(|v| v.to_str().unwrap().to_string());
+        let body = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
+        (status, link, serde_json::from_slice(&body).unwrap())
+    }
+
+    /// The `Link` header's target.
+    fn target(link: &str) -> &str {
+        link.strip_prefix('<').and_then(|l| l.split_once('>')).map(|(t, _)| t).unwrap()
+    }
+
+    fn ids(v: &serde_json::Value) -> Vec<String> {
+        v.as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn migrations_come_in_pages_linked_newest_first_and_the_overview_follows_changes() {
+        use ferry_coordinator::MigrationRow;
+        let d = tempfile::tempdir().unwrap();
+        let config = ferry_coordinator::CoordinatorConfig::new(
+            d.path().to_path_buf(),
+            ferry_proto::tls::Wire::Insecure,
+        );
+        let c = Coordinator::open(config).unwrap();
+        let rows: Vec<MigrationRow> = (0..250)
+            .map(|i| MigrationRow {
+                id: format!("m-{i:04}"),
+                process_id: format!("w-{}", i % 2),
+                source: "a".into(),
+                target: "b".into(),
+                mode: "stop-and-copy".into(),
+                status: if i % 5 == 0 { "failed" } else { "completed" }.into(),
+                error: String::new(),
+                result: None,
+                started_at_ms: 1_000 + i,
+                finished_at_ms: Some(2_000 + i),
+            })
+            .collect();
+        c.store().import_migrations(&rows).unwrap();
+        let app = router(c.clone(), GatewayConfig::default());
+        // The default page: the newest 100, oldest first, and a link to the older ones.
+        let (status, link, page) = call(&app, "/api/migrations").await;
+        assert_eq!(status, StatusCode::OK);
+        let got = ids(&page);
+        assert_eq!((got.len(), got[0].as_str(), got[99].as_str()), (100, "m-0150", "m-0249"));
+        let link = link.expect("older ones remain");
+        assert_eq!(target(&link), "/api/migrations?limit=100&before=1150.m-0150");
+        let (_, link, page) = call(&app, target(&link)).await;
+        assert_eq!(ids(&page)[0], "m-0050");
+        let (_, link, page) = call(&app, target(&link.unwrap())).await;
+        assert_eq!((ids(&page).len(), link), (50, None), "the oldest page has no next");
+        // Filters travel with the link.
+        let (_, link, page) =
+            call(&app, "/api/migrations?processId=w-1&status=completed&limit=3").await;
+        assert_eq!(ids(&page), ["m-0243", "m-0247", "m-0249"], "m-0245 failed");
+        assert_eq!(
+            target(&link.unwrap()),
+            "/api/migrations?limit=3&before=1243.m-0243&processId=w-1&status=completed"
+        );
+        // One by id; bad pages are 400 with the reason.
+        let (status, _, m) = call(&app, "/api/migrations/m-0007").await;
+        assert_eq!((status, m["processId"].as_str()), (StatusCode::OK, Some("w-1")));
+        assert_eq!(call(&app, "/api/migrations/m-9999").await.0, StatusCode::NOT_FOUND);
+        for (uri, says) in [
+            ("/api/migrations?limit=0", "1 to 1000"),
+            ("/api/migrations?limit=5000", "1 to 1000"),
+            ("/api/migrations?before=yesterday", "STARTED_MS.ID"),
+            ("/api/migrations?limit=ten", "limit"),
+        ] {
+            let (status, _, e) = call(&app, uri).await;
+            let msg = e["error"]["message"].as_str().unwrap().to_string();
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+            assert!(msg.contains(says), "{uri}: {msg}");
+        }
+        // The overview's figures are cached, and follow every change.
+        let (_, _, o) = call(&app, "/api/overview").await;
+        assert_eq!(
+            (o["successRate"].as_f64(), o["activeMigrations"].as_u64()),
+            (Some(0.8), Some(0))
+        );
+        c.store().finish_migration("m-0000", "completed", "", None, 9_000).unwrap();
+        let (_, _, o) = call(&app, "/api/overview").await;
+        assert_eq!(o["successRate"].as_f64(), Some(201.0 / 250.0));
+    }
+
+    #[tokio::test]
+    async fn processes_come_whole_or_in_pages_by_id() {
+        use prost::Message;
+        let d = tempfile::tempdir().unwrap();
+        let config = ferry_coordinator::CoordinatorConfig::new(
+            d.path().to_path_buf(),
+            ferry_proto::tls::Wire::Insecure,
+        );
+        let c = Coordinator::open(config).unwrap();
+        c.store().register("a", "http://a", b"", 1).unwrap();
+        let reports: Vec<ferry_coordinator::Reported> = (0..5)
+            .map(|i| {
+                let s = ProcessStatus {
+                    spec: Some(ferry_proto::agent::WorkloadSpec {
+                        id: format!("w-{i}"),
+                        ..Default::default()
+                    }),
+                    // w-2 has exited: recorded ended, as the coordinator records such reports.
+                    state: if i == 2 { ProcessState::Exited } else { ProcessState::Running } as i32,
+                    exit: (i == 2).then(|| ferry_proto::agent::ExitInfo {
+                        code: Some(0),
+                        exited_at_ms: 5,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                ferry_coordinator::Reported {
+                    id: format!("w-{i}"),
+                    status: s.encode_to_vec(),
+                    ended_at_ms: (i == 2).then_some(5),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        c.store().set_workloads("a", &reports, 0, 10).unwrap();
+        let app = router(c.clone(), GatewayConfig::default());
+        let (_, link, all) = call(&app, "/api/processes").await;
+        assert_eq!(
+            (ids(&all), link),
+            (vec!["w-0".into(), "w-1".into(), "w-3".into(), "w-4".into()], None)
+        );
+        let (_, link, page) = call(&app, "/api/processes?limit=2").await;
+        assert_eq!(ids(&page), ["w-0", "w-1"]);
+        let link = link.unwrap();
+        assert_eq!(target(&link), "/api/processes?limit=2&after=w-1");
+        let (_, _, page) = call(&app, target(&link)).await;
+        assert_eq!(ids(&page), ["w-3", "w-4"]);
+        let (_, link, page) = call(&app, "/api/processes?limit=2&all=true&after=w-1").await;
+        assert_eq!(ids(&page), ["w-2", "w-3"]);
+        assert_eq!(target(&link.unwrap()), "/api/processes?limit=2&after=w-3&all=true");
+        let (status, _, p) = call(&app, "/api/processes/w-3").await;
+        assert_eq!((status, p["id"].as_str()), (StatusCode::OK, Some("w-3")));
+        assert_eq!(call(&app, "/api/processes/w-9").await.0, StatusCode::NOT_FOUND);
+        assert_eq!(call(&app, "/api/processes?after=w-1").await.0, StatusCode::BAD_REQUEST);
+        assert_eq!(call(&app, "/api/processes?limit=0").await.0, StatusCode::BAD_REQUEST);
     }
 }

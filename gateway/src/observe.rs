@@ -10,8 +10,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use axum::Json;
 use ferry_coordinator::{Coordinator, Event};
-use ferry_proto::agent::{MigrationResult, ProcessState};
-use prost::Message;
+use ferry_proto::agent::ProcessState;
 use tokio_stream::{Stream, StreamExt};
 
 use crate::api::ApiError;
@@ -75,47 +74,37 @@ const DOWNTIME_BUCKETS: [f64; 9] =
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(c): State<Arc<Coordinator>>) -> Result<impl IntoResponse, ApiError> {
-    let migrations = c.migrations()?;
+    let f = crate::api::migration_figures(&c)?;
+    let pending =
+        c.unfinished_migrations()?.into_iter().filter(|m| m.status == "pending").count() as u64;
     let nodes = c.nodes()?;
     let workloads = c.workloads()?;
     let mut out = String::new();
     let _ = writeln!(out, "# HELP ferry_migrations Migrations by outcome (pending: running now).");
     let _ = writeln!(out, "# TYPE ferry_migrations gauge");
-    for outcome in ["pending", "completed", "rolled_back", "failed"] {
-        let n = migrations.iter().filter(|m| m.status == outcome).count();
+    for (outcome, n) in [
+        ("pending", pending),
+        ("completed", f.completed),
+        ("rolled_back", f.rolled_back),
+        ("failed", f.failed),
+    ] {
         let _ = writeln!(out, "ferry_migrations{{outcome=\"{outcome}\"}} {n}");
     }
-    let results: Vec<MigrationResult> = migrations
-        .iter()
-        .filter(|m| m.status == "completed")
-        .filter_map(|m| MigrationResult::decode(m.result.as_deref()?).ok())
-        .collect();
     let _ = writeln!(out, "# HELP ferry_migration_downtime_ms Downtime of completed migrations.");
     let _ = writeln!(out, "# TYPE ferry_migration_downtime_ms histogram");
     for le in DOWNTIME_BUCKETS {
-        let n = results.iter().filter(|r| r.downtime_ms as f64 <= le).count();
+        let n = f.downtimes_ms.partition_point(|d| *d as f64 <= le);
         let _ = writeln!(out, "ferry_migration_downtime_ms_bucket{{le=\"{le}\"}} {n}");
     }
-    let _ = writeln!(out, "ferry_migration_downtime_ms_bucket{{le=\"+Inf\"}} {}", results.len());
-    let _ = writeln!(
-        out,
-        "ferry_migration_downtime_ms_sum {}",
-        results.iter().map(|r| r.downtime_ms).sum::<i64>()
-    );
-    let _ = writeln!(out, "ferry_migration_downtime_ms_count {}", results.len());
+    let count = f.downtimes_ms.len();
+    let _ = writeln!(out, "ferry_migration_downtime_ms_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "ferry_migration_downtime_ms_sum {}", f.downtimes_ms.iter().sum::<i64>());
+    let _ = writeln!(out, "ferry_migration_downtime_ms_count {count}");
     let _ =
         writeln!(out, "# HELP ferry_migration_bytes_total Bytes moved by completed migrations.");
     let _ = writeln!(out, "# TYPE ferry_migration_bytes_total counter");
-    let _ = writeln!(
-        out,
-        "ferry_migration_bytes_total{{kind=\"raw\"}} {}",
-        results.iter().map(|r| r.bytes_raw).sum::<u64>()
-    );
-    let _ = writeln!(
-        out,
-        "ferry_migration_bytes_total{{kind=\"wire\"}} {}",
-        results.iter().map(|r| r.bytes_wire).sum::<u64>()
-    );
+    let _ = writeln!(out, "ferry_migration_bytes_total{{kind=\"raw\"}} {}", f.bytes_raw);
+    let _ = writeln!(out, "ferry_migration_bytes_total{{kind=\"wire\"}} {}", f.bytes_wire);
     let _ = writeln!(out, "# HELP ferry_nodes Nodes by state.");
     let _ = writeln!(out, "# TYPE ferry_nodes gauge");
     let online = nodes.iter().filter(|n| n.online).count();
