@@ -38,6 +38,39 @@ async fn check_self(c: &Client, id: &str, want: &str, fail: &str) {
     assert!(verdict.is_some_and(|v| v.starts_with(want)), "{id}: {verdict:?}");
 }
 
+/// A checkpoint of `id` taken now by agent `c`.
+async fn checkpoint_now(c: &Client, id: &str) -> pb::CheckpointInfo {
+    c.clone()
+        .take_checkpoint(pb::WorkloadRef { id: id.to_string() })
+        .await
+        .unwrap_or_else(|s| panic!("TakeCheckpoint {id}: {s}"))
+        .into_inner()
+}
+
+/// Agent `c` restores `info` (fetched from `holders`) under restore id `rid`.
+async fn restore_on(
+    c: &Client,
+    info: &pb::CheckpointInfo,
+    holders: Vec<pb::Peer>,
+    rid: &str,
+) -> Result<pb::ProcessStatus, tonic::Status> {
+    c.clone()
+        .restore_checkpoint(pb::RestoreCheckpointRequest {
+            checkpoint: Some(info.clone()),
+            holders,
+            restore_id: rid.into(),
+            reason: "test".into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Asserts agent `c` runs nothing (a refused restore left nothing behind).
+async fn runs_nothing(c: &Client, what: &str) {
+    let l = c.clone().list_processes(pb::ListProcessesRequest {}).await.unwrap().into_inner();
+    assert!(l.processes.is_empty(), "{what}: {l:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_checkpoint_is_restored_on_another_node_with_its_memory_and_files() {
     if !require_root("a_checkpoint_is_restored_on_another_node_with_its_memory_and_files") {
@@ -57,12 +90,7 @@ async fn a_checkpoint_is_restored_on_another_node_with_its_memory_and_files() {
     wait_log(&ca, &hog, "memhog to tick", T, |l| l.iter().any(|x| x.starts_with("tick "))).await;
 
     let before = last_count(&ca, &app).await;
-    let info = ca
-        .clone()
-        .take_checkpoint(pb::WorkloadRef { id: app.clone() })
-        .await
-        .unwrap_or_else(|s| panic!("TakeCheckpoint {app}: {s}"))
-        .into_inner();
+    let info = checkpoint_now(&ca, &app).await;
     let after = last_count(&ca, &app).await;
     eprintln!(
         "checkpoint {} of {app}: freeze {} ms, {} bytes stored of {} raw, holders {:?}",
@@ -75,25 +103,14 @@ async fn a_checkpoint_is_restored_on_another_node_with_its_memory_and_files() {
         counts(l).last().is_some_and(|&n| n > after + 2)
     })
     .await;
-    let hog_ck = ca
-        .clone()
-        .take_checkpoint(pb::WorkloadRef { id: hog.clone() })
-        .await
-        .unwrap_or_else(|s| panic!("TakeCheckpoint {hog}: {s}"))
-        .into_inner();
+    let hog_ck = checkpoint_now(&ca, &hog).await;
     eprintln!(
         "checkpoint {} of {hog}: freeze {} ms, {} bytes stored of {} raw",
         hog_ck.id, hog_ck.freeze_ms, hog_ck.bytes, hog_ck.raw_bytes
     );
 
     // A restore next to the running workload is refused: never a second copy.
-    let err = ca
-        .clone()
-        .restore_checkpoint(pb::RestoreCheckpointRequest {
-            checkpoint: Some(info.clone()),
-            restore_id: "r-same".into(),
-            ..Default::default()
-        })
+    let err = restore_on(&ca, &info, vec![], "r-same")
         .await
         .expect_err("a restore over a running copy must be refused");
     assert!(err.message().contains("never makes a second copy"), "{err}");
@@ -106,17 +123,9 @@ async fn a_checkpoint_is_restored_on_another_node_with_its_memory_and_files() {
             .unwrap();
     }
     for (ck, rid) in [(&info, "r-app"), (&hog_ck, "r-hog")] {
-        let s = cb
-            .clone()
-            .restore_checkpoint(pb::RestoreCheckpointRequest {
-                checkpoint: Some(ck.clone()),
-                holders: vec![peer("host0", &a)],
-                restore_id: rid.into(),
-                reason: "test".into(),
-            })
+        let s = restore_on(&cb, ck, vec![peer("host0", &a)], rid)
             .await
-            .unwrap_or_else(|s| panic!("RestoreCheckpoint {}: {s}", ck.workload_id))
-            .into_inner();
+            .unwrap_or_else(|s| panic!("RestoreCheckpoint {}: {s}", ck.workload_id));
         let live = [pb::ProcessState::Running as i32, pb::ProcessState::Sleeping as i32];
         assert!(live.contains(&s.state) && s.exit.is_none(), "{s:?}");
         assert!(s.held_for_migration.is_empty());
@@ -151,38 +160,22 @@ async fn a_checkpoint_is_restored_on_another_node_with_its_memory_and_files() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
     std::fs::write(&obj, &bytes).unwrap();
-    let err = cc
-        .clone()
-        .restore_checkpoint(pb::RestoreCheckpointRequest {
-            checkpoint: Some(info.clone()),
-            holders: vec![peer("host0", &a)],
-            restore_id: "r-corrupt".into(),
-            reason: "test".into(),
-        })
+    let err = restore_on(&cc, &info, vec![peer("host0", &a)], "r-corrupt")
         .await
         .expect_err("a corrupted object must be refused");
     eprintln!("corrupted object: {}", err.message());
     assert!(err.message().contains("blake3") && err.message().contains("no intact copy"), "{err}");
-    let on_c = cc.clone().list_processes(pb::ListProcessesRequest {}).await.unwrap().into_inner();
-    assert!(on_c.processes.is_empty(), "nothing restored from a corrupted object: {on_c:?}");
+    runs_nothing(&cc, "nothing restored from a corrupted object").await;
 
     // The same bytes through the decryption (its digest made to match): authentication fails.
     let mut forged = info.clone();
     forged.digest = blake3::hash(&bytes).to_hex().to_string();
-    let err = cc
-        .clone()
-        .restore_checkpoint(pb::RestoreCheckpointRequest {
-            checkpoint: Some(forged),
-            holders: vec![peer("host0", &a)],
-            restore_id: "r-forged".into(),
-            reason: "test".into(),
-        })
+    let err = restore_on(&cc, &forged, vec![peer("host0", &a)], "r-forged")
         .await
         .expect_err("an altered object must be refused");
     eprintln!("altered object: {}", err.message());
     assert!(err.message().contains("failed authentication"), "{err}");
-    let on_c = cc.clone().list_processes(pb::ListProcessesRequest {}).await.unwrap().into_inner();
-    assert!(on_c.processes.is_empty(), "nothing restored from an altered object: {on_c:?}");
+    runs_nothing(&cc, "nothing restored from an altered object").await;
     drop((a, b, c, net));
 }
 
@@ -278,6 +271,19 @@ async fn replicated(gw: &str, id: &str) -> serde_json::Value {
     .await
 }
 
+/// Waits until the API shows process `id` running on a node other than `not_on`.
+async fn running_off(gw: &str, id: &str, not_on: &str) -> serde_json::Value {
+    wait_until(
+        &format!("{id} to run on a node other than {not_on}"),
+        Duration::from_secs(90),
+        || async move {
+            let p = process(gw, id).await;
+            (p["status"] == "running" && p["serverId"] != not_on).then_some(p)
+        },
+    )
+    .await
+}
+
 /// Numbered lines ("count N", "tick N") of `id` through the gateway.
 async fn numbered(gw: &str, id: &str, prefix: &str) -> Vec<u64> {
     let (_, l) =
@@ -364,15 +370,7 @@ async fn a_lost_node_s_protected_workloads_run_elsewhere_from_their_latest_check
     c.agents[0].take().unwrap().crash_leaving_workloads();
     eprintln!("host0 powered off ({killed} processes killed)");
     for id in [&app, &hog] {
-        let p =
-            wait_until(&format!("{id} to run on another node"), Duration::from_secs(90), || {
-                let (gw, id) = (gw.clone(), id.to_string());
-                async move {
-                    let p = process(&gw, &id).await;
-                    (p["status"] == "running" && p["serverId"] != "host0").then_some(p)
-                }
-            })
-            .await;
+        let p = running_off(&gw, id, "host0").await;
         eprintln!(
             "{id} runs on {} {:.1} s after host0 was lost (grace {grace} s)",
             p["serverId"],
@@ -432,14 +430,7 @@ async fn a_partitioned_node_fences_its_workloads_and_one_copy_runs_after_it_heal
     // coordinator cannot hear it.
     c.net.set_link(0, false);
     let cut_at = std::time::Instant::now();
-    let p = wait_until("the workload to run on another node", Duration::from_secs(90), || {
-        let (gw, app) = (gw.clone(), app.clone());
-        async move {
-            let p = process(&gw, &app).await;
-            (p["status"] == "running" && p["serverId"] != "host0").then_some(p)
-        }
-    })
-    .await;
+    let p = running_off(&gw, &app, "host0").await;
     eprintln!(
         "restored on {} {:.1} s after the cut",
         p["serverId"],
@@ -501,14 +492,7 @@ async fn a_dead_agent_s_fd_store_fences_its_workloads_before_the_failover() {
         died.elapsed().as_secs_f64()
     );
     assert!(stat(plain_pid).is_some_and(|s| s.state != 'Z'), "the unprotected workload runs on");
-    let p = wait_until("the workload to run on another node", Duration::from_secs(90), || {
-        let (gw, app) = (gw.clone(), app.clone());
-        async move {
-            let p = process(&gw, &app).await;
-            (p["status"] == "running" && p["serverId"] != "host0").then_some(p)
-        }
-    })
-    .await;
+    let p = running_off(&gw, &app, "host0").await;
     eprintln!(
         "restored on {} {:.1} s after the agent died",
         p["serverId"],
@@ -682,12 +666,7 @@ async fn checkpoints_land_in_a_real_object_store_and_restore_from_it() {
     // Four checkpoints; the store keeps the newest three (--checkpoint-keep's default).
     let mut infos = Vec::new();
     for _ in 0..4 {
-        let info = ca
-            .clone()
-            .take_checkpoint(pb::WorkloadRef { id: app.clone() })
-            .await
-            .unwrap_or_else(|s| panic!("TakeCheckpoint: {s}"))
-            .into_inner();
+        let info = checkpoint_now(&ca, &app).await;
         assert_eq!(info.holders, ["host0", "s3"], "{info:?}");
         infos.push(info);
     }
@@ -710,17 +689,9 @@ async fn checkpoints_land_in_a_real_object_store_and_restore_from_it() {
         .await
         .unwrap();
     std::fs::remove_dir_all(harness::net::data_path(&a, &format!("checkpoints/{app}"))).unwrap();
-    let s = cb
-        .clone()
-        .restore_checkpoint(pb::RestoreCheckpointRequest {
-            checkpoint: Some(newest.clone()),
-            holders: vec![peer("host0", &a)],
-            restore_id: "r-s3".into(),
-            reason: "test".into(),
-        })
+    let s = restore_on(&cb, &newest, vec![peer("host0", &a)], "r-s3")
         .await
-        .unwrap_or_else(|s| panic!("RestoreCheckpoint from the object store: {s}"))
-        .into_inner();
+        .unwrap_or_else(|s| panic!("RestoreCheckpoint from the object store: {s}"));
     assert!(s.exit.is_none(), "{s:?}");
     let lines =
         wait_log(&cb, &app, "the restored appender to count", T, |l| !counts(l).is_empty()).await;
@@ -735,20 +706,12 @@ async fn checkpoints_land_in_a_real_object_store_and_restore_from_it() {
     let bad = garage.dir().join("bad.obj");
     std::fs::write(&bad, &bytes).unwrap();
     store.put_file(&ferry_agent::checkpoint::s3_key(&newest), &bad).await.unwrap();
-    let err = cc
-        .clone()
-        .restore_checkpoint(pb::RestoreCheckpointRequest {
-            checkpoint: Some(newest.clone()),
-            holders: vec![],
-            restore_id: "r-s3-bad".into(),
-            reason: "test".into(),
-        })
+    let err = restore_on(&cc, &newest, vec![], "r-s3-bad")
         .await
         .expect_err("a corrupted object must be refused");
     eprintln!("corrupted in the store: {}", err.message());
     assert!(err.message().contains("object store") && err.message().contains("blake3"), "{err}");
-    let on_c = cc.clone().list_processes(pb::ListProcessesRequest {}).await.unwrap().into_inner();
-    assert!(on_c.processes.is_empty(), "{on_c:?}");
+    runs_nothing(&cc, "nothing restored from an object corrupted in the store").await;
     drop((a, b, c, garage, net));
 }
 
@@ -861,12 +824,7 @@ async fn an_agent_killed_during_a_checkpoint_leaves_its_workload_running_once_re
     wait_log(&ca, &hog, "memhog to tick on", T, |l| ticks(l) > before + 5).await;
     check_self(&ca, &hog, "verify ok", "verify FAIL").await;
     // A checkpoint now works, and no half-written object was kept.
-    let info = ca
-        .clone()
-        .take_checkpoint(pb::WorkloadRef { id: hog.clone() })
-        .await
-        .unwrap_or_else(|s| panic!("TakeCheckpoint after the restart: {s}"))
-        .into_inner();
+    let info = checkpoint_now(&ca, &hog).await;
     let held = ca
         .clone()
         .list_checkpoints(pb::ListCheckpointsRequest { workload_id: hog.clone() })

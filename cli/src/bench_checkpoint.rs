@@ -630,14 +630,20 @@ fn bench(args: &CheckpointBenchArgs, work: &Path, teardown: &Teardown) -> anyhow
 
     // The agent's own total of each checkpoint (freeze, seal, ship).
     let log = std::fs::read_to_string(work.join("agent0.log")).unwrap_or_default();
-    for line in log.lines().map(strip_ansi).filter(|l| l.contains("checkpoint taken")) {
+    for line in
+        log.lines().map(crate::bench_network::strip_ansi).filter(|l| l.contains("checkpoint taken"))
+    {
         if let Some(c) = cks.iter_mut().find(|c| line.contains(&c.id)) {
             c.agent_ms = field(&line, " ms=");
         }
     }
     let target = loss.target.strip_prefix("bench-").unwrap_or("?");
     let log = std::fs::read_to_string(work.join(format!("agent{target}.log"))).unwrap_or_default();
-    if let Some(line) = log.lines().map(strip_ansi).find(|l| l.contains("checkpoint restored")) {
+    if let Some(line) = log
+        .lines()
+        .map(crate::bench_network::strip_ansi)
+        .find(|l| l.contains("checkpoint restored"))
+    {
         loss.target_verify_ms = field(&line, "verify_ms=");
         loss.target_restore_ms = field(&line, "restore_ms=");
     }
@@ -649,23 +655,6 @@ fn bench(args: &CheckpointBenchArgs, work: &Path, teardown: &Teardown) -> anyhow
 fn field(line: &str, key: &str) -> Option<f64> {
     let rest = &line[line.find(key)? + key.len()..];
     rest.split(|c: char| !c.is_ascii_digit() && c != '.').next()?.parse().ok()
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::new();
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 struct Env {

@@ -974,7 +974,7 @@ fn rel(ms: f64) -> String {
 }
 
 /// A log line without terminal colour codes.
-fn strip_ansi(s: &str) -> String {
+pub(crate) fn strip_ansi(s: &str) -> String {
     let mut out = String::new();
     let mut chars = s.chars();
     while let Some(c) = chars.next() {

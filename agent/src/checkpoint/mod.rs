@@ -84,6 +84,16 @@ pub fn workload_dir(data_dir: &Path, workload: &str) -> PathBuf {
     data_dir.join("checkpoints").join(workload)
 }
 
+/// `workload`'s checkpoint directory, made (mode 0700, as its parent) if it is not there.
+pub(crate) fn make_workload_dir(data_dir: &Path, workload: &str) -> Result<PathBuf> {
+    let dir = workload_dir(data_dir, workload);
+    for d in [data_dir.join("checkpoints"), dir.clone()] {
+        crate::sys::fsmode::dir(&d, crate::sys::fsmode::DIR)
+            .map_err(|source| AgentError::Io { path: d.clone(), source })?;
+    }
+    Ok(dir)
+}
+
 pub fn object_path(data_dir: &Path, workload: &str, checkpoint: &str) -> PathBuf {
     workload_dir(data_dir, workload).join(format!("{checkpoint}.obj"))
 }
@@ -330,17 +340,10 @@ impl Agent {
     /// The blocking part: freeze, dump, copy the working directory, resume; then seal the
     /// snapshot into `<checkpoint>.obj`.
     fn write_checkpoint(&self, w: &Arc<Workload>, ckid: &str) -> Result<pb::CheckpointInfo> {
-        let data_dir = &self.config().data_dir;
-        let dir = workload_dir(data_dir, w.id());
+        let dir = make_workload_dir(&self.config().data_dir, w.id())?;
         let scratch = dir.join(format!(".{ckid}"));
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| AgentError::Io { path, source }
-        };
-        crate::sys::fsmode::dir(&data_dir.join("checkpoints"), crate::sys::fsmode::DIR)
-            .map_err(io(data_dir))?;
-        crate::sys::fsmode::dir(&dir, crate::sys::fsmode::DIR).map_err(io(&dir))?;
-        crate::sys::fsmode::new_dir(&scratch, crate::sys::fsmode::DIR).map_err(io(&scratch))?;
+        crate::sys::fsmode::new_dir(&scratch, crate::sys::fsmode::DIR)
+            .map_err(|source| AgentError::Io { path: scratch.clone(), source })?;
         let result = self.seal(w, ckid, &dir, &scratch);
         let _ = std::fs::remove_dir_all(&scratch);
         result
@@ -420,16 +423,11 @@ impl Agent {
             files: entries.iter().map(|e| e.file.clone()).collect(),
             digest: snap::DIGEST.into(),
             restore: Some(pb::RestoreInfo {
-                stdout_key: w.stdio_keys[0].clone(),
-                stderr_key: w.stdio_keys[1].clone(),
-                main_ns_pid: w.main_ns_pid,
-                own_pid_namespace: w.own_pid_namespace,
-                started_at_ms: w.started_at_ms,
                 paused,
                 stopped_ns_pids: self_stopped,
                 ships_workdir,
                 close_tcp: true,
-                ..Default::default()
+                ..crate::grpc::restore_info_of(w)
             }),
         };
         let (mut parts, sender) = send::start_with(

@@ -95,14 +95,11 @@ async fn receive_object(
     info: &pb::CheckpointInfo,
     data: &mut tokio::sync::mpsc::Receiver<Result<Vec<u8>>>,
 ) -> Result<PathBuf> {
-    let dir = super::workload_dir(data_dir, &info.workload_id);
+    let dir = super::make_workload_dir(data_dir, &info.workload_id)?;
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| AgentError::Io { path, source }
     };
-    crate::sys::fsmode::dir(&data_dir.join("checkpoints"), crate::sys::fsmode::DIR)
-        .map_err(io(data_dir))?;
-    crate::sys::fsmode::dir(&dir, crate::sys::fsmode::DIR).map_err(io(&dir))?;
     let obj = super::object_path(data_dir, &info.workload_id, &info.id);
     let partial = dir.join(format!("{}.obj.{}.part", info.id, ferry_proto::ids::new_id("r")));
     let mut file = std::io::BufWriter::with_capacity(
@@ -421,10 +418,7 @@ impl Agent {
             ))
         })?;
         let data_dir = self.config().data_dir.clone();
-        let dir = super::workload_dir(&data_dir, &info.workload_id);
-        crate::sys::fsmode::dir(&data_dir.join("checkpoints"), crate::sys::fsmode::DIR)
-            .and_then(|()| crate::sys::fsmode::dir(&dir, crate::sys::fsmode::DIR))
-            .map_err(|source| AgentError::Io { path: dir.clone(), source })?;
+        let dir = super::make_workload_dir(&data_dir, &info.workload_id)?;
         let partial = dir.join(format!("{}.obj.{}.part", info.id, ferry_proto::ids::new_id("s")));
         let obj = super::object_path(&data_dir, &info.workload_id, &info.id);
         let r = async {

@@ -53,6 +53,20 @@ pub fn spec_to_pb(s: &WorkloadSpec) -> pb::WorkloadSpec {
     }
 }
 
+/// What any restore of `w` needs from the node it ran on: its output pipes' keys, its main
+/// process's pid in its namespace, and when it started (a snapshot's RestoreInfo, the rest
+/// default).
+pub fn restore_info_of(w: &crate::workload::Workload) -> pb::RestoreInfo {
+    pb::RestoreInfo {
+        stdout_key: w.stdio_keys[0].clone(),
+        stderr_key: w.stdio_keys[1].clone(),
+        main_ns_pid: w.main_ns_pid,
+        own_pid_namespace: w.own_pid_namespace,
+        started_at_ms: w.started_at_ms,
+        ..Default::default()
+    }
+}
+
 pub fn status_to_pb(s: Status) -> pb::ProcessStatus {
     pb::ProcessStatus {
         spec: Some(spec_to_pb(&s.spec)),

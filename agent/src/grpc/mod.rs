@@ -1,7 +1,7 @@
 //! The agent's gRPC service: thin handlers that convert, call the agent, convert back.
 
 mod convert;
-pub(crate) use convert::{health_to_pb, spec_from_pb, spec_to_pb, status_to_pb};
+pub(crate) use convert::{health_to_pb, restore_info_of, spec_from_pb, spec_to_pb, status_to_pb};
 mod status;
 
 use std::sync::Arc;

@@ -781,11 +781,6 @@ impl Run {
             files: entries.iter().map(|e| e.file.clone()).collect(),
             digest: snap::DIGEST.into(),
             restore: Some(pb::RestoreInfo {
-                stdout_key: w.stdio_keys[0].clone(),
-                stderr_key: w.stdio_keys[1].clone(),
-                main_ns_pid: w.main_ns_pid,
-                own_pid_namespace: w.own_pid_namespace,
-                started_at_ms: w.started_at_ms,
                 paused: self.was_paused,
                 stopped_ns_pids: self.self_stopped.clone(),
                 ships_workdir,
@@ -795,7 +790,7 @@ impl Run {
                     _ => 0,
                 },
                 page_stream,
-                close_tcp: false,
+                ..crate::grpc::restore_info_of(&w)
             }),
         };
         let snapshot_bytes = entries.iter().map(|e| e.file.size).sum::<u64>()
