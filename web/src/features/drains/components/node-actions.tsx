@@ -8,7 +8,7 @@ import { Input } from '@/components/ui/input';
 import { errorMessage } from '@/lib/api-client';
 import { formatBytes, formatMs, formatTime } from '@/lib/format';
 import type { Drain, Server } from '@/types/api';
-import { useSetSchedulable } from '@/features/servers/api/cordon-server';
+import { useSetSchedulable } from '../api/cordon-server';
 import { useDrainServer } from '../api/drain-server';
 import { parseDeadline } from '../utils/deadline';
 
