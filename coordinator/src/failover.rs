@@ -114,6 +114,45 @@ pub struct World<'a> {
     pub grace_ms: i64,
 }
 
+/// A protected workload whose node has been silent past the grace, that is not failed over
+/// because a migration of it (not a failover or restore) has not ended: its outcome is the
+/// silent source's to tell, and until it does the workload may be running on the migration's
+/// target. Returned so that the wait is said, not silent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blocked {
+    pub workload: String,
+    pub node: String,
+    pub migration: MigrationRow,
+}
+
+/// The workloads [`decide`] leaves alone for an unfinished migration (trigger A only).
+pub fn blocked(w: &World) -> Vec<Blocked> {
+    let mut out = Vec::new();
+    for (node, s) in w.workloads {
+        let Some(spec) = s.spec.as_ref() else { continue };
+        if !protected(s) || !s.held_for_migration.is_empty() || s.exit.is_some() {
+            continue;
+        }
+        let Some(n) = w.nodes.iter().find(|n| &n.node == node) else { continue };
+        if n.online || w.now_ms - n.last_seen_ms.max(w.started_ms) <= w.grace_ms {
+            continue;
+        }
+        let stuck = w.migrations.iter().find(|m| {
+            m.process_id == spec.id
+                && !m.is_final()
+                && !matches!(m.mode.as_str(), "failover" | "restore")
+        });
+        if let Some(m) = stuck {
+            out.push(Blocked {
+                workload: spec.id.clone(),
+                node: node.clone(),
+                migration: m.clone(),
+            });
+        }
+    }
+    out
+}
+
 /// The protected workloads to restore now: (A) those recorded running (not a held copy) on a
 /// node silent for longer than the grace, counted from the later of its last heartbeat and the
 /// coordinator's start; (B) those an online node reported killed by its lease ("fenced") and not
@@ -289,6 +328,8 @@ pub struct Memory {
     running: HashSet<String>,
     /// Workloads whose failover failed everywhere: (not before, last delay).
     backoff: HashMap<String, (i64, i64)>,
+    /// Failovers announced as waiting for an unfinished migration: (workload, migration).
+    blocked: HashSet<(String, String)>,
 }
 
 /// One try of a restore, for the events.
@@ -788,7 +829,7 @@ impl Coordinator {
             let ks = infos(self.store.checkpoints(&id)?);
             checkpoints.insert(id, ks);
         }
-        let actions = decide(&World {
+        let world = World {
             nodes: &nodes,
             workloads: &workloads,
             checkpoints: &checkpoints,
@@ -796,7 +837,30 @@ impl Coordinator {
             started_ms: self.started_ms,
             now_ms: now,
             grace_ms: self.config.failover_grace.as_millis() as i64,
-        });
+        };
+        for b in blocked(&world) {
+            if self.memory().blocked.insert((b.workload.clone(), b.migration.id.clone())) {
+                let m = &b.migration;
+                let msg = format!(
+                    "failover of {} from {} waits: its migration {} to {} ({}) has not ended, \
+                     and only {} can say whether it committed (if it did, the workload runs on \
+                     {}); it is not restored while that is unknown, so it is unprotected until \
+                     {} answers",
+                    b.workload, b.node, m.id, m.target, m.status, b.node, m.target, b.node
+                );
+                tracing::warn!(workload = b.workload, node = b.node, migration = m.id, "{msg}");
+                let data = serde_json::json!({"migrationId": m.id, "from": b.node, "to": m.target});
+                self.emit_with(
+                    "failover_blocked",
+                    "warn",
+                    &b.node,
+                    &b.workload,
+                    msg,
+                    data.to_string(),
+                )?;
+            }
+        }
+        let actions = decide(&world);
         for a in actions {
             {
                 let mut mem = self.memory();
@@ -1212,6 +1276,32 @@ mod tests {
         let mut f = cluster();
         f.migrations.push(migration("w-prot", "stop-and-copy", "failed", 1));
         assert_eq!(f.decide(now).len(), 1, "an ended migration does not block");
+    }
+
+    #[test]
+    fn a_failover_waiting_for_an_unfinished_migration_is_said() {
+        let now = START + 10_000 + GRACE + 1;
+        let mut f = cluster();
+        f.migrations.push(migration("w-prot", "stop-and-copy", "commit", 1));
+        let world = World {
+            nodes: &f.nodes,
+            workloads: &f.workloads,
+            checkpoints: &f.checkpoints,
+            migrations: &f.migrations,
+            started_ms: START,
+            now_ms: now,
+            grace_ms: GRACE,
+        };
+        assert!(decide(&world).is_empty());
+        let b = blocked(&world);
+        assert_eq!(b.len(), 1);
+        assert_eq!((b[0].workload.as_str(), b[0].node.as_str()), ("w-prot", "a"));
+        assert_eq!(b[0].migration.status, "commit");
+        // Not before the grace; not for a failover in flight (that is the failover itself).
+        assert!(blocked(&World { now_ms: START + 10_000 + GRACE, ..world }).is_empty());
+        let mut failing_over = f.migrations.clone();
+        failing_over[0].mode = "failover".into();
+        assert!(blocked(&World { migrations: &failing_over, ..world }).is_empty());
     }
 
     #[test]

@@ -54,7 +54,17 @@ describe('queryKeysFor', () => {
   });
 
   it('refreshes migrations, processes, nodes, figures and the checkpoints on failovers and restores', () => {
-    for (const kind of ['failover_started', 'failover_completed', 'failover_impossible', 'restore_completed', 'restore_failed']) {
+    for (const kind of [
+      'failover_started',
+      'failover_completed',
+      'failover_failed',
+      'failover_impossible',
+      'failover_blocked',
+      'duplicate_fenced',
+      'restore_started',
+      'restore_completed',
+      'restore_failed',
+    ]) {
       expect(EVENT_KINDS).toContain(kind);
       expect(keys(kind)).toEqual(['migrations', 'processes', 'servers', 'overview', 'checkpoints/w-1']);
     }

@@ -26,9 +26,15 @@ export const EVENT_KINDS = [
   'drain_progress',
   'drain_ended',
   'checkpoint_taken',
+  'checkpoint_taken_now',
+  'checkpoint_unreplicated',
   'failover_started',
   'failover_completed',
+  'failover_failed',
   'failover_impossible',
+  'failover_blocked',
+  'duplicate_fenced',
+  'restore_started',
   'restore_completed',
   'restore_failed',
 ] as const;
@@ -67,11 +73,11 @@ export function queryKeysFor(e: Pick<FerryEvent, 'kind' | 'processId'>): QueryKe
     return [queryKeys.drains, queryKeys.servers, queryKeys.processes, queryKeys.migrations, queryKeys.overview];
   }
   const checkpoints = e.processId ? queryKeys.checkpoints(e.processId) : queryKeys.checkpointsRoot;
-  if (kind === 'checkpoint_taken') {
+  if (kind.startsWith('checkpoint_')) {
     // One more checkpoint of the process (`processId`); nothing else changed.
     return [checkpoints];
   }
-  if (kind.startsWith('failover_') || kind.startsWith('restore_')) {
+  if (kind.startsWith('failover_') || kind.startsWith('restore_') || kind === 'duplicate_fenced') {
     // A process restored from a checkpoint (on a failover, on another node): its migration
     // (mode failover or restore) moved, and so may the process and its checkpoints' holders.
     return [queryKeys.migrations, queryKeys.processes, queryKeys.servers, queryKeys.overview, checkpoints];
