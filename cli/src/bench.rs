@@ -234,25 +234,9 @@ pub(crate) fn start_agents(
         let data = work.join(format!("host{i}"));
         std::fs::create_dir_all(&data)?;
         let log_file = std::fs::File::create(work.join(format!("agent{i}.log")))?;
-        let args: Vec<String> = [
-            "agent",
-            "--listen",
-            &format!("{}:50051", net.ip(i)),
-            "--node",
-            &format!("bench-{i}"),
-            "--data-dir",
-            MOUNT,
-            "--tls-dir",
-            &tls.to_string_lossy(),
-        ]
-        .iter()
-        .chain(if std::env::var_os("FERRY_BENCH_KEEP").is_some() {
-            &["--keep-scratch"][..]
-        } else {
-            &[][..]
-        })
-        .map(|s| s.to_string())
-        .collect();
+        let keep: &[&str] =
+            if std::env::var_os("FERRY_BENCH_KEEP").is_some() { &["--keep-scratch"] } else { &[] };
+        let args = agent_args(net, i, MOUNT, &tls, keep);
         let child = net
             .command_on(i, &data, Path::new(MOUNT), &exe, &args)
             .env("RUST_LOG", std::env::var("FERRY_BENCH_LOG").unwrap_or_else(|_| log.into()))
@@ -264,6 +248,30 @@ pub(crate) fn start_agents(
         agents.children.push(child);
     }
     Ok((agents, wire))
+}
+
+/// `ferry agent` arguments for benchmark host `i` (node `bench-I` on the host's address, its data
+/// at `mount`, mutual TLS from `tls`), then `extra`.
+pub(crate) fn agent_args(
+    net: &Net,
+    i: usize,
+    mount: &str,
+    tls: &Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "agent".into(),
+        "--listen".into(),
+        format!("{}:50051", net.ip(i)),
+        "--node".into(),
+        format!("bench-{i}"),
+        "--data-dir".into(),
+        mount.into(),
+        "--tls-dir".into(),
+        tls.to_string_lossy().into_owned(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
 
 pub fn migrate(args: BenchArgs) -> anyhow::Result<()> {

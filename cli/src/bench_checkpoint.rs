@@ -447,22 +447,7 @@ fn bench(args: &CheckpointBenchArgs, work: &Path, teardown: &Teardown) -> anyhow
     for i in 0..3 {
         let data = work.join(format!("host{i}"));
         std::fs::create_dir_all(&data)?;
-        let a: Vec<String> = [
-            "agent",
-            "--listen",
-            &format!("{}:50051", net.ip(i)),
-            "--node",
-            &format!("bench-{i}"),
-            "--data-dir",
-            MOUNT,
-            "--tls-dir",
-            &tls.to_string_lossy(),
-            "--coordinator",
-            &url,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let a = crate::bench::agent_args(&net, i, MOUNT, &tls, &["--coordinator", &url]);
         let cmd = net.command_on(i, &data, Path::new(MOUNT), &exe, &a);
         spawn_logged(cmd, &work.join(format!("agent{i}.log")), "warn,ferry_agent=info", teardown)
             .context("cannot start an agent")?;

@@ -37,22 +37,6 @@ const STOP_GRACE_MS: u32 = 2_000;
 const FIRST_BACKOFF_MS: i64 = 5_000;
 const MAX_BACKOFF_MS: i64 = 300_000;
 
-/// A new migration record of `mode` ("failover", "restore"), not started yet.
-fn pending(process: String, source: String, target: String, mode: &str) -> MigrationRow {
-    MigrationRow {
-        id: crate::ops::new_id(),
-        process_id: process,
-        source,
-        target,
-        mode: mode.into(),
-        status: "pending".into(),
-        error: String::new(),
-        result: None,
-        started_at_ms: now_ms(),
-        finished_at_ms: None,
-    }
-}
-
 /// Whether a workload is protected: checkpointed by its agent, failed over by the coordinator.
 pub fn protected(s: &apb::ProcessStatus) -> bool {
     s.spec.as_ref().is_some_and(|x| x.checkpoint_interval_secs > 0)
@@ -595,7 +579,7 @@ impl Coordinator {
             if let Some(m) = self.migration_in_flight(process)? {
                 return Err(Self::refuse_migrating(process, &m, "a restore"));
             }
-            let m = pending(process.to_string(), node.clone(), target.clone(), "restore");
+            let m = crate::ops::pending_migration(process, &node, &target, "restore");
             self.store.insert_migration(&m)?;
             m
         };
@@ -941,7 +925,7 @@ impl Coordinator {
             if self.migration_in_flight(&a.workload)?.is_some() {
                 return Ok(());
             }
-            let m = pending(a.workload.clone(), a.from.clone(), first.clone(), "failover");
+            let m = crate::ops::pending_migration(&a.workload, &a.from, &first, "failover");
             self.store.insert_migration(&m)?;
             m
         };

@@ -430,18 +430,8 @@ impl Coordinator {
             return Err(Self::refuse_migrating(process, &m, "another migration"));
         }
         let (post_copy, why) = mode.resolve(&status);
-        let row = MigrationRow {
-            id: new_id(),
-            process_id: process.to_string(),
-            source: node.clone(),
-            target: target.to_string(),
-            mode: if post_copy { "post-copy" } else { "stop-and-copy" }.into(),
-            status: "pending".into(),
-            error: String::new(),
-            result: None,
-            started_at_ms: now_ms(),
-            finished_at_ms: None,
-        };
+        let mode = if post_copy { "post-copy" } else { "stop-and-copy" };
+        let row = pending_migration(process, &node, target, mode);
         self.store.insert_migration(&row)?;
         let placed =
             placed.map(|p| format!("; placed on {}: {}", p.node, p.reason)).unwrap_or_default();
@@ -699,6 +689,27 @@ impl Coordinator {
     /// The migrations that have not ended, oldest first.
     pub fn unfinished_migrations(&self) -> Result<Vec<MigrationRow>, CoordError> {
         Ok(self.store.unfinished_migrations()?)
+    }
+}
+
+/// A new migration record of `mode` (a migration's, "failover", "restore"), not started yet.
+pub(crate) fn pending_migration(
+    process: &str,
+    source: &str,
+    target: &str,
+    mode: &str,
+) -> MigrationRow {
+    MigrationRow {
+        id: new_id(),
+        process_id: process.to_string(),
+        source: source.to_string(),
+        target: target.to_string(),
+        mode: mode.into(),
+        status: "pending".into(),
+        error: String::new(),
+        result: None,
+        started_at_ms: now_ms(),
+        finished_at_ms: None,
     }
 }
 

@@ -116,40 +116,34 @@ impl Agent {
     /// Kills every protected workload that runs here and marks it lost with `why`: the
     /// coordinator restores it from its latest checkpoint (on another node, or here).
     pub fn fence(&self, why: &str) -> usize {
-        let mut n = 0;
-        for w in self.workloads() {
-            if w.spec.checkpoint_interval.is_none()
-                || w.exit_info().is_some()
-                || w.pending_migration().is_some()
-            {
-                continue;
-            }
-            if let Err(e) = self.kill_workload(&w) {
-                tracing::error!(id = w.id(), pid = w.init_pid, %e, "cannot kill a workload to fence it");
-                continue;
-            }
-            w.set_lost(format!("fenced: {why}"));
-            tracing::warn!(id = w.id(), "protected workload killed (fenced): {why}");
-            n += 1;
+        let protected =
+            self.workloads().into_iter().filter(|w| w.spec.checkpoint_interval.is_some());
+        protected.filter(|w| self.fence_one(w, why)).count()
+    }
+
+    /// Kills `w` if it runs (a held copy never does) and marks it lost, `fenced: why`; whether
+    /// it did.
+    fn fence_one(&self, w: &crate::workload::Workload, why: &str) -> bool {
+        if w.exit_info().is_some() || w.pending_migration().is_some() {
+            return false;
         }
-        n
+        if let Err(e) = self.kill_workload(w) {
+            tracing::error!(id = w.id(), pid = w.init_pid, %e, "cannot kill a workload to fence it");
+            return false;
+        }
+        w.set_lost(format!("fenced: {why}"));
+        tracing::warn!(id = w.id(), "workload killed (fenced): {why}");
+        true
     }
 
     /// Kills workloads the coordinator says run elsewhere now (restored there after this node
     /// was silent past its grace): the heartbeat's `fence` list.
     pub fn fence_ids(&self, ids: &[String]) {
-        for id in ids {
-            let Ok(w) = self.get(id) else { continue };
-            if w.exit_info().is_some() || w.pending_migration().is_some() {
-                continue;
-            }
-            if self.kill_workload(&w).is_ok() {
-                w.set_lost(
-                    "fenced: the coordinator restored this workload on another node while this \
-                     node was silent"
-                        .into(),
-                );
-                tracing::error!(id, "a copy restored elsewhere still ran here; killed (fenced)");
+        let why =
+            "the coordinator restored this workload on another node while this node was silent";
+        for w in ids.iter().filter_map(|id| self.get(id).ok()) {
+            if self.fence_one(&w, why) {
+                tracing::error!(id = w.id(), "a copy restored elsewhere still ran here");
             }
         }
     }

@@ -260,7 +260,7 @@ impl<'k, R: Read> Reader<'k, R> {
 }
 
 /// Reads until `buf` is full or the input ends; how many bytes were read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+pub(crate) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {

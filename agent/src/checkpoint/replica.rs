@@ -2,7 +2,7 @@
 //! restore (FetchCheckpoint). A replica keeps the object as it came — sealed; it has no use for
 //! the key — once its blake3 digest matches the one its description names.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -59,7 +59,7 @@ pub(crate) fn stream_object(
         };
         loop {
             let mut buf = vec![0u8; PART];
-            match read_some(&mut f, &mut buf) {
+            match super::object::read_full(&mut f, &mut buf) {
                 Ok(0) => return,
                 Ok(n) => {
                     buf.truncate(n);
@@ -75,17 +75,6 @@ pub(crate) fn stream_object(
         }
     });
     rx
-}
-
-fn read_some(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 /// Writes an object's bytes as they arrive to `<id>.obj.part`, checks size and digest, and moves
