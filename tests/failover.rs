@@ -769,7 +769,7 @@ async fn a_coordinator_outage_longer_than_the_lease_fences_then_restores_each_wo
         let (gw, app) = (gw.clone(), app.clone());
         async move {
             let n = numbered(&gw, &app, "count ").await;
-            (n.len() > 3).then_some(n[0])
+            (n.len() > 3).then(|| n[0])
         }
     })
     .await;
